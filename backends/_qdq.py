@@ -1,0 +1,144 @@
+"""Materialize annotations as QuantizeLinear/DequantizeLinear nodes (shared by ONNX targets).
+
+Works on a clone of the annotated model; the input model is never touched.
+
+* A constant (weight, int32 bias, constant activation) is stored as integers behind one
+  DequantizeLinear that feeds only the quantized nodes reading it; float consumers keep the float
+  constant.
+* A computed activation gets ``Q -> DQ`` right after its producer (or at the top for a graph
+  input) and every reader, float or int8, reads the DQ output. Graph outputs keep their names:
+  the DQ output takes the name, the float tensor is renamed.
+* Absorbed activations (Relu/Clip) are removed unless the target keeps them; their output's
+  parameters move to the producer's output.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from qcc.annotations import Decision, TensorQuant, get_decision, get_quant, quantized_values, set_quant
+from qcc.irutils import remove_node_bypassing
+from qcc.optable import quantizable_inputs
+from qcc.quantmath import quantize
+
+
+class _Names:
+    """Hands out value/node names not yet used in a graph."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.taken = {v.name for v in graph.inputs} | set(graph.initializers)
+        for node in graph:
+            self.taken.update(v.name for v in node.outputs)
+            self.taken.add(node.name)
+
+    def new(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+
+def materialize_qdq(model: ir.Model, *, keep_fused_activations: bool) -> ir.Model:
+    """Returns a new model with Q/DQ nodes for every annotated tensor (see module docstring)."""
+    model = model.clone()
+    graph = model.graph
+    if not keep_fused_activations:
+        _remove_absorbed(graph)
+    names = _Names(graph)
+    front: list[ir.Node] = []
+    for value in quantized_values(graph):
+        quant = get_quant(value)
+        if value.const_value is not None:
+            front.append(_dequantize_constant(graph, value, quant, names))
+        else:
+            _insert_qdq(graph, value, quant, names, front)
+    if front:
+        first = next(iter(graph), None)
+        if first is None:
+            graph.extend(front)
+        else:
+            graph.insert_before(first, front)
+    return model
+
+
+def _remove_absorbed(graph: ir.Graph) -> None:
+    for node in list(graph):
+        decision = get_decision(node)
+        if decision is None or decision.decision != Decision.FUSED:
+            continue
+        quant = get_quant(node.outputs[0])
+        source = node.inputs[0]
+        if remove_node_bypassing(graph, node):
+            set_quant(source, quant)
+
+
+def _params(graph: ir.Graph, base: str, quant: TensorQuant, names: _Names) -> tuple[ir.Value, ir.Value]:
+    scale = _initializer(graph, names.new(f"{base}_scale"), quant.scale.astype("float32"))
+    zero_point = _initializer(graph, names.new(f"{base}_zero_point"), quant.zero_point.astype(quant.dtype.numpy()))
+    return scale, zero_point
+
+
+def _initializer(graph: ir.Graph, name: str, array) -> ir.Value:
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
+    graph.register_initializer(value)
+    return value
+
+
+def _axis_attrs(quant: TensorQuant) -> dict[str, int]:
+    return {"axis": quant.axis} if quant.axis is not None and quant.scale.ndim == 1 else {}
+
+
+def _dequantize_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: _Names) -> ir.Node:
+    base = value.name
+    data = quantize(value.const_value.numpy(), quant.scale, quant.zero_point, quant.axis, quant.dtype)
+    q_value = _initializer(graph, names.new(f"{base}_quantized"), data)
+    scale, zero_point = _params(graph, base, quant, names)
+    dq = ir.node(
+        "DequantizeLinear", [q_value, scale, zero_point], attributes=_axis_attrs(quant),
+        name=names.new(f"{base}_DequantizeLinear"),
+    )
+    out = dq.outputs[0]
+    out.name = names.new(f"{base}_dequantized")
+    out.type, out.shape = ir.TensorType(ir.DataType.FLOAT), value.shape
+    for use in list(value.uses()):
+        decision = get_decision(use.node)
+        if decision is not None and decision.decision == Decision.INT8 and use.idx in quantizable_inputs(use.node):
+            use.node.replace_input_with(use.idx, out)
+    return dq
+
+
+def _insert_qdq(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: _Names, front: list[ir.Node]) -> None:
+    base = value.name
+    scale, zero_point = _params(graph, base, quant, names)
+    q = ir.node("QuantizeLinear", [value, scale, zero_point], name=names.new(f"{base}_QuantizeLinear"))
+    q.outputs[0].name = names.new(f"{base}_quantized")
+    q.outputs[0].type, q.outputs[0].shape = ir.TensorType(quant.dtype), value.shape
+    dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero_point], name=names.new(f"{base}_DequantizeLinear"))
+    out = dq.outputs[0]
+    out.type, out.shape = ir.TensorType(ir.DataType.FLOAT), value.shape
+    was_output = value.is_graph_output()
+    uses = [u for u in value.uses() if u.node is not q]
+    for use in uses:
+        use.node.replace_input_with(use.idx, out)
+    if was_output:
+        for i, o in enumerate(graph.outputs):
+            if o is value:
+                graph.outputs[i] = out
+        value.name = names.new(f"{base}_float")
+        out.name = base
+    else:
+        out.name = names.new(f"{base}_dequantized")
+    producer = value.producer()
+    if producer is None:
+        front.extend([q, dq])
+    else:
+        graph.insert_after(producer, [q, dq])
+
+

@@ -1,0 +1,103 @@
+"""What every target is: a declarative spec plus an emitter and a verifier.
+
+A :class:`TargetSpec` is data (after torch.ao's BackendConfig): which ops carry weights and are
+quantized first, which ops have int8 kernels and join a quantized region when a neighbour is
+quantized, which ops must reuse their input's parameters, which activations fold into their
+producer's output quantization, and the integer schemes. The shared passes read it to plan and
+annotate; only the :class:`Backend` turns annotations into an artifact.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import onnx
+import onnx_ir as ir
+
+from qcc.options import ActivationType, CompileOptions
+
+if TYPE_CHECKING:
+    from qcc.context import PassContext
+    from qcc.data import Feed
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSpec:
+    """Capabilities of one runtime, as data.
+
+    Attributes:
+        name: target name used on the CLI (``ort``).
+        description: one line for ``qcc targets``.
+        compute_ops: weighted ops quantized whenever their inputs are float (Conv, MatMul, Gemm).
+        int8_ops: ops with integer kernels, quantized when a neighbour is quantized.
+        shared_scale_ops: ops whose output must carry exactly their input's parameters.
+        fused_activations: activations absorbed into the quantized output of their producer.
+        keep_fused_activation_nodes: keep absorbed activations as nodes (TensorRT fuses them
+            itself) instead of removing them (their clamp is then done by the quantizer).
+        symmetric_activations: zero point 0 for activations.
+        bias_int32: biases of Conv/Gemm become int32 with scale = input scale x weight scale.
+        artifact_suffix: file suffix of the artifact.
+    """
+
+    name: str
+    description: str
+    compute_ops: frozenset[str]
+    int8_ops: frozenset[str]
+    shared_scale_ops: frozenset[str]
+    fused_activations: frozenset[str]
+    keep_fused_activation_nodes: bool
+    symmetric_activations: bool
+    bias_int32: bool
+    artifact_suffix: str
+
+    def activation_dtype(self, options: CompileOptions) -> ir.DataType:
+        """Returns the integer type of activations for these options (resolves ``auto``)."""
+        if options.activation_type == ActivationType.UINT8:
+            return ir.DataType.UINT8
+        if options.activation_type == ActivationType.INT8:
+            return ir.DataType.INT8
+        return self.default_activation_dtype()
+
+    def default_activation_dtype(self) -> ir.DataType:
+        """The activation type ``auto`` resolves to on this host."""
+        return ir.DataType.INT8
+
+
+@dataclasses.dataclass
+class Artifact:
+    """What a backend produced: the bytes to write, and the ONNX model when it is one."""
+
+    data: bytes
+    suffix: str
+    proto: onnx.ModelProto | None = None
+
+
+class Backend(abc.ABC):
+    """A target: its spec, an emitter that never mutates its input, and a real-runtime verifier."""
+
+    spec: TargetSpec
+
+    @abc.abstractmethod
+    def emit(self, model: ir.Model, ctx: PassContext) -> Artifact:
+        """Materializes the annotated model as this target's artifact.
+
+        Args:
+            model: the annotated IR after the pipeline; not modified.
+            ctx: the compile context.
+
+        Returns:
+            The artifact.
+
+        Raises:
+            BackendError: a node cannot be expressed for this target (the message names it).
+        """
+
+    @abc.abstractmethod
+    def verify(self, artifact: Artifact, reference: onnx.ModelProto, samples: list[Feed]) -> dict[str, Any]:
+        """Runs the artifact in its real runtime on ``samples`` and compares with the float model.
+
+        Returns:
+            A JSON-serializable dict; ``ok`` says whether every check passed.
+        """

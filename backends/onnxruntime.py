@@ -1,0 +1,155 @@
+"""ONNX Runtime CPU target (``ort``): a QDQ ONNX model that the CPU EP runs with integer kernels.
+
+Layout rules (measured facts in ``shared/targets/ORT.md``): activations per tensor with constant
+scalar scale and zero point; weights int8 symmetric per output channel; biases int32 at
+``s_x * s_w``; Relu/Clip absorbed into the producer's output quantizer; no Q/DQ around ops without
+an int8 CPU kernel (LayerNorm, GELU, Div, ...), which would only add work. Activations are uint8
+on x86 (``QDQS8ToU8Transformer`` rewrites int8 Q->DQ pairs only when the Q has one consumer, so
+int8 activations leave Convs in float at every branch point) and int8 on ARM.
+
+``verify()`` loads the artifact with the CPU EP, saves ONNX Runtime's optimized graph and counts
+which quantized Conv/MatMul/Gemm became integer kernels, then compares outputs with the float
+model on the given samples.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from qcc.backends._qdq import materialize_qdq
+from qcc.backends.base import Artifact, Backend, TargetSpec
+from qcc.context import PassContext
+from qcc.data import Feed
+from qcc.errors import BackendError
+from qcc.options import host_is_arm
+from qcc.runtime import MAX_ORT_IR_VERSION, session
+
+INTEGER_KERNELS = frozenset(
+    {"QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger",
+     "DynamicQuantizeMatMul", "MatMulNBits"}
+)
+FLOAT_COMPUTE = frozenset({"Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm", "ConvTranspose"})
+
+
+class OrtSpec(TargetSpec):
+    """The ``ort`` spec: uint8 activations on x86, int8 on ARM."""
+
+    def default_activation_dtype(self) -> ir.DataType:
+        return ir.DataType.INT8 if host_is_arm() else ir.DataType.UINT8
+
+
+ORT_SPEC = OrtSpec(
+    name="ort",
+    description="ONNX Runtime CPU: QDQ ONNX fused into QLinearConv/QLinearMatMul/QGemm kernels",
+    compute_ops=frozenset({"Conv", "MatMul", "Gemm"}),
+    int8_ops=frozenset(
+        {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "LeakyRelu", "Sigmoid", "Softmax", "Where"}
+    ),
+    shared_scale_ops=frozenset(
+        {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather",
+         "GatherElements", "Expand", "Tile", "Resize", "Split", "ReduceMax", "ReduceMin"}
+    ),
+    fused_activations=frozenset({"Relu", "Clip"}),
+    keep_fused_activation_nodes=False,
+    symmetric_activations=False,
+    bias_int32=True,
+    artifact_suffix=".onnx",
+)
+
+
+class OrtBackend(Backend):
+    """Emits and verifies QDQ models for ONNX Runtime's CPU execution provider."""
+
+    spec = ORT_SPEC
+
+    def emit(self, model: ir.Model, ctx: PassContext) -> Artifact:
+        qdq = materialize_qdq(model, keep_fused_activations=self.spec.keep_fused_activation_nodes)
+        qdq.ir_version = min(qdq.ir_version, MAX_ORT_IR_VERSION)
+        qdq.producer_name = "qcc"
+        proto = ir.serde.serialize_model(qdq)
+        if proto.ByteSize() < 2**31 - 1:
+            try:
+                onnx.checker.check_model(proto)
+            except onnx.checker.ValidationError as exc:
+                raise BackendError(
+                    f"the emitted ort model failed the ONNX checker: {str(exc).splitlines()[0]}",
+                    "this is a qcc bug; please report it with the model, and use --exclude on the named node meanwhile.",
+                ) from None
+        return Artifact(data=proto.SerializeToString(), suffix=self.spec.artifact_suffix, proto=proto)
+
+    def verify(
+        self, artifact: Artifact, reference: onnx.ModelProto, samples: list[Feed], planned_int8: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        census, float_compute = fusion_census(artifact.data)
+        unfused = sorted(name for name in float_compute if name in planned_int8)
+        fidelity = compare_outputs(reference, artifact.data, samples)
+        return {
+            "ok": not unfused and fidelity["finite"],
+            "runtime": "onnxruntime CPUExecutionProvider",
+            "integer_kernels": sum(census[op] for op in INTEGER_KERNELS),
+            "float_compute_ops": len(float_compute),
+            "quantized_but_float": unfused,
+            "census": dict(sorted(census.items())),
+            "fidelity": fidelity,
+        }
+
+
+def fusion_census(model: bytes) -> tuple[collections.Counter, list[str]]:
+    """Returns ONNX Runtime's optimized graph as an op-type histogram and the float compute nodes.
+
+    The model is optimized at the extended level (where the QDQ fusions run) with one thread,
+    exactly as the CPU EP would run it.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "optimized.onnx")
+        session(model, threads=1, level="extended", optimized_path=path, what="the quantized model")
+        optimized = onnx.load(path, load_external_data=False)
+    census = collections.Counter(node.op_type for node in optimized.graph.node)
+    float_compute = [node.name for node in optimized.graph.node if node.op_type in FLOAT_COMPUTE]
+    return census, float_compute
+
+
+def compare_outputs(reference: onnx.ModelProto | bytes, candidate: onnx.ModelProto | bytes, samples: list[Feed]) -> dict[str, Any]:
+    """Runs both models on the samples and returns cosine and error of every output, pooled."""
+    ref = session(reference, what="the float model")
+    cand = session(candidate, what="the quantized model")
+    per_output: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    finite = True
+    for feed in samples:
+        expected = ref.run(None, feed)
+        got = cand.run(None, feed)
+        for meta, e, g in zip(ref.get_outputs(), expected, got):
+            e = np.asarray(e, dtype=np.float64).ravel()
+            g = np.asarray(g, dtype=np.float64).ravel()
+            finite &= bool(np.all(np.isfinite(g)))
+            stats = per_output[meta.name]
+            stats["cosine"].append(cosine(e, g))
+            stats["max_abs_error"].append(float(np.max(np.abs(e - g))) if e.size else 0.0)
+            stats["ref_absmax"].append(float(np.max(np.abs(e))) if e.size else 0.0)
+    summary = {
+        name: {
+            "cosine_mean": float(np.mean(s["cosine"])),
+            "cosine_min": float(np.min(s["cosine"])),
+            "max_abs_error": float(np.max(s["max_abs_error"])),
+            "reference_absmax": float(np.max(s["ref_absmax"])),
+        }
+        for name, s in per_output.items()
+    }
+    return {"samples": len(samples), "finite": finite, "outputs": summary}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two flattened arrays (1.0 when both are all zero)."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))

@@ -1,0 +1,141 @@
+"""Typed quantization annotations on onnx-ir values and nodes.
+
+Passes record their decisions on the IR itself, under ``qcc.*`` keys of ``Value.meta`` and
+``Node.meta``; this module is the only code that reads or writes those keys. Backends read the
+final annotations and materialize them (Q/DQ nodes, flatbuffer quantization tables).
+
+Lifecycle of a tensor's quantization (after PPQ):
+
+* ``PLANNED``: the plan pass decided the tensor is quantized, with which dtype/scheme/axis.
+* ``CALIBRATED``: a range is known (weights from their values, activations from calibration).
+* ``FINAL``: scale and zero point are fixed and consistent with every shared-scale constraint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import numpy as np
+import onnx_ir as ir
+
+_TENSOR_KEY = "qcc.quant"
+_RANGE_KEY = "qcc.range"
+_NODE_KEY = "qcc.decision"
+
+
+class Role(str, enum.Enum):
+    """What a quantized tensor is to the nodes that consume it."""
+
+    ACTIVATION = "activation"
+    WEIGHT = "weight"
+    BIAS = "bias"
+
+
+class Stage(str, enum.Enum):
+    """How far a tensor's quantization parameters have got (see module docstring)."""
+
+    PLANNED = "planned"
+    CALIBRATED = "calibrated"
+    FINAL = "final"
+
+
+class Decision(str, enum.Enum):
+    """What a node becomes in the artifact."""
+
+    INT8 = "int8"  # runs on quantized inputs/outputs
+    FUSED = "fused"  # absorbed into its producer's quantized output (Relu/Clip)
+    FLOAT = "float"  # stays float; the reason says why
+
+
+@dataclasses.dataclass
+class TensorQuant:
+    """Quantization of one tensor.
+
+    Attributes:
+        role: activation, weight or bias.
+        dtype: the integer type it is stored in (``ir.DataType.UINT8``, ``INT8``, ``INT32``).
+        symmetric: zero point fixed at 0 (the dtype's centre for unsigned types is not used).
+        axis: per-channel axis, or None for per-tensor.
+        stage: lifecycle stage.
+        scale: float32 array, shape () per-tensor or (C,) per-channel; None before FINAL.
+        zero_point: array of ``dtype``, same shape as scale; None before FINAL.
+        shared_with: name of the value whose parameters this one must equal (shared-scale ops and
+            absorbed activations), or None.
+    """
+
+    role: Role
+    dtype: ir.DataType
+    symmetric: bool
+    axis: int | None = None
+    stage: Stage = Stage.PLANNED
+    scale: np.ndarray | None = None
+    zero_point: np.ndarray | None = None
+    shared_with: str | None = None
+
+
+@dataclasses.dataclass
+class TensorRange:
+    """Observed value range of a tensor (per-tensor), from calibration or constant values."""
+
+    min: float
+    max: float
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeDecision:
+    """The plan's decision for one node, and why."""
+
+    decision: Decision
+    reason: str
+
+
+def get_quant(value: ir.Value) -> TensorQuant | None:
+    """Returns the tensor's quantization annotation, or None if it stays float."""
+    return value.meta.get(_TENSOR_KEY)
+
+
+def set_quant(value: ir.Value, quant: TensorQuant | None) -> None:
+    """Sets (or with None, removes) the tensor's quantization annotation."""
+    if quant is None:
+        value.meta.pop(_TENSOR_KEY, None)
+    else:
+        value.meta[_TENSOR_KEY] = quant
+
+
+def get_range(value: ir.Value) -> TensorRange | None:
+    """Returns the observed range of the tensor, or None if it was not calibrated."""
+    return value.meta.get(_RANGE_KEY)
+
+
+def set_range(value: ir.Value, value_range: TensorRange) -> None:
+    """Records the observed range of the tensor."""
+    value.meta[_RANGE_KEY] = value_range
+
+
+def get_decision(node: ir.Node) -> NodeDecision | None:
+    """Returns the plan's decision for the node, or None before planning."""
+    return node.meta.get(_NODE_KEY)
+
+
+def set_decision(node: ir.Node, decision: Decision, reason: str) -> None:
+    """Records the plan's decision for the node."""
+    node.meta[_NODE_KEY] = NodeDecision(decision, reason)
+
+
+def is_quantized(value: ir.Value | None) -> bool:
+    """True if the value carries a quantization annotation."""
+    return value is not None and _TENSOR_KEY in value.meta
+
+
+def quantized_values(graph: ir.Graph) -> list[ir.Value]:
+    """Returns every annotated value of the graph: inputs, initializers and node outputs."""
+    seen: dict[int, ir.Value] = {}
+    for value in [*graph.inputs, *graph.initializers.values()]:
+        if is_quantized(value):
+            seen[id(value)] = value
+    for node in graph:
+        for value in [*node.inputs, *node.outputs]:
+            if is_quantized(value):
+                seen[id(value)] = value
+    return list(seen.values())

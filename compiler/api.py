@@ -1,0 +1,61 @@
+"""The Python API: ``qcc.compile``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qcc.context import Progress, no_progress
+from qcc.data import CalibrationSource
+from qcc.driver import CompileResult, compile_model
+from qcc.options import CompileOptions
+
+
+def compile(  # noqa: A001 - the public name users expect
+    model: object,
+    target: str = "ort",
+    calibration: CalibrationSource | None = None,
+    *,
+    per_channel: bool = True,
+    activation_type: str = "auto",
+    method: str = "minmax",
+    exclude: Sequence[str] = (),
+    verify_each: bool = False,
+    verify: bool = True,
+    max_calibration_samples: int | None = None,
+    progress: Progress = no_progress,
+) -> CompileResult:
+    """Compiles a float ONNX model into an int8 model for one runtime.
+
+    Args:
+        model: path, bytes, ``onnx.ModelProto``, ``onnx_ir.Model`` or graphsurgeon ``Graph``;
+            never modified.
+        target: ``"ort"`` (ONNX Runtime CPU). See ``qcc.targets()``.
+        calibration: path to an ``.npz``, a dict ``{input: array with a sample axis}``, or an
+            iterable of feed dicts (see ``qcc.data``).
+        per_channel: per-output-channel weight scales (default) or one per tensor.
+        activation_type: ``"auto"``, ``"uint8"`` or ``"int8"``.
+        method: calibration method (``"minmax"``).
+        exclude: node names or op types to keep in float.
+        verify_each: check IR invariants after every pass (debugging).
+        verify: run the artifact in its runtime and put the result in the report.
+        max_calibration_samples: use at most this many samples.
+        progress: ``progress(stage, done, total)`` callback.
+
+    Returns:
+        A :class:`CompileResult` with ``.model`` (int8 ``onnx.ModelProto`` for ONNX targets),
+        ``.report`` and ``.save(path)``.
+
+    Raises:
+        QccError: with a message naming the problem and the fix.
+    """
+    options = CompileOptions(
+        target=target,
+        per_channel=per_channel,
+        activation_type=activation_type,
+        method=method,
+        exclude=tuple(exclude),
+        verify_each=verify_each,
+        verify=verify,
+        max_calibration_samples=max_calibration_samples,
+    )
+    return compile_model(model, calibration, options, progress)

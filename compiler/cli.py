@@ -1,0 +1,199 @@
+"""The ``qcc`` command line (typer).
+
+Every deliberate error prints one line ``error: <problem> Fix: <fix>`` on stderr and exits with
+code 2; typer's own usage errors also exit with 2. Long stages draw a progress bar on stderr.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from qcc.backends import get_backend, target_names
+from qcc.errors import QccError
+from qcc.io import check_output_path
+from qcc.options import ActivationType, CompileOptions
+
+EXIT_USER_ERROR = 2
+
+app = typer.Typer(
+    name="qcc",
+    help=(
+        "qcc: compile a float ONNX model plus a little calibration data into an int8 model for one runtime.\n\n"
+        "Example:\n\n"
+        "  qcc compile model.onnx --target ort --calib calib.npz -o model.int8.onnx --report report.json\n\n"
+        "Calibration data is an .npz whose keys are input names (arrays with a leading sample axis) "
+        "or '<index>/<input name>' (one feed per sample)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_err = Console(stderr=True)
+_out = Console()
+
+
+def _fail(error: QccError) -> None:
+    _err.print(f"[bold red]error:[/] {error}", soft_wrap=True, highlight=False, markup=True)
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=_err, show_path=False)],
+        force=True,
+    )
+
+
+class _ProgressBar:
+    """Adapts qcc's progress callback to a rich progress bar."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: Optional[int]) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+@app.command()
+def compile(  # noqa: A001 - the subcommand's name
+    model: Annotated[Path, typer.Argument(help="Float ONNX model to quantize (never modified).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the int8 artifact.", show_default=False)],
+    calib: Annotated[
+        Path, typer.Option("--calib", "-c", help="Calibration data (.npz, see `qcc --help`).", show_default=False)
+    ],
+    target: Annotated[str, typer.Option("--target", "-t", help="Runtime to compile for (see `qcc targets`).")] = "ort",
+    report: Annotated[Optional[Path], typer.Option("--report", help="Also write the JSON report here.")] = None,
+    exclude: Annotated[
+        Optional[list[str]],
+        typer.Option("--exclude", "-x", help="Keep a node (by name) or every node of an op type in float. Repeatable."),
+    ] = None,
+    per_tensor: Annotated[bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per channel.")] = False,
+    activation_type: Annotated[
+        ActivationType, typer.Option("--activation-type", help="Activation integer type; auto picks the fastest for the target.")
+    ] = ActivationType.AUTO,
+    max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Use at most this many calibration samples.")] = None,
+    verify_each: Annotated[bool, typer.Option("--verify-each", help="Check IR invariants after every pass (debugging).")] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip running the artifact in its runtime.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every pass.")] = False,
+) -> None:
+    """Quantize MODEL for one runtime and write the artifact atomically.
+
+    Examples:
+
+      qcc compile resnet.onnx -t ort -c calib.npz -o resnet.int8.onnx
+
+      qcc compile bert.onnx -t ort -c calib.npz -o bert.int8.onnx --exclude Softmax --report r.json
+    """
+    _setup_logging(verbose)
+    from qcc.driver import compile_model
+
+    try:
+        check_output_path(output, inputs=(model, calib))
+        if report is not None:
+            check_output_path(report, inputs=(model, calib, output))
+        options = CompileOptions(
+            target=target,
+            per_channel=not per_tensor,
+            activation_type=activation_type,
+            exclude=tuple(exclude or ()),
+            verify_each=verify_each,
+            verify=not no_verify,
+            max_calibration_samples=max_samples,
+        )
+        with Progress(
+            TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=_err, transient=True,
+        ) as bar:
+            result = compile_model(str(model), str(calib), options, progress=_ProgressBar(bar))
+        result.save(output, report)
+    except QccError as error:
+        _fail(error)
+        return
+    _print_summary(result.report, output)
+
+
+def _print_summary(report: dict, output: Path) -> None:
+    totals = report["totals"]
+    table = Table(title=f"qcc -> {report['target']} ({report['activation_dtype']} activations)", show_edge=False)
+    for column in ("op type", "int8", "fused", "float"):
+        table.add_column(column, justify="left" if column == "op type" else "right")
+    for op, counts in totals["by_op"].items():
+        table.add_row(op, str(counts.get("int8", "")), str(counts.get("fused", "")), str(counts.get("float", "")))
+    _out.print(table)
+    for reason, count in totals["float_reasons"].items():
+        _out.print(f"  float x{count}: {reason}")
+    verify = report.get("verify")
+    if verify:
+        cosines = [o["cosine_min"] for o in verify["fidelity"]["outputs"].values()]
+        status = "[green]ok[/]" if verify["ok"] else "[red]FAILED[/]"
+        _out.print(
+            f"verify {status}: {verify['integer_kernels']} integer kernels, "
+            f"{len(verify['quantized_but_float'])} quantized nodes left in float, "
+            f"output cosine >= {min(cosines):.4f} on {verify['fidelity']['samples']} samples"
+        )
+    _out.print(f"wrote {output} ({os.path.getsize(output) / 1e6:.2f} MB) in {report['timings']['total']:.1f} s")
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX model to describe.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Show MODEL's inputs, outputs, opset, op histogram and what each target would quantize.
+
+    Example:
+
+      qcc inspect model.onnx
+    """
+    _setup_logging(False)
+    from qcc.driver import plan_model
+
+    try:
+        plans = {name: plan_model(str(model), CompileOptions(target=name)) for name in target_names()}
+    except QccError as error:
+        _fail(error)
+        return
+    first = next(iter(plans.values()))["model"]
+    if as_json:
+        _out.print_json(json.dumps({"model": first, "targets": {k: v["totals"] for k, v in plans.items()}}))
+        return
+    _out.print(f"[bold]{model}[/]  opset {first['opset']}, {first['nodes_before']} nodes")
+    for kind in ("inputs", "outputs"):
+        for io in first[kind]:
+            _out.print(f"  {kind[:-1]:<6} {io['name']}: {io['dtype']} {io['shape']}")
+    ops = collections.Counter(first["ops_before"])
+    _out.print("  ops    " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
+    for name, plan in plans.items():
+        totals = plan["totals"]
+        _out.print(f"[bold]{name}[/]: {totals['int8']} int8, {totals['fused']} fused, {totals['float']} float")
+        for reason, count in totals["float_reasons"].items():
+            _out.print(f"  float x{count}: {reason}")
+
+
+@app.command()
+def targets() -> None:
+    """List the targets qcc compiles for."""
+    for name in target_names():
+        spec = get_backend(name).spec
+        _out.print(f"[bold]{name}[/]  {spec.description}")
+
+
+def main() -> None:
+    """Entry point of the ``qcc`` console script."""
+    app()

@@ -1,0 +1,41 @@
+"""The frozen context every pass is constructed with."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import onnx_ir as ir
+
+from qcc.backends.base import TargetSpec
+from qcc.data import CalibrationData
+from qcc.options import CompileOptions
+
+# progress(stage, done, total): total is None when unknown. Library code reports; the CLI draws.
+Progress = Callable[[str, int, "int | None"], None]
+
+
+def no_progress(stage: str, done: int, total: int | None) -> None:
+    """A progress callback that ignores every report."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PassContext:
+    """Everything a pass may read besides the model.
+
+    Attributes:
+        options: the compile options.
+        target: the target's spec.
+        calibration: the calibration samples (None for passes run without data, e.g. ``inspect``).
+        progress: progress callback for long stages.
+    """
+
+    options: CompileOptions
+    target: TargetSpec
+    calibration: CalibrationData | None = None
+    progress: Progress = no_progress
+
+    @property
+    def activation_dtype(self) -> ir.DataType:
+        """The integer type of quantized activations for this target and these options."""
+        return self.target.activation_dtype(self.options)

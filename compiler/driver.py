@@ -1,0 +1,134 @@
+"""The driver: load -> pipeline -> emit -> verify -> report, as one straight function."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import onnx
+
+from qcc import frontend
+from qcc.annotations import Decision, get_decision
+from qcc.backends import get_backend
+from qcc.backends.base import Artifact
+from qcc.context import PassContext, Progress, no_progress
+from qcc.data import CalibrationSource, open_calibration
+from qcc.errors import QccError
+from qcc.io import write_atomic
+from qcc.options import CompileOptions
+from qcc.pipeline import run_pipeline
+from qcc.report import build_report
+
+logger = logging.getLogger(__name__)
+
+VERIFY_SAMPLES = 4
+
+
+@dataclasses.dataclass
+class CompileResult:
+    """The result of one compile.
+
+    Attributes:
+        artifact: the target artifact (bytes and, for ONNX targets, the ModelProto).
+        report: the JSON-serializable report (see ``qcc.report``).
+    """
+
+    artifact: Artifact
+    report: dict[str, Any]
+
+    @property
+    def model(self) -> onnx.ModelProto | None:
+        """The int8 ONNX model, for ONNX targets (``ort``, ``trt``); None otherwise."""
+        return self.artifact.proto
+
+    def save(self, path: str | os.PathLike, report_path: str | os.PathLike | None = None) -> None:
+        """Writes the artifact (and optionally the JSON report) atomically.
+
+        Raises:
+            OutputError: a path cannot be written.
+        """
+        write_atomic(path, self.artifact.data)
+        if report_path is not None:
+            write_atomic(report_path, json.dumps(self.report, indent=2).encode())
+
+
+def compile_model(
+    model: object,
+    calibration: CalibrationSource | None,
+    options: CompileOptions,
+    progress: Progress = no_progress,
+) -> CompileResult:
+    """Compiles a float model for ``options.target``.
+
+    Args:
+        model: path, bytes, onnx.ModelProto, onnx_ir.Model or graphsurgeon Graph (not modified).
+        calibration: calibration data (see ``qcc.data``).
+        options: compile options.
+        progress: progress callback for long stages.
+
+    Returns:
+        The artifact and its report.
+
+    Raises:
+        QccError: any problem with the model, the data, the options or the output.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    backend = get_backend(options.target)
+    loaded = frontend.load(model)
+    timings["load"] = time.perf_counter() - start
+    if calibration is None:
+        raise QccError("calibration data is required.", "pass --calib data.npz (or calibration=... in Python).")
+    data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
+    ctx = PassContext(options=options, target=backend.spec, calibration=data, progress=progress)
+    timings.update(run_pipeline(loaded.model, ctx))
+    stamp = time.perf_counter()
+    artifact = backend.emit(loaded.model, ctx)
+    timings["emit"] = time.perf_counter() - stamp
+    verify = None
+    if options.verify:
+        stamp = time.perf_counter()
+        progress("verify", 0, 1)
+        planned = frozenset(
+            n.name for n in loaded.model.graph
+            if n.op_type in backend.spec.compute_ops and getattr(get_decision(n), "decision", None) == Decision.INT8
+        )
+        verify = backend.verify(artifact, loaded.proto, data.head(VERIFY_SAMPLES), planned_int8=planned)
+        progress("verify", 1, 1)
+        timings["verify"] = time.perf_counter() - stamp
+    timings["total"] = time.perf_counter() - start
+    report = build_report(
+        loaded.model,
+        loaded.proto,
+        target=options.target,
+        options=options,
+        activation_dtype=ctx.activation_dtype,
+        verify=verify,
+        timings=timings,
+        artifact_bytes=len(artifact.data),
+    )
+    report["model"]["source"] = loaded.source
+    return CompileResult(artifact=artifact, report=report)
+
+
+def plan_model(model: object, options: CompileOptions) -> dict[str, Any]:
+    """Runs the float rewrites and the plan (no data needed) and returns the report of decisions.
+
+    Raises:
+        QccError: the model cannot be loaded.
+    """
+    from qcc.passes.plan import PlanPass
+
+    backend = get_backend(options.target)
+    loaded = frontend.load(model)
+    ctx = PassContext(options=options, target=backend.spec)
+    run_pipeline(loaded.model, ctx, float_only=True)
+    PlanPass(ctx)(loaded.model)
+    return build_report(
+        loaded.model, loaded.proto, target=options.target, options=options,
+        activation_dtype=ctx.activation_dtype, verify=None, timings={}, artifact_bytes=None,
+    )

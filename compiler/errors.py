@@ -1,0 +1,47 @@
+"""The one exception hierarchy of qcc.
+
+Every error a user can cause (a bad model, bad calibration data, a bad option, an output that
+cannot be written) is a :class:`QccError` whose message names the offending element and says how
+to fix it. The CLI prints ``str(error)`` on one line and exits with code 2; anything else that
+escapes is a bug in qcc.
+"""
+
+from __future__ import annotations
+
+
+class QccError(Exception):
+    """Base class of every error qcc raises on purpose.
+
+    Args:
+        problem: What is wrong, naming the model element (file, node, tensor, input).
+        fix: What the user should do about it.
+    """
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem} Fix: {fix}" if fix else problem)
+
+
+class ModelLoadError(QccError):
+    """The model file or object cannot be read as a valid ONNX model."""
+
+
+class UnsupportedModelError(QccError):
+    """The model is valid ONNX but qcc cannot quantize it (opset, types, ops)."""
+
+
+class CalibrationDataError(QccError):
+    """The calibration data does not fit the model (names, ranks, dtypes, values)."""
+
+
+class OptionError(QccError):
+    """An option has an unknown name or an invalid value."""
+
+
+class OutputError(QccError):
+    """The output cannot be written where the user asked."""
+
+
+class BackendError(QccError):
+    """A target cannot express part of the model (the message names the node)."""

@@ -1,0 +1,268 @@
+"""Frontend: turn whatever the user gave into a checked, shape-inferred onnx-ir model.
+
+Accepted inputs: a path, raw bytes, an ``onnx.ModelProto``, an ``onnx_ir.Model`` or (when
+onnx-graphsurgeon is installed) a graphsurgeon ``Graph``. The caller's object or file is never
+modified: the frontend always works on its own copy.
+
+Steps: parse -> load external data (locations must stay inside the model's folder) -> ONNX
+checker -> opset upgrade to 13 when older (the ONNX version converter) -> shape inference with
+data propagation (dynamic dims stay symbolic) -> onnx-ir. Every way this can fail is a
+:class:`~qcc.errors.ModelLoadError` or :class:`~qcc.errors.UnsupportedModelError` that names the
+problem and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from qcc.data import InputSpec
+from qcc.errors import ModelLoadError, UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis) needs 13
+_MAX_PROTO_BYTES = 2**31 - 1
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready for the pipeline.
+
+    Attributes:
+        model: the onnx-ir model (the pipeline's own copy).
+        proto: the float model as checked and shape-inferred, used to run the float reference.
+        source: a short description of where it came from (path or object type).
+        original_opset: the default-domain opset before any upgrade.
+    """
+
+    model: ir.Model
+    proto: onnx.ModelProto
+    source: str
+    original_opset: int
+
+    def input_specs(self) -> list[InputSpec]:
+        """Returns the model's real inputs (not initializers) as :class:`InputSpec`."""
+        return input_specs(self.model)
+
+
+def load(source: object) -> LoadedModel:
+    """Loads, checks and prepares a model for quantization.
+
+    Args:
+        source: path (str or os.PathLike), bytes, onnx.ModelProto, onnx_ir.Model or a
+            graphsurgeon Graph.
+
+    Returns:
+        The prepared model.
+
+    Raises:
+        ModelLoadError: the input cannot be read as a valid ONNX model.
+        UnsupportedModelError: it is valid ONNX that qcc cannot quantize.
+    """
+    proto, origin, base_dir = _to_proto(source)
+    _check_structure(proto, origin)
+    if base_dir is not None:
+        _load_external_data(proto, base_dir, origin)
+    elif _has_external_data(proto):
+        raise ModelLoadError(
+            f"{origin} refers to external data files, but was not loaded from a path.",
+            "pass the model's file path so qcc can find its external data next to it.",
+        )
+    original_opset = _default_opset(proto)
+    proto = _upgrade_opset(proto, origin, original_opset)
+    _check(proto, origin)
+    proto = _infer_shapes(proto, origin)
+    model = ir.serde.deserialize_model(proto)
+    _check_quantizable(model, origin)
+    return LoadedModel(model=model, proto=proto, source=origin, original_opset=original_opset)
+
+
+def input_specs(model: ir.Model) -> list[InputSpec]:
+    """Returns the graph inputs that are not initializers, with numpy dtypes and static dims."""
+    specs = []
+    for value in model.graph.inputs:
+        if value.is_initializer():
+            continue
+        dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
+        shape = None
+        if value.shape is not None:
+            shape = tuple(d if isinstance(d, int) else None for d in value.shape)
+        specs.append(InputSpec(value.name, np.dtype(dtype), shape))
+    return specs
+
+
+def _to_proto(source: object) -> tuple[onnx.ModelProto, str, str | None]:
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        return _read_file(path), path, os.path.dirname(os.path.abspath(path))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _parse(bytes(source), "the model bytes"), "<bytes>", None
+    if isinstance(source, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(source)
+        return copy, "<onnx.ModelProto>", None
+    if isinstance(source, ir.Model):
+        return ir.serde.serialize_model(source.clone()), "<onnx_ir.Model>", None
+    graphsurgeon_graph = _from_graphsurgeon(source)
+    if graphsurgeon_graph is not None:
+        return graphsurgeon_graph, "<onnx_graphsurgeon.Graph>", None
+    raise ModelLoadError(
+        f"cannot load a model from a {type(source).__name__}.",
+        "pass a path, bytes, onnx.ModelProto, onnx_ir.Model or onnx_graphsurgeon.Graph.",
+    )
+
+
+def _from_graphsurgeon(source: object) -> onnx.ModelProto | None:
+    if type(source).__module__.split(".")[0] != "onnx_graphsurgeon":
+        return None
+    import onnx_graphsurgeon as gs  # optional, only for graphsurgeon users
+
+    return gs.export_onnx(source)
+
+
+def _read_file(path: str) -> onnx.ModelProto:
+    if not os.path.exists(path):
+        raise ModelLoadError(f"model file {path} does not exist.", "check the path.")
+    if os.path.isdir(path):
+        raise ModelLoadError(f"{path} is a folder, not a model file.", "pass the .onnx file itself.")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror}.", "check the file's permissions.") from None
+    return _parse(data, path)
+
+
+def _parse(data: bytes, origin: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{origin} is empty.", "pass a complete .onnx file.")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{origin} is not an ONNX model (protobuf parse failed: {exc}); it may be truncated or another format.",
+            "re-export the model to ONNX, or check that the file was copied completely.",
+        ) from None
+    return proto
+
+
+def _check_structure(proto: onnx.ModelProto, origin: str) -> None:
+    if not proto.HasField("graph") or not proto.opset_import or proto.ir_version <= 0:
+        raise ModelLoadError(
+            f"{origin} parses as protobuf but is not an ONNX model (no graph, opset or IR version).",
+            "pass an .onnx model file exported by a framework or built with onnx.helper.",
+        )
+    if not proto.graph.output:
+        raise UnsupportedModelError(f"{origin} has a graph with no outputs.", "export the model with its outputs.")
+    if not proto.graph.node:
+        raise UnsupportedModelError(f"{origin} has an empty graph (no nodes).", "export the full model.")
+
+
+def _has_external_data(proto: onnx.ModelProto) -> bool:
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto)
+    )
+
+
+def _load_external_data(proto: onnx.ModelProto, base_dir: str, origin: str) -> None:
+    base = os.path.realpath(base_dir)
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        full = os.path.realpath(os.path.join(base, location))
+        if os.path.isabs(location) or os.path.commonpath([base, full]) != base:
+            raise ModelLoadError(
+                f"tensor {tensor.name!r} in {origin} points to external data outside the model's folder "
+                f"({location!r}); qcc refuses such paths.",
+                "keep external data files next to the model and refer to them by relative name.",
+            )
+        if not os.path.isfile(full):
+            raise ModelLoadError(
+                f"external data file {location!r} for tensor {tensor.name!r} of {origin} is missing.",
+                "copy the model together with its external data files.",
+            )
+    try:
+        onnx.external_data_helper.load_external_data_for_model(proto, base)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot read external data of {origin}: {exc}.", "check the external data files."
+        ) from None
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 0
+
+
+def _upgrade_opset(proto: onnx.ModelProto, origin: str, opset: int) -> onnx.ModelProto:
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise UnsupportedModelError(
+            f"{origin} uses ONNX opset {opset}; this onnx package knows opsets up to {newest}.",
+            "upgrade the onnx package, or export the model with an older opset.",
+        )
+    if opset >= MIN_OPSET:
+        return proto
+    if opset == 0:
+        raise UnsupportedModelError(
+            f"{origin} does not import the default ONNX domain.", "export the model with a standard opset."
+        )
+    logger.info("upgrading %s from opset %d to %d", origin, opset, MIN_OPSET)
+    try:
+        upgraded = onnx.version_converter.convert_version(proto, MIN_OPSET)
+    except Exception as exc:  # the converter raises bare RuntimeError/IndexError on odd graphs
+        raise UnsupportedModelError(
+            f"{origin} uses opset {opset} and the ONNX version converter could not upgrade it to "
+            f"{MIN_OPSET} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).",
+            f"re-export the model with opset {MIN_OPSET} or newer.",
+        ) from None
+    return upgraded
+
+
+def _check(proto: onnx.ModelProto, origin: str) -> None:
+    if proto.ByteSize() > _MAX_PROTO_BYTES:
+        return  # the in-memory checker cannot serialize > 2 GB; ORT validates on load
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
+        raise ModelLoadError(
+            f"{origin} is not a valid ONNX model: {first}", "fix the exporter output, then try again."
+        ) from None
+
+
+def _infer_shapes(proto: onnx.ModelProto, origin: str) -> onnx.ModelProto:
+    if proto.ByteSize() > _MAX_PROTO_BYTES:
+        logger.warning("%s is larger than 2 GB; skipping ONNX shape inference", origin)
+        return proto
+    try:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - inference bugs must not stop a valid model
+        logger.warning("shape inference failed on %s (%s); continuing without it", origin, exc)
+        return proto
+
+
+def _check_quantizable(model: ir.Model, origin: str) -> None:
+    from qcc.irutils import is_float
+
+    if any(is_float(v) for v in model.graph.initializers.values()):
+        return
+    for node in model.graph.all_nodes() if hasattr(model.graph, "all_nodes") else model.graph:
+        if any(is_float(v) for v in node.outputs):
+            return
+    raise UnsupportedModelError(
+        f"{origin} has no float tensors, so there is nothing to quantize.",
+        "pass the float (fp32/fp16) model, not an already-quantized or integer-only one.",
+    )

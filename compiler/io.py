@@ -1,0 +1,65 @@
+"""Writing outputs atomically, and refusing to overwrite the input."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from qcc.errors import OutputError
+
+
+def check_output_path(path: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = ()) -> str:
+    """Checks that ``path`` can be written and is not one of the inputs.
+
+    Returns:
+        The path as a string.
+
+    Raises:
+        OutputError: the folder is missing or not writable, the path is a folder, or it would
+            overwrite an input file.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    for source in inputs:
+        if os.path.exists(source) and os.path.exists(path) and os.path.samefile(source, path):
+            raise OutputError(f"output {path} is the input file; qcc never overwrites its input.", "choose another output path.")
+        if os.path.abspath(os.fspath(source)) == os.path.abspath(path):
+            raise OutputError(f"output {path} is the input file; qcc never overwrites its input.", "choose another output path.")
+    if not os.path.isdir(folder):
+        raise OutputError(f"output folder {folder} does not exist.", f"create it first (mkdir -p {folder}).")
+    if os.path.isdir(path):
+        raise OutputError(f"output {path} is a folder.", "give a file path, e.g. model.int8.onnx.")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"output folder {folder} is not writable.", "choose a folder you can write to.")
+    return path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Either the complete file appears or nothing does; a failure leaves no partial file.
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+    path = check_output_path(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write to {folder}: {exc.strerror}.", "choose a folder you can write to.") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OutputError(f"cannot write {path}: {exc.strerror}.", "check free space and permissions.") from None
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

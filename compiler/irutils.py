@@ -1,0 +1,100 @@
+"""Small helpers over onnx-ir used by passes and backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+
+
+def is_float(value: ir.Value | None) -> bool:
+    """True if the value is known to hold a floating-point tensor."""
+    return value is not None and value.dtype in FLOAT_TYPES
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """Returns the value's constant contents (initializer or folded constant), or None."""
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def default_opset(model: ir.Model) -> int:
+    """Returns the model's version of the default ONNX domain."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
+def attr_int(node: ir.Node, name: str, default: int) -> int:
+    """Returns an integer attribute of the node, or the default when absent."""
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.as_int()
+
+
+def attr_float(node: ir.Node, name: str, default: float) -> float:
+    """Returns a float attribute of the node, or the default when absent."""
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.as_float()
+
+
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """Adds a constant to the graph under a name not used yet, and returns its value."""
+    unique = unique_name(graph, name)
+    value = ir.Value(name=unique, const_value=ir.tensor(array, name=unique))
+    value.shape = ir.Shape(array.shape)
+    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    graph.register_initializer(value)
+    return value
+
+
+def unique_name(graph: ir.Graph, base: str) -> str:
+    """Returns ``base`` or ``base_N``, whichever is not yet a value name in the graph."""
+    taken = _value_names(graph)
+    if base not in taken:
+        return base
+    i = 1
+    while f"{base}_{i}" in taken:
+        i += 1
+    return f"{base}_{i}"
+
+
+def _value_names(graph: ir.Graph) -> set[str]:
+    names = {v.name for v in graph.inputs} | set(graph.initializers)
+    for node in graph:
+        names.update(v.name for v in node.outputs)
+    return names
+
+
+def consumers_of(value: ir.Value) -> list[ir.Node]:
+    """Returns the nodes reading the value, each once, in no particular order."""
+    return list({id(n): n for n in value.consumers()}.values())
+
+
+def remove_node_bypassing(graph: ir.Graph, node: ir.Node, keep_input: int = 0) -> bool:
+    """Removes a single-output node, wiring its consumers to its input ``keep_input``.
+
+    When the output is a graph output, the input takes over the output's name so the model's
+    interface is unchanged; when that input is itself a graph input, output or initializer (it
+    cannot be renamed), the node is kept.
+
+    Returns:
+        True if the node was removed.
+    """
+    source = node.inputs[keep_input]
+    out = node.outputs[0]
+    if source is None:
+        return False
+    if not out.is_graph_output():
+        out.replace_all_uses_with(source)
+        graph.remove(node, safe=True)
+        return True
+    if source.is_graph_input() or source.is_graph_output() or source.is_initializer():
+        return False
+    name = out.name
+    out.replace_all_uses_with(source, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+    out.name = None
+    source.name = name
+    if source.shape is None:
+        source.shape = out.shape
+    return True

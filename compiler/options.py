@@ -1,0 +1,97 @@
+"""Typed compile options shared by the API, the CLI and the passes.
+
+Unknown option names and invalid values are errors (:class:`~qcc.errors.OptionError`), never
+silently ignored: ``CompileOptions.from_kwargs`` is the one place user keywords are parsed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import platform
+
+from qcc.errors import OptionError
+
+
+class ActivationType(str, enum.Enum):
+    """Integer type of quantized activations (weights are always int8)."""
+
+    AUTO = "auto"  # per target: ORT on x86 -> uint8, on ARM -> int8; TFLite/TensorRT -> int8
+    UINT8 = "uint8"
+    INT8 = "int8"
+
+
+class CalibrationMethod(str, enum.Enum):
+    """How an activation's clip range is chosen from its observed values."""
+
+    MINMAX = "minmax"
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileOptions:
+    """Everything that changes what qcc produces.
+
+    Attributes:
+        target: ``ort``, ``trt`` or ``tflite`` (see ``qcc targets``).
+        per_channel: per-output-channel weight scales (default) instead of one per tensor.
+        activation_type: integer type of activations; ``auto`` picks what the target runs fastest.
+        method: calibration method.
+        exclude: node names or op types kept in float.
+        verify_each: run the invariant checker after every pass (slower; for debugging).
+        verify: run the artifact in its runtime after emitting it and report the result.
+        max_calibration_samples: use at most this many calibration samples (None: all).
+    """
+
+    target: str = "ort"
+    per_channel: bool = True
+    activation_type: ActivationType = ActivationType.AUTO
+    method: CalibrationMethod = CalibrationMethod.MINMAX
+    exclude: tuple[str, ...] = ()
+    verify_each: bool = False
+    verify: bool = True
+    max_calibration_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "activation_type", ActivationType(self.activation_type))
+        except ValueError:
+            raise OptionError(
+                f"activation_type={self.activation_type!r} is not valid.",
+                f"use one of {', '.join(t.value for t in ActivationType)}.",
+            ) from None
+        try:
+            object.__setattr__(self, "method", CalibrationMethod(self.method))
+        except ValueError:
+            raise OptionError(
+                f"method={self.method!r} is not a calibration method.",
+                f"use one of {', '.join(m.value for m in CalibrationMethod)}.",
+            ) from None
+        if isinstance(self.exclude, str):
+            object.__setattr__(self, "exclude", (self.exclude,))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.max_calibration_samples is not None and self.max_calibration_samples < 1:
+            raise OptionError(
+                f"max_calibration_samples={self.max_calibration_samples} must be at least 1.",
+                "pass a positive number or None for all samples.",
+            )
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: object) -> CompileOptions:
+        """Builds options from keyword arguments, rejecting unknown names.
+
+        Raises:
+            OptionError: a keyword is not an option, or a value is invalid.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise OptionError(
+                f"unknown option(s): {', '.join(unknown)}.",
+                f"valid options are {', '.join(sorted(known))}.",
+            )
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def host_is_arm() -> bool:
+    """True on ARM hosts, where ONNX Runtime's CPU kernels prefer int8 activations."""
+    return platform.machine().lower() in {"arm64", "aarch64", "armv8l", "armv7l"}

@@ -1,0 +1,59 @@
+"""The pass pipeline: one explicit, ordered list.
+
+Read it top to bottom: first the float graph is simplified, then the target-specific plan marks
+what is quantized, then parameters are computed in dependency order (weights need nothing,
+activations need calibration, biases need both). With ``verify_each`` the invariant checker runs
+after every pass and names the pass that broke an invariant.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import onnx_ir as ir
+
+from qcc.context import PassContext
+from qcc.invariants import check_invariants
+from qcc.passes.activation_qparams import ActivationQParamsPass
+from qcc.passes.calibrate import CalibratePass
+from qcc.passes.canonicalize import CanonicalizePass
+from qcc.passes.fold_batchnorm import FoldBatchNormPass
+from qcc.passes.fuse_matmul_add import FuseMatMulAddPass
+from qcc.passes.plan import PlanPass
+from qcc.passes.quantize_bias import QuantizeBiasPass
+from qcc.passes.quantize_weights import QuantizeWeightsPass
+
+logger = logging.getLogger(__name__)
+
+# Graph rewrites that keep the model's float function; the plan works on their result.
+FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, FuseMatMulAddPass)
+# Passes that decide and compute the quantization, as annotations.
+QUANT_PASSES = (PlanPass, QuantizeWeightsPass, CalibratePass, ActivationQParamsPass, QuantizeBiasPass)
+
+
+def build_passes(ctx: PassContext, *, float_only: bool = False) -> list[ir.passes.PassBase]:
+    """Returns the pipeline's passes, constructed with ``ctx``, in the order they run."""
+    classes = FLOAT_PASSES if float_only else FLOAT_PASSES + QUANT_PASSES
+    return [cls(ctx) for cls in classes]
+
+
+def run_pipeline(model: ir.Model, ctx: PassContext, *, float_only: bool = False) -> dict[str, float]:
+    """Runs the pipeline in place on ``model``.
+
+    Returns:
+        Seconds spent in each pass, by pass name.
+
+    Raises:
+        QccError: a pass found a user-caused problem (e.g. calibration data).
+        onnx_ir.passes.InvariantError: with ``verify_each``, a pass broke an invariant (a qcc bug).
+    """
+    timings: dict[str, float] = {}
+    for pass_ in build_passes(ctx, float_only=float_only):
+        start = time.perf_counter()
+        pass_(model)
+        timings[pass_.name] = time.perf_counter() - start
+        logger.debug("pass %s: %.3f s", pass_.name, timings[pass_.name])
+        if ctx.options.verify_each:
+            check_invariants(model, after=pass_.name)
+    return timings

@@ -1,0 +1,79 @@
+"""The arithmetic of affine quantization, shared by passes and backends.
+
+``q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`` and ``x ~ (q - zero_point) * scale``.
+Weights use the symmetric int8 range [-127, 127] (zero point 0, so -128 is never produced and
+products stay symmetric). Activations use the full range of their type; the real range is first
+widened to include 0 so that zero (padding, ReLU output) is exactly representable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+_RANGES = {
+    ir.DataType.UINT8: (0, 255),
+    ir.DataType.INT8: (-128, 127),
+    ir.DataType.INT32: (-(2**31), 2**31 - 1),
+}
+WEIGHT_QMAX = 127
+# The smallest scale qcc emits: keeps 1/scale finite in float32 for all-zero tensors.
+MIN_SCALE = np.float32(2.0**-40)
+
+
+def qrange(dtype: ir.DataType) -> tuple[int, int]:
+    """Returns (qmin, qmax) of an integer type."""
+    return _RANGES[dtype]
+
+
+def symmetric_weight_scale(weight: np.ndarray, axis: int | None) -> np.ndarray:
+    """Returns float32 scales max|w| / 127, per channel along ``axis`` or per tensor."""
+    if axis is None:
+        absmax = np.max(np.abs(weight)) if weight.size else np.float32(0)
+    else:
+        reduce = tuple(i for i in range(weight.ndim) if i != axis)
+        absmax = np.max(np.abs(weight), axis=reduce) if weight.size else np.zeros(weight.shape[axis])
+    return np.maximum(np.asarray(absmax, dtype=np.float32) / WEIGHT_QMAX, MIN_SCALE).astype(np.float32)
+
+
+def activation_params(rmin: float, rmax: float, dtype: ir.DataType, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (scale, zero_point) as 0-d arrays for a per-tensor activation range.
+
+    Symmetric: zero point 0 (128 for uint8 is not used), scale = max(|rmin|, |rmax|) / qmax.
+    Asymmetric: the range [min(rmin, 0), max(rmax, 0)] maps onto [qmin, qmax].
+    """
+    qmin, qmax = qrange(dtype)
+    rmin, rmax = min(float(rmin), 0.0), max(float(rmax), 0.0)
+    if rmax - rmin == 0.0:
+        # A constant-zero tensor: any scale represents it; 1.0 keeps derived bias scales sane.
+        return np.array(1.0, dtype=np.float32), np.array(0 if symmetric else qmin, dtype=dtype.numpy())
+    if symmetric:
+        scale = max(-rmin, rmax) / qmax
+        zero_point = 0
+    else:
+        scale = (rmax - rmin) / (qmax - qmin)
+        zero_point = int(np.clip(np.round(qmin - rmin / scale), qmin, qmax))
+    scale = max(np.float32(scale), MIN_SCALE)
+    return np.array(scale, dtype=np.float32), np.array(zero_point, dtype=dtype.numpy())
+
+
+def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None, dtype: ir.DataType) -> np.ndarray:
+    """Quantizes ``x`` as ONNX QuantizeLinear does (round half to even, saturate)."""
+    qmin, qmax = qrange(dtype)
+    if axis is not None and np.ndim(scale) == 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zero_point = zero_point.reshape(shape)
+    q = np.rint(x.astype(np.float64) / scale.astype(np.float64)) + zero_point.astype(np.int64)
+    return np.clip(q, qmin, qmax).astype(dtype.numpy())
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None) -> np.ndarray:
+    """Dequantizes as ONNX DequantizeLinear does."""
+    if axis is not None and np.ndim(scale) == 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zero_point = zero_point.reshape(shape)
+    return ((q.astype(np.int64) - zero_point.astype(np.int64)) * scale).astype(np.float32)

@@ -1,0 +1,129 @@
+"""Canonicalize: bring the float graph to the one form the later passes expect.
+
+* ``Constant`` nodes become initializers, so every constant is ``Value.const_value``.
+* ``Identity`` and inference-mode ``Dropout`` are removed (their output is their input).
+* Constant folding: a node whose inputs are all constants is evaluated once (with the ONNX
+  reference evaluator) and replaced by its result; ``Shape`` of a fully static tensor is folded
+  first, so shape subgraphs (Shape -> Gather -> Concat -> Reshape) collapse into constants.
+  Results that would be large materializations (ConstantOfShape/Expand/Tile/Range above 1M
+  elements) are left as nodes.
+* Unused nodes and initializers are dropped.
+
+Clip's ``min``/``max`` attributes (opset < 11) are already inputs here: the frontend upgrades
+every model to opset 13 or newer with the ONNX version converter, which moves them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+from onnx.reference import ReferenceEvaluator
+
+from qcc.irutils import const_array, default_opset, remove_node_bypassing
+from qcc.passes._base import QccPass
+
+logger = logging.getLogger(__name__)
+
+_NEVER_FOLD = frozenset(
+    {"DequantizeLinear", "QuantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
+     "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan"}
+)
+_EXPANDING = frozenset({"ConstantOfShape", "Expand", "Tile", "Range"})
+_MAX_EXPANDED = 1 << 20
+
+
+class CanonicalizePass(QccPass):
+    """Removes no-op nodes and folds constants (see module docstring)."""
+
+    name = "canonicalize"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model).modified
+        graph = model.graph
+        for node in list(graph):
+            if node.op_type == "Identity" and node.domain == "":
+                remove_node_bypassing(graph, node)
+                modified = True
+            elif node.op_type == "Dropout" and node.domain == "" and not _used(node.outputs[1:]):
+                remove_node_bypassing(graph, node)
+                modified = True
+        modified |= _fold_constants(model)
+        modified |= common.RemoveUnusedNodesPass()(model).modified
+        return ir.passes.PassResult(model, modified)
+
+
+def _used(values: list[ir.Value]) -> bool:
+    return any(v is not None and (v.uses() or v.is_graph_output()) for v in values)
+
+
+def _fold_constants(model: ir.Model) -> bool:
+    graph = model.graph
+    opset = default_opset(model)
+    folded = 0
+    for node in list(graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_FOLD:
+            continue
+        if node.op_type == "Shape":
+            result = _fold_shape(node)
+        elif node.inputs and all(v is None or v.const_value is not None for v in node.inputs):
+            result = _evaluate(node, opset)
+        else:
+            continue
+        if result is None:
+            continue
+        if node.op_type in _EXPANDING and any(r.size > _MAX_EXPANDED for r in result):
+            continue
+        for out, array in zip(node.outputs, result):
+            _replace_with_constant(graph, out, array)
+        graph.remove(node, safe=False)
+        folded += 1
+    if folded:
+        logger.debug("folded %d constant nodes", folded)
+    return folded > 0
+
+
+def _fold_shape(node: ir.Node) -> list[np.ndarray] | None:
+    shape = node.inputs[0].shape if node.inputs[0] is not None else None
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    dims = np.array([int(d) for d in shape], dtype=np.int64)
+    start = node.attributes.get("start")
+    end = node.attributes.get("end")
+    lo = start.as_int() if start is not None else 0
+    hi = end.as_int() if end is not None else len(dims)
+    return [dims[lo:hi]]
+
+
+def _evaluate(node: ir.Node, opset: int) -> list[np.ndarray] | None:
+    names = [f"in{i}" if v is not None else "" for i, v in enumerate(node.inputs)]
+    proto = ir.serde.serialize_node(node)
+    del proto.input[:]
+    proto.input.extend(names)
+    del proto.output[:]
+    proto.output.extend(f"out{i}" for i in range(len(node.outputs)))
+    feeds = {n: const_array(v) for n, v in zip(names, node.inputs) if n}
+    try:
+        evaluator = ReferenceEvaluator(proto, opsets={"": opset})
+        results = evaluator.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - an op the reference cannot run simply stays a node
+        logger.debug("not folding %s (%s): %s", node.name, node.op_type, exc)
+        return None
+    return [np.asarray(r) for r in results]
+
+
+def _replace_with_constant(graph: ir.Graph, out: ir.Value, array: np.ndarray) -> None:
+    """Rewires every use of ``out`` (graph outputs too) to a new initializer of the same name."""
+    name = out.name
+    constant = ir.Value(
+        name=None,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
+    out.replace_all_uses_with(constant, replace_graph_outputs=True)
+    out.name = None
+    constant.name = name
+    graph.register_initializer(constant)

@@ -1,0 +1,220 @@
+"""Plan: decide which nodes run int8 on the target, which stay float, and why.
+
+The decision is driven by the target's spec (``qcc.backends.base.TargetSpec``):
+
+1. Weighted ops (``compute_ops``: Conv, MatMul, Gemm) are quantized when their data is float32
+   and their weights meet the target's kernel rules; otherwise they stay float with the reason.
+2. A fixed point grows the quantized regions: an op with an int8 kernel (``int8_ops``: Add,
+   Concat, pooling, ...) joins when a neighbour is quantized; a shared-scale op (Reshape, MaxPool,
+   ...) joins when its data input is quantized and then reuses that input's parameters; an
+   activation in ``fused_activations`` (Relu, Clip) whose producer is quantized and feeds only it
+   is absorbed: the producer's output is quantized with the activation's range, which clamps
+   exactly as the activation would.
+3. Every tensor read or written by a quantized node is annotated (role, dtype, scheme, axis).
+   Ops never reached stay float; ``--exclude`` (node name or op type) overrides everything.
+
+The annotations are PLANNED; later passes fill in ranges and parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+
+from qcc.annotations import Decision, Role, TensorQuant, get_decision, is_quantized, set_decision, set_quant
+from qcc.irutils import attr_float, const_array, is_float
+from qcc.optable import BIAS_INPUT, WEIGHT_INPUT, quantizable_inputs, weight_axis
+from qcc.passes._base import QccPass
+
+logger = logging.getLogger(__name__)
+
+
+class PlanPass(QccPass):
+    """Annotates every node with a decision and every quantized tensor with its scheme."""
+
+    name = "plan"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        spec = self.ctx.target
+        excluded = set(self.ctx.options.exclude)
+        pending: list[ir.Node] = []
+        for node in graph:
+            reason = self._float_reason(node, excluded)
+            if reason is not None:
+                set_decision(node, Decision.FLOAT, reason)
+            elif node.op_type in spec.compute_ops:
+                set_decision(node, Decision.INT8, f"{node.op_type} has an int8 kernel on {spec.name}")
+            else:
+                pending.append(node)
+        self._grow(pending)
+        for node in pending:
+            if get_decision(node) is None:
+                set_decision(node, Decision.FLOAT, "no quantized neighbour; an isolated int8 op would only add Q/DQ")
+        self._annotate_tensors(graph)
+        return ir.passes.PassResult(model, True)
+
+    def _float_reason(self, node: ir.Node, excluded: set[str]) -> str | None:
+        spec = self.ctx.target
+        if node.name in excluded or node.op_type in excluded:
+            return "excluded by the user (--exclude)"
+        known = spec.compute_ops | spec.int8_ops | spec.shared_scale_ops | spec.fused_activations
+        if node.domain not in ("", "ai.onnx") or node.op_type not in known:
+            return f"{node.op_type} has no int8 kernel on {spec.name}"
+        data = [node.inputs[i] for i in quantizable_inputs(node)]
+        if not data or not node.outputs:
+            return "no data inputs"
+        if any(v.dtype not in (ir.DataType.FLOAT, None) for v in data if v is not None):
+            return "operates on non-float32 tensors"
+        if any(not is_float(v) and v.dtype is not None for v in node.outputs):
+            return "produces non-float tensors"
+        if node.op_type in spec.compute_ops:
+            return _compute_reason(node)
+        if node.op_type in spec.fused_activations and node.op_type == "Clip":
+            if any(v is not None and v.const_value is None for v in node.inputs[1:]):
+                return "Clip bounds are not constants"
+        return None
+
+    def _grow(self, pending: list[ir.Node]) -> None:
+        """Decides pending nodes until nothing changes.
+
+        Absorbing an activation into its producer is preferred over quantizing it on its own, so
+        standalone activations are only considered once no other decision can be made.
+        """
+        spec = self.ctx.target
+        standalone_activations = False
+        while True:
+            changed = False
+            for node in pending:
+                if get_decision(node) is not None:
+                    continue
+                activation = node.op_type in spec.fused_activations
+                if activation and _absorbable(node, spec.shared_scale_ops):
+                    producer = node.inputs[0].producer()
+                    set_decision(node, Decision.FUSED, f"absorbed into the quantized output of {producer.name}")
+                elif activation and not standalone_activations:
+                    continue
+                elif node.op_type in spec.shared_scale_ops:
+                    if not _quantized_activation(node.inputs[0]):
+                        continue
+                    set_decision(node, Decision.INT8, "moves quantized data; shares its input's parameters")
+                elif _has_quantized_neighbour(node):
+                    set_decision(node, Decision.INT8, f"{node.op_type} has an int8 kernel and a quantized neighbour")
+                else:
+                    continue
+                changed = True
+            if not changed:
+                if standalone_activations:
+                    return
+                standalone_activations = True
+
+    def _annotate_tensors(self, graph: ir.Graph) -> None:
+        spec = self.ctx.target
+        act = TensorQuantFactory(self.ctx.activation_dtype, spec.symmetric_activations)
+        per_channel = self.ctx.options.per_channel
+        for node in graph:
+            decision = get_decision(node)
+            if decision is None or decision.decision == Decision.FLOAT:
+                continue
+            if decision.decision == Decision.FUSED:
+                set_quant(node.outputs[0], act.make())
+                continue
+            for i in quantizable_inputs(node):
+                value = node.inputs[i]
+                if not is_float(value) and value.dtype is not None:
+                    continue
+                if node.op_type in spec.compute_ops and i == WEIGHT_INPUT and value.const_value is not None:
+                    axis = weight_axis(node) if per_channel else None
+                    if axis is not None and axis < 0:
+                        axis += len(value.shape)
+                    if node.op_type == "MatMul" and axis is not None and len(value.shape) != 2:
+                        axis = None
+                    set_quant(value, TensorQuant(Role.WEIGHT, ir.DataType.INT8, True, axis))
+                elif i == BIAS_INPUT.get(node.op_type):
+                    if spec.bias_int32:
+                        set_quant(value, TensorQuant(Role.BIAS, ir.DataType.INT32, True, 0 if per_channel else None))
+                elif not is_quantized(value):
+                    set_quant(value, act.make())
+            for out in node.outputs:
+                consumers = out.consumers()
+                absorbed = (
+                    len(consumers) == 1
+                    and not out.is_graph_output()
+                    and getattr(get_decision(consumers[0]), "decision", None) == Decision.FUSED
+                )
+                if absorbed:
+                    continue
+                quant = act.make()
+                if node.op_type in spec.shared_scale_ops:
+                    quant.shared_with = node.inputs[0].name
+                set_quant(out, quant)
+
+
+class TensorQuantFactory:
+    """Makes fresh activation annotations of one scheme."""
+
+    def __init__(self, dtype: ir.DataType, symmetric: bool) -> None:
+        self.dtype = dtype
+        self.symmetric = symmetric
+
+    def make(self) -> TensorQuant:
+        """Returns a new PLANNED per-tensor activation annotation."""
+        return TensorQuant(Role.ACTIVATION, self.dtype, self.symmetric)
+
+
+def _compute_reason(node: ir.Node) -> str | None:
+    weight = node.inputs[WEIGHT_INPUT] if len(node.inputs) > WEIGHT_INPUT else None
+    if node.op_type in ("Conv", "ConvTranspose"):
+        if weight is None or weight.const_value is None:
+            return f"{node.op_type} weight is not a constant"
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if bias is not None and bias.const_value is None:
+            return f"{node.op_type} bias is not a constant"
+    if node.op_type == "Gemm":
+        c = node.inputs[2] if len(node.inputs) > 2 else None
+        if c is not None:
+            array = const_array(c)
+            if array is None or array.ndim != 1 or attr_float(node, "beta", 1.0) != 1.0:
+                return "Gemm bias is not a 1-D constant with beta=1"
+    return None
+
+
+def _absorbable(node: ir.Node, shared_scale_ops: frozenset[str]) -> bool:
+    """An activation is absorbed when its producer computes (not just moves) quantized data and
+    feeds only it."""
+    source = node.inputs[0]
+    producer = source.producer() if source is not None else None
+    if producer is None or source.is_graph_output() or len(source.consumers()) != 1:
+        return False
+    decision = get_decision(producer)
+    if decision is None or decision.decision != Decision.INT8 or producer.op_type in shared_scale_ops:
+        return False
+    if node.op_type == "Clip":
+        low = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        if low is not None and float(low) > 0:
+            return False
+    return True
+
+
+def _quantized_activation(value: ir.Value | None) -> bool:
+    """True if the value is (or will be) a quantized activation under the current decisions."""
+    if value is None or value.const_value is not None or not is_float(value):
+        return False
+    producer = value.producer()
+    if producer is not None:
+        decision = get_decision(producer)
+        if decision is not None and decision.decision in (Decision.INT8, Decision.FUSED):
+            return True
+    for consumer in value.consumers():
+        decision = get_decision(consumer)
+        if decision is not None and decision.decision == Decision.INT8:
+            if any(consumer.inputs[i] is value for i in quantizable_inputs(consumer)):
+                return True
+    return False
+
+
+def _has_quantized_neighbour(node: ir.Node) -> bool:
+    if any(_quantized_activation(node.inputs[i]) for i in quantizable_inputs(node)):
+        return True
+    return any(_quantized_activation(out) for out in node.outputs)
