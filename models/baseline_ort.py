@@ -3,12 +3,13 @@
     python models/baseline_ort.py FP32.onnx CALIB.npz OUT.onnx [--activation-type {QUInt8,QInt8}]
 
 Recipe (zoo.md section 3): ``quant_pre_process`` (shape inference + ORT graph optimisation), then
-``quantize_static(QuantFormat.QDQ, per_channel=True, CalibrationMethod.MinMax, activation QUInt8, weight QInt8)`` on
-every sample of CALIB.npz. When a step raises, fall back in order to pre-processing with ``skip_optimization=True``
-(per-channel), then that with per-tensor weights. Within each recipe, when ORT's symbolic
-shape inference cannot complete (dynamic-shape models: nudenet's free height/width, MiniLM, magika), pre-processing is
-redone with ``skip_symbolic_shape=True`` (ONNX shape inference only); the result says whether that happened. Prints JSON {recipe, seconds, failed: [{recipe, error}], ...}.
-The output is written to a temporary file and moved into place, so OUT.onnx is either complete or absent.
+``quantize_static(QuantFormat.QDQ, per_channel=True, CalibrationMethod.MinMax, activation QUInt8, weight
+QInt8)`` on every sample of CALIB.npz. When a step raises, fall back in order to pre-processing with
+``skip_optimization=True`` (per-channel), then that with per-tensor weights. Within each recipe, when ORT's
+symbolic shape inference cannot complete (dynamic-shape models: nudenet's free height/width, MiniLM, magika),
+pre-processing is redone with ``skip_symbolic_shape=True`` (ONNX shape inference only); the result says
+whether that happened. Prints JSON {recipe, seconds, failed: [{recipe, error}], ...}. The output is written to
+a temporary file and moved into place, so OUT.onnx is either complete or absent.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""Zoo fidelity metrics: an int8 model against its fp32 original on a model's eval feeds, plus latency and census.
+"""Zoo fidelity metrics (int8 vs fp32 on a model's eval feeds), plus latency and the ORT fusion census.
 
-Runs in the project env (numpy + onnxruntime; the census also reads the optimised graph with onnx). Fidelity is
-agreement with fp32, not task accuracy: the eval sets are small and unlabelled.
+Runs in the project env (numpy + onnxruntime; the census also reads the optimised graph with onnx). Fidelity
+is agreement with fp32, not task accuracy: the eval sets are small and unlabelled.
 
     python models/evaluate.py MODEL_NAME FP32.onnx INT8.onnx EVAL.npz [--latency] [--census] [--threads N]
 
-prints one JSON object: {"model", "samples", "metrics": METRICS[MODEL_NAME](fp32, int8), "latency"?, "census"?}.
+prints one JSON object: {"model", "samples", "metrics": METRICS[MODEL_NAME](fp32, int8), "latency"?,
+"census"?}.
 
 Building blocks:
     load_feeds(npz)                     the feed dicts of a zoo .npz (both key forms of qcc's data contract).
@@ -43,8 +44,8 @@ _INDEXED_KEY = re.compile(r"^(\d+)/(.+)$")
 def load_feeds(path: str | os.PathLike) -> list[Feed]:
     """Returns the samples of a zoo .npz as feed dicts, in sample order.
 
-    Two key forms (qcc's calibration-data contract): ``<index>/<input name>`` (one feed per index, shapes may differ)
-    or input names holding arrays with a leading sample axis (each row one feed).
+    Two key forms (qcc's calibration-data contract): ``<index>/<input name>`` (one feed per index, shapes
+    may differ) or input names holding arrays with a leading sample axis (each row one feed).
 
     Raises:
         ValueError: the file mixes the two forms, or the sample-axis arrays disagree in length.
@@ -76,11 +77,13 @@ def session(path: str | os.PathLike, threads: int = 1, **options) -> ort.Inferen
     return ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
 
 
-def run_model(path: str | os.PathLike, feeds_list: Sequence[Mapping[str, np.ndarray]], threads: int = 1) -> list[Outputs]:
+def run_model(
+    path: str | os.PathLike, feeds_list: Sequence[Mapping[str, np.ndarray]], threads: int = 1
+) -> list[Outputs]:
     """Runs a model on every feed and returns, per feed, {output name: array}."""
     sess = session(path, threads)
     names = [o.name for o in sess.get_outputs()]
-    return [dict(zip(names, sess.run(names, dict(feed)))) for feed in feeds_list]
+    return [dict(zip(names, sess.run(names, dict(feed)), strict=True)) for feed in feeds_list]
 
 
 def _largest(feeds_list: Sequence[Mapping[str, np.ndarray]]) -> Feed:
@@ -98,7 +101,8 @@ def latency(
     """Times fp32 and int8 on one feed, alternating runs so both see the same machine load.
 
     Returns:
-        {"fp32_ms", "int8_ms" (medians), "ratio" (fp32_ms / int8_ms, > 1 means int8 is faster), "repeats", "threads"}.
+        {"fp32_ms", "int8_ms" (medians), "ratio" (fp32_ms / int8_ms, > 1 means int8 is faster),
+        "repeats", "threads"}.
     """
     sessions = {"fp32": session(fp32_path, threads), "int8": session(int8_path, threads)}
     feed = dict(feed)
@@ -110,8 +114,13 @@ def latency(
             if i >= warmup:
                 times[key].append((time.perf_counter() - start) * 1e3)
     fp32_ms, int8_ms = statistics.median(times["fp32"]), statistics.median(times["int8"])
-    return {"fp32_ms": round(fp32_ms, 3), "int8_ms": round(int8_ms, 3), "ratio": round(fp32_ms / int8_ms, 3),
-            "repeats": repeats, "threads": threads}  # fmt: skip
+    return {
+        "fp32_ms": round(fp32_ms, 3),
+        "int8_ms": round(int8_ms, 3),
+        "ratio": round(fp32_ms / int8_ms, 3),
+        "repeats": repeats,
+        "threads": threads,
+    }
 
 
 FLOAT_COMPUTE_OPS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm", "ConvTranspose")
@@ -121,15 +130,19 @@ def fusion_census(path: str | os.PathLike) -> dict:
     """Counts op types in the graph ORT actually runs (ORT_ENABLE_EXTENDED, CPU), after its QDQ fusions.
 
     Returns:
-        {"ops": {op type: count}, "float_compute_left": {Conv/MatMul/Gemm/FusedConv/... still in float: count},
-        "quantize": QuantizeLinear count, "dequantize": DequantizeLinear count}.
+        {"ops": {op type: count}, "float_compute_left": {op type: count} for Conv/MatMul/Gemm/FusedConv/...
+        still running in float, "quantize": QuantizeLinear count, "dequantize": DequantizeLinear count}.
     """
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         optimized = os.path.join(tmp, "optimized.onnx")
-        session(path, 1, graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                optimized_model_filepath=optimized)  # fmt: skip
+        session(
+            path,
+            1,
+            graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            optimized_model_filepath=optimized,
+        )
         graph = onnx.load(optimized, load_external_data=False).graph
     ops = collections.Counter(node.op_type for node in graph.node)
     return {
@@ -172,7 +185,9 @@ def classification(output: str) -> Metric:
         top5 = np.argsort(-b, axis=1)[:, :5]
         return {
             "top1_agreement": round(float(np.mean(top1 == b.argmax(axis=1))), 4),
-            "top1_in_int8_top5": round(float(np.mean([t in row for t, row in zip(top1, top5)])), 4),
+            "top1_in_int8_top5": round(
+                float(np.mean([t in row for t, row in zip(top1, top5, strict=True)])), 4
+            ),
             **_cosine_summary(a, b),
             "count": len(a),
         }
@@ -207,22 +222,22 @@ def yolov8_boxes(raw: np.ndarray, score: float = 0.25, iou: float = 0.45) -> tup
         kept.append(best)
         if order:
             overlaps = _iou(boxes[best], boxes[order])
-            order = [o for o, v in zip(order, overlaps) if v <= iou]
+            order = [o for o, v in zip(order, overlaps, strict=True) if v <= iou]
     return boxes[kept], classes[kept]
 
 
 def detection(output: str) -> Metric:
-    """Returns a YOLOv8 detection metric: box F1 of int8 vs fp32 (IoU >= 0.5, same class) and raw-output cosine."""
+    """Returns a YOLOv8 detection metric: int8-vs-fp32 box F1 (IoU >= 0.5, same class), raw-output cosine."""
 
     def metric(fp32: Sequence[Outputs], int8: Sequence[Outputs]) -> dict:
         matched = n_fp32 = n_int8 = 0
-        for a, b in zip(fp32, int8):
-            for raw_a, raw_b in zip(a[output], b[output]):
+        for a, b in zip(fp32, int8, strict=True):
+            for raw_a, raw_b in zip(a[output], b[output], strict=True):
                 boxes_a, cls_a = yolov8_boxes(raw_a)
                 boxes_b, cls_b = yolov8_boxes(raw_b)
                 n_fp32, n_int8 = n_fp32 + len(boxes_a), n_int8 + len(boxes_b)
                 free = np.ones(len(boxes_b), bool)
-                for box, cls in zip(boxes_a, cls_a):
+                for box, cls in zip(boxes_a, cls_a, strict=True):
                     if not free.any():
                         break
                     overlaps = np.where(free & (cls_b == cls), _iou(box, boxes_b), 0.0)
@@ -230,8 +245,13 @@ def detection(output: str) -> Metric:
                         free[overlaps.argmax()] = False
                         matched += 1
         f1 = 1.0 if n_fp32 + n_int8 == 0 else 2 * matched / (n_fp32 + n_int8)
-        return {"box_f1": round(f1, 4), "fp32_boxes": n_fp32, "int8_boxes": n_int8, "matched": matched,
-                **_cosine_summary(_rows(fp32, output), _rows(int8, output))}  # fmt: skip
+        return {
+            "box_f1": round(f1, 4),
+            "fp32_boxes": n_fp32,
+            "int8_boxes": n_int8,
+            "matched": matched,
+            **_cosine_summary(_rows(fp32, output), _rows(int8, output)),
+        }
 
     return metric
 
@@ -251,7 +271,7 @@ def count_regions(mask: np.ndarray) -> int:
         padded = np.concatenate([[False], row, [False]]).astype(np.int8)
         edges = np.flatnonzero(np.diff(padded))
         current = []
-        for start, stop in zip(edges[::2], edges[1::2]):
+        for start, stop in zip(edges[::2], edges[1::2], strict=True):
             run = len(parent)
             parent.append(run)
             for p_start, p_stop, p_run in previous:
@@ -264,21 +284,29 @@ def count_regions(mask: np.ndarray) -> int:
 
 
 def text_detection(output: str, threshold: float = 0.3) -> Metric:
-    """Returns a DB text-detection metric: mask IoU at p > threshold, connected text regions, prob-map cosine."""
+    """Returns a DB text-detection metric: mask IoU at p > threshold, text regions, prob-map cosine."""
 
     def metric(fp32: Sequence[Outputs], int8: Sequence[Outputs]) -> dict:
         inter = union = regions_a = regions_b = 0
-        for a, b in zip(fp32, int8):
+        for a, b in zip(fp32, int8, strict=True):
             mask_a, mask_b = a[output] > threshold, b[output] > threshold
             inter += int(np.sum(mask_a & mask_b))
             union += int(np.sum(mask_a | mask_b))
-            for map_a, map_b in zip(mask_a.reshape(-1, *mask_a.shape[-2:]), mask_b.reshape(-1, *mask_b.shape[-2:])):
+            for map_a, map_b in zip(
+                mask_a.reshape(-1, *mask_a.shape[-2:]), mask_b.reshape(-1, *mask_b.shape[-2:]), strict=False
+            ):
                 regions_a += count_regions(map_a)
                 regions_b += count_regions(map_b)
-        cos = np.array([_cosines(a[output][None], b[output][None])[0] for a, b in zip(fp32, int8)])
-        return {"mask_iou": round(inter / union if union else 1.0, 4), "fp32_regions": regions_a,
-                "int8_regions": regions_b, "cosine_mean": round(float(cos.mean()), 5),
-                "cosine_min": round(float(cos.min()), 5)}  # fmt: skip
+        cos = np.array(
+            [_cosines(a[output][None], b[output][None])[0] for a, b in zip(fp32, int8, strict=True)]
+        )
+        return {
+            "mask_iou": round(inter / union if union else 1.0, 4),
+            "fp32_regions": regions_a,
+            "int8_regions": regions_b,
+            "cosine_mean": round(float(cos.mean()), 5),
+            "cosine_min": round(float(cos.min()), 5),
+        }
 
     return metric
 
@@ -291,27 +319,31 @@ def ctc_greedy(probs: np.ndarray, blank: int = 0) -> tuple[int, ...]:
 
 
 def text_recognition(output: str) -> Metric:
-    """Returns a CTC recognition metric: exact decoded-sequence agreement, per-step argmax agreement, cosine."""
+    """Returns a CTC recognition metric: exact decoded-sequence and per-step argmax agreement, cosine."""
 
     def metric(fp32: Sequence[Outputs], int8: Sequence[Outputs]) -> dict:
         exact, steps, cos = [], [], []
-        for a, b in zip(fp32, int8):
-            for line_a, line_b in zip(a[output], b[output]):
+        for a, b in zip(fp32, int8, strict=True):
+            for line_a, line_b in zip(a[output], b[output], strict=True):
                 exact.append(ctc_greedy(line_a) == ctc_greedy(line_b))
                 steps.append(np.mean(line_a.argmax(-1) == line_b.argmax(-1)))
                 cos.append(_cosines(line_a[None], line_b[None])[0])
-        return {"exact_agreement": round(float(np.mean(exact)), 4), "step_agreement": round(float(np.mean(steps)), 4),
-                "cosine_mean": round(float(np.mean(cos)), 5), "cosine_min": round(float(np.min(cos)), 5),
-                "lines": len(exact)}  # fmt: skip
+        return {
+            "exact_agreement": round(float(np.mean(exact)), 4),
+            "step_agreement": round(float(np.mean(steps)), 4),
+            "cosine_mean": round(float(np.mean(cos)), 5),
+            "cosine_min": round(float(np.min(cos)), 5),
+            "lines": len(exact),
+        }
 
     return metric
 
 
 def embedding(output: str) -> Metric:
-    """Returns a sentence-embedding metric: cosine of fp32 vs int8 embeddings, and nearest-neighbour agreement.
+    """Returns a sentence-embedding metric: fp32-vs-int8 embedding cosine and nearest-neighbour agreement.
 
-    NN agreement: for each sentence, is its most similar other sentence (cosine, among all eval sentences) the same
-    under the int8 embeddings as under the fp32 ones.
+    NN agreement: the fraction of sentences whose most similar other sentence (cosine, among all eval
+    sentences) is the same under the int8 embeddings as under the fp32 ones.
     """
 
     def nearest(rows: np.ndarray) -> np.ndarray:
@@ -322,27 +354,36 @@ def embedding(output: str) -> Metric:
 
     def metric(fp32: Sequence[Outputs], int8: Sequence[Outputs]) -> dict:
         a, b = _rows(fp32, output), _rows(int8, output)
-        return {**_cosine_summary(a, b), "nn_agreement": round(float(np.mean(nearest(a) == nearest(b))), 4),
-                "sentences": len(a)}  # fmt: skip
+        return {
+            **_cosine_summary(a, b),
+            "nn_agreement": round(float(np.mean(nearest(a) == nearest(b))), 4),
+            "sentences": len(a),
+        }
 
     return metric
 
 
 def voice_activity(output: str, threshold: float = 0.5) -> Metric:
-    """Returns a VAD metric on per-frame speech probabilities: decision agreement at threshold, MAE, cosine."""
+    """Returns a VAD metric on per-frame speech probabilities: decision agreement at threshold, MAE,
+    cosine."""
 
     def metric(fp32: Sequence[Outputs], int8: Sequence[Outputs]) -> dict:
         a = np.concatenate([np.ravel(o[output]) for o in fp32]).astype(np.float64)
         b = np.concatenate([np.ravel(o[output]) for o in int8]).astype(np.float64)
-        return {"decision_agreement": round(float(np.mean((a > threshold) == (b > threshold))), 4),
-                "mae": round(float(np.mean(np.abs(a - b))), 5), "cosine": round(float(_cosines(a[None], b[None])[0]), 5),
-                "frames": len(a)}  # fmt: skip
+        return {
+            "decision_agreement": round(float(np.mean((a > threshold) == (b > threshold))), 4),
+            "mae": round(float(np.mean(np.abs(a - b))), 5),
+            "cosine": round(float(_cosines(a[None], b[None])[0]), 5),
+            "frames": len(a),
+        }
 
     return metric
 
 
-def speech_accuracy(output: str, key: str, threshold: float = 0.5) -> Callable[[Sequence[Outputs], Mapping], dict]:
-    """Returns a ground-truth metric: accuracy of (probability > threshold) against reference[key] per frame."""
+def speech_accuracy(
+    output: str, key: str, threshold: float = 0.5
+) -> Callable[[Sequence[Outputs], Mapping], dict]:
+    """Returns a ground-truth metric: per-frame accuracy of (probability > threshold) vs reference[key]."""
 
     def metric(outputs: Sequence[Outputs], reference: Mapping[str, np.ndarray]) -> dict:
         decisions = np.concatenate([np.ravel(o[output]) for o in outputs]) > threshold
@@ -369,12 +410,17 @@ REFERENCE_METRICS: dict[str, Callable[[Sequence[Outputs], Mapping[str, np.ndarra
 
 
 def evaluate(
-    model: str, fp32_path: str, int8_path: str, eval_path: str, threads: int = 1, reference_path: str | None = None
+    model: str,
+    fp32_path: str,
+    int8_path: str,
+    eval_path: str,
+    threads: int = 1,
+    reference_path: str | None = None,
 ) -> dict:
     """Runs both models on the eval feeds and returns {"model", "samples", "metrics"[, "reference"]}.
 
-    "reference" ({"fp32": ..., "int8": ...}) is added for models in REFERENCE_METRICS when reference_path, by default
-    ``reference.npz`` beside the eval file, exists.
+    "reference" ({"fp32": ..., "int8": ...}) is added for models in REFERENCE_METRICS when reference_path
+    (by default ``reference.npz`` beside the eval file) exists.
 
     Raises:
         KeyError: no metric is registered for the model name.
@@ -384,12 +430,16 @@ def evaluate(
     feeds = load_feeds(eval_path)
     fp32, int8 = run_model(fp32_path, feeds, threads), run_model(int8_path, feeds, threads)
     result = {"model": model, "samples": len(feeds), "metrics": METRICS[model](fp32, int8)}
-    reference_path = reference_path or os.path.join(os.path.dirname(os.path.abspath(eval_path)), "reference.npz")
+    reference_path = reference_path or os.path.join(
+        os.path.dirname(os.path.abspath(eval_path)), "reference.npz"
+    )
     if model in REFERENCE_METRICS and os.path.exists(reference_path):
         with np.load(reference_path) as npz:
             reference = {key: npz[key] for key in npz.files}
-        result["reference"] = {"fp32": REFERENCE_METRICS[model](fp32, reference),
-                               "int8": REFERENCE_METRICS[model](int8, reference)}  # fmt: skip
+        result["reference"] = {
+            "fp32": REFERENCE_METRICS[model](fp32, reference),
+            "int8": REFERENCE_METRICS[model](int8, reference),
+        }
     return result
 
 
@@ -400,13 +450,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("int8")
     parser.add_argument("eval_npz")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for the fidelity runs")
-    parser.add_argument("--latency", action="store_true", help="also time fp32 vs int8 on the largest eval feed")
+    parser.add_argument(
+        "--latency", action="store_true", help="also time fp32 vs int8 on the largest eval feed"
+    )
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per model for --latency")
-    parser.add_argument("--census", action="store_true", help="also count op types in ORT's optimised int8 graph")
+    parser.add_argument(
+        "--census", action="store_true", help="also count op types in ORT's optimised int8 graph"
+    )
     args = parser.parse_args(argv)
     result = evaluate(args.model, args.fp32, args.int8, args.eval_npz, args.threads)
     if args.latency:
-        result["latency"] = latency(args.fp32, args.int8, _largest(load_feeds(args.eval_npz)), repeats=args.repeats)
+        result["latency"] = latency(
+            args.fp32, args.int8, _largest(load_feeds(args.eval_npz)), repeats=args.repeats
+        )
     if args.census:
         result["census"] = {"fp32": fusion_census(args.fp32), "int8": fusion_census(args.int8)}
     print(json.dumps(result, indent=2))

@@ -7,6 +7,9 @@
   first, so shape subgraphs (Shape -> Gather -> Concat -> Reshape) collapse into constants.
   Results that would be large materializations (ConstantOfShape/Expand/Tile/Range above 1M
   elements) are left as nodes.
+* ``ReduceMean`` over the spatial axes (2, 3) of a 4-D tensor becomes ``GlobalAveragePool``
+  (followed by a ``Reshape`` to (N, C) when ``keepdims=0``): the same numbers, and an op every
+  target has an int8 kernel for.
 * Unused nodes and initializers are dropped.
 
 Clip's ``min``/``max`` attributes (opset < 11) are already inputs here: the frontend upgrades
@@ -22,7 +25,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnx.reference import ReferenceEvaluator
 
-from qcc.irutils import const_array, default_opset, remove_node_bypassing
+from qcc.irutils import const_array, default_opset, remove_node_bypassing, unique_name
 from qcc.passes._base import QccPass
 
 logger = logging.getLogger(__name__)
@@ -51,8 +54,49 @@ class CanonicalizePass(QccPass):
                 remove_node_bypassing(graph, node)
                 modified = True
         modified |= _fold_constants(model)
+        for node in list(graph):
+            if node.op_type == "ReduceMean" and node.domain == "":
+                modified |= _spatial_mean_to_global_pool(graph, node, default_opset(model))
         modified |= common.RemoveUnusedNodesPass()(model).modified
         return ir.passes.PassResult(model, modified)
+
+
+def _spatial_mean_to_global_pool(graph: ir.Graph, node: ir.Node, opset: int) -> bool:
+    x = node.inputs[0]
+    if x is None or x.shape is None or len(x.shape) != 4:
+        return False
+    if opset >= 18:
+        axes_value = node.inputs[1] if len(node.inputs) > 1 else None
+        axes = const_array(axes_value) if axes_value is not None else None
+    else:
+        attr = node.attributes.get("axes")
+        axes = np.array(attr.as_ints()) if attr is not None else None
+    if axes is None or sorted(int(a) % 4 for a in np.ravel(axes)) != [2, 3]:
+        return False
+    pool = ir.node("GlobalAveragePool", [x], name=node.name)
+    graph.insert_before(node, pool)
+    result = pool.outputs[0]
+    keepdims = node.attributes.get("keepdims")
+    if keepdims is not None and keepdims.as_int() == 0:
+        shape = ir.Value(
+            name=f"{node.name}_shape", shape=ir.Shape([2]), type=ir.TensorType(ir.DataType.INT64),
+            const_value=ir.tensor(np.array([0, -1], dtype=np.int64), name=f"{node.name}_shape"),
+        )
+        shape.name = unique_name(graph, shape.name)
+        graph.register_initializer(shape)
+        reshape = ir.node("Reshape", [result, shape], name=f"{node.name}_flatten")
+        graph.insert_before(node, reshape)
+        result.shape = ir.Shape([x.shape[0], x.shape[1], 1, 1])
+        result.type = x.type
+        result = reshape.outputs[0]
+    out = node.outputs[0]
+    result.shape, result.type = out.shape, out.type
+    name = out.name
+    out.replace_all_uses_with(result, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+    out.name = None
+    result.name = name
+    return True
 
 
 def _used(values: list[ir.Value]) -> bool:

@@ -1,13 +1,14 @@
 """Shared build steps for zoo recipes: source checks, atomic writes, ONNX export checks, feed files.
 
-Every recipe is a script run with the zoo environment (``models/.venv/bin/python recipes/<model>.py --out DIR``).
-It writes into DIR only through the ``write_*`` helpers here, each of which writes a temporary file in the same
-directory and ``os.replace``-s it into place, so an interrupted build never leaves a half-written file under a final
-name. ``build-info.json`` is written last; the Makefile uses it as the target that marks a complete build.
+Every recipe is a script run with the zoo environment (``models/.venv/bin/python recipes/<model>.py --out
+DIR``). It writes into DIR only through the ``write_*`` helpers here, each of which writes a temporary file in
+the same directory and ``os.replace``-s it into place, so an interrupted build never leaves a half-written
+file under a final name. ``build-info.json`` is written last; the Makefile uses it as the target that marks
+a complete build.
 
-Feed files follow qcc's calibration-data contract (``compiler/data.py``): either keys = input names holding arrays
-with a leading sample axis (rank = input rank + 1, each sample one batch-1 feed), or keys ``<index>/<input name>``
-when shapes differ between samples.
+Feed files follow qcc's calibration-data contract (``compiler/data.py``): either keys = input names holding
+arrays with a leading sample axis (rank = input rank + 1, each sample one batch-1 feed), or keys
+``<index>/<input name>`` when shapes differ between samples.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MAX_IR_VERSION = 10
-"""onnxruntime 1.31 rejects the IR version 14 that onnx 1.23 writes by default; models are stamped down to this."""
+"""onnxruntime 1.31 rejects the IR version 14 that onnx 1.23 writes by default; models are stamped down."""
 
 
 class RecipeError(RuntimeError):
@@ -63,7 +64,9 @@ def package_file(package: str, relative: str) -> Path:
         path = Path(root) / relative
         if path.is_file():
             return path
-    raise RecipeError(f"{package!r} has no file {relative!r}; check the pinned version in requirements-zoo.txt.")
+    raise RecipeError(
+        f"{package!r} has no file {relative!r}; check the pinned version in requirements-zoo.txt."
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -185,7 +188,9 @@ def compare(name: str, reference: np.ndarray, actual: np.ndarray, atol: float, r
     reference = np.asarray(reference, dtype=np.float64)
     actual = np.asarray(actual, dtype=np.float64)
     if reference.shape != actual.shape:
-        raise RecipeError(f"output {name!r}: shape {actual.shape} differs from the reference {reference.shape}.")
+        raise RecipeError(
+            f"output {name!r}: shape {actual.shape} differs from the reference {reference.shape}."
+        )
     diff = np.abs(reference - actual)
     if not np.all(diff <= atol + rtol * np.abs(reference)):
         raise RecipeError(f"output {name!r}: max abs difference {diff.max():.3g} exceeds atol {atol}.")

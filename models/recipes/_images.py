@@ -1,13 +1,13 @@
 """Real photos shipped in wheels, and the crops and normalisation the image recipes share.
 
-Photos are read straight from the installed packages' data folders with PIL (never through ``skimage.data``, whose
-fetchers may reach for the network). Grey and RGBA images are converted to RGB.
+Photos are read straight from the installed packages' data folders with PIL (never through ``skimage.data``,
+whose fetchers may reach for the network). Grey and RGBA images are converted to RGB.
 
-Crops follow torchvision's conventions, re-implemented with PIL and numpy (torchvision does not load beside the zoo's
-torch): a centre square crop, and ``RandomResizedCrop`` (area fraction ``scale``, aspect ratio log-uniform in
-``ratio``, ten tries, then the centre crop fallback) with an optional horizontal flip. Resizing is PIL bilinear, which
-anti-aliases when shrinking, as torchvision does for PIL images. ImageNet normalisation is
-``(x / 255 - mean) / std`` per RGB channel, laid out CHW.
+Crops follow torchvision's conventions, re-implemented with PIL and numpy (torchvision does not load beside
+the zoo's torch): a centre square crop, and ``RandomResizedCrop`` (area fraction ``scale``, aspect ratio
+log-uniform in ``ratio``, ten tries, then the centre crop fallback) with an optional horizontal flip. Resizing
+is PIL bilinear, which anti-aliases when shrinking, as torchvision does for PIL images. ImageNet normalisation
+is ``(x / 255 - mean) / std`` per RGB channel, laid out CHW.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from _build import package_file
+from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,7 +34,10 @@ PHOTOS: dict[str, tuple[str, str]] = {
     "coffee": ("skimage", "data/coffee.png"),
     "coins": ("skimage", "data/coins.png"),
     "color": ("skimage", "data/color.png"),
-    "colorwheel": ("skimage", "data/color.png"),  # skimage.data.colorwheel() loads color.png: same photo as "color"
+    "colorwheel": (
+        "skimage",
+        "data/color.png",
+    ),  # skimage.data.colorwheel() loads color.png: same photo as "color"
     "grass": ("skimage", "data/grass.png"),
     "gravel": ("skimage", "data/gravel.png"),
     "horse": ("skimage", "data/horse.png"),
@@ -59,13 +61,33 @@ PHOTOS: dict[str, tuple[str, str]] = {
 
 # The 16 calibration / 8 evaluation photos of zoo.md (mobilenet_v2_imagenet, reused by nudenet_yolov8n).
 CALIBRATION_PHOTOS = (
-    "astronaut", "camera", "coffee", "coins", "hubble_deep_field", "ihc", "moon", "motorcycle_left",
-    "retina", "rocket", "brick", "grass", "gravel", "cell", "clock_motion", "color",
-)  # fmt: skip
+    "astronaut",
+    "camera",
+    "coffee",
+    "coins",
+    "hubble_deep_field",
+    "ihc",
+    "moon",
+    "motorcycle_left",
+    "retina",
+    "rocket",
+    "brick",
+    "grass",
+    "gravel",
+    "cell",
+    "clock_motion",
+    "color",
+)
 EVALUATION_PHOTOS = (
-    "chelsea", "motorcycle_right", "horse", "microaneurysms", "china", "flower", "grace_hopper",
+    "chelsea",
+    "motorcycle_right",
+    "horse",
+    "microaneurysms",
+    "china",
+    "flower",
+    "grace_hopper",
     "Minduka_Present_Blue_Pack",
-)  # fmt: skip
+)
 
 
 def photo_path(name: str) -> Path:
@@ -129,7 +151,8 @@ def random_resized_crop(
     scale: tuple[float, float],
     flip_probability: float = 0.5,
 ) -> Image.Image:
-    """Returns one random-resized crop (bilinear, size x size), horizontally flipped with the given probability."""
+    """Returns one random-resized crop (bilinear, size x size), horizontally flipped with the given
+    probability."""
     box = random_resized_box(rng, image.width, image.height, scale)
     crop = image.resize((size, size), Image.BILINEAR, box=box)
     if rng.uniform() < flip_probability:
@@ -141,7 +164,9 @@ def crops_of(
     image: Image.Image, rng: np.random.Generator, size: int, n_random: int, scale: tuple[float, float]
 ) -> list[Image.Image]:
     """Returns the centre square crop followed by n_random random-resized crops of one image."""
-    return [center_square(image, size)] + [random_resized_crop(image, rng, size, scale) for _ in range(n_random)]
+    return [center_square(image, size)] + [
+        random_resized_crop(image, rng, size, scale) for _ in range(n_random)
+    ]
 
 
 def round_robin_crops(

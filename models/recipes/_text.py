@@ -1,12 +1,12 @@
 """Real English sentences shipped with Python and in wheels, and document pages rendered from them.
 
 Sentence pool (deterministic, de-duplicated, in a fixed shuffled order): the prose of scikit-learn's dataset
-descriptions (``sklearn/datasets/descr/*.rst``, read as files) and the first sentence of the docstrings of a fixed list
-of standard-library modules; 6-40 words, ASCII, no URLs. Callers split the pool into disjoint calibration and
-evaluation slices.
+descriptions (``sklearn/datasets/descr/*.rst``, read as files) and the first sentence of the docstrings of a
+fixed list of standard-library modules; 6-40 words, ASCII, no URLs. Callers split the pool into disjoint
+calibration and evaluation slices.
 
-Pages: sentences word-wrapped in matplotlib's bundled fonts (DejaVu Sans/Serif/Mono, STIX, Computer Modern) on a
-slightly tinted background, optionally with a photo and a caption, then a mild blur and sensor-like noise.
+Pages: sentences word-wrapped in matplotlib's bundled fonts (DejaVu Sans/Serif/Mono, STIX, Computer Modern) on
+a slightly tinted background, optionally with a photo and a caption, then a mild blur and sensor-like noise.
 """
 
 from __future__ import annotations
@@ -16,27 +16,146 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+from _build import package_file
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from _build import package_file
-
 STDLIB_MODULES = (
-    "abc", "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "codecs", "collections",
-    "colorsys", "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "dis",
-    "doctest", "email", "enum", "filecmp", "fileinput", "fnmatch", "fractions", "ftplib", "functools", "getopt",
-    "gettext", "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http", "imaplib", "inspect", "io", "ipaddress",
-    "json", "keyword", "linecache", "locale", "logging", "lzma", "mailbox", "mimetypes", "numbers", "operator",
-    "optparse", "os", "pathlib", "pdb", "pickle", "pickletools", "pkgutil", "platform", "plistlib", "poplib",
-    "pprint", "profile", "pstats", "pydoc", "queue", "quopri", "random", "re", "reprlib", "runpy", "sched",
-    "secrets", "selectors", "shelve", "shlex", "shutil", "signal", "smtplib", "socket", "socketserver",
-    "statistics", "string", "struct", "subprocess", "symtable", "tabnanny", "tarfile", "tempfile", "textwrap",
-    "threading", "timeit", "token", "tokenize", "trace", "traceback", "tracemalloc", "types", "typing", "unittest",
-    "uuid", "warnings", "wave", "weakref", "webbrowser", "zipapp", "zipfile", "zipimport",
-)  # fmt: skip
-SKLEARN_DESCR = ("breast_cancer", "california_housing", "covtype", "diabetes", "digits", "iris", "kddcup99", "lfw",
-                 "linnerud", "olivetti_faces", "rcv1", "species_distributions", "twenty_newsgroups", "wine_data")  # fmt: skip
-FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono.ttf",
-         "STIXGeneral.ttf", "STIXGeneralItalic.ttf", "cmr10.ttf")  # fmt: skip
+    "abc",
+    "argparse",
+    "ast",
+    "asyncio",
+    "base64",
+    "bisect",
+    "calendar",
+    "cmd",
+    "codecs",
+    "collections",
+    "colorsys",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "dis",
+    "doctest",
+    "email",
+    "enum",
+    "filecmp",
+    "fileinput",
+    "fnmatch",
+    "fractions",
+    "ftplib",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "http",
+    "imaplib",
+    "inspect",
+    "io",
+    "ipaddress",
+    "json",
+    "keyword",
+    "linecache",
+    "locale",
+    "logging",
+    "lzma",
+    "mailbox",
+    "mimetypes",
+    "numbers",
+    "operator",
+    "optparse",
+    "os",
+    "pathlib",
+    "pdb",
+    "pickle",
+    "pickletools",
+    "pkgutil",
+    "platform",
+    "plistlib",
+    "poplib",
+    "pprint",
+    "profile",
+    "pstats",
+    "pydoc",
+    "queue",
+    "quopri",
+    "random",
+    "re",
+    "reprlib",
+    "runpy",
+    "sched",
+    "secrets",
+    "selectors",
+    "shelve",
+    "shlex",
+    "shutil",
+    "signal",
+    "smtplib",
+    "socket",
+    "socketserver",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "symtable",
+    "tabnanny",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "token",
+    "tokenize",
+    "trace",
+    "traceback",
+    "tracemalloc",
+    "types",
+    "typing",
+    "unittest",
+    "uuid",
+    "warnings",
+    "wave",
+    "weakref",
+    "webbrowser",
+    "zipapp",
+    "zipfile",
+    "zipimport",
+)
+SKLEARN_DESCR = (
+    "breast_cancer",
+    "california_housing",
+    "covtype",
+    "diabetes",
+    "digits",
+    "iris",
+    "kddcup99",
+    "lfw",
+    "linnerud",
+    "olivetti_faces",
+    "rcv1",
+    "species_distributions",
+    "twenty_newsgroups",
+    "wine_data",
+)
+FONTS = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSansMono.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralItalic.ttf",
+    "cmr10.ttf",
+)
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
 _RST_MARKUP = re.compile(r":\w+:`([^`<]*)(?:<[^>]*>)?`|``([^`]*)``|`([^`]*)`_?|\*\*|\[\d+\]_?")
@@ -58,8 +177,9 @@ def _rst_paragraphs(text: str) -> list[str]:
     paragraphs, current = [], []
     for line in text.splitlines():
         stripped = line.strip()
-        structural = (not stripped or line[:1].isspace() or stripped[:1] in ":-=.*|+#"
-                      or set(stripped) <= set("=-~^"))  # fmt: skip
+        structural = (
+            not stripped or line[:1].isspace() or stripped[:1] in ":-=.*|+#" or set(stripped) <= set("=-~^")
+        )
         if structural:
             if current:
                 paragraphs.append(" ".join(current))
@@ -77,8 +197,14 @@ def sklearn_sentences() -> list[str]:
     for name in SKLEARN_DESCR:
         text = package_file("sklearn", f"datasets/descr/{name}.rst").read_text(encoding="utf-8")
         for paragraph in _rst_paragraphs(text):
-            paragraph = _RST_MARKUP.sub(lambda m: next(g for g in m.groups(default="") if g) if m.group(0) != "**"
-                                        and not m.group(0).startswith("[") else "", paragraph)  # fmt: skip
+            paragraph = _RST_MARKUP.sub(
+                lambda m: (
+                    next(g for g in m.groups(default="") if g)
+                    if m.group(0) != "**" and not m.group(0).startswith("[")
+                    else ""
+                ),
+                paragraph,
+            )
             out += [s.strip() for s in _SENTENCE_END.split(paragraph)]
     return [s for s in out if _keep(s)]
 
@@ -124,21 +250,25 @@ def render_page(
 ) -> Image.Image:
     """Renders sentences (one paragraph each) onto an RGB page, with an optional photo and caption.
 
-    The font, font size (18-34 px), margins, background tint, blur radius (0-0.9 px) and noise (sigma 0-6) are drawn
-    from rng. Text that does not fit on the page is dropped.
+    The font, font size (18-34 px), margins, background tint, blur radius (0-0.9 px) and noise (sigma 0-6)
+    are drawn from rng. Text that does not fit on the page is dropped.
     """
     width, height = size
     tint = np.array([255, 255, 255]) - rng.integers(0, 30, size=3)
     page = Image.new("RGB", size, tuple(int(v) for v in tint))
     draw = ImageDraw.Draw(page)
     font_size = int(rng.integers(18, 35))
-    font = ImageFont.truetype(str(package_file("matplotlib", f"mpl-data/fonts/ttf/{rng.choice(FONTS)}")), font_size)
+    font = ImageFont.truetype(
+        str(package_file("matplotlib", f"mpl-data/fonts/ttf/{rng.choice(FONTS)}")), font_size
+    )
     ink = tuple(int(v) for v in rng.integers(0, 70, size=3))
     margin = int(rng.integers(30, 90))
     y = margin
     if photo is not None:
         photo_width = int(width * rng.uniform(0.35, 0.6))
-        scaled = photo.resize((photo_width, max(1, photo_width * photo.height // photo.width)), Image.BILINEAR)
+        scaled = photo.resize(
+            (photo_width, max(1, photo_width * photo.height // photo.width)), Image.BILINEAR
+        )
         left = int(rng.integers(margin, width - margin - photo_width + 1))
         page.paste(scaled, (left, y))
         y += scaled.height + font_size // 2

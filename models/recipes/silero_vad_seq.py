@@ -1,9 +1,10 @@
-"""silero_vad_seq: Silero VAD's batched "sequence" ONNX model, on pyannote.audio's two-speaker sample recording.
+"""silero_vad_seq: Silero VAD's batched "sequence" ONNX model, on pyannote.audio's two-speaker sample.
 
-The model ``silero_vad/data/silero_vad_16k_sequence.onnx`` is taken as shipped. Feeds are built with the package's own
-``silero_vad.sequence_vad.frame_blocks`` (512-sample frames, each prefixed with the previous frame's last 64 samples,
-zeros first; last frame zero-padded), with the LSTM state ``h``, ``c`` starting at zero. Audio: pyannote.audio's
-``sample/sample.wav`` (30 s, 16 kHz mono, int16 -> float32 / 32768); ``sample.rttm`` gives the speech turns.
+The model ``silero_vad/data/silero_vad_16k_sequence.onnx`` is taken as shipped. Feeds are built with the
+package's own ``silero_vad.sequence_vad.frame_blocks`` (512-sample frames, each prefixed with the previous
+frame's last 64 samples, zeros first; last frame zero-padded), with the LSTM state ``h``, ``c`` starting at
+zero. Audio: pyannote.audio's ``sample/sample.wav`` (30 s, 16 kHz mono, int16 -> float32 / 32768);
+``sample.rttm`` gives the speech turns.
 
 Outputs in ``--out``:
     model.onnx   ``input`` float32 [T, 576], ``h``, ``c`` [1, 1, 128] -> ``speech_probs`` [T], ``hn``, ``cn``.
@@ -11,7 +12,7 @@ Outputs in ``--out``:
                  brown-like noise, 50 Hz hum and near-silence (seed 0). Keys: input names, sample axis first.
     eval.npz     one 469-frame feed: 15-30 s.
     reference.npz   ``speech`` bool [469]: RTTM ground truth at each eval frame's centre (evaluate.py reports
-                 accuracy against it for fp32 and int8).
+                    accuracy against it for fp32 and int8).
     build-info.json  sources, sha256, versions, fp32 check (outputs equal the package's SileroVADSequence).
 """
 
@@ -20,9 +21,8 @@ from __future__ import annotations
 import logging
 import wave
 
-import numpy as np
-
 import _build
+import numpy as np
 
 logger = logging.getLogger("silero_vad_seq")
 
@@ -63,10 +63,14 @@ def noise_segments(rng: np.random.Generator, samples: int) -> list[tuple[str, np
     brown = np.cumsum(rng.normal(0, 1, samples))
     brown = 0.1 * (brown - brown.mean()) / np.abs(brown - brown.mean()).max()
     t = np.arange(samples) / RATE
-    hum = 0.05 * np.sin(2 * np.pi * 50 * t) + 0.01 * np.sin(2 * np.pi * 150 * t) + rng.normal(0, 0.002, samples)
+    hum = (
+        0.05 * np.sin(2 * np.pi * 50 * t) + 0.01 * np.sin(2 * np.pi * 150 * t) + rng.normal(0, 0.002, samples)
+    )
     silence = rng.normal(0, 1e-4, samples)
-    return [(n, a.astype(np.float32)) for n, a in (("white", white), ("brown", brown), ("hum50", hum),
-                                                     ("near_silence", silence))]  # fmt: skip
+    return [
+        (n, a.astype(np.float32))
+        for n, a in (("white", white), ("brown", brown), ("hum50", hum), ("near_silence", silence))
+    ]
 
 
 def feed(audio: np.ndarray) -> dict[str, np.ndarray]:
@@ -109,8 +113,12 @@ def main() -> None:
     (outputs,) = _build.ort_run(model_path, [evaluation])
     max_diff = _build.compare("speech_probs", package_probs, outputs[0], atol=1e-5)
     accuracy = float(np.mean((outputs[0] > 0.5) == speech))
-    logger.info("fp32 ONNX = package (max |diff| %.2e); %d eval frames, fp32 accuracy vs RTTM %.3f", max_diff,
-                frames, accuracy)  # fmt: skip
+    logger.info(
+        "fp32 ONNX = package (max |diff| %.2e); %d eval frames, fp32 accuracy vs RTTM %.3f",
+        max_diff,
+        frames,
+        accuracy,
+    )
 
     _build.write_npz(args.out / "calib.npz", _build.stacked_feeds(calib))
     _build.write_npz(args.out / "eval.npz", _build.stacked_feeds([evaluation]))
@@ -119,18 +127,25 @@ def main() -> None:
         args.out / "build-info.json",
         {
             "model": "silero_vad_seq",
-            "source": {"package": MODEL[0], "file": MODEL[1], "sha256": digest,
-                       "audio": {"package": "pyannote.audio", "sha256": digests}},
+            "source": {
+                "package": MODEL[0],
+                "file": MODEL[1],
+                "sha256": digest,
+                "audio": {"package": "pyannote.audio", "sha256": digests},
+            },
             "versions": _build.versions("onnx", "onnxruntime", "numpy", "silero-vad", "pyannote.audio"),
             "ir_version": onnx_model.ir_version,
             "inputs": {"input": ["T", 576], "h": [1, 1, 128], "c": [1, 1, 128]},
             "outputs": {"speech_probs": ["T"], "hn": [1, 1, 128], "cn": [1, 1, 128]},
             "calibration": {"frames": CALIBRATION_FRAMES, "samples": [name for name, _ in calib_audio]},
-            "evaluation": {"span_s": list(EVALUATION_SPAN), "frames": frames,
-                           "speech_frames": int(speech.sum())},
+            "evaluation": {
+                "span_s": list(EVALUATION_SPAN),
+                "frames": frames,
+                "speech_frames": int(speech.sum()),
+            },
             "fp32_check": {"max_abs_diff_vs_package": max_diff, "fp32_accuracy_vs_rttm": accuracy},
         },
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":
