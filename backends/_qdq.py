@@ -15,6 +15,7 @@ Works on a clone of the annotated model; the input model is never touched.
 from __future__ import annotations
 
 import onnx_ir as ir
+import onnx_ir.passes.common as common
 
 from qcc.annotations import Decision, TensorQuant, get_decision, get_quant, quantized_values, set_quant
 from qcc.irutils import remove_node_bypassing
@@ -60,6 +61,8 @@ def materialize_qdq(model: ir.Model, *, keep_fused_activations: bool) -> ir.Mode
             graph.extend(front)
         else:
             graph.insert_before(first, front)
+    # The float weights now behind int8 copies are dead; dropping them is what makes the file small.
+    common.RemoveUnusedNodesPass()(model)
     return model
 
 
@@ -68,10 +71,14 @@ def _remove_absorbed(graph: ir.Graph) -> None:
         decision = get_decision(node)
         if decision is None or decision.decision != Decision.FUSED:
             continue
-        quant = get_quant(node.outputs[0])
+        out = node.outputs[0]
+        quant, name = get_quant(out), out.name
         source = node.inputs[0]
         if remove_node_bypassing(graph, node):
+            # The producer's output now stands for the activation's: same values, same name.
             set_quant(source, quant)
+            out.name = None
+            source.name = name
 
 
 def _params(graph: ir.Graph, base: str, quant: TensorQuant, names: _Names) -> tuple[ir.Value, ir.Value]:

@@ -197,3 +197,7 @@ def targets() -> None:
 def main() -> None:
     """Entry point of the ``qcc`` console script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

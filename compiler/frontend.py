@@ -60,7 +60,7 @@ def load(source: object) -> LoadedModel:
             graphsurgeon Graph.
 
     Returns:
-        The prepared model.
+        The prepared model. Unnamed nodes are named after their first output.
 
     Raises:
         ModelLoadError: the input cannot be read as a valid ONNX model.
@@ -79,6 +79,7 @@ def load(source: object) -> LoadedModel:
     proto = _upgrade_opset(proto, origin, original_opset)
     _check(proto, origin)
     proto = _infer_shapes(proto, origin)
+    _name_nodes(proto.graph)
     model = ir.serde.deserialize_model(proto)
     _check_quantizable(model, origin)
     return LoadedModel(model=model, proto=proto, source=origin, original_opset=original_opset)
@@ -229,6 +230,21 @@ def _upgrade_opset(proto: onnx.ModelProto, origin: str, opset: int) -> onnx.Mode
             f"re-export the model with opset {MIN_OPSET} or newer.",
         ) from None
     return upgraded
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    """Names every unnamed node after its first output, so reports and --exclude can refer to it."""
+    taken = {node.name for node in graph.node if node.name}
+    for index, node in enumerate(graph.node):
+        if node.name:
+            continue
+        base = next((o for o in node.output if o), f"{node.op_type}_{index}")
+        name, i = base, 0
+        while name in taken:
+            i += 1
+            name = f"{base}_{i}"
+        node.name = name
+        taken.add(name)
 
 
 def _check(proto: onnx.ModelProto, origin: str) -> None:

@@ -18,6 +18,7 @@ import logging
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common
 
 from qcc.irutils import add_initializer, attr_float, attr_int, const_array, remove_node_bypassing
 from qcc.passes._base import QccPass
@@ -38,6 +39,8 @@ class FoldBatchNormPass(QccPass):
         for bn in list(graph):
             if bn.op_type == "BatchNormalization" and bn.domain == "" and _fold(graph, bn):
                 modified = True
+        if modified:
+            common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified)
 
 

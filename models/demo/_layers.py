@@ -4,7 +4,8 @@ Activations are NHWC float32 so that im2col needs no transposes: a 3x3 convoluti
 shifted views of the padded input into a ``(N*OH*OW, 9*C)`` matrix and multiplies it by a
 ``(9*C, O)`` weight, whose row index is ``(3*i + j) * C + c`` for kernel tap ``(i, j)``. Every layer
 caches what its backward pass needs in ``forward(train=True)``; ``backward`` takes dL/dy, stores
-the parameter gradients in ``grads`` (same keys as ``params``) and returns dL/dx.
+the parameter gradients in ``grads`` (same keys as ``params``) and returns dL/dx. ``DemoNet``
+wires the layers into the demo network that ``train.py`` trains and exports.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class Conv3x3(Layer):
     where col2im scatter-adds each of the nine taps back onto the padded input.
     """
 
-    def __init__(self, rng: np.random.Generator, cin: int, cout: int, stride: int = 1,
-                 need_dx: bool = True) -> None:
+    def __init__(
+        self, rng: np.random.Generator, cin: int, cout: int, stride: int = 1, need_dx: bool = True
+    ) -> None:
         super().__init__()
         std = np.sqrt(2.0 / (9 * cin))  # He initialisation for a ReLU network
         self.params["w"] = (rng.standard_normal((9 * cin, cout)) * std).astype(np.float32)
@@ -77,7 +79,7 @@ class Conv3x3(Layer):
         dxp = np.zeros((n, h + 2, w + 2, c), dtype=np.float32)
         for i in range(3):
             for j in range(3):
-                dxp[:, i:i + s * oh:s, j:j + s * ow:s, :] += dcols[3 * i + j]
+                dxp[:, i : i + s * oh : s, j : j + s * ow : s, :] += dcols[3 * i + j]
         return dxp[:, 1:-1, 1:-1, :]
 
 
@@ -236,3 +238,47 @@ def run_backward(layers: list[Layer], dy: np.ndarray) -> np.ndarray:
     for layer in reversed(layers):
         dy = layer.backward(dy)
     return dy
+
+
+class DemoNet:
+    """The demo CNN; NHWC activations, stages named as the ONNX nodes they become."""
+
+    def __init__(self, rng: np.random.Generator, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+        c1, c2, c3 = widths
+        self.stem = [Conv3x3(rng, 1, c1, need_dx=False), BatchNorm(c1), ReLU()]
+        self.down = [Conv3x3(rng, c1, c2, stride=2), BatchNorm(c2), ReLU()]
+        self.res_a = [Conv3x3(rng, c2, c2), BatchNorm(c2), ReLU()]
+        self.res_b = [Conv3x3(rng, c2, c2), BatchNorm(c2)]
+        self.res_relu = ReLU()
+        self.pool = MaxPool2()
+        self.head = [Conv3x3(rng, c2, c3), BatchNorm(c3), ReLU()]
+        self.gap = GlobalAvgPool()
+        self.fc = Dense(rng, c3, 10)
+
+    def layers(self) -> list[Layer]:
+        """Returns every layer, in forward order."""
+        return [
+            *self.stem,
+            *self.down,
+            *self.res_a,
+            *self.res_b,
+            self.res_relu,
+            self.pool,
+            *self.head,
+            self.gap,
+            self.fc,
+        ]
+
+    def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
+        """Returns logits ``(N, 10)`` for NHWC input ``x``."""
+        skip = run_forward(self.stem + self.down, x, train)
+        h = self.res_relu.forward(skip + run_forward(self.res_a + self.res_b, skip, train), train)
+        h = run_forward([self.pool, *self.head, self.gap, self.fc], h, train)
+        return h
+
+    def backward(self, dlogits: np.ndarray) -> None:
+        """Back-propagates dL/dlogits; the residual Add sends its gradient down both branches."""
+        d = run_backward([self.pool, *self.head, self.gap, self.fc], dlogits)
+        d = self.res_relu.backward(d)
+        d = d + run_backward(self.res_a + self.res_b, d)
+        run_backward(self.stem + self.down, d)

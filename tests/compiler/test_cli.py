@@ -1,0 +1,110 @@
+"""The CLI end to end, as a user runs it: exit codes, one-line errors, untouched inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.conftest import random_feeds
+from tests.e2e.synthetic import synthetic_model
+
+QCC = [sys.executable, "-m", "qcc.cli"]
+
+
+def qcc_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*QCC, *args], capture_output=True, text=True, timeout=120)
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture
+def model_and_calib(tmp_path):
+    model = synthetic_model("residual_cnn")
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.stack([f["x"] for f in random_feeds(model, 8)]))
+    return tmp_path / "m.onnx", tmp_path / "calib.npz"
+
+
+def test_compile_writes_artifact_and_report(model_and_calib, tmp_path):
+    model, calib = model_and_calib
+    before = digest(model)
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    proc = qcc_run("compile", str(model), "--calib", str(calib), "-o", str(out), "--report", str(report), "--verify-each")
+    assert proc.returncode == 0, proc.stderr
+    assert "verify ok" in proc.stdout
+    assert digest(model) == before
+    data = json.loads(report.read_text())
+    assert data["verify"]["ok"] and data["totals"]["int8"] > 0
+    onnx.checker.check_model(onnx.load(out))
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_model", "does not exist"),
+        ("garbage_model", "not an ONNX model"),
+        ("missing_calib", "does not exist"),
+        ("wrong_input_name", "not model inputs"),
+        ("nan_calib", "NaN or Inf"),
+        ("output_is_input", "never overwrites its input"),
+        ("missing_folder", "does not exist"),
+        ("bad_target", "unknown target"),
+        ("bad_activation_type", "Invalid value"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_leaves_no_trace(model_and_calib, tmp_path, case, message):
+    model, calib = model_and_calib
+    out = tmp_path / "out.onnx"
+    args = ["compile", str(model), "--calib", str(calib), "-o", str(out)]
+    if case == "missing_model":
+        args[1] = str(tmp_path / "nope.onnx")
+    elif case == "garbage_model":
+        (tmp_path / "garbage.onnx").write_bytes(b"\x08\x01garbage" * 10)
+        args[1] = str(tmp_path / "garbage.onnx")
+    elif case == "missing_calib":
+        args[3] = str(tmp_path / "nope.npz")
+    elif case == "wrong_input_name":
+        np.savez(tmp_path / "bad.npz", image=np.zeros((2, 1, 3, 16, 16), np.float32))
+        args[3] = str(tmp_path / "bad.npz")
+    elif case == "nan_calib":
+        np.savez(tmp_path / "bad.npz", x=np.full((2, 1, 3, 16, 16), np.nan, np.float32))
+        args[3] = str(tmp_path / "bad.npz")
+    elif case == "output_is_input":
+        args[5] = str(model)
+    elif case == "missing_folder":
+        args[5] = str(tmp_path / "no" / "such" / "out.onnx")
+    elif case == "bad_target":
+        args += ["--target", "nope"]
+    elif case == "bad_activation_type":
+        args += ["--activation-type", "int4"]
+    before = digest(model)
+    proc = qcc_run(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    if case not in ("bad_activation_type",):  # typer's own usage errors draw a box
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert digest(model) == before
+    assert not out.exists()
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+def test_inspect_and_targets(model_and_calib):
+    model, _ = model_and_calib
+    proc = qcc_run("inspect", str(model), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["targets"]["ort"]["int8"] > 0
+    assert data["model"]["inputs"][0]["name"] == "x"
+    proc = qcc_run("targets")
+    assert proc.returncode == 0 and "ort" in proc.stdout
