@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qcc.annotations import Role, get_quant, get_range, quantized_values
+from qcc.backends import get_backend
+from qcc.context import PassContext
+from qcc.data import open_calibration
+from qcc.frontend import input_specs
+from qcc.options import CompileOptions
+from qcc.passes.calibrate import CalibratePass, RunningMinMax
+from qcc.passes.canonicalize import CanonicalizePass
+from qcc.passes.plan import PlanPass
+from tests.conftest import float_passes, random_feeds, to_proto
+from tests.e2e.synthetic import synthetic_model
+
+
+def test_merge_equals_whole():
+    rng = np.random.default_rng(0)
+    batches = [[rng.normal(size=(3, 4)), rng.normal(size=5) * 3] for _ in range(6)]
+    whole, first, second = RunningMinMax(["a", "b"]), RunningMinMax(["a", "b"]), RunningMinMax(["a", "b"])
+    for i, batch in enumerate(batches):
+        whole.update(batch)
+        (first if i < 3 else second).update(batch)
+    first.merge(second)
+    np.testing.assert_array_equal(first.min, whole.min)
+    np.testing.assert_array_equal(first.max, whole.max)
+
+
+def test_ranges_equal_brute_force_over_a_stream():
+    model = synthetic_model("residual_cnn")
+    planned = float_passes(model, CanonicalizePass, PlanPass)
+    feeds = random_feeds(model, 40, seed=3)
+    stream = open_calibration(iter(feeds), input_specs(planned))  # a one-shot generator
+    ctx = PassContext(CompileOptions(), get_backend("ort").spec, stream)
+    CalibratePass(ctx)(planned)
+    calibrated = [v for v in quantized_values(planned.graph) if get_range(v) is not None]
+    assert calibrated and all(get_quant(v).role == Role.ACTIVATION for v in calibrated)
+    # Brute force: every intermediate tensor of every sample, kept in memory, then min/max.
+    import onnx
+
+    from qcc.runtime import session
+
+    proto = to_proto(planned)
+    names = [v.name for v in calibrated]
+    for name in names:
+        if name not in {o.name for o in proto.graph.output}:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    sess = session(proto)
+    outputs = [sess.run(names, feed) for feed in feeds]
+    for i, value in enumerate(calibrated):
+        everything = np.concatenate([o[i].ravel() for o in outputs])
+        # Same values up to ONNX Runtime's fusion-dependent float rounding (basic vs all levels).
+        assert get_range(value).min == pytest.approx(float(everything.min()), rel=1e-5)
+        assert get_range(value).max == pytest.approx(float(everything.max()), rel=1e-5)
+
+
+def test_what_is_held_does_not_grow_with_samples():
+    model = synthetic_model("mlp")
+    held = []
+    for count in (16, 256):
+        planned = float_passes(model, CanonicalizePass, PlanPass)
+        stream = open_calibration(iter(random_feeds(model, count)), input_specs(planned))
+        stats = CalibratePass(PassContext(CompileOptions(), get_backend("ort").spec, stream))._observe(
+            planned, [v.name for v in quantized_values(planned.graph) if v.const_value is None]
+        )
+        held.append((stats.min.nbytes + stats.max.nbytes, len(stream._head)))
+    assert held[0] == held[1]
