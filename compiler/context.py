@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import onnx_ir as ir
 
@@ -28,12 +28,14 @@ class PassContext:
         target: the target's spec.
         calibration: the calibration samples (None for passes run without data, e.g. ``inspect``).
         progress: progress callback for long stages.
+        keep_float: nodes the driver decided to keep float after a first attempt (name -> reason).
     """
 
     options: CompileOptions
     target: TargetSpec
     calibration: CalibrationData | None = None
     progress: Progress = no_progress
+    keep_float: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def activation_dtype(self) -> ir.DataType:

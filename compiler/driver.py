@@ -17,7 +17,7 @@ from qcc.backends import get_backend
 from qcc.backends.base import Artifact
 from qcc.context import PassContext, Progress, no_progress
 from qcc.data import CalibrationSource, open_calibration
-from qcc.errors import QccError
+from qcc.errors import NonFiniteActivationsError, QccError
 from qcc.io import write_atomic
 from qcc.options import CompileOptions
 from qcc.pipeline import run_pipeline
@@ -26,6 +26,8 @@ from qcc.report import build_report
 logger = logging.getLogger(__name__)
 
 VERIFY_SAMPLES = 4
+# Re-plans after calibration finds non-finite tensors; each one widens the float region.
+MAX_REPLANS = 3
 
 
 @dataclasses.dataclass
@@ -84,8 +86,19 @@ def compile_model(
     if calibration is None:
         raise QccError("calibration data is required.", "pass --calib data.npz (or calibration=... in Python).")
     data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
-    ctx = PassContext(options=options, target=backend.spec, calibration=data, progress=progress)
-    timings.update(run_pipeline(loaded.model, ctx))
+    keep_float: dict[str, str] = {}
+    pristine = loaded.model.clone()
+    for _attempt in range(MAX_REPLANS + 1):
+        ctx = PassContext(options, backend.spec, data, progress, keep_float=dict(keep_float))
+        try:
+            timings.update(run_pipeline(loaded.model, ctx))
+            break
+        except NonFiniteActivationsError as error:
+            if _attempt == MAX_REPLANS:
+                raise
+            keep_float.update(_nodes_touching(loaded.model, error.values))
+            logger.info("keeping %d nodes float around non-finite tensors; planning again", len(keep_float))
+            loaded.model = pristine.clone()
     stamp = time.perf_counter()
     artifact = backend.emit(loaded.model, ctx)
     timings["emit"] = time.perf_counter() - stamp
@@ -113,6 +126,17 @@ def compile_model(
     )
     report["model"]["source"] = loaded.source
     return CompileResult(artifact=artifact, report=report)
+
+
+def _nodes_touching(model, values: list[str]) -> dict[str, str]:
+    """Returns the nodes that write or read the named tensors, with the reason to keep them float."""
+    names = set(values)
+    found = {}
+    for node in model.graph:
+        touched = [v.name for v in (*node.inputs, *node.outputs) if v is not None and v.name in names]
+        if touched:
+            found[node.name] = f"reads or writes {touched[0]!r}, which takes non-finite values (e.g. a -inf mask)"
+    return found
 
 
 def plan_model(model: object, options: CompileOptions) -> dict[str, Any]:

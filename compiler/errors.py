@@ -45,3 +45,21 @@ class OutputError(QccError):
 
 class BackendError(QccError):
     """A target cannot express part of the model (the message names the node)."""
+
+
+class NonFiniteActivationsError(QccError):
+    """Calibration saw NaN/Inf in tensors planned as int8 (e.g. a -inf attention mask).
+
+    The driver catches it and compiles again with the nodes reading or writing those tensors kept
+    in float; it reaches the user only if that does not converge.
+
+    Attributes:
+        values: names of the tensors that took non-finite values.
+    """
+
+    def __init__(self, values: list[str]) -> None:
+        self.values = values
+        super().__init__(
+            f"tensors {', '.join(map(repr, values[:5]))} took non-finite values on the calibration data.",
+            "check the calibration inputs' preprocessing, or --exclude the nodes that produce them.",
+        )

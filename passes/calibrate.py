@@ -16,7 +16,7 @@ import onnx
 import onnx_ir as ir
 
 from qcc.annotations import Role, Stage, TensorRange, get_quant, quantized_values, set_range
-from qcc.errors import CalibrationDataError, QccError
+from qcc.errors import CalibrationDataError, NonFiniteActivationsError, QccError
 from qcc.passes._base import QccPass
 from qcc.runtime import session
 
@@ -32,11 +32,16 @@ class RunningMinMax:
         self.max = np.full(len(names), -np.inf)
 
     def update(self, arrays: list[np.ndarray]) -> None:
-        """Folds one sample's tensors (in ``names`` order) into the statistics."""
+        """Folds one sample's tensors (in ``names`` order) into the statistics.
+
+        A NaN anywhere in a tensor makes its min and max NaN, so it is reported, not hidden.
+        """
         for i, array in enumerate(arrays):
             if array.size:
-                self.min[i] = min(self.min[i], float(array.min()))
-                self.max[i] = max(self.max[i], float(array.max()))
+                self.min[i] = np.fmin(self.min[i], array.min()) if not np.isnan(self.min[i]) else np.nan
+                self.max[i] = np.fmax(self.max[i], array.max()) if not np.isnan(self.max[i]) else np.nan
+                if np.isnan(array.min()) or np.isnan(array.max()):
+                    self.min[i] = self.max[i] = np.nan
 
     def merge(self, other: RunningMinMax) -> None:
         """Folds another statistic over the same tensors into this one."""
@@ -61,12 +66,10 @@ class CalibratePass(QccPass):
             raise QccError("calibration data is required to quantize activations.", "pass --calib data.npz.")
         names = [v.name for v in targets]
         stats = self._observe(model, names)
+        bad = [name for name, lo, hi in zip(names, stats.min, stats.max) if not (np.isfinite(lo) and np.isfinite(hi))]
+        if bad:
+            raise NonFiniteActivationsError(bad)
         for value, lo, hi in zip(targets, stats.min, stats.max):
-            if not np.isfinite(lo) or not np.isfinite(hi):
-                raise CalibrationDataError(
-                    f"tensor {value.name!r} took non-finite values on the calibration data.",
-                    "check the calibration inputs' preprocessing; the float model overflows on them.",
-                )
             set_range(value, TensorRange(float(lo), float(hi)))
             get_quant(value).stage = Stage.CALIBRATED
         return ir.passes.PassResult(model, True)

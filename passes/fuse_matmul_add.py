@@ -43,7 +43,7 @@ def _fuse(graph: ir.Graph, add: ir.Node) -> bool:
         a, b = matmul.inputs
         weight = const_array(b)
         bias = const_array(add.inputs[1 - mm_index])
-        if weight is None or bias is None or weight.ndim != 2:
+        if weight is None or bias is None or weight.ndim != 2 or not np.all(np.isfinite(bias)):
             continue
         if a is None or a.shape is None or len(a.shape) != 2:
             continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx_ir as ir
 
 from qcc.annotations import Decision, Role, TensorQuant, get_decision, is_quantized, set_decision, set_quant
@@ -28,6 +29,9 @@ from qcc.optable import BIAS_INPUT, WEIGHT_INPUT, quantizable_inputs, weight_axi
 from qcc.passes._base import QccPass
 
 logger = logging.getLogger(__name__)
+
+# Constants at or beyond this magnitude (float min/max used as masks, inf) are not quantized.
+_HUGE = 1e30
 
 
 class PlanPass(QccPass):
@@ -59,6 +63,8 @@ class PlanPass(QccPass):
         spec = self.ctx.target
         if node.name in excluded or node.op_type in excluded:
             return "excluded by the user (--exclude)"
+        if node.name in self.ctx.keep_float:
+            return self.ctx.keep_float[node.name]
         known = spec.compute_ops | spec.int8_ops | spec.shared_scale_ops | spec.fused_activations
         if node.domain not in ("", "ai.onnx") or node.op_type not in known:
             return f"{node.op_type} has no int8 kernel on {spec.name}"
@@ -71,6 +77,10 @@ class PlanPass(QccPass):
             return "produces non-float tensors"
         if node.op_type in spec.compute_ops:
             return _compute_reason(node)
+        for value in data:
+            array = const_array(value)
+            if array is not None and array.dtype.kind == "f" and array.size and not np.all(np.abs(array) < _HUGE):
+                return f"constant {value.name!r} holds values int8 cannot represent (e.g. a -inf mask)"
         if node.op_type in spec.fused_activations and node.op_type == "Clip":
             if any(v is not None and v.const_value is None for v in node.inputs[1:]):
                 return "Clip bounds are not constants"
@@ -165,6 +175,10 @@ class TensorQuantFactory:
 
 def _compute_reason(node: ir.Node) -> str | None:
     weight = node.inputs[WEIGHT_INPUT] if len(node.inputs) > WEIGHT_INPUT else None
+    for value in node.inputs[1:]:
+        array = const_array(value)
+        if array is not None and array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            return f"constant {value.name!r} holds NaN or Inf"
     if node.op_type in ("Conv", "ConvTranspose"):
         if weight is None or weight.const_value is None:
             return f"{node.op_type} weight is not a constant"
