@@ -80,12 +80,16 @@ class OrtBackend(Backend):
             except onnx.checker.ValidationError as exc:
                 raise BackendError(
                     f"the emitted ort model failed the ONNX checker: {str(exc).splitlines()[0]}",
-                    "this is a qcc bug; please report it with the model, and use --exclude on the named node meanwhile.",
+                    "this is a qcc bug; please report it with the model, and --exclude the named node meanwhile.",
                 ) from None
         return Artifact(data=proto.SerializeToString(), suffix=self.spec.artifact_suffix, proto=proto)
 
     def verify(
-        self, artifact: Artifact, reference: onnx.ModelProto, samples: list[Feed], planned_int8: frozenset[str] = frozenset()
+        self,
+        artifact: Artifact,
+        reference: onnx.ModelProto,
+        samples: list[Feed],
+        planned_int8: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
         census, float_compute = fusion_census(artifact.data)
         unfused = sorted(name for name in float_compute if name in planned_int8)
@@ -116,7 +120,9 @@ def fusion_census(model: bytes) -> tuple[collections.Counter, list[str]]:
     return census, float_compute
 
 
-def compare_outputs(reference: onnx.ModelProto | bytes, candidate: onnx.ModelProto | bytes, samples: list[Feed]) -> dict[str, Any]:
+def compare_outputs(
+    reference: onnx.ModelProto | bytes, candidate: onnx.ModelProto | bytes, samples: list[Feed]
+) -> dict[str, Any]:
     """Runs both models on the samples and returns cosine and error of every output, pooled."""
     ref = session(reference, what="the float model")
     cand = session(candidate, what="the quantized model")
@@ -125,7 +131,7 @@ def compare_outputs(reference: onnx.ModelProto | bytes, candidate: onnx.ModelPro
     for feed in samples:
         expected = ref.run(None, feed)
         got = cand.run(None, feed)
-        for meta, e, g in zip(ref.get_outputs(), expected, got):
+        for meta, e, g in zip(ref.get_outputs(), expected, got, strict=True):
             e = np.asarray(e, dtype=np.float64).ravel()
             g = np.asarray(g, dtype=np.float64).ravel()
             # Where the float model itself is non-finite (masks), the int8 model must match exactly.

@@ -114,7 +114,7 @@ class CalibrationData:
     def head(self, n: int) -> list[Feed]:
         """Returns up to ``n`` (at most 8) samples, reading the source if it was not read yet."""
         if not self._head:
-            for _ in zip(range(n), self):
+            for _ in zip(range(n), self, strict=False):
                 pass
         return self._head[:n]
 
@@ -158,7 +158,7 @@ def _check_array(array: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
                 f"{len(spec.shape)} {_shape_str(spec.shape)}.",
                 "give each sample the model input's full shape, batch axis included.",
             )
-        for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
+        for axis, (got, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
             if want is not None and got != want:
                 raise CalibrationDataError(
                     f"{label} has shape {array.shape}, the model expects {_shape_str(spec.shape)} "

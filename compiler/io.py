@@ -21,10 +21,13 @@ def check_output_path(path: str | os.PathLike, *, inputs: tuple[str | os.PathLik
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     for source in inputs:
-        if os.path.exists(source) and os.path.exists(path) and os.path.samefile(source, path):
-            raise OutputError(f"output {path} is the input file; qcc never overwrites its input.", "choose another output path.")
-        if os.path.abspath(os.fspath(source)) == os.path.abspath(path):
-            raise OutputError(f"output {path} is the input file; qcc never overwrites its input.", "choose another output path.")
+        same = os.path.abspath(os.fspath(source)) == os.path.abspath(path) or (
+            os.path.exists(source) and os.path.exists(path) and os.path.samefile(source, path)
+        )
+        if same:
+            raise OutputError(
+                f"output {path} is an input file; qcc never overwrites its inputs.", "choose another output path."
+            )
     if not os.path.isdir(folder):
         raise OutputError(f"output folder {folder} does not exist.", f"create it first (mkdir -p {folder}).")
     if os.path.isdir(path):

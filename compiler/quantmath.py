@@ -57,7 +57,9 @@ def activation_params(rmin: float, rmax: float, dtype: ir.DataType, symmetric: b
     return np.array(scale, dtype=np.float32), np.array(zero_point, dtype=dtype.numpy())
 
 
-def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None, dtype: ir.DataType) -> np.ndarray:
+def quantize(
+    x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None, dtype: ir.DataType
+) -> np.ndarray:
     """Quantizes ``x`` as ONNX QuantizeLinear does (round half to even, saturate)."""
     qmin, qmax = qrange(dtype)
     if axis is not None and np.ndim(scale) == 1:

@@ -57,12 +57,13 @@ def build_report(
             "zero_point": _plain(quant.zero_point),
         }
     counts = collections.Counter(n["decision"] for n in nodes)
+    initializers = {i.name for i in original.graph.initializer}
     return {
         "qcc_version": qcc.__version__,
         "target": target,
         "activation_dtype": activation_dtype.name.lower() if activation_dtype is not None else None,
         "model": {
-            "inputs": [_io(v) for v in original.graph.input if v.name not in {i.name for i in original.graph.initializer}],
+            "inputs": [_io(v) for v in original.graph.input if v.name not in initializers],
             "outputs": [_io(v) for v in original.graph.output],
             "opset": default_opset(model),
             "nodes_before": len(original.graph.node),

@@ -66,10 +66,11 @@ class CalibratePass(QccPass):
             raise QccError("calibration data is required to quantize activations.", "pass --calib data.npz.")
         names = [v.name for v in targets]
         stats = self._observe(model, names)
-        bad = [name for name, lo, hi in zip(names, stats.min, stats.max) if not (np.isfinite(lo) and np.isfinite(hi))]
+        finite = np.isfinite(stats.min) & np.isfinite(stats.max)
+        bad = [name for name, ok in zip(names, finite, strict=True) if not ok]
         if bad:
             raise NonFiniteActivationsError(bad)
-        for value, lo, hi in zip(targets, stats.min, stats.max):
+        for value, lo, hi in zip(targets, stats.min, stats.max, strict=True):
             set_range(value, TensorRange(float(lo), float(hi)))
             get_quant(value).stage = Stage.CALIBRATED
         return ir.passes.PassResult(model, True)

@@ -120,7 +120,7 @@ def _fold_constants(model: ir.Model) -> bool:
             continue
         if node.op_type in _EXPANDING and any(r.size > _MAX_EXPANDED for r in result):
             continue
-        for out, array in zip(node.outputs, result):
+        for out, array in zip(node.outputs, result, strict=True):
             _replace_with_constant(graph, out, array)
         graph.remove(node, safe=False)
         folded += 1
@@ -148,7 +148,7 @@ def _evaluate(node: ir.Node, opset: int) -> list[np.ndarray] | None:
     proto.input.extend(names)
     del proto.output[:]
     proto.output.extend(f"out{i}" for i in range(len(node.outputs)))
-    feeds = {n: const_array(v) for n, v in zip(names, node.inputs) if n}
+    feeds = {n: const_array(v) for n, v in zip(names, node.inputs, strict=True) if n}
     try:
         evaluator = ReferenceEvaluator(proto, opsets={"": opset})
         results = evaluator.run(None, feeds)

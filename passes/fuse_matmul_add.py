@@ -54,7 +54,8 @@ def _fuse(graph: ir.Graph, add: ir.Node) -> bool:
             continue
         if bias.ndim > 1 and any(d != 1 for d in bias.shape[:-1]):
             continue
-        c = add_initializer(graph, f"{matmul.name or 'matmul'}_bias", np.broadcast_to(bias.reshape(-1), (n,)).astype(weight.dtype))
+        bias_n = np.broadcast_to(bias.reshape(-1), (n,)).astype(weight.dtype)
+        c = add_initializer(graph, f"{matmul.name or 'matmul'}_bias", bias_n)
         gemm = ir.node("Gemm", [a, b, c], name=matmul.name)
         gemm.outputs[0].shape = add.outputs[0].shape
         gemm.outputs[0].type = add.outputs[0].type

@@ -48,7 +48,9 @@ class QuantizeBiasPass(QccPass):
                 w_scale = np.maximum(w_scale, needed * 1.0001)
                 w_quant.scale = w_scale.astype(np.float32) if w_quant.axis is not None else np.float32(w_scale.max())
             bias_scale = (float(x_quant.scale) * w_quant.scale.astype(np.float64)).astype(np.float32)
-            bias_quant.scale = np.broadcast_to(bias_scale, bias.shape).astype(np.float32) if bias_quant.axis is not None else bias_scale
+            if bias_quant.axis is not None:
+                bias_scale = np.broadcast_to(bias_scale, bias.shape).astype(np.float32)
+            bias_quant.scale = bias_scale
             bias_quant.zero_point = np.zeros(bias_quant.scale.shape, dtype=np.int32)
             bias_quant.stage = Stage.FINAL
             modified = True

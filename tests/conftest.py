@@ -77,7 +77,7 @@ def fidelity(reference: onnx.ModelProto, quantized: onnx.ModelProto | bytes, fee
     """Smallest output cosine between the float and quantized models over the feeds."""
     worst = 1.0
     for feed in feeds:
-        for e, g in zip(run(reference, feed), run(quantized, feed)):
+        for e, g in zip(run(reference, feed), run(quantized, feed), strict=True):
             worst = min(worst, cosine(e, g))
     return worst
 

@@ -38,7 +38,9 @@ def test_compile_writes_artifact_and_report(model_and_calib, tmp_path):
     model, calib = model_and_calib
     before = digest(model)
     out, report = tmp_path / "out.onnx", tmp_path / "report.json"
-    proc = qcc_run("compile", str(model), "--calib", str(calib), "-o", str(out), "--report", str(report), "--verify-each")
+    proc = qcc_run(
+        "compile", str(model), "--calib", str(calib), "-o", str(out), "--report", str(report), "--verify-each"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "verify ok" in proc.stdout
     assert digest(model) == before
@@ -56,7 +58,7 @@ def test_compile_writes_artifact_and_report(model_and_calib, tmp_path):
         ("missing_calib", "does not exist"),
         ("wrong_input_name", "not model inputs"),
         ("nan_calib", "NaN or Inf"),
-        ("output_is_input", "never overwrites its input"),
+        ("output_is_input", "never overwrites its inputs"),
         ("missing_folder", "does not exist"),
         ("bad_target", "unknown target"),
         ("bad_activation_type", "Invalid value"),

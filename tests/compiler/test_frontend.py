@@ -19,6 +19,9 @@ g (float[4,3] w, float[N,4] x) => (float[N,3] y) {
 """
 
 
+TENSOR_BYTES = onnx.numpy_helper.from_array(np.ones(3, np.float32)).SerializeToString()
+
+
 def tiny(opset: int = 17) -> onnx.ModelProto:
     return build_model(TINY.replace("OPSET", str(opset)))
 
@@ -68,7 +71,7 @@ def _write(tmp_path, name, data: bytes) -> str:
         (lambda p: _write(p, "empty.onnx", b""), "is empty"),
         (lambda p: _write(p, "random.onnx", np.random.default_rng(0).bytes(999)), "not"),
         (lambda p: _write(p, "truncated.onnx", tiny().SerializeToString()[:-7]), "not"),
-        (lambda p: _write(p, "tensor.onnx", onnx.numpy_helper.from_array(np.ones(3, np.float32)).SerializeToString()), "not an ONNX model"),
+        (lambda p: _write(p, "tensor.onnx", TENSOR_BYTES), "not an ONNX model"),
         (lambda p: _write(p, "text.onnx", b"this is a text file, not a model\n"), "not"),
     ],
 )
