@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-$(DEMO)/model.onnx: $(STAMP) models/demo/train.py
+$(DEMO)/model.onnx: $(STAMP) models/demo/train.py models/demo/_layers.py
 	$(PY) models/demo/train.py --out $(DEMO)
 
 demo: $(DEMO)/model.onnx

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 import onnx_ir as ir
 
+from qcc.annotations import Decision
 from qcc.options import ActivationType, CompileOptions
 
 if TYPE_CHECKING:
@@ -39,6 +40,12 @@ class TargetSpec:
         symmetric_activations: zero point 0 for activations.
         bias_int32: biases of Conv/Gemm become int32 with scale = input scale x weight scale.
         artifact_suffix: file suffix of the artifact.
+        quantize_all_outputs: every output of an int8 node is quantized (ONNX Runtime fuses the
+            output Q into the kernel). When False, a tensor is quantized only where an int8 node
+            reads it, or when its producer is in ``output_quantized_ops`` (TensorRT: weighted ops
+            never carry an output Q of their own; the next layer's input Q does the job).
+        output_quantized_ops: with ``quantize_all_outputs`` False, ops whose output is quantized
+            anyway (pooling).
     """
 
     name: str
@@ -51,6 +58,8 @@ class TargetSpec:
     symmetric_activations: bool
     bias_int32: bool
     artifact_suffix: str
+    quantize_all_outputs: bool = True
+    output_quantized_ops: frozenset[str] = frozenset()
 
     def activation_dtype(self, options: CompileOptions) -> ir.DataType:
         """Returns the integer type of activations for these options (resolves ``auto``)."""
@@ -63,6 +72,17 @@ class TargetSpec:
     def default_activation_dtype(self) -> ir.DataType:
         """The activation type ``auto`` resolves to on this host."""
         return ir.DataType.INT8
+
+    def float_reason(self, node: ir.Node) -> str | None:
+        """Target rule: why this otherwise quantizable node should stay float, or None."""
+        return None
+
+    def decide(self, node: ir.Node) -> tuple[Decision, str] | None:
+        """Target rule: a decision for a pending node that the generic rules would not make, or None.
+
+        Called while the plan grows quantized regions, before the generic rules.
+        """
+        return None
 
 
 @dataclasses.dataclass

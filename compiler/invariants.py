@@ -75,7 +75,7 @@ def _annotation_problems(graph: ir.Graph) -> list[str]:
     for node in graph:
         decision = get_decision(node)
         if decision is not None and decision.decision == Decision.FUSED:
-            producer = node.inputs[0].producer()
-            if producer is None or get_decision(producer).decision != Decision.INT8:
-                problems.append(f"{node.name!r} is absorbed but its producer is not quantized")
+            producers = [v.producer() for v in node.inputs if v is not None and v.producer() is not None]
+            if not any(get_decision(p).decision != Decision.FLOAT for p in producers):
+                problems.append(f"{node.name!r} is absorbed but none of its producers is quantized")
     return problems

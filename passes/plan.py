@@ -76,7 +76,7 @@ class PlanPass(QccPass):
         if any(not is_float(v) and v.dtype is not None for v in node.outputs):
             return "produces non-float tensors"
         if node.op_type in spec.compute_ops:
-            return _compute_reason(node)
+            return _compute_reason(node) or spec.float_reason(node)
         for value in data:
             array = const_array(value)
             if array is not None and array.dtype.kind == "f" and array.size and not np.all(np.abs(array) < _HUGE):
@@ -100,7 +100,10 @@ class PlanPass(QccPass):
                 if get_decision(node) is not None:
                     continue
                 activation = node.op_type in spec.fused_activations
-                if activation and _absorbable(node, spec.shared_scale_ops):
+                rule = spec.decide(node)
+                if rule is not None:
+                    set_decision(node, *rule)
+                elif activation and _absorbable(node, spec.shared_scale_ops):
                     producer = node.inputs[0].producer()
                     set_decision(node, Decision.FUSED, f"absorbed into the quantized output of {producer.name}")
                 elif activation and not standalone_activations:
@@ -128,7 +131,16 @@ class PlanPass(QccPass):
             if decision is None or decision.decision == Decision.FLOAT:
                 continue
             if decision.decision == Decision.FUSED:
-                set_quant(node.outputs[0], act.make())
+                # Inputs not coming straight from the producer it fuses into (a residual's skip
+                # input) are quantized; the output like any int8 output.
+                for value in node.inputs:
+                    if _fused_input(value) or value is None or value.const_value is not None or not is_float(value):
+                        continue
+                    if not is_quantized(value):
+                        set_quant(value, act.make())
+                out = node.outputs[0]
+                if not _absorbed_by_consumer(out) and self._output_quantized(node, out):
+                    set_quant(out, act.make())
                 continue
             for i in quantizable_inputs(node):
                 value = node.inputs[i]
@@ -147,18 +159,24 @@ class PlanPass(QccPass):
                 elif not is_quantized(value):
                     set_quant(value, act.make())
             for out in node.outputs:
-                consumers = out.consumers()
-                absorbed = (
-                    len(consumers) == 1
-                    and not out.is_graph_output()
-                    and getattr(get_decision(consumers[0]), "decision", None) == Decision.FUSED
-                )
-                if absorbed:
+                if _absorbed_by_consumer(out) or not self._output_quantized(node, out):
                     continue
                 quant = act.make()
                 if node.op_type in spec.shared_scale_ops:
                     quant.shared_with = node.inputs[0].name
                 set_quant(out, quant)
+
+
+    def _output_quantized(self, node: ir.Node, out: ir.Value) -> bool:
+        """Whether an int8 or fused node's output is quantized under the target's output policy."""
+        spec = self.ctx.target
+        if spec.quantize_all_outputs or node.op_type in spec.output_quantized_ops:
+            return True
+        for use in out.uses():
+            decision = get_decision(use.node)
+            if decision is not None and decision.decision == Decision.INT8 and use.idx in quantizable_inputs(use.node):
+                return True
+        return False
 
 
 class TensorQuantFactory:
@@ -194,6 +212,26 @@ def _compute_reason(node: ir.Node) -> str | None:
     return None
 
 
+def _absorbed_by_consumer(out: ir.Value) -> bool:
+    """True if the value's only reader is an absorbed activation, which quantizes in its place."""
+    consumers = out.consumers()
+    return (
+        len(consumers) == 1
+        and not out.is_graph_output()
+        and getattr(get_decision(consumers[0]), "decision", None) == Decision.FUSED
+        and _fused_input(out)
+    )
+
+
+def _fused_input(value: ir.Value | None) -> bool:
+    """True if the value flows from an int8/fused producer into exactly one (fused) consumer."""
+    if value is None or value.is_graph_output() or len(value.consumers()) != 1:
+        return False
+    producer = value.producer()
+    decision = get_decision(producer) if producer is not None else None
+    return decision is not None and decision.decision in (Decision.INT8, Decision.FUSED)
+
+
 def _absorbable(node: ir.Node, shared_scale_ops: frozenset[str]) -> bool:
     """An activation is absorbed when its producer computes (not just moves) quantized data and
     feeds only it."""
@@ -202,7 +240,7 @@ def _absorbable(node: ir.Node, shared_scale_ops: frozenset[str]) -> bool:
     if producer is None or source.is_graph_output() or len(source.consumers()) != 1:
         return False
     decision = get_decision(producer)
-    if decision is None or decision.decision != Decision.INT8 or producer.op_type in shared_scale_ops:
+    if decision is None or decision.decision == Decision.FLOAT or producer.op_type in shared_scale_ops:
         return False
     if node.op_type == "Clip":
         low = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None

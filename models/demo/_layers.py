@@ -39,9 +39,7 @@ class Conv3x3(Layer):
     where col2im scatter-adds each of the nine taps back onto the padded input.
     """
 
-    def __init__(
-        self, rng: np.random.Generator, cin: int, cout: int, stride: int = 1, need_dx: bool = True
-    ) -> None:
+    def __init__(self, rng: np.random.Generator, cin: int, cout: int, stride: int = 1, need_dx: bool = True) -> None:
         super().__init__()
         std = np.sqrt(2.0 / (9 * cin))  # He initialisation for a ReLU network
         self.params["w"] = (rng.standard_normal((9 * cin, cout)) * std).astype(np.float32)
