@@ -8,8 +8,9 @@ from qcc.errors import OptionError
 
 def _registry() -> dict[str, type[Backend]]:
     from qcc.backends.onnxruntime import OrtBackend
+    from qcc.backends.tensorrt import TrtBackend
 
-    return {"ort": OrtBackend}
+    return {"ort": OrtBackend, "trt": TrtBackend}
 
 
 def target_names() -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from qcc.annotations import Decision, TensorQuant, get_decision, get_quant, quantized_values, set_quant
+from qcc.annotations import Decision, Role, TensorQuant, get_decision, get_quant, quantized_values, set_quant
 from qcc.irutils import remove_node_bypassing
 from qcc.optable import quantizable_inputs
 from qcc.quantmath import quantize
@@ -41,8 +41,15 @@ class _Names:
         return name
 
 
-def materialize_qdq(model: ir.Model, *, keep_fused_activations: bool) -> ir.Model:
-    """Returns a new model with Q/DQ nodes for every annotated tensor (see module docstring)."""
+def materialize_qdq(model: ir.Model, *, keep_fused_activations: bool, float_weights: bool = False) -> ir.Model:
+    """Returns a new model with Q/DQ nodes for every annotated tensor (see module docstring).
+
+    Args:
+        model: the annotated model (not modified).
+        keep_fused_activations: keep absorbed Relu/Clip nodes (TensorRT fuses them itself).
+        float_weights: store weights as float initializers behind Q -> DQ (TensorRT's default
+            form, folded at engine build) instead of integer initializers behind DQ.
+    """
     model = model.clone()
     graph = model.graph
     if not keep_fused_activations:
@@ -51,7 +58,9 @@ def materialize_qdq(model: ir.Model, *, keep_fused_activations: bool) -> ir.Mode
     front: list[ir.Node] = []
     for value in quantized_values(graph):
         quant = get_quant(value)
-        if value.const_value is not None:
+        if value.const_value is not None and float_weights and quant.role == Role.WEIGHT:
+            front.extend(_qdq_constant(graph, value, quant, names))
+        elif value.const_value is not None:
             front.append(_dequantize_constant(graph, value, quant, names))
         else:
             _insert_qdq(graph, value, quant, names, front)
@@ -111,14 +120,31 @@ def _dequantize_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, n
         "DequantizeLinear", [q_value, scale, zero_point], attributes=_axis_attrs(quant),
         name=names.new(f"{base}_DequantizeLinear"),
     )
-    out = dq.outputs[0]
+    _rewire_int8_uses(value, dq.outputs[0], names, base)
+    return dq
+
+
+def _qdq_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: _Names) -> list[ir.Node]:
+    base = value.name
+    scale, zero_point = _params(graph, base, quant, names)
+    q = ir.node("QuantizeLinear", [value, scale, zero_point], attributes=_axis_attrs(quant),
+                name=names.new(f"{base}_QuantizeLinear"))
+    q.outputs[0].name = names.new(f"{base}_quantized")
+    q.outputs[0].type, q.outputs[0].shape = ir.TensorType(quant.dtype), value.shape
+    dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero_point], attributes=_axis_attrs(quant),
+                 name=names.new(f"{base}_DequantizeLinear"))
+    _rewire_int8_uses(value, dq.outputs[0], names, base)
+    return [q, dq]
+
+
+def _rewire_int8_uses(value: ir.Value, out: ir.Value, names: _Names, base: str) -> None:
+    """Points the int8 nodes reading a constant at its dequantized form; float readers keep it."""
     out.name = names.new(f"{base}_dequantized")
     out.type, out.shape = ir.TensorType(ir.DataType.FLOAT), value.shape
     for use in list(value.uses()):
         decision = get_decision(use.node)
         if decision is not None and decision.decision == Decision.INT8 and use.idx in quantizable_inputs(use.node):
             use.node.replace_input_with(use.idx, out)
-    return dq
 
 
 def _insert_qdq(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: _Names, front: list[ir.Node]) -> None:

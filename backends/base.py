@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import onnx
@@ -40,12 +41,20 @@ class TargetSpec:
         symmetric_activations: zero point 0 for activations.
         bias_int32: biases of Conv/Gemm become int32 with scale = input scale x weight scale.
         artifact_suffix: file suffix of the artifact.
+        fixed_output_params: ops whose int8 output parameters the runtime fixes, as
+            op type -> (scale, zero point) for int8 activations (TFLite Softmax: 1/256, -128).
+        concat_shares_output: every Concat input must carry exactly the output's parameters.
         quantize_all_outputs: every output of an int8 node is quantized (ONNX Runtime fuses the
             output Q into the kernel). When False, a tensor is quantized only where an int8 node
             reads it, or when its producer is in ``output_quantized_ops`` (TensorRT: weighted ops
             never carry an output Q of their own; the next layer's input Q does the job).
         output_quantized_ops: with ``quantize_all_outputs`` False, ops whose output is quantized
             anyway (pooling).
+        shared_group_ops: int8 ops whose quantized inputs and output must all carry one set of
+            parameters, computed over the union of their ranges (Concat on TensorRT, which
+            otherwise inserts requantize layers).
+        rule_ops: ops that only the target's ``decide()`` rule may quantize or fuse (TensorRT's
+            residual Add); when the rule declines, they stay float with the rule's reason.
     """
 
     name: str
@@ -58,8 +67,12 @@ class TargetSpec:
     symmetric_activations: bool
     bias_int32: bool
     artifact_suffix: str
+    fixed_output_params: Mapping[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
+    concat_shares_output: bool = False
     quantize_all_outputs: bool = True
     output_quantized_ops: frozenset[str] = frozenset()
+    shared_group_ops: frozenset[str] = frozenset()
+    rule_ops: frozenset[str] = frozenset()
 
     def activation_dtype(self, options: CompileOptions) -> ir.DataType:
         """Returns the integer type of activations for these options (resolves ``auto``)."""
@@ -80,18 +93,24 @@ class TargetSpec:
     def decide(self, node: ir.Node) -> tuple[Decision, str] | None:
         """Target rule: a decision for a pending node that the generic rules would not make, or None.
 
-        Called while the plan grows quantized regions, before the generic rules.
+        Called while the plan grows quantized regions, before the generic rules. For ops in
+        ``rule_ops`` a FLOAT decision here is final.
         """
         return None
 
 
 @dataclasses.dataclass
 class Artifact:
-    """What a backend produced: the bytes to write, and the ONNX model when it is one."""
+    """What a backend produced: the bytes to write, and the ONNX model when it is one.
+
+    ``simulation`` is the ONNX QDQ model carrying exactly the artifact's quantization, for targets
+    whose artifact is not ONNX (``tflite``): ``verify()`` compares the runtime against it.
+    """
 
     data: bytes
     suffix: str
     proto: onnx.ModelProto | None = None
+    simulation: onnx.ModelProto | None = None
 
 
 class Backend(abc.ABC):

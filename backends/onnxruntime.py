@@ -28,7 +28,7 @@ from qcc.backends.base import Artifact, Backend, TargetSpec
 from qcc.context import PassContext
 from qcc.data import Feed
 from qcc.errors import BackendError
-from qcc.options import host_is_arm
+from qcc.options import WeightStorage, host_is_arm
 from qcc.runtime import MAX_ORT_IR_VERSION, session
 
 INTEGER_KERNELS = frozenset(
@@ -70,7 +70,11 @@ class OrtBackend(Backend):
     spec = ORT_SPEC
 
     def emit(self, model: ir.Model, ctx: PassContext) -> Artifact:
-        qdq = materialize_qdq(model, keep_fused_activations=self.spec.keep_fused_activation_nodes)
+        qdq = materialize_qdq(
+            model,
+            keep_fused_activations=self.spec.keep_fused_activation_nodes,
+            float_weights=ctx.options.weights == WeightStorage.QDQ,
+        )
         qdq.ir_version = min(qdq.ir_version, MAX_ORT_IR_VERSION)
         qdq.producer_name = "qcc"
         proto = ir.serde.serialize_model(qdq)

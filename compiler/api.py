@@ -22,6 +22,7 @@ def compile(  # noqa: A001 - the public name users expect
     verify_each: bool = False,
     verify: bool = True,
     max_calibration_samples: int | None = None,
+    weights: str = "auto",
     progress: Progress = no_progress,
 ) -> CompileResult:
     """Compiles a float ONNX model into an int8 model for one runtime.
@@ -29,7 +30,7 @@ def compile(  # noqa: A001 - the public name users expect
     Args:
         model: path, bytes, ``onnx.ModelProto``, ``onnx_ir.Model`` or graphsurgeon ``Graph``;
             never modified.
-        target: ``"ort"`` (ONNX Runtime CPU). See ``qcc.targets()``.
+        target: ``"ort"`` (ONNX Runtime CPU) or ``"trt"`` (TensorRT). See ``qcc.targets()``.
         calibration: path to an ``.npz``, a dict ``{input: array with a sample axis}``, or an
             iterable of feed dicts (see ``qcc.data``).
         per_channel: per-output-channel weight scales (default) or one per tensor.
@@ -39,6 +40,9 @@ def compile(  # noqa: A001 - the public name users expect
         verify_each: check IR invariants after every pass (debugging).
         verify: run the artifact in its runtime and put the result in the report.
         max_calibration_samples: use at most this many samples.
+        io: ``"float"`` or ``"int8"`` model inputs and outputs (``tflite``).
+        nhwc_io: NHWC 4-D inputs and outputs instead of the model's NCHW (``tflite``).
+        weights: ``"auto"``, ``"int8"`` (int8 initializers, smaller) or ``"qdq"`` (float behind Q->DQ).
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -57,5 +61,6 @@ def compile(  # noqa: A001 - the public name users expect
         verify_each=verify_each,
         verify=verify,
         max_calibration_samples=max_calibration_samples,
+        weights=weights,
     )
     return compile_model(model, calibration, options, progress)

@@ -20,9 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from qcc.backends import get_backend, target_names
-from qcc.errors import QccError
-from qcc.io import check_output_path
-from qcc.options import ActivationType, CompileOptions
+from qcc.errors import OptionError, QccError
+from qcc.io import check_output_path, write_atomic
+from qcc.options import ActivationType, CompileOptions, IoType, WeightStorage
 
 EXIT_USER_ERROR = 2
 
@@ -88,8 +88,22 @@ def compile(  # noqa: A001 - the subcommand's name
         ActivationType, typer.Option("--activation-type", help="Activation integer type; auto picks the fastest for the target.")
     ] = ActivationType.AUTO,
     max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Use at most this many calibration samples.")] = None,
+    weights: Annotated[
+        WeightStorage,
+        typer.Option("--weights", help="Weight storage: int8 initializers (small) or float behind Q/DQ; auto per target."),
+    ] = WeightStorage.AUTO,
+    calib_cache: Annotated[
+        Optional[Path],
+        typer.Option("--calib-cache", help="trt only: also write TensorRT's implicit-INT8 calibration cache here."),
+    ] = None,
     verify_each: Annotated[bool, typer.Option("--verify-each", help="Check IR invariants after every pass (debugging).")] = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip running the artifact in its runtime.")] = False,
+    io: Annotated[
+        IoType, typer.Option("--io", help="tflite: float32 or int8 model inputs and outputs.")
+    ] = IoType.FLOAT,
+    nhwc_io: Annotated[
+        bool, typer.Option("--nhwc-io", help="tflite: NHWC 4-D inputs and outputs instead of the model's NCHW.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every pass.")] = False,
 ) -> None:
     """Quantize MODEL for one runtime and write the artifact atomically.
@@ -107,6 +121,10 @@ def compile(  # noqa: A001 - the subcommand's name
         check_output_path(output, inputs=(model, calib))
         if report is not None:
             check_output_path(report, inputs=(model, calib, output))
+        if calib_cache is not None:
+            if target != "trt":
+                raise OptionError("--calib-cache is a TensorRT calibration cache.", "use it with --target trt.")
+            check_output_path(calib_cache, inputs=(model, calib, output))
         options = CompileOptions(
             target=target,
             per_channel=not per_tensor,
@@ -115,6 +133,7 @@ def compile(  # noqa: A001 - the subcommand's name
             verify_each=verify_each,
             verify=not no_verify,
             max_calibration_samples=max_samples,
+            weights=weights,
         )
         with Progress(
             TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -122,6 +141,10 @@ def compile(  # noqa: A001 - the subcommand's name
         ) as bar:
             result = compile_model(str(model), str(calib), options, progress=_ProgressBar(bar))
         result.save(output, report)
+        if calib_cache is not None:
+            from qcc.backends.tensorrt import calibration_cache
+
+            write_atomic(calib_cache, calibration_cache(result.report).encode())
     except QccError as error:
         _fail(error)
         return
@@ -142,11 +165,14 @@ def _print_summary(report: dict, output: Path) -> None:
     if verify:
         cosines = [o["cosine_min"] for o in verify["fidelity"]["outputs"].values()]
         status = "[green]ok[/]" if verify["ok"] else "[red]FAILED[/]"
-        _out.print(
-            f"verify {status}: {verify['integer_kernels']} integer kernels, "
-            f"{len(verify['quantized_but_float'])} quantized nodes left in float, "
-            f"output cosine >= {min(cosines):.4f} on {verify['fidelity']['samples']} samples"
-        )
+        facts = []
+        if "integer_kernels" in verify:
+            facts.append(f"{verify['integer_kernels']} integer kernels")
+            facts.append(f"{len(verify['quantized_but_float'])} quantized nodes left in float")
+        if "tensorrt_rules" in verify:
+            facts.append(f"{verify['tensorrt_rules']['errors']} TensorRT rule errors")
+        facts.append(f"output cosine >= {min(cosines):.4f} on {verify['fidelity']['samples']} samples")
+        _out.print(f"verify {status} in {verify['runtime']}: " + ", ".join(facts))
     _out.print(f"wrote {output} ({os.path.getsize(output) / 1e6:.2f} MB) in {report['timings']['total']:.1f} s")
 
 
@@ -184,6 +210,36 @@ def inspect(
         _out.print(f"[bold]{name}[/]: {totals['int8']} int8, {totals['fused']} fused, {totals['float']} float")
         for reason, count in totals["float_reasons"].items():
             _out.print(f"  float x{count}: {reason}")
+
+
+@app.command()
+def check(
+    model: Annotated[Path, typer.Argument(help="A QDQ ONNX model (from qcc or any other tool).", show_default=False)],
+    target: Annotated[str, typer.Option("--target", "-t", help="Rules to check against.")] = "trt",
+) -> None:
+    """Check a quantized ONNX model against a target's rules; exit 1 if it breaks any.
+
+    Example:
+
+      qcc check --target trt model.qdq.onnx
+    """
+    _setup_logging(False)
+    from qcc.backends._trt_rules import check_tensorrt_rules
+    from qcc.frontend import read_model_file
+
+    try:
+        if target != "trt":
+            raise OptionError(f"qcc check knows the rules of trt, not {target!r}.", "use --target trt.")
+        violations = check_tensorrt_rules(read_model_file(str(model)))
+    except QccError as error:
+        _fail(error)
+        return
+    for v in violations:
+        colour = "red" if v.severity == "error" else "yellow"
+        _out.print(f"[{colour}]{v.severity}[/] {v.rule} at {v.node}: {v.message}", highlight=False)
+    errors = sum(v.severity == "error" for v in violations)
+    _out.print(f"{errors} error(s), {len(violations) - errors} warning(s)")
+    raise typer.Exit(1 if errors else 0)
 
 
 @app.command()

@@ -85,6 +85,17 @@ def load(source: object) -> LoadedModel:
     return LoadedModel(model=model, proto=proto, source=origin, original_opset=original_opset)
 
 
+def read_model_file(path: str) -> onnx.ModelProto:
+    """Reads an ONNX file as it is (no upgrade, no inference), for checks of finished models.
+
+    Raises:
+        ModelLoadError: the file is missing, unreadable or not an ONNX model.
+    """
+    proto = _read_file(path)
+    _check_structure(proto, path)
+    return proto
+
+
 def input_specs(model: ir.Model) -> list[InputSpec]:
     """Returns the graph inputs that are not initializers, with numpy dtypes and static dims."""
     specs = []

@@ -21,6 +21,21 @@ class ActivationType(str, enum.Enum):
     INT8 = "int8"
 
 
+class WeightStorage(str, enum.Enum):
+    """How quantized weights are stored in ONNX artifacts."""
+
+    AUTO = "auto"  # per target: int8 for ort, float behind Q->DQ for trt (TensorRT's convention)
+    INT8 = "int8"  # int8 initializers behind DequantizeLinear: ~4x smaller files
+    QDQ = "qdq"  # float initializers behind QuantizeLinear -> DequantizeLinear
+
+
+class IoType(str, enum.Enum):
+    """Type of the artifact's inputs and outputs where the target lets qcc choose (``tflite``)."""
+
+    FLOAT = "float"  # float32 interface; the artifact quantizes inputs and dequantizes outputs
+    INT8 = "int8"  # int8 interface carrying the edge tensors' quantization parameters
+
+
 class CalibrationMethod(str, enum.Enum):
     """How an activation's clip range is chosen from its observed values."""
 
@@ -40,6 +55,7 @@ class CompileOptions:
         verify_each: run the invariant checker after every pass (slower; for debugging).
         verify: run the artifact in its runtime after emitting it and report the result.
         max_calibration_samples: use at most this many calibration samples (None: all).
+        weights: how ONNX artifacts store quantized weights.
     """
 
     target: str = "ort"
@@ -50,8 +66,16 @@ class CompileOptions:
     verify_each: bool = False
     verify: bool = True
     max_calibration_samples: int | None = None
+    weights: WeightStorage = WeightStorage.AUTO
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "weights", WeightStorage(self.weights))
+        except ValueError:
+            raise OptionError(
+                f"weights={self.weights!r} is not a weight storage.",
+                f"use one of {', '.join(w.value for w in WeightStorage)}.",
+            ) from None
         try:
             object.__setattr__(self, "activation_type", ActivationType(self.activation_type))
         except ValueError:

@@ -76,6 +76,7 @@ def _spatial_mean_to_global_pool(graph: ir.Graph, node: ir.Node, opset: int) -> 
     pool = ir.node("GlobalAveragePool", [x], name=node.name)
     graph.insert_before(node, pool)
     result = pool.outputs[0]
+    result.name = unique_name(graph, f"{node.name}_pooled")
     keepdims = node.attributes.get("keepdims")
     if keepdims is not None and keepdims.as_int() == 0:
         shape = ir.Value(

@@ -26,6 +26,7 @@ import onnx_ir as ir
 from qcc.annotations import Decision, Role, TensorQuant, get_decision, is_quantized, set_decision, set_quant
 from qcc.irutils import attr_float, const_array, is_float
 from qcc.optable import BIAS_INPUT, WEIGHT_INPUT, quantizable_inputs, weight_axis
+from qcc.backends.base import TargetSpec
 from qcc.passes._base import QccPass
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class PlanPass(QccPass):
             return "excluded by the user (--exclude)"
         if node.name in self.ctx.keep_float:
             return self.ctx.keep_float[node.name]
-        known = spec.compute_ops | spec.int8_ops | spec.shared_scale_ops | spec.fused_activations
+        known = spec.compute_ops | spec.int8_ops | spec.shared_scale_ops | spec.fused_activations | spec.rule_ops
         if node.domain not in ("", "ai.onnx") or node.op_type not in known:
             return f"{node.op_type} has no int8 kernel on {spec.name}"
         data = [node.inputs[i] for i in quantizable_inputs(node)]
@@ -103,16 +104,19 @@ class PlanPass(QccPass):
                 rule = spec.decide(node)
                 if rule is not None:
                     set_decision(node, *rule)
+                elif node.op_type in spec.rule_ops:
+                    continue
                 elif activation and _absorbable(node, spec.shared_scale_ops):
                     producer = node.inputs[0].producer()
                     set_decision(node, Decision.FUSED, f"absorbed into the quantized output of {producer.name}")
                 elif activation and not standalone_activations:
                     continue
                 elif node.op_type in spec.shared_scale_ops:
-                    if not _quantized_activation(node.inputs[0]):
+                    ends = [node.inputs[0], *node.outputs]
+                    if not any(_quantized_activation(v, spec) for v in ends):
                         continue
                     set_decision(node, Decision.INT8, "moves quantized data; shares its input's parameters")
-                elif _has_quantized_neighbour(node):
+                elif _has_quantized_neighbour(node, spec):
                     set_decision(node, Decision.INT8, f"{node.op_type} has an int8 kernel and a quantized neighbour")
                 else:
                     continue
@@ -249,14 +253,21 @@ def _absorbable(node: ir.Node, shared_scale_ops: frozenset[str]) -> bool:
     return True
 
 
-def _quantized_activation(value: ir.Value | None) -> bool:
+def _quantized_activation(value: ir.Value | None, spec: TargetSpec) -> bool:
     """True if the value is (or will be) a quantized activation under the current decisions."""
     if value is None or value.const_value is not None or not is_float(value):
         return False
     producer = value.producer()
-    if producer is not None:
-        decision = get_decision(producer)
-        if decision is not None and decision.decision in (Decision.INT8, Decision.FUSED):
+    decision = get_decision(producer) if producer is not None else None
+    if decision is not None and decision.decision in (Decision.INT8, Decision.FUSED):
+        # A weighted op (or its fused epilogue) can always emit int8; other ops only under the
+        # target's output policy.
+        if (
+            spec.quantize_all_outputs
+            or producer.op_type in spec.output_quantized_ops
+            or producer.op_type in spec.compute_ops
+            or decision.decision == Decision.FUSED
+        ):
             return True
     for consumer in value.consumers():
         decision = get_decision(consumer)
@@ -266,7 +277,7 @@ def _quantized_activation(value: ir.Value | None) -> bool:
     return False
 
 
-def _has_quantized_neighbour(node: ir.Node) -> bool:
-    if any(_quantized_activation(node.inputs[i]) for i in quantizable_inputs(node)):
+def _has_quantized_neighbour(node: ir.Node, spec: TargetSpec) -> bool:
+    if any(_quantized_activation(node.inputs[i], spec) for i in quantizable_inputs(node)):
         return True
-    return any(_quantized_activation(out) for out in node.outputs)
+    return any(_quantized_activation(out, spec) for out in node.outputs)

@@ -110,3 +110,21 @@ def test_inspect_and_targets(model_and_calib):
     assert data["model"]["inputs"][0]["name"] == "x"
     proc = qcc_run("targets")
     assert proc.returncode == 0 and "ort" in proc.stdout
+
+
+def test_trt_compile_writes_calibration_cache_and_check_passes(model_and_calib, tmp_path):
+    model, calib = model_and_calib
+    out, cache = tmp_path / "m.trt.onnx", tmp_path / "m.cache"
+    proc = qcc_run("compile", str(model), "-t", "trt", "-c", str(calib), "-o", str(out), "--calib-cache", str(cache))
+    assert proc.returncode == 0, proc.stderr
+    assert cache.read_text().startswith("TRT-")
+    proc = qcc_run("check", "--target", "trt", str(out))
+    assert proc.returncode == 0 and "0 error(s)" in proc.stdout
+
+
+def test_check_rejects_an_ort_uint8_model(model_and_calib, tmp_path):
+    model, calib = model_and_calib
+    out = tmp_path / "m.ort.onnx"
+    assert qcc_run("compile", str(model), "-c", str(calib), "-o", str(out), "--activation-type", "uint8").returncode == 0
+    proc = qcc_run("check", "--target", "trt", str(out))
+    assert proc.returncode == 1 and "zero-point" in proc.stdout

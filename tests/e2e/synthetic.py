@@ -109,6 +109,29 @@ g (float[64,64] wq, float[64] bq, float[64,64] wk, float[64] bk, float[64,64] wv
 }
 """
 
+YOLO_BLOCK = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[32,3,3,3] w1, float[32] b1, float[32,32,3,3] w2, float[32] b2, float[32,32,1,1] w3, float[32] b3,
+   float[32,64,1,1] w4, float[32] b4, float[16,64,3,3] w5, float[16] b5, float[4] scales,
+   float[1,3,32,32] x) => (float[1,16,16,16] y) {
+  c1 = Conv<pads=[1,1,1,1], strides=[2,2]>(x, w1, b1)
+  s1 = Sigmoid(c1)
+  a1 = Mul(c1, s1)
+  c2 = Conv<pads=[1,1,1,1], strides=[2,2]>(a1, w2, b2)
+  s2 = Sigmoid(c2)
+  a2 = Mul(c2, s2)
+  u = Resize<mode="nearest">(a2, , scales)
+  c3 = Conv(a1, w3, b3)
+  s3 = Sigmoid(c3)
+  a3 = Mul(c3, s3)
+  cat = Concat<axis=1>(u, a3)
+  c4 = Conv(cat, w4, b4)
+  m = MaxPool<kernel_shape=[3,3], pads=[1,1,1,1]>(c4)
+  cat2 = Concat<axis=1>(m, c4)
+  y = Conv<pads=[1,1,1,1]>(cat2, w5, b5)
+}
+"""
+
 _CONSTANTS = {
     "lo": np.array(0.0, np.float32),
     "hi": np.array(6.0, np.float32),
@@ -118,6 +141,7 @@ _CONSTANTS = {
     "half": np.array(0.5, np.float32),
     "one": np.array(1.0, np.float32),
     "sqrt2": np.array(np.sqrt(2.0), np.float32),
+    "scales": np.array([1, 1, 2, 2], np.float32),
 }
 
 MODELS = {
@@ -125,6 +149,7 @@ MODELS = {
     "depthwise_cnn": DEPTHWISE_CNN,
     "mlp": MLP,
     "transformer_block": TRANSFORMER_BLOCK,
+    "yolo_block": YOLO_BLOCK,
 }
 
 

@@ -9,7 +9,7 @@ from tests.conftest import fidelity, random_feeds
 from tests.e2e.synthetic import synthetic_model
 
 # Minimum output cosine vs fp32 on held-out random inputs (random weights; MinMax calibration).
-BOUNDS = {"residual_cnn": 0.998, "depthwise_cnn": 0.998, "mlp": 0.995, "transformer_block": 0.995}
+BOUNDS = {"residual_cnn": 0.998, "depthwise_cnn": 0.998, "mlp": 0.995, "transformer_block": 0.995, "yolo_block": 0.995}
 
 
 @pytest.mark.parametrize("name", sorted(BOUNDS))

@@ -1,0 +1,188 @@
+"""TensorRT target (``trt``): explicit-quantization QDQ ONNX that TensorRT builds into int8 engines.
+
+Placement follows TensorRT's rules (``shared/targets/TENSORRT.md`` §4):
+
+* int8 symmetric everywhere (zero point 0); weights per channel on the op's output-channel axis,
+  activations per tensor; biases stay float (TensorRT adds them in high precision).
+* Q/DQ on the *inputs* of quantized ops only: no Q/DQ between a weighted op and the BatchNorm /
+  Relu / Clip TensorRT fuses into it, no output Q on weighted ops (the next layer's input Q does
+  it), except pooling, whose output is quantized.
+* A residual Add fed by a weighted op is fused into that op's epilogue: only its skip input is
+  quantized, so Conv+Add(+Relu) runs with an int8 output.
+* Concat inputs and output share one scale; copy ops (Reshape, Transpose, MaxPool, ...) reuse
+  their input's scale so Q/DQ propagates.
+* GEMVs, tiny GEMMs (K or N < 16), attention MatMuls between two activations and Convs with few
+  channels (< 16 and not a multiple of 8, except on the model input) stay float: TensorRT runs
+  them as fast or faster in float. The report says so per node.
+
+There is no GPU here: ``verify()`` checks the rules on the artifact (``_trt_rules``), executes the
+same graph in ONNX Runtime and compares with fp32. When the ``tensorrt`` package and a GPU are
+present, building an engine is attempted too.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from qcc.annotations import Decision, get_decision
+from qcc.backends._qdq import materialize_qdq
+from qcc.backends._trt_rules import check_tensorrt_rules, summarize
+from qcc.backends.base import Artifact, Backend, TargetSpec
+from qcc.backends.onnxruntime import compare_outputs
+from qcc.context import PassContext
+from qcc.data import Feed
+from qcc.errors import BackendError
+from qcc.irutils import attr_int, const_array
+from qcc.options import WeightStorage
+from qcc.runtime import MAX_ORT_IR_VERSION
+
+_MIN_GEMM_DIM = 16
+_WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+class TrtSpec(TargetSpec):
+    """The ``trt`` spec plus TensorRT's fusion rules (see module docstring)."""
+
+    def float_reason(self, node: ir.Node) -> str | None:
+        weight = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if node.op_type in ("Gemm", "MatMul"):
+            if weight is None:
+                return "MatMul between two activations (attention): TensorRT's fused attention runs it"
+            if weight.ndim == 2:
+                trans_b = node.op_type == "Gemm" and attr_int(node, "transB", 0) == 1
+                k, n = (weight.shape[1], weight.shape[0]) if trans_b else weight.shape
+                if k < _MIN_GEMM_DIM or n < _MIN_GEMM_DIM:
+                    return f"tiny GEMM (K={k}, N={n}): faster in float on TensorRT"
+            x = node.inputs[0]
+            if x.shape is not None and len(x.shape) == 2 and x.shape[0] == 1:
+                return "GEMV (batch 1): faster in float on TensorRT"
+        if node.op_type in ("Conv", "ConvTranspose") and weight is not None:
+            groups = attr_int(node, "group", 1)
+            c_in = weight.shape[1] * groups if node.op_type == "Conv" else weight.shape[0]
+            c_out = weight.shape[0] if node.op_type == "Conv" else weight.shape[1] * groups
+            if _few(c_out) or (_few(c_in) and not node.inputs[0].is_graph_input()):
+                return f"few channels ({c_in} in, {c_out} out): TensorRT has no faster int8 kernel"
+        return None
+
+    def decide(self, node: ir.Node) -> tuple[Decision, str] | None:
+        if node.op_type != "Add":
+            return None
+        if len(node.inputs) != 2 or any(v is None or v.const_value is not None for v in node.inputs):
+            return Decision.FLOAT, "Add with a constant input: a bias or offset TensorRT fuses in float"
+        for branch in node.inputs:
+            producer = branch.producer()
+            decision = get_decision(producer) if producer is not None else None
+            if (
+                decision is not None
+                and decision.decision == Decision.INT8
+                and producer.op_type in _WEIGHTED
+                and len(branch.consumers()) == 1
+                and not branch.is_graph_output()
+            ):
+                return (
+                    Decision.FUSED,
+                    f"residual Add fused into {producer.name}'s epilogue; only the skip input is quantized",
+                )
+        return Decision.FLOAT, "not a residual Add after a weighted op; TensorRT runs it in float"
+
+
+
+def _few(channels: int) -> bool:
+    return channels < 16 and channels % 8 != 0
+
+
+TRT_SPEC = TrtSpec(
+    name="trt",
+    description="TensorRT: explicit-quantization QDQ ONNX (int8 symmetric) for trtexec / the ONNX parser",
+    compute_ops=frozenset(_WEIGHTED),
+    int8_ops=frozenset({"AveragePool", "GlobalAveragePool", "Concat"}),
+    shared_scale_ops=frozenset(
+        {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Resize", "Split"}
+    ),
+    fused_activations=frozenset({"Relu", "Clip", "LeakyRelu"}),
+    keep_fused_activation_nodes=True,
+    symmetric_activations=True,
+    bias_int32=False,
+    artifact_suffix=".onnx",
+    quantize_all_outputs=False,
+    output_quantized_ops=frozenset({"MaxPool", "AveragePool"}),
+    shared_group_ops=frozenset({"Concat"}),
+    rule_ops=frozenset({"Add"}),
+)
+
+
+class TrtBackend(Backend):
+    """Emits TensorRT-ready QDQ ONNX and verifies it (rules + ONNX Runtime numerics)."""
+
+    spec = TRT_SPEC
+
+    def emit(self, model: ir.Model, ctx: PassContext) -> Artifact:
+        float_weights = ctx.options.weights != WeightStorage.INT8
+        qdq = materialize_qdq(model, keep_fused_activations=True, float_weights=float_weights)
+        qdq.ir_version = min(qdq.ir_version, MAX_ORT_IR_VERSION)
+        qdq.producer_name = "qcc"
+        proto = ir.serde.serialize_model(qdq)
+        errors = [v for v in check_tensorrt_rules(proto) if v.severity == "error"]
+        if errors:
+            first = errors[0]
+            raise BackendError(
+                f"the emitted trt model breaks TensorRT rule {first.rule!r} at {first.node!r}: {first.message}",
+                "this is a qcc bug; please report it, and --exclude that node meanwhile.",
+            )
+        return Artifact(data=proto.SerializeToString(), suffix=self.spec.artifact_suffix, proto=proto)
+
+    def verify(
+        self,
+        artifact: Artifact,
+        reference: onnx.ModelProto,
+        samples: list[Feed],
+        planned_int8: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        rules = summarize(check_tensorrt_rules(artifact.proto))
+        fidelity = compare_outputs(reference, artifact.data, samples)
+        return {
+            "ok": rules["errors"] == 0 and fidelity["finite"],
+            "runtime": "onnxruntime CPUExecutionProvider (TensorRT numerics simulated; no GPU here)",
+            "tensorrt_rules": rules,
+            "engine": _try_engine(artifact.data),
+            "fidelity": fidelity,
+        }
+
+
+def _try_engine(data: bytes) -> dict[str, Any]:
+    """Builds an int8 TensorRT engine when TensorRT and a GPU are available; says why not otherwise."""
+    try:
+        import tensorrt as trt  # optional: only on machines with TensorRT
+    except ImportError:
+        return {"built": False, "reason": "the tensorrt package is not installed"}
+    try:
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse(data):
+            return {"built": False, "reason": str(parser.get_error(0))}
+        config = builder.create_builder_config()
+        config.set_flag(trt.BuilderFlag.INT8)
+        engine = builder.build_serialized_network(network, config)
+        return {"built": engine is not None, "reason": None if engine is not None else "build failed"}
+    except Exception as exc:  # noqa: BLE001 - no GPU, driver errors: report, never fail the compile
+        return {"built": False, "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def calibration_cache(report: dict[str, Any], version: str = "100100") -> str:
+    """Returns TensorRT's implicit-INT8 calibration cache text for a ``trt`` compile report.
+
+    Format: a header ``TRT-<version>-MinMaxCalibration``, then one line per activation tensor,
+    ``<name>: <big-endian float32 scale as 8 hex digits>`` with ``scale = max|x| / 127``. qcc's
+    trt activations are symmetric, so their scale is exactly that (not ORT's ``max(hi, lo)``).
+    """
+    lines = [f"TRT-{version}-MinMaxCalibration"]
+    for name, tensor in report["tensors"].items():
+        if tensor["role"] == "activation":
+            lines.append(f"{name}: {struct.pack('>f', float(tensor['scale'])).hex()}")
+    return "\n".join(lines) + "\n"
