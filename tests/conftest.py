@@ -35,7 +35,7 @@ def build_model(text: str, seed: int = 0, constants: dict[str, np.ndarray] | Non
         elif name.startswith(("beta", "mean", "b")):
             array = rng.normal(0, 0.1, shape)
         elif name.startswith("w"):
-            fan_in = int(np.prod(shape[1:])) if len(shape) > 2 else shape[0]
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 2 else (shape[0] if shape else 1)
             array = rng.normal(0, 1 / np.sqrt(max(fan_in, 1)), shape)
         else:
             keep.append(value)

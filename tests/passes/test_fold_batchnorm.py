@@ -74,3 +74,24 @@ def _check_folded(model, op_type):
     assert [o.name for o in folded.graph.outputs] == ["y"]
     for feed in random_feeds(model, 3):
         np.testing.assert_allclose(run(to_proto(folded), feed)[0], run(model, feed)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("add_shape", "mul_shape", "folded"),
+    [("1,6,1,1", "", True), ("6,1,1", "6,1,1", True), ("1", "1,6,1,1", True), ("1,6,8,8", "", False)],
+)
+def test_constant_channel_affine_folds_into_conv(add_shape, mul_shape, folded):
+    mul_decl = f", float[{mul_shape}] wm" if mul_shape else ", float[] wm"
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[6,4,3,3] w, float[{add_shape}] bias{mul_decl}, float[1,4,8,8] x) => (float[1,6,8,8] y) {{
+      c = Conv<pads=[1,1,1,1]>(x, w)
+      a = Add(c, bias)
+      y = Mul(a, wm)
+    }}
+    """
+    model = build_model(text)
+    result = float_passes(model, CanonicalizePass, FoldBatchNormPass)
+    assert op_types(result) == (["Conv"] if folded else ["Conv", "Add", "Mul"])
+    for feed in random_feeds(model, 2):
+        np.testing.assert_allclose(run(to_proto(result), feed)[0], run(model, feed)[0], rtol=1e-4, atol=1e-4)
