@@ -23,6 +23,8 @@ def compile(  # noqa: A001 - the public name users expect
     verify: bool = True,
     max_calibration_samples: int | None = None,
     weights: str = "auto",
+    io: str = "float",
+    nhwc_io: bool = False,
     progress: Progress = no_progress,
 ) -> CompileResult:
     """Compiles a float ONNX model into an int8 model for one runtime.
@@ -35,7 +37,7 @@ def compile(  # noqa: A001 - the public name users expect
             iterable of feed dicts (see ``qcc.data``).
         per_channel: per-output-channel weight scales (default) or one per tensor.
         activation_type: ``"auto"``, ``"uint8"`` or ``"int8"``.
-        method: calibration method (``"minmax"``).
+        method: calibration method: ``"minmax"`` (default), ``"percentile"`` or ``"mse"``.
         exclude: node names or op types to keep in float.
         verify_each: check IR invariants after every pass (debugging).
         verify: run the artifact in its runtime and put the result in the report.
@@ -62,5 +64,7 @@ def compile(  # noqa: A001 - the public name users expect
         verify=verify,
         max_calibration_samples=max_calibration_samples,
         weights=weights,
+        io=io,
+        nhwc_io=nhwc_io,
     )
     return compile_model(model, calibration, options, progress)

@@ -22,7 +22,7 @@ from rich.table import Table
 from qcc.backends import get_backend, target_names
 from qcc.errors import OptionError, QccError
 from qcc.io import check_output_path, write_atomic
-from qcc.options import ActivationType, CompileOptions, IoType, WeightStorage
+from qcc.options import ActivationType, CalibrationMethod, CompileOptions, IoType, WeightStorage
 
 EXIT_USER_ERROR = 2
 
@@ -88,6 +88,10 @@ def compile(  # noqa: A001 - the subcommand's name
         ActivationType, typer.Option("--activation-type", help="Activation integer type; auto picks the fastest for the target.")
     ] = ActivationType.AUTO,
     max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Use at most this many calibration samples.")] = None,
+    method: Annotated[
+        CalibrationMethod,
+        typer.Option("--method", "-m", help="Activation clip ranges: minmax never clips; percentile/mse clip outliers."),
+    ] = CalibrationMethod.MINMAX,
     weights: Annotated[
         WeightStorage,
         typer.Option("--weights", help="Weight storage: int8 initializers (small) or float behind Q/DQ; auto per target."),
@@ -134,6 +138,9 @@ def compile(  # noqa: A001 - the subcommand's name
             verify=not no_verify,
             max_calibration_samples=max_samples,
             weights=weights,
+            method=method,
+            io=io,
+            nhwc_io=nhwc_io,
         )
         with Progress(
             TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

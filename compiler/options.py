@@ -37,9 +37,11 @@ class IoType(str, enum.Enum):
 
 
 class CalibrationMethod(str, enum.Enum):
-    """How an activation's clip range is chosen from its observed values."""
+    """How an activation's clip range is chosen from its observed values (see passes/_clip_range.py)."""
 
-    MINMAX = "minmax"
+    MINMAX = "minmax"  # the observed range: never clips (default)
+    PERCENTILE = "percentile"  # each side clipped at its 99.99th percentile
+    MSE = "mse"  # the range with the least expected squared quantization error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,8 @@ class CompileOptions:
         verify: run the artifact in its runtime after emitting it and report the result.
         max_calibration_samples: use at most this many calibration samples (None: all).
         weights: how ONNX artifacts store quantized weights.
+        io: float or int8 model inputs and outputs (``tflite``; other targets ignore it).
+        nhwc_io: 4-D inputs and outputs are NHWC in the artifact (``tflite``), not the model's NCHW.
     """
 
     target: str = "ort"
@@ -67,8 +71,14 @@ class CompileOptions:
     verify: bool = True
     max_calibration_samples: int | None = None
     weights: WeightStorage = WeightStorage.AUTO
+    io: IoType = IoType.FLOAT
+    nhwc_io: bool = False
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "io", IoType(self.io))
+        except ValueError:
+            raise OptionError(f"io={self.io!r} is not valid.", f"use one of {', '.join(t.value for t in IoType)}.") from None
         try:
             object.__setattr__(self, "weights", WeightStorage(self.weights))
         except ValueError:

@@ -3,8 +3,10 @@
 The float model (as rewritten by the earlier passes) runs in ONNX Runtime with each tensor to be
 calibrated added as a graph output. Samples are streamed one at a time and only running
 statistics are kept (per tensor: min and max), so memory does not grow with the number of
-samples. Shared-scale outputs and absorbed activations' inputs need no observation: their
-parameters come from another tensor.
+samples: per tensor a streamed, mergeable histogram (``_histogram``). The clip range is then
+chosen per tensor by the calibration method (``_clip_range``: minmax, percentile, mse; auto = mse).
+Shared-scale outputs and absorbed activations' inputs need no observation: their parameters come
+from another tensor.
 """
 
 from __future__ import annotations
@@ -18,35 +20,48 @@ import onnx_ir as ir
 from qcc.annotations import Role, Stage, TensorRange, get_quant, quantized_values, set_range
 from qcc.errors import CalibrationDataError, NonFiniteActivationsError, QccError
 from qcc.passes._base import QccPass
+from qcc.passes._clip_range import clip_range
+from qcc.passes._histogram import TensorHistogram
 from qcc.runtime import session
 
 logger = logging.getLogger(__name__)
 
 
-class RunningMinMax:
-    """Mergeable running min/max of a set of tensors."""
+class CalibrationStats:
+    """Mergeable statistics of a set of tensors: one streamed histogram each (see ``_histogram``)."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
-        self.min = np.full(len(names), np.inf)
-        self.max = np.full(len(names), -np.inf)
+        self.histograms = [TensorHistogram() for _ in names]
+        self.nonfinite = np.zeros(len(names), dtype=bool)
 
     def update(self, arrays: list[np.ndarray]) -> None:
-        """Folds one sample's tensors (in ``names`` order) into the statistics.
-
-        A NaN anywhere in a tensor makes its min and max NaN, so it is reported, not hidden.
-        """
+        """Folds one sample's tensors (in ``names`` order) into the statistics."""
         for i, array in enumerate(arrays):
-            if array.size:
-                self.min[i] = np.fmin(self.min[i], array.min()) if not np.isnan(self.min[i]) else np.nan
-                self.max[i] = np.fmax(self.max[i], array.max()) if not np.isnan(self.max[i]) else np.nan
-                if np.isnan(array.min()) or np.isnan(array.max()):
-                    self.min[i] = self.max[i] = np.nan
+            if not np.all(np.isfinite(array)):
+                self.nonfinite[i] = True
+            elif not self.nonfinite[i]:
+                self.histograms[i].update(array)
 
-    def merge(self, other: RunningMinMax) -> None:
-        """Folds another statistic over the same tensors into this one."""
-        self.min = np.minimum(self.min, other.min)
-        self.max = np.maximum(self.max, other.max)
+    def merge(self, other: CalibrationStats) -> None:
+        """Folds statistics of the same tensors, observed on other samples, into these."""
+        for mine, theirs in zip(self.histograms, other.histograms, strict=True):
+            mine.merge(theirs)
+        self.nonfinite |= other.nonfinite
+
+    @property
+    def min(self) -> np.ndarray:
+        """Observed minimum of each tensor."""
+        return np.array([h.min for h in self.histograms])
+
+    @property
+    def max(self) -> np.ndarray:
+        """Observed maximum of each tensor."""
+        return np.array([h.max for h in self.histograms])
+
+    def held_bytes(self) -> int:
+        """Bytes of statistics held, independent of the number of samples observed."""
+        return sum(h.pos.nbytes + h.neg.nbytes for h in self.histograms) + self.nonfinite.nbytes
 
 
 class CalibratePass(QccPass):
@@ -66,16 +81,19 @@ class CalibratePass(QccPass):
             raise QccError("calibration data is required to quantize activations.", "pass --calib data.npz.")
         names = [v.name for v in targets]
         stats = self._observe(model, names)
-        finite = np.isfinite(stats.min) & np.isfinite(stats.max)
-        bad = [name for name, ok in zip(names, finite, strict=True) if not ok]
+        bad = [name for name, flag in zip(names, stats.nonfinite, strict=True) if flag]
         if bad:
             raise NonFiniteActivationsError(bad)
-        for value, lo, hi in zip(targets, stats.min, stats.max, strict=True):
-            set_range(value, TensorRange(float(lo), float(hi)))
-            get_quant(value).stage = Stage.CALIBRATED
+        method = self.ctx.options.method.value
+        for value, hist in zip(targets, stats.histograms, strict=True):
+            quant = get_quant(value)
+            levels = 255 if quant.symmetric else 256
+            low, high = clip_range(hist, method, levels, quant.symmetric)
+            set_range(value, TensorRange(low, high))
+            quant.stage = Stage.CALIBRATED
         return ir.passes.PassResult(model, True)
 
-    def _observe(self, model: ir.Model, names: list[str]) -> RunningMinMax:
+    def _observe(self, model: ir.Model, names: list[str]) -> CalibrationStats:
         proto = ir.serde.serialize_model(model)
         existing = {o.name for o in proto.graph.output}
         for name in names:
@@ -85,7 +103,7 @@ class CalibratePass(QccPass):
         output_names = [o.name for o in sess.get_outputs()]
         position = {name: i for i, name in enumerate(output_names)}
         wanted = [position[name] for name in names]
-        stats = RunningMinMax(names)
+        stats = CalibrationStats(names)
         calibration = self.ctx.calibration
         total = calibration.known_length()
         count = 0

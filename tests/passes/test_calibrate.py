@@ -9,7 +9,7 @@ from qcc.context import PassContext
 from qcc.data import open_calibration
 from qcc.frontend import input_specs
 from qcc.options import CompileOptions
-from qcc.passes.calibrate import CalibratePass, RunningMinMax
+from qcc.passes.calibrate import CalibratePass, CalibrationStats
 from qcc.passes.canonicalize import CanonicalizePass
 from qcc.passes.plan import PlanPass
 from tests.conftest import float_passes, random_feeds, to_proto
@@ -19,13 +19,17 @@ from tests.e2e.synthetic import synthetic_model
 def test_merge_equals_whole():
     rng = np.random.default_rng(0)
     batches = [[rng.normal(size=(3, 4)), rng.normal(size=5) * 3] for _ in range(6)]
-    whole, first, second = RunningMinMax(["a", "b"]), RunningMinMax(["a", "b"]), RunningMinMax(["a", "b"])
+    whole, first, second = CalibrationStats(["a", "b"]), CalibrationStats(["a", "b"]), CalibrationStats(["a", "b"])
     for i, batch in enumerate(batches):
         whole.update(batch)
         (first if i < 3 else second).update(batch)
     first.merge(second)
     np.testing.assert_array_equal(first.min, whole.min)
     np.testing.assert_array_equal(first.max, whole.max)
+    for merged, single in zip(first.histograms, whole.histograms, strict=True):
+        assert merged.limit == single.limit
+        np.testing.assert_array_equal(merged.pos, single.pos)
+        np.testing.assert_array_equal(merged.neg, single.neg)
 
 
 def test_ranges_equal_brute_force_over_a_stream():
@@ -33,7 +37,7 @@ def test_ranges_equal_brute_force_over_a_stream():
     planned = float_passes(model, CanonicalizePass, PlanPass)
     feeds = random_feeds(model, 40, seed=3)
     stream = open_calibration(iter(feeds), input_specs(planned))  # a one-shot generator
-    ctx = PassContext(CompileOptions(), get_backend("ort").spec, stream)
+    ctx = PassContext(CompileOptions(method="minmax"), get_backend("ort").spec, stream)
     CalibratePass(ctx)(planned)
     calibrated = [v for v in quantized_values(planned.graph) if get_range(v) is not None]
     assert calibrated and all(get_quant(v).role == Role.ACTIVATION for v in calibrated)
@@ -65,5 +69,5 @@ def test_what_is_held_does_not_grow_with_samples():
         stats = CalibratePass(PassContext(CompileOptions(), get_backend("ort").spec, stream))._observe(
             planned, [v.name for v in quantized_values(planned.graph) if v.const_value is None]
         )
-        held.append((stats.min.nbytes + stats.max.nbytes, len(stream._head)))
+        held.append((stats.held_bytes(), len(stream._head)))
     assert held[0] == held[1]
