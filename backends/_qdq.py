@@ -14,13 +14,16 @@ Works on a clone of the annotated model; the input model is never touched.
 
 from __future__ import annotations
 
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from qcc.annotations import Decision, Role, TensorQuant, get_decision, get_quant, quantized_values, set_quant
+from qcc.errors import BackendError
 from qcc.irutils import remove_node_bypassing
 from qcc.optable import quantizable_inputs
 from qcc.quantmath import quantize
+from qcc.runtime import MAX_ORT_IR_VERSION
 
 
 class _Names:
@@ -175,3 +178,23 @@ def _insert_qdq(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: _Na
         graph.insert_after(producer, [q, dq])
 
 
+
+
+def serialize_qdq(model: ir.Model, target: str) -> onnx.ModelProto:
+    """Serializes a materialized QDQ model for ONNX Runtime-compatible consumers, checked.
+
+    Raises:
+        BackendError: the model fails the ONNX checker (a qcc bug; the message says so).
+    """
+    model.ir_version = min(model.ir_version, MAX_ORT_IR_VERSION)
+    model.producer_name = "qcc"
+    proto = ir.serde.serialize_model(model)
+    if proto.ByteSize() < 2**31 - 1:
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as exc:
+            raise BackendError(
+                f"the emitted {target} model failed the ONNX checker: {str(exc).splitlines()[0]}",
+                "this is a qcc bug; please report it with the model, and --exclude the named node meanwhile.",
+            ) from None
+    return proto

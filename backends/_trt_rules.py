@@ -72,7 +72,7 @@ def _check_qdq(node: onnx.NodeProto, constants: dict[str, np.ndarray], producer:
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     scale = constants.get(node.input[1])
     if scale is None:
-        found.append(Violation("scale", name, f"scale {node.input[1]!r} is not a constant; TensorRT needs it at build time"))
+        found.append(Violation("scale", name, f"scale {node.input[1]!r} is not a constant (needed at build time)"))
     elif not np.all(np.isfinite(scale)) or not np.all(scale > 0):
         found.append(Violation("scale", name, "scale has zero, negative or non-finite values; the parser rejects them"))
     zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
@@ -80,7 +80,7 @@ def _check_qdq(node: onnx.NodeProto, constants: dict[str, np.ndarray], producer:
         if zero_point.dtype == np.uint8:
             found.append(Violation("zero-point", name, "uint8 Q/DQ: TensorRT supports signed symmetric types only"))
         elif np.any(zero_point.astype(np.float64) != 0):
-            found.append(Violation("zero-point", name, "non-zero zero point: TensorRT supports symmetric quantization only"))
+            found.append(Violation("zero-point", name, "non-zero zero point: TensorRT is symmetric only"))
     if scale is not None and scale.size > 1:
         data = node.input[0]
         source = producer.get(data)
@@ -92,11 +92,12 @@ def _check_qdq(node: onnx.NodeProto, constants: dict[str, np.ndarray], producer:
             found.append(Violation("opset", name, f"per-channel Q/DQ needs opset 13, the model has {opset}"))
         weight = constants.get(data)
         if weight is None:
-            found.append(Violation("scale", name, "per-channel scale on an activation; TensorRT quantizes activations per tensor"))
+            found.append(Violation("scale", name, "per-channel scale on an activation; TensorRT needs per tensor"))
         if weight is not None and "block_size" not in attrs:
             axis = attrs.get("axis", 1)
             if weight.shape[axis] != scale.size:
-                found.append(Violation("scale", name, f"{scale.size} scales for {weight.shape[axis]} channels on axis {axis}"))
+                message = f"{scale.size} scales for {weight.shape[axis]} channels on axis {axis}"
+                found.append(Violation("scale", name, message))
     return found
 
 
@@ -138,7 +139,7 @@ def _check_concat(node, producer, constants) -> list[Violation]:
             scales.append(float(np.ravel(constants[dq.input[1]])[0]))
     if len(set(scales)) > 1:
         return [Violation("concat", node.name or node.output[0],
-                          f"Concat inputs carry {len(set(scales))} different scales; TensorRT inserts requantize layers")]
+                          f"Concat inputs carry {len(set(scales))} scales; TensorRT inserts requantize layers")]
     return []
 
 

@@ -23,13 +23,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from qcc.backends._qdq import materialize_qdq
+from qcc.backends._qdq import materialize_qdq, serialize_qdq
 from qcc.backends.base import Artifact, Backend, TargetSpec
 from qcc.context import PassContext
 from qcc.data import Feed
-from qcc.errors import BackendError
 from qcc.options import WeightStorage, host_is_arm
-from qcc.runtime import MAX_ORT_IR_VERSION, session
+from qcc.runtime import session
 
 INTEGER_KERNELS = frozenset(
     {"QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger",
@@ -75,17 +74,7 @@ class OrtBackend(Backend):
             keep_fused_activations=self.spec.keep_fused_activation_nodes,
             float_weights=ctx.options.weights == WeightStorage.QDQ,
         )
-        qdq.ir_version = min(qdq.ir_version, MAX_ORT_IR_VERSION)
-        qdq.producer_name = "qcc"
-        proto = ir.serde.serialize_model(qdq)
-        if proto.ByteSize() < 2**31 - 1:
-            try:
-                onnx.checker.check_model(proto)
-            except onnx.checker.ValidationError as exc:
-                raise BackendError(
-                    f"the emitted ort model failed the ONNX checker: {str(exc).splitlines()[0]}",
-                    "this is a qcc bug; please report it with the model, and --exclude the named node meanwhile.",
-                ) from None
+        proto = serialize_qdq(qdq, self.spec.name)
         return Artifact(data=proto.SerializeToString(), suffix=self.spec.artifact_suffix, proto=proto)
 
     def verify(

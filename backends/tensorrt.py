@@ -29,7 +29,7 @@ import onnx
 import onnx_ir as ir
 
 from qcc.annotations import Decision, get_decision
-from qcc.backends._qdq import materialize_qdq
+from qcc.backends._qdq import materialize_qdq, serialize_qdq
 from qcc.backends._trt_rules import check_tensorrt_rules, summarize
 from qcc.backends.base import Artifact, Backend, TargetSpec
 from qcc.backends.onnxruntime import compare_outputs
@@ -38,7 +38,6 @@ from qcc.data import Feed
 from qcc.errors import BackendError
 from qcc.irutils import attr_int, const_array
 from qcc.options import WeightStorage
-from qcc.runtime import MAX_ORT_IR_VERSION
 
 _MIN_GEMM_DIM = 16
 _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -123,9 +122,7 @@ class TrtBackend(Backend):
     def emit(self, model: ir.Model, ctx: PassContext) -> Artifact:
         float_weights = ctx.options.weights != WeightStorage.INT8
         qdq = materialize_qdq(model, keep_fused_activations=True, float_weights=float_weights)
-        qdq.ir_version = min(qdq.ir_version, MAX_ORT_IR_VERSION)
-        qdq.producer_name = "qcc"
-        proto = ir.serde.serialize_model(qdq)
+        proto = serialize_qdq(qdq, self.spec.name)
         errors = [v for v in check_tensorrt_rules(proto) if v.severity == "error"]
         if errors:
             first = errors[0]

@@ -73,7 +73,9 @@ class _ProgressBar:
 @app.command()
 def compile(  # noqa: A001 - the subcommand's name
     model: Annotated[Path, typer.Argument(help="Float ONNX model to quantize (never modified).", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the int8 artifact.", show_default=False)],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the int8 artifact.", show_default=False)
+    ],
     calib: Annotated[
         Path, typer.Option("--calib", "-c", help="Calibration data (.npz, see `qcc --help`).", show_default=False)
     ],
@@ -83,24 +85,35 @@ def compile(  # noqa: A001 - the subcommand's name
         Optional[list[str]],
         typer.Option("--exclude", "-x", help="Keep a node (by name) or every node of an op type in float. Repeatable."),
     ] = None,
-    per_tensor: Annotated[bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per channel.")] = False,
+    per_tensor: Annotated[
+        bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per channel.")
+    ] = False,
     activation_type: Annotated[
-        ActivationType, typer.Option("--activation-type", help="Activation integer type; auto picks the fastest for the target.")
+        ActivationType,
+        typer.Option("--activation-type", help="Activation integer type; auto picks the fastest for the target."),
     ] = ActivationType.AUTO,
-    max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Use at most this many calibration samples.")] = None,
+    max_samples: Annotated[
+        Optional[int], typer.Option("--max-samples", help="Use at most this many calibration samples.")
+    ] = None,
     method: Annotated[
         CalibrationMethod,
-        typer.Option("--method", "-m", help="Activation clip ranges: minmax never clips; percentile/mse clip outliers."),
+        typer.Option(
+            "--method", "-m", help="Activation clip ranges: minmax never clips; percentile/mse clip outliers."
+        ),
     ] = CalibrationMethod.MINMAX,
     weights: Annotated[
         WeightStorage,
-        typer.Option("--weights", help="Weight storage: int8 initializers (small) or float behind Q/DQ; auto per target."),
+        typer.Option(
+            "--weights", help="Weight storage: int8 initializers (small) or float behind Q/DQ; auto per target."
+        ),
     ] = WeightStorage.AUTO,
     calib_cache: Annotated[
         Optional[Path],
         typer.Option("--calib-cache", help="trt only: also write TensorRT's implicit-INT8 calibration cache here."),
     ] = None,
-    verify_each: Annotated[bool, typer.Option("--verify-each", help="Check IR invariants after every pass (debugging).")] = False,
+    verify_each: Annotated[
+        bool, typer.Option("--verify-each", help="Check IR invariants after every pass (debugging).")
+    ] = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip running the artifact in its runtime.")] = False,
     io: Annotated[
         IoType, typer.Option("--io", help="tflite: float32 or int8 model inputs and outputs.")
@@ -143,8 +156,12 @@ def compile(  # noqa: A001 - the subcommand's name
             nhwc_io=nhwc_io,
         )
         with Progress(
-            TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=_err, transient=True,
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=_err,
+            transient=True,
         ) as bar:
             result = compile_model(str(model), str(calib), options, progress=_ProgressBar(bar))
         result.save(output, report)

@@ -75,31 +75,14 @@ class CompileOptions:
     nhwc_io: bool = False
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "io", IoType(self.io))
-        except ValueError:
-            raise OptionError(f"io={self.io!r} is not valid.", f"use one of {', '.join(t.value for t in IoType)}.") from None
-        try:
-            object.__setattr__(self, "weights", WeightStorage(self.weights))
-        except ValueError:
-            raise OptionError(
-                f"weights={self.weights!r} is not a weight storage.",
-                f"use one of {', '.join(w.value for w in WeightStorage)}.",
-            ) from None
-        try:
-            object.__setattr__(self, "activation_type", ActivationType(self.activation_type))
-        except ValueError:
-            raise OptionError(
-                f"activation_type={self.activation_type!r} is not valid.",
-                f"use one of {', '.join(t.value for t in ActivationType)}.",
-            ) from None
-        try:
-            object.__setattr__(self, "method", CalibrationMethod(self.method))
-        except ValueError:
-            raise OptionError(
-                f"method={self.method!r} is not a calibration method.",
-                f"use one of {', '.join(m.value for m in CalibrationMethod)}.",
-            ) from None
+        for name, kind in _ENUM_FIELDS.items():
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, kind(value))
+            except ValueError:
+                raise OptionError(
+                    f"{name}={value!r} is not valid.", f"use one of {', '.join(k.value for k in kind)}."
+                ) from None
         if isinstance(self.exclude, str):
             object.__setattr__(self, "exclude", (self.exclude,))
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -124,6 +107,14 @@ class CompileOptions:
                 f"valid options are {', '.join(sorted(known))}.",
             )
         return cls(**kwargs)  # type: ignore[arg-type]
+
+
+_ENUM_FIELDS = {
+    "activation_type": ActivationType,
+    "method": CalibrationMethod,
+    "weights": WeightStorage,
+    "io": IoType,
+}
 
 
 def host_is_arm() -> bool:

@@ -125,6 +125,8 @@ def test_trt_compile_writes_calibration_cache_and_check_passes(model_and_calib, 
 def test_check_rejects_an_ort_uint8_model(model_and_calib, tmp_path):
     model, calib = model_and_calib
     out = tmp_path / "m.ort.onnx"
-    assert qcc_run("compile", str(model), "-c", str(calib), "-o", str(out), "--activation-type", "uint8").returncode == 0
+    assert (
+        qcc_run("compile", str(model), "-c", str(calib), "-o", str(out), "--activation-type", "uint8").returncode == 0
+    )
     proc = qcc_run("check", "--target", "trt", str(out))
     assert proc.returncode == 1 and "zero-point" in proc.stdout
