@@ -9,8 +9,9 @@ from qcc.errors import OptionError
 def _registry() -> dict[str, type[Backend]]:
     from qcc.backends.onnxruntime import OrtBackend
     from qcc.backends.tensorrt import TrtBackend
+    from qcc.backends.tflite import TfliteBackend
 
-    return {"ort": OrtBackend, "trt": TrtBackend}
+    return {"ort": OrtBackend, "trt": TrtBackend, "tflite": TfliteBackend}
 
 
 def target_names() -> list[str]:

@@ -43,7 +43,6 @@ class TargetSpec:
         artifact_suffix: file suffix of the artifact.
         fixed_output_params: ops whose int8 output parameters the runtime fixes, as
             op type -> (scale, zero point) for int8 activations (TFLite Softmax: 1/256, -128).
-        concat_shares_output: every Concat input must carry exactly the output's parameters.
         quantize_all_outputs: every output of an int8 node is quantized (ONNX Runtime fuses the
             output Q into the kernel). When False, a tensor is quantized only where an int8 node
             reads it, or when its producer is in ``output_quantized_ops`` (TensorRT: weighted ops
@@ -68,7 +67,6 @@ class TargetSpec:
     bias_int32: bool
     artifact_suffix: str
     fixed_output_params: Mapping[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
-    concat_shares_output: bool = False
     quantize_all_outputs: bool = True
     output_quantized_ops: frozenset[str] = frozenset()
     shared_group_ops: frozenset[str] = frozenset()

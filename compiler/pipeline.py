@@ -23,13 +23,16 @@ from qcc.passes.fuse_matmul_add import FuseMatMulAddPass
 from qcc.passes.plan import PlanPass
 from qcc.passes.quantize_bias import QuantizeBiasPass
 from qcc.passes.quantize_weights import QuantizeWeightsPass
+from qcc.passes.target_constraints import TargetConstraintsPass
 
 logger = logging.getLogger(__name__)
 
 # Graph rewrites that keep the model's float function; the plan works on their result.
 FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, FuseMatMulAddPass)
 # Passes that decide and compute the quantization, as annotations.
-QUANT_PASSES = (PlanPass, QuantizeWeightsPass, CalibratePass, ActivationQParamsPass, QuantizeBiasPass)
+QUANT_PASSES = (
+    PlanPass, QuantizeWeightsPass, CalibratePass, ActivationQParamsPass, TargetConstraintsPass, QuantizeBiasPass,
+)
 
 
 def build_passes(ctx: PassContext, *, float_only: bool = False) -> list[ir.passes.PassBase]:

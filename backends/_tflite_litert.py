@@ -1,0 +1,210 @@
+"""Run ``.tflite`` artifacts in LiteRT and compare them with qcc's ORT QDQ simulation.
+
+Feeds are the ONNX model's (NCHW, float); an int8 interface is fed by quantizing with the input
+tensor's parameters and read by dequantizing, and NHWC 4-D inputs/outputs (``--nhwc-io``) are
+transposed, so results compare element by element with ONNX Runtime. Delegation is read from
+``_get_ops_details()``: XNNPACK partitions appear as ``DELEGATE`` nodes whose outputs are the
+tensors they produce.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import numpy as np
+import onnx
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+from qcc.data import Feed
+from qcc.runtime import session
+
+RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+AGREEMENT = 0.99
+
+
+def interpreter(data: bytes, resolver: str = "xnnpack", threads: int = 1) -> Interpreter:
+    """Returns an allocated LiteRT interpreter for the model bytes."""
+    interp = Interpreter(model_content=data, experimental_op_resolver_type=RESOLVERS[resolver], num_threads=threads)
+    interp.allocate_tensors()
+    return interp
+
+
+def run(interp: Interpreter, feed: Feed, like: list[tuple[int, ...]] | None = None) -> list[np.ndarray]:
+    """Runs one feed; returns float outputs in the signature's order (NCHW when ``like`` says so)."""
+    for detail in interp.get_input_details():
+        array = np.asarray(feed[detail["name"]] if detail["name"] in feed else list(feed.values())[detail["index"]])
+        if array.ndim == 4 and tuple(detail["shape"]) != array.shape:
+            array = array.transpose(0, 2, 3, 1)
+        if detail["dtype"] == np.int8:
+            scale, zero_point = detail["quantization"]
+            array = np.clip(np.rint(array / scale) + zero_point, -128, 127)
+        interp.set_tensor(detail["index"], array.astype(detail["dtype"]))
+    interp.invoke()
+    outputs = []
+    for i, detail in enumerate(interp.get_output_details()):
+        array = interp.get_tensor(detail["index"])
+        if detail["dtype"] == np.int8:
+            scale, zero_point = detail["quantization"]
+            array = (array.astype(np.float32) - zero_point) * scale
+        if like is not None and array.ndim == 4 and array.shape != like[i]:
+            array = array.transpose(0, 3, 1, 2)
+        outputs.append(array.astype(np.float32))
+    return outputs
+
+
+def delegated_ops(interp: Interpreter) -> dict[str, Any]:
+    """Which ops the delegate took (walking back from each partition's outputs to its inputs)."""
+    details = interp._get_ops_details()  # noqa: SLF001 - the only delegation introspection LiteRT offers
+    producer = {int(t): op for op in details if op["op_name"] != "DELEGATE" for t in op["outputs"]}
+    covered: set[int] = set()
+    partitions = [op for op in details if op["op_name"] == "DELEGATE"]
+    for partition in partitions:
+        boundary = {int(t) for t in partition["inputs"]}
+        pending = [int(t) for t in partition["outputs"]]
+        while pending:
+            tensor = pending.pop()
+            op = producer.get(tensor)
+            if tensor in boundary or op is None or op["index"] in covered:
+                continue
+            covered.add(op["index"])
+            pending.extend(int(t) for t in op["inputs"])
+    taken, left = collections.Counter(), collections.Counter()
+    for op in details:
+        if op["op_name"] != "DELEGATE":
+            (taken if op["index"] in covered else left)[op["op_name"]] += 1
+    return {"partitions": len(partitions), "delegated": dict(taken), "builtin": dict(left)}
+
+
+def output_steps(simulation: onnx.ModelProto) -> list[float | None]:
+    """The quantization step of each simulation output (None for float outputs)."""
+    inits = {t.name: t for t in simulation.graph.initializer}
+    producers = {o: n for n in simulation.graph.node for o in n.output}
+    steps = []
+    for out in simulation.graph.output:
+        node = producers.get(out.name)
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[1] in inits:
+            steps.append(float(onnx.numpy_helper.to_array(inits[node.input[1]]).max()))
+        else:
+            steps.append(None)
+    return steps
+
+
+def compare_with_simulation(
+    data: bytes, simulation: onnx.ModelProto, reference: onnx.ModelProto, samples: list[Feed]
+) -> dict[str, Any]:
+    """Runs the artifact under both resolvers and compares with the simulation and the float model.
+
+    Returns:
+        A JSON-serializable dict; ``ok`` is True when both resolvers ran, every output is finite
+        and agrees with the simulation within one step on at least 99% of its elements.
+    """
+    # The artifact has the static shapes of the first calibration sample; others cannot run.
+    if samples:
+        shapes = {k: np.shape(v) for k, v in samples[0].items()}
+        samples = [s for s in samples if {k: np.shape(v) for k, v in s.items()} == shapes]
+    sim = session(simulation, level="disable", what="the QDQ simulation")
+    ref = session(reference, what="the float model")
+    steps = output_steps(simulation)
+    expected = [sim.run(None, feed) for feed in samples]
+    floats = [ref.run(None, feed) for feed in samples]
+    shapes = [tuple(np.shape(o)) for o in expected[0]] if expected else None
+    result: dict[str, Any] = {
+        "runtime": "LiteRT (ai-edge-litert)",
+        "samples": len(samples),
+        "float_ops": float_ops(data),
+        "resolvers": {},
+    }
+    ok = True
+    for name in RESOLVERS:
+        try:
+            interp = interpreter(data, name)
+            got = [run(interp, feed, shapes) for feed in samples]
+        except (RuntimeError, ValueError) as exc:
+            result["resolvers"][name] = {"ok": False, "error": str(exc).strip().splitlines()[0]}
+            ok = False
+            continue
+        entry = _agreement(got, expected, floats, steps)
+        if name == "xnnpack":
+            entry["delegation"] = delegated_ops(interp)
+            result["fidelity"] = _fidelity(got, floats, [o.name for o in reference.graph.output])
+        result["resolvers"][name] = entry
+        ok &= entry["ok"]
+    result["ok"] = ok
+    return result
+
+
+def float_ops(data: bytes) -> list[str]:
+    """The float islands: ops computing on float32 data (not the QUANTIZE/DEQUANTIZE at their edges)."""
+    interp = Interpreter(model_content=data, experimental_op_resolver_type=RESOLVERS["builtin"])
+    tensors = interp.get_tensor_details()
+    found = []
+    for op in interp._get_ops_details():  # noqa: SLF001 - see delegated_ops
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE", "DELEGATE") or not len(op["inputs"]):
+            continue
+        if tensors[int(op["inputs"][0])]["dtype"] == np.float32:
+            found.append(f"{op['op_name']} -> {tensors[int(op['outputs'][0])]['name']}")
+    return found
+
+
+def _fidelity(got, floats, names: list[str]) -> dict[str, Any]:
+    """Cosine and error of every output vs the float model (the shape ``ort``'s verify reports)."""
+    outputs: dict[str, dict[str, list[float]]] = {n: collections.defaultdict(list) for n in names}
+    finite = True
+    for g_outs, f_outs in zip(got, floats, strict=True):
+        for name, g, f in zip(names, g_outs, f_outs, strict=True):
+            g, f = np.asarray(g, np.float64).ravel(), np.asarray(f, np.float64).ravel()
+            finite &= bool(np.all(np.isfinite(g)))
+            outputs[name]["cosine"].append(_cosine(g, f))
+            outputs[name]["max_abs_error"].append(float(np.max(np.abs(g - f))) if g.size else 0.0)
+            outputs[name]["ref_absmax"].append(float(np.max(np.abs(f))) if f.size else 0.0)
+    summary = {
+        name: {
+            "cosine_mean": float(np.mean(s["cosine"])),
+            "cosine_min": float(np.min(s["cosine"])),
+            "max_abs_error": float(np.max(s["max_abs_error"])),
+            "reference_absmax": float(np.max(s["ref_absmax"])),
+        }
+        for name, s in outputs.items()
+        if s["cosine"]
+    }
+    return {"samples": len(got), "finite": finite, "outputs": summary}
+
+
+def _agreement(got, expected, floats, steps) -> dict[str, Any]:
+    within, total, worst_steps, cosines, finite = 0, 0, 0.0, [], True
+    for g_outs, e_outs, f_outs in zip(got, expected, floats, strict=True):
+        for g, e, f, step in zip(g_outs, e_outs, f_outs, steps, strict=True):
+            g, e, f = (np.asarray(a, np.float64).ravel() for a in (g, e, f))
+            finite &= bool(np.all(np.isfinite(g)))
+            tolerance = step if step is not None else 1e-4 * max(float(np.max(np.abs(e))), 1.0)
+            diff = np.abs(g - e)
+            within += int(np.sum(diff <= tolerance * 1.001 + 1e-7))
+            total += diff.size
+            worst_steps = max(worst_steps, float(diff.max() / tolerance) if diff.size else 0.0)
+            cosines.append(_cosine(g, f))
+    fraction = within / max(total, 1)
+    return {
+        "ok": finite and fraction >= AGREEMENT,
+        "within_one_step": round(fraction, 6),
+        "max_error_steps": round(worst_steps, 3),
+        "cosine_vs_float_min": round(min(cosines), 6) if cosines else None,
+    }
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return 1.0 if na == nb == 0.0 else float(np.dot(a, b) / (na * nb + 1e-30))
+
+
+def latency_ms(data: bytes, feed: Feed, resolver: str = "xnnpack", runs: int = 30, threads: int = 1) -> float:
+    """Minimum invoke time in milliseconds over ``runs`` runs (after one warm-up)."""
+    interp = interpreter(data, resolver, threads)
+    run(interp, feed)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        interp.invoke()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3

@@ -1,0 +1,322 @@
+"""Per-op lowering rules: one ONNX node (NHWC after ``layout-nhwc``) -> TFLite builtins.
+
+Each rule reads its inputs through the :class:`~qcc.backends._tflite_lower.Lowering` in the
+node's precision (int8 or float) and writes its outputs the same way, so the same rule serves
+int8 ops and float islands. Element-wise, activation, axis and data-movement ops live here;
+weighted and windowed ops in ``_tflite_ops_window``. ``LOWERINGS`` maps ONNX op types to rules:
+adding an op is one function and one entry (see docs/tflite.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcc.backends._tflite_lower import Lowering
+from qcc.backends._tflite_ops_window import (
+    FUSABLE,
+    conv,
+    conv_transpose,
+    fused_code,
+    gemm,
+    global_pool,
+    int_list,
+    matmul,
+    pool,
+    resize,
+    unsupported,
+)
+from qcc.irutils import attr_float, attr_int, const_array
+
+
+def binary(name: str, options: str):
+    """Returns the rule for an element-wise binary op (ADD, SUB, MUL, ...), broadcasting as TFLite does."""
+
+    def rule(lw: Lowering, node: ir.Node) -> None:
+        a, b = lw.input(node, 0), lw.input(node, 1)
+        fields = {"fused_activation_function": fused_code(node, name)} if name in FUSABLE else {}
+        lw.op(name, [a, b], [lw.output(node)], options, source=node.name, **fields)
+
+    return rule
+
+
+def unary(name: str, options: str | None = None, **fields):
+    """Returns the rule for a one-input op with fixed options (LOGISTIC, TANH, HARD_SWISH, ...)."""
+
+    def rule(lw: Lowering, node: ir.Node) -> None:
+        lw.op(name, [lw.input(node, 0)], [lw.output(node)], options, source=node.name, **fields)
+
+    return rule
+
+
+def leaky_relu(lw: Lowering, node: ir.Node) -> None:
+    """LeakyRelu -> LEAKY_RELU with its alpha."""
+    lw.op(
+        "LEAKY_RELU",
+        [lw.input(node, 0)],
+        [lw.output(node)],
+        "LeakyReluOptions",
+        source=node.name,
+        alpha=attr_float(node, "alpha", 0.01),
+    )
+
+
+def prelu(lw: Lowering, node: ir.Node) -> None:
+    """PRelu -> PRELU (the slope is an int8 constant in int8 regions)."""
+    lw.op("PRELU", [lw.input(node, 0), lw.input(node, 1)], [lw.output(node)], source=node.name)
+
+
+def gelu(lw: Lowering, node: ir.Node) -> None:
+    """Gelu (opset 20) -> GELU, tanh approximation when the node asks for it."""
+    approximate = node.attributes.get("approximate")
+    tanh = approximate is not None and approximate.as_string() == "tanh"
+    lw.op("GELU", [lw.input(node, 0)], [lw.output(node)], "GeluOptions", source=node.name, approximate=tanh)
+
+
+def clip(lw: Lowering, node: ir.Node) -> None:
+    """Standalone Clip -> RELU/RELU6/RELU_N1_TO_1/RELU_0_TO_1, or MAXIMUM + MINIMUM for other bounds."""
+    low = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    high = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    x = lw.input(node, 0)
+    bounds = (None if low is None else float(low), None if high is None else float(high))
+    named = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, None): "RELU", (0.0, 1.0): "RELU_0_TO_1"}
+    if bounds in named:
+        lw.op(named[bounds], [x], [lw.output(node)], source=node.name)
+        return
+    y = lw.output(node)
+    current = x
+    for op, bound in (("MAXIMUM", bounds[0]), ("MINIMUM", bounds[1])):
+        if bound is None:
+            continue
+        value = np.array(bound, np.float32)
+        const = (
+            lw.constant(f"{node.name}_{op.lower()}", value)
+            if x.quant is None
+            else _quantized_scalar(lw, node, x, bound)
+        )
+        target = (
+            y
+            if (op == "MINIMUM" or bounds[1] is None)
+            else lw.model.tensor(f"{node.name}_max", x.shape, x.dtype, quant=x.quant)
+        )
+        lw.op(op, [current, const], [target], source=node.name)
+        current = target
+
+
+def _quantized_scalar(lw: Lowering, node: ir.Node, like, value: float):
+    q = np.clip(np.rint(value / like.quant.scale[0]) + like.quant.zero_point[0], -128, 127).astype(np.int8)
+    return lw.constant(f"{node.name}_bound", np.array(q), like.quant)
+
+
+def softmax(lw: Lowering, node: ir.Node) -> None:
+    """Softmax -> SOFTMAX over the last axis (TRANSPOSE around it for another axis)."""
+    x = lw.input(node, 0)
+    last = len(x.shape) - 1
+    axis = attr_int(node, "axis", -1) % len(x.shape)
+    y = lw.output(node)
+    if axis == last:
+        lw.op("SOFTMAX", [x], [y], "SoftmaxOptions", source=node.name, beta=1.0)
+        return
+    # TFLite's softmax runs over the last axis: swap the axis there and back (a self-inverse perm).
+    perm = list(range(len(x.shape)))
+    perm[axis], perm[last] = last, axis
+    perm_t = lw.constant(f"{node.name}_perm", np.array(perm, np.int32))
+    shape = [x.shape[p] for p in perm]
+    inner = lw.model.tensor(f"{node.name}_in", shape, x.dtype, quant=x.quant)
+    result = lw.model.tensor(f"{node.name}_out", shape, y.dtype, quant=y.quant)
+    lw.op("TRANSPOSE", [x, perm_t], [inner], "TransposeOptions", source=node.name)
+    lw.op("SOFTMAX", [inner], [result], "SoftmaxOptions", source=node.name, beta=1.0)
+    lw.op("TRANSPOSE", [result, perm_t], [y], "TransposeOptions", source=node.name)
+
+
+def reduce(lw: Lowering, node: ir.Node) -> None:
+    """ReduceMean/Max/Min/Sum -> MEAN/REDUCE_MAX/REDUCE_MIN/SUM with constant int32 axes."""
+    names = {"ReduceMean": "MEAN", "ReduceMax": "REDUCE_MAX", "ReduceMin": "REDUCE_MIN", "ReduceSum": "SUM"}
+    x = lw.input(node, 0)
+    rank = len(x.shape)
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = const_array(node.inputs[1])
+        if axes is None:
+            raise unsupported(node, "axes that are not constant")
+    else:
+        axes = np.array(int_list(node, "axes", range(rank)))
+    axes = np.array(sorted(int(a) % rank for a in axes), np.int32)
+    lw.op(
+        names[node.op_type],
+        [x, lw.constant(f"{node.name}_axes", axes)],
+        [lw.output(node)],
+        "ReducerOptions",
+        source=node.name,
+        keep_dims=bool(attr_int(node, "keepdims", 1)),
+    )
+
+
+def reshape(lw: Lowering, node: ir.Node) -> None:
+    """Reshape/Flatten/Squeeze/Unsqueeze -> RESHAPE to the (static) output shape."""
+    y = lw.output(node)
+    shape = lw.constant(f"{node.name}_shape", np.array(y.shape, np.int32))
+    lw.op("RESHAPE", [lw.input(node, 0), shape], [y], "ReshapeOptions", source=node.name, new_shape=list(y.shape))
+
+
+def transpose(lw: Lowering, node: ir.Node) -> None:
+    """Transpose -> TRANSPOSE, or RESHAPE when only unit dimensions move."""
+    x = lw.input(node, 0)
+    perm = int_list(node, "perm", reversed(range(len(x.shape))))
+    moved = [p for p in perm if x.shape[p] != 1]
+    if moved == sorted(moved):  # only unit dimensions move: the bytes stay in order
+        reshape(lw, node)
+        return
+    lw.op(
+        "TRANSPOSE",
+        [x, lw.constant(f"{node.name}_perm", np.array(perm, np.int32))],
+        [lw.output(node)],
+        "TransposeOptions",
+        source=node.name,
+    )
+
+
+def concat(lw: Lowering, node: ir.Node) -> None:
+    """Concat -> CONCATENATION (inputs already share the output's parameters)."""
+    inputs = [lw.read(v, lw.is_int8(node)) for v in node.inputs]
+    y = lw.output(node)
+    lw.op(
+        "CONCATENATION",
+        inputs,
+        [y],
+        "ConcatenationOptions",
+        source=node.name,
+        axis=attr_int(node, "axis", 0) % len(y.shape),
+        fused_activation_function=fused_code(node, "CONCATENATION"),
+    )
+
+
+def pad(lw: Lowering, node: ir.Node) -> None:
+    """Pad (constant mode, constant pads) -> PAD, or PADV2 for a non-zero fill value."""
+    mode = node.attributes.get("mode")
+    if mode is not None and mode.as_string() != "constant":
+        raise unsupported(node, f"Pad mode {mode.as_string()!r}")
+    pads = const_array(node.inputs[1])
+    fill = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if pads is None or (len(node.inputs) > 3 and node.inputs[3] is not None):
+        raise unsupported(node, "pads that are not constant, or axes")
+    x = lw.input(node, 0)
+    rank = len(x.shape)
+    paddings = lw.constant(f"{node.name}_paddings", np.stack([pads[:rank], pads[rank:]], 1).astype(np.int32))
+    if fill is None or float(fill) == 0.0:
+        lw.op("PAD", [x, paddings], [lw.output(node)], "PadOptions", source=node.name)
+    else:
+        value = lw.read(node.inputs[2], lw.is_int8(node))
+        lw.op("PADV2", [x, paddings, value], [lw.output(node)], "PadV2Options", source=node.name)
+
+
+def slice_(lw: Lowering, node: ir.Node) -> None:
+    """Slice -> SLICE for unit steps, STRIDED_SLICE otherwise (positive steps only)."""
+    x = lw.input(node, 0)
+    rank = len(x.shape)
+    arrays = [const_array(v) if v is not None else None for v in node.inputs[1:5]]
+    if arrays[0] is None or arrays[1] is None:
+        raise unsupported(node, "starts/ends that are not constant")
+    starts, ends = arrays[0], arrays[1]
+    axes = arrays[2] if len(arrays) > 2 and arrays[2] is not None else np.arange(len(starts))
+    steps = arrays[3] if len(arrays) > 3 and arrays[3] is not None else np.ones(len(starts), np.int64)
+    begin, end, stride = [0] * rank, list(x.shape), [1] * rank
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
+        a, dim = int(a) % rank, x.shape[int(a) % rank]
+        if st < 0:
+            raise unsupported(node, "negative Slice steps")
+        begin[a] = int(np.clip(s + dim if s < 0 else s, 0, dim))
+        end[a] = int(np.clip(e + dim if e < 0 else e, 0, dim))
+        stride[a] = int(st)
+    y = lw.output(node)
+    consts = [lw.constant(f"{node.name}_{k}", np.array(v, np.int32)) for k, v in (("begin", begin), ("end", end))]
+    if all(s == 1 for s in stride):
+        size = lw.constant(f"{node.name}_size", np.array(y.shape, np.int32))
+        lw.op("SLICE", [x, consts[0], size], [y], "SliceOptions", source=node.name)
+        return
+    strides = lw.constant(f"{node.name}_strides", np.array(stride, np.int32))
+    lw.op("STRIDED_SLICE", [x, *consts, strides], [y], "StridedSliceOptions", source=node.name)
+
+
+def split(lw: Lowering, node: ir.Node) -> None:
+    """Split -> SPLIT for equal parts (axis tensor first), SPLIT_V otherwise."""
+    x = lw.input(node, 0)
+    axis = attr_int(node, "axis", 0) % len(x.shape)
+    outputs = [lw.output(node, i) for i in range(len(node.outputs))]
+    sizes = [t.shape[axis] for t in outputs]
+    axis_t = lw.constant(f"{node.name}_axis", np.array(axis, np.int32))
+    if len(set(sizes)) == 1:
+        lw.op("SPLIT", [axis_t, x], outputs, "SplitOptions", source=node.name, num_splits=len(outputs))
+    else:
+        size_t = lw.constant(f"{node.name}_sizes", np.array(sizes, np.int32))
+        lw.op("SPLIT_V", [x, size_t, axis_t], outputs, "SplitVOptions", source=node.name, num_splits=len(outputs))
+
+
+def identity(lw: Lowering, node: ir.Node) -> None:
+    """Identity -> int8 -> int8 QUANTIZE (a requantize inserted by target-constraints), else RESHAPE."""
+    x, y = lw.input(node, 0), lw.output(node)
+    if x.quant is not None:
+        lw.op("QUANTIZE", [x], [y], source=node.name)  # int8 -> int8 requantize
+    else:
+        reshape(lw, node)
+
+
+def hard_sigmoid(lw: Lowering, node: ir.Node) -> None:
+    """HardSigmoid (float only) -> MUL, ADD, RELU_0_TO_1."""
+    if lw.is_int8(node):
+        raise unsupported(node, "int8 HardSigmoid")
+    x = lw.input(node, 0)
+    scaled = lw.model.tensor(f"{node.name}_scaled", x.shape, np.float32)
+    shifted = lw.model.tensor(f"{node.name}_shifted", x.shape, np.float32)
+    alpha = lw.constant(f"{node.name}_alpha", np.array(attr_float(node, "alpha", 0.2), np.float32))
+    beta = lw.constant(f"{node.name}_beta", np.array(attr_float(node, "beta", 0.5), np.float32))
+    lw.op("MUL", [x, alpha], [scaled], "MulOptions", source=node.name)
+    lw.op("ADD", [scaled, beta], [shifted], "AddOptions", source=node.name)
+    lw.op("RELU_0_TO_1", [shifted], [lw.output(node)], source=node.name)
+
+
+LOWERINGS = {
+    "Conv": conv,
+    "ConvTranspose": conv_transpose,
+    "Gemm": gemm,
+    "MatMul": matmul,
+    "Add": binary("ADD", "AddOptions"),
+    "Sub": binary("SUB", "SubOptions"),
+    "Mul": binary("MUL", "MulOptions"),
+    "Div": binary("DIV", "DivOptions"),
+    "Max": binary("MAXIMUM", "MaximumMinimumOptions"),
+    "Min": binary("MINIMUM", "MaximumMinimumOptions"),
+    "Pow": binary("POW", "PowOptions"),
+    "Relu": unary("RELU"),
+    "Clip": clip,
+    "Sigmoid": unary("LOGISTIC"),
+    "Tanh": unary("TANH"),
+    "HardSwish": unary("HARD_SWISH", "HardSwishOptions"),
+    "HardSigmoid": hard_sigmoid,
+    "LeakyRelu": leaky_relu,
+    "PRelu": prelu,
+    "Gelu": gelu,
+    "Sqrt": unary("SQRT"),
+    "Exp": unary("EXP", "ExpOptions"),
+    "Neg": unary("NEG", "NegOptions"),
+    "Abs": unary("ABS", "AbsOptions"),
+    "Softmax": softmax,
+    "MaxPool": pool,
+    "AveragePool": pool,
+    "GlobalAveragePool": global_pool,
+    "GlobalMaxPool": global_pool,
+    "ReduceMean": reduce,
+    "ReduceMax": reduce,
+    "ReduceMin": reduce,
+    "ReduceSum": reduce,
+    "Reshape": reshape,
+    "Flatten": reshape,
+    "Squeeze": reshape,
+    "Unsqueeze": reshape,
+    "Transpose": transpose,
+    "Concat": concat,
+    "Pad": pad,
+    "Slice": slice_,
+    "Split": split,
+    "Resize": resize,
+    "Identity": identity,
+}

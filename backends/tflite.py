@@ -1,0 +1,161 @@
+"""TFLite / LiteRT target (``tflite``): a fully-int8 ``.tflite`` flatbuffer written from the IR.
+
+Rules (measured facts in ``shared/targets/TFLITE.md``): activations int8 asymmetric per tensor;
+weights int8 symmetric per output channel (``quantized_dimension`` 0 for CONV_2D and
+FULLY_CONNECTED, 3 for DEPTHWISE_CONV_2D); int32 biases at exactly ``s_x * s_w``; pooling,
+reshapes, transposes, pads, slices and resizes share their input's parameters; Concat inputs
+share the output's; Softmax/Logistic outputs are fixed at (1/256, -128) and Tanh at (1/128, 0).
+The spec below states these as data; the shared passes (plan, activation-qparams,
+target-constraints) apply them to the annotations, so the ORT QDQ simulation of the annotated
+model uses exactly the parameters the flatbuffer carries.
+
+``emit()`` works on a clone: static shapes from the calibration data, absorbed activations
+removed, ``layout-nhwc``, lowering (``_tflite_lower``/``_tflite_ops``), version stamping, the
+validator (``_tflite_validate``) and the writer (``_tflite_writer``). ``verify()`` runs the
+artifact in LiteRT under the default resolver (XNNPACK) and under
+``BUILTIN_WITHOUT_DEFAULT_DELEGATES``, and compares both with the ORT QDQ simulation (agreement
+within one quantization step) and with the float model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from qcc.annotations import get_quant, quantized_values, set_quant
+from qcc.backends._qdq import materialize_qdq
+from qcc.backends._tflite_litert import compare_with_simulation
+from qcc.backends._tflite_lower import Lowering, absorb_activations
+from qcc.backends._tflite_validate import validate
+from qcc.backends._tflite_versions import stamp_versions
+from qcc.backends._tflite_writer import serialize
+from qcc.backends.base import Artifact, Backend, TargetSpec
+from qcc.context import PassContext
+from qcc.data import Feed
+from qcc.errors import BackendError
+from qcc.options import IoType
+from qcc.passes.canonicalize import _fold_constants as fold_constants  # noqa: PLC2701 - see write_tflite
+from qcc.passes.layout_nhwc import LayoutNhwcPass
+from qcc.runtime import MAX_ORT_IR_VERSION
+
+TFLITE_SPEC = TargetSpec(
+    name="tflite",
+    description="TFLite / LiteRT: fully-int8 .tflite flatbuffer (XNNPACK or builtin kernels)",
+    compute_ops=frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"}),
+    int8_ops=frozenset(
+        {
+            "Add",
+            "Sub",
+            "Mul",
+            "Concat",
+            "GlobalAveragePool",
+            "ReduceMean",
+            "Sigmoid",
+            "Tanh",
+            "Softmax",
+            "HardSwish",
+            "LeakyRelu",
+            "PRelu",
+            "Gelu",
+        }
+    ),
+    shared_scale_ops=frozenset(
+        {
+            "MaxPool",
+            "AveragePool",
+            "GlobalMaxPool",
+            "ReduceMax",
+            "Reshape",
+            "Flatten",
+            "Squeeze",
+            "Unsqueeze",
+            "Transpose",
+            "Pad",
+            "Slice",
+            "Split",
+            "Resize",
+        }
+    ),
+    fused_activations=frozenset({"Relu", "Clip"}),
+    keep_fused_activation_nodes=False,
+    symmetric_activations=False,
+    bias_int32=True,
+    artifact_suffix=".tflite",
+    fixed_output_params={"Softmax": (1.0 / 256, -128), "Sigmoid": (1.0 / 256, -128), "Tanh": (1.0 / 128, 0)},
+    shared_group_ops=frozenset({"Concat"}),
+)
+
+
+class TfliteBackend(Backend):
+    """Writes and verifies fully-int8 TFLite flatbuffers."""
+
+    spec = TFLITE_SPEC
+
+    def emit(self, model: ir.Model, ctx: PassContext) -> Artifact:
+        if ctx.activation_dtype != ir.DataType.INT8:
+            raise BackendError(
+                f"--target tflite runs int8 activations, not {ctx.activation_dtype.name.lower()}.",
+                "drop --activation-type or pass --activation-type int8.",
+            )
+        simulation = materialize_qdq(model, keep_fused_activations=False)
+        simulation.ir_version = min(simulation.ir_version, MAX_ORT_IR_VERSION)
+        simulation.producer_name = "qcc"
+        feed = ctx.calibration.head(1)[0] if ctx.calibration is not None else None
+        data = write_tflite(model, ctx, feed)
+        return Artifact(data=data, suffix=self.spec.artifact_suffix, simulation=ir.serde.serialize_model(simulation))
+
+    def verify(
+        self,
+        artifact: Artifact,
+        reference: onnx.ModelProto,
+        samples: list[Feed],
+        planned_int8: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        return compare_with_simulation(artifact.data, artifact.simulation, reference, samples)
+
+
+def write_tflite(model: ir.Model, ctx: PassContext, feed: Feed | None = None) -> bytes:
+    """Lowers an annotated (or, without annotations, float) model to ``.tflite`` bytes.
+
+    Args:
+        model: the IR after the pipeline; not modified.
+        ctx: the compile context (``io``, ``nhwc_io``).
+        feed: one input sample, whose shapes fix dynamic input dimensions.
+
+    Raises:
+        BackendError: a node cannot be lowered or the result breaks a TFLite rule.
+    """
+    clone = model.clone()
+    _static_shapes(clone, feed)
+    # With static shapes, shape subgraphs (Shape -> Gather -> Concat -> Reshape) fold to constants.
+    # Only the folding step of canonicalize: its Identity removal would drop requantize nodes.
+    # A folded tensor keeps its name, and keeps its parameters here.
+    params = {v.name: get_quant(v) for v in quantized_values(clone.graph)}
+    fold_constants(clone)
+    for name, value in clone.graph.initializers.items():
+        if name in params and get_quant(value) is None:
+            set_quant(value, params[name])
+    absorb_activations(clone.graph)
+    LayoutNhwcPass(ctx)(clone)
+    flat = Lowering(io_int8=ctx.options.io == IoType.INT8).lower(clone.graph)
+    stamp_versions(flat)
+    validate(flat)
+    return serialize(flat)
+
+
+def _static_shapes(model: ir.Model, feed: Feed | None) -> None:
+    """Gives dynamic input dimensions the sample's sizes and infers every tensor's shape."""
+    for value in model.graph.inputs:
+        if value.shape is not None and all(isinstance(d, int) for d in value.shape):
+            continue
+        if feed is None or value.name not in feed:
+            continue
+        value.shape = ir.Shape(np.shape(feed[value.name]))
+    common.ShapeInferencePass()(model)
+
+
+__all__ = ["TFLITE_SPEC", "TfliteBackend", "write_tflite"]

@@ -1,0 +1,250 @@
+"""The tflite target end to end: writer rules, spec constraints, interface options, whole models."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+import tflite
+
+import qcc
+from qcc.backends import get_backend
+from qcc.backends._tflite_litert import interpreter, run
+from qcc.errors import BackendError
+from tests.backends.test_tflite_ops import op_model
+from tests.conftest import build_model, random_feeds
+from tests.e2e.synthetic import synthetic_model
+
+_OPS = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+_TYPES = {v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
+DEMO = "build/demo"
+
+
+def _compile(model, **options):
+    return qcc.compile(model, target="tflite", calibration=random_feeds(model, 16, seed=1), **options)
+
+
+def _verify(result, model) -> dict:
+    """verify() on 16 held-out samples: with tiny outputs, 4 samples make one 2-step flip a 2.5% miss."""
+    return get_backend("tflite").verify(result.artifact, model, random_feeds(model, 16, seed=5))
+
+
+def _parse(data: bytes):
+    model = tflite.Model.GetRootAsModel(data, 0)
+    return model, model.Subgraphs(0)
+
+
+def _ops(data: bytes) -> list[tuple[str, str]]:
+    """(op name, type of the first input) for every operator."""
+    model, graph = _parse(data)
+    out = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        name = _OPS[model.OperatorCodes(op.OpcodeIndex()).BuiltinCode()]
+        out.append((name, _TYPES[graph.Tensors(op.Inputs(0)).Type()] if op.InputsLength() else ""))
+    return out
+
+
+def _tensor(data: bytes, predicate):
+    _, graph = _parse(data)
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        if predicate(tensor):
+            return tensor
+    raise AssertionError("no such tensor")
+
+
+@pytest.mark.parametrize("name", ["residual_cnn", "depthwise_cnn", "mlp"])
+def test_synthetic_models_agree_with_the_simulation_on_both_resolvers(name):
+    model = synthetic_model(name)
+    result = _compile(model, verify_each=True, verify=False)
+    verify = _verify(result, model)
+    assert verify["ok"], verify
+    for entry in verify["resolvers"].values():
+        assert entry["within_one_step"] >= 0.99 and entry["cosine_vs_float_min"] > 0.97
+    delegation = verify["resolvers"]["xnnpack"]["delegation"]
+    assert delegation["partitions"] == 1 and not delegation["builtin"], delegation
+    assert all(t == "INT8" for op, t in _ops(result.artifact.data) if op not in ("QUANTIZE",))
+
+
+@pytest.mark.skipif(not os.path.exists(f"{DEMO}/model.onnx"), reason="run `make demo` first")
+def test_demo_model_top1_matches_float():
+    result = qcc.compile(f"{DEMO}/model.onnx", target="tflite", calibration=f"{DEMO}/calib.npz")
+    assert result.report["verify"]["ok"], result.report["verify"]
+    images = np.load(f"{DEMO}/eval.npz")["input"][:100]
+    ref = onnx.load(f"{DEMO}/model.onnx")
+    from tests.conftest import run as run_ort
+
+    interp = interpreter(result.artifact.data, "xnnpack")
+    agree = 0
+    for image in images:
+        feed = {"input": image[None]}
+        agree += int(np.argmax(run(interp, feed)[0]) == np.argmax(run_ort(ref, feed)[0]))
+    assert agree >= 97
+
+
+def test_flatbuffer_follows_the_writer_rules():
+    data = _compile(synthetic_model("depthwise_cnn")).artifact.data
+    model, graph = _parse(data)
+    assert model.Version() == 3
+    assert model.Buffers(0).DataLength() == 0
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        if tensor.Buffer() != 0:
+            vector = model.Buffers(tensor.Buffer())
+            offset = vector._tab.Vector(vector._tab.Offset(4))
+            assert offset % 16 == 0, tensor.Name()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        assert code.DeprecatedBuiltinCode() == min(code.BuiltinCode(), 127) and code.Version() >= 1
+    assert model.SignatureDefs(0).SignatureKey() == b"serving_default"
+    assert interpreter(data).get_signature_list() == {"serving_default": {"inputs": ["x"], "outputs": ["logits"]}}
+
+
+def test_weights_are_symmetric_per_channel_on_the_right_dimension_with_exact_bias_scales():
+    data = _compile(synthetic_model("depthwise_cnn")).artifact.data
+    model, graph = _parse(data)
+    seen = set()
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        name = _OPS[model.OperatorCodes(op.OpcodeIndex()).BuiltinCode()]
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        x, w, b = (graph.Tensors(op.Inputs(k)).Quantization() for k in range(3))
+        assert w.QuantizedDimension() == (3 if name == "DEPTHWISE_CONV_2D" else 0)
+        assert not np.any(w.ZeroPointAsNumpy())
+        expected = (np.float64(x.ScaleAsNumpy()[0]) * w.ScaleAsNumpy().astype(np.float64)).astype(np.float32)
+        np.testing.assert_allclose(b.ScaleAsNumpy(), expected, rtol=1e-7)
+        seen.add(name)
+    assert seen == {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+
+
+@pytest.mark.parametrize(
+    ("name", "op", "scale", "zero_point"),
+    [
+        ("sigmoid", "LOGISTIC", 1 / 256, -128),
+        ("tanh", "TANH", 1 / 128, 0),
+        ("softmax_channels", "SOFTMAX", 1 / 256, -128),
+    ],
+)
+def test_fixed_output_parameters(name, op, scale, zero_point):
+    result = _compile(op_model(name))
+    assert (op, "INT8") in _ops(result.artifact.data)
+    quant = result.report["tensors"]
+    fixed = [
+        t
+        for t in quant.values()
+        if t["role"] == "activation" and np.isclose(t["scale"], scale) and t["zero_point"] == zero_point
+    ]
+    assert fixed, "the annotation carries the fixed parameters"
+
+
+def test_concat_inputs_share_the_output_parameters_with_a_requantize_for_fixed_inputs():
+    model = op_model("concat_fixed_and_free")
+    result = _compile(model, verify=False)
+    ops = _ops(result.artifact.data)
+    assert ("CONCATENATION", "INT8") in ops and ("QUANTIZE", "INT8") in ops  # int8 -> int8 requantize
+    assert _verify(result, model)["ok"]
+
+
+def test_float_islands_are_dequantize_float_op_quantize():
+    result = _compile(op_model("div_const_island"))
+    ops = _ops(result.artifact.data)
+    index = ops.index(("DIV", "FLOAT32"))
+    assert ops[index - 1] == ("DEQUANTIZE", "INT8")
+    verify = result.report["verify"]
+    assert verify["ok"] and verify["float_ops"][0].startswith("DIV"), verify
+
+
+@pytest.mark.parametrize("io", ["float", "int8"])
+@pytest.mark.parametrize("nhwc_io", [False, True])
+def test_interface_options(io, nhwc_io):
+    model = synthetic_model("residual_cnn")
+    result = _compile(model, io=io, nhwc_io=nhwc_io, verify=False)
+    verify = _verify(result, model)
+    assert verify["ok"], verify
+    detail = interpreter(result.artifact.data).get_input_details()[0]
+    assert detail["dtype"] == (np.int8 if io == "int8" else np.float32)
+    assert tuple(detail["shape"]) == ((1, 16, 16, 3) if nhwc_io else (1, 3, 16, 16))
+    ops = [op for op, _ in _ops(result.artifact.data)]
+    assert ("TRANSPOSE" in ops) == (not nhwc_io)
+    assert ("QUANTIZE" in ops) == (io == "float")
+
+
+def test_unsupported_op_names_the_node():
+    with pytest.raises(BackendError, match=r"'n1' \(LayerNormalization\)"):
+        _compile(synthetic_model("transformer_block"), verify=False)
+
+
+def test_uint8_activations_are_rejected():
+    with pytest.raises(BackendError, match="int8"):
+        _compile(synthetic_model("mlp"), activation_type="uint8", verify=False)
+
+
+def test_emit_does_not_mutate_the_annotated_model():
+    from qcc import frontend
+    from qcc.backends import get_backend
+    from qcc.context import PassContext
+    from qcc.data import open_calibration
+    from qcc.options import CompileOptions
+    from qcc.pipeline import run_pipeline
+
+    model = synthetic_model("depthwise_cnn")
+    loaded = frontend.load(model)
+    backend = get_backend("tflite")
+    data = open_calibration(random_feeds(model, 4), loaded.input_specs())
+    ctx = PassContext(CompileOptions(target="tflite"), backend.spec, data)
+    run_pipeline(loaded.model, ctx)
+    before = onnx.printer.to_text(ir.serde.serialize_model(loaded.model).graph)
+    backend.emit(loaded.model, ctx)
+    assert onnx.printer.to_text(ir.serde.serialize_model(loaded.model).graph) == before
+
+
+def test_target_constraints_leave_ort_unchanged():
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[8,8,1,1] w, float[1,8,4,4] x) => (float[1,16,4,4] y) {
+          c = Conv(x, w)
+          s = Sigmoid(c)
+          y = Concat<axis=1>(s, c)
+        }
+        """
+    )
+    result = qcc.compile(model, target="ort", calibration=random_feeds(model, 4), verify=False)
+    assert "Identity" not in [n["op_type"] for n in result.report["nodes"]]
+    assert not any(
+        np.isclose(t["scale"], 1 / 256) for t in result.report["tensors"].values() if t["role"] == "activation"
+    )
+
+
+def _pool_model(out_scale: float):
+    from qcc.backends._tflite_writer import FlatModel, Quant, builtin
+
+    model = FlatModel()
+    x = model.tensor("x", (1, 4, 4, 2), np.int8, quant=Quant(np.array([0.1]), np.array([0])))
+    y = model.tensor("y", (1, 2, 2, 2), np.int8, quant=Quant(np.array([out_scale]), np.array([0])))
+    model.op(
+        builtin("MAX_POOL_2D"),
+        [x],
+        [y],
+        "Pool2DOptions",
+        source="pool",
+        padding=1,
+        stride_w=2,
+        stride_h=2,
+        filter_width=2,
+        filter_height=2,
+    )
+    return model
+
+
+def test_validator_refuses_what_litert_would_run_silently_wrong():
+    from qcc.backends._tflite_validate import validate
+
+    validate(_pool_model(0.1))
+    with pytest.raises(BackendError, match="'pool'.*share parameters"):
+        validate(_pool_model(0.2))

@@ -1,0 +1,137 @@
+"""The NCHW -> NHWC layout pass: transposes left after propagation and cancellation, and numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import qcc
+from qcc import frontend
+from qcc.backends import get_backend
+from qcc.backends._tflite_litert import interpreter, run
+from qcc.context import PassContext
+from qcc.options import CompileOptions
+from qcc.passes.layout_nhwc import LAYOUT_KEY, LayoutNhwcPass
+from qcc.pipeline import run_pipeline
+from tests.backends.test_tflite_ops import float_tflite
+from tests.conftest import build_model, random_feeds
+from tests.conftest import run as run_ort
+
+_HEAD = '<ir_version: 8, opset_import: ["" : 17]>\n'
+
+# name -> (model text, constants, Transpose nodes left after the pass)
+CASES = {
+    "conv_chain": (
+        """g (float[8,4,3,3] w1, float[8,8,3,3] w2, float[1,4,8,8] x) => (float[1,8,8,8] y) {
+          c = Conv<pads=[1,1,1,1]>(x, w1)
+          r = Relu(c)
+          y = Conv<pads=[1,1,1,1]>(r, w2)
+        }""",
+        {},
+        2,
+    ),
+    "concat_across_channels": (
+        """g (float[8,4,1,1] w1, float[8,4,1,1] w2, float[8,16,1,1] w3, float[1,4,8,8] x) => (float[1,8,8,8] y) {
+          a = Conv(x, w1)
+          b = Conv(x, w2)
+          s = Sigmoid(b)
+          c = Concat<axis=1>(a, s)
+          y = Conv(c, w3)
+        }""",
+        {},
+        2,
+    ),
+    "flatten_across_channels": (
+        """g (float[8,4,1,1] w1, float[512,10] wf, float[1,4,8,8] x) => (float[1,10] y) {
+          a = Conv(x, w1)
+          f = Flatten(a)
+          y = MatMul(f, wf)
+        }""",
+        {},
+        2,
+    ),
+    "user_transpose_cancels": (
+        """g (float[8,4,1,1] w1, int64[3] shape, float[1,4,8,8] x) => (float[1,64,8] y) {
+          a = Conv(x, w1)
+          t = Transpose<perm=[0,2,3,1]>(a)
+          y = Reshape(t, shape)
+        }""",
+        {"shape": np.array([1, 64, 8])},
+        1,
+    ),
+    "softmax_and_reduce_over_channels": (
+        """g (float[8,4,1,1] w1, float[1,4,8,8] x) => (float[1,8,8] y) {
+          a = Conv(x, w1)
+          s = Softmax<axis=1>(a)
+          y = ReduceMax<axes=[1], keepdims=0>(s)
+        }""",
+        {},
+        1,
+    ),
+    "channel_shuffle": (
+        """g (float[8,4,1,1] w1, float[8,8,1,1] w2, int64[5] split, int64[4] merged, float[1,4,8,8] x)
+          => (float[1,8,8,8] y) {
+          a = Conv(x, w1)
+          r = Reshape(a, split)
+          t = Transpose<perm=[0,2,1,3,4]>(r)
+          m = Reshape(t, merged)
+          y = Conv(m, w2)
+        }""",
+        {"split": np.array([1, 2, 4, 8, 8]), "merged": np.array([1, 8, 8, 8])},
+        5,
+    ),
+    "pad_and_slice_channels": (
+        """g (float[8,4,1,1] w1, int64[8] pads, int64[1] st, int64[1] en, int64[1] ax, float[1,4,8,8] x)
+          => (float[1,4,10,10] y) {
+          a = Conv(x, w1)
+          p = Pad(a, pads)
+          y = Slice(p, st, en, ax)
+        }""",
+        {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1]), "st": np.array([2]), "en": np.array([6]), "ax": np.array([1])},
+        2,
+    ),
+}
+
+
+def _model(name: str):
+    text, constants, _ = CASES[name]
+    return build_model(_HEAD + text, constants=constants)
+
+
+def _layout(model, **options):
+    loaded = frontend.load(model)
+    ctx = PassContext(CompileOptions(target="tflite", **options), get_backend("tflite").spec)
+    run_pipeline(loaded.model, ctx, float_only=True)
+    LayoutNhwcPass(ctx)(loaded.model)
+    return loaded.model
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_transposes_left_after_cancellation(name):
+    graph = _layout(_model(name)).graph
+    transposes = [n for n in graph if n.op_type == "Transpose"]
+    assert len(transposes) == CASES[name][2], [(n.name, n.attributes["perm"].as_ints()) for n in transposes]
+    assert all(n.meta.get(LAYOUT_KEY) == "NHWC" for n in graph if n.op_type == "Conv")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_float_numbers_match_onnxruntime(name):
+    model = _model(name)
+    feed = random_feeds(model, 1, seed=4)[0]
+    expected = run_ort(model, feed)
+    got = run(interpreter(float_tflite(model)), feed, [np.shape(e) for e in expected])
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_int8_matches_the_simulation(name):
+    model = _model(name)
+    result = qcc.compile(model, target="tflite", calibration=random_feeds(model, 16, seed=1))
+    assert result.report["verify"]["ok"], result.report["verify"]
+
+
+def test_nhwc_io_removes_the_edge_transposes():
+    graph = _layout(_model("conv_chain"), nhwc_io=True).graph
+    assert [n for n in graph if n.op_type == "Transpose"] == []
+    assert tuple(graph.inputs[0].shape) == (1, 8, 8, 4)
+    assert tuple(graph.outputs[0].shape) == (1, 8, 8, 8)
