@@ -6,7 +6,7 @@ fuse (``shared/targets/TENSORRT.md`` §2, §4, §9):
 * ``zero-point``: every Q/DQ zero point is 0 and of a signed type (INT8/FP8/INT4): no uint8.
 * ``scale``: scales are constants, finite and > 0; per-tensor (one value) for activations; a
   per-channel scale only on constant weights, with one value per channel along ``axis``.
-* ``opset``: 13 for per-channel, 19 for FP8, 21 for INT4 / ``block_size``.
+* ``opset``: 13 for per-channel, 19 for FP8, 21 for ``block_size``.
 * ``bias``: no Q/DQ on a Conv/Gemm bias (TensorRT adds the bias in high precision).
 * ``epilogue``: no Q/DQ between a weighted op and the BatchNorm/Relu/Clip it fuses.
 * ``concat``: all quantized Concat inputs share one scale.
@@ -76,6 +76,8 @@ def _check_qdq(node: onnx.NodeProto, constants: dict[str, np.ndarray], producer:
     elif not np.all(np.isfinite(scale)) or not np.all(scale > 0):
         found.append(Violation("scale", name, "scale has zero, negative or non-finite values; the parser rejects them"))
     zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if zero_point is not None and zero_point.dtype.name.startswith("float8") and opset < 19:
+        found.append(Violation("opset", name, f"FP8 Q/DQ needs opset 19, the model has {opset}"))
     if zero_point is not None:
         if zero_point.dtype == np.uint8:
             found.append(Violation("zero-point", name, "uint8 Q/DQ: TensorRT supports signed symmetric types only"))

@@ -18,7 +18,8 @@ import onnx
 import onnx_ir as ir
 
 from qcc.annotations import Decision
-from qcc.options import ActivationType, CompileOptions
+from qcc.errors import OptionError
+from qcc.options import ActivationType, CompileOptions, Precision
 
 if TYPE_CHECKING:
     from qcc.context import PassContext
@@ -54,6 +55,7 @@ class TargetSpec:
             otherwise inserts requantize layers).
         rule_ops: ops that only the target's ``decide()`` rule may quantize or fuse (TensorRT's
             residual Add); when the rule declines, they stay float with the rule's reason.
+        precisions: number formats the target accepts (``--precision``).
     """
 
     name: str
@@ -71,14 +73,29 @@ class TargetSpec:
     output_quantized_ops: frozenset[str] = frozenset()
     shared_group_ops: frozenset[str] = frozenset()
     rule_ops: frozenset[str] = frozenset()
+    precisions: frozenset[str] = frozenset({"int8"})
 
     def activation_dtype(self, options: CompileOptions) -> ir.DataType:
-        """Returns the integer type of activations for these options (resolves ``auto``)."""
+        """Returns the type of quantized activations for these options (resolves ``auto``)."""
+        if options.precision == Precision.FP8:
+            return ir.DataType.FLOAT8E4M3FN
         if options.activation_type == ActivationType.UINT8:
             return ir.DataType.UINT8
         if options.activation_type == ActivationType.INT8:
             return ir.DataType.INT8
         return self.default_activation_dtype()
+
+    def weight_dtype(self, options: CompileOptions) -> ir.DataType:
+        """Returns the type of quantized weights for these options."""
+        return ir.DataType.FLOAT8E4M3FN if options.precision == Precision.FP8 else ir.DataType.INT8
+
+    def check_options(self, options: CompileOptions) -> None:
+        """Raises OptionError for options this target cannot honour."""
+        if options.precision.value not in self.precisions:
+            raise OptionError(
+                f"target {self.name} does not support precision {options.precision.value}.",
+                f"use one of {', '.join(sorted(self.precisions))}.",
+            )
 
     def default_activation_dtype(self) -> ir.DataType:
         """The activation type ``auto`` resolves to on this host."""

@@ -114,11 +114,14 @@ def fusion_census(model: bytes) -> tuple[collections.Counter, list[str]]:
 
 
 def compare_outputs(
-    reference: onnx.ModelProto | bytes, candidate: onnx.ModelProto | bytes, samples: list[Feed]
+    reference: onnx.ModelProto | bytes, candidate: onnx.ModelProto | bytes, samples: list[Feed], level: str = "all"
 ) -> dict[str, Any]:
-    """Runs both models on the samples and returns cosine and error of every output, pooled."""
+    """Runs both models on the samples and returns cosine and error of every output, pooled.
+
+    ``level`` is the candidate's ONNX Runtime optimization level.
+    """
     ref = session(reference, what="the float model")
-    cand = session(candidate, what="the quantized model")
+    cand = session(candidate, level=level, what="the quantized model")
     per_output: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
     finite = True
     for feed in samples:

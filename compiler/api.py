@@ -23,6 +23,7 @@ def compile(  # noqa: A001 - the public name users expect
     verify: bool = True,
     max_calibration_samples: int | None = None,
     weights: str = "auto",
+    precision: str = "int8",
     io: str = "float",
     nhwc_io: bool = False,
     progress: Progress = no_progress,
@@ -45,6 +46,7 @@ def compile(  # noqa: A001 - the public name users expect
         io: ``"float"`` or ``"int8"`` model inputs and outputs (``tflite``).
         nhwc_io: NHWC 4-D inputs and outputs instead of the model's NCHW (``tflite``).
         weights: ``"auto"``, ``"int8"`` (int8 initializers, smaller) or ``"qdq"`` (float behind Q->DQ).
+        precision: ``"int8"``, or ``"fp8"`` (E4M3; ``trt`` only).
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -64,6 +66,7 @@ def compile(  # noqa: A001 - the public name users expect
         verify=verify,
         max_calibration_samples=max_calibration_samples,
         weights=weights,
+        precision=precision,
         io=io,
         nhwc_io=nhwc_io,
     )

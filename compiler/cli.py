@@ -22,7 +22,7 @@ from rich.table import Table
 from qcc.backends import get_backend, target_names
 from qcc.errors import OptionError, QccError
 from qcc.io import check_output_path, write_atomic
-from qcc.options import ActivationType, CalibrationMethod, CompileOptions, IoType, WeightStorage
+from qcc.options import ActivationType, CalibrationMethod, CompileOptions, IoType, Precision, WeightStorage
 
 EXIT_USER_ERROR = 2
 
@@ -107,6 +107,9 @@ def compile(  # noqa: A001 - the subcommand's name
             "--weights", help="Weight storage: int8 initializers (small) or float behind Q/DQ; auto per target."
         ),
     ] = WeightStorage.AUTO,
+    precision: Annotated[
+        Precision, typer.Option("--precision", help="int8, or fp8 (E4M3, opset 19; trt only).")
+    ] = Precision.INT8,
     calib_cache: Annotated[
         Optional[Path],
         typer.Option("--calib-cache", help="trt only: also write TensorRT's implicit-INT8 calibration cache here."),
@@ -139,8 +142,10 @@ def compile(  # noqa: A001 - the subcommand's name
         if report is not None:
             check_output_path(report, inputs=(model, calib, output))
         if calib_cache is not None:
-            if target != "trt":
-                raise OptionError("--calib-cache is a TensorRT calibration cache.", "use it with --target trt.")
+            if target != "trt" or precision != Precision.INT8:
+                raise OptionError(
+                    "--calib-cache is TensorRT's implicit-INT8 calibration cache.", "use it with --target trt, int8."
+                )
             check_output_path(calib_cache, inputs=(model, calib, output))
         options = CompileOptions(
             target=target,
@@ -151,6 +156,7 @@ def compile(  # noqa: A001 - the subcommand's name
             verify=not no_verify,
             max_calibration_samples=max_samples,
             weights=weights,
+            precision=precision,
             method=method,
             io=io,
             nhwc_io=nhwc_io,

@@ -38,6 +38,11 @@ class PassContext:
     keep_float: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
+    def weight_dtype(self) -> ir.DataType:
+        """The type of quantized weights for this target and these options."""
+        return self.target.weight_dtype(self.options)
+
+    @property
     def activation_dtype(self) -> ir.DataType:
         """The integer type of quantized activations for this target and these options."""
         return self.target.activation_dtype(self.options)

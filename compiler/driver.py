@@ -81,6 +81,7 @@ def compile_model(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     backend = get_backend(options.target)
+    backend.spec.check_options(options)
     loaded = frontend.load(model)
     timings["load"] = time.perf_counter() - start
     if calibration is None:

@@ -36,6 +36,13 @@ class IoType(str, enum.Enum):
     INT8 = "int8"  # int8 interface carrying the edge tensors' quantization parameters
 
 
+class Precision(str, enum.Enum):
+    """Number format of quantized tensors."""
+
+    INT8 = "int8"
+    FP8 = "fp8"  # E4M3 (float8e4m3fn), opset 19: TensorRT on Ada/Hopper and newer
+
+
 class CalibrationMethod(str, enum.Enum):
     """How an activation's clip range is chosen from its observed values (see passes/_clip_range.py)."""
 
@@ -58,6 +65,7 @@ class CompileOptions:
         verify: run the artifact in its runtime after emitting it and report the result.
         max_calibration_samples: use at most this many calibration samples (None: all).
         weights: how ONNX artifacts store quantized weights.
+        precision: int8 everywhere, or fp8 (E4M3) for targets that support it (``trt``).
         io: float or int8 model inputs and outputs (``tflite``; other targets ignore it).
         nhwc_io: 4-D inputs and outputs are NHWC in the artifact (``tflite``), not the model's NCHW.
     """
@@ -71,6 +79,7 @@ class CompileOptions:
     verify: bool = True
     max_calibration_samples: int | None = None
     weights: WeightStorage = WeightStorage.AUTO
+    precision: Precision = Precision.INT8
     io: IoType = IoType.FLOAT
     nhwc_io: bool = False
 
@@ -114,6 +123,7 @@ _ENUM_FIELDS = {
     "method": CalibrationMethod,
     "weights": WeightStorage,
     "io": IoType,
+    "precision": Precision,
 }
 
 

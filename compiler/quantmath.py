@@ -15,6 +15,7 @@ _RANGES = {
     ir.DataType.UINT8: (0, 255),
     ir.DataType.INT8: (-128, 127),
     ir.DataType.INT32: (-(2**31), 2**31 - 1),
+    ir.DataType.FLOAT8E4M3FN: (-448, 448),
 }
 WEIGHT_QMAX = 127
 # The smallest scale qcc emits: keeps 1/scale finite in float32 for all-zero tensors.
@@ -26,14 +27,14 @@ def qrange(dtype: ir.DataType) -> tuple[int, int]:
     return _RANGES[dtype]
 
 
-def symmetric_weight_scale(weight: np.ndarray, axis: int | None) -> np.ndarray:
-    """Returns float32 scales max|w| / 127, per channel along ``axis`` or per tensor."""
+def symmetric_weight_scale(weight: np.ndarray, axis: int | None, qmax: int = WEIGHT_QMAX) -> np.ndarray:
+    """Returns float32 scales max|w| / qmax (127 for int8, 448 for fp8 E4M3), per channel or per tensor."""
     if axis is None:
         absmax = np.max(np.abs(weight)) if weight.size else np.float32(0)
     else:
         reduce = tuple(i for i in range(weight.ndim) if i != axis)
         absmax = np.max(np.abs(weight), axis=reduce) if weight.size else np.zeros(weight.shape[axis])
-    return np.maximum(np.asarray(absmax, dtype=np.float32) / WEIGHT_QMAX, MIN_SCALE).astype(np.float32)
+    return np.maximum(np.asarray(absmax, dtype=np.float32) / qmax, MIN_SCALE).astype(np.float32)
 
 
 def activation_params(rmin: float, rmax: float, dtype: ir.DataType, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +68,9 @@ def quantize(
         shape[axis] = -1
         scale = scale.reshape(shape)
         zero_point = zero_point.reshape(shape)
+    if dtype == ir.DataType.FLOAT8E4M3FN:  # symmetric: zero point 0; saturate, then round to E4M3
+        scaled = np.clip(x.astype(np.float64) / scale.astype(np.float64), qmin, qmax)
+        return scaled.astype(np.float32).astype(dtype.numpy())
     q = np.rint(x.astype(np.float64) / scale.astype(np.float64)) + zero_point.astype(np.int64)
     return np.clip(q, qmin, qmax).astype(dtype.numpy())
 

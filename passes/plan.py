@@ -156,7 +156,7 @@ class PlanPass(QccPass):
                         axis += len(value.shape)
                     if node.op_type == "MatMul" and axis is not None and len(value.shape) != 2:
                         axis = None
-                    set_quant(value, TensorQuant(Role.WEIGHT, ir.DataType.INT8, True, axis))
+                    set_quant(value, TensorQuant(Role.WEIGHT, self.ctx.weight_dtype, True, axis))
                 elif i == BIAS_INPUT.get(node.op_type):
                     if spec.bias_int32:
                         set_quant(value, TensorQuant(Role.BIAS, ir.DataType.INT32, True, 0 if per_channel else None))

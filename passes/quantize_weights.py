@@ -14,7 +14,7 @@ import onnx_ir as ir
 from qcc.annotations import Role, Stage, get_quant, quantized_values
 from qcc.irutils import const_array
 from qcc.passes._base import QccPass
-from qcc.quantmath import symmetric_weight_scale
+from qcc.quantmath import qrange, symmetric_weight_scale
 
 
 class QuantizeWeightsPass(QccPass):
@@ -30,8 +30,8 @@ class QuantizeWeightsPass(QccPass):
                 continue
             weight = const_array(value)
             assert weight is not None, f"weight {value.name} has no constant value"
-            quant.scale = symmetric_weight_scale(weight.astype(np.float32), quant.axis)
-            quant.zero_point = np.zeros(quant.scale.shape, dtype=np.int8)
+            quant.scale = symmetric_weight_scale(weight.astype(np.float32), quant.axis, qrange(quant.dtype)[1])
+            quant.zero_point = np.zeros(quant.scale.shape, dtype=quant.dtype.numpy())
             quant.stage = Stage.FINAL
             modified = True
         return ir.passes.PassResult(model, modified)

@@ -179,3 +179,40 @@ def test_validator_on_qcc_own_ort_output_reports_uint8():
     )
     ort = qcc.compile(model, target="ort", calibration=random_feeds(model, 4), activation_type="uint8")
     assert "zero-point" in {v.rule for v in check_tensorrt_rules(ort.model)}
+
+
+@pytest.mark.parametrize("weights", ["qdq", "int8"])
+def test_fp8_e4m3_at_opset_19(weights):
+    model, result = _compile("residual_cnn", precision="fp8", weights=weights)
+    proto = result.model
+    onnx.checker.check_model(proto)
+    assert next(o.version for o in proto.opset_import if o.domain == "") >= 19
+    zero_points = [t for t in proto.graph.initializer if t.name.endswith("_zero_point")]
+    assert zero_points and all(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in zero_points)
+    w = next(t for name, t in result.report["tensors"].items() if t["role"] == "weight")
+    assert np.asarray(w["scale"]).ndim == 1  # per channel
+    assert result.report["tensors"]["x"]["dtype"] == "float8e4m3fn"
+    verify = result.report["verify"]
+    assert verify["ok"] and verify["tensorrt_rules"]["errors"] == 0
+    from qcc.runtime import session
+
+    feed = random_feeds(model, 1, seed=4)[0]
+    got = session(proto, level="disable").run(None, feed)[0]  # ORT's optimizer cannot take FP8 QDQ
+    expected = run(model, feed)[0]
+    cos = float(np.dot(got.ravel(), expected.ravel()) / (np.linalg.norm(got) * np.linalg.norm(expected)))
+    assert cos > 0.995
+
+
+def test_fp8_weight_scales_are_absmax_over_448():
+    model, result = _compile("mlp", precision="fp8")
+    weights = {name: t for name, t in result.report["tensors"].items() if t["role"] == "weight"}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for name, tensor in weights.items():
+        absmax = np.abs(inits[name]).max(axis=0)  # MatMul weights (K, N): per column
+        np.testing.assert_allclose(np.array(tensor["scale"]) * 448, absmax, rtol=1e-6)
+
+
+def test_fp8_is_refused_for_ort():
+    model = synthetic_model("mlp")
+    with pytest.raises(qcc.OptionError, match="precision fp8"):
+        qcc.compile(model, target="ort", precision="fp8", calibration=random_feeds(model, 2))
