@@ -111,12 +111,16 @@ def _initializer(graph: ir.Graph, name: str, array) -> ir.Value:
 
 
 def _axis_attrs(quant: TensorQuant) -> dict[str, int]:
+    if quant.block_size is not None:
+        return {"axis": quant.axis, "block_size": quant.block_size}
     return {"axis": quant.axis} if quant.axis is not None and quant.scale.ndim == 1 else {}
 
 
 def _dequantize_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: _Names) -> ir.Node:
     base = value.name
-    data = quantize(value.const_value.numpy(), quant.scale, quant.zero_point, quant.axis, quant.dtype)
+    data = quantize(
+        value.const_value.numpy(), quant.scale, quant.zero_point, quant.axis, quant.dtype, quant.block_size
+    )
     q_value = _initializer(graph, names.new(f"{base}_quantized"), data)
     scale, zero_point = _params(graph, base, quant, names)
     dq = ir.node(
@@ -146,7 +150,8 @@ def _rewire_int8_uses(value: ir.Value, out: ir.Value, names: _Names, base: str) 
     out.type, out.shape = ir.TensorType(ir.DataType.FLOAT), value.shape
     for use in list(value.uses()):
         decision = get_decision(use.node)
-        if decision is not None and decision.decision == Decision.INT8 and use.idx in quantizable_inputs(use.node):
+        quantized = decision is not None and decision.decision in (Decision.INT8, Decision.WEIGHT_ONLY)
+        if quantized and use.idx in quantizable_inputs(use.node):
             use.node.replace_input_with(use.idx, out)
 
 
@@ -189,6 +194,9 @@ def serialize_qdq(model: ir.Model, target: str) -> onnx.ModelProto:
     model.ir_version = min(model.ir_version, MAX_ORT_IR_VERSION)
     model.producer_name = "qcc"
     proto = ir.serde.serialize_model(model)
+    # The IR version the opsets need (opset 21 -> IR 10), never below what the model had.
+    needed = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    proto.ir_version = max(proto.ir_version, needed)
     if proto.ByteSize() < 2**31 - 1:
         try:
             onnx.checker.check_model(proto)

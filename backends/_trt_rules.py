@@ -76,6 +76,9 @@ def _check_qdq(node: onnx.NodeProto, constants: dict[str, np.ndarray], producer:
     elif not np.all(np.isfinite(scale)) or not np.all(scale > 0):
         found.append(Violation("scale", name, "scale has zero, negative or non-finite values; the parser rejects them"))
     zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    data = constants.get(node.input[0])
+    if data is not None and data.dtype.name == "int4" and data.shape and data.shape[-1] % 2:
+        found.append(Violation("int4", name, "INT4 weights need an even last dimension (two values per byte)"))
     if zero_point is not None and zero_point.dtype.name.startswith("float8") and opset < 19:
         found.append(Violation("opset", name, f"FP8 Q/DQ needs opset 19, the model has {opset}"))
     if zero_point is not None:

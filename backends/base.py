@@ -89,6 +89,10 @@ class TargetSpec:
         """Returns the type of quantized weights for these options."""
         return ir.DataType.FLOAT8E4M3FN if options.precision == Precision.FP8 else ir.DataType.INT8
 
+    def min_opset(self, options: CompileOptions) -> int:
+        """The default-domain opset the artifact needs for these options (the frontend upgrades to it)."""
+        return 13
+
     def check_options(self, options: CompileOptions) -> None:
         """Raises OptionError for options this target cannot honour."""
         if options.precision.value not in self.precisions:

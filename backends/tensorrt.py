@@ -37,10 +37,11 @@ from qcc.context import PassContext
 from qcc.data import Feed
 from qcc.errors import BackendError
 from qcc.irutils import attr_int, const_array
-from qcc.options import Precision, WeightStorage
+from qcc.options import CompileOptions, Precision, WeightStorage
 
 _MIN_GEMM_DIM = 16
-FP8_MIN_OPSET = 19
+# Opsets the low-bit formats need: FP8 Q/DQ (19), DequantizeLinear with block_size and INT4 (21).
+MIN_OPSET = {Precision.FP8: 19, Precision.INT4: 21}
 _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
@@ -67,6 +68,9 @@ class TrtSpec(TargetSpec):
             if _few(c_out) or (_few(c_in) and not node.inputs[0].is_graph_input()):
                 return f"few channels ({c_in} in, {c_out} out): TensorRT has no faster int8 kernel"
         return None
+
+    def min_opset(self, options: CompileOptions) -> int:
+        return MIN_OPSET.get(options.precision, 13)
 
     def decide(self, node: ir.Node) -> tuple[Decision, str] | None:
         if node.op_type != "Add":
@@ -112,7 +116,7 @@ TRT_SPEC = TrtSpec(
     output_quantized_ops=frozenset({"MaxPool", "AveragePool"}),
     shared_group_ops=frozenset({"Concat"}),
     rule_ops=frozenset({"Add"}),
-    precisions=frozenset({"int8", "fp8"}),
+    precisions=frozenset({"int8", "fp8", "int4"}),
 )
 
 
@@ -122,11 +126,11 @@ class TrtBackend(Backend):
     spec = TRT_SPEC
 
     def emit(self, model: ir.Model, ctx: PassContext) -> Artifact:
-        float_weights = ctx.options.weights != WeightStorage.INT8
+        # INT4 weights are always stored packed behind a DequantizeLinear (TensorRT has no INT4 Q).
+        precision = ctx.options.precision
+        float_weights = ctx.options.weights != WeightStorage.INT8 and precision != Precision.INT4
         qdq = materialize_qdq(model, keep_fused_activations=True, float_weights=float_weights)
         proto = serialize_qdq(qdq, self.spec.name)
-        if ctx.options.precision == Precision.FP8:
-            proto = _with_opset(proto, FP8_MIN_OPSET)
         errors = [v for v in check_tensorrt_rules(proto) if v.severity == "error"]
         if errors:
             first = errors[0]
@@ -154,22 +158,6 @@ class TrtBackend(Backend):
             "engine": _try_engine(artifact.data),
             "fidelity": fidelity,
         }
-
-
-def _with_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """Lifts the default-domain opset to ``opset`` (FP8 Q/DQ needs 19) with the ONNX version converter."""
-    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
-    if current >= opset:
-        return proto
-    try:
-        converted = onnx.version_converter.convert_version(proto, opset)
-    except Exception as exc:  # noqa: BLE001 - the converter raises bare errors on unusual graphs
-        raise BackendError(
-            f"cannot lift the model from opset {current} to {opset}, which FP8 Q/DQ needs ({exc}).",
-            f"export the model with opset {opset} or newer.",
-        ) from None
-    converted.ir_version = max(converted.ir_version, 9)
-    return converted
 
 
 def _try_engine(data: bytes) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class Decision(str, enum.Enum):
     """What a node becomes in the artifact."""
 
     INT8 = "int8"  # runs on quantized inputs/outputs
+    WEIGHT_ONLY = "weight-only"  # only its weight is quantized (int4 blocks); it computes in float
     FUSED = "fused"  # absorbed into its producer's quantized output (Relu/Clip)
     FLOAT = "float"  # stays float; the reason says why
 
@@ -62,6 +63,8 @@ class TensorQuant:
         zero_point: array of ``dtype``, same shape as scale; None before FINAL.
         shared_with: name of the value whose parameters this one must equal (shared-scale ops and
             absorbed activations), or None.
+        block_size: for block quantization, the block length along ``axis``; the scale then has
+            the tensor's shape with that axis divided by the block size.
     """
 
     role: Role
@@ -72,6 +75,7 @@ class TensorQuant:
     scale: np.ndarray | None = None
     zero_point: np.ndarray | None = None
     shared_with: str | None = None
+    block_size: int | None = None
 
 
 @dataclasses.dataclass

@@ -82,7 +82,7 @@ def compile_model(
     start = time.perf_counter()
     backend = get_backend(options.target)
     backend.spec.check_options(options)
-    loaded = frontend.load(model)
+    loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
     timings["load"] = time.perf_counter() - start
     if calibration is None:
         raise QccError("calibration data is required.", "pass --calib data.npz (or calibration=... in Python).")

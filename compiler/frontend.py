@@ -52,12 +52,13 @@ class LoadedModel:
         return input_specs(self.model)
 
 
-def load(source: object) -> LoadedModel:
+def load(source: object, min_opset: int = MIN_OPSET) -> LoadedModel:
     """Loads, checks and prepares a model for quantization.
 
     Args:
         source: path (str or os.PathLike), bytes, onnx.ModelProto, onnx_ir.Model or a
             graphsurgeon Graph.
+        min_opset: upgrade models below this default-domain opset (at least 13).
 
     Returns:
         The prepared model. Unnamed nodes are named after their first output.
@@ -76,7 +77,7 @@ def load(source: object) -> LoadedModel:
             "pass the model's file path so qcc can find its external data next to it.",
         )
     original_opset = _default_opset(proto)
-    proto = _upgrade_opset(proto, origin, original_opset)
+    proto = _upgrade_opset(proto, origin, original_opset, max(min_opset, MIN_OPSET))
     _check(proto, origin)
     proto = _infer_shapes(proto, origin)
     _name_nodes(proto.graph)
@@ -218,27 +219,27 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return 0
 
 
-def _upgrade_opset(proto: onnx.ModelProto, origin: str, opset: int) -> onnx.ModelProto:
+def _upgrade_opset(proto: onnx.ModelProto, origin: str, opset: int, target: int) -> onnx.ModelProto:
     newest = onnx.defs.onnx_opset_version()
     if opset > newest:
         raise UnsupportedModelError(
             f"{origin} uses ONNX opset {opset}; this onnx package knows opsets up to {newest}.",
             "upgrade the onnx package, or export the model with an older opset.",
         )
-    if opset >= MIN_OPSET:
+    if opset >= target:
         return proto
     if opset == 0:
         raise UnsupportedModelError(
             f"{origin} does not import the default ONNX domain.", "export the model with a standard opset."
         )
-    logger.info("upgrading %s from opset %d to %d", origin, opset, MIN_OPSET)
+    logger.info("upgrading %s from opset %d to %d", origin, opset, target)
     try:
-        upgraded = onnx.version_converter.convert_version(proto, MIN_OPSET)
+        upgraded = onnx.version_converter.convert_version(proto, target)
     except Exception as exc:  # the converter raises bare RuntimeError/IndexError on odd graphs
         raise UnsupportedModelError(
             f"{origin} uses opset {opset} and the ONNX version converter could not upgrade it to "
-            f"{MIN_OPSET} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).",
-            f"re-export the model with opset {MIN_OPSET} or newer.",
+            f"{target} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).",
+            f"re-export the model with opset {target} or newer.",
         ) from None
     return upgraded
 

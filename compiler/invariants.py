@@ -66,6 +66,8 @@ def _annotation_problems(graph: ir.Graph) -> list[str]:
             problems.append(f"{value.name!r} has a zero point outside {quant.dtype}")
         if scale.shape != zero_point.shape:
             problems.append(f"{value.name!r}: scale and zero point shapes differ")
+        if quant.block_size is not None:
+            continue
         if quant.axis is None and scale.ndim != 0:
             problems.append(f"{value.name!r} is per-tensor but has {scale.size} scales")
         if quant.axis is not None and value.shape is not None and scale.ndim == 1:

@@ -41,6 +41,7 @@ class Precision(str, enum.Enum):
 
     INT8 = "int8"
     FP8 = "fp8"  # E4M3 (float8e4m3fn), opset 19: TensorRT on Ada/Hopper and newer
+    INT4 = "int4"  # weight-only int4 blocks for MatMul/Gemm, opset 21; activations stay float
 
 
 class CalibrationMethod(str, enum.Enum):

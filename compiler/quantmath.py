@@ -16,6 +16,7 @@ _RANGES = {
     ir.DataType.INT8: (-128, 127),
     ir.DataType.INT32: (-(2**31), 2**31 - 1),
     ir.DataType.FLOAT8E4M3FN: (-448, 448),
+    ir.DataType.INT4: (-8, 7),
 }
 WEIGHT_QMAX = 127
 # The smallest scale qcc emits: keeps 1/scale finite in float32 for all-zero tensors.
@@ -35,6 +36,16 @@ def symmetric_weight_scale(weight: np.ndarray, axis: int | None, qmax: int = WEI
         reduce = tuple(i for i in range(weight.ndim) if i != axis)
         absmax = np.max(np.abs(weight), axis=reduce) if weight.size else np.zeros(weight.shape[axis])
     return np.maximum(np.asarray(absmax, dtype=np.float32) / qmax, MIN_SCALE).astype(np.float32)
+
+
+def block_weight_scale(weight: np.ndarray, axis: int, block: int, qmax: int) -> np.ndarray:
+    """Returns float32 scales max|w| / qmax per block of ``block`` elements along ``axis``.
+
+    The result has the weight's shape with ``axis`` divided by ``block`` (ONNX block quantization).
+    """
+    moved = np.moveaxis(np.abs(weight), axis, 0)
+    blocks = moved.reshape(moved.shape[0] // block, block, *moved.shape[1:]).max(axis=1)
+    return np.maximum(np.moveaxis(blocks, 0, axis) / qmax, MIN_SCALE).astype(np.float32)
 
 
 def activation_params(rmin: float, rmax: float, dtype: ir.DataType, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -59,11 +70,19 @@ def activation_params(rmin: float, rmax: float, dtype: ir.DataType, symmetric: b
 
 
 def quantize(
-    x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None, dtype: ir.DataType
+    x: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    axis: int | None,
+    dtype: ir.DataType,
+    block_size: int | None = None,
 ) -> np.ndarray:
     """Quantizes ``x`` as ONNX QuantizeLinear does (round half to even, saturate)."""
     qmin, qmax = qrange(dtype)
-    if axis is not None and np.ndim(scale) == 1:
+    if block_size is not None and axis is not None:
+        scale = np.repeat(scale, block_size, axis=axis)
+        zero_point = np.repeat(zero_point, block_size, axis=axis)
+    elif axis is not None and np.ndim(scale) == 1:
         shape = [1] * x.ndim
         shape[axis] = -1
         scale = scale.reshape(shape)
@@ -72,7 +91,7 @@ def quantize(
         scaled = np.clip(x.astype(np.float64) / scale.astype(np.float64), qmin, qmax)
         return scaled.astype(np.float32).astype(dtype.numpy())
     q = np.rint(x.astype(np.float64) / scale.astype(np.float64)) + zero_point.astype(np.int64)
-    return np.clip(q, qmin, qmax).astype(dtype.numpy())
+    return np.clip(q, qmin, qmax).astype(np.int64).astype(dtype.numpy())
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None) -> np.ndarray:

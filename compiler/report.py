@@ -53,6 +53,7 @@ def build_report(
             "role": quant.role.value,
             "dtype": quant.dtype.name.lower(),
             "axis": quant.axis,
+            "block_size": quant.block_size,
             "scale": _plain(quant.scale),
             "zero_point": _plain(quant.zero_point),
         }

@@ -25,8 +25,9 @@ import onnx_ir as ir
 
 from qcc.annotations import Decision, Role, TensorQuant, get_decision, is_quantized, set_decision, set_quant
 from qcc.backends.base import TargetSpec
-from qcc.irutils import attr_float, const_array, is_float
+from qcc.irutils import attr_float, attr_int, const_array, is_float
 from qcc.optable import BIAS_INPUT, WEIGHT_INPUT, quantizable_inputs, weight_axis
+from qcc.options import Precision
 from qcc.passes._base import QccPass
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class PlanPass(QccPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
+        if self.ctx.options.precision == Precision.INT4:
+            self._plan_weight_only(graph)
+            return ir.passes.PassResult(model, True)
         spec = self.ctx.target
         excluded = set(self.ctx.options.exclude)
         pending: list[ir.Node] = []
@@ -171,6 +175,26 @@ class PlanPass(QccPass):
                 set_quant(out, quant)
 
 
+    def _plan_weight_only(self, graph: ir.Graph) -> None:
+        """INT4: only constant 2-D MatMul/Gemm weights are quantized, in blocks along K."""
+        excluded = set(self.ctx.options.exclude)
+        for node in graph:
+            reason = None
+            if node.name in excluded or node.op_type in excluded:
+                reason = "excluded by the user (--exclude)"
+            elif node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+                reason = "int4 is weight-only: only MatMul/Gemm weights are quantized"
+            else:
+                reason = _weight_only_reason(node)
+            if reason is not None:
+                set_decision(node, Decision.FLOAT, reason)
+                continue
+            weight = node.inputs[WEIGHT_INPUT]
+            k_axis = 1 if node.op_type == "Gemm" and attr_int(node, "transB", 0) == 1 else 0
+            block = _block_size(weight.shape[k_axis])
+            set_decision(node, Decision.WEIGHT_ONLY, f"int4 weight blocks of {block} along K; computes in float")
+            set_quant(weight, TensorQuant(Role.WEIGHT, ir.DataType.INT4, True, k_axis, block_size=block))
+
     def _output_quantized(self, node: ir.Node, out: ir.Value) -> bool:
         """Whether an int8 or fused node's output is quantized under the target's output policy."""
         spec = self.ctx.target
@@ -213,6 +237,27 @@ def _compute_reason(node: ir.Node) -> str | None:
             array = const_array(c)
             if array is None or array.ndim != 1 or attr_float(node, "beta", 1.0) != 1.0:
                 return "Gemm bias is not a 1-D constant with beta=1"
+    return None
+
+
+INT4_BLOCKS = (128, 64, 32, 16)
+
+
+def _block_size(k: int) -> int | None:
+    """The largest supported INT4 block that divides K (TensorRT needs K divisible by it)."""
+    return next((b for b in INT4_BLOCKS if k % b == 0), None)
+
+
+def _weight_only_reason(node: ir.Node) -> str | None:
+    weight = node.inputs[WEIGHT_INPUT] if len(node.inputs) > WEIGHT_INPUT else None
+    array = const_array(weight)
+    if array is None or array.dtype != np.float32 or array.ndim != 2:
+        return "int4 needs a constant 2-D float32 weight"
+    if array.shape[-1] % 2:
+        return "int4 needs an even last weight dimension (two values per byte)"
+    k_axis = 1 if node.op_type == "Gemm" and attr_int(node, "transB", 0) == 1 else 0
+    if _block_size(array.shape[k_axis]) is None:
+        return f"K={array.shape[k_axis]} is not a multiple of 16, the smallest int4 block"
     return None
 
 

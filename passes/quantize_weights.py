@@ -14,7 +14,7 @@ import onnx_ir as ir
 from qcc.annotations import Role, Stage, get_quant, quantized_values
 from qcc.irutils import const_array
 from qcc.passes._base import QccPass
-from qcc.quantmath import qrange, symmetric_weight_scale
+from qcc.quantmath import block_weight_scale, qrange, symmetric_weight_scale
 
 
 class QuantizeWeightsPass(QccPass):
@@ -30,7 +30,11 @@ class QuantizeWeightsPass(QccPass):
                 continue
             weight = const_array(value)
             assert weight is not None, f"weight {value.name} has no constant value"
-            quant.scale = symmetric_weight_scale(weight.astype(np.float32), quant.axis, qrange(quant.dtype)[1])
+            qmax = qrange(quant.dtype)[1]
+            if quant.block_size is not None:
+                quant.scale = block_weight_scale(weight.astype(np.float32), quant.axis, quant.block_size, qmax)
+            else:
+                quant.scale = symmetric_weight_scale(weight.astype(np.float32), quant.axis, qmax)
             quant.zero_point = np.zeros(quant.scale.shape, dtype=quant.dtype.numpy())
             quant.stage = Stage.FINAL
             modified = True

@@ -216,3 +216,30 @@ def test_fp8_is_refused_for_ort():
     model = synthetic_model("mlp")
     with pytest.raises(qcc.OptionError, match="precision fp8"):
         qcc.compile(model, target="ort", precision="fp8", calibration=random_feeds(model, 2))
+
+
+def test_int4_weight_only_blocks_on_matmul():
+    model, result = _compile("transformer_block", precision="int4")
+    proto = result.model
+    onnx.checker.check_model(proto, full_check=True)
+    assert next(o.version for o in proto.opset_import if o.domain == "") >= 21 and proto.ir_version >= 10
+    dqs = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert dqs and not [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]  # DQ only
+    inits = {t.name: t for t in proto.graph.initializer}
+    for dq in dqs:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in dq.attribute}
+        weight = inits[dq.input[0]]
+        assert weight.data_type == onnx.TensorProto.INT4 and attrs["axis"] == 0  # MatMul (K, N): blocks along K
+        k = weight.dims[0]
+        assert attrs["block_size"] == (128 if k % 128 == 0 else 64) and k % attrs["block_size"] == 0
+    by_name = {n["name"]: n for n in result.report["nodes"]}
+    assert by_name["q0"]["decision"] == "weight-only"
+    assert by_name["s0"]["decision"] == "float"  # activation x activation
+    assert result.report["verify"]["ok"]
+    assert fidelity(model, proto, random_feeds(model, 4, seed=2)) > 0.99
+
+
+def test_int4_keeps_convs_float_and_says_why():
+    _, result = _compile("residual_cnn", precision="int4")
+    convs = [n for n in result.report["nodes"] if n["op_type"] == "Conv"]
+    assert all(n["decision"] == "float" and "weight-only" in n["reason"] for n in convs)
