@@ -89,6 +89,11 @@ class TargetSpec:
         """Returns the type of quantized weights for these options."""
         return ir.DataType.FLOAT8E4M3FN if options.precision == Precision.FP8 else ir.DataType.INT8
 
+    def float_after_calibration(self, graph: ir.Graph, rows: dict[str, int]) -> dict[str, str]:
+        """Target rule that needs data: nodes to keep float given each calibrated tensor's largest
+        leading dimension seen (``rows``), as node name -> reason. Empty by default."""
+        return {}
+
     def min_opset(self, options: CompileOptions) -> int:
         """The default-domain opset the artifact needs for these options (the frontend upgrades to it)."""
         return 13

@@ -69,6 +69,31 @@ class TrtSpec(TargetSpec):
                 return f"few channels ({c_in} in, {c_out} out): TensorRT has no faster int8 kernel"
         return None
 
+    def float_after_calibration(self, graph: ir.Graph, rows: dict[str, int]) -> dict[str, str]:
+        """A Gemm/MatMul whose rows are symbolic in the graph but 1 in every sample is a GEMV.
+
+        A symbolic leading dimension (``batch``) is resolved through any calibrated tensor that
+        carries the same symbolic dimension, such as the model input.
+        """
+        symbolic_rows: dict[str, int] = {}
+        for value in (*graph.inputs, *(out for node in graph for out in node.outputs)):
+            shape = value.shape
+            if value.name in rows and shape is not None and len(shape) and not isinstance(shape[0], int):
+                key = str(shape[0])
+                symbolic_rows[key] = max(symbolic_rows.get(key, 0), rows[value.name])
+        found = {}
+        for node in graph:
+            decision = get_decision(node)
+            if node.op_type not in ("Gemm", "MatMul") or decision is None or decision.decision != Decision.INT8:
+                continue
+            x = node.inputs[0]
+            if x.shape is None or len(x.shape) != 2:
+                continue
+            seen = rows.get(x.name) or symbolic_rows.get(str(x.shape[0]))
+            if seen == 1:
+                found[node.name] = "GEMV at the calibration batch (1): faster in float on TensorRT"
+        return found
+
     def min_opset(self, options: CompileOptions) -> int:
         return MIN_OPSET.get(options.precision, 13)
 

@@ -17,7 +17,7 @@ from qcc.backends import get_backend
 from qcc.backends.base import Artifact
 from qcc.context import PassContext, Progress, no_progress
 from qcc.data import CalibrationSource, open_calibration
-from qcc.errors import NonFiniteActivationsError, QccError
+from qcc.errors import NonFiniteActivationsError, QccError, ReplanRequest
 from qcc.io import write_atomic
 from qcc.options import CompileOptions
 from qcc.pipeline import run_pipeline
@@ -94,10 +94,13 @@ def compile_model(
         try:
             timings.update(run_pipeline(loaded.model, ctx))
             break
-        except NonFiniteActivationsError as error:
+        except (NonFiniteActivationsError, ReplanRequest) as error:
             if _attempt == MAX_REPLANS:
                 raise
-            keep_float.update(_nodes_touching(loaded.model, error.values))
+            if isinstance(error, ReplanRequest):
+                keep_float.update(error.keep_float)
+            else:
+                keep_float.update(_nodes_touching(loaded.model, error.values))
             logger.info("keeping %d nodes float around non-finite tensors; planning again", len(keep_float))
             loaded.model = pristine.clone()
     stamp = time.perf_counter()

@@ -47,6 +47,17 @@ class BackendError(QccError):
     """A target cannot express part of the model (the message names the node)."""
 
 
+class ReplanRequest(QccError):
+    """Calibration showed that some nodes should stay float (a target rule that needs data).
+
+    The driver catches it and plans again with ``keep_float`` (node name -> reason).
+    """
+
+    def __init__(self, keep_float: dict[str, str]) -> None:
+        self.keep_float = keep_float
+        super().__init__(f"{len(keep_float)} node(s) must be planned again: {', '.join(list(keep_float)[:5])}.")
+
+
 class NonFiniteActivationsError(QccError):
     """Calibration saw NaN/Inf in tensors planned as int8 (e.g. a -inf attention mask).
 

@@ -18,7 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from qcc.annotations import Role, Stage, TensorRange, get_quant, quantized_values, set_range
-from qcc.errors import CalibrationDataError, NonFiniteActivationsError, QccError
+from qcc.errors import CalibrationDataError, NonFiniteActivationsError, QccError, ReplanRequest
 from qcc.passes._base import QccPass
 from qcc.passes._clip_range import clip_range
 from qcc.passes._histogram import TensorHistogram
@@ -34,10 +34,13 @@ class CalibrationStats:
         self.names = names
         self.histograms = [TensorHistogram() for _ in names]
         self.nonfinite = np.zeros(len(names), dtype=bool)
+        self.rows = np.zeros(len(names), dtype=np.int64)  # largest leading dimension seen
 
     def update(self, arrays: list[np.ndarray]) -> None:
         """Folds one sample's tensors (in ``names`` order) into the statistics."""
         for i, array in enumerate(arrays):
+            if array.ndim:
+                self.rows[i] = max(self.rows[i], array.shape[0])
             if not np.all(np.isfinite(array)):
                 self.nonfinite[i] = True
             elif not self.nonfinite[i]:
@@ -48,6 +51,7 @@ class CalibrationStats:
         for mine, theirs in zip(self.histograms, other.histograms, strict=True):
             mine.merge(theirs)
         self.nonfinite |= other.nonfinite
+        self.rows = np.maximum(self.rows, other.rows)
 
     @property
     def min(self) -> np.ndarray:
@@ -84,6 +88,11 @@ class CalibratePass(QccPass):
         bad = [name for name, flag in zip(names, stats.nonfinite, strict=True) if flag]
         if bad:
             raise NonFiniteActivationsError(bad)
+        rows = {name: int(r) for name, r in zip(names, stats.rows, strict=True)}
+        keep_float = self.ctx.target.float_after_calibration(model.graph, rows)
+        keep_float = {k: v for k, v in keep_float.items() if k not in self.ctx.keep_float}
+        if keep_float:
+            raise ReplanRequest(keep_float)
         method = self.ctx.options.method.value
         for value, hist in zip(targets, stats.histograms, strict=True):
             quant = get_quant(value)

@@ -243,3 +243,21 @@ def test_int4_keeps_convs_float_and_says_why():
     _, result = _compile("residual_cnn", precision="int4")
     convs = [n for n in result.report["nodes"] if n["op_type"] == "Conv"]
     assert all(n["decision"] == "float" and "weight-only" in n["reason"] for n in convs)
+
+
+def test_symbolic_batch_classifier_head_is_a_gemv_when_the_data_has_batch_1():
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[16,32] w1, float[24,32] w2, float[N,16] x) => (float[N,24] y) {
+          h = MatMul(x, w1)
+          r = Relu(h)
+          y = Gemm<transB=1>(r, w2)
+        }
+        """
+    )
+    result = qcc.compile(model, target="trt", calibration=random_feeds(model, 4, batch=1))
+    head = {n["name"]: n for n in result.report["nodes"]}["y"]
+    assert head["decision"] == "float" and "GEMV" in head["reason"]
+    batched = qcc.compile(model, target="trt", calibration=random_feeds(model, 4, batch=8))
+    assert {n["name"]: n for n in batched.report["nodes"]}["y"]["decision"] == "int8"
