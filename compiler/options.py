@@ -50,6 +50,7 @@ class CalibrationMethod(str, enum.Enum):
     MINMAX = "minmax"  # the observed range: never clips (default)
     PERCENTILE = "percentile"  # each side clipped at its 99.99th percentile
     MSE = "mse"  # the range with the least expected squared quantization error
+    ENTROPY = "entropy"  # TensorRT's KL-divergence threshold over 2048 bins -> 128 levels
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 * ``minmax``: the observed range. Never clips, but one outlier stretches the step for every value.
 * ``percentile``: clip each side at the 99.99th percentile of that side's magnitudes.
+* ``entropy``: TensorRT's KL-divergence search: over the magnitude histogram, the threshold whose
+  128-level quantized distribution loses least information (KL divergence) against the clipped
+  reference distribution; candidates every 16 bins from 128 to 2048. The threshold bounds both
+  sides of the observed range.
 * ``mse``: the range minimizing the expected squared quantization error, evaluated on the
   histogram: values inside the range cost ``step^2 / 12`` (uniform rounding noise), values outside
   cost their squared distance to the range. Candidates shrink both sides of the observed range by
@@ -29,7 +33,7 @@ def clip_range(hist: TensorHistogram, method: str, levels: int, symmetric: bool)
 
     Args:
         hist: the tensor's histogram.
-        method: ``minmax``, ``percentile`` or ``mse``.
+        method: ``minmax``, ``percentile``, ``entropy`` or ``mse``.
         levels: number of integer levels of the target type (255 steps for 8 bits -> 256).
         symmetric: the scheme has zero point 0 (the range is [-a, a]).
     """
@@ -38,6 +42,9 @@ def clip_range(hist: TensorHistogram, method: str, levels: int, symmetric: bool)
         return low, high
     if method == "percentile":
         return -_side_percentile(hist.neg, hist, -low), _side_percentile(hist.pos, hist, high)
+    if method == "entropy":
+        threshold = _entropy_threshold(hist.pos + hist.neg) * hist.limit / len(hist.pos)
+        return max(low, -threshold), min(high, threshold)
     return _best_mse(hist, low, high, levels, symmetric)
 
 
@@ -48,6 +55,34 @@ def _side_percentile(counts: np.ndarray, hist: TensorHistogram, extreme: float) 
     cumulative = np.cumsum(counts)
     index = int(np.searchsorted(cumulative, total * PERCENTILE / 100.0))
     return min(float((index + 1) * hist.limit / len(counts)), extreme)
+
+
+def _entropy_threshold(counts: np.ndarray, levels: int = 128, stride: int = 16) -> int:
+    """Returns the number of bins (the threshold) minimizing KL(reference || quantized)."""
+    counts = counts.astype(np.float64)
+    total = counts.sum()
+    last = int(np.nonzero(counts)[0][-1]) + 1 if total else len(counts)
+    if last <= levels:
+        return last
+    best, best_kl = last, np.inf
+    for bins in range(levels, last + stride, stride):
+        bins = min(bins, last)
+        reference = counts[:bins].copy()
+        reference[-1] += counts[bins:].sum()  # clipped mass lands on the edge
+        # Quantize the first `bins` bins into `levels` groups, then spread each group's mass
+        # uniformly over its non-empty bins.
+        group = (np.arange(bins) * levels) // bins
+        nonzero = counts[:bins] > 0
+        mass = np.bincount(group, weights=counts[:bins], minlength=levels)
+        support = np.bincount(group, weights=nonzero, minlength=levels)
+        expanded = np.where(nonzero, mass[group] / np.maximum(support[group], 1), 0.0)
+        p = reference / reference.sum()
+        q = expanded / max(expanded.sum(), 1e-30)
+        keep = p > 0
+        kl = float(np.sum(p[keep] * np.log(p[keep] / np.maximum(q[keep], 1e-12))))
+        if kl < best_kl:
+            best, best_kl = bins, kl
+    return best
 
 
 def _best_mse(hist: TensorHistogram, low: float, high: float, levels: int, symmetric: bool) -> tuple[float, float]:

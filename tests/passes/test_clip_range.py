@@ -56,3 +56,17 @@ def test_mse_is_near_the_brute_force_optimum(tail):
     best = min(_quant_mse(values, t * values.min(), t * values.max()) for t in np.linspace(0.02, 1, 300))
     assert chosen <= full
     assert chosen <= best * 1.1
+
+
+def test_entropy_clips_a_gaussian_tail_but_keeps_its_body():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0, 1, 200_000), [60.0, -55.0]]).astype(np.float32)
+    low, high = clip_range(_hist(values), "entropy", 256, True)
+    assert 2.5 < high < 20 and -20 < low < -2.5  # outliers cut, >= 2.5 sigma kept
+    assert clip_range(_hist(np.abs(values)), "entropy", 256, False)[0] == 0.0
+
+
+def test_entropy_keeps_a_uniform_range():
+    values = np.random.default_rng(4).uniform(-1, 1, 100_000).astype(np.float32)
+    low, high = clip_range(_hist(values), "entropy", 256, True)
+    assert high > 0.9 and low < -0.9
