@@ -10,6 +10,9 @@
 * ``ReduceMean`` over the spatial axes (2, 3) of a 4-D tensor becomes ``GlobalAveragePool``
   (followed by a ``Reshape`` to (N, C) when ``keepdims=0``): the same numbers, and an op every
   target has an int8 kernel for.
+* A zero-constant ``Pad`` of the spatial axes that feeds only a ``Conv`` (explicit "same"
+  padding, as TensorFlow-style exports write it) becomes the Conv's own ``pads``: the same
+  numbers, and no float op between the quantizer and the integer conv.
 * Unused nodes and initializers are dropped.
 
 Clip's ``min``/``max`` attributes (opset < 11) are already inputs here: the frontend upgrades
@@ -57,8 +60,41 @@ class CanonicalizePass(QccPass):
         for node in list(graph):
             if node.op_type == "ReduceMean" and node.domain == "":
                 modified |= _spatial_mean_to_global_pool(graph, node, default_opset(model))
+            elif node.op_type == "Pad" and node.domain == "":
+                modified |= _fold_pad_into_conv(graph, node)
         modified |= common.RemoveUnusedNodesPass()(model).modified
         return ir.passes.PassResult(model, modified)
+
+
+def _fold_pad_into_conv(graph: ir.Graph, pad: ir.Node) -> bool:
+    out = pad.outputs[0]
+    consumers = out.consumers()
+    if len(consumers) != 1 or out.is_graph_output() or consumers[0].op_type != "Conv":
+        return False
+    conv = consumers[0]
+    mode = pad.attributes.get("mode")
+    if (mode is not None and mode.as_string() != "constant") or conv.inputs[0] is not out:
+        return False
+    pads = const_array(pad.inputs[1]) if len(pad.inputs) > 1 else None
+    value = const_array(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] is not None else None
+    has_axes = len(pad.inputs) > 3 and pad.inputs[3] is not None
+    if pads is None or has_axes or (value is not None and np.any(value != 0)) or np.any(pads < 0):
+        return False
+    rank = len(pads) // 2
+    begin, end = pads[:rank], pads[rank:]
+    if rank < 3 or np.any(begin[:2]) or np.any(end[:2]):
+        return False
+    auto_pad = conv.attributes.get("auto_pad")
+    if auto_pad is not None and auto_pad.as_string() not in ("NOTSET", ""):
+        return False
+    old = conv.attributes.get("pads")
+    spatial = rank - 2
+    current = np.array(old.as_ints() if old is not None else [0] * (2 * spatial), dtype=np.int64)
+    merged = current + np.concatenate([begin[2:], end[2:]])
+    conv.attributes["pads"] = ir.AttrInt64s("pads", [int(p) for p in merged])
+    conv.replace_input_with(0, pad.inputs[0])
+    graph.remove(pad, safe=True)
+    return True
 
 
 def _spatial_mean_to_global_pool(graph: ir.Graph, node: ir.Node, opset: int) -> bool:

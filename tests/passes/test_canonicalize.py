@@ -79,3 +79,28 @@ def test_spatial_reduce_mean_becomes_global_average_pool(keepdims, opset):
     assert [o.name for o in result.graph.outputs] == ["y"]
     feed = random_feeds(model, 1)[0]
     np.testing.assert_allclose(run(to_proto(result), feed)[0], run(model, feed)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("pads", "value", "folded"),
+    [
+        ([0, 0, 1, 0, 0, 0, 2, 1], 0.0, True),
+        ([1, 0, 0, 0, 0, 0, 0, 0], 0.0, False),
+        ([0, 0, 1, 1, 0, 0, 1, 1], 0.5, False),
+    ],
+)
+def test_zero_pad_folds_into_the_conv(pads, value, folded):
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[4,3,3,3] w, int64[8] pads, float[] value, float[1,3,8,8] x) => (float[N,4,H,W] y) {
+          p = Pad(x, pads, value)
+          y = Conv<pads=[1,0,0,1]>(p, w)
+        }
+        """,
+        constants={"pads": np.array(pads, np.int64), "value": np.array(value, np.float32)},
+    )
+    result = float_passes(model, CanonicalizePass)
+    assert op_types(result) == (["Conv"] if folded else ["Pad", "Conv"])
+    feed = random_feeds(model, 1)[0]
+    np.testing.assert_allclose(run(to_proto(result), feed)[0], run(model, feed)[0], rtol=1e-5, atol=1e-5)
