@@ -18,7 +18,8 @@ BINS = 2048
 class TensorHistogram:
     """Magnitude histograms (positive and negative side) of one tensor, plus its exact range."""
 
-    def __init__(self) -> None:
+    def __init__(self, bins: bool = True) -> None:
+        self.bins = bins  # False: track only min and max (the minmax method needs nothing else)
         self.limit = 0.0  # R; 0 until the first non-zero value
         self.pos = np.zeros(BINS, dtype=np.int64)
         self.neg = np.zeros(BINS, dtype=np.int64)
@@ -32,6 +33,8 @@ class TensorHistogram:
         flat = array.ravel()
         self.min = min(self.min, float(flat.min()))
         self.max = max(self.max, float(flat.max()))
+        if not self.bins:
+            return
         peak = max(abs(self.min), abs(self.max))
         if peak > self.limit:
             self._grow(peak)

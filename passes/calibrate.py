@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 from qcc.annotations import Role, Stage, TensorRange, get_quant, quantized_values, set_range
 from qcc.errors import CalibrationDataError, NonFiniteActivationsError, QccError, ReplanRequest
+from qcc.options import CalibrationMethod
 from qcc.passes._base import QccPass
 from qcc.passes._clip_range import clip_range
 from qcc.passes._histogram import TensorHistogram
@@ -30,9 +31,9 @@ logger = logging.getLogger(__name__)
 class CalibrationStats:
     """Mergeable statistics of a set of tensors: one streamed histogram each (see ``_histogram``)."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], bins: bool = True) -> None:
         self.names = names
-        self.histograms = [TensorHistogram() for _ in names]
+        self.histograms = [TensorHistogram(bins) for _ in names]
         self.nonfinite = np.zeros(len(names), dtype=bool)
         self.rows = np.zeros(len(names), dtype=np.int64)  # largest leading dimension seen
 
@@ -112,7 +113,7 @@ class CalibratePass(QccPass):
         output_names = [o.name for o in sess.get_outputs()]
         position = {name: i for i, name in enumerate(output_names)}
         wanted = [position[name] for name in names]
-        stats = CalibrationStats(names)
+        stats = CalibrationStats(names, bins=self.ctx.options.method != CalibrationMethod.MINMAX)
         calibration = self.ctx.calibration
         total = calibration.known_length()
         count = 0
