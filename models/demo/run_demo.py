@@ -44,7 +44,17 @@ def main() -> int:
     fp32_accuracy = accuracy(fp32, images, labels)
 
     table = Table(title="qcc demo: MNIST CNN trained by models/demo/train.py, 1000 held-out digits, ORT 1 thread")
-    for column in ("target", "artifact", "size", "accuracy", "compile", "batch 1 ms", "speed-up", "batch 32 ms", "speed-up"):
+    for column in (
+        "target",
+        "artifact",
+        "size",
+        "accuracy",
+        "compile",
+        "batch 1 ms",
+        "speed-up",
+        "batch 32 ms",
+        "speed-up",
+    ):
         table.add_column(column, justify="left" if column in ("target", "artifact") else "right")
     table.add_row("fp32", fp32.name, f"{fp32.stat().st_size / 1e3:.0f} kB", f"{fp32_accuracy:.1%}", "", "", "", "", "")
     for target in qcc.targets():
@@ -57,9 +67,15 @@ def main() -> int:
         b1 = latency(fp32, artifact, {"input": images[:1]}, repeats=200)
         b32 = latency(fp32, artifact, {"input": images[:32]}, repeats=50)
         table.add_row(
-            target, artifact.name, f"{artifact.stat().st_size / 1e3:.0f} kB", f"{int8_accuracy:.1%}", f"{seconds:.1f} s",
-            f"{b1['fp32_ms']:.3f} -> {b1['int8_ms']:.3f}", f"{b1['ratio']:.2f}x",
-            f"{b32['fp32_ms']:.2f} -> {b32['int8_ms']:.2f}", f"{b32['ratio']:.2f}x",
+            target,
+            artifact.name,
+            f"{artifact.stat().st_size / 1e3:.0f} kB",
+            f"{int8_accuracy:.1%}",
+            f"{seconds:.1f} s",
+            f"{b1['fp32_ms']:.3f} -> {b1['int8_ms']:.3f}",
+            f"{b1['ratio']:.2f}x",
+            f"{b32['fp32_ms']:.2f} -> {b32['int8_ms']:.2f}",
+            f"{b32['ratio']:.2f}x",
         )
     Console(width=max(Console().width, 120)).print(table)
     print(f"artifacts and reports in {args.data}/ ; accuracy fp32 {fp32_accuracy:.1%}")
