@@ -38,6 +38,7 @@ zoo: $(STAMP)
 
 bench: $(STAMP)
 	$(MAKE) -C models all
+	$(MAKE) -C models venv-modelopt
 	$(PY) models/bench.py --out build/bench
 
 clean:
