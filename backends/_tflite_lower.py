@@ -28,6 +28,11 @@ from qcc.quantmath import quantize
 
 FUSED_KEY = "qcc.tflite.fused"
 
+# Int8 ops XNNPACK does not take (TFLITE.md §9) but takes in float32: they are written as
+# DEQUANTIZE -> float op -> QUANTIZE, which computes exactly what the ORT simulation computes
+# (DQ -> op -> Q) and keeps the delegated graph in one piece instead of splitting it at each one.
+FLOAT_KERNELS = frozenset({"HardSwish", "Softmax", "AveragePool", "Identity"})
+
 # TFLite ActivationFunctionType values.
 ACT_NONE, ACT_RELU, ACT_RELU_N1_TO_1, ACT_RELU6 = 0, 1, 2, 3
 
@@ -94,6 +99,7 @@ class Lowering:
         self.model = FlatModel()
         self.io_int8 = io_int8
         self._tensors: dict[tuple[int, bool], Tensor] = {}
+        self._float_kernels: set[int] = set()
 
     def lower(self, graph: ir.Graph) -> FlatModel:
         """Lowers every node of the graph.
@@ -114,6 +120,8 @@ class Lowering:
                     f"node {node.name!r} ({node.op_type}) has no TFLite lowering in qcc.",
                     "exclude it from the model or add a lowering to backends/_tflite_ops.py (see docs/tflite.md).",
                 )
+            if node.op_type in FLOAT_KERNELS and self.is_int8(node):
+                self._float_kernels.add(id(node))
             rule(self, node)
         for value in graph.outputs:
             tensor = self.read(value, self.io_int8 and get_quant(value) is not None)
@@ -124,7 +132,9 @@ class Lowering:
     # -- tensors ---------------------------------------------------------------------------------
 
     def is_int8(self, node: ir.Node) -> bool:
-        """True if the plan runs the node int8."""
+        """True if the node is written as an int8 op (planned int8, not a ``FLOAT_KERNELS`` op)."""
+        if id(node) in self._float_kernels:
+            return False
         decision = get_decision(node)
         return decision is not None and decision.decision == Decision.INT8
 
@@ -137,6 +147,10 @@ class Lowering:
             tensor = self.model.tensor(value.name, shape_of(value), _float_dtype(value))
         self._tensors[(id(value), quantized)] = tensor
         return tensor
+
+    def alias(self, value: ir.Value, tensor: Tensor) -> None:
+        """Makes an existing tensor the native tensor of ``value`` (an op that moves nothing)."""
+        self._tensors[(id(value), tensor.quant is not None)] = tensor
 
     def read(self, value: ir.Value, quantized: bool) -> Tensor:
         """Returns the value as an int8 or float tensor, converting (once) when needed."""

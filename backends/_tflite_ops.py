@@ -3,7 +3,8 @@
 Each rule reads its inputs through the :class:`~qcc.backends._tflite_lower.Lowering` in the
 node's precision (int8 or float) and writes its outputs the same way, so the same rule serves
 int8 ops and float islands. Element-wise, activation, axis and data-movement ops live here;
-weighted and windowed ops in ``_tflite_ops_window``. ``LOWERINGS`` maps ONNX op types to rules:
+weighted and windowed ops in ``_tflite_ops_window``; float-only decompositions in
+``_tflite_ops_float``. ``LOWERINGS`` maps ONNX op types to rules:
 adding an op is one function and one entry (see docs/tflite.md).
 """
 
@@ -13,6 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
+from qcc.backends._tflite_ops_float import erf, hard_sigmoid, layer_norm
 from qcc.backends._tflite_ops_window import (
     FUSABLE,
     conv,
@@ -238,40 +240,39 @@ def slice_(lw: Lowering, node: ir.Node) -> None:
 
 
 def split(lw: Lowering, node: ir.Node) -> None:
-    """Split -> SPLIT for equal parts (axis tensor first), SPLIT_V otherwise."""
+    """Split -> SPLIT for equal parts (axis tensor first), one SLICE per part otherwise.
+
+    SLICE rather than SPLIT_V: XNNPACK takes SLICE, not SPLIT_V.
+    """
     x = lw.input(node, 0)
     axis = attr_int(node, "axis", 0) % len(x.shape)
     outputs = [lw.output(node, i) for i in range(len(node.outputs))]
     sizes = [t.shape[axis] for t in outputs]
-    axis_t = lw.constant(f"{node.name}_axis", np.array(axis, np.int32))
     if len(set(sizes)) == 1:
+        axis_t = lw.constant(f"{node.name}_axis", np.array(axis, np.int32))
         lw.op("SPLIT", [axis_t, x], outputs, "SplitOptions", source=node.name, num_splits=len(outputs))
-    else:
-        size_t = lw.constant(f"{node.name}_sizes", np.array(sizes, np.int32))
-        lw.op("SPLIT_V", [x, size_t, axis_t], outputs, "SplitVOptions", source=node.name, num_splits=len(outputs))
+        return
+    start = 0
+    for out in outputs:
+        begin = [0] * len(x.shape)
+        begin[axis] = start
+        begin_t = lw.constant(f"{node.name}_begin", np.array(begin, np.int32))
+        size_t = lw.constant(f"{node.name}_size", np.array(out.shape, np.int32))
+        lw.op("SLICE", [x, begin_t, size_t], [out], "SliceOptions", source=node.name)
+        start += out.shape[axis]
 
 
 def identity(lw: Lowering, node: ir.Node) -> None:
-    """Identity -> int8 -> int8 QUANTIZE (a requantize inserted by target-constraints), else RESHAPE."""
-    x, y = lw.input(node, 0), lw.output(node)
-    if x.quant is not None:
-        lw.op("QUANTIZE", [x], [y], source=node.name)  # int8 -> int8 requantize
-    else:
-        reshape(lw, node)
+    """Identity: the output is its input's tensor (float; ``FLOAT_KERNELS`` makes a requantize float).
 
-
-def hard_sigmoid(lw: Lowering, node: ir.Node) -> None:
-    """HardSigmoid (float only) -> MUL, ADD, RELU_0_TO_1."""
+    A requantize inserted by target-constraints is an int8 Identity; written in float it becomes
+    DEQUANTIZE -> QUANTIZE with the new parameters, which XNNPACK takes (int8 -> int8 QUANTIZE it
+    does not), and which is exactly the simulation's Q(DQ(x)).
+    """
     if lw.is_int8(node):
-        raise unsupported(node, "int8 HardSigmoid")
-    x = lw.input(node, 0)
-    scaled = lw.model.tensor(f"{node.name}_scaled", x.shape, np.float32)
-    shifted = lw.model.tensor(f"{node.name}_shifted", x.shape, np.float32)
-    alpha = lw.constant(f"{node.name}_alpha", np.array(attr_float(node, "alpha", 0.2), np.float32))
-    beta = lw.constant(f"{node.name}_beta", np.array(attr_float(node, "beta", 0.5), np.float32))
-    lw.op("MUL", [x, alpha], [scaled], "MulOptions", source=node.name)
-    lw.op("ADD", [scaled, beta], [shifted], "AddOptions", source=node.name)
-    lw.op("RELU_0_TO_1", [shifted], [lw.output(node)], source=node.name)
+        lw.op("QUANTIZE", [lw.input(node, 0)], [lw.output(node)], source=node.name)
+    else:
+        lw.alias(node.outputs[0], lw.input(node, 0))
 
 
 LOWERINGS = {
@@ -319,4 +320,6 @@ LOWERINGS = {
     "Split": split,
     "Resize": resize,
     "Identity": identity,
+    "Erf": erf,
+    "LayerNormalization": layer_norm,
 }

@@ -265,8 +265,14 @@ def resize(lw: Lowering, node: ir.Node) -> None:
     elif mode == "nearest":
         nearest = node.attributes.get("nearest_mode")
         nearest = nearest.as_string() if nearest is not None else "round_prefer_floor"
-        integer = all(o % i == 0 for o, i in zip(y.shape[1:3], x.shape[1:3], strict=False))
-        if not (ctm == "asymmetric" and nearest == "floor") and not integer:
+        integer = all(o % i == 0 for o, i in zip(y.shape[1:3], x.shape[1:3], strict=True))
+        floor_like = (ctm == "asymmetric" and nearest == "floor") or (
+            ctm in ("half_pixel", "pytorch_half_pixel") and nearest in ("round_prefer_floor", "round_prefer_ceil")
+        )
+        if integer and floor_like:
+            _replicate(lw, node, x, y)
+            return
+        if not (ctm == "asymmetric" and nearest == "floor"):
             raise unsupported(node, f"nearest resize with {ctm}/{nearest} at a non-integer factor")
         lw.op(
             "RESIZE_NEAREST_NEIGHBOR",
@@ -279,3 +285,33 @@ def resize(lw: Lowering, node: ir.Node) -> None:
         )
     else:
         raise unsupported(node, f"Resize mode {mode!r}")
+
+
+def _replicate(lw: Lowering, node: ir.Node, x, y) -> None:
+    """Nearest upsampling by integer factors as CONCATENATION + RESHAPE (XNNPACK takes both).
+
+    With these coordinate modes output pixel ``o`` reads input ``o // f``: repeating each pixel
+    ``f`` times along W is ``concat([x] * f, channels)`` viewed as ``[N, H, W*f, C]``, and along H
+    ``concat([x] * f, W)`` viewed as ``[N, H*f, W, C]``. Parameters are shared, so int8 is exact.
+    """
+    current = x
+    n, h, w, c = x.shape
+    steps = [(y.shape[2] // w, 3, (n, h, y.shape[2], c)), (y.shape[1] // h, 2, y.shape)]
+    for factor, axis, target_shape in steps:
+        if factor == 1:
+            continue
+        wide = list(current.shape)
+        wide[axis] *= factor
+        stacked = lw.model.tensor(f"{node.name}_repeat", wide, current.dtype, quant=current.quant)
+        lw.op("CONCATENATION", [current] * factor, [stacked], "ConcatenationOptions", source=node.name, axis=axis)
+        out = (
+            y
+            if tuple(target_shape) == tuple(y.shape)
+            else lw.model.tensor(f"{node.name}_rows", target_shape, current.dtype, quant=current.quant)
+        )
+        shape_t = lw.constant(f"{node.name}_shape", np.array(target_shape, np.int32))
+        lw.op("RESHAPE", [stacked, shape_t], [out], "ReshapeOptions", source=node.name, new_shape=list(target_shape))
+        current = out
+    if current is x:
+        shape_t = lw.constant(f"{node.name}_shape", np.array(y.shape, np.int32))
+        lw.op("RESHAPE", [x, shape_t], [y], "ReshapeOptions", source=node.name, new_shape=list(y.shape))

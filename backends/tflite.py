@@ -19,6 +19,7 @@ within one quantization step) and with the float model.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -38,9 +39,11 @@ from qcc.context import PassContext
 from qcc.data import Feed
 from qcc.errors import BackendError
 from qcc.options import IoType
-from qcc.passes.canonicalize import _fold_constants as fold_constants  # noqa: PLC2701 - see write_tflite
+from qcc.passes.canonicalize import fold_constants
 from qcc.passes.layout_nhwc import LayoutNhwcPass
 from qcc.runtime import MAX_ORT_IR_VERSION
+
+logger = logging.getLogger(__name__)
 
 TFLITE_SPEC = TargetSpec(
     name="tflite",
@@ -155,7 +158,11 @@ def _static_shapes(model: ir.Model, feed: Feed | None) -> None:
         if feed is None or value.name not in feed:
             continue
         value.shape = ir.Shape(np.shape(feed[value.name]))
-    common.ShapeInferencePass()(model)
+    try:
+        common.ShapeInferencePass()(model)
+    except Exception as exc:  # noqa: BLE001 - ONNX shape inference raises several unrelated types
+        # The lowering names any tensor that is left without a static shape.
+        logger.debug("shape inference failed (%s); keeping the frontend's shapes", exc)
 
 
 __all__ = ["TFLITE_SPEC", "TfliteBackend", "write_tflite"]

@@ -56,7 +56,7 @@ class CanonicalizePass(QccPass):
             elif node.op_type == "Dropout" and node.domain == "" and not _used(node.outputs[1:]):
                 remove_node_bypassing(graph, node)
                 modified = True
-        modified |= _fold_constants(model)
+        modified |= fold_constants(model)
         for node in list(graph):
             if node.op_type == "ReduceMean" and node.domain == "":
                 modified |= _spatial_mean_to_global_pool(graph, node, default_opset(model))
@@ -140,7 +140,12 @@ def _used(values: list[ir.Value]) -> bool:
     return any(v is not None and (v.uses() or v.is_graph_output()) for v in values)
 
 
-def _fold_constants(model: ir.Model) -> bool:
+def fold_constants(model: ir.Model) -> bool:
+    """Evaluates every node whose inputs are all constants and replaces it by its result.
+
+    Returns:
+        True if anything was folded.
+    """
     graph = model.graph
     opset = default_opset(model)
     folded = 0

@@ -96,6 +96,18 @@ OPS = {
     "conv_transpose": ("float[8,4,2,2] w, float[4] b", "y = ConvTranspose<strides=[2,2]>(x, w, b)", {}),
     "conv_transpose_same": ("float[8,4,3,3] w", "y = ConvTranspose<strides=[2,2], pads=[0,0,1,1]>(x, w)", {}),
     "softmax_spatial": ("float[8,8,1,1] w", "c = Conv(x, w)\n y = Softmax<axis=2>(c)", {}),
+    "erf_island": ("float[8,8,1,1] w", "c = Conv(x, w)\n y = Erf(c)", {}),
+    "layer_norm_island": (
+        "float[8,8,1,1] w, float[8] gamma, float[8] beta",
+        "c = Conv(x, w)\n y = LayerNormalization<axis=-1>(c, gamma, beta)",
+        {},
+    ),
+    "resize_nearest_3x_asymmetric": (
+        "float[8,8,1,1] w, float[4] scales",
+        'c = Conv(x, w)\n y = Resize<mode="nearest", coordinate_transformation_mode="asymmetric", '
+        'nearest_mode="floor">(c, , scales)',
+        {"scales": np.array([1, 1, 3, 2], np.float32)},
+    ),
     "gemm_no_trans": ("float[8,8,1,1] w, float[512,10] wf", "c = Conv(x, w)\n f = Flatten(c)\n y = Gemm(f, wf)", {}),
     "matmul_3d": ("float[8,8,1,1] w, float[8,4] wm", "c = Conv(x, w)\n y = MatMul(c, wm)", {}),
     "batch_matmul": ("float[8,8,1,1] w", "c = Conv(x, w)\n t = Transpose<perm=[0,1,3,2]>(c)\n y = MatMul(c, t)", {}),
@@ -126,6 +138,7 @@ OPS = {
     "hardsigmoid_island": ("float[8,8,1,1] w", "c = Conv(x, w)\n h = HardSigmoid(c)\n y = Mul(c, h)", {}),
 }
 _OUT = {
+    "resize_nearest_3x_asymmetric": "float[1,8,24,16] y",
     "conv_transpose": "float[1,4,16,16] y",
     "conv_transpose_same": "float[1,4,16,16] y",
     "gemm_no_trans": "float[1,10] y",
