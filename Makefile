@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: install demo test test-all lint zoo bench clean
+.PHONY: install demo test test-all lint fuzz zoo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
+
+fuzz: $(STAMP)
+	QCC_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/e2e/test_fuzz.py -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check compiler passes backends tests models

@@ -18,6 +18,7 @@ import onnx
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from qcc.data import Feed
+from qcc.errors import BackendError
 from qcc.runtime import session
 
 RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
@@ -132,6 +133,13 @@ def compare_with_simulation(
         result["resolvers"][name] = entry
         ok &= entry["ok"]
     result["ok"] = ok
+    if "fidelity" not in result:
+        error = result["resolvers"].get("xnnpack", {}).get("error", "unknown error")
+        raise BackendError(
+            f"LiteRT cannot run the .tflite qcc wrote under its default (XNNPACK) resolver: {error}.",
+            "calibrate with samples of the input shape you deploy, or --exclude the op the error names; "
+            "please report it with the model.",
+        )
     return result
 
 

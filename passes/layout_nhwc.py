@@ -232,7 +232,8 @@ class LayoutNhwcPass(QccPass):
 
     def _permuted_constant(self, graph: ir.Graph, value: ir.Value, perm) -> ir.Value:
         array = const_array(value)
-        array = array.reshape((1,) * (len(perm) - array.ndim) + array.shape).transpose(perm)
+        # The op moves below Transpose(perm): its constants must go through the inverse permutation.
+        array = array.reshape((1,) * (len(perm) - array.ndim) + array.shape).transpose(_inverse(perm))
         out = self._constant(array, value.name)
         quant = get_quant(value)
         if quant is not None:

@@ -280,3 +280,19 @@ def test_ops_xnnpack_lacks_in_int8_stay_in_one_delegated_partition(name):
     model = op_model(name)
     delegation = _verify(_compile(model, verify=False), model)["resolvers"]["xnnpack"]["delegation"]
     assert delegation["partitions"] == 1 and not delegation["builtin"], delegation
+
+
+def test_per_channel_constant_after_a_layout_transpose_is_permuted_correctly():
+    # Found by tests/e2e/test_fuzz.py: Add of a (1, C, 1, 1) constant below an NHWC transpose.
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,4,1,1] bias, float[1,4,4,4] x) => (float[1,4,2,2] y) {
+          p = MaxPool<kernel_shape=[2,2], strides=[2,2]>(x)
+          y = Add(p, bias)
+        }
+        """
+    )
+    result = qcc.compile(model, target="tflite", calibration=random_feeds(model, 4))
+    verify = result.report["verify"]
+    assert verify["resolvers"]["xnnpack"]["ok"] and verify["resolvers"]["builtin"]["ok"], verify
