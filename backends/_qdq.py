@@ -20,28 +20,10 @@ import onnx_ir.passes.common as common
 
 from qcc.annotations import Decision, Role, TensorQuant, get_decision, get_quant, quantized_values, set_quant
 from qcc.errors import BackendError
-from qcc.irutils import remove_node_bypassing
+from qcc.irutils import NameAllocator, remove_node_bypassing
 from qcc.optable import quantizable_inputs
 from qcc.quantmath import quantize
 from qcc.runtime import MAX_ORT_IR_VERSION
-
-
-class _Names:
-    """Hands out value/node names not yet used in a graph."""
-
-    def __init__(self, graph: ir.Graph) -> None:
-        self.taken = {v.name for v in graph.inputs} | set(graph.initializers)
-        for node in graph:
-            self.taken.update(v.name for v in node.outputs)
-            self.taken.add(node.name)
-
-    def new(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
 
 
 def materialize_qdq(model: ir.Model, *, keep_fused_activations: bool, float_weights: bool = False) -> ir.Model:
@@ -57,7 +39,7 @@ def materialize_qdq(model: ir.Model, *, keep_fused_activations: bool, float_weig
     graph = model.graph
     if not keep_fused_activations:
         _remove_absorbed(graph)
-    names = _Names(graph)
+    names = NameAllocator(graph)
     front: list[ir.Node] = []
     for value in quantized_values(graph):
         quant = get_quant(value)
@@ -93,7 +75,7 @@ def _remove_absorbed(graph: ir.Graph) -> None:
             source.name = name
 
 
-def _params(graph: ir.Graph, base: str, quant: TensorQuant, names: _Names) -> tuple[ir.Value, ir.Value]:
+def _params(graph: ir.Graph, base: str, quant: TensorQuant, names: NameAllocator) -> tuple[ir.Value, ir.Value]:
     scale = _initializer(graph, names.new(f"{base}_scale"), quant.scale.astype("float32"))
     zero_point = _initializer(graph, names.new(f"{base}_zero_point"), quant.zero_point.astype(quant.dtype.numpy()))
     return scale, zero_point
@@ -116,7 +98,7 @@ def _axis_attrs(quant: TensorQuant) -> dict[str, int]:
     return {"axis": quant.axis} if quant.axis is not None and quant.scale.ndim == 1 else {}
 
 
-def _dequantize_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: _Names) -> ir.Node:
+def _dequantize_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: NameAllocator) -> ir.Node:
     base = value.name
     data = quantize(
         value.const_value.numpy(), quant.scale, quant.zero_point, quant.axis, quant.dtype, quant.block_size
@@ -131,7 +113,7 @@ def _dequantize_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, n
     return dq
 
 
-def _qdq_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: _Names) -> list[ir.Node]:
+def _qdq_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: NameAllocator) -> list[ir.Node]:
     base = value.name
     scale, zero_point = _params(graph, base, quant, names)
     q = ir.node("QuantizeLinear", [value, scale, zero_point], attributes=_axis_attrs(quant),
@@ -144,7 +126,7 @@ def _qdq_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: _
     return [q, dq]
 
 
-def _rewire_int8_uses(value: ir.Value, out: ir.Value, names: _Names, base: str) -> None:
+def _rewire_int8_uses(value: ir.Value, out: ir.Value, names: NameAllocator, base: str) -> None:
     """Points the int8 nodes reading a constant at its dequantized form; float readers keep it."""
     out.name = names.new(f"{base}_dequantized")
     out.type, out.shape = ir.TensorType(ir.DataType.FLOAT), value.shape
@@ -155,7 +137,9 @@ def _rewire_int8_uses(value: ir.Value, out: ir.Value, names: _Names, base: str) 
             use.node.replace_input_with(use.idx, out)
 
 
-def _insert_qdq(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: _Names, front: list[ir.Node]) -> None:
+def _insert_qdq(
+    graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: NameAllocator, front: list[ir.Node]
+) -> None:
     base = value.name
     scale, zero_point = _params(graph, base, quant, names)
     q = ir.node("QuantizeLinear", [value, scale, zero_point], name=names.new(f"{base}_QuantizeLinear"))

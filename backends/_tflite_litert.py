@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from qcc.backends._fidelity import OutputFidelity, cosine
 from qcc.data import Feed
 from qcc.errors import BackendError
 from qcc.runtime import session
@@ -157,27 +158,13 @@ def float_ops(data: bytes) -> list[str]:
 
 
 def _fidelity(got, floats, names: list[str]) -> dict[str, Any]:
-    """Cosine and error of every output vs the float model (the shape ``ort``'s verify reports)."""
-    outputs: dict[str, dict[str, list[float]]] = {n: collections.defaultdict(list) for n in names}
-    finite = True
+    """Cosine and error of every output vs the float model (the shape every verify reports)."""
+    fidelity = OutputFidelity()
     for g_outs, f_outs in zip(got, floats, strict=True):
         for name, g, f in zip(names, g_outs, f_outs, strict=True):
-            g, f = np.asarray(g, np.float64).ravel(), np.asarray(f, np.float64).ravel()
-            finite &= bool(np.all(np.isfinite(g)))
-            outputs[name]["cosine"].append(_cosine(g, f))
-            outputs[name]["max_abs_error"].append(float(np.max(np.abs(g - f))) if g.size else 0.0)
-            outputs[name]["ref_absmax"].append(float(np.max(np.abs(f))) if f.size else 0.0)
-    summary = {
-        name: {
-            "cosine_mean": float(np.mean(s["cosine"])),
-            "cosine_min": float(np.min(s["cosine"])),
-            "max_abs_error": float(np.max(s["max_abs_error"])),
-            "reference_absmax": float(np.max(s["ref_absmax"])),
-        }
-        for name, s in outputs.items()
-        if s["cosine"]
-    }
-    return {"samples": len(got), "finite": finite, "outputs": summary}
+            fidelity.add(name, f, g)
+        fidelity.samples += 1
+    return fidelity.result()
 
 
 def _agreement(got, expected, floats, steps) -> dict[str, Any]:
@@ -193,7 +180,7 @@ def _agreement(got, expected, floats, steps) -> dict[str, Any]:
             within += int(np.sum(diff <= tolerance * 1.001 + 1e-7))
             total += diff.size
             worst_steps = max(worst_steps, float(diff.max() / tolerance) if diff.size else 0.0)
-            cosines.append(_cosine(g, f))
+            cosines.append(cosine(g, f))
     fraction = within / max(total, 1)
     return {
         "ok": finite and fraction >= AGREEMENT,
@@ -201,11 +188,6 @@ def _agreement(got, expected, floats, steps) -> dict[str, Any]:
         "max_error_steps": round(worst_steps, 3),
         "cosine_vs_float_min": round(min(cosines), 6) if cosines else None,
     }
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    return 1.0 if na == nb == 0.0 else float(np.dot(a, b) / (na * nb + 1e-30))
 
 
 def latency_ms(data: bytes, feed: Feed, resolver: str = "xnnpack", runs: int = 30, threads: int = 1) -> float:

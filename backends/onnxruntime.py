@@ -19,10 +19,10 @@ import os
 import tempfile
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
+from qcc.backends._fidelity import OutputFidelity
 from qcc.backends._qdq import materialize_qdq, serialize_qdq
 from qcc.backends.base import Artifact, Backend, TargetSpec
 from qcc.context import PassContext
@@ -122,39 +122,11 @@ def compare_outputs(
     """
     ref = session(reference, what="the float model")
     cand = session(candidate, level=level, what="the quantized model")
-    per_output: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
-    finite = True
+    fidelity = OutputFidelity()
     for feed in samples:
         expected = ref.run(None, feed)
         got = cand.run(None, feed)
         for meta, e, g in zip(ref.get_outputs(), expected, got, strict=True):
-            e = np.asarray(e, dtype=np.float64).ravel()
-            g = np.asarray(g, dtype=np.float64).ravel()
-            # Where the float model itself is non-finite (masks), the int8 model must match exactly.
-            keep = np.isfinite(e)
-            finite &= bool(np.all(np.isfinite(g[keep]))) and bool(np.array_equal(e[~keep], g[~keep], equal_nan=True))
-            e, g = e[keep], g[keep]
-            stats = per_output[meta.name]
-            stats["cosine"].append(cosine(e, g))
-            stats["max_abs_error"].append(float(np.max(np.abs(e - g))) if e.size else 0.0)
-            stats["ref_absmax"].append(float(np.max(np.abs(e))) if e.size else 0.0)
-    summary = {
-        name: {
-            "cosine_mean": float(np.mean(s["cosine"])),
-            "cosine_min": float(np.min(s["cosine"])),
-            "max_abs_error": float(np.max(s["max_abs_error"])),
-            "reference_absmax": float(np.max(s["ref_absmax"])),
-        }
-        for name, s in per_output.items()
-    }
-    return {"samples": len(samples), "finite": finite, "outputs": summary}
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two flattened arrays (1.0 when both are all zero)."""
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 and nb == 0.0:
-        return 1.0
-    if na == 0.0 or nb == 0.0:
-        return 0.0
-    return float(np.dot(a, b) / (na * nb))
+            fidelity.add(meta.name, e, g)
+        fidelity.samples += 1
+    return fidelity.result()

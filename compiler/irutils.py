@@ -58,6 +58,22 @@ def unique_name(graph: ir.Graph, base: str) -> str:
     return f"{base}_{i}"
 
 
+class NameAllocator:
+    """Hands out value and node names not yet used in a graph (one scan, then O(1) per name)."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.taken = _value_names(graph) | {node.name for node in graph if node.name}
+
+    def new(self, base: str) -> str:
+        """Returns ``base`` or ``base_N``, whichever is free, and reserves it."""
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+
 def _value_names(graph: ir.Graph) -> set[str]:
     names = {v.name for v in graph.inputs} | set(graph.initializers)
     for node in graph:

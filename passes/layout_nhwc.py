@@ -26,7 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.annotations import Decision, get_quant, set_decision, set_quant
-from qcc.irutils import attr_int, const_array, remove_node_bypassing
+from qcc.irutils import NameAllocator, attr_int, const_array, remove_node_bypassing
 from qcc.passes._base import QccPass
 
 LAYOUT_KEY = "qcc.layout"
@@ -85,7 +85,7 @@ class LayoutNhwcPass(QccPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        self._names = _names(graph)
+        self._names = NameAllocator(graph)
         modified = False
         for node in list(graph):
             if node.op_type in LAYOUT_OPS and node.domain == "" and _rank(node.inputs[0]) == 4:
@@ -251,23 +251,10 @@ class LayoutNhwcPass(QccPass):
         )
 
     def _new(self, base: str) -> str:
-        name, i = base, 0
-        while name in self._names:
-            i += 1
-            name = f"{base}_{i}"
-        self._names.add(name)
-        return name
+        return self._names.new(base)
 
 
 _REDUCE = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"})
-
-
-def _names(graph: ir.Graph) -> set[str]:
-    names = {v.name for v in graph.inputs} | set(graph.initializers)
-    for node in graph:
-        names.update(v.name for v in node.outputs)
-        names.add(node.name)
-    return names
 
 
 def _rank(value: ir.Value | None) -> int | None:
