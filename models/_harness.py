@@ -1,9 +1,11 @@
 """The machinery shared by zoo.py and bench.py: find models, compile in child processes, score, time.
 
-One row per (model, tool). Every step that can crash runs in a child process: the compile (the qcc CLI, or
-``baseline_ort.py`` for the anchor), the scoring of the artifact and the latency loop (``_score.py``). A
-failing child turns into ``ok: false`` and a one-line ``reason`` on its row; the run goes on. The compile
-child is reaped with ``os.wait4``, whose rusage gives that child's own peak RSS (``ru_maxrss``).
+One row per (model, tool). Every step that can crash runs in a child process: the compile (the qcc CLI,
+``baseline_ort.py`` for the ORT anchor, ``baseline_modelopt.py`` in its own env for the ModelOpt anchor of the
+trt target), the scoring of the artifact and the latency loop (``_score.py``). A failing child turns into
+``ok: false`` and a one-line ``reason`` on its row; the run goes on. A tool that cannot run here (the ModelOpt
+env is not built) gives rows with ``stage: "skipped"`` and the reason. The compile child is reaped with
+``os.wait4``, whose rusage gives that child's own peak RSS (``ru_maxrss``).
 
 Model folders follow models/README.md: ``model.onnx``, ``calib.npz``, ``eval.npz`` (and optionally
 ``reference.npz``). A folder whose name is not in ``evaluate.METRICS`` is scored by output cosine.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import json
 import logging
 import os
@@ -32,6 +35,9 @@ import evaluate  # noqa: E402
 logger = logging.getLogger("zoo")
 
 ANCHOR = "anchor-ort"
+MODELOPT_ANCHOR = "anchor-modelopt"
+MODELOPT_ANCHOR_MAX = "anchor-modelopt-max"
+MODELOPT_PYTHON = HERE / ".venv-modelopt" / "bin" / "python"
 # The runtime each target is meant for, where this machine has it. Other targets' .onnx artifacts run in ORT.
 NATIVE_RUNTIMES = {"ort": "onnxruntime", "tflite": "litert"}
 
@@ -57,17 +63,39 @@ class ZooModel:
         return self.folder / "eval.npz"
 
 
+class Kind(enum.Enum):
+    """Which program a tool runs: the qcc CLI, baseline_ort.py or baseline_modelopt.py."""
+
+    QCC = "qcc"
+    ORT_ANCHOR = "ort-anchor"
+    MODELOPT_ANCHOR = "modelopt-anchor"
+
+
 @dataclasses.dataclass(frozen=True)
 class Tool:
-    """Something that turns a float model into an int8 artifact: qcc for one target, or the ORT anchor."""
+    """Something that turns a float model into an int8 artifact: qcc for one target, or an anchor.
+
+    Attributes:
+        name: the row's tool name (``qcc-ort``, ``qcc-trt-entropy``, ``anchor-ort``, ``anchor-modelopt``).
+        target: the qcc target whose runtime the artifact is meant for.
+        suffix: the artifact's file suffix.
+        kind: the program that compiles.
+        options: extra command-line options of that program (``-m entropy``, ``--calibration-method max``).
+        python: the interpreter of an anchor that runs in its own env (ModelOpt); None = this one.
+        skip_reason: why this tool cannot run here; its rows are skipped with this reason.
+    """
 
     name: str
     target: str
     suffix: str
+    kind: Kind = Kind.QCC
+    options: tuple[str, ...] = ()
+    python: Path | None = None
+    skip_reason: str | None = None
 
     @property
     def is_anchor(self) -> bool:
-        return self.name == ANCHOR
+        return self.kind is not Kind.QCC
 
 
 def discover(models_dir: Path, only: Sequence[str] = ()) -> list[ZooModel]:
@@ -102,15 +130,40 @@ def discover(models_dir: Path, only: Sequence[str] = ()) -> list[ZooModel]:
 def qcc_tools(targets: Sequence[str] = ()) -> list[Tool]:
     """Returns one tool per qcc target (all of ``qcc.targets()`` unless ``targets`` names some)."""
     import qcc
+
+    return [qcc_tool(t) for t in (list(targets) or qcc.targets())]
+
+
+def qcc_tool(target: str, method: str | None = None) -> Tool:
+    """Returns qcc for one target, ``qcc-<target>``, or ``qcc-<target>-<method>`` with ``-m <method>``."""
     from qcc.backends import get_backend
 
-    names = list(targets) or qcc.targets()
-    return [Tool(f"qcc-{t}", t, get_backend(t).spec.artifact_suffix) for t in names]
+    suffix = get_backend(target).spec.artifact_suffix
+    if method is None:
+        return Tool(f"qcc-{target}", target, suffix)
+    return Tool(f"qcc-{target}-{method}", target, suffix, options=("-m", method))
 
 
 def anchor_tool() -> Tool:
     """Returns the ORT anchor (baseline_ort.py: quantize_static QDQ U8S8, per-channel MinMax)."""
-    return Tool(ANCHOR, "ort", ".onnx")
+    return Tool(ANCHOR, "ort", ".onnx", Kind.ORT_ANCHOR)
+
+
+def modelopt_tools(python: Path = MODELOPT_PYTHON) -> list[Tool]:
+    """Returns the ModelOpt anchors of the trt target, run by ``python`` (baseline_modelopt.py, INT8).
+
+    ``anchor-modelopt`` uses ModelOpt's default entropy calibration, ``anchor-modelopt-max`` its max
+    calibration. When ``python`` does not exist, both carry a ``skip_reason`` naming the make target that
+    builds it.
+    """
+    skip = None
+    if not Path(python).exists():
+        skip = f"ModelOpt environment not built: make -C models venv-modelopt (no {python})"
+    common = {"target": "trt", "suffix": ".onnx", "kind": Kind.MODELOPT_ANCHOR, "python": Path(python)}
+    return [
+        Tool(MODELOPT_ANCHOR, **common, skip_reason=skip),
+        Tool(MODELOPT_ANCHOR_MAX, **common, options=("--calibration-method", "max"), skip_reason=skip),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- children
@@ -183,6 +236,27 @@ def _score_child(args: Sequence[str], log_stem: Path, timeout: float) -> tuple[d
 # ---------------------------------------------------------------------------------------------------- one model
 
 
+def _command(model: ZooModel, tool: Tool, artifact: Path, report: Path) -> list:
+    """The compile command of one tool on one model."""
+    if tool.kind is Kind.ORT_ANCHOR:
+        return [sys.executable, HERE / "baseline_ort.py", model.onnx, model.calib, artifact, *tool.options]
+    if tool.kind is Kind.MODELOPT_ANCHOR:
+        return [tool.python, HERE / "baseline_modelopt.py", model.onnx, model.calib, artifact, *tool.options]
+    return [
+        *(Path(sys.executable).with_name("qcc"), "compile", model.onnx, "--target", tool.target),
+        *("--calib", model.calib, "-o", artifact, "--report", report, *tool.options),
+    ]
+
+
+def _anchor_failure(stdout: Path) -> str | None:
+    """The ``failed`` field of an anchor's JSON result (baseline_modelopt.py exits 0 when modelopt raises)."""
+    try:
+        failed = json.loads(stdout.read_text()).get("failed")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return f"modelopt: {failed}"[:400] if failed else None
+
+
 def _compile(model: ZooModel, tool: Tool, work: Path, timeout: float) -> dict:
     """Compiles with one tool in a child process; returns the row (ok False + reason on failure)."""
     artifact = work / f"{tool.name}{tool.suffix}"
@@ -194,35 +268,24 @@ def _compile(model: ZooModel, tool: Tool, work: Path, timeout: float) -> dict:
         "artifact": os.fspath(artifact),
         "native_runtime": tool.target in NATIVE_RUNTIMES,
     }
-    if tool.is_anchor:
-        cmd = [sys.executable, HERE / "baseline_ort.py", model.onnx, model.calib, artifact]
-    else:
-        report = work / f"{tool.name}.report.json"
-        cmd = [
-            Path(sys.executable).with_name("qcc"),
-            "compile",
-            model.onnx,
-            "--target",
-            tool.target,
-            "--calib",
-            model.calib,
-            "-o",
-            artifact,
-            "--report",
-            report,
-        ]
+    if tool.skip_reason:
+        return {**row, "artifact": None, "compile": None, "ok": False, "stage": "skipped", "reason": tool.skip_reason}
+    report = work / f"{tool.name}.report.json"
+    stdout = work / f"{tool.name}.compile.out"
     # A scratch working directory: quant_pre_process leaves temp files (model-sized *.data) in it.
     with tempfile.TemporaryDirectory(dir=work, prefix=".compile.") as scratch:
-        child = run_child(cmd, work / f"{tool.name}.compile", timeout, cwd=Path(scratch))
+        child = run_child(
+            _command(model, tool, artifact, report), work / f"{tool.name}.compile", timeout, Path(scratch)
+        )
     row["compile"] = {"seconds": child.seconds, "peak_rss_mb": child.peak_rss_mb, "returncode": child.returncode}
     if child.reason is None and not artifact.is_file():
-        child.reason = "exit 0 but no artifact was written"
+        child.reason = _anchor_failure(stdout) or "exit 0 but no artifact was written"
     if child.reason:
         return {**row, "ok": False, "stage": "compile", "reason": child.reason}
     row["size_mb"] = round(artifact.stat().st_size / 1e6, 3)
     try:
         if tool.is_anchor:
-            row["anchor"] = json.loads(Path(f"{work / tool.name}.compile.out").read_text())
+            row["anchor"] = json.loads(stdout.read_text())
         else:
             row["qcc"] = _qcc_summary(json.loads(report.read_text()))
     except (OSError, ValueError, KeyError) as error:
@@ -313,6 +376,9 @@ def measure_model(
 
 
 def _log_row(step: str, row: dict) -> None:
+    if row["stage"] == "skipped":
+        logger.info("%s %s %s: skipped: %s", step, row["model"], row["tool"], row["reason"])
+        return
     if not row["ok"]:
         logger.warning("%s %s %s: FAILED at %s: %s", step, row["model"], row["tool"], row["stage"], row["reason"])
         return

@@ -5,7 +5,9 @@
 Runs in the zoo env (matplotlib lives there, not in the project env). Colour = model, marker = tool; a thin
 line joins a model's tools, so the step from the anchor to qcc reads as an arrow of sorts. Speed-up = fp32 ms /
 int8 ms at one thread (right of 1 means int8 is faster); fidelity = the model's headline metric (top-1
-agreement, box F1, mask IoU, ...; see report.md), int8 vs fp32.
+agreement, box F1, mask IoU, ...; see report.md), int8 vs fp32. Rows of a target without its runtime here (trt:
+qcc-trt, qcc-trt-entropy and the ModelOpt anchors, which ran in ORT as a stand-in) are left out: their speed-up
+would say nothing about TensorRT.
 """
 
 from __future__ import annotations

@@ -125,6 +125,70 @@ def test_bench_compares_qcc_with_the_anchor(models_dir, tmp_path):
     assert not (tmp_path / "fidelity_vs_speedup.png").exists()
 
 
+def test_bench_skips_the_modelopt_rows_without_its_env(models_dir, tmp_path):
+    missing = tmp_path / "no-venv-modelopt" / "bin" / "python"
+    args = ("--models-dir", models_dir, "--only", "tiny_cnn", "--target", "trt", "--repeats", 3, "--no-plot")
+    _run("bench.py", "--out", tmp_path / "bench", *args, "--modelopt-python", missing)
+    report = json.loads((tmp_path / "bench" / "report.json").read_text())
+    rows = {r["tool"]: r for r in report["rows"]}
+    assert list(rows) == ["anchor-ort", "qcc-trt", "anchor-modelopt", "anchor-modelopt-max", "qcc-trt-entropy"]
+    for name in ("anchor-modelopt", "anchor-modelopt-max"):
+        assert not rows[name]["ok"] and rows[name]["stage"] == "skipped"
+        assert rows[name]["reason"].startswith("ModelOpt environment not built: make -C models venv-modelopt")
+    for name in ("qcc-trt", "qcc-trt-entropy"):
+        assert rows[name]["ok"], rows[name]["reason"]
+    assert rows["qcc-trt-entropy"]["qcc"]["verify_ok"]
+    assert [(r["tool"], r["anchor"]) for r in report["ratios"]] == [("qcc-trt", "anchor-ort")]
+    markdown = (tmp_path / "bench" / "report.md").read_text()
+    assert "| tiny_cnn | anchor-modelopt | no (skipped) |" in markdown
+    assert "## Skipped" in markdown and "make -C models venv-modelopt" in markdown
+    assert "## Failures" not in markdown and "- not measured: no ModelOpt anchor ran" in markdown
+
+
+# Stands in for models/.venv-modelopt/bin/python: "quantizes" by copying the fp32 model and prints the JSON line
+# baseline_modelopt.py prints; with --calibration-method it reports a modelopt failure the way the script does.
+FAKE_MODELOPT = """#!/bin/sh
+exec {python} -c '
+import json, shutil, sys
+script, fp32, calib, out, *options = sys.argv[1:]
+if options:
+    print(json.dumps({{"precision": "int8", "calibration_method": "max", "failed": "ValueError: no max here"}}))
+else:
+    shutil.copyfile(fp32, out)
+    print(json.dumps({{"precision": "int8", "calibration_method": "entropy", "q": 0, "dq": 0}}))
+' "$@"
+"""
+
+
+def test_bench_compares_qcc_trt_with_the_modelopt_anchor(models_dir, tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_MODELOPT.format(python=sys.executable))
+    fake.chmod(0o755)
+    args = ("--models-dir", models_dir, "--only", "tiny_cnn", "--target", "trt", "--repeats", 3, "--no-plot")
+    _run("bench.py", "--out", tmp_path / "bench", *args, "--modelopt-python", fake)
+    report = json.loads((tmp_path / "bench" / "report.json").read_text())
+    rows = {r["tool"]: r for r in report["rows"]}
+    assert rows["anchor-modelopt"]["ok"] and rows["anchor-modelopt"]["headline"][1] > 0.999  # the fp32 copy
+    assert rows["anchor-modelopt"]["anchor"]["calibration_method"] == "entropy"
+    assert rows["anchor-modelopt"]["compile"]["peak_rss_mb"] > 0
+    max_row = rows["anchor-modelopt-max"]
+    assert not max_row["ok"] and max_row["reason"] == "modelopt: ValueError: no max here"
+    pairs = {(r["tool"], r["anchor"]): r for r in report["ratios"]}
+    assert set(pairs) == {
+        ("qcc-trt", "anchor-ort"),
+        ("qcc-trt", "anchor-modelopt"),
+        ("qcc-trt-entropy", "anchor-modelopt"),
+        ("qcc-trt", "anchor-modelopt-max"),
+    }
+    trt = pairs["qcc-trt", "anchor-modelopt"]
+    assert 0.95 < trt["fidelity"] <= 1.0 and trt["size MB"] > 0 and trt["int8 ms"] is None  # no TensorRT here
+    assert pairs["qcc-trt", "anchor-modelopt-max"]["fidelity"] is None
+    markdown = (tmp_path / "bench" / "report.md").read_text()
+    assert "## Geometric mean of qcc-trt / anchor-modelopt" in markdown
+    assert "| qcc-trt | anchor-modelopt | 1 |" in markdown and "| qcc-trt | anchor-modelopt-max |" not in markdown
+    assert "## Where qcc-trt is behind anchor-modelopt" in markdown
+
+
 @pytest.mark.parametrize(
     ("code", "reason", "min_rss_mb"),
     [
