@@ -83,6 +83,7 @@ def load(source: object, min_opset: int = MIN_OPSET) -> LoadedModel:
     _name_nodes(proto.graph)
     model = ir.serde.deserialize_model(proto)
     _check_quantizable(model, origin)
+    _check_no_nan_constants(model, origin)
     return LoadedModel(model=model, proto=proto, source=origin, original_opset=original_opset)
 
 
@@ -280,6 +281,18 @@ def _infer_shapes(proto: onnx.ModelProto, origin: str) -> onnx.ModelProto:
     except Exception as exc:  # noqa: BLE001 - inference bugs must not stop a valid model
         logger.warning("shape inference failed on %s (%s); continuing without it", origin, exc)
         return proto
+
+
+def _check_no_nan_constants(model: ir.Model, origin: str) -> None:
+    """NaN in a float constant is never meaningful (unlike -inf masks) and would poison every scale."""
+    for name, value in model.graph.initializers.items():
+        if value.const_value is None or value.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
+            continue
+        if np.isnan(value.const_value.numpy()).any():
+            raise UnsupportedModelError(
+                f"constant {name!r} of {origin} contains NaN values.",
+                "fix the exported weights (a NaN usually comes from a diverged training run or a bad export).",
+            )
 
 
 def _check_quantizable(model: ir.Model, origin: str) -> None:

@@ -138,3 +138,13 @@ def test_invalid_graph_is_named():
     model.graph.node[0].input[1] = "nowhere"
     with pytest.raises(qcc.ModelLoadError, match="not a valid ONNX model"):
         frontend.load(model)
+
+
+def test_nan_weights_are_refused_but_inf_masks_are_not():
+    nan = np.ones((4, 3), np.float32)
+    nan[1, 2] = np.nan
+    with pytest.raises(qcc.UnsupportedModelError, match="'w' .* NaN"):
+        frontend.load(build_model(TINY.replace("OPSET", "17"), constants={"w": nan}))
+    inf = np.ones((4, 3), np.float32)
+    inf[0, 0] = -np.inf
+    assert frontend.load(build_model(TINY.replace("OPSET", "17"), constants={"w": inf})).model is not None
