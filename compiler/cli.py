@@ -98,7 +98,7 @@ def compile(  # noqa: A001 - the subcommand's name
     method: Annotated[
         CalibrationMethod,
         typer.Option(
-            "--method", "-m", help="Activation clip ranges: minmax never clips; percentile/mse clip outliers."
+            "--method", "-m", help="Activation clip ranges: minmax never clips; percentile/mse/entropy clip outliers; auto tries each."
         ),
     ] = CalibrationMethod.MINMAX,
     weights: Annotated[

@@ -47,6 +47,8 @@ class Precision(str, enum.Enum):
 class CalibrationMethod(str, enum.Enum):
     """How an activation's clip range is chosen from its observed values (see passes/_clip_range.py)."""
 
+    AUTO = "auto"  # compile with each method below, keep the one closest to fp32 on the calibration data
+
     MINMAX = "minmax"  # the observed range: never clips (default)
     PERCENTILE = "percentile"  # each side clipped at its 99.99th percentile
     MSE = "mse"  # the range with the least expected squared quantization error

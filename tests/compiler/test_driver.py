@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import qcc
 from tests.conftest import build_model, random_feeds
@@ -59,3 +60,23 @@ def test_tensors_that_calibrate_to_inf_are_replanned_float():
     assert by_name["y"]["decision"] == "float" and "non-finite" in by_name["y"]["reason"]
     assert by_name["h"]["decision"] == "int8"
     assert result.report["verify"]["quantized_but_float"] == []
+
+
+def test_auto_method_compiles_each_method_and_keeps_the_closest():
+    from tests.e2e.synthetic import synthetic_model
+
+    model = synthetic_model("residual_cnn")
+    result = qcc.compile(model, calibration=random_feeds(model, 8), method="auto")
+    selection = result.report["method_selection"]
+    scores = selection["output_cosine"]
+    assert set(scores) == {"minmax", "percentile", "mse", "entropy"}
+    assert scores[selection["chosen"]] >= max(scores.values()) - 0.002
+    assert result.report["verify"]["ok"]
+
+
+def test_auto_method_needs_calibration_it_can_read_twice():
+    from tests.e2e.synthetic import synthetic_model
+
+    model = synthetic_model("mlp")
+    with pytest.raises(qcc.OptionError, match="read again"):
+        qcc.compile(model, calibration=iter(random_feeds(model, 4)), method="auto")
