@@ -98,7 +98,9 @@ def compile(  # noqa: A001 - the subcommand's name
     method: Annotated[
         CalibrationMethod,
         typer.Option(
-            "--method", "-m", help="Activation clip ranges: minmax never clips; percentile/mse/entropy clip outliers; auto tries each."
+            "--method",
+            "-m",
+            help="Activation clip ranges: minmax never clips; percentile/mse/entropy clip outliers; auto tries each.",
         ),
     ] = CalibrationMethod.MINMAX,
     weights: Annotated[
