@@ -1,0 +1,121 @@
+"""Generates the bad-input corpus: models and calibration files that are wrong in one way each.
+
+``python tests/bad_inputs.py DIR`` writes the corpus to DIR (no blobs are committed); the tests
+call :func:`write_corpus`. Each case names what qcc must do: ``error`` (exit 2, one line naming the
+problem) or ``compile`` (the right answer is a working artifact).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+X = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8])
+Y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8])
+
+
+def _model(nodes, inits, opset=17, ir_version=8, inputs=(X,), outputs=(Y,), extra_opsets=()) -> onnx.ModelProto:
+    graph = h.make_graph(nodes, "g", list(inputs), list(outputs), inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset), *extra_opsets])
+    model.ir_version = ir_version
+    return model
+
+
+def _weight(value: float | None = None) -> np.ndarray:
+    w = np.random.default_rng(0).normal(0, 0.3, (8, 8)).astype(np.float32)
+    if value is not None:
+        w[2, 3] = value
+    return w
+
+
+def write_corpus(folder: Path) -> dict[str, tuple[Path, Path, str]]:
+    """Writes every case; returns name -> (model path, calibration path, expected outcome)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = _model([h.make_node("MatMul", ["x", "w"], ["y"])], [nh.from_array(_weight(), "w")])
+    calib = folder / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(1).normal(size=(8, 1, 8)).astype(np.float32))
+    cases: dict[str, tuple[onnx.ModelProto | bytes | None, str, str | None]] = {
+        "empty_file": (b"", "error", None),
+        "random_bytes": (np.random.default_rng(2).bytes(4096), "error", None),
+        "truncated": (good.SerializeToString()[:-20], "error", None),
+        "tensor_not_model": (nh.from_array(_weight(), "w").SerializeToString(), "error", None),
+        "nan_weights": (
+            _model([h.make_node("MatMul", ["x", "w"], ["y"])], [nh.from_array(_weight(np.nan), "w")]),
+            "error",
+            None,
+        ),
+        "inf_weights": (
+            _model([h.make_node("MatMul", ["x", "w"], ["y"])], [nh.from_array(_weight(np.inf), "w")]),
+            "compile",
+            None,
+        ),
+        "custom_domain_op": (
+            _model(
+                [h.make_node("MatMul", ["x", "w"], ["t"]), h.make_node("Foo", ["t"], ["y"], domain="com.acme")],
+                [nh.from_array(_weight(), "w")],
+                extra_opsets=[h.make_opsetid("com.acme", 1)],
+            ),
+            "error",
+            None,
+        ),
+        "opset_9": (
+            _model(
+                [h.make_node("MatMul", ["x", "w"], ["t"]), h.make_node("Relu", ["t"], ["y"])],
+                [nh.from_array(_weight(), "w")],
+                opset=9,
+                ir_version=4,
+            ),
+            "compile",
+            None,
+        ),
+        "future_opset": (
+            _model([h.make_node("MatMul", ["x", "w"], ["y"])], [nh.from_array(_weight(), "w")], opset=99),
+            "error",
+            None,
+        ),
+        "empty_graph": (_model([], [], outputs=()), "error", None),
+        "constant_activation": (
+            _model(
+                [h.make_node("Mul", ["x", "zero"], ["z"]), h.make_node("MatMul", ["z", "w"], ["y"])],
+                [nh.from_array(_weight(), "w"), nh.from_array(np.zeros((1, 8), np.float32), "zero")],
+            ),
+            "compile",
+            None,
+        ),
+        "calib_zero_samples": (good, "error", "zero"),
+        "calib_wrong_rank": (good, "error", "rank"),
+        "calib_int_dtype": (good, "error", "int"),
+        "calib_inf": (good, "error", "inf"),
+        "calib_missing_input": (good, "error", "missing"),
+        "calib_not_npz": (good, "error", "text"),
+    }
+    bad_calib = {
+        "zero": {"x": np.zeros((0, 1, 8), np.float32)},
+        "rank": {"x": np.zeros((4, 8), np.float32)[None]},
+        "int": {"x": np.ones((4, 1, 8), np.int32)},
+        "inf": {"x": np.full((4, 1, 8), np.inf, np.float32)},
+        "missing": {"image": np.zeros((4, 1, 8), np.float32)},
+    }
+    written = {}
+    for name, (model, outcome, calib_kind) in cases.items():
+        path = folder / f"{name}.onnx"
+        path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
+        data = calib
+        if calib_kind == "text":
+            data = folder / f"{name}.npz"
+            data.write_text("not a zip archive\n")
+        elif calib_kind is not None:
+            data = folder / f"{name}.npz"
+            np.savez(data, **bad_calib[calib_kind])
+        written[name] = (path, data, outcome)
+    return written
+
+
+if __name__ == "__main__":
+    for name, (model, data, outcome) in write_corpus(Path(sys.argv[1])).items():
+        print(f"{name}: {model.name} with {data.name} -> {outcome}")
