@@ -20,7 +20,7 @@ import onnx_ir.passes.common as common
 
 from qcc.annotations import Decision, Role, TensorQuant, get_decision, get_quant, quantized_values, set_quant
 from qcc.errors import BackendError
-from qcc.irutils import NameAllocator, remove_node_bypassing
+from qcc.irutils import NameAllocator, add_initializer, remove_node_bypassing
 from qcc.optable import quantizable_inputs
 from qcc.quantmath import quantize
 from qcc.runtime import MAX_ORT_IR_VERSION
@@ -76,20 +76,11 @@ def _remove_absorbed(graph: ir.Graph) -> None:
 
 
 def _params(graph: ir.Graph, base: str, quant: TensorQuant, names: NameAllocator) -> tuple[ir.Value, ir.Value]:
-    scale = _initializer(graph, names.new(f"{base}_scale"), quant.scale.astype("float32"))
-    zero_point = _initializer(graph, names.new(f"{base}_zero_point"), quant.zero_point.astype(quant.dtype.numpy()))
-    return scale, zero_point
-
-
-def _initializer(graph: ir.Graph, name: str, array) -> ir.Value:
-    value = ir.Value(
-        name=name,
-        shape=ir.Shape(array.shape),
-        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        const_value=ir.tensor(array, name=name),
+    scale = add_initializer(graph, names.new(f"{base}_scale"), quant.scale.astype("float32"), exact=True)
+    zero_point = add_initializer(
+        graph, names.new(f"{base}_zero_point"), quant.zero_point.astype(quant.dtype.numpy()), exact=True
     )
-    graph.register_initializer(value)
-    return value
+    return scale, zero_point
 
 
 def _axis_attrs(quant: TensorQuant) -> dict[str, int]:
@@ -100,13 +91,13 @@ def _axis_attrs(quant: TensorQuant) -> dict[str, int]:
 
 def _dequantize_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: NameAllocator) -> ir.Node:
     base = value.name
-    data = quantize(
-        value.const_value.numpy(), quant.scale, quant.zero_point, quant.axis, quant.dtype, quant.block_size
-    )
-    q_value = _initializer(graph, names.new(f"{base}_quantized"), data)
+    data = quantize(value.const_value.numpy(), quant.scale, quant.zero_point, quant.axis, quant.dtype, quant.block_size)
+    q_value = add_initializer(graph, names.new(f"{base}_quantized"), data, exact=True)
     scale, zero_point = _params(graph, base, quant, names)
     dq = ir.node(
-        "DequantizeLinear", [q_value, scale, zero_point], attributes=_axis_attrs(quant),
+        "DequantizeLinear",
+        [q_value, scale, zero_point],
+        attributes=_axis_attrs(quant),
         name=names.new(f"{base}_DequantizeLinear"),
     )
     _rewire_int8_uses(value, dq.outputs[0], names, base)
@@ -116,12 +107,20 @@ def _dequantize_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, n
 def _qdq_constant(graph: ir.Graph, value: ir.Value, quant: TensorQuant, names: NameAllocator) -> list[ir.Node]:
     base = value.name
     scale, zero_point = _params(graph, base, quant, names)
-    q = ir.node("QuantizeLinear", [value, scale, zero_point], attributes=_axis_attrs(quant),
-                name=names.new(f"{base}_QuantizeLinear"))
+    q = ir.node(
+        "QuantizeLinear",
+        [value, scale, zero_point],
+        attributes=_axis_attrs(quant),
+        name=names.new(f"{base}_QuantizeLinear"),
+    )
     q.outputs[0].name = names.new(f"{base}_quantized")
     q.outputs[0].type, q.outputs[0].shape = ir.TensorType(quant.dtype), value.shape
-    dq = ir.node("DequantizeLinear", [q.outputs[0], scale, zero_point], attributes=_axis_attrs(quant),
-                 name=names.new(f"{base}_DequantizeLinear"))
+    dq = ir.node(
+        "DequantizeLinear",
+        [q.outputs[0], scale, zero_point],
+        attributes=_axis_attrs(quant),
+        name=names.new(f"{base}_DequantizeLinear"),
+    )
     _rewire_int8_uses(value, dq.outputs[0], names, base)
     return [q, dq]
 
@@ -165,8 +164,6 @@ def _insert_qdq(
         front.extend([q, dq])
     else:
         graph.insert_after(producer, [q, dq])
-
-
 
 
 def serialize_qdq(model: ir.Model, target: str) -> onnx.ModelProto:

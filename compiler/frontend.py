@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from qcc.data import InputSpec
 from qcc.errors import ModelLoadError, UnsupportedModelError
+from qcc.irutils import is_float
 
 logger = logging.getLogger(__name__)
 
@@ -296,13 +297,10 @@ def _check_no_nan_constants(model: ir.Model, origin: str) -> None:
 
 
 def _check_quantizable(model: ir.Model, origin: str) -> None:
-    from qcc.irutils import is_float
-
     if any(is_float(v) for v in model.graph.initializers.values()):
         return
-    for node in model.graph.all_nodes() if hasattr(model.graph, "all_nodes") else model.graph:
-        if any(is_float(v) for v in node.outputs):
-            return
+    if any(is_float(v) for node in model.graph for v in node.outputs):
+        return
     raise UnsupportedModelError(
         f"{origin} has no float tensors, so there is nothing to quantize.",
         "pass the float (fp32/fp16) model, not an already-quantized or integer-only one.",

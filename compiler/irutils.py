@@ -37,25 +37,28 @@ def attr_float(node: ir.Node, name: str, default: float) -> float:
     return default if attr is None else attr.as_float()
 
 
-def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """Adds a constant to the graph under a name not used yet, and returns its value."""
-    unique = unique_name(graph, name)
-    value = ir.Value(name=unique, const_value=ir.tensor(array, name=unique))
-    value.shape = ir.Shape(array.shape)
-    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray, *, exact: bool = False) -> ir.Value:
+    """Adds a constant to the graph and returns its value.
+
+    Args:
+        graph: the graph.
+        name: the name, made unique first unless ``exact`` (the caller already reserved it).
+        array: the contents.
+    """
+    name = name if exact else unique_name(graph, name)
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
     graph.register_initializer(value)
     return value
 
 
 def unique_name(graph: ir.Graph, base: str) -> str:
-    """Returns ``base`` or ``base_N``, whichever is not yet a value name in the graph."""
-    taken = _value_names(graph)
-    if base not in taken:
-        return base
-    i = 1
-    while f"{base}_{i}" in taken:
-        i += 1
-    return f"{base}_{i}"
+    """Returns ``base`` or ``base_N``, whichever is not yet a value or node name in the graph."""
+    return NameAllocator(graph).new(base)
 
 
 class NameAllocator:

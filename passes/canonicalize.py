@@ -28,7 +28,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnx.reference import ReferenceEvaluator
 
-from qcc.irutils import const_array, default_opset, remove_node_bypassing, unique_name
+from qcc.irutils import add_initializer, const_array, default_opset, remove_node_bypassing, unique_name
 from qcc.passes._base import QccPass
 
 logger = logging.getLogger(__name__)
@@ -115,12 +115,7 @@ def _spatial_mean_to_global_pool(graph: ir.Graph, node: ir.Node, opset: int) -> 
     result.name = unique_name(graph, f"{node.name}_pooled")
     keepdims = node.attributes.get("keepdims")
     if keepdims is not None and keepdims.as_int() == 0:
-        shape = ir.Value(
-            name=f"{node.name}_shape", shape=ir.Shape([2]), type=ir.TensorType(ir.DataType.INT64),
-            const_value=ir.tensor(np.array([0, -1], dtype=np.int64), name=f"{node.name}_shape"),
-        )
-        shape.name = unique_name(graph, shape.name)
-        graph.register_initializer(shape)
+        shape = add_initializer(graph, f"{node.name}_shape", np.array([0, -1], dtype=np.int64))
         reshape = ir.node("Reshape", [result, shape], name=f"{node.name}_flatten")
         graph.insert_before(node, reshape)
         result.shape = ir.Shape([x.shape[0], x.shape[1], 1, 1])

@@ -18,6 +18,7 @@ The annotations are PLANNED; later passes fill in ranges and parameters.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -134,7 +135,10 @@ class PlanPass(QccPass):
 
     def _annotate_tensors(self, graph: ir.Graph) -> None:
         spec = self.ctx.target
-        act = TensorQuantFactory(self.ctx.activation_dtype, spec.symmetric_activations)
+        # A fresh PLANNED per-tensor activation annotation of the target's scheme, per call.
+        new_activation = functools.partial(
+            TensorQuant, Role.ACTIVATION, self.ctx.activation_dtype, spec.symmetric_activations
+        )
         per_channel = self.ctx.options.per_channel
         for node in graph:
             decision = get_decision(node)
@@ -147,10 +151,10 @@ class PlanPass(QccPass):
                     if _fused_input(value) or value is None or value.const_value is not None or not is_float(value):
                         continue
                     if not is_quantized(value):
-                        set_quant(value, act.make())
+                        set_quant(value, new_activation())
                 out = node.outputs[0]
                 if not _absorbed_by_consumer(out) and self._output_quantized(node, out):
-                    set_quant(out, act.make())
+                    set_quant(out, new_activation())
                 continue
             for i in quantizable_inputs(node):
                 value = node.inputs[i]
@@ -167,15 +171,14 @@ class PlanPass(QccPass):
                     if spec.bias_int32:
                         set_quant(value, TensorQuant(Role.BIAS, ir.DataType.INT32, True, 0 if per_channel else None))
                 elif not is_quantized(value):
-                    set_quant(value, act.make())
+                    set_quant(value, new_activation())
             for out in node.outputs:
                 if _absorbed_by_consumer(out) or not self._output_quantized(node, out):
                     continue
-                quant = act.make()
+                quant = new_activation()
                 if node.op_type in spec.shared_scale_ops:
                     quant.shared_with = node.inputs[0].name
                 set_quant(out, quant)
-
 
     def _plan_weight_only(self, graph: ir.Graph) -> None:
         """INT4: only constant 2-D MatMul/Gemm weights are quantized, in blocks along K."""
@@ -207,18 +210,6 @@ class PlanPass(QccPass):
             if decision is not None and decision.decision == Decision.INT8 and use.idx in quantizable_inputs(use.node):
                 return True
         return False
-
-
-class TensorQuantFactory:
-    """Makes fresh activation annotations of one scheme."""
-
-    def __init__(self, dtype: ir.DataType, symmetric: bool) -> None:
-        self.dtype = dtype
-        self.symmetric = symmetric
-
-    def make(self) -> TensorQuant:
-        """Returns a new PLANNED per-tensor activation annotation."""
-        return TensorQuant(Role.ACTIVATION, self.dtype, self.symmetric)
 
 
 def _compute_reason(node: ir.Node) -> str | None:
