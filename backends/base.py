@@ -56,6 +56,7 @@ class TargetSpec:
         rule_ops: ops that only the target's ``decide()`` rule may quantize or fuse (TensorRT's
             residual Add); when the rule declines, they stay float with the rule's reason.
         precisions: number formats the target accepts (``--precision``).
+        dynamic: the target runs ``--dynamic`` models (activations quantized at run time).
     """
 
     name: str
@@ -74,6 +75,7 @@ class TargetSpec:
     shared_group_ops: frozenset[str] = frozenset()
     rule_ops: frozenset[str] = frozenset()
     precisions: frozenset[str] = frozenset({"int8"})
+    dynamic: bool = False
 
     def activation_dtype(self, options: CompileOptions) -> ir.DataType:
         """Returns the type of quantized activations for these options (resolves ``auto``)."""
@@ -105,6 +107,13 @@ class TargetSpec:
                 f"target {self.name} does not support precision {options.precision.value}.",
                 f"use one of {', '.join(sorted(self.precisions))}.",
             )
+        if options.dynamic and not self.dynamic:
+            raise OptionError(
+                f"target {self.name} has no dynamic (run-time) activation quantization.",
+                "drop --dynamic, or use --target ort.",
+            )
+        if options.dynamic and options.precision != Precision.INT8:
+            raise OptionError("--dynamic quantizes to int8.", "drop --precision or --dynamic.")
 
     def default_activation_dtype(self) -> ir.DataType:
         """The activation type ``auto`` resolves to on this host."""

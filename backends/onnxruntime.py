@@ -22,12 +22,13 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from qcc.backends._dynamic import materialize_dynamic
 from qcc.backends._fidelity import OutputFidelity
 from qcc.backends._qdq import materialize_qdq, serialize_qdq
 from qcc.backends.base import Artifact, Backend, TargetSpec
 from qcc.context import PassContext
 from qcc.data import Feed
-from qcc.options import WeightStorage, host_is_arm
+from qcc.options import CompileOptions, Precision, WeightStorage, host_is_arm
 from qcc.runtime import session
 
 INTEGER_KERNELS = frozenset(
@@ -42,6 +43,10 @@ class OrtSpec(TargetSpec):
 
     def default_activation_dtype(self) -> ir.DataType:
         return ir.DataType.INT8 if host_is_arm() else ir.DataType.UINT8
+
+    def min_opset(self, options: CompileOptions) -> int:
+        # DequantizeLinear with int4 blocks (block_size) is opset 21.
+        return 21 if options.precision == Precision.INT4 else 13
 
 
 ORT_SPEC = OrtSpec(
@@ -60,6 +65,8 @@ ORT_SPEC = OrtSpec(
     symmetric_activations=False,
     bias_int32=True,
     artifact_suffix=".onnx",
+    dynamic=True,
+    precisions=frozenset({"int8", "int4"}),
 )
 
 
@@ -69,6 +76,8 @@ class OrtBackend(Backend):
     spec = ORT_SPEC
 
     def emit(self, model: ir.Model, ctx: PassContext) -> Artifact:
+        if ctx.options.dynamic:
+            model = materialize_dynamic(model)
         qdq = materialize_qdq(
             model,
             keep_fused_activations=self.spec.keep_fused_activation_nodes,

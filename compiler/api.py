@@ -26,6 +26,7 @@ def compile(  # noqa: A001 - the public name users expect
     precision: str = "int8",
     io: str = "float",
     nhwc_io: bool = False,
+    dynamic: bool = False,
     progress: Progress = no_progress,
 ) -> CompileResult:
     """Compiles a float ONNX model into an int8 model for one runtime.
@@ -47,6 +48,8 @@ def compile(  # noqa: A001 - the public name users expect
         nhwc_io: NHWC 4-D inputs and outputs instead of the model's NCHW (``tflite``).
         weights: ``"auto"``, ``"int8"`` (int8 initializers, smaller) or ``"qdq"`` (float behind Q->DQ).
         precision: ``"int8"``, or ``"fp8"`` (E4M3; ``trt`` only).
+        dynamic: int8 MatMul/Gemm weights, activations quantized at run time (``ort``);
+            ``calibration`` may then be None (it is only used to verify).
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -69,5 +72,6 @@ def compile(  # noqa: A001 - the public name users expect
         precision=precision,
         io=io,
         nhwc_io=nhwc_io,
+        dynamic=dynamic,
     )
     return compile_model(model, calibration, options, progress)

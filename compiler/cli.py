@@ -77,8 +77,11 @@ def compile(  # noqa: A001 - the subcommand's name
         Path, typer.Option("--output", "-o", help="Where to write the int8 artifact.", show_default=False)
     ],
     calib: Annotated[
-        Path, typer.Option("--calib", "-c", help="Calibration data (.npz, see `qcc --help`).", show_default=False)
-    ],
+        Optional[Path],
+        typer.Option(
+            "--calib", "-c", help="Calibration data (.npz, see `qcc --help`); --dynamic needs none.", show_default=False
+        ),
+    ] = None,
     target: Annotated[str, typer.Option("--target", "-t", help="Runtime to compile for (see `qcc targets`).")] = "ort",
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the JSON report here.")] = None,
     exclude: Annotated[
@@ -110,8 +113,15 @@ def compile(  # noqa: A001 - the subcommand's name
         ),
     ] = WeightStorage.AUTO,
     precision: Annotated[
-        Precision, typer.Option("--precision", help="int8, or fp8 (E4M3, opset 19; trt only).")
+        Precision,
+        typer.Option("--precision", help="int8; fp8 (E4M3, opset 19; trt); int4 (weight-only MatMul/Gemm; trt, ort)."),
     ] = Precision.INT8,
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic", help="ort: int8 MatMul/Gemm weights, activations quantized at run time (transformers)."
+        ),
+    ] = False,
     calib_cache: Annotated[
         Optional[Path],
         typer.Option("--calib-cache", help="trt only: also write TensorRT's implicit-INT8 calibration cache here."),
@@ -135,20 +145,23 @@ def compile(  # noqa: A001 - the subcommand's name
       qcc compile resnet.onnx -t ort -c calib.npz -o resnet.int8.onnx
 
       qcc compile bert.onnx -t ort -c calib.npz -o bert.int8.onnx --exclude Softmax --report r.json
+
+      qcc compile bert.onnx -t ort --dynamic -o bert.int8.onnx   (no calibration data needed)
     """
     _setup_logging(verbose)
     from qcc.driver import compile_model
 
     try:
-        check_output_path(output, inputs=(model, calib))
+        inputs = (model,) if calib is None else (model, calib)
+        check_output_path(output, inputs=inputs)
         if report is not None:
-            check_output_path(report, inputs=(model, calib, output))
+            check_output_path(report, inputs=(*inputs, output))
         if calib_cache is not None:
             if target != "trt" or precision != Precision.INT8:
                 raise OptionError(
                     "--calib-cache is TensorRT's implicit-INT8 calibration cache.", "use it with --target trt, int8."
                 )
-            check_output_path(calib_cache, inputs=(model, calib, output))
+            check_output_path(calib_cache, inputs=(*inputs, output))
         options = CompileOptions(
             target=target,
             per_channel=not per_tensor,
@@ -162,6 +175,7 @@ def compile(  # noqa: A001 - the subcommand's name
             method=method,
             io=io,
             nhwc_io=nhwc_io,
+            dynamic=dynamic,
         )
         with Progress(
             TextColumn("{task.description:<10}"),
@@ -171,7 +185,8 @@ def compile(  # noqa: A001 - the subcommand's name
             console=_err,
             transient=True,
         ) as bar:
-            result = compile_model(str(model), str(calib), options, progress=_ProgressBar(bar))
+            source = None if calib is None else str(calib)
+            result = compile_model(str(model), source, options, progress=_ProgressBar(bar))
         result.save(output, report)
         if calib_cache is not None:
             from qcc.backends.tensorrt import calibration_cache
@@ -203,7 +218,10 @@ def _print_summary(report: dict, output: Path) -> None:
             facts.append(f"{len(verify['quantized_but_float'])} quantized nodes left in float")
         if "tensorrt_rules" in verify:
             facts.append(f"{verify['tensorrt_rules']['errors']} TensorRT rule errors")
-        facts.append(f"output cosine >= {min(cosines):.4f} on {verify['fidelity']['samples']} samples")
+        if cosines:
+            facts.append(f"output cosine >= {min(cosines):.4f} on {verify['fidelity']['samples']} samples")
+        else:
+            facts.append("outputs not compared (no calibration samples)")
         _out.print(f"verify {status} in {verify['runtime']}: " + ", ".join(facts))
     _out.print(f"wrote {output} ({os.path.getsize(output) / 1e6:.2f} MB) in {report['timings']['total']:.1f} s")
 

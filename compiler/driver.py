@@ -87,9 +87,14 @@ def compile_model(
     backend.spec.check_options(options)
     loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
     timings["load"] = time.perf_counter() - start
-    if calibration is None:
-        raise QccError("calibration data is required.", "pass --calib data.npz (or calibration=... in Python).")
-    data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
+    if calibration is None and options.needs_calibration:
+        raise QccError(
+            "calibration data is required.",
+            "pass --calib data.npz (or calibration=... in Python); --dynamic needs none.",
+        )
+    data = None
+    if calibration is not None:
+        data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
     keep_float: dict[str, str] = {}
     pristine = loaded.model.clone()
     for _attempt in range(MAX_REPLANS + 1):
@@ -115,9 +120,11 @@ def compile_model(
         progress("verify", 0, 1)
         planned = frozenset(
             n.name for n in loaded.model.graph
-            if n.op_type in backend.spec.compute_ops and getattr(get_decision(n), "decision", None) == Decision.INT8
+            if n.op_type in backend.spec.compute_ops
+            and getattr(get_decision(n), "decision", None) in (Decision.INT8, Decision.WEIGHT_ONLY)
         )
-        verify = backend.verify(artifact, loaded.proto, data.head(VERIFY_SAMPLES), planned_int8=planned)
+        samples = data.head(VERIFY_SAMPLES) if data is not None else []
+        verify = backend.verify(artifact, loaded.proto, samples, planned_int8=planned)
         progress("verify", 1, 1)
         timings["verify"] = time.perf_counter() - stamp
     timings["total"] = time.perf_counter() - start

@@ -72,6 +72,8 @@ class CompileOptions:
         precision: int8 everywhere, or fp8 (E4M3) for targets that support it (``trt``).
         io: float or int8 model inputs and outputs (``tflite``; other targets ignore it).
         nhwc_io: 4-D inputs and outputs are NHWC in the artifact (``tflite``), not the model's NCHW.
+        dynamic: int8 MatMul/Gemm weights with activations quantized at run time (``ort``); no
+            calibration needed, the rest of the model stays float.
     """
 
     target: str = "ort"
@@ -86,6 +88,7 @@ class CompileOptions:
     precision: Precision = Precision.INT8
     io: IoType = IoType.FLOAT
     nhwc_io: bool = False
+    dynamic: bool = False
 
     def __post_init__(self) -> None:
         for name, kind in _ENUM_FIELDS.items():
@@ -104,6 +107,11 @@ class CompileOptions:
                 f"max_calibration_samples={self.max_calibration_samples} must be at least 1.",
                 "pass a positive number or None for all samples.",
             )
+
+    @property
+    def needs_calibration(self) -> bool:
+        """False when no activation gets a calibrated range (``dynamic``, weight-only ``int4``)."""
+        return not (self.dynamic or self.precision == Precision.INT4)
 
     @classmethod
     def from_kwargs(cls, **kwargs: object) -> CompileOptions:

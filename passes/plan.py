@@ -47,6 +47,9 @@ class PlanPass(QccPass):
         if self.ctx.options.precision == Precision.INT4:
             self._plan_weight_only(graph)
             return ir.passes.PassResult(model, True)
+        if self.ctx.options.dynamic:
+            self._plan_dynamic(graph)
+            return ir.passes.PassResult(model, True)
         spec = self.ctx.target
         excluded = set(self.ctx.options.exclude)
         pending: list[ir.Node] = []
@@ -200,6 +203,24 @@ class PlanPass(QccPass):
             set_decision(node, Decision.WEIGHT_ONLY, f"int4 weight blocks of {block} along K; computes in float")
             set_quant(weight, TensorQuant(Role.WEIGHT, ir.DataType.INT4, True, k_axis, block_size=block))
 
+    def _plan_dynamic(self, graph: ir.Graph) -> None:
+        """``--dynamic``: constant MatMul/Gemm weights int8; activations are quantized at run time."""
+        excluded = set(self.ctx.options.exclude)
+        for node in graph:
+            if node.name in excluded or node.op_type in excluded:
+                reason = "excluded by the user (--exclude)"
+            elif node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+                reason = "--dynamic quantizes only MatMul/Gemm weights; the rest runs float"
+            else:
+                reason = _dynamic_reason(node)
+            if reason is not None:
+                set_decision(node, Decision.FLOAT, reason)
+                continue
+            set_decision(node, Decision.INT8, "int8 weight; its input is quantized at run time (--dynamic)")
+            weight = node.inputs[WEIGHT_INPUT]
+            axis = weight_axis(node) % 2 if self.ctx.options.per_channel else None
+            set_quant(weight, TensorQuant(Role.WEIGHT, ir.DataType.INT8, True, axis))
+
     def _output_quantized(self, node: ir.Node, out: ir.Value) -> bool:
         """Whether an int8 or fused node's output is quantized under the target's output policy."""
         spec = self.ctx.target
@@ -251,6 +272,22 @@ def _weight_only_reason(node: ir.Node) -> str | None:
     k_axis = 1 if node.op_type == "Gemm" and attr_int(node, "transB", 0) == 1 else 0
     if _block_size(array.shape[k_axis]) is None:
         return f"K={array.shape[k_axis]} is not a multiple of 16, the smallest int4 block"
+    return None
+
+
+def _dynamic_reason(node: ir.Node) -> str | None:
+    array = const_array(node.inputs[WEIGHT_INPUT]) if len(node.inputs) > WEIGHT_INPUT else None
+    if array is None or array.dtype != np.float32 or array.ndim != 2:
+        return "--dynamic needs a constant 2-D float32 weight (activation x activation stays float)"
+    if not np.all(np.isfinite(array)):
+        return f"constant {node.inputs[WEIGHT_INPUT].name!r} holds NaN or Inf"
+    if node.inputs[0].dtype not in (ir.DataType.FLOAT, None) or node.inputs[0].const_value is not None:
+        return "operates on non-float32 tensors"
+    if node.op_type == "Gemm" and attr_int(node, "transA", 0):
+        return "Gemm with transA=1"
+    bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
+    if bias is not None and (const_array(bias) is None or const_array(bias).ndim != 1):
+        return "Gemm bias is not a 1-D constant"
     return None
 
 

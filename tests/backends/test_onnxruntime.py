@@ -6,7 +6,7 @@ import pytest
 
 import qcc
 from qcc.options import host_is_arm
-from tests.conftest import build_model, random_feeds
+from tests.conftest import build_model, cosine, random_feeds, run
 from tests.e2e.synthetic import synthetic_model
 
 
@@ -114,3 +114,72 @@ def test_constant_zero_activation_gets_a_finite_scale():
     scales = [np.asarray(t["scale"]) for t in result.report["tensors"].values()]
     assert all(np.all(np.isfinite(s)) and np.all(s > 0) for s in scales)
     assert result.report["verify"]["fidelity"]["finite"]
+
+
+_DYNAMIC = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[2,16,32] x, float[32,64] w1, float[48,64] w2, float[48] b2, int64[2] flat)
+  => (float[32,48] y, float[2,16,16] att) {
+ h = MatMul(x, w1)
+ r = Relu(h)
+ f = Reshape(r, flat)
+ y = Gemm<transB=1, alpha=0.5, beta=2.0>(f, w2, b2)
+ t = Transpose<perm=[0,2,1]>(x)
+ att = MatMul(x, t)
+}
+"""
+
+
+def _dynamic_model():
+    return build_model(_DYNAMIC, constants={"flat": np.array([32, 64], np.int64)})
+
+
+def test_dynamic_mode_needs_no_data_and_runs_dynamic_quantize_matmul_kernels():
+    from qcc.backends.onnxruntime import fusion_census
+
+    model = _dynamic_model()
+    result = qcc.compile(model, target="ort", dynamic=True)  # no calibration data
+    decisions = {n["name"] or n["op_type"]: n for n in result.report["nodes"]}
+    by_op = {n["op_type"]: n["decision"] for n in decisions.values() if n["op_type"] != "MatMul"}
+    assert by_op["Gemm"] == "int8" and by_op["Relu"] == "float"
+    matmuls = sorted(n["decision"] for n in decisions.values() if n["op_type"] == "MatMul")
+    assert matmuls == ["float", "int8"]  # the activation x activation MatMul stays float
+    census, float_compute = fusion_census(result.artifact.data)
+    assert census["DynamicQuantizeMatMul"] + census["MatMulIntegerToFloat"] == 2, census
+    assert len(float_compute) == 1  # only the activation x activation MatMul
+    feeds = random_feeds(model, 4, seed=5)
+    for feed in feeds:
+        expected, got = run(model, feed), run(result.model, feed)
+        for e, g in zip(expected, got, strict=True):
+            assert cosine(e, g) > 0.999
+    assert result.report["verify"]["ok"] and result.report["verify"]["fidelity"]["samples"] == 0
+
+
+def test_dynamic_mode_verifies_on_calibration_samples_when_given():
+    model = _dynamic_model()
+    result = qcc.compile(model, target="ort", calibration=random_feeds(model, 4), dynamic=True)
+    verify = result.report["verify"]
+    assert verify["ok"] and verify["fidelity"]["samples"] == 4
+    assert min(o["cosine_min"] for o in verify["fidelity"]["outputs"].values()) > 0.999
+
+
+@pytest.mark.parametrize("target", ["trt", "tflite"])
+def test_dynamic_mode_is_refused_by_static_targets(target):
+    model = _dynamic_model()
+    with pytest.raises(qcc.OptionError, match="dynamic"):
+        qcc.compile(model, target=target, calibration=random_feeds(model, 2), dynamic=True)
+
+
+def test_int4_weight_only_matmul_becomes_matmul_nbits():
+    from qcc.backends.onnxruntime import fusion_census
+
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,8,256] x, float[256,128] w) => (float[1,8,128] y) {
+ y = MatMul(x, w)
+}
+"""
+    model = build_model(text)
+    result = qcc.compile(model, target="ort", precision="int4")
+    census, float_compute = fusion_census(result.artifact.data)
+    assert census["MatMulNBits"] == 1 and not float_compute
+    feed = random_feeds(model, 1, seed=2)[0]
+    assert cosine(run(model, feed)[0], run(result.model, feed)[0]) > 0.99

@@ -130,3 +130,23 @@ def test_check_rejects_an_ort_uint8_model(model_and_calib, tmp_path):
     )
     proc = qcc_run("check", "--target", "trt", str(out))
     assert proc.returncode == 1 and "zero-point" in proc.stdout
+
+
+def test_dynamic_compile_needs_no_calibration_file(tmp_path):
+    model = synthetic_model("transformer_block")
+    onnx.save(model, tmp_path / "m.onnx")
+    out = tmp_path / "out.onnx"
+    proc = qcc_run("compile", str(tmp_path / "m.onnx"), "--dynamic", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "verify ok" in proc.stdout and "not compared" in proc.stdout
+    kinds = {n.op_type for n in onnx.load(out).graph.node}
+    assert "DynamicQuantizeLinear" in kinds and "MatMulInteger" in kinds
+
+
+def test_static_compile_without_calibration_is_a_one_line_error(tmp_path):
+    model = synthetic_model("residual_cnn")
+    onnx.save(model, tmp_path / "m.onnx")
+    proc = qcc_run("compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: calibration data is required") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.onnx").exists()
