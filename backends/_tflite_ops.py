@@ -14,7 +14,10 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
+from qcc.backends._tflite_ops_data import LOWERINGS as DATA_LOWERINGS
+from qcc.backends._tflite_ops_data import reduce_axes
 from qcc.backends._tflite_ops_float import erf, hard_sigmoid, layer_norm
+from qcc.backends._tflite_ops_rnn import lstm
 from qcc.backends._tflite_ops_window import (
     FUSABLE,
     conv,
@@ -131,18 +134,26 @@ def softmax(lw: Lowering, node: ir.Node) -> None:
     lw.op("TRANSPOSE", [result, perm_t], [y], "TransposeOptions", source=node.name)
 
 
+def global_pool_any_rank(lw: Lowering, node: ir.Node) -> None:
+    """GlobalAveragePool/GlobalMaxPool of any rank -> MEAN/REDUCE_MAX, keeping dims.
+
+    4-D inputs are NHWC after layout-nhwc (``global_pool``); other ranks (Magika's 1-D max pool)
+    keep the ONNX (N, C, spatial...) layout and reduce every axis after the channels.
+    """
+    x = lw.input(node, 0)
+    if len(x.shape) == 4:
+        global_pool(lw, node)
+        return
+    name = "MEAN" if node.op_type == "GlobalAveragePool" else "REDUCE_MAX"
+    axes = lw.constant(f"{node.name}_axes", np.arange(2, len(x.shape), dtype=np.int32))
+    lw.op(name, [x, axes], [lw.output(node)], "ReducerOptions", source=node.name, keep_dims=True)
+
+
 def reduce(lw: Lowering, node: ir.Node) -> None:
     """ReduceMean/Max/Min/Sum -> MEAN/REDUCE_MAX/REDUCE_MIN/SUM with constant int32 axes."""
     names = {"ReduceMean": "MEAN", "ReduceMax": "REDUCE_MAX", "ReduceMin": "REDUCE_MIN", "ReduceSum": "SUM"}
     x = lw.input(node, 0)
-    rank = len(x.shape)
-    if len(node.inputs) > 1 and node.inputs[1] is not None:
-        axes = const_array(node.inputs[1])
-        if axes is None:
-            raise unsupported(node, "axes that are not constant")
-    else:
-        axes = np.array(int_list(node, "axes", range(rank)))
-    axes = np.array(sorted(int(a) % rank for a in axes), np.int32)
+    axes = np.array(reduce_axes(node, len(x.shape)), np.int32)
     lw.op(
         names[node.op_type],
         [x, lw.constant(f"{node.name}_axes", axes)],
@@ -193,22 +204,38 @@ def concat(lw: Lowering, node: ir.Node) -> None:
 
 
 def pad(lw: Lowering, node: ir.Node) -> None:
-    """Pad (constant mode, constant pads) -> PAD, or PADV2 for a non-zero fill value."""
-    mode = node.attributes.get("mode")
-    if mode is not None and mode.as_string() != "constant":
-        raise unsupported(node, f"Pad mode {mode.as_string()!r}")
+    """Pad with constant pads -> PAD, PADV2 for a non-zero fill value, MIRROR_PAD for reflect mode.
+
+    ONNX ``reflect`` mirrors without repeating the edge (``[1, 2, 3]`` padded by 2 on the left is
+    ``[3, 2, 1, 2, 3]``), which is TFLite's REFLECT; it needs each pad smaller than its dimension.
+    ``edge`` and ``wrap`` have no TFLite builtin.
+    """
+    attr = node.attributes.get("mode")
+    mode = attr.as_string() if attr is not None else "constant"
+    if mode not in ("constant", "reflect"):
+        raise unsupported(node, f"Pad mode {mode!r} (TFLite pads constant or reflect)")
     pads = const_array(node.inputs[1])
     fill = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
     if pads is None or (len(node.inputs) > 3 and node.inputs[3] is not None):
         raise unsupported(node, "pads that are not constant, or axes")
+    if np.any(pads < 0):
+        raise unsupported(node, "negative pads (cropping)")
     x = lw.input(node, 0)
     rank = len(x.shape)
     paddings = lw.constant(f"{node.name}_paddings", np.stack([pads[:rank], pads[rank:]], 1).astype(np.int32))
-    if fill is None or float(fill) == 0.0:
+    if mode == "reflect":
+        if any(max(pads[a], pads[a + rank]) >= x.shape[a] for a in range(rank)):
+            raise unsupported(node, f"reflect pads {list(pads)} not smaller than the dimensions of {x.shape}")
+        lw.op("MIRROR_PAD", [x, paddings], [lw.output(node)], "MirrorPadOptions", source=node.name, mode=_REFLECT)
+    elif fill is None or float(fill) == 0.0:
         lw.op("PAD", [x, paddings], [lw.output(node)], "PadOptions", source=node.name)
     else:
         value = lw.read(node.inputs[2], lw.is_int8(node))
         lw.op("PADV2", [x, paddings, value], [lw.output(node)], "PadV2Options", source=node.name)
+
+
+# tflite MirrorPadMode.REFLECT: the edge value is not repeated (ONNX "reflect").
+_REFLECT = 0
 
 
 def slice_(lw: Lowering, node: ir.Node) -> None:
@@ -303,8 +330,8 @@ LOWERINGS = {
     "Softmax": softmax,
     "MaxPool": pool,
     "AveragePool": pool,
-    "GlobalAveragePool": global_pool,
-    "GlobalMaxPool": global_pool,
+    "GlobalAveragePool": global_pool_any_rank,
+    "GlobalMaxPool": global_pool_any_rank,
     "ReduceMean": reduce,
     "ReduceMax": reduce,
     "ReduceMin": reduce,
@@ -322,4 +349,6 @@ LOWERINGS = {
     "Identity": identity,
     "Erf": erf,
     "LayerNormalization": layer_norm,
+    "LSTM": lstm,
+    **DATA_LOWERINGS,
 }

@@ -34,7 +34,7 @@ def hard_sigmoid(lw: Lowering, node: ir.Node) -> None:
     lw.op("MUL", [clamped, sixth], [lw.output(node)], "MulOptions", source=node.name)
 
 
-class _FloatChain:
+class FloatChain:
     """Builds a chain of float32 builtins for one node (float islands decomposed into builtins)."""
 
     def __init__(self, lw: Lowering, node: ir.Node) -> None:
@@ -64,7 +64,7 @@ _ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 def erf(lw: Lowering, node: ir.Node) -> None:
     """Erf (no TFLite builtin) -> float ABS/MUL/ADD/DIV/EXP chain accurate to float32."""
-    chain = _FloatChain(lw, node)
+    chain = FloatChain(lw, node)
     x = lw.input(node, 0)
     s = x.shape
     a = chain.op("ABS", [x], s)
@@ -91,7 +91,7 @@ def erf(lw: Lowering, node: ir.Node) -> None:
 
 def layer_norm(lw: Lowering, node: ir.Node) -> None:
     """LayerNormalization (no int8 builtin) -> float MEAN/SUB/MUL/MEAN/ADD/RSQRT/MUL/MUL/ADD."""
-    chain = _FloatChain(lw, node)
+    chain = FloatChain(lw, node)
     if any(out.uses() for out in node.outputs[1:]):
         raise unsupported(node, "LayerNormalization mean/inverse-std outputs")
     x = lw.input(node, 0)

@@ -31,6 +31,9 @@ _SAME_PARAMS = {
         "RESIZE_NEAREST_NEIGHBOR",
         "CONCATENATION",
         "REDUCE_MAX",
+        "GATHER",
+        "BROADCAST_TO",
+        "MIRROR_PAD",
     )
 }
 _FIXED = {builtin("SOFTMAX"): (1 / 256, -128), builtin("LOGISTIC"): (1 / 256, -128), builtin("TANH"): (1 / 128, 0)}

@@ -49,8 +49,16 @@ _INT8_VERSIONS = {
     "MINIMUM": 2,
     "REDUCE_MAX": 2,
     "SUM": 2,
+    "GATHER": 2,
+    "BROADCAST_TO": 3,
+    "MIRROR_PAD": 2,
+    "CAST": 3,
 }
-_CODES = {builtin(name): name for name in _INT8_VERSIONS}
+# Versions that follow from a non-int8 signature (op_version.cc): BROADCAST_TO has no version 1
+# (it was rolled back and renumbered), bool data raises GATHER and TRANSPOSE.
+_FLOAT_VERSIONS = {"BROADCAST_TO": 2}
+_BOOL_VERSIONS = {"GATHER": 3, "TRANSPOSE": 3, "STRIDED_SLICE": 3}
+_CODES = {builtin(name): name for name in {**_INT8_VERSIONS, **_FLOAT_VERSIONS, **_BOOL_VERSIONS}}
 
 
 def stamp_versions(model: FlatModel) -> None:
@@ -61,7 +69,11 @@ def stamp_versions(model: FlatModel) -> None:
         quantized = first is not None and first.dtype in (np.dtype(np.int8), np.dtype(np.int16))
         if name == "DEQUANTIZE" or (name == "QUANTIZE" and quantized):
             quantized = True
-        version = _INT8_VERSIONS.get(name, 1) if quantized else 1
+        version = _INT8_VERSIONS.get(name, 1) if quantized else _FLOAT_VERSIONS.get(name, 1)
+        if first is not None and first.dtype == np.dtype(np.bool_):
+            version = max(version, _BOOL_VERSIONS.get(name, 1))
+        if name == "CAST" and any(model.tensors[i].dtype == np.dtype(np.int8) for i in op.outputs):
+            version = max(version, 3)
         if name == "CONV_2D" and _grouped(model, op):
             version = max(version, 6)
         if name == "FULLY_CONNECTED" and op.option_fields.get("keep_num_dims"):

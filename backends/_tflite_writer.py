@@ -48,7 +48,7 @@ SCHEMA_VERSION = 3
 _PLACEHOLDER_FOR_GREATER_OP_CODES = 127
 _ALIGN = 16
 
-_TENSOR_TYPES = {
+TENSOR_TYPES = {
     np.dtype(np.float32): TensorType.FLOAT32,
     np.dtype(np.int8): TensorType.INT8,
     np.dtype(np.uint8): TensorType.UINT8,
@@ -209,7 +209,7 @@ def _tensor(b: flatbuffers.Builder, tensor: Tensor, buffer: int) -> int:
     TensorTable.AddShape(b, shape)
     if signature is not None:
         TensorTable.AddShapeSignature(b, signature)
-    TensorTable.AddType(b, _TENSOR_TYPES[tensor.dtype])
+    TensorTable.AddType(b, TENSOR_TYPES[tensor.dtype])
     TensorTable.AddBuffer(b, buffer)
     TensorTable.AddName(b, name)
     if quant is not None:

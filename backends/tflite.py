@@ -3,8 +3,9 @@
 Rules (measured facts in ``shared/targets/TFLITE.md``): activations int8 asymmetric per tensor;
 weights int8 symmetric per output channel (``quantized_dimension`` 0 for CONV_2D and
 FULLY_CONNECTED, 3 for DEPTHWISE_CONV_2D); int32 biases at exactly ``s_x * s_w``; pooling,
-reshapes, transposes, pads, slices and resizes share their input's parameters; Concat inputs
-share the output's; Softmax/Logistic outputs are fixed at (1/256, -128) and Tanh at (1/128, 0).
+reshapes, transposes, pads, slices, resizes and gathers share their input's parameters; Concat
+inputs share the output's; Softmax/Logistic outputs are fixed at (1/256, -128) and Tanh at
+(1/128, 0).
 The spec below states these as data; the shared passes (plan, activation-qparams,
 target-constraints) apply them to the annotations, so the ORT QDQ simulation of the annotated
 model uses exactly the parameters the flatbuffer carries.
@@ -45,6 +46,9 @@ from qcc.runtime import MAX_ORT_IR_VERSION
 
 logger = logging.getLogger(__name__)
 
+# Rounds of constant folding + shape inference in emit (MiniLM's shape subgraphs need three).
+_MAX_FOLD_ROUNDS = 8
+
 TFLITE_SPEC = TargetSpec(
     name="tflite",
     description="TFLite / LiteRT: fully-int8 .tflite flatbuffer (XNNPACK or builtin kernels)",
@@ -81,6 +85,9 @@ TFLITE_SPEC = TargetSpec(
             "Slice",
             "Split",
             "Resize",
+            "Gather",
+            # Not Expand, though BROADCAST_TO could copy int8: it would carry int8 into Magika's
+            # LayerNorm variance (E[x^2] - E[x]^2), which cancels catastrophically (top-1 0.72 -> 0.53).
         }
     ),
     fused_activations=frozenset({"Relu", "Clip"}),
@@ -138,7 +145,12 @@ def write_tflite(model: ir.Model, ctx: PassContext, feed: Feed | None = None) ->
     # Only the folding step of canonicalize: its Identity removal would drop requantize nodes.
     # A folded tensor keeps its name, and keeps its parameters here.
     params = {v.name: get_quant(v) for v in quantized_values(clone.graph)}
-    fold_constants(clone)
+    # A fold can make further shapes static (a Range over a folded length gives position ids of
+    # a known size), so folding and shape inference alternate until nothing folds.
+    for _round in range(_MAX_FOLD_ROUNDS):
+        if not fold_constants(clone):
+            break
+        _infer_shapes(clone)
     for name, value in clone.graph.initializers.items():
         if name in params and get_quant(value) is None:
             set_quant(value, params[name])
@@ -158,6 +170,19 @@ def _static_shapes(model: ir.Model, feed: Feed | None) -> None:
         if feed is None or value.name not in feed:
             continue
         value.shape = ir.Shape(np.shape(feed[value.name]))
+    _infer_shapes(model)
+
+
+def _infer_shapes(model: ir.Model) -> None:
+    """Runs ONNX shape inference, first dropping the node outputs' symbolic shapes.
+
+    ONNX shape inference keeps a symbolic dimension it finds on a value rather than replace it
+    with the static one it infers, so stale symbolic shapes are cleared first; static ones stay.
+    """
+    for node in model.graph:
+        for out in node.outputs:
+            if out.shape is not None and not all(isinstance(d, int) for d in out.shape):
+                out.shape = None
     try:
         common.ShapeInferencePass()(model)
     except Exception as exc:  # noqa: BLE001 - ONNX shape inference raises several unrelated types

@@ -8,6 +8,7 @@ compared with ONNX Runtime on the float model.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 import qcc
@@ -136,8 +137,56 @@ OPS = {
     ),
     "div_const_island": ("float[8,8,1,1] w, float[] d", "c = Conv(x, w)\n y = Div(c, d)", {"d": np.float32(3)}),
     "hardsigmoid_island": ("float[8,8,1,1] w", "c = Conv(x, w)\n h = HardSigmoid(c)\n y = Mul(c, h)", {}),
+    "gather_channels": (
+        "float[8,8,1,1] w, int64[3] idx",
+        "c = Conv(x, w)\n y = Gather<axis=1>(c, idx)",
+        {"idx": np.array([5, -1, 0])},
+    ),
+    "gather_scalar_index": ("float[8,8,1,1] w, int64 idx", "c = Conv(x, w)\n y = Gather<axis=2>(c, idx)", {"idx": -2}),
+    "expand_broadcast": (
+        "float[8,8,1,1] w, int64[4] shape",
+        "c = Conv(x, w)\n r = ReduceMean<axes=[1]>(c)\n e = Expand(r, shape)\n y = Add(e, c)",
+        {"shape": np.array([1, 8, 1, 1])},
+    ),
+    "expand_unit": (
+        "float[8,8,1,1] w, int64[3] shape",
+        "c = Conv(x, w)\n y = Expand(c, shape)",
+        {"shape": np.array([1, 1, 1])},
+    ),
+    "where_const_condition": (
+        "float[8,8,1,1] w, bool[1,1,8,8] cond",
+        "c = Conv(x, w)\n y = Where(cond, c, x)",
+        {"cond": np.random.default_rng(0).random((1, 1, 8, 8)) > 0.5},
+    ),
+    "isnan_where": (
+        "float[8,8,1,1] w, float[1] zero",
+        "c = Conv(x, w)\n n = IsNaN(c)\n y = Where(n, zero, c)",
+        {"zero": np.zeros(1, np.float32)},
+    ),
+    "compare_select": (
+        "float[8,8,1,1] w",
+        "c = Conv(x, w)\n g = GreaterOrEqual(c, x)\n l = Less(c, x)\n k = Or(g, l)\n y = Where(k, c, x)",
+        {},
+    ),
+    "cast_truncates": (
+        "float[8,8,1,1] w, float[] four",
+        "c = Conv(x, w)\n s = Mul(c, four)\n i = Cast<to=6>(s)\n y = Cast<to=1>(i)",
+        {"four": np.float32(4)},
+    ),
+    "reciprocal_island": ("float[8,8,1,1] w", "c = Conv(x, w)\n e = Exp(c)\n y = Reciprocal(e)", {}),
+    "reduce_l2_island": ("float[8,8,1,1] w", "c = Conv(x, w)\n y = ReduceL2<axes=[1], keepdims=1>(c)", {}),
+    "pad_reflect": (
+        "float[8,8,1,1] w, int64[8] pads",
+        'c = Conv(x, w)\n y = Pad<mode="reflect">(c, pads)',
+        {"pads": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)},
+    ),
 }
 _OUT = {
+    "gather_channels": "float[1,3,8,8] y",
+    "gather_scalar_index": "float[1,8,8] y",
+    "expand_broadcast": "float[1,8,8,8] y",
+    "reduce_l2_island": "float[1,1,8,8] y",
+    "pad_reflect": "float[1,8,11,11] y",
     "resize_nearest_3x_asymmetric": "float[1,8,24,16] y",
     "conv_transpose": "float[1,4,16,16] y",
     "conv_transpose_same": "float[1,4,16,16] y",
@@ -200,6 +249,82 @@ def test_float_op_matches_onnxruntime(name, resolver):
     model = op_model(name)
     data = float_tflite(model)
     feed = random_feeds(model, 1, seed=3)[0]
+    expected = run_ort(model, feed)
+    got = run(interpreter(data, resolver), feed, [np.shape(e) for e in expected])
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+# Models with integer or boolean inputs (token ids, byte values, masks): name -> (ONNX text, constants,
+# input name -> (low, high) of the random integers fed).
+_INT_HEAD = '<ir_version: 8, opset_import: ["" : 17]>\n'
+INT_OPS = {
+    "embedding_int64_ids": (
+        "g (int64[1,6] ids) => (float[1,6,8] y) {\n e = Gather(table, ids)\n y = MatMul(e, wm)\n}",
+        "float[10,8] table, float[8,8] wm",
+        {"table": np.random.default_rng(1).normal(0, 1, (10, 8))},
+        {"ids": (-10, 10)},
+    ),
+    "one_hot_int32_bytes": (
+        "g (int32[1,16] octets) => (float[1,16,8] y) {\n"
+        " r = Reshape(octets, shape)\n e = Equal(r, classes)\n f = Cast<to=1>(e)\n y = MatMul(f, wm)\n}",
+        "int64[3] shape, int32[1,1,5] classes, float[5,8] wm",
+        {"shape": np.array([1, 16, 1]), "classes": np.arange(5, dtype=np.int32).reshape(1, 1, 5)},
+        {"octets": (0, 6)},
+    ),
+    "mask_logic": (
+        "g (int64[1,6] m, float[1,6,8] x) => (float[1,6,8] y) {\n"
+        " c = MatMul(x, wm)\n bm = Cast<to=9>(m)\n l = Less(m, three)\n k = And(bm, l)\n n = Not(k)\n"
+        " o = Xor(n, bm)\n u = Unsqueeze(o, ax)\n y = Where(u, c, fill)\n}",
+        "float[8,8] wm, int64[] three, int64[1] ax, float[1] fill",
+        {"three": np.int64(3), "ax": np.array([2]), "fill": np.array([-3.0], np.float32)},
+        {"m": (0, 5)},
+    ),
+}
+
+
+def int_op_model(name: str):
+    """The model ``name`` of ``INT_OPS`` (constants as initializers, random weights)."""
+    graph, constants_signature, constants, _ = INT_OPS[name]
+    header, body = graph.split(") => (", 1)
+    text = f"{_INT_HEAD}{header}, {constants_signature}) => ({body}\n"
+    return build_model(text, constants=constants)
+
+
+def int_feeds(name: str, model, count: int, seed: int = 1) -> list[dict[str, np.ndarray]]:
+    """Random feeds: integers in the op's range for integer inputs, N(0, 1) for float inputs."""
+    ranges = INT_OPS[name][3]
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for feed in random_feeds(model, count, seed=seed):
+        for value in model.graph.input:
+            if value.name in ranges:
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+                feed[value.name] = rng.integers(*ranges[value.name], size=feed[value.name].shape).astype(dtype)
+        feeds.append(feed)
+    return feeds
+
+
+@pytest.mark.parametrize("name", sorted(INT_OPS))
+def test_integer_input_op_int8_matches_the_simulation(name):
+    model = int_op_model(name)
+    result = qcc.compile(model, target="tflite", calibration=int_feeds(name, model, 8))
+    verify = result.report["verify"]
+    for resolver, entry in verify["resolvers"].items():
+        assert entry["ok"], (resolver, entry)
+        assert entry["within_one_step"] >= 0.99, (resolver, entry)
+    # Integer inputs stay integer at the interface.
+    details = interpreter(result.artifact.data).get_input_details()
+    kinds = {d["name"]: np.dtype(d["dtype"]).kind for d in details}
+    assert all(kinds[v] in "iub" for v in INT_OPS[name][3]), kinds
+
+
+@pytest.mark.parametrize("name", sorted(INT_OPS))
+@pytest.mark.parametrize("resolver", ["xnnpack", "builtin"])
+def test_integer_input_op_float_matches_onnxruntime(name, resolver):
+    model = int_op_model(name)
+    data = float_tflite(model)
+    feed = int_feeds(name, model, 1, seed=3)[0]
     expected = run_ort(model, feed)
     got = run(interpreter(data, resolver), feed, [np.shape(e) for e in expected])
     for e, g in zip(expected, got, strict=True):
