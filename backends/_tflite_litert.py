@@ -24,6 +24,10 @@ from qcc.runtime import session
 
 RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
 AGREEMENT = 0.99
+# A resolver that misses AGREEMENT still passes when its outputs are as close to the float model as
+# the simulation's (cosine within this margin): a deep depthwise network turns the builtin kernels'
+# double rounding into many-step differences that are noise, while a wrong parameter costs far more.
+COSINE_MARGIN = 0.01
 
 
 def interpreter(data: bytes, resolver: str = "xnnpack", threads: int = 1) -> Interpreter:
@@ -99,8 +103,9 @@ def compare_with_simulation(
     """Runs the artifact under both resolvers and compares with the simulation and the float model.
 
     Returns:
-        A JSON-serializable dict; ``ok`` is True when both resolvers ran, every output is finite
-        and agrees with the simulation within one step on at least 99% of its elements.
+        A JSON-serializable dict; ``ok`` is True when both resolvers ran, every output is finite,
+        and each resolver agrees with the simulation within one step on at least 99% of the output
+        elements or is as close to the float model as the simulation (``COSINE_MARGIN``).
     """
     # The artifact has the static shapes of the first calibration sample; others cannot run.
     if samples:
@@ -112,9 +117,11 @@ def compare_with_simulation(
     expected = [sim.run(None, feed) for feed in samples]
     floats = [ref.run(None, feed) for feed in samples]
     shapes = [tuple(np.shape(o)) for o in expected[0]] if expected else None
+    simulation_cosine = _min_cosine(expected, floats)
     result: dict[str, Any] = {
         "runtime": "LiteRT (ai-edge-litert)",
         "samples": len(samples),
+        "simulation_cosine_vs_float_min": None if simulation_cosine is None else round(simulation_cosine, 6),
         "float_ops": float_ops(data),
         "resolvers": {},
     }
@@ -127,7 +134,7 @@ def compare_with_simulation(
             result["resolvers"][name] = {"ok": False, "error": str(exc).strip().splitlines()[0]}
             ok = False
             continue
-        entry = _agreement(got, expected, floats, steps)
+        entry = _agreement(got, expected, floats, steps, simulation_cosine)
         if name == "xnnpack":
             entry["delegation"] = delegated_ops(interp)
             result["fidelity"] = _fidelity(got, floats, [o.name for o in reference.graph.output])
@@ -167,8 +174,18 @@ def _fidelity(got, floats, names: list[str]) -> dict[str, Any]:
     return fidelity.result()
 
 
-def _agreement(got, expected, floats, steps) -> dict[str, Any]:
-    within, total, worst_steps, cosines, finite = 0, 0, 0.0, [], True
+def _min_cosine(outputs, floats) -> float | None:
+    """The lowest cosine of any output of any sample against the float model's."""
+    cosines = [
+        cosine(np.asarray(o, np.float64).ravel(), np.asarray(f, np.float64).ravel())
+        for o_outs, f_outs in zip(outputs, floats, strict=True)
+        for o, f in zip(o_outs, f_outs, strict=True)
+    ]
+    return min(cosines) if cosines else None
+
+
+def _agreement(got, expected, floats, steps, simulation_cosine: float | None) -> dict[str, Any]:
+    within, total, worst_steps, finite = 0, 0, 0.0, True
     for g_outs, e_outs, f_outs in zip(got, expected, floats, strict=True):
         for g, e, f, step in zip(g_outs, e_outs, f_outs, steps, strict=True):
             g, e, f = (np.asarray(a, np.float64).ravel() for a in (g, e, f))
@@ -180,13 +197,20 @@ def _agreement(got, expected, floats, steps) -> dict[str, Any]:
             within += int(np.sum(diff <= tolerance * 1.001 + 1e-7))
             total += diff.size
             worst_steps = max(worst_steps, float(diff.max() / tolerance) if diff.size else 0.0)
-            cosines.append(cosine(g, f))
     fraction = within / max(total, 1)
+    cosine_min = _min_cosine(got, floats)
+    if fraction >= AGREEMENT:
+        criterion = "within one step of the simulation"
+    elif cosine_min is not None and simulation_cosine is not None and cosine_min >= simulation_cosine - COSINE_MARGIN:
+        criterion = "as close to the float model as the simulation"
+    else:
+        criterion = None
     return {
-        "ok": finite and fraction >= AGREEMENT,
+        "ok": finite and criterion is not None,
+        "criterion": criterion,
         "within_one_step": round(fraction, 6),
         "max_error_steps": round(worst_steps, 3),
-        "cosine_vs_float_min": round(min(cosines), 6) if cosines else None,
+        "cosine_vs_float_min": round(cosine_min, 6) if cosine_min is not None else None,
     }
 
 

@@ -32,6 +32,7 @@ from qcc.annotations import get_quant, quantized_values, set_quant
 from qcc.backends._qdq import materialize_qdq
 from qcc.backends._tflite_litert import compare_with_simulation
 from qcc.backends._tflite_lower import Lowering, absorb_activations
+from qcc.backends._tflite_sim import integer_exact
 from qcc.backends._tflite_validate import validate
 from qcc.backends._tflite_versions import stamp_versions
 from qcc.backends._tflite_writer import serialize
@@ -111,7 +112,7 @@ class TfliteBackend(Backend):
                 f"--target tflite runs int8 activations, not {ctx.activation_dtype.name.lower()}.",
                 "drop --activation-type or pass --activation-type int8.",
             )
-        simulation = materialize_qdq(model, keep_fused_activations=False)
+        simulation = integer_exact(materialize_qdq(model, keep_fused_activations=False))
         simulation.ir_version = min(simulation.ir_version, MAX_ORT_IR_VERSION)
         simulation.producer_name = "qcc"
         feed = ctx.calibration.head(1)[0] if ctx.calibration is not None else None
