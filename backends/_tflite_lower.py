@@ -31,7 +31,8 @@ FUSED_KEY = "qcc.tflite.fused"
 # Int8 ops XNNPACK does not take (TFLITE.md §9) but takes in float32: they are written as
 # DEQUANTIZE -> float op -> QUANTIZE, which computes exactly what the ORT simulation computes
 # (DQ -> op -> Q) and keeps the delegated graph in one piece instead of splitting it at each one.
-FLOAT_KERNELS = frozenset({"HardSwish", "Softmax", "AveragePool", "Identity"})
+# Relu here is a standalone one that could not be fused (Silero's Relu after Squeeze(LSTM)).
+FLOAT_KERNELS = frozenset({"HardSwish", "Softmax", "AveragePool", "Identity", "Relu"})
 
 # TFLite ActivationFunctionType values.
 ACT_NONE, ACT_RELU, ACT_RELU_N1_TO_1, ACT_RELU6 = 0, 1, 2, 3

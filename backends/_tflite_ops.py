@@ -54,6 +54,23 @@ def unary(name: str, options: str | None = None, **fields):
     return rule
 
 
+def power(lw: Lowering, node: ir.Node) -> None:
+    """Pow -> MUL(x, x) for a constant exponent 2 (XNNPACK takes MUL, not POW), POW otherwise."""
+    exponent = const_array(node.inputs[1])
+    if exponent is None or exponent.size != 1 or float(exponent.reshape(())) != 2.0:
+        binary("POW", "PowOptions")(lw, node)
+        return
+    x = lw.input(node, 0)
+    lw.op(
+        "MUL",
+        [x, x],
+        [lw.output(node)],
+        "MulOptions",
+        source=node.name,
+        fused_activation_function=fused_code(node, "MUL"),
+    )
+
+
 def leaky_relu(lw: Lowering, node: ir.Node) -> None:
     """LeakyRelu -> LEAKY_RELU with its alpha."""
     lw.op(
@@ -132,21 +149,6 @@ def softmax(lw: Lowering, node: ir.Node) -> None:
     lw.op("TRANSPOSE", [x, perm_t], [inner], "TransposeOptions", source=node.name)
     lw.op("SOFTMAX", [inner], [result], "SoftmaxOptions", source=node.name, beta=1.0)
     lw.op("TRANSPOSE", [result, perm_t], [y], "TransposeOptions", source=node.name)
-
-
-def global_pool_any_rank(lw: Lowering, node: ir.Node) -> None:
-    """GlobalAveragePool/GlobalMaxPool of any rank -> MEAN/REDUCE_MAX, keeping dims.
-
-    4-D inputs are NHWC after layout-nhwc (``global_pool``); other ranks (Magika's 1-D max pool)
-    keep the ONNX (N, C, spatial...) layout and reduce every axis after the channels.
-    """
-    x = lw.input(node, 0)
-    if len(x.shape) == 4:
-        global_pool(lw, node)
-        return
-    name = "MEAN" if node.op_type == "GlobalAveragePool" else "REDUCE_MAX"
-    axes = lw.constant(f"{node.name}_axes", np.arange(2, len(x.shape), dtype=np.int32))
-    lw.op(name, [x, axes], [lw.output(node)], "ReducerOptions", source=node.name, keep_dims=True)
 
 
 def reduce(lw: Lowering, node: ir.Node) -> None:
@@ -313,7 +315,7 @@ LOWERINGS = {
     "Div": binary("DIV", "DivOptions"),
     "Max": binary("MAXIMUM", "MaximumMinimumOptions"),
     "Min": binary("MINIMUM", "MaximumMinimumOptions"),
-    "Pow": binary("POW", "PowOptions"),
+    "Pow": power,
     "Relu": unary("RELU"),
     "Clip": clip,
     "Sigmoid": unary("LOGISTIC"),
@@ -330,8 +332,8 @@ LOWERINGS = {
     "Softmax": softmax,
     "MaxPool": pool,
     "AveragePool": pool,
-    "GlobalAveragePool": global_pool_any_rank,
-    "GlobalMaxPool": global_pool_any_rank,
+    "GlobalAveragePool": global_pool,
+    "GlobalMaxPool": global_pool,
     "ReduceMean": reduce,
     "ReduceMax": reduce,
     "ReduceMin": reduce,

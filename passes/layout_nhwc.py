@@ -2,15 +2,20 @@
 
 After this pass every value's shape is its *physical* shape and every layout change is an
 explicit ``Transpose`` node; the ops that define a layout (Conv, pooling, Resize, ...) carry
-``meta["qcc.layout"] = "NHWC"`` and read and write NHWC tensors (their weights keep the ONNX
-layout; the TFLite lowering converts them). Three steps, after tflite2onnx's propagation model:
+``meta["qcc.layout"] = "NHWC"`` (``"NLC"`` for 1-D ops on ``[N, C, L]``) and read and write
+channels-last tensors (their weights keep the ONNX layout; the TFLite lowering converts them).
+Three steps, after tflite2onnx's propagation model:
 
-1. *Define*: each layout op ``y = op(x)`` becomes ``y = T(0,3,1,2)(op_nhwc(T(0,2,3,1)(x)))``.
+1. *Define*: each layout op ``y = op(x)`` of rank ``r`` becomes ``y = T(F)(op_nhwc(T(L)(x)))``
+   with ``L = (0, 2, ..., r-1, 1)`` (channels last) and ``F = L^-1`` (channels first): for 4-D
+   ``T(0,2,3,1)`` / ``T(0,3,1,2)``, for 3-D ``T(0,2,1)`` on both sides. 1-D layout ops are the
+   ones the lowering writes as 2-D ops of height 1 (``ONE_D_LAYOUT_OPS``).
 2. *Propagate*: a transpose ``T(P)`` is pushed below its consumer when the consumer is
    element-wise (all its activation inputs come from ``T(P)``; constants are broadcast to full
    rank and permuted by ``P``) or has an axis that can be remapped (Concat, Softmax, Reduce*,
-   Split, Slice, Pad: logical axis ``a`` is physical axis ``P[a]``). Other ops (Reshape, Flatten,
-   MatMul, ...) terminate propagation and read the NCHW tensor through the transpose.
+   Split, Slice, Pad, Squeeze: logical axis ``a`` is physical axis ``P[a]``; when axes are
+   dropped the transpose below keeps ``P`` without them). Other ops (Reshape, Flatten, MatMul,
+   ...) terminate propagation and read the NCHW tensor through the transpose.
 3. *Cancel*: ``T(Q)(T(P)(x))`` is ``T(P[Q])(x)``; when that is the identity both disappear.
 
 With ``nhwc_io`` the 4-D model inputs and outputs are NHWC themselves (no edge transposes).
@@ -32,6 +37,8 @@ from qcc.passes._base import QccPass
 LAYOUT_KEY = "qcc.layout"
 TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
+# The meta["qcc.layout"] value of a layout op, by rank.
+LAYOUT_NAMES = {3: "NLC", 4: "NHWC"}
 LAYOUT_OPS = frozenset(
     {
         "Conv",
@@ -73,8 +80,10 @@ ELEMENTWISE = frozenset(
         "PRelu",
     }
 )
+# Layout ops that are also defined on rank 3 ([N, C, L]); the others are 2-D only.
+ONE_D_LAYOUT_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
 AXIS_OPS = frozenset(
-    {"Concat", "Softmax", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "Split", "Slice", "Pad"}
+    {"Concat", "Softmax", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "Split", "Slice", "Pad", "Squeeze"}
 )
 
 
@@ -88,7 +97,7 @@ class LayoutNhwcPass(QccPass):
         self._names = NameAllocator(graph)
         modified = False
         for node in list(graph):
-            if node.op_type in LAYOUT_OPS and node.domain == "" and _rank(node.inputs[0]) == 4:
+            if defines_layout(node):
                 self._define(graph, node)
                 modified = True
         if self.ctx.options.nhwc_io:
@@ -101,10 +110,11 @@ class LayoutNhwcPass(QccPass):
         return ir.passes.PassResult(model, modified)
 
     def _define(self, graph: ir.Graph, node: ir.Node) -> None:
-        node.meta[LAYOUT_KEY] = "NHWC"
-        inner = self._transpose(graph, node.inputs[0], TO_NHWC, before=node)
+        rank = _rank(node.inputs[0])
+        node.meta[LAYOUT_KEY] = LAYOUT_NAMES[rank]
+        inner = self._transpose(graph, node.inputs[0], channels_last(rank), before=node)
         node.replace_input_with(0, inner)
-        self._transpose_outputs(graph, node, TO_NCHW)
+        self._transpose_outputs(graph, node, channels_first(rank))
 
     def _nhwc_inputs(self, graph: ir.Graph) -> None:
         for value in list(graph.inputs):
@@ -143,7 +153,7 @@ class LayoutNhwcPass(QccPass):
                     node.replace_input_with(i, producer.inputs[0])
                 elif value is not None and value.const_value is not None and _data_input(node, i):
                     node.replace_input_with(i, self._permuted_constant(graph, value, perm))
-            out_perm = perm if node.op_type not in _REDUCE or _keepdims(node) else self._reduced_perm
+            out_perm = perm if node.op_type not in _RANK_REDUCING or _keepdims(node) else self._reduced_perm
             self._transpose_outputs(graph, node, out_perm)
             changed = True
         return changed
@@ -166,8 +176,18 @@ class LayoutNhwcPass(QccPass):
                 node.replace_input_with(1, self._constant(np.array(physical, np.int64), "axes"))
             else:
                 node.attributes["axes"] = ir.AttrInt64s("axes", physical)
-            kept = [p for p in range(rank) if p not in physical]
-            self._reduced_perm = tuple(kept.index(perm[a]) for a in range(rank) if a not in axes)
+            self._reduced_perm = _perm_without(perm, axes)
+            return True
+        if op == "Squeeze":
+            axes = _squeeze_axes(node, rank)
+            if axes is None:
+                return False
+            physical = sorted(perm[a] for a in axes)
+            if len(node.inputs) > 1:
+                node.replace_input_with(1, self._constant(np.array(physical, np.int64), "axes"))
+            else:
+                node.attributes["axes"] = ir.AttrInt64s("axes", physical)
+            self._reduced_perm = _perm_without(perm, axes)
             return True
         if op == "Slice":
             starts = const_array(node.inputs[1])
@@ -255,6 +275,26 @@ class LayoutNhwcPass(QccPass):
 
 
 _REDUCE = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"})
+# Axis ops whose output may have a lower rank than the transposed input (keepdims=0, Squeeze).
+_RANK_REDUCING = _REDUCE | {"Squeeze"}
+
+
+def defines_layout(node: ir.Node) -> bool:
+    """True if the node is a layout op this pass moves to channels last (4-D, or 3-D for 1-D ops)."""
+    if node.domain != "" or node.op_type not in LAYOUT_OPS:
+        return False
+    rank = _rank(node.inputs[0])
+    return rank == 4 or (rank == 3 and node.op_type in ONE_D_LAYOUT_OPS)
+
+
+def channels_last(rank: int) -> tuple[int, ...]:
+    """The perm from channels-first ``[N, C, d1, ...]`` to channels-last ``[N, d1, ..., C]``."""
+    return (0, *range(2, rank), 1)
+
+
+def channels_first(rank: int) -> tuple[int, ...]:
+    """The inverse of :func:`channels_last`."""
+    return _inverse(channels_last(rank))
 
 
 def _rank(value: ir.Value | None) -> int | None:
@@ -300,13 +340,33 @@ def _common_perm(node: ir.Node) -> tuple[int, ...] | None:
     if len(perms) != 1:
         return None
     perm = perms.pop()
-    if any(_rank(o) != len(perm) and node.op_type not in _REDUCE for o in node.outputs):
+    if any(_rank(o) != len(perm) and node.op_type not in _RANK_REDUCING for o in node.outputs):
         return None
     return perm
 
 
 def _keepdims(node: ir.Node) -> bool:
-    return attr_int(node, "keepdims", 1) == 1
+    return node.op_type != "Squeeze" and attr_int(node, "keepdims", 1) == 1
+
+
+def _perm_without(perm: tuple[int, ...], axes: list[int]) -> tuple[int, ...]:
+    """The perm left on the output when the logical ``axes`` of ``T(perm)(x)`` are dropped.
+
+    Dropping logical axis ``a`` drops physical axis ``perm[a]``; each remaining logical axis
+    reads its physical axis, renumbered among the physical axes that remain.
+    """
+    physical = {perm[a] for a in axes}
+    kept = [p for p in range(len(perm)) if p not in physical]
+    return tuple(kept.index(perm[a]) for a in range(len(perm)) if a not in axes)
+
+
+def _squeeze_axes(node: ir.Node, rank: int) -> list[int] | None:
+    """The logical axes a Squeeze drops, when they are given (input or attribute)."""
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = const_array(node.inputs[1])
+        return None if axes is None else sorted(int(a) % rank for a in axes.reshape(-1))
+    attr = node.attributes.get("axes")
+    return None if attr is None else sorted(int(a) % rank for a in attr.as_ints())
 
 
 def _reduce_axes(node: ir.Node, rank: int) -> list[int] | None:

@@ -274,7 +274,17 @@ def test_validator_refuses_what_litert_would_run_silently_wrong():
 
 
 @pytest.mark.parametrize(
-    "name", ["resize_nearest", "hardswish", "softmax_channels", "concat_fixed_and_free", "split_unequal"]
+    "name",
+    [
+        "resize_nearest",
+        "hardswish",
+        "softmax_channels",
+        "concat_fixed_and_free",
+        "split_unequal",
+        "relu_after_float",
+        "pow_square",
+        "conv1d_stride_pads_dilation",
+    ],
 )
 def test_ops_xnnpack_lacks_in_int8_stay_in_one_delegated_partition(name):
     model = op_model(name)
@@ -296,3 +306,30 @@ def test_per_channel_constant_after_a_layout_transpose_is_permuted_correctly():
     result = qcc.compile(model, target="tflite", calibration=random_feeds(model, 4))
     verify = result.report["verify"]
     assert verify["resolvers"]["xnnpack"]["ok"] and verify["resolvers"]["builtin"]["ok"], verify
+
+
+def test_a_square_feeding_a_reduction_stays_float():
+    # E[h^2] - E[h]^2 over the features (Magika's decomposed LayerNorm), and a square that is an output.
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[16,16] w, int64[1] ax, float inv, float[1,16] x) => (float[1,1] var, float[1,16] sq) {
+          h = MatMul(x, w)
+          s = ReduceSum<keepdims=1>(h, ax)
+          m = Mul(s, inv)
+          h2 = Mul(h, h)
+          s2 = ReduceSum<keepdims=1>(h2, ax)
+          m2 = Mul(s2, inv)
+          mm = Mul(m, m)
+          var = Sub(m2, mm)
+          sq = Mul(h, h)
+        }
+        """,
+        constants={"ax": np.array([1]), "inv": np.float32(1 / 16)},
+    )
+    result = _compile(model)
+    nodes = {n["name"]: n for n in result.report["nodes"]}
+    assert nodes["h2"]["decision"] == "float", nodes["h2"]
+    assert "square" in nodes["h2"]["reason"] and "ReduceSum" in nodes["h2"]["reason"], nodes["h2"]
+    assert nodes["sq"]["decision"] == "int8", nodes["sq"]  # a square that feeds no reduction
+    assert result.report["verify"]["ok"], result.report["verify"]

@@ -180,8 +180,55 @@ OPS = {
         'c = Conv(x, w)\n y = Pad<mode="reflect">(c, pads)',
         {"pads": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)},
     ),
+    "pow_square": (
+        "float[8,8,1,1] w, float[] two",
+        "c = Conv(x, w)\n y = Pow(c, two)",
+        {"two": np.float32(2)},
+    ),
+    # A standalone int8 Relu (nothing to fuse into): written DEQUANTIZE -> RELU -> QUANTIZE in float.
+    "relu_after_float": (
+        "float[8,8,1,1] w, float[8,8,1,1] w2",
+        "c = Conv(x, w)\n e = Exp(c)\n r = Relu(e)\n y = Conv(r, w2)",
+        {},
+    ),
+    # 1-D ops on [N, C, L] (input _X_1D): 2-D ops of height 1 on NLC data.
+    "conv1d": ("float[16,8,3] w, float[16] b", "y = Conv<pads=[1,1]>(x, w, b)", {}),
+    "conv1d_stride_pads_dilation": (
+        "float[8,8,3] w, float[8] b",
+        "y = Conv<pads=[2,1], strides=[2], dilations=[2]>(x, w, b)",
+        {},
+    ),
+    "conv1d_same_upper": ("float[8,8,4] w", 'y = Conv<auto_pad="SAME_UPPER", strides=[2]>(x, w)', {}),
+    "depthwise_conv1d": ("float[8,1,5] w, float[8] b", "y = Conv<pads=[2,2], group=8>(x, w, b)", {}),
+    "conv1d_relu_maxpool": (
+        "float[8,8,1] w",
+        "c = Conv(x, w)\n r = Relu(c)\n y = MaxPool<kernel_shape=[3], strides=[2], pads=[1,1]>(r)",
+        {},
+    ),
+    "conv1d_avgpool": ("float[8,8,1] w", "c = Conv(x, w)\n y = AveragePool<kernel_shape=[2], strides=[2]>(c)", {}),
+    "conv1d_global_maxpool": ("float[8,8,1] w", "c = Conv(x, w)\n y = GlobalMaxPool(c)", {}),
+    "conv_transpose_1d": ("float[8,4,2] w, float[4] b", "y = ConvTranspose<strides=[2]>(x, w, b)", {}),
+}
+_X_1D = "float[1,8,16] x"
+_ONE_D = {
+    "conv1d",
+    "conv1d_stride_pads_dilation",
+    "conv1d_same_upper",
+    "depthwise_conv1d",
+    "conv1d_relu_maxpool",
+    "conv1d_avgpool",
+    "conv1d_global_maxpool",
+    "conv_transpose_1d",
 }
 _OUT = {
+    "conv1d": "float[1,16,16] y",
+    "conv1d_stride_pads_dilation": "float[1,8,8] y",
+    "conv1d_same_upper": "float[1,8,8] y",
+    "depthwise_conv1d": "float[1,8,16] y",
+    "conv1d_relu_maxpool": "float[1,8,8] y",
+    "conv1d_avgpool": "float[1,8,8] y",
+    "conv1d_global_maxpool": "float[1,8,1] y",
+    "conv_transpose_1d": "float[1,4,32] y",
     "gather_channels": "float[1,3,8,8] y",
     "gather_scalar_index": "float[1,8,8] y",
     "expand_broadcast": "float[1,8,8,8] y",
@@ -219,7 +266,8 @@ def op_model(name: str):
     """The single-op model ``name`` of ``OPS`` with random weights."""
     signature, body, constants = OPS[name]
     out = _OUT.get(name, "float[1,8,8,8] y")
-    text = f"{_HEAD}g ({signature}, {_X}) => ({out}) {{\n {body}\n}}\n"
+    x = _X_1D if name in _ONE_D else _X
+    text = f"{_HEAD}g ({signature}, {x}) => ({out}) {{\n {body}\n}}\n"
     if name == "split_channels":
         text = text.replace('"" : 17', '"" : 18')
     return build_model(text, constants=constants)

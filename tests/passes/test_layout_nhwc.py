@@ -11,7 +11,7 @@ from qcc.backends import get_backend
 from qcc.backends._tflite_litert import interpreter, run
 from qcc.context import PassContext
 from qcc.options import CompileOptions
-from qcc.passes.layout_nhwc import LAYOUT_KEY, LayoutNhwcPass
+from qcc.passes.layout_nhwc import LAYOUT_KEY, LAYOUT_NAMES, LayoutNhwcPass
 from qcc.pipeline import run_pipeline
 from tests.backends.test_tflite_ops import float_tflite
 from tests.conftest import build_model, random_feeds
@@ -90,6 +90,30 @@ CASES = {
         {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1]), "st": np.array([2]), "en": np.array([6]), "ax": np.array([1])},
         2,
     ),
+    # 1-D layout ops run NLC: T(0,2,1) on both sides, cancelled between them like the 4-D ones.
+    "conv1d_chain": (
+        """g (float[8,4,3] w1, float[8,6,3] w2, int64[1] st, int64[1] en, int64[1] ax, float[1,4,16] x)
+          => (float[1,8,8] y) {
+          c = Conv<pads=[1,1]>(x, w1)
+          r = Relu(c)
+          p = MaxPool<kernel_shape=[2], strides=[2]>(r)
+          s = Slice(p, st, en, ax)
+          y = Conv<pads=[1,1]>(s, w2)
+        }""",
+        {"st": np.array([2]), "en": np.array([8]), "ax": np.array([1])},
+        2,
+    ),
+    # Magika's pattern: a 2-D conv of width 1, Squeeze of W, 1-D global pooling. The NCHW
+    # transpose passes below the Squeeze as T(0,2,1) and cancels against the pooling's NLC one.
+    "squeeze_into_1d_pool": (
+        """g (float[8,4,3,1] w1, int64[1] ax, float[1,4,16,1] x) => (float[1,8,1] y) {
+          c = Conv(x, w1)
+          s = Squeeze(c, ax)
+          y = GlobalMaxPool(s)
+        }""",
+        {"ax": np.array([3])},
+        2,
+    ),
 }
 
 
@@ -111,7 +135,7 @@ def test_transposes_left_after_cancellation(name):
     graph = _layout(_model(name)).graph
     transposes = [n for n in graph if n.op_type == "Transpose"]
     assert len(transposes) == CASES[name][2], [(n.name, n.attributes["perm"].as_ints()) for n in transposes]
-    assert all(n.meta.get(LAYOUT_KEY) == "NHWC" for n in graph if n.op_type == "Conv")
+    assert all(n.meta.get(LAYOUT_KEY) == LAYOUT_NAMES[len(n.inputs[0].shape)] for n in graph if n.op_type == "Conv")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
