@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: install demo test test-all lint fuzz zoo bench clean
+.PHONY: install demo test test-all lint fuzz zoo bench bench-large clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: $(STAMP)
 	$(MAKE) -C models all
 	$(MAKE) -C models venv-modelopt
 	$(PY) models/bench.py --out build/bench
+	$(PY) models/bench_large.py --out build/bench-large
+
+# A 2.47 GB model (external data) compiled for ort and trt: peak memory and external data out.
+bench-large: $(STAMP)
+	$(PY) models/bench_large.py --out build/bench-large
 
 clean:
 	rm -rf build

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from qcc.backends._fidelity import OutputFidelity, cosine
@@ -98,7 +99,7 @@ def output_steps(simulation: onnx.ModelProto) -> list[float | None]:
 
 
 def compare_with_simulation(
-    data: bytes, simulation: onnx.ModelProto, reference: onnx.ModelProto, samples: list[Feed]
+    data: bytes, simulation: onnx.ModelProto, reference: ir.Model | onnx.ModelProto, samples: list[Feed]
 ) -> dict[str, Any]:
     """Runs the artifact under both resolvers and compares with the simulation and the float model.
 
@@ -137,7 +138,7 @@ def compare_with_simulation(
         entry = _agreement(got, expected, floats, steps, simulation_cosine)
         if name == "xnnpack":
             entry["delegation"] = delegated_ops(interp)
-            result["fidelity"] = _fidelity(got, floats, [o.name for o in reference.graph.output])
+            result["fidelity"] = _fidelity(got, floats, [o.name for o in ref.get_outputs()])
         result["resolvers"][name] = entry
         ok &= entry["ok"]
     result["ok"] = ok

@@ -45,7 +45,7 @@ def check_tensorrt_rules(model: onnx.ModelProto) -> list[Violation]:
         Every violation found (an empty list for a model TensorRT accepts and fuses).
     """
     graph = model.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    constants = {t.name: _constant(t) for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
@@ -64,6 +64,15 @@ def check_tensorrt_rules(model: onnx.ModelProto) -> list[Violation]:
         if node.op_type == "Concat":
             found += _check_concat(node, producer, constants)
     return found
+
+
+def _constant(tensor: onnx.TensorProto) -> np.ndarray:
+    """The tensor's values; for one in external data (a large weight, not loaded) a zero-strided
+    stand-in with its shape and type: the rules read only the values of scales and zero points."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        return np.broadcast_to(np.zeros((), dtype), tuple(tensor.dims))
+    return numpy_helper.to_array(tensor)
 
 
 def _check_qdq(node: onnx.NodeProto, constants: dict[str, np.ndarray], producer: dict, opset: int) -> list[Violation]:

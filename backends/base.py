@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
+import tempfile
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ import onnx_ir as ir
 
 from qcc.annotations import Decision
 from qcc.errors import OptionError
+from qcc.io import copy_atomic, write_atomic
 from qcc.options import ActivationType, CompileOptions, Precision
 
 if TYPE_CHECKING:
@@ -138,12 +141,58 @@ class Artifact:
 
     ``simulation`` is the ONNX QDQ model carrying exactly the artifact's quantization, for targets
     whose artifact is not ONNX (``tflite``): ``verify()`` compares the runtime against it.
+
+    An ONNX artifact too large for one protobuf (over ``LARGE_MODEL_BYTES`` of tensors) has no
+    ``data``: it lives in ``folder`` as ``model.onnx`` plus ``model.onnx.data``, and ``proto`` is
+    its graph without the external tensors' data.
     """
 
-    data: bytes
+    data: bytes | None
     suffix: str
     proto: onnx.ModelProto | None = None
     simulation: onnx.ModelProto | None = None
+    folder: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def runtime_model(self) -> bytes | str:
+        """What ONNX Runtime loads: the bytes, or the path of the model file with external data."""
+        return self.data if self.data is not None else os.path.join(self.folder.name, EXTERNAL_MODEL)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the artifact, external data included."""
+        if self.data is not None:
+            return len(self.data)
+        return sum(os.path.getsize(os.path.join(self.folder.name, f)) for f in os.listdir(self.folder.name))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the artifact atomically; with external data, also ``<path>.data`` beside it.
+
+        Raises:
+            OutputError: a file cannot be written.
+        """
+        if self.data is not None:
+            write_atomic(path, self.data)
+            return
+        path = os.fspath(path)
+        data_name = f"{os.path.basename(path)}.data"
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        for tensor in onnx.external_data_helper._get_all_tensors(proto):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = data_name
+        data_path = os.path.join(os.path.dirname(os.path.abspath(path)), data_name)
+        copy_atomic(os.path.join(self.folder.name, f"{EXTERNAL_MODEL}.data"), data_path)
+        try:
+            write_atomic(path, proto.SerializeToString())
+        except BaseException:
+            os.unlink(data_path)
+            raise
+
+
+EXTERNAL_MODEL = "model.onnx"
 
 
 class Backend(abc.ABC):
@@ -167,7 +216,7 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def verify(self, artifact: Artifact, reference: onnx.ModelProto, samples: list[Feed]) -> dict[str, Any]:
+    def verify(self, artifact: Artifact, reference: ir.Model, samples: list[Feed]) -> dict[str, Any]:
         """Runs the artifact in its real runtime on ``samples`` and compares with the float model.
 
         Returns:

@@ -24,7 +24,7 @@ import onnx_ir as ir
 
 from qcc.backends._dynamic import materialize_dynamic
 from qcc.backends._fidelity import OutputFidelity
-from qcc.backends._qdq import materialize_qdq, serialize_qdq
+from qcc.backends._qdq import materialize_qdq, onnx_artifact
 from qcc.backends.base import Artifact, Backend, TargetSpec
 from qcc.context import PassContext
 from qcc.data import Feed
@@ -83,19 +83,18 @@ class OrtBackend(Backend):
             keep_fused_activations=self.spec.keep_fused_activation_nodes,
             float_weights=ctx.options.weights == WeightStorage.QDQ,
         )
-        proto = serialize_qdq(qdq, self.spec.name)
-        return Artifact(data=proto.SerializeToString(), suffix=self.spec.artifact_suffix, proto=proto)
+        return onnx_artifact(qdq, self.spec.name, self.spec.artifact_suffix)
 
     def verify(
         self,
         artifact: Artifact,
-        reference: onnx.ModelProto,
+        reference: ir.Model,
         samples: list[Feed],
         planned_int8: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
-        census, float_compute = fusion_census(artifact.data)
+        census, float_compute = fusion_census(artifact.runtime_model)
         unfused = sorted(name for name in float_compute if name in planned_int8)
-        fidelity = compare_outputs(reference, artifact.data, samples)
+        fidelity = compare_outputs(reference, artifact.runtime_model, samples)
         return {
             "ok": not unfused and fidelity["finite"],
             "runtime": "onnxruntime CPUExecutionProvider",
@@ -107,7 +106,7 @@ class OrtBackend(Backend):
         }
 
 
-def fusion_census(model: bytes) -> tuple[collections.Counter, list[str]]:
+def fusion_census(model: bytes | str) -> tuple[collections.Counter, list[str]]:
     """Returns ONNX Runtime's optimized graph as an op-type histogram and the float compute nodes.
 
     The model is optimized at the extended level (where the QDQ fusions run) with one thread,
@@ -123,19 +122,24 @@ def fusion_census(model: bytes) -> tuple[collections.Counter, list[str]]:
 
 
 def compare_outputs(
-    reference: onnx.ModelProto | bytes, candidate: onnx.ModelProto | bytes, samples: list[Feed], level: str = "all"
+    reference: ir.Model | onnx.ModelProto | bytes,
+    candidate: onnx.ModelProto | bytes | str,
+    samples: list[Feed],
+    level: str = "all",
 ) -> dict[str, Any]:
     """Runs both models on the samples and returns cosine and error of every output, pooled.
 
     ``level`` is the candidate's ONNX Runtime optimization level.
     """
+    # One session at a time: a model of several GB is not held twice by ONNX Runtime.
     ref = session(reference, what="the float model")
+    names = [meta.name for meta in ref.get_outputs()]
+    expected = [ref.run(None, feed) for feed in samples]
+    del ref
     cand = session(candidate, level=level, what="the quantized model")
     fidelity = OutputFidelity()
-    for feed in samples:
-        expected = ref.run(None, feed)
-        got = cand.run(None, feed)
-        for meta, e, g in zip(ref.get_outputs(), expected, got, strict=True):
-            fidelity.add(meta.name, e, g)
+    for feed, outputs in zip(samples, expected, strict=True):
+        for name, e, g in zip(names, outputs, cand.run(None, feed), strict=True):
+            fidelity.add(name, e, g)
         fidelity.samples += 1
     return fidelity.result()

@@ -29,7 +29,7 @@ import onnx
 import onnx_ir as ir
 
 from qcc.annotations import Decision, get_decision
-from qcc.backends._qdq import materialize_qdq, serialize_qdq
+from qcc.backends._qdq import materialize_qdq, onnx_artifact
 from qcc.backends._trt_rules import check_tensorrt_rules, summarize
 from qcc.backends.base import Artifact, Backend, TargetSpec
 from qcc.backends.onnxruntime import compare_outputs
@@ -155,37 +155,37 @@ class TrtBackend(Backend):
         precision = ctx.options.precision
         float_weights = ctx.options.weights != WeightStorage.INT8 and precision != Precision.INT4
         qdq = materialize_qdq(model, keep_fused_activations=True, float_weights=float_weights)
-        proto = serialize_qdq(qdq, self.spec.name)
-        errors = [v for v in check_tensorrt_rules(proto) if v.severity == "error"]
+        artifact = onnx_artifact(qdq, self.spec.name, self.spec.artifact_suffix)
+        errors = [v for v in check_tensorrt_rules(artifact.proto) if v.severity == "error"]
         if errors:
             first = errors[0]
             raise BackendError(
                 f"the emitted trt model breaks TensorRT rule {first.rule!r} at {first.node!r}: {first.message}",
                 "this is a qcc bug; please report it, and --exclude that node meanwhile.",
             )
-        return Artifact(data=proto.SerializeToString(), suffix=self.spec.artifact_suffix, proto=proto)
+        return artifact
 
     def verify(
         self,
         artifact: Artifact,
-        reference: onnx.ModelProto,
+        reference: ir.Model,
         samples: list[Feed],
         planned_int8: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
         rules = summarize(check_tensorrt_rules(artifact.proto))
         # ONNX Runtime's optimizer crashes on FP8 Q/DQ around MaxPool (ORT.md 10 #12): run unoptimized.
         fp8 = any(t.data_type == onnx.TensorProto.FLOAT8E4M3FN for t in artifact.proto.graph.initializer)
-        fidelity = compare_outputs(reference, artifact.data, samples, level="disable" if fp8 else "all")
+        fidelity = compare_outputs(reference, artifact.runtime_model, samples, level="disable" if fp8 else "all")
         return {
             "ok": rules["errors"] == 0 and fidelity["finite"],
             "runtime": "onnxruntime CPUExecutionProvider (TensorRT numerics simulated; no GPU here)",
             "tensorrt_rules": rules,
-            "engine": _try_engine(artifact.data),
+            "engine": _try_engine(artifact),
             "fidelity": fidelity,
         }
 
 
-def _try_engine(data: bytes) -> dict[str, Any]:
+def _try_engine(artifact: Artifact) -> dict[str, Any]:
     """Builds an int8 TensorRT engine when TensorRT and a GPU are available; says why not otherwise."""
     try:
         import tensorrt as trt  # optional: only on machines with TensorRT
@@ -196,7 +196,10 @@ def _try_engine(data: bytes) -> dict[str, Any]:
         builder = trt.Builder(logger)
         network = builder.create_network(0)
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse(data):
+        parsed = (
+            parser.parse(artifact.data) if artifact.data is not None else parser.parse_from_file(artifact.runtime_model)
+        )
+        if not parsed:
             return {"built": False, "reason": str(parser.get_error(0))}
         config = builder.create_builder_config()
         config.set_flag(trt.BuilderFlag.INT8)

@@ -27,7 +27,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
@@ -156,7 +155,7 @@ class TfliteBackend(Backend):
     def verify(
         self,
         artifact: Artifact,
-        reference: onnx.ModelProto,
+        reference: ir.Model,
         samples: list[Feed],
         planned_int8: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:

@@ -223,7 +223,9 @@ def _print_summary(report: dict, output: Path) -> None:
         else:
             facts.append("outputs not compared (no calibration samples)")
         _out.print(f"verify {status} in {verify['runtime']}: " + ", ".join(facts))
-    _out.print(f"wrote {output} ({os.path.getsize(output) / 1e6:.2f} MB) in {report['timings']['total']:.1f} s")
+    size = totals["artifact_bytes"] / 1e6
+    external = f" + {output}.data (external data)" if totals["artifact_bytes"] > os.path.getsize(output) else ""
+    _out.print(f"wrote {output}{external} ({size:.2f} MB) in {report['timings']['total']:.1f} s")
 
 
 @app.command()

@@ -45,7 +45,11 @@ class CompileResult:
 
     @property
     def model(self) -> onnx.ModelProto | None:
-        """The int8 ONNX model, for ONNX targets (``ort``, ``trt``); None otherwise."""
+        """The int8 ONNX model, for ONNX targets (``ort``, ``trt``); None otherwise.
+
+        For a model over 2 GB this is its graph without the external tensors' data; ``save()``
+        writes the model file and its ``.data`` file.
+        """
         return self.artifact.proto
 
     def save(self, path: str | os.PathLike, report_path: str | os.PathLike | None = None) -> None:
@@ -54,7 +58,7 @@ class CompileResult:
         Raises:
             OutputError: a path cannot be written.
         """
-        write_atomic(path, self.artifact.data)
+        self.artifact.save(path)
         if report_path is not None:
             write_atomic(report_path, json.dumps(self.report, indent=2).encode())
 
@@ -124,7 +128,7 @@ def compile_model(
             and getattr(get_decision(n), "decision", None) in (Decision.INT8, Decision.WEIGHT_ONLY)
         )
         samples = data.head(VERIFY_SAMPLES) if data is not None else []
-        verify = backend.verify(artifact, loaded.proto, samples, planned_int8=planned)
+        verify = backend.verify(artifact, pristine, samples, planned_int8=planned)
         progress("verify", 1, 1)
         timings["verify"] = time.perf_counter() - stamp
     timings["total"] = time.perf_counter() - start
@@ -136,7 +140,7 @@ def compile_model(
         activation_dtype=ctx.activation_dtype,
         verify=verify,
         timings=timings,
-        artifact_bytes=len(artifact.data),
+        artifact_bytes=artifact.size,
     )
     report["model"]["source"] = loaded.source
     return CompileResult(artifact=artifact, report=report)

@@ -4,9 +4,11 @@ Accepted inputs: a path, raw bytes, an ``onnx.ModelProto``, an ``onnx_ir.Model``
 onnx-graphsurgeon is installed) a graphsurgeon ``Graph``. The caller's object or file is never
 modified: the frontend always works on its own copy.
 
-Steps: parse -> load external data (locations must stay inside the model's folder) -> ONNX
+Steps: parse -> check external data (locations must stay inside the model's folder) -> ONNX
 checker -> opset upgrade to 13 when older (the ONNX version converter) -> shape inference with
-data propagation (dynamic dims stay symbolic) -> onnx-ir. Every way this can fail is a
+data propagation (dynamic dims stay symbolic) -> onnx-ir. External data is never copied into the
+protobuf: the onnx-ir model refers to the files and reads a tensor when a pass needs it, so a
+model above protobuf's 2 GB limit loads like any other. Every way this can fail is a
 :class:`~qcc.errors.ModelLoadError` or :class:`~qcc.errors.UnsupportedModelError` that names the
 problem and the fix.
 """
@@ -38,7 +40,8 @@ class LoadedModel:
 
     Attributes:
         model: the onnx-ir model (the pipeline's own copy).
-        proto: the float model as checked and shape-inferred, used to run the float reference.
+        proto: the float graph as checked and shape-inferred (without external tensor data),
+            for the report.
         source: a short description of where it came from (path or object type).
         original_opset: the default-domain opset before any upgrade.
     """
@@ -70,19 +73,23 @@ def load(source: object, min_opset: int = MIN_OPSET) -> LoadedModel:
     """
     proto, origin, base_dir = _to_proto(source)
     _check_structure(proto, origin)
-    if base_dir is not None:
-        _load_external_data(proto, base_dir, origin)
-    elif _has_external_data(proto):
+    external = _has_external_data(proto)
+    if external and base_dir is None:
         raise ModelLoadError(
             f"{origin} refers to external data files, but was not loaded from a path.",
             "pass the model's file path so qcc can find its external data next to it.",
         )
+    if external:
+        _check_external_data(proto, base_dir, origin)
     original_opset = _default_opset(proto)
     proto = _upgrade_opset(proto, origin, original_opset, max(min_opset, MIN_OPSET))
-    _check(proto, origin)
+    # With external data the checker reads the file itself (it resolves the data files next to it).
+    _check(os.fspath(source) if external else proto, origin)
     proto = _infer_shapes(proto, origin)
     _name_nodes(proto.graph)
     model = ir.serde.deserialize_model(proto)
+    if external:
+        ir.external_data.set_base_dir(model.graph, os.path.realpath(base_dir))
     _check_quantizable(model, origin)
     _check_no_nan_constants(model, origin)
     return LoadedModel(model=model, proto=proto, source=origin, original_opset=original_opset)
@@ -187,7 +194,8 @@ def _has_external_data(proto: onnx.ModelProto) -> bool:
     )
 
 
-def _load_external_data(proto: onnx.ModelProto, base_dir: str, origin: str) -> None:
+def _check_external_data(proto: onnx.ModelProto, base_dir: str, origin: str) -> None:
+    """Every external tensor lies inside the model's folder, in a file large enough to hold it."""
     base = os.path.realpath(base_dir)
     for tensor in onnx.external_data_helper._get_all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -206,12 +214,13 @@ def _load_external_data(proto: onnx.ModelProto, base_dir: str, origin: str) -> N
                 f"external data file {location!r} for tensor {tensor.name!r} of {origin} is missing.",
                 "copy the model together with its external data files.",
             )
-    try:
-        onnx.external_data_helper.load_external_data_for_model(proto, base)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot read external data of {origin}: {exc}.", "check the external data files."
-        ) from None
+        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        if end > os.path.getsize(full):
+            raise ModelLoadError(
+                f"external data file {location!r} is too short for tensor {tensor.name!r} of {origin} "
+                f"(needs {end} bytes, has {os.path.getsize(full)}).",
+                "copy the model together with its complete external data files.",
+            )
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -261,8 +270,15 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
         taken.add(name)
 
 
-def _check(proto: onnx.ModelProto, origin: str) -> None:
-    if proto.ByteSize() > _MAX_PROTO_BYTES:
+def _too_large(proto: onnx.ModelProto) -> bool:
+    try:
+        return proto.ByteSize() > _MAX_PROTO_BYTES
+    except Exception:  # noqa: BLE001 - protobuf cannot even size a message over 2 GB
+        return True
+
+
+def _check(proto: onnx.ModelProto | str, origin: str) -> None:
+    if isinstance(proto, onnx.ModelProto) and _too_large(proto):
         return  # the in-memory checker cannot serialize > 2 GB; ORT validates on load
     try:
         onnx.checker.check_model(proto)
@@ -274,7 +290,7 @@ def _check(proto: onnx.ModelProto, origin: str) -> None:
 
 
 def _infer_shapes(proto: onnx.ModelProto, origin: str) -> onnx.ModelProto:
-    if proto.ByteSize() > _MAX_PROTO_BYTES:
+    if _too_large(proto):
         logger.warning("%s is larger than 2 GB; skipping ONNX shape inference", origin)
         return proto
     try:

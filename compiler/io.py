@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
+from typing import BinaryIO
 
 from qcc.errors import OutputError
 
@@ -45,6 +48,24 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     Raises:
         OutputError: the file cannot be written.
     """
+    _write_atomic(path, lambda f: f.write(data))
+
+
+def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copies the file ``source`` to ``path`` atomically (see :func:`write_atomic`).
+
+    Raises:
+        OutputError: the file cannot be written.
+    """
+
+    def copy(f: BinaryIO) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f, 16 << 20)
+
+    _write_atomic(path, copy)
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     path = check_output_path(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -53,7 +74,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise OutputError(f"cannot write to {folder}: {exc.strerror}.", "choose a folder you can write to.") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)

@@ -78,7 +78,6 @@ def quantize(
     block_size: int | None = None,
 ) -> np.ndarray:
     """Quantizes ``x`` as ONNX QuantizeLinear does (round half to even, saturate)."""
-    qmin, qmax = qrange(dtype)
     if block_size is not None and axis is not None:
         scale = np.repeat(scale, block_size, axis=axis)
         zero_point = np.repeat(zero_point, block_size, axis=axis)
@@ -87,6 +86,27 @@ def quantize(
         shape[axis] = -1
         scale = scale.reshape(shape)
         zero_point = zero_point.reshape(shape)
+    if x.ndim == 0 or x.size <= _CHUNK_ELEMENTS:
+        return _quantize(x, scale, zero_point, dtype)
+    # Row blocks along axis 0 bound the float64 temporaries (a 1 GB weight would need 3 GB more).
+    out = np.empty(x.shape, dtype.numpy())
+    rows = max(1, _CHUNK_ELEMENTS // (x.size // x.shape[0]))
+    for start in range(0, x.shape[0], rows):
+        part = slice(start, start + rows)
+        out[part] = _quantize(x[part], _rows(scale, part, x), _rows(zero_point, part, x), dtype)
+    return out
+
+
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _rows(params: np.ndarray, part: slice, x: np.ndarray) -> np.ndarray:
+    """The rows of broadcast parameters that go with rows ``part`` of ``x``."""
+    return params[part] if np.ndim(params) == x.ndim and params.shape[0] == x.shape[0] else params
+
+
+def _quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, dtype: ir.DataType) -> np.ndarray:
+    qmin, qmax = qrange(dtype)
     if dtype == ir.DataType.FLOAT8E4M3FN:  # symmetric: zero point 0; saturate, then round to E4M3
         scaled = np.clip(x.astype(np.float64) / scale.astype(np.float64), qmin, qmax)
         return scaled.astype(np.float32).astype(dtype.numpy())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from qcc.annotations import Role, Stage, TensorRange, get_quant, quantized_values, set_range
@@ -104,12 +103,7 @@ class CalibratePass(QccPass):
         return ir.passes.PassResult(model, True)
 
     def _observe(self, model: ir.Model, names: list[str]) -> CalibrationStats:
-        proto = ir.serde.serialize_model(model)
-        existing = {o.name for o in proto.graph.output}
-        for name in names:
-            if name not in existing:
-                proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-        sess = session(proto, level="basic", what="the float model")
+        sess = session(model, level="basic", what="the float model", extra_outputs=tuple(names))
         output_names = [o.name for o in sess.get_outputs()]
         position = {name: i for i, name in enumerate(output_names)}
         wanted = [position[name] for name in names]
