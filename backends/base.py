@@ -22,7 +22,7 @@ import onnx_ir as ir
 from qcc.annotations import Decision
 from qcc.errors import OptionError
 from qcc.io import copy_atomic, write_atomic
-from qcc.options import ActivationType, CompileOptions, Precision
+from qcc.options import ActivationType, CalibrationMethod, CompileOptions, Precision
 
 if TYPE_CHECKING:
     from qcc.context import PassContext
@@ -98,6 +98,12 @@ class TargetSpec:
         """Target rule that needs data: nodes to keep float given each calibrated tensor's largest
         leading dimension seen (``rows``), as node name -> reason. Empty by default."""
         return {}
+
+    def default_methods(self, options: CompileOptions) -> tuple[CalibrationMethod, ...]:
+        """The calibration methods tried when the user names none (the driver keeps the one closest
+        to fp32 on the calibration samples, the first unless another is clearly better): minmax,
+        whose ranges never clip."""
+        return (CalibrationMethod.MINMAX,)
 
     def min_opset(self, options: CompileOptions) -> int:
         """The default-domain opset the artifact needs for these options (the frontend upgrades to it)."""

@@ -17,7 +17,7 @@ def compile(  # noqa: A001 - the public name users expect
     *,
     per_channel: bool = True,
     activation_type: str = "auto",
-    method: str = "minmax",
+    method: str | None = None,
     exclude: Sequence[str] = (),
     verify_each: bool = False,
     verify: bool = True,
@@ -39,7 +39,8 @@ def compile(  # noqa: A001 - the public name users expect
             iterable of feed dicts (see ``qcc.data``).
         per_channel: per-output-channel weight scales (default) or one per tensor.
         activation_type: ``"auto"``, ``"uint8"`` or ``"int8"``.
-        method: calibration method: ``"minmax"`` (default), ``"percentile"`` or ``"mse"``.
+        method: calibration method: ``"minmax"``, ``"meanmax"``, ``"percentile"``, ``"mse"``,
+            ``"entropy"`` or ``"auto"``; None: the target's default (meanmax on ``trt``, else minmax).
         exclude: node names or op types to keep in float.
         verify_each: check IR invariants after every pass (debugging).
         verify: run the artifact in its runtime and put the result in the report.

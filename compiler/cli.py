@@ -99,13 +99,15 @@ def compile(  # noqa: A001 - the subcommand's name
         Optional[int], typer.Option("--max-samples", help="Use at most this many calibration samples.")
     ] = None,
     method: Annotated[
-        CalibrationMethod,
+        Optional[CalibrationMethod],
         typer.Option(
             "--method",
             "-m",
-            help="Activation clip ranges: minmax never clips; percentile/mse/entropy clip outliers; auto tries each.",
+            help="Activation clip ranges: minmax never clips (ort, tflite default); meanmax averages each sample's "
+            "range (trt default); percentile/mse/entropy clip outliers; auto tries each.",
+            show_default=False,
         ),
-    ] = CalibrationMethod.MINMAX,
+    ] = None,
     weights: Annotated[
         WeightStorage,
         typer.Option(

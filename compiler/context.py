@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from qcc.backends.base import TargetSpec
 from qcc.data import CalibrationData
-from qcc.options import CompileOptions
+from qcc.options import CalibrationMethod, CompileOptions
 
 # progress(stage, done, total): total is None when unknown. Library code reports; the CLI draws.
 Progress = Callable[[str, int, "int | None"], None]
@@ -41,6 +41,11 @@ class PassContext:
     def weight_dtype(self) -> ir.DataType:
         """The type of quantized weights for this target and these options."""
         return self.target.weight_dtype(self.options)
+
+    @property
+    def calibration_method(self) -> CalibrationMethod:
+        """The calibration method: the user's, or the target's default."""
+        return self.options.method or self.target.default_methods(self.options)[0]
 
     @property
     def activation_dtype(self) -> ir.DataType:

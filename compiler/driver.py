@@ -18,7 +18,7 @@ from qcc.backends import get_backend
 from qcc.backends.base import Artifact
 from qcc.context import PassContext, Progress, no_progress
 from qcc.data import CalibrationSource, open_calibration
-from qcc.errors import NonFiniteActivationsError, OptionError, QccError, ReplanRequest
+from qcc.errors import NonFiniteActivationsError, QccError, ReplanRequest
 from qcc.io import write_atomic
 from qcc.options import CalibrationMethod, CompileOptions
 from qcc.pipeline import run_pipeline
@@ -83,11 +83,15 @@ def compile_model(
     Raises:
         QccError: any problem with the model, the data, the options or the output.
     """
-    if options.method == CalibrationMethod.AUTO:
-        return _compile_auto(model, calibration, options, progress)
+    backend = get_backend(options.target)
+    methods = AUTO_METHODS if options.method == CalibrationMethod.AUTO else (options.method,)
+    if options.method is None:
+        methods = backend.spec.default_methods(options) if options.needs_calibration else (CalibrationMethod.MINMAX,)
+    if len(methods) > 1:
+        return _compile_auto(model, calibration, options, progress, methods)
+    options = dataclasses.replace(options, method=methods[0])
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    backend = get_backend(options.target)
     backend.spec.check_options(options)
     loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
     timings["load"] = time.perf_counter() - start
@@ -153,23 +157,25 @@ AUTO_METHODS = tuple(m for m in CalibrationMethod if m != CalibrationMethod.AUTO
 
 
 def _compile_auto(
-    model: object, calibration: CalibrationSource | None, options: CompileOptions, progress: Progress
+    model: object,
+    calibration: CalibrationSource | None,
+    options: CompileOptions,
+    progress: Progress,
+    methods: tuple[CalibrationMethod, ...],
 ) -> CompileResult:
-    """``--method auto``: one compile per calibration method; keeps the artifact whose outputs are
-    closest to the float model (mean output cosine) on the calibration samples.
+    """One compile per calibration method; keeps the artifact whose outputs are closest to the
+    float model (mean output cosine) on the calibration samples.
 
-    Measured on the zoo it wins big on some models (PP-OCRv5 rec, silero, MobileNetV2, PP-OCRv5 det
-    on trt) and loses on the PP-OCRv5 detector on ort, where the calibration pages mislead it: it is
-    opt-in until the choice is validated on held-out data (issue 6).
+    ``--method auto`` tries every method. Measured on the zoo it wins big on some models (PP-OCRv5
+    rec, silero, MobileNetV2, PP-OCRv5 det on trt) and loses on the PP-OCRv5 detector on ort, where
+    the calibration pages mislead it: it is opt-in until the choice is validated on held-out data
+    (issue 6). The ``trt`` default tries minmax and meanmax only.
     """
     if calibration is not None and not isinstance(calibration, (str, os.PathLike, dict, list, tuple)):
-        raise OptionError(
-            "--method auto compiles several times and needs calibration data it can read again.",
-            "pass a file, a dict or a list of feeds (not a one-shot iterator), or choose a method.",
-        )
+        calibration = list(calibration)  # a one-shot iterator of feeds: each compile reads it again
     scores: dict[str, float] = {}
     best: CompileResult | None = None
-    for method in AUTO_METHODS:  # minmax first: it stays unless another method is clearly better
+    for method in methods:  # the first stays unless another method is clearly better
         candidate = dataclasses.replace(options, method=method, verify=True)
         result = compile_model(model, calibration, candidate, progress)
         outputs = result.report["verify"]["fidelity"]["outputs"]

@@ -49,7 +49,8 @@ class CalibrationMethod(str, enum.Enum):
 
     AUTO = "auto"  # compile with each method below, keep the one closest to fp32 on the calibration data
 
-    MINMAX = "minmax"  # the observed range: never clips (default)
+    MINMAX = "minmax"  # the observed range: never clips (ort, tflite default)
+    MEANMAX = "meanmax"  # the mean of each sample's own range (trt default; ModelOpt-like)
     PERCENTILE = "percentile"  # each side clipped at its 99.99th percentile
     MSE = "mse"  # the range with the least expected squared quantization error
     ENTROPY = "entropy"  # TensorRT's KL-divergence threshold over 2048 bins -> 128 levels
@@ -63,7 +64,7 @@ class CompileOptions:
         target: ``ort``, ``trt`` or ``tflite`` (see ``qcc targets``).
         per_channel: per-output-channel weight scales (default) instead of one per tensor.
         activation_type: integer type of activations; ``auto`` picks what the target runs fastest.
-        method: calibration method.
+        method: calibration method; None: the target's default (``TargetSpec.default_method``).
         exclude: node names or op types kept in float.
         verify_each: run the invariant checker after every pass (slower; for debugging).
         verify: run the artifact in its runtime after emitting it and report the result.
@@ -79,7 +80,7 @@ class CompileOptions:
     target: str = "ort"
     per_channel: bool = True
     activation_type: ActivationType = ActivationType.AUTO
-    method: CalibrationMethod = CalibrationMethod.MINMAX
+    method: CalibrationMethod | None = None
     exclude: tuple[str, ...] = ()
     verify_each: bool = False
     verify: bool = True
@@ -93,6 +94,8 @@ class CompileOptions:
     def __post_init__(self) -> None:
         for name, kind in _ENUM_FIELDS.items():
             value = getattr(self, name)
+            if value is None and name == "method":
+                continue
             try:
                 object.__setattr__(self, name, kind(value))
             except ValueError:

@@ -1,6 +1,10 @@
 """Choosing an activation's clip range from its histogram.
 
 * ``minmax``: the observed range. Never clips, but one outlier stretches the step for every value.
+* ``meanmax``: the mean over calibration samples of each sample's own min and max: an outlier in
+  one sample moves the range by 1/N of its excess. What NVIDIA ModelOpt's default "entropy"
+  calibration amounts to (its 128-bin histograms settle on about the first sample's peak), without
+  the dependence on sample order; the ``trt`` default (measured below).
 * ``percentile``: clip each side at the 99.99th percentile of that side's magnitudes.
 * ``entropy``: TensorRT's KL-divergence search: over the magnitude histogram, the threshold whose
   128-level quantized distribution loses least information (KL divergence) against the clipped
@@ -15,7 +19,11 @@
 Measured on the zoo (``ort``), neither clipping method wins everywhere: mse lifts MobileNetV2
 top-1 agreement 0.60 -> 0.71 and PP-OCRv5 recognition exact lines 0.00 -> 0.50, but lowers the
 PP-OCRv5 detector's mask IoU 0.79 -> 0.63 (sparse large activations carry the text), so minmax
-stays the default until a per-tensor choice is validated.
+stays the default on ``ort`` and ``tflite``. On ``trt`` (zoo, 5 models), ``meanmax`` matches or beats
+ModelOpt everywhere: MobileNetV2 top-1 0.69 (minmax 0.63, ModelOpt 0.69), silero decisions 0.994
+(0.942 / 0.989), PP-OCRv5 det mask IoU 0.89 (0.77 / 0.78), MiniLM NN 0.86 (0.83 / 0.58). It is not
+for targets that quantize graph outputs (``ort``, ``tflite``): a clipped output is wrong outright
+(silero's speech probability never reaches 0.5).
 """
 
 from __future__ import annotations
@@ -33,11 +41,13 @@ def clip_range(hist: TensorHistogram, method: str, levels: int, symmetric: bool)
 
     Args:
         hist: the tensor's histogram.
-        method: ``minmax``, ``percentile``, ``entropy`` or ``mse``.
+        method: ``minmax``, ``meanmax``, ``percentile``, ``entropy`` or ``mse``.
         levels: number of integer levels of the target type (255 steps for 8 bits -> 256).
         symmetric: the scheme has zero point 0 (the range is [-a, a]).
     """
     low, high = min(hist.min, 0.0), max(hist.max, 0.0)
+    if method == "meanmax" and hist.samples:
+        return min(hist.sum_min / hist.samples, 0.0), max(hist.sum_max / hist.samples, 0.0)
     if method == "minmax" or hist.limit == 0.0:
         return low, high
     if method == "percentile":

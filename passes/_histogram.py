@@ -5,7 +5,8 @@ over ``[0, R]`` in ``BINS`` equal bins, plus its exact min and max. When a sampl
 beyond ``R``, ``R`` is doubled (as often as needed) and adjacent bins are summed pairwise, so the
 histogram stays exact up to its bin width and memory stays ``2 x BINS`` counts per tensor whatever
 the number of samples. Two histograms of the same tensor merge by bringing both to the larger
-``R`` and adding: the result equals observing both streams into one.
+``R`` and adding: the result equals observing both streams into one. The sums of each sample's
+own min and max are kept too (the ``meanmax`` clip range averages them).
 """
 
 from __future__ import annotations
@@ -25,14 +26,20 @@ class TensorHistogram:
         self.neg = np.zeros(BINS, dtype=np.int64)
         self.min = np.inf
         self.max = -np.inf
+        self.samples = 0  # samples observed, and the sums of their own extremes
+        self.sum_min = 0.0
+        self.sum_max = 0.0
 
     def update(self, array: np.ndarray) -> None:
         """Folds one sample's values (finite) into the histogram."""
         if not array.size:
             return
         flat = array.ravel()
-        self.min = min(self.min, float(flat.min()))
-        self.max = max(self.max, float(flat.max()))
+        low, high = float(flat.min()), float(flat.max())
+        self.min, self.max = min(self.min, low), max(self.max, high)
+        self.samples += 1
+        self.sum_min += low
+        self.sum_max += high
         if not self.bins:
             return
         peak = max(abs(self.min), abs(self.max))
@@ -58,6 +65,9 @@ class TensorHistogram:
         self.neg += neg
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
+        self.samples += other.samples
+        self.sum_min += other.sum_min
+        self.sum_max += other.sum_max
 
     def _grow(self, peak: float) -> None:
         if self.limit == 0.0:

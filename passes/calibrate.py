@@ -26,6 +26,9 @@ from qcc.runtime import session
 
 logger = logging.getLogger(__name__)
 
+# Methods that need only each sample's range, not histograms.
+_RANGE_ONLY = frozenset({CalibrationMethod.MINMAX, CalibrationMethod.MEANMAX})
+
 
 class CalibrationStats:
     """Mergeable statistics of a set of tensors: one streamed histogram each (see ``_histogram``)."""
@@ -93,7 +96,7 @@ class CalibratePass(QccPass):
         keep_float = {k: v for k, v in keep_float.items() if k not in self.ctx.keep_float}
         if keep_float:
             raise ReplanRequest(keep_float)
-        method = self.ctx.options.method.value
+        method = self.ctx.calibration_method.value
         for value, hist in zip(targets, stats.histograms, strict=True):
             quant = get_quant(value)
             levels = 255 if quant.symmetric else 256
@@ -107,7 +110,7 @@ class CalibratePass(QccPass):
         output_names = [o.name for o in sess.get_outputs()]
         position = {name: i for i, name in enumerate(output_names)}
         wanted = [position[name] for name in names]
-        stats = CalibrationStats(names, bins=self.ctx.options.method != CalibrationMethod.MINMAX)
+        stats = CalibrationStats(names, bins=self.ctx.calibration_method not in _RANGE_ONLY)
         calibration = self.ctx.calibration
         total = calibration.known_length()
         count = 0

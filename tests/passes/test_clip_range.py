@@ -70,3 +70,35 @@ def test_entropy_keeps_a_uniform_range():
     values = np.random.default_rng(4).uniform(-1, 1, 100_000).astype(np.float32)
     low, high = clip_range(_hist(values), "entropy", 256, True)
     assert high > 0.9 and low < -0.9
+
+
+def test_meanmax_is_the_mean_of_each_samples_range_and_merges():
+    rng = np.random.default_rng(4)
+    samples = [rng.normal(0, 1 + i, 500).astype(np.float32) for i in range(6)]
+    whole, first, second = TensorHistogram(bins=False), TensorHistogram(bins=False), TensorHistogram(bins=False)
+    for i, sample in enumerate(samples):
+        whole.update(sample)
+        (first if i < 3 else second).update(sample)
+    first.merge(second)
+    expected = (np.mean([s.min() for s in samples]), np.mean([s.max() for s in samples]))
+    for hist in (whole, first):
+        low, high = clip_range(hist, "meanmax", 255, symmetric=True)
+        np.testing.assert_allclose((low, high), expected, rtol=1e-6)
+        assert hist.min <= low and high <= hist.max  # inside the observed range
+
+
+def test_trt_chooses_between_minmax_and_meanmax_by_default_and_the_user_can_choose():
+    import qcc
+    from tests.conftest import random_feeds
+    from tests.e2e.synthetic import synthetic_model
+
+    model = synthetic_model("residual_cnn")
+    feeds = random_feeds(model, 8)
+    default = qcc.compile(model, target="trt", calibration=feeds).report
+    assert set(default["method_selection"]["output_cosine"]) == {"minmax", "meanmax"}
+    assert default["options"]["method"] == default["method_selection"]["chosen"]
+    chosen = qcc.compile(model, target="trt", calibration=feeds, method="minmax").report
+    assert chosen["options"]["method"] == "minmax" and "method_selection" not in chosen
+    assert qcc.compile(model, target="ort", calibration=feeds).report["options"]["method"] == "minmax"
+    fp8 = qcc.compile(model, target="trt", calibration=feeds, precision="fp8")
+    assert fp8.report["options"]["method"] == "minmax"
