@@ -210,7 +210,17 @@ def _rewrite_mean(graph: ir.Graph, node: ir.Node, names: NameAllocator) -> None:
     q, output_scale, out_zero = quantizer
     chain = _Chain(graph, node.name, names)
     input_scale = chain.const("input_scale", np.array(np.float32(x[1].reshape(()))))
-    count = chain.op("ReduceProd", [chain.op("Shape", [node.inputs[0]], "shape", start=2)], "count", keepdims=0)
+    # Shape -> Slice rather than Shape(start=2), which needs opset 15.
+    spatial = chain.op(
+        "Slice",
+        [
+            chain.op("Shape", [node.inputs[0]], "shape"),
+            chain.const("spatial_start", np.array([2], np.int64)),
+            chain.const("spatial_end", np.array([len(shape)], np.int64)),
+        ],
+        "spatial",
+    )
+    count = chain.op("ReduceProd", [spatial], "count", keepdims=0)
     count_f = chain.op("Cast", [count], "count_f", to=ir.DataType.FLOAT)
     denominator = chain.op("Mul", [count_f, chain.const("output_scale", np.array(output_scale))], "denominator")
     scale = chain.op("Div", [input_scale, denominator], "multiplier")

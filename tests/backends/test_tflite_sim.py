@@ -76,3 +76,25 @@ def test_xnnpack_output_is_bit_identical_to_the_simulation(name):
         got = run(interp, feed, [np.shape(e) for e in expected])
         for e, g in zip(expected, got, strict=True):
             np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_residual_add_and_global_pool_match_xnnpack_at_any_opset(opset):
+    text = f"""<ir_version: 7, opset_import: ["" : {opset}]>
+g (float[1,8,6,6] x, float[8,8,1,1] w1, float[8,8,3,3] w2, float[8] b2) => (float[1,8,1,1] y) {{
+ a = Conv(x, w1)
+ r = Relu(a)
+ c = Conv<pads=[1,1,1,1]>(r, w2, b2)
+ s = Add(c, a)
+ y = GlobalAveragePool(s)
+}}
+"""
+    model = build_model(text)
+    result = qcc.compile(model, target="tflite", calibration=random_feeds(model, 8))
+    ops = {n.op_type for n in result.artifact.simulation.graph.node}
+    assert "GlobalAveragePool" not in ops and "Floor" in ops  # MEAN and ADD modelled
+    interp = interpreter(result.artifact.data, "xnnpack")
+    for feed in random_feeds(model, 8, seed=13):
+        expected = _run_unoptimized(result.artifact.simulation, feed)
+        got = run(interp, feed, [np.shape(e) for e in expected])
+        np.testing.assert_array_equal(got[0], expected[0])
