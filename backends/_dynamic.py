@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.annotations import Decision, get_decision, get_quant, set_quant
-from qcc.irutils import NameAllocator, add_initializer, attr_float, attr_int, const_array
+from qcc.irutils import NameAllocator, add_initializer, attr_float, attr_int, const_array, take_over
 from qcc.optable import WEIGHT_INPUT
 from qcc.quantmath import quantize
 
@@ -82,10 +82,5 @@ def _rewrite(graph, node, weight, quant, x_parts, names) -> None:
     for step in chain:
         step.outputs[0].name = names.new(f"{step.name}_out")
     graph.insert_before(node, chain)
-    result, original = chain[-1].outputs[0], node.outputs[0]
-    result.type, result.shape = original.type, original.shape
-    name = original.name
-    original.replace_all_uses_with(result, replace_graph_outputs=True)
+    take_over(node.outputs[0], chain[-1].outputs[0])
     graph.remove(node, safe=True)
-    original.name = None
-    result.name = name

@@ -84,6 +84,18 @@ def _value_names(graph: ir.Graph) -> set[str]:
     return names
 
 
+def take_over(out: ir.Value, result: ir.Value) -> None:
+    """Makes ``result`` stand for ``out``: every use, graph outputs included, its name, type and shape.
+
+    The caller removes the node that wrote ``out``, which then has no uses.
+    """
+    name = out.name
+    result.type, result.shape = out.type, out.shape
+    out.replace_all_uses_with(result, replace_graph_outputs=True)
+    out.name = None
+    result.name = name
+
+
 def consumers_of(value: ir.Value) -> list[ir.Node]:
     """Returns the nodes reading the value, each once, in no particular order."""
     return list({id(n): n for n in value.consumers()}.values())

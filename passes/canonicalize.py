@@ -28,7 +28,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnx.reference import ReferenceEvaluator
 
-from qcc.irutils import add_initializer, const_array, default_opset, remove_node_bypassing, unique_name
+from qcc.irutils import add_initializer, const_array, default_opset, remove_node_bypassing, take_over, unique_name
 from qcc.passes._base import QccPass
 
 logger = logging.getLogger(__name__)
@@ -121,13 +121,8 @@ def _spatial_mean_to_global_pool(graph: ir.Graph, node: ir.Node, opset: int) -> 
         result.shape = ir.Shape([x.shape[0], x.shape[1], 1, 1])
         result.type = x.type
         result = reshape.outputs[0]
-    out = node.outputs[0]
-    result.shape, result.type = out.shape, out.type
-    name = out.name
-    out.replace_all_uses_with(result, replace_graph_outputs=True)
+    take_over(node.outputs[0], result)
     graph.remove(node, safe=True)
-    out.name = None
-    result.name = name
     return True
 
 

@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from qcc.irutils import add_initializer, const_array
+from qcc.irutils import add_initializer, const_array, take_over
 from qcc.passes._base import QccPass
 
 logger = logging.getLogger(__name__)
@@ -57,15 +57,9 @@ def _fuse(graph: ir.Graph, add: ir.Node) -> bool:
         bias_n = np.broadcast_to(bias.reshape(-1), (n,)).astype(weight.dtype)
         c = add_initializer(graph, f"{matmul.name or 'matmul'}_bias", bias_n)
         gemm = ir.node("Gemm", [a, b, c], name=matmul.name)
-        gemm.outputs[0].shape = add.outputs[0].shape
-        gemm.outputs[0].type = add.outputs[0].type
         graph.insert_before(matmul, gemm)
-        out = add.outputs[0]
-        name = out.name
-        out.replace_all_uses_with(gemm.outputs[0], replace_graph_outputs=True)
+        take_over(add.outputs[0], gemm.outputs[0])
         graph.remove([add, matmul], safe=True)
-        out.name = None
-        gemm.outputs[0].name = name
         logger.debug("fused %s + %s into Gemm", matmul.name, add.name)
         return True
     return False

@@ -185,19 +185,7 @@ class PlanPass(QccPass):
 
     def _plan_weight_only(self, graph: ir.Graph) -> None:
         """INT4: only constant 2-D MatMul/Gemm weights are quantized, in blocks along K."""
-        excluded = set(self.ctx.options.exclude)
-        for node in graph:
-            reason = None
-            if node.name in excluded or node.op_type in excluded:
-                reason = "excluded by the user (--exclude)"
-            elif node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
-                reason = "int4 is weight-only: only MatMul/Gemm weights are quantized"
-            else:
-                reason = _weight_only_reason(node)
-            if reason is not None:
-                set_decision(node, Decision.FLOAT, reason)
-                continue
-            weight = node.inputs[WEIGHT_INPUT]
+        for node, weight in self._matmul_weights(graph, "int4 (weight-only)", _weight_only_reason):
             k_axis = 1 if node.op_type == "Gemm" and attr_int(node, "transB", 0) == 1 else 0
             block = _block_size(weight.shape[k_axis])
             set_decision(node, Decision.WEIGHT_ONLY, f"int4 weight blocks of {block} along K; computes in float")
@@ -205,21 +193,28 @@ class PlanPass(QccPass):
 
     def _plan_dynamic(self, graph: ir.Graph) -> None:
         """``--dynamic``: constant MatMul/Gemm weights int8; activations are quantized at run time."""
+        for node, weight in self._matmul_weights(graph, "--dynamic", _dynamic_reason):
+            set_decision(node, Decision.INT8, "int8 weight; its input is quantized at run time (--dynamic)")
+            axis = weight_axis(node) % 2 if self.ctx.options.per_channel else None
+            set_quant(weight, TensorQuant(Role.WEIGHT, ir.DataType.INT8, True, axis))
+
+    def _matmul_weights(self, graph: ir.Graph, mode: str, reason_of) -> list[tuple[ir.Node, ir.Value]]:
+        """Modes that quantize only MatMul/Gemm weights: every other node and every MatMul/Gemm
+        ``reason_of`` rejects stays float with its reason; returns the rest with their weights."""
         excluded = set(self.ctx.options.exclude)
+        chosen = []
         for node in graph:
             if node.name in excluded or node.op_type in excluded:
                 reason = "excluded by the user (--exclude)"
             elif node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
-                reason = "--dynamic quantizes only MatMul/Gemm weights; the rest runs float"
+                reason = f"{mode} quantizes only MatMul/Gemm weights; the rest runs float"
             else:
-                reason = _dynamic_reason(node)
-            if reason is not None:
+                reason = reason_of(node)
+            if reason is None:
+                chosen.append((node, node.inputs[WEIGHT_INPUT]))
+            else:
                 set_decision(node, Decision.FLOAT, reason)
-                continue
-            set_decision(node, Decision.INT8, "int8 weight; its input is quantized at run time (--dynamic)")
-            weight = node.inputs[WEIGHT_INPUT]
-            axis = weight_axis(node) % 2 if self.ctx.options.per_channel else None
-            set_quant(weight, TensorQuant(Role.WEIGHT, ir.DataType.INT8, True, axis))
+        return chosen
 
     def _output_quantized(self, node: ir.Node, out: ir.Value) -> bool:
         """Whether an int8 or fused node's output is quantized under the target's output policy."""
