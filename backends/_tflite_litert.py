@@ -25,10 +25,12 @@ from qcc.runtime import session
 
 RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
 AGREEMENT = 0.99
-# A resolver that misses AGREEMENT still passes when its outputs are as close to the float model as
-# the simulation's (cosine within this margin): a deep depthwise network turns the builtin kernels'
-# double rounding into many-step differences that are noise, while a wrong parameter costs far more.
-COSINE_MARGIN = 0.01
+# The builtin kernels round twice (a fixed-point multiply, then a rounding shift), which the
+# simulation (XNNPACK's arithmetic) does not model; a deep depthwise network turns that into
+# many-step differences that are noise. They pass when their outputs are about as close to the
+# float model as the simulation's: 1 - cosine at most twice the simulation's, plus this slack.
+# A wrong parameter costs far more. XNNPACK must agree within one step.
+COSINE_SLACK = 0.002
 
 
 def interpreter(data: bytes, resolver: str = "xnnpack", threads: int = 1) -> Interpreter:
@@ -105,8 +107,8 @@ def compare_with_simulation(
 
     Returns:
         A JSON-serializable dict; ``ok`` is True when both resolvers ran, every output is finite,
-        and each resolver agrees with the simulation within one step on at least 99% of the output
-        elements or is as close to the float model as the simulation (``COSINE_MARGIN``).
+        XNNPACK agrees with the simulation within one step on at least 99% of the output elements,
+        and the builtin kernels do too or are about as close to the float model (``COSINE_SLACK``).
     """
     # The artifact has the static shapes of the first calibration sample; others cannot run.
     if samples:
@@ -135,7 +137,7 @@ def compare_with_simulation(
             result["resolvers"][name] = {"ok": False, "error": str(exc).strip().splitlines()[0]}
             ok = False
             continue
-        entry = _agreement(got, expected, floats, steps, simulation_cosine)
+        entry = _agreement(got, expected, floats, steps, simulation_cosine if name == "builtin" else None)
         if name == "xnnpack":
             entry["delegation"] = delegated_ops(interp)
             result["fidelity"] = _fidelity(got, floats, [o.name for o in ref.get_outputs()])
@@ -186,6 +188,7 @@ def _min_cosine(outputs, floats) -> float | None:
 
 
 def _agreement(got, expected, floats, steps, simulation_cosine: float | None) -> dict[str, Any]:
+    """Agreement with the simulation; with ``simulation_cosine``, the float-closeness criterion too."""
     within, total, worst_steps, finite = 0, 0, 0.0, True
     for g_outs, e_outs, f_outs in zip(got, expected, floats, strict=True):
         for g, e, f, step in zip(g_outs, e_outs, f_outs, steps, strict=True):
@@ -202,7 +205,11 @@ def _agreement(got, expected, floats, steps, simulation_cosine: float | None) ->
     cosine_min = _min_cosine(got, floats)
     if fraction >= AGREEMENT:
         criterion = "within one step of the simulation"
-    elif cosine_min is not None and simulation_cosine is not None and cosine_min >= simulation_cosine - COSINE_MARGIN:
+    elif (
+        cosine_min is not None
+        and simulation_cosine is not None
+        and 1.0 - cosine_min <= 2.0 * (1.0 - simulation_cosine) + COSINE_SLACK
+    ):
         criterion = "as close to the float model as the simulation"
     else:
         criterion = None

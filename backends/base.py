@@ -22,7 +22,7 @@ import onnx_ir as ir
 from qcc.annotations import Decision
 from qcc.errors import OptionError
 from qcc.io import copy_atomic, write_atomic
-from qcc.options import ActivationType, CalibrationMethod, CompileOptions, Precision
+from qcc.options import ActivationType, CalibrationMethod, CompileOptions, Precision, WeightStorage
 
 if TYPE_CHECKING:
     from qcc.context import PassContext
@@ -123,6 +123,18 @@ class TargetSpec:
             )
         if options.dynamic and options.precision != Precision.INT8:
             raise OptionError("--dynamic quantizes to int8.", "drop --precision or --dynamic.")
+        if not options.needs_calibration:
+            mode = "--dynamic" if options.dynamic else "--precision int4"
+            if options.method is not None:
+                raise OptionError(f"--method has no effect with {mode}: no activation is calibrated.", "drop --method.")
+            if options.activation_type != ActivationType.AUTO:
+                raise OptionError(
+                    f"--activation-type has no effect with {mode}: activations are "
+                    + ("quantized to uint8 at run time." if options.dynamic else "float."),
+                    "drop --activation-type.",
+                )
+            if options.dynamic and options.weights == WeightStorage.QDQ:
+                raise OptionError("--dynamic stores int8 weights; --weights qdq has no effect.", "drop --weights.")
 
     def default_activation_dtype(self) -> ir.DataType:
         """The activation type ``auto`` resolves to on this host."""
@@ -130,6 +142,10 @@ class TargetSpec:
 
     def float_reason(self, node: ir.Node) -> str | None:
         """Target rule: why this otherwise quantizable node should stay float, or None."""
+        return None
+
+    def weight_only_reason(self, node: ir.Node) -> str | None:
+        """Target rule for ``--precision int4``: why this MatMul/Gemm should stay float, or None."""
         return None
 
     def decide(self, node: ir.Node) -> tuple[Decision, str] | None:

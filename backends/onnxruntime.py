@@ -28,6 +28,7 @@ from qcc.backends._qdq import materialize_qdq, onnx_artifact
 from qcc.backends.base import Artifact, Backend, TargetSpec
 from qcc.context import PassContext
 from qcc.data import Feed
+from qcc.irutils import attr_float, attr_int
 from qcc.options import CompileOptions, Precision, WeightStorage, host_is_arm
 from qcc.runtime import session
 
@@ -47,6 +48,16 @@ class OrtSpec(TargetSpec):
     def min_opset(self, options: CompileOptions) -> int:
         # DequantizeLinear with int4 blocks (block_size) is opset 21.
         return 21 if options.precision == Precision.INT4 else 13
+
+    def weight_only_reason(self, node: ir.Node) -> str | None:
+        # ORT fuses DequantizeLinear(int4) into MatMulNBits for MatMul and plain Gemm only (ORT.md §3).
+        if node.op_type != "Gemm":
+            return None
+        if attr_int(node, "transA", 0) or attr_int(node, "transB", 0):
+            return "ONNX Runtime runs int4 weights (MatMulNBits) only for a Gemm without transposes"
+        if attr_float(node, "alpha", 1.0) != 1.0 or attr_float(node, "beta", 1.0) != 1.0:
+            return "ONNX Runtime runs int4 weights (MatMulNBits) only for a Gemm with alpha = beta = 1"
+        return None
 
 
 ORT_SPEC = OrtSpec(

@@ -40,7 +40,8 @@ def compile(  # noqa: A001 - the public name users expect
         per_channel: per-output-channel weight scales (default) or one per tensor.
         activation_type: ``"auto"``, ``"uint8"`` or ``"int8"``.
         method: calibration method: ``"minmax"``, ``"meanmax"``, ``"percentile"``, ``"mse"``,
-            ``"entropy"`` or ``"auto"``; None: the target's default (meanmax on ``trt``, else minmax).
+            ``"entropy"`` or ``"auto"``; None: the target's default (on ``trt`` minmax or meanmax,
+            whichever is closer to fp32 on the calibration samples; minmax elsewhere).
         exclude: node names or op types to keep in float.
         verify_each: check IR invariants after every pass (debugging).
         verify: run the artifact in its runtime and put the result in the report.
@@ -48,7 +49,8 @@ def compile(  # noqa: A001 - the public name users expect
         io: ``"float"`` or ``"int8"`` model inputs and outputs (``tflite``).
         nhwc_io: NHWC 4-D inputs and outputs instead of the model's NCHW (``tflite``).
         weights: ``"auto"``, ``"int8"`` (int8 initializers, smaller) or ``"qdq"`` (float behind Q->DQ).
-        precision: ``"int8"``, or ``"fp8"`` (E4M3; ``trt`` only).
+        precision: ``"int8"``, ``"fp8"`` (E4M3; ``trt`` only) or ``"int4"`` (weight-only MatMul/Gemm;
+            ``trt`` and ``ort``, no calibration needed).
         dynamic: int8 MatMul/Gemm weights, activations quantized at run time (``ort``);
             ``calibration`` may then be None (it is only used to verify).
         progress: ``progress(stage, done, total)`` callback.

@@ -104,7 +104,7 @@ def compile(  # noqa: A001 - the subcommand's name
             "--method",
             "-m",
             help="Activation clip ranges: minmax never clips (ort, tflite default); meanmax averages each sample's "
-            "range (trt default); percentile/mse/entropy clip outliers; auto tries each.",
+            "range (trt picks minmax or meanmax by default); percentile/mse/entropy clip outliers; auto tries each.",
             show_default=False,
         ),
     ] = None,
@@ -206,7 +206,9 @@ def _print_summary(report: dict, output: Path) -> None:
     for column in ("op type", "int8", "fused", "float"):
         table.add_column(column, justify="left" if column == "op type" else "right")
     for op, counts in totals["by_op"].items():
-        table.add_row(op, str(counts.get("int8", "")), str(counts.get("fused", "")), str(counts.get("float", "")))
+        # Weight-only (int4) nodes count as quantized: their weights are.
+        quantized = counts.get("int8", 0) + counts.get("weight-only", 0)
+        table.add_row(op, str(quantized or ""), str(counts.get("fused", "")), str(counts.get("float", "")))
     _out.print(table)
     for reason, count in totals["float_reasons"].items():
         _out.print(f"  float x{count}: {reason}")

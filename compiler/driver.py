@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -84,15 +85,17 @@ def compile_model(
         QccError: any problem with the model, the data, the options or the output.
     """
     backend = get_backend(options.target)
+    backend.spec.check_options(options)
     methods = AUTO_METHODS if options.method == CalibrationMethod.AUTO else (options.method,)
-    if options.method is None:
-        methods = backend.spec.default_methods(options) if options.needs_calibration else (CalibrationMethod.MINMAX,)
+    if options.method is None and options.needs_calibration:
+        methods = backend.spec.default_methods(options)
+        if not options.verify:
+            methods = methods[:1]  # choosing between methods runs the artifacts; --no-verify runs none
     if len(methods) > 1:
         return _compile_auto(model, calibration, options, progress, methods)
     options = dataclasses.replace(options, method=methods[0])
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    backend.spec.check_options(options)
     loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
     timings["load"] = time.perf_counter() - start
     if calibration is None and options.needs_calibration:
@@ -172,7 +175,8 @@ def _compile_auto(
     (issue 6). The ``trt`` default tries minmax and meanmax only.
     """
     if calibration is not None and not isinstance(calibration, (str, os.PathLike, dict, list, tuple)):
-        calibration = list(calibration)  # a one-shot iterator of feeds: each compile reads it again
+        # A one-shot iterator of feeds: each compile reads it again (up to the samples it uses).
+        calibration = list(itertools.islice(calibration, options.max_calibration_samples))
     scores: dict[str, float] = {}
     best: CompileResult | None = None
     for method in methods:  # the first stays unless another method is clearly better

@@ -7,8 +7,9 @@ modified: the frontend always works on its own copy.
 Steps: parse -> check external data (locations must stay inside the model's folder) -> ONNX
 checker -> opset upgrade to 13 when older (the ONNX version converter) -> shape inference with
 data propagation (dynamic dims stay symbolic) -> onnx-ir. External data is never copied into the
-protobuf: the onnx-ir model refers to the files and reads a tensor when a pass needs it, so a
-model above protobuf's 2 GB limit loads like any other. Every way this can fail is a
+protobuf: for a model above protobuf's 2 GB limit the onnx-ir model refers to the files and reads
+a tensor (memory-mapped) when a pass needs it, so it loads like any other; a smaller model's
+tensors are read into memory. Every way this can fail is a
 :class:`~qcc.errors.ModelLoadError` or :class:`~qcc.errors.UnsupportedModelError` that names the
 problem and the fix.
 """
@@ -27,6 +28,7 @@ from google.protobuf.message import DecodeError
 from qcc.data import InputSpec
 from qcc.errors import ModelLoadError, UnsupportedModelError
 from qcc.irutils import is_float
+from qcc.runtime import is_large
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,9 @@ def load(source: object, min_opset: int = MIN_OPSET) -> LoadedModel:
     model = ir.serde.deserialize_model(proto)
     if external:
         ir.external_data.set_base_dir(model.graph, os.path.realpath(base_dir))
+        if not is_large(model):
+            # Below protobuf's limit every later step may serialize the model as one protobuf.
+            ir.external_data.load_to_model(model)
     _check_quantizable(model, origin)
     _check_no_nan_constants(model, origin)
     return LoadedModel(model=model, proto=proto, source=origin, original_opset=original_opset)

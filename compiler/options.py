@@ -64,7 +64,7 @@ class CompileOptions:
         target: ``ort``, ``trt`` or ``tflite`` (see ``qcc targets``).
         per_channel: per-output-channel weight scales (default) instead of one per tensor.
         activation_type: integer type of activations; ``auto`` picks what the target runs fastest.
-        method: calibration method; None: the target's default (``TargetSpec.default_method``).
+        method: calibration method; None: the target's default (``TargetSpec.default_methods``).
         exclude: node names or op types kept in float.
         verify_each: run the invariant checker after every pass (slower; for debugging).
         verify: run the artifact in its runtime after emitting it and report the result.

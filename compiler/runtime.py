@@ -66,7 +66,6 @@ def save_external(model: ir.Model, folder: str, name: str = "model.onnx") -> str
         The model file's path.
     """
     path = os.path.join(folder, name)
-    model.ir_version = min(model.ir_version, MAX_ORT_IR_VERSION)
     ir.save(model, path, external_data=f"{name}.data", size_threshold_bytes=EXTERNAL_TENSOR_BYTES)
     return path
 

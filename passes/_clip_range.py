@@ -1,10 +1,11 @@
 """Choosing an activation's clip range from its histogram.
 
 * ``minmax``: the observed range. Never clips, but one outlier stretches the step for every value.
-* ``meanmax``: the mean over calibration samples of each sample's own min and max: an outlier in
-  one sample moves the range by 1/N of its excess. What NVIDIA ModelOpt's default "entropy"
-  calibration amounts to (its 128-bin histograms settle on about the first sample's peak), without
-  the dependence on sample order; the ``trt`` default (measured below).
+* ``meanmax``: the mean over calibration samples (feeds) of each one's own min and max: an outlier
+  in one sample moves the range by 1/N of its excess (a single feed holding a batch is one
+  sample). What NVIDIA ModelOpt's default "entropy" calibration amounts to (its 128-bin histograms
+  settle on about the first sample's peak), without the dependence on sample order; one of the two
+  methods the ``trt`` default chooses from (measured below).
 * ``percentile``: clip each side at the 99.99th percentile of that side's magnitudes.
 * ``entropy``: TensorRT's KL-divergence search: over the magnitude histogram, the threshold whose
   128-level quantized distribution loses least information (KL divergence) against the clipped

@@ -185,7 +185,10 @@ class PlanPass(QccPass):
 
     def _plan_weight_only(self, graph: ir.Graph) -> None:
         """INT4: only constant 2-D MatMul/Gemm weights are quantized, in blocks along K."""
-        for node, weight in self._matmul_weights(graph, "int4 (weight-only)", _weight_only_reason):
+        def reason_of(node: ir.Node) -> str | None:
+            return _weight_only_reason(node) or self.ctx.target.weight_only_reason(node)
+
+        for node, weight in self._matmul_weights(graph, "int4 (weight-only)", reason_of):
             k_axis = 1 if node.op_type == "Gemm" and attr_int(node, "transB", 0) == 1 else 0
             block = _block_size(weight.shape[k_axis])
             set_decision(node, Decision.WEIGHT_ONLY, f"int4 weight blocks of {block} along K; computes in float")

@@ -183,3 +183,32 @@ g (float[1,8,256] x, float[256,128] w) => (float[1,8,128] y) {
     assert census["MatMulNBits"] == 1 and not float_compute
     feed = random_feeds(model, 1, seed=2)[0]
     assert cosine(run(model, feed)[0], run(result.model, feed)[0]) > 0.99
+
+
+def test_dynamic_mode_quantizes_a_weight_shared_by_two_matmuls_for_both():
+    from qcc.backends.onnxruntime import fusion_census
+
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[4,64] x, float[64,64] w) => (float[4,64] y) {
+ h = MatMul(x, w)
+ y = MatMul(h, w)
+}
+"""
+    model = build_model(text)
+    result = qcc.compile(model, target="ort", dynamic=True)
+    census, float_compute = fusion_census(result.artifact.data)
+    assert not float_compute and result.report["verify"]["ok"], census
+    weights = [t for t in result.model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert len(weights) == 1  # one int8 copy serves both
+
+
+def test_int4_keeps_a_transposed_gemm_float_with_the_reason():
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[4,256] x, float[128,256] w, float[128] b) => (float[4,128] y) {
+ y = Gemm<transB=1>(x, w, b)
+}
+"""
+    result = qcc.compile(build_model(text), target="ort", precision="int4")
+    (node,) = result.report["nodes"]
+    assert node["decision"] == "float" and "without transposes" in node["reason"]
+    assert result.report["verify"]["ok"]

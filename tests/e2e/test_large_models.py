@@ -49,11 +49,22 @@ def _digest(folder) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def test_external_data_stays_in_its_file_until_a_pass_reads_it(external_model):
+def test_a_large_models_external_data_stays_in_its_file_until_a_pass_reads_it(external_model, monkeypatch):
     _, path = external_model
+    _tiny_thresholds(monkeypatch)
     loaded = frontend.load(str(path))
     assert isinstance(loaded.model.graph.initializers["w1"].const_value, ir.ExternalTensor)
     assert not any(t.raw_data for t in loaded.proto.graph.initializer if t.name in ("w1", "w2"))
+
+
+@pytest.mark.parametrize("target", ["ort", "trt", "tflite"])
+def test_a_small_model_with_external_data_compiles_from_any_folder(external_model, tmp_path, monkeypatch, target):
+    model, path = external_model
+    monkeypatch.chdir(tmp_path)  # not the model's folder: nothing may resolve the data file from here
+    loaded = frontend.load(str(path))
+    assert not isinstance(loaded.model.graph.initializers["w1"].const_value, ir.ExternalTensor)
+    result = qcc.compile(str(path), target=target, calibration=random_feeds(model, 4))
+    assert result.report["verify"]["ok"] and result.artifact.data is not None
 
 
 @pytest.mark.parametrize("target", ["ort", "trt"])
