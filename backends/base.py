@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from qcc.annotations import Decision
 from qcc.errors import OptionError
-from qcc.io import copy_atomic, write_atomic
+from qcc.io import copy_from, write_atomic, write_files_atomic
 from qcc.options import ActivationType, CalibrationMethod, CompileOptions, Precision, WeightStorage
 
 if TYPE_CHECKING:
@@ -206,12 +206,10 @@ class Artifact:
                     if entry.key == "location":
                         entry.value = data_name
         data_path = os.path.join(os.path.dirname(os.path.abspath(path)), data_name)
-        copy_atomic(os.path.join(self.folder.name, f"{EXTERNAL_MODEL}.data"), data_path)
-        try:
-            write_atomic(path, proto.SerializeToString())
-        except BaseException:
-            os.unlink(data_path)
-            raise
+        source = os.path.join(self.folder.name, f"{EXTERNAL_MODEL}.data")
+        model = proto.SerializeToString()
+        # Both complete before either is renamed; the data first, so the model never points at nothing.
+        write_files_atomic([(data_path, copy_from(source)), (path, lambda f: f.write(model))])
 
 
 EXTERNAL_MODEL = "model.onnx"

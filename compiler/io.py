@@ -48,25 +48,42 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     Raises:
         OutputError: the file cannot be written.
     """
-    _write_atomic(path, lambda f: f.write(data))
+    write_files_atomic([(path, lambda f: f.write(data))])
 
 
-def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Copies the file ``source`` to ``path`` atomically (see :func:`write_atomic`).
-
-    Raises:
-        OutputError: the file cannot be written.
-    """
+def copy_from(source: str | os.PathLike) -> Callable[[BinaryIO], object]:
+    """A writer for :func:`write_files_atomic` that copies the file ``source``."""
 
     def copy(f: BinaryIO) -> None:
         with open(source, "rb") as src:
             shutil.copyfileobj(src, f, 16 << 20)
 
-    _write_atomic(path, copy)
+    return copy
 
 
-def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    path = check_output_path(path)
+def write_files_atomic(files: list[tuple[str | os.PathLike, Callable[[BinaryIO], object]]]) -> None:
+    """Writes several files (``(path, writer)``) that belong together: every one goes to a
+    temporary file in its folder first, and only when all are complete are they renamed, in order.
+
+    Raises:
+        OutputError: a file cannot be written; no temporary file is left.
+    """
+    staged: list[tuple[str, str]] = []
+    try:
+        for path, write in files:
+            path = check_output_path(path)
+            staged.append((_write_temporary(path, write), path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}.", "check free space and permissions.") from None
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _write_temporary(path: str, write: Callable[[BinaryIO], object]) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
@@ -78,12 +95,7 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) 
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise OutputError(f"cannot write {path}: {exc.strerror}.", "check free space and permissions.") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
+    return tmp
