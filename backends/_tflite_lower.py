@@ -190,6 +190,12 @@ class Lowering:
         """Appends a builtin operator by name (``CONV_2D``)."""
         self.model.op(builtin(name), inputs, outputs, options, source=source, **fields)
 
+    def reshape(self, x: Tensor, out: Tensor, source: str) -> Tensor:
+        """Appends RESHAPE of ``x`` into ``out`` (``out``'s static shape); returns ``out``."""
+        shape = self.constant(f"{source}_shape", np.array(out.shape, np.int32))
+        self.op("RESHAPE", [x, shape], [out], "ReshapeOptions", source=source, new_shape=list(out.shape))
+        return out
+
     def weight(self, node: ir.Node, index: int, transform, axis: int) -> Tensor:
         """A weight in TFLite layout: ``transform`` maps the ONNX array; ``axis`` is the new channel axis."""
         value = node.inputs[index]

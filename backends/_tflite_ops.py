@@ -168,9 +168,7 @@ def reduce(lw: Lowering, node: ir.Node) -> None:
 
 def reshape(lw: Lowering, node: ir.Node) -> None:
     """Reshape/Flatten/Squeeze/Unsqueeze -> RESHAPE to the (static) output shape."""
-    y = lw.output(node)
-    shape = lw.constant(f"{node.name}_shape", np.array(y.shape, np.int32))
-    lw.op("RESHAPE", [lw.input(node, 0), shape], [y], "ReshapeOptions", source=node.name, new_shape=list(y.shape))
+    lw.reshape(lw.input(node, 0), lw.output(node), node.name)
 
 
 def transpose(lw: Lowering, node: ir.Node) -> None:

@@ -67,9 +67,7 @@ def expand(lw: Lowering, node: ir.Node) -> None:
     x = lw.input(node, 0)
     y = lw.output(node)
     if int(np.prod(x.shape)) == int(np.prod(y.shape)):
-        # Only unit dimensions are added: the bytes stay as they are.
-        shape = lw.constant(f"{node.name}_shape", np.array(y.shape, np.int32))
-        lw.op("RESHAPE", [x, shape], [y], "ReshapeOptions", source=node.name, new_shape=list(y.shape))
+        lw.reshape(x, y, node.name)  # only unit dimensions are added: the bytes stay as they are
         return
     shape = lw.constant(f"{node.name}_shape", np.array(y.shape, np.int32))
     lw.op("BROADCAST_TO", [x, shape], [y], source=node.name)
@@ -173,8 +171,7 @@ def reduce_axes(node: ir.Node, rank: int) -> list[int]:
 
 def _copy(lw: Lowering, node: ir.Node, x: Tensor, y: Tensor) -> None:
     """Writes ``y`` as a copy of ``x`` (a RESHAPE to the same shape: TFLite has no identity op)."""
-    shape = lw.constant(f"{node.name}_shape", np.array(y.shape, np.int32))
-    lw.op("RESHAPE", [x, shape], [y], "ReshapeOptions", source=node.name, new_shape=list(y.shape))
+    lw.reshape(x, y, node.name)
 
 
 def _check_broadcast(node: ir.Node, a: Tensor, b: Tensor) -> None:

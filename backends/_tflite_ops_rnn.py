@@ -256,12 +256,4 @@ def _reshape(lw: Lowering, node: ir.Node, x: Tensor, shape, out: Tensor | None =
     shape = tuple(int(s) for s in shape)
     if out is None:
         out = lw.model.tensor(f"{node.name}_reshape", shape, np.float32)
-    lw.op(
-        "RESHAPE",
-        [x, _int32(lw, node, "shape", shape)],
-        [out],
-        "ReshapeOptions",
-        source=node.name,
-        new_shape=list(shape),
-    )
-    return out
+    return lw.reshape(x, out, node.name)

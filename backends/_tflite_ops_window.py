@@ -98,7 +98,7 @@ def as_image(lw: Lowering, node: ir.Node, x: Tensor) -> Tensor:
     if len(x.shape) == 4:
         return x
     n, length, c = x.shape
-    return _reshape(lw, node, x, lw.model.tensor(f"{x.name}_2d", (n, 1, length, c), x.dtype, quant=x.quant))
+    return lw.reshape(x, lw.model.tensor(f"{x.name}_2d", (n, 1, length, c), x.dtype, quant=x.quant), node.name)
 
 
 def image_output(lw: Lowering, y: Tensor) -> Tensor:
@@ -115,13 +115,7 @@ def image_output(lw: Lowering, y: Tensor) -> Tensor:
 def finish_image(lw: Lowering, node: ir.Node, image: Tensor, y: Tensor) -> None:
     """Writes ``y`` from the 2-D op's output ``image`` (a RESHAPE when they differ)."""
     if image is not y:
-        _reshape(lw, node, image, y)
-
-
-def _reshape(lw: Lowering, node: ir.Node, x: Tensor, out: Tensor) -> Tensor:
-    shape = lw.constant(f"{node.name}_shape", np.array(out.shape, np.int32))
-    lw.op("RESHAPE", [x, shape], [out], "ReshapeOptions", source=node.name, new_shape=list(out.shape))
-    return out
+        lw.reshape(image, y, node.name)
 
 
 def _as_2d_weight(array: np.ndarray) -> np.ndarray:
@@ -397,9 +391,6 @@ def _replicate(lw: Lowering, node: ir.Node, x, y) -> None:
             if tuple(target_shape) == tuple(y.shape)
             else lw.model.tensor(f"{node.name}_rows", target_shape, current.dtype, quant=current.quant)
         )
-        shape_t = lw.constant(f"{node.name}_shape", np.array(target_shape, np.int32))
-        lw.op("RESHAPE", [stacked, shape_t], [out], "ReshapeOptions", source=node.name, new_shape=list(target_shape))
-        current = out
+        current = lw.reshape(stacked, out, node.name)
     if current is x:
-        shape_t = lw.constant(f"{node.name}_shape", np.array(y.shape, np.int32))
-        lw.op("RESHAPE", [x, shape_t], [y], "ReshapeOptions", source=node.name, new_shape=list(y.shape))
+        lw.reshape(x, y, node.name)
