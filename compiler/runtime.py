@@ -3,16 +3,19 @@
 One place sets the session options qcc relies on and turns ONNX Runtime's failures into
 :class:`~qcc.errors.QccError` messages that say which model could not be loaded or run.
 
-A model whose tensors do not fit one protobuf (2 GB) never becomes one: for an onnx-ir model
-that large, the graph is serialized with its big tensors marked external and ONNX Runtime gets
-those tensors from memory (``add_external_initializers``): numpy views of qcc's own arrays, or
-of the memory-mapped external data file, so nothing is copied or written to disk. Weight
-prepacking, which would copy every MatMul weight again, is off for such sessions.
+A model whose tensors do not fit one protobuf (2 GB) never becomes one. For an onnx-ir model that
+large, tensors still in the user's external data files stay there: the graph is written to a
+temporary folder next to hard links of those files, and ONNX Runtime memory-maps them (no copy;
+it refuses symbolic links that leave the model's folder). Tensors qcc made, or all of them when the
+files cannot be linked (another file system), reach ONNX Runtime from memory
+(``add_external_initializers``, which copies them once). Weight prepacking, which would copy every
+MatMul weight again, is off for such sessions.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import onnx
@@ -100,11 +103,16 @@ def session(
     if optimized_path is not None:
         options.optimized_model_filepath = optimized_path
     arrays: list[np.ndarray] = []
+    folder = None
     if isinstance(model, ir.Model) and is_large(model):
-        proto, names, arrays = _without_large_tensors(model)
-        data = model_bytes(_with_outputs(proto, extra_outputs))
+        folder = tempfile.TemporaryDirectory(prefix="qcc-session-")
+        linked = _link_external_files(model, folder.name)
+        proto, names, arrays = _without_large_tensors(model, keep=linked)
         options.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays])
         options.add_session_config_entry("session.disable_prepacking", "1")
+        data = os.path.join(folder.name, "model.onnx")
+        with open(data, "wb") as f:
+            f.write(model_bytes(_with_outputs(proto, extra_outputs)))
     elif isinstance(model, ir.Model):
         data = model_bytes(_with_outputs(ir.serde.serialize_model(model), extra_outputs))
     elif isinstance(model, onnx.ModelProto):
@@ -114,6 +122,7 @@ def session(
     try:
         created = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         created.qcc_arrays = arrays  # ONNX Runtime reads the external initializers from these
+        created.qcc_folder = folder  # and the linked external data files from here
         return created
     except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -135,8 +144,30 @@ def _with_outputs(proto: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelP
     return copy
 
 
-def _without_large_tensors(model: ir.Model) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
+def _link_external_files(model: ir.Model, folder: str) -> set[str]:
+    """Hard-links the external data files of the model's initializers into ``folder`` under their
+    locations; returns the locations linked (none when the file system refuses)."""
+    linked: set[str] = set()
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if not isinstance(tensor, ir.ExternalTensor) or tensor.location in linked:
+            continue
+        target = os.path.join(folder, tensor.location)
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.link(tensor.path, target)
+        except OSError:
+            return set()
+        linked.add(tensor.location)
+    return linked
+
+
+def _without_large_tensors(
+    model: ir.Model, keep: set[str] = frozenset()
+) -> tuple[onnx.ModelProto, list[str], list[np.ndarray]]:
     """Serializes the model with every tensor of ``EXTERNAL_TENSOR_BYTES`` or more marked external.
+
+    External tensors whose file location is in ``keep`` keep their reference to that file.
 
     Returns:
         The proto, and the names and numpy arrays of the tensors left out.
@@ -144,6 +175,7 @@ def _without_large_tensors(model: ir.Model) -> tuple[onnx.ModelProto, list[str],
     large = [
         v for v in model.graph.initializers.values()
         if v.const_value is not None and v.const_value.nbytes >= EXTERNAL_TENSOR_BYTES
+        and not (isinstance(v.const_value, ir.ExternalTensor) and v.const_value.location in keep)
     ]
     tensors = [v.const_value for v in large]
     try:
