@@ -179,7 +179,9 @@ class ChildResult:
     reason: str | None
 
 
-def run_child(cmd: Sequence[str], log_stem: Path, timeout: float, cwd: Path | None = None) -> ChildResult:
+def run_child(
+    cmd: Sequence[str], log_stem: Path, timeout: float, cwd: Path | None = None, on_start=None
+) -> ChildResult:
     """Runs a command, stdout/stderr to ``<log_stem>.out`` / ``.err``, and reaps it with os.wait4.
 
     Returns:
@@ -190,6 +192,8 @@ def run_child(cmd: Sequence[str], log_stem: Path, timeout: float, cwd: Path | No
     start = time.perf_counter()
     with open(f"{log_stem}.out", "wb") as out, open(f"{log_stem}.err", "wb") as err:
         proc = subprocess.Popen(list(map(os.fspath, cmd)), stdout=out, stderr=err, cwd=cwd)
+        if on_start is not None:
+            on_start(proc.pid)  # e.g. a sampler of the child's memory; it must not wait for the child
         lock, reaped = threading.Lock(), [False]
 
         def kill() -> None:

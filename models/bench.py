@@ -238,7 +238,8 @@ def render(report: dict) -> str:
             "",
             "anchor-modelopt = NVIDIA ModelOpt ONNX PTQ, INT8, its default entropy calibration, fp32 graph "
             "(models/baseline_modelopt.py in models/.venv-modelopt), same calib.npz; anchor-modelopt-max = its max "
-            "calibration. qcc-trt calibrates MinMax (its default), qcc-trt-entropy with `-m entropy`. Both sides "
+            "calibration. qcc-trt uses its default (minmax or meanmax, whichever is closer to fp32 on the "
+            "calibration samples), qcc-trt-entropy `-m entropy`. Both sides "
             "ran in ONNX Runtime, a stand-in for TensorRT: latency is left out. Compile s and peak MB include each "
             "tool's interpreter start-up and imports (torch for ModelOpt). **(r×) = qcc / anchor-modelopt**.",
             "",
