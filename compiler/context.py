@@ -29,6 +29,9 @@ class PassContext:
         calibration: the calibration samples (None for passes run without data, e.g. ``inspect``).
         progress: progress callback for long stages.
         keep_float: nodes the driver decided to keep float after a first attempt (name -> reason).
+        statistics: calibration statistics already observed, by tensor name, shared by the
+            compiles of one method selection (the float model's tensors do not change with the
+            method); None: observe every time.
     """
 
     options: CompileOptions
@@ -36,6 +39,7 @@ class PassContext:
     calibration: CalibrationData | None = None
     progress: Progress = no_progress
     keep_float: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    statistics: dict | None = None
 
     @property
     def weight_dtype(self) -> ir.DataType:

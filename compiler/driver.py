@@ -69,6 +69,7 @@ def compile_model(
     calibration: CalibrationSource | None,
     options: CompileOptions,
     progress: Progress = no_progress,
+    statistics: dict | None = None,
 ) -> CompileResult:
     """Compiles a float model for ``options.target``.
 
@@ -77,6 +78,7 @@ def compile_model(
         calibration: calibration data (see ``qcc.data``).
         options: compile options.
         progress: progress callback for long stages.
+        statistics: a calibration-statistics cache shared by the compiles of one method selection.
 
     Returns:
         The artifact and its report.
@@ -109,7 +111,7 @@ def compile_model(
     keep_float: dict[str, str] = {}
     pristine = loaded.model.clone()
     for _attempt in range(MAX_REPLANS + 1):
-        ctx = PassContext(options, backend.spec, data, progress, keep_float=dict(keep_float))
+        ctx = PassContext(options, backend.spec, data, progress, keep_float=dict(keep_float), statistics=statistics)
         try:
             timings.update(run_pipeline(loaded.model, ctx))
             break
@@ -179,9 +181,10 @@ def _compile_auto(
         calibration = list(itertools.islice(calibration, options.max_calibration_samples))
     scores: dict[str, float] = {}
     best: CompileResult | None = None
+    statistics: dict = {}  # the float model runs over the calibration data once per kind of statistics
     for method in methods:  # the first stays unless another method is clearly better
         candidate = dataclasses.replace(options, method=method, verify=True)
-        result = compile_model(model, calibration, candidate, progress)
+        result = compile_model(model, calibration, candidate, progress, statistics)
         outputs = result.report["verify"]["fidelity"]["outputs"]
         scores[method.value] = float(np.mean([o["cosine_mean"] for o in outputs.values()])) if outputs else 0.0
         if best is None or scores[method.value] > max(scores[m] for m in scores if m != method.value) + AUTO_MARGIN:

@@ -35,6 +35,7 @@ class CalibrationStats:
 
     def __init__(self, names: list[str], bins: bool = True) -> None:
         self.names = names
+        self.bins = bins
         self.histograms = [TensorHistogram(bins) for _ in names]
         self.nonfinite = np.zeros(len(names), dtype=bool)
         self.rows = np.zeros(len(names), dtype=np.int64)  # largest leading dimension seen
@@ -106,11 +107,22 @@ class CalibratePass(QccPass):
         return ir.passes.PassResult(model, True)
 
     def _observe(self, model: ir.Model, names: list[str]) -> CalibrationStats:
+        bins = self.ctx.calibration_method not in _RANGE_ONLY
+        cache, key = self.ctx.statistics, tuple(names)
+        if cache is not None and key in cache and (cache[key].bins or not bins):
+            logger.info("reusing the calibration statistics of %d tensors", len(names))
+            return cache[key]
+        stats = self._run(model, names, bins)
+        if cache is not None:
+            cache[key] = stats
+        return stats
+
+    def _run(self, model: ir.Model, names: list[str], bins: bool) -> CalibrationStats:
         sess = session(model, level="basic", what="the float model", extra_outputs=tuple(names))
         output_names = [o.name for o in sess.get_outputs()]
         position = {name: i for i, name in enumerate(output_names)}
         wanted = [position[name] for name in names]
-        stats = CalibrationStats(names, bins=self.ctx.calibration_method not in _RANGE_ONLY)
+        stats = CalibrationStats(names, bins=bins)
         calibration = self.ctx.calibration
         total = calibration.known_length()
         count = 0

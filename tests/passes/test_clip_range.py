@@ -94,9 +94,13 @@ def test_trt_chooses_between_minmax_and_meanmax_by_default_and_the_user_can_choo
 
     model = synthetic_model("residual_cnn")
     feeds = random_feeds(model, 8)
-    default = qcc.compile(model, target="trt", calibration=feeds).report
+    result = qcc.compile(model, target="trt", calibration=feeds)
+    default = result.report
     assert set(default["method_selection"]["output_cosine"]) == {"minmax", "meanmax"}
     assert default["options"]["method"] == default["method_selection"]["chosen"]
+    # The candidates share one calibration run; the artifact is the one a direct compile gives.
+    direct = qcc.compile(model, target="trt", calibration=feeds, method=default["options"]["method"])
+    assert result.artifact.data == direct.artifact.data
     chosen = qcc.compile(model, target="trt", calibration=feeds, method="minmax").report
     assert chosen["options"]["method"] == "minmax" and "method_selection" not in chosen
     assert qcc.compile(model, target="ort", calibration=feeds).report["options"]["method"] == "minmax"
