@@ -54,4 +54,6 @@ class PassContext:
     @property
     def activation_dtype(self) -> ir.DataType:
         """The integer type of quantized activations for this target and these options."""
+        if self.options.dynamic:
+            return ir.DataType.UINT8  # DynamicQuantizeLinear's, whatever the host
         return self.target.activation_dtype(self.options)
