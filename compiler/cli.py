@@ -269,6 +269,58 @@ def inspect(
 
 
 @app.command()
+def analyze(
+    model: Annotated[Path, typer.Argument(help="Float ONNX model to quantize and analyze.", show_default=False)],
+    calib: Annotated[
+        Path, typer.Option("--calib", "-c", help="Calibration data (.npz, see `qcc --help`).", show_default=False)
+    ],
+    target: Annotated[str, typer.Option("--target", "-t", help="Runtime to compile for (see `qcc targets`).")] = "ort",
+    method: Annotated[
+        Optional[CalibrationMethod], typer.Option("--method", "-m", help="As for compile.", show_default=False)
+    ] = None,
+    exclude: Annotated[
+        Optional[list[str]], typer.Option("--exclude", "-x", help="As for compile: keep nodes in float.")
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Calibration samples to measure on.")] = 4,
+    top: Annotated[int, typer.Option("--top", help="Rows to show, worst first.")] = 15,
+    as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write every tensor's numbers here.")] = None,
+) -> None:
+    """Compile MODEL and show where quantization loses: per quantized tensor, SQNR against the
+    float model and the drop its producer adds (worst first).
+
+    Example:
+
+      qcc analyze model.onnx -t ort -c calib.npz --top 10
+
+      qcc analyze model.onnx -t ort -c calib.npz -x /stem/conv   (analyze again with it in float)
+    """
+    _setup_logging(False)
+    from qcc.analyze import analyze_model
+
+    try:
+        if as_json is not None:
+            check_output_path(as_json, inputs=(model, calib))
+        options = CompileOptions(target=target, method=method, exclude=tuple(exclude or ()))
+        report = analyze_model(str(model), str(calib), options, samples=samples)
+        if as_json is not None:
+            write_atomic(as_json, json.dumps(report, indent=2).encode())
+    except QccError as error:
+        _fail(error)
+        return
+    ranked = sorted(report["tensors"], key=lambda t: -(t["drop_db"] if t["drop_db"] is not None else -1e9))
+    table = Table(title=f"qcc analyze -> {target}: worst {min(top, len(ranked))} of {len(ranked)} quantized tensors")
+    # The node is what --exclude takes; the tensor names are in --json.
+    for column in ("node (its output tensor)", "op", "SQNR dB", "drop dB"):
+        table.add_column(column, justify="right" if "dB" in column else "left", overflow="fold")
+    for t in ranked[:top]:
+        drop = "" if t["drop_db"] is None else f"{t['drop_db']:.1f}"
+        table.add_row(t["producer"] or t["name"], t["op_type"], f"{t['sqnr_db']:.1f}", drop)
+    _out.print(table)
+    for name, value in report["output_sqnr_db"].items():
+        _out.print(f"output {name}: SQNR {value:.1f} dB on {report['samples']} samples")
+
+
+@app.command()
 def check(
     model: Annotated[Path, typer.Argument(help="A QDQ ONNX model (from qcc or any other tool).", show_default=False)],
     target: Annotated[str, typer.Option("--target", "-t", help="Rules to check against.")] = "trt",

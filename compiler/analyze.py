@@ -1,0 +1,148 @@
+"""Per-layer analysis: how far each quantized tensor of a compiled model is from the float model.
+
+For every activation the compile quantized, its integers in qcc's ONNX form of the artifact (the
+``ort``/``trt`` QDQ model, or the ``tflite`` simulation), dequantized with the tensor's scale and
+zero point, are compared with the same tensor of the float model (after qcc's float rewrites, so
+names match) on calibration samples::
+
+    SQNR(t) = 10 log10(sum f^2 / sum (f - q)^2)        in dB, over all samples
+
+Errors propagate, so a tensor's SQNR includes everything upstream. The *drop* from the lowest
+SQNR among the quantized inputs of the node that writes ``t`` to ``t`` itself is that node's own
+contribution (its quantization and its amplification of incoming error): rank by it to find where
+quantization loses, not only where the loss shows. ``--exclude`` the worst offenders, or try
+another ``--method``, and analyze again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+import onnx
+
+from qcc import frontend
+from qcc.backends import get_backend
+from qcc.context import PassContext
+from qcc.data import CalibrationSource, open_calibration
+from qcc.driver import compile_model
+from qcc.errors import QccError
+from qcc.options import CompileOptions
+from qcc.pipeline import run_pipeline
+from qcc.runtime import session
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SAMPLES = 4
+
+
+def analyze_model(
+    model: object, calibration: CalibrationSource, options: CompileOptions, samples: int = DEFAULT_SAMPLES
+) -> dict[str, Any]:
+    """Compiles the model and measures every quantized activation against the float model.
+
+    Returns:
+        ``{"target", "samples", "tensors": [{name, producer, op_type, sqnr_db, drop_db}, ...]}``
+        in graph order (``drop_db`` is None where no quantized input precedes the tensor), plus
+        ``"output_sqnr_db"`` per graph output.
+
+    Raises:
+        QccError: the model, the data or the options (as for a compile).
+    """
+    if calibration is None:
+        raise QccError("analyze needs calibration data to run both models on.", "pass --calib data.npz.")
+    result = compile_model(model, calibration, dataclasses.replace(options, verify=False))
+    if result.artifact.data is None:
+        raise QccError("analyze runs the artifact in memory, and this one is over 2 GB.", "analyze a smaller model.")
+    quantized = result.artifact.simulation or result.artifact.proto
+    backend = get_backend(options.target)
+    loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
+    run_pipeline(loaded.model, PassContext(options, backend.spec), float_only=True)
+    names = [t for t, info in result.report["tensors"].items() if info["role"] == "activation"]
+    readers = _quantizer_outputs(quantized, set(names))
+    names = [n for n in names if n in readers]
+    if not names:
+        raise QccError("the compiled model quantizes no activation; there is nothing to analyze.",
+                       "compile with calibration data and a target that quantizes activations.")
+    feeds = open_calibration(calibration, loaded.input_specs(), samples).head(samples)
+    floats = session(loaded.model, level="basic", what="the float model", extra_outputs=tuple(names))
+    simulated = session(
+        _with_outputs(quantized, {readers[n]: result.report["tensors"][n]["dtype"] for n in names}),
+        level="disable",
+        what="the quantized model",
+    )
+    signal, noise = np.zeros(len(names)), np.zeros(len(names))
+    float_names = [o.name for o in floats.get_outputs()]
+    sim_names = [o.name for o in simulated.get_outputs()]
+    for feed in feeds:
+        f_out = dict(zip(float_names, floats.run(None, feed), strict=True))
+        q_out = dict(zip(sim_names, simulated.run(None, feed), strict=True))
+        for i, name in enumerate(names):
+            f = np.asarray(f_out[name], np.float64)
+            q = _dequantize(q_out[readers[name]], result.report["tensors"][name]).reshape(f.shape)
+            signal[i] += float(np.sum(f * f))
+            noise[i] += float(np.sum((f - q) ** 2))
+    sqnr = {name: _db(s, n) for name, s, n in zip(names, signal, noise, strict=True)}
+    producers = {out.name: node for node in loaded.model.graph for out in node.outputs}
+    tensors = []
+    for name in names:
+        node = producers.get(name)
+        upstream = [sqnr[v.name] for v in (node.inputs if node is not None else []) if v is not None and v.name in sqnr]
+        tensors.append(
+            {
+                "name": name,
+                "producer": node.name if node is not None else None,
+                "op_type": node.op_type if node is not None else "input",
+                "sqnr_db": round(sqnr[name], 2),
+                "drop_db": round(min(upstream) - sqnr[name], 2) if upstream else None,
+            }
+        )
+    outputs = {o.name: sqnr[o.name] for o in loaded.model.graph.outputs if o.name in sqnr}
+    return {
+        "target": options.target,
+        "samples": len(feeds),
+        "tensors": tensors,
+        "output_sqnr_db": {k: round(v, 2) for k, v in outputs.items()},
+    }
+
+
+def _dequantize(q: np.ndarray, params: dict) -> np.ndarray:
+    """The real value of a per-tensor quantized activation, with the report's parameters."""
+    scale = np.asarray(params["scale"], np.float64)
+    zero_point = np.asarray(params["zero_point"], np.float64)
+    return (np.asarray(q).astype(np.float64) - zero_point) * scale
+
+
+def _db(signal: float, noise: float) -> float:
+    if noise == 0.0:
+        return float("inf")
+    return float(10.0 * np.log10(max(signal, 1e-30) / noise))
+
+
+def _quantizer_outputs(model: onnx.ModelProto, names: set[str]) -> dict[str, str]:
+    """For each quantized tensor ``t``, the name of its quantizer's (integer) output in the QDQ model.
+
+    The emitters name it ``t_quantized``. It is read rather than a dequantizer's output because
+    the tflite simulation's integer-exact ops read the integers directly (the emitter's own
+    dequantizer may be gone), and the integers are what the artifact carries.
+    """
+    found = {}
+    for node in model.graph.node:
+        base = node.output[0].removesuffix("_quantized") if node.op_type == "QuantizeLinear" else None
+        if base in names:
+            found[base] = node.output[0]
+    return found
+
+
+def _with_outputs(model: onnx.ModelProto, outputs: dict[str, str]) -> onnx.ModelProto:
+    """A copy of the model with the named integer tensors (name -> ``ir.DataType`` name) as outputs."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    for name, dtype in outputs.items():
+        if name not in existing:
+            elem_type = getattr(onnx.TensorProto, dtype.upper())
+            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+    return copy
