@@ -68,11 +68,8 @@ def analyze_model(
                        "compile with calibration data and a target that quantizes activations.")
     feeds = open_calibration(calibration, loaded.input_specs(), samples).head(samples)
     floats = session(loaded.model, level="basic", what="the float model", extra_outputs=tuple(names))
-    simulated = session(
-        _with_outputs(quantized, {readers[n]: result.report["tensors"][n]["dtype"] for n in names}),
-        level="disable",
-        what="the quantized model",
-    )
+    types = {readers[n]: getattr(onnx.TensorProto, result.report["tensors"][n]["dtype"].upper()) for n in names}
+    simulated = session(quantized, level="disable", what="the quantized model", extra_outputs=types)
     signal, noise = np.zeros(len(names)), np.zeros(len(names))
     float_names = [o.name for o in floats.get_outputs()]
     sim_names = [o.name for o in simulated.get_outputs()]
@@ -134,15 +131,3 @@ def _quantizer_outputs(model: onnx.ModelProto, names: set[str]) -> dict[str, str
         if base in names:
             found[base] = node.output[0]
     return found
-
-
-def _with_outputs(model: onnx.ModelProto, outputs: dict[str, str]) -> onnx.ModelProto:
-    """A copy of the model with the named integer tensors (name -> ``ir.DataType`` name) as outputs."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    for name, dtype in outputs.items():
-        if name not in existing:
-            elem_type = getattr(onnx.TensorProto, dtype.upper())
-            copy.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
-    return copy

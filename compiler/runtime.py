@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -80,7 +81,7 @@ def session(
     level: str = "all",
     optimized_path: str | None = None,
     what: str = "the model",
-    extra_outputs: tuple[str, ...] = (),
+    extra_outputs: Sequence[str] | Mapping[str, int] = (),
 ) -> ort.InferenceSession:
     """Creates a CPU inference session.
 
@@ -90,7 +91,8 @@ def session(
         level: graph optimization level: disable, basic, extended or all.
         optimized_path: where ONNX Runtime saves the optimized graph, if given.
         what: how to name the model in an error.
-        extra_outputs: names of float tensors to add as outputs (calibration); needs a model.
+        extra_outputs: tensors to add as outputs: float32 names (calibration), or name -> ONNX
+            element type (integer tensors); needs a model, not bytes.
 
     Raises:
         UnsupportedModelError: ONNX Runtime cannot load the model.
@@ -132,15 +134,17 @@ def session(
         ) from None
 
 
-def _with_outputs(proto: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelProto:
+def _with_outputs(proto: onnx.ModelProto, outputs: Sequence[str] | Mapping[str, int]) -> onnx.ModelProto:
+    """The proto with the named tensors as outputs too (float32, or name -> ONNX element type)."""
+    types = outputs if isinstance(outputs, Mapping) else dict.fromkeys(outputs, onnx.TensorProto.FLOAT)
     existing = {o.name for o in proto.graph.output}
-    missing = [name for name in names if name not in existing]
+    missing = [name for name in types if name not in existing]
     if not missing:
         return proto
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     for name in missing:
-        copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        copy.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
     return copy
 
 

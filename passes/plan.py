@@ -202,8 +202,9 @@ class PlanPass(QccPass):
             set_quant(weight, TensorQuant(Role.WEIGHT, ir.DataType.INT8, True, axis))
 
     def _matmul_weights(self, graph: ir.Graph, mode: str, reason_of) -> list[tuple[ir.Node, ir.Value]]:
-        """Modes that quantize only MatMul/Gemm weights: every other node and every MatMul/Gemm
-        ``reason_of`` rejects stays float with its reason; returns the rest with their weights."""
+        """Modes that quantize only MatMul/Gemm weights: every other node, every MatMul/Gemm without
+        a constant 2-D float32 weight and every one ``reason_of`` rejects stays float with its
+        reason; returns the rest with their weights."""
         excluded = set(self.ctx.options.exclude)
         chosen = []
         for node in graph:
@@ -211,6 +212,8 @@ class PlanPass(QccPass):
                 reason = "excluded by the user (--exclude)"
             elif node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
                 reason = f"{mode} quantizes only MatMul/Gemm weights; the rest runs float"
+            elif not _constant_2d_float_weight(node):
+                reason = f"{mode} needs a constant 2-D float32 weight (activation x activation stays float)"
             else:
                 reason = reason_of(node)
             if reason is None:
@@ -260,11 +263,13 @@ def _block_size(k: int) -> int | None:
     return next((b for b in INT4_BLOCKS if k % b == 0), None)
 
 
+def _constant_2d_float_weight(node: ir.Node) -> bool:
+    array = const_array(node.inputs[WEIGHT_INPUT]) if len(node.inputs) > WEIGHT_INPUT else None
+    return array is not None and array.dtype == np.float32 and array.ndim == 2
+
+
 def _weight_only_reason(node: ir.Node) -> str | None:
-    weight = node.inputs[WEIGHT_INPUT] if len(node.inputs) > WEIGHT_INPUT else None
-    array = const_array(weight)
-    if array is None or array.dtype != np.float32 or array.ndim != 2:
-        return "int4 needs a constant 2-D float32 weight"
+    array = const_array(node.inputs[WEIGHT_INPUT])
     if array.shape[-1] % 2:
         return "int4 needs an even last weight dimension (two values per byte)"
     k_axis = 1 if node.op_type == "Gemm" and attr_int(node, "transB", 0) == 1 else 0
@@ -274,9 +279,7 @@ def _weight_only_reason(node: ir.Node) -> str | None:
 
 
 def _dynamic_reason(node: ir.Node) -> str | None:
-    array = const_array(node.inputs[WEIGHT_INPUT]) if len(node.inputs) > WEIGHT_INPUT else None
-    if array is None or array.dtype != np.float32 or array.ndim != 2:
-        return "--dynamic needs a constant 2-D float32 weight (activation x activation stays float)"
+    array = const_array(node.inputs[WEIGHT_INPUT])
     if not np.all(np.isfinite(array)):
         return f"constant {node.inputs[WEIGHT_INPUT].name!r} holds NaN or Inf"
     if node.inputs[0].dtype not in (ir.DataType.FLOAT, None) or node.inputs[0].const_value is not None:
