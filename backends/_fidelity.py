@@ -41,13 +41,17 @@ class OutputFidelity:
         stats["cosine"].append(cosine(e, g))
         stats["max_abs_error"].append(float(np.max(np.abs(e - g))) if e.size else 0.0)
         stats["ref_absmax"].append(float(np.max(np.abs(e))) if e.size else 0.0)
+        norm = float(np.linalg.norm(e))
+        stats["relative"].append(float(np.linalg.norm(e - g)) / norm if norm else float(np.linalg.norm(g) > 0))
 
     def result(self) -> dict[str, Any]:
-        """Returns {samples, finite, outputs: {name: cosine_mean, cosine_min, max_abs_error, reference_absmax}}."""
+        """Returns {samples, finite, outputs: {name: cosine_mean, cosine_min, relative_error_mean,
+        max_abs_error, reference_absmax}}; relative error is ||got - expected|| / ||expected||."""
         outputs = {
             name: {
                 "cosine_mean": float(np.mean(s["cosine"])),
                 "cosine_min": float(np.min(s["cosine"])),
+                "relative_error_mean": float(np.mean(s["relative"])),
                 "max_abs_error": float(np.max(s["max_abs_error"])),
                 "reference_absmax": float(np.max(s["ref_absmax"])),
             }

@@ -22,6 +22,9 @@ import onnx_ir as ir
 _TENSOR_KEY = "qcc.quant"
 _RANGE_KEY = "qcc.range"
 _NODE_KEY = "qcc.decision"
+_MIXED_KEY = "qcc.mixed_precision"
+# The reason every node kept float by the mixed-precision pass starts with.
+MIXED_REASON = "kept float by mixed precision (--tolerance)"
 
 
 class Role(str, enum.Enum):
@@ -143,3 +146,46 @@ def quantized_values(graph: ir.Graph) -> list[ir.Value]:
             if is_quantized(value):
                 seen[id(value)] = value
     return list(seen.values())
+
+
+def clear_annotations(graph: ir.Graph) -> None:
+    """Removes every qcc annotation from the graph's nodes and values (before planning again)."""
+    for value in [*graph.inputs, *graph.initializers.values()]:
+        for key in (_TENSOR_KEY, _RANGE_KEY):
+            value.meta.pop(key, None)
+    for node in graph:
+        node.meta.pop(_NODE_KEY, None)
+        for value in node.outputs:
+            for key in (_TENSOR_KEY, _RANGE_KEY):
+                value.meta.pop(key, None)
+
+
+@dataclasses.dataclass
+class MixedPrecision:
+    """What the mixed-precision pass measured on the simulated model (see passes/mixed_precision.py).
+
+    Attributes:
+        metric: ``cosine`` (1 - cosine similarity) or ``relative`` (relative L2 error).
+        bound: the tolerance: the largest error allowed on any output.
+        error: the worst output's error with every quantized node quantized, as planned.
+        outputs: each output's error.
+        evaluations: simulated runs the search took.
+        samples: calibration samples each run used.
+    """
+
+    metric: str
+    bound: float
+    error: float
+    outputs: dict[str, float]
+    evaluations: int
+    samples: int
+
+
+def get_mixed_precision(graph: ir.Graph) -> MixedPrecision | None:
+    """Returns the mixed-precision pass's measurement, or None if it did not run."""
+    return graph.meta.get(_MIXED_KEY)
+
+
+def set_mixed_precision(graph: ir.Graph, measured: MixedPrecision) -> None:
+    """Records the mixed-precision pass's measurement."""
+    graph.meta[_MIXED_KEY] = measured

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from qcc.context import Progress, no_progress
 from qcc.data import CalibrationSource
 from qcc.driver import CompileResult, compile_model
-from qcc.options import CompileOptions
+from qcc.options import DEFAULT_TOLERANCE, CompileOptions
 
 
 def compile(  # noqa: A001 - the public name users expect
@@ -27,6 +27,8 @@ def compile(  # noqa: A001 - the public name users expect
     io: str = "float",
     nhwc_io: bool = False,
     dynamic: bool = False,
+    tolerance: float | None = DEFAULT_TOLERANCE,
+    tolerance_metric: str = "cosine",
     progress: Progress = no_progress,
 ) -> CompileResult:
     """Compiles a float ONNX model into an int8 model for one runtime.
@@ -53,6 +55,11 @@ def compile(  # noqa: A001 - the public name users expect
             ``trt`` and ``ort``, no calibration needed).
         dynamic: int8 MatMul/Gemm weights, activations quantized at run time (``ort``);
             ``calibration`` may then be None (it is only used to verify).
+        tolerance: the largest output error allowed on the calibration samples; above it the
+            nodes that hurt most are kept float until it holds (``report["mixed_precision"]``
+            lists them with their measured effect). None: quantize all the plan allows.
+        tolerance_metric: ``"cosine"`` (1 - cosine similarity, per output) or ``"relative"``
+            (relative L2 error).
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -76,5 +83,7 @@ def compile(  # noqa: A001 - the public name users expect
         io=io,
         nhwc_io=nhwc_io,
         dynamic=dynamic,
+        tolerance=tolerance,
+        tolerance_metric=tolerance_metric,
     )
     return compile_model(model, calibration, options, progress)

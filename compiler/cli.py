@@ -22,7 +22,16 @@ from rich.table import Table
 from qcc.backends import get_backend, target_names
 from qcc.errors import OptionError, QccError
 from qcc.io import check_output_path, write_atomic
-from qcc.options import ActivationType, CalibrationMethod, CompileOptions, IoType, Precision, WeightStorage
+from qcc.options import (
+    DEFAULT_TOLERANCE,
+    ActivationType,
+    CalibrationMethod,
+    CompileOptions,
+    IoType,
+    Precision,
+    WeightStorage,
+    parse_tolerance,
+)
 
 EXIT_USER_ERROR = 2
 
@@ -124,6 +133,14 @@ def compile(  # noqa: A001 - the subcommand's name
             "--dynamic", help="ort: int8 MatMul/Gemm weights, activations quantized at run time (transformers)."
         ),
     ] = False,
+    tolerance: Annotated[
+        str,
+        typer.Option(
+            "--tolerance",
+            help="Largest output error allowed on calibration samples, as 1 - cosine (0.01) or relative:0.05; "
+            "above it the most harmful nodes stay float until it holds (the report lists them). 'off': none.",
+        ),
+    ] = str(DEFAULT_TOLERANCE),
     calib_cache: Annotated[
         Optional[Path],
         typer.Option("--calib-cache", help="trt only: also write TensorRT's implicit-INT8 calibration cache here."),
@@ -149,6 +166,8 @@ def compile(  # noqa: A001 - the subcommand's name
       qcc compile bert.onnx -t ort -c calib.npz -o bert.int8.onnx --exclude Softmax --report r.json
 
       qcc compile bert.onnx -t ort --dynamic -o bert.int8.onnx   (no calibration data needed)
+
+      qcc compile yolo.onnx -t trt -c calib.npz -o yolo.qdq.onnx --tolerance 0.002
     """
     _setup_logging(verbose)
     from qcc.driver import compile_model
@@ -178,6 +197,7 @@ def compile(  # noqa: A001 - the subcommand's name
             io=io,
             nhwc_io=nhwc_io,
             dynamic=dynamic,
+            **parse_tolerance(tolerance),
         )
         with Progress(
             TextColumn("{task.description:<10}"),
@@ -227,6 +247,14 @@ def _print_summary(report: dict, output: Path) -> None:
         else:
             facts.append("outputs not compared (no calibration samples)")
         _out.print(f"verify {status} in {verify['runtime']}: " + ", ".join(facts))
+    mixed = report.get("mixed_precision")
+    if mixed and mixed["met"] is not None:
+        what = "1 - cosine" if mixed["metric"] == "cosine" else "relative error"
+        verdict = "[green]within[/]" if mixed["met"] else "[yellow]above[/]"
+        _out.print(
+            f"tolerance: output {what} {mixed['artifact_error']:.4g} {verdict} the bound {mixed['bound']:g}; "
+            f"{len(mixed['kept_float'])} nodes kept float for it"
+        )
     size = totals["artifact_bytes"] / 1e6
     external = f" + {output}.data (external data)" if totals["artifact_bytes"] > os.path.getsize(output) else ""
     _out.print(f"wrote {output}{external} ({size:.2f} MB) in {report['timings']['total']:.1f} s")

@@ -29,9 +29,9 @@ class PassContext:
         calibration: the calibration samples (None for passes run without data, e.g. ``inspect``).
         progress: progress callback for long stages.
         keep_float: nodes the driver decided to keep float after a first attempt (name -> reason).
-        statistics: calibration statistics already observed, by tensor name, shared by the
-            compiles of one method selection (the float model's tensors do not change with the
-            method); None: observe every time.
+        statistics: calibration statistics already observed, by tensor names, shared by the
+            compiles of one method selection and the re-plans of one compile (the float model's
+            tensors do not change with the method or the plan); None: observe every time.
     """
 
     options: CompileOptions

@@ -23,7 +23,7 @@ from qcc.errors import NonFiniteActivationsError, QccError, ReplanRequest
 from qcc.io import write_atomic
 from qcc.options import CalibrationMethod, CompileOptions
 from qcc.pipeline import run_pipeline
-from qcc.report import build_report
+from qcc.report import build_report, mixed_precision_section
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ def compile_model(
     if calibration is not None:
         data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
     keep_float: dict[str, str] = {}
+    statistics = {} if statistics is None else statistics
     pristine = loaded.model.clone()
     for _attempt in range(MAX_REPLANS + 1):
         ctx = PassContext(options, backend.spec, data, progress, keep_float=dict(keep_float), statistics=statistics)
@@ -120,9 +121,10 @@ def compile_model(
                 raise
             if isinstance(error, ReplanRequest):
                 keep_float.update(error.keep_float)
+                logger.info("keeping %d nodes float (%s); planning again", len(keep_float), str(error))
             else:
                 keep_float.update(_nodes_touching(loaded.model, error.values))
-            logger.info("keeping %d nodes float around non-finite tensors; planning again", len(keep_float))
+                logger.info("keeping %d nodes float around non-finite tensors; planning again", len(keep_float))
             loaded.model = pristine.clone()
     stamp = time.perf_counter()
     artifact = backend.emit(loaded.model, ctx)
@@ -183,14 +185,23 @@ def _compile_auto(
     best: CompileResult | None = None
     statistics: dict = {}  # the float model runs over the calibration data once per kind of statistics
     for method in methods:  # the first stays unless another method is clearly better
-        candidate = dataclasses.replace(options, method=method, verify=True)
+        # Mixed precision searches once, for the chosen method, and only if it misses the bound.
+        candidate = dataclasses.replace(options, method=method, verify=True, tolerance=None)
         result = compile_model(model, calibration, candidate, progress, statistics)
         outputs = result.report["verify"]["fidelity"]["outputs"]
         scores[method.value] = float(np.mean([o["cosine_mean"] for o in outputs.values()])) if outputs else 0.0
         if best is None or scores[method.value] > max(scores[m] for m in scores if m != method.value) + AUTO_MARGIN:
             best = result
     assert best is not None
-    best.report["method_selection"] = {"chosen": best.report["options"]["method"], "output_cosine": scores}
+    chosen = best.report["options"]["method"]
+    if options.tolerance is not None:
+        section = mixed_precision_section(None, best.report["verify"], options)
+        if section["met"]:
+            best.report["options"]["tolerance"] = options.tolerance
+            best.report["mixed_precision"] = section
+        else:
+            best = compile_model(model, calibration, dataclasses.replace(options, method=chosen), progress, statistics)
+    best.report["method_selection"] = {"chosen": chosen, "output_cosine": scores}
     return best
 
 

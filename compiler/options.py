@@ -56,6 +56,16 @@ class CalibrationMethod(str, enum.Enum):
     ENTROPY = "entropy"  # TensorRT's KL-divergence threshold over 2048 bins -> 128 levels
 
 
+class ToleranceMetric(str, enum.Enum):
+    """The output error ``tolerance`` bounds, per output, averaged over the samples."""
+
+    COSINE = "cosine"  # 1 - cosine similarity with the float output
+    RELATIVE = "relative"  # L2 norm of the error over the L2 norm of the float output
+
+
+DEFAULT_TOLERANCE = 0.01
+
+
 @dataclasses.dataclass(frozen=True)
 class CompileOptions:
     """Everything that changes what qcc produces.
@@ -75,6 +85,10 @@ class CompileOptions:
         nhwc_io: 4-D inputs and outputs are NHWC in the artifact (``tflite``), not the model's NCHW.
         dynamic: int8 MatMul/Gemm weights with activations quantized at run time (``ort``); no
             calibration needed, the rest of the model stays float.
+        tolerance: the largest output error allowed on the calibration samples (by
+            ``tolerance_metric``); above it, the most harmful nodes are kept float until it holds
+            (``passes/mixed_precision.py``). None: quantize everything the plan allows.
+        tolerance_metric: what ``tolerance`` bounds: ``cosine`` (1 - cosine) or ``relative``.
     """
 
     target: str = "ort"
@@ -90,6 +104,8 @@ class CompileOptions:
     io: IoType = IoType.FLOAT
     nhwc_io: bool = False
     dynamic: bool = False
+    tolerance: float | None = DEFAULT_TOLERANCE
+    tolerance_metric: ToleranceMetric = ToleranceMetric.COSINE
 
     def __post_init__(self) -> None:
         for name, kind in _ENUM_FIELDS.items():
@@ -109,6 +125,13 @@ class CompileOptions:
             raise OptionError(
                 f"max_calibration_samples={self.max_calibration_samples} must be at least 1.",
                 "pass a positive number or None for all samples.",
+            )
+
+        valid = isinstance(self.tolerance, (int, float)) and not isinstance(self.tolerance, bool) and self.tolerance >= 0
+        if self.tolerance is not None and not valid:
+            raise OptionError(
+                f"tolerance={self.tolerance!r} is not a non-negative number.",
+                "pass e.g. 0.01 (1 - cosine of every output), or None to quantize all the plan allows.",
             )
 
     @property
@@ -139,7 +162,27 @@ _ENUM_FIELDS = {
     "weights": WeightStorage,
     "io": IoType,
     "precision": Precision,
+    "tolerance_metric": ToleranceMetric,
 }
+
+
+def parse_tolerance(text: str) -> dict[str, object]:
+    """Parses the CLI's ``--tolerance``: ``0.01`` (1 - cosine), ``cosine:0.01``, ``relative:0.05``
+    or ``off``, into ``tolerance`` and ``tolerance_metric`` options.
+
+    Raises:
+        OptionError: the text is none of these.
+    """
+    if text.strip().lower() in ("off", "none"):
+        return {"tolerance": None}
+    metric, _, number = text.rpartition(":")
+    try:
+        return {"tolerance": float(number), "tolerance_metric": ToleranceMetric(metric or "cosine")}
+    except ValueError:
+        raise OptionError(
+            f"--tolerance {text!r} is not a bound.",
+            "pass a number (1 - cosine, e.g. 0.01), cosine:0.01, relative:0.05, or off.",
+        ) from None
 
 
 def host_is_arm() -> bool:

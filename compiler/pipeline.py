@@ -2,7 +2,8 @@
 
 Read it top to bottom: first the float graph is simplified, then the target-specific plan marks
 what is quantized, then parameters are computed in dependency order (weights need nothing,
-activations need calibration, biases need both). With ``verify_each`` the invariant checker runs
+activations need calibration, biases need both); last, mixed precision measures the result
+and may ask for a plan with more nodes float. With ``verify_each`` the invariant checker runs
 after every pass and names the pass that broke an invariant.
 """
 
@@ -20,6 +21,7 @@ from qcc.passes.calibrate import CalibratePass
 from qcc.passes.canonicalize import CanonicalizePass
 from qcc.passes.fold_batchnorm import FoldBatchNormPass
 from qcc.passes.fuse_matmul_add import FuseMatMulAddPass
+from qcc.passes.mixed_precision import MixedPrecisionPass
 from qcc.passes.plan import PlanPass
 from qcc.passes.quantize_bias import QuantizeBiasPass
 from qcc.passes.quantize_weights import QuantizeWeightsPass
@@ -32,6 +34,7 @@ FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, FuseMatMulAddPass)
 # Passes that decide and compute the quantization, as annotations.
 QUANT_PASSES = (
     PlanPass, QuantizeWeightsPass, CalibratePass, ActivationQParamsPass, TargetConstraintsPass, QuantizeBiasPass,
+    MixedPrecisionPass,
 )
 
 

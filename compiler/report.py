@@ -19,7 +19,7 @@ import onnx
 import onnx_ir as ir
 
 import qcc
-from qcc.annotations import Decision, get_decision, get_quant, quantized_values
+from qcc.annotations import MIXED_REASON, Decision, get_decision, get_mixed_precision, get_quant, quantized_values
 from qcc.irutils import default_opset
 
 
@@ -45,7 +45,7 @@ def build_report(
         nodes.append({"name": node.name, "op_type": node.op_type, "decision": kind, "reason": reason})
         by_op[node.op_type][kind] += 1
         if kind == Decision.FLOAT.value:
-            reasons[reason] += 1
+            reasons[MIXED_REASON if reason.startswith(MIXED_REASON) else reason] += 1
     tensors = {}
     for value in sorted(quantized_values(model.graph), key=lambda v: v.name or ""):
         quant = get_quant(value)
@@ -85,7 +85,42 @@ def build_report(
         "nodes": nodes,
         "tensors": tensors,
         "verify": verify,
+        "mixed_precision": mixed_precision_section(model, verify, options) if hasattr(options, "tolerance") else None,
         "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+
+
+def mixed_precision_section(model: ir.Model | None, verify: dict[str, Any] | None, options: Any) -> dict[str, Any] | None:
+    """The report's ``mixed_precision`` section: the bound, the error measured on the simulated
+    model and on the artifact (the one that decides ``met``), and the nodes kept float for it.
+
+    None when no tolerance was asked for; ``met`` is None when the artifact did not run.
+    """
+    if options.tolerance is None:
+        return None
+    metric = options.tolerance_metric.value
+    key = "relative_error_mean" if metric == "relative" else "cosine_mean"
+    outputs = (verify or {}).get("fidelity", {}).get("outputs", {})
+    artifact = {
+        name: (o[key] if metric == "relative" else 1.0 - o[key]) for name, o in outputs.items()
+    }
+    worst = max(artifact.values()) if artifact else None
+    measured = get_mixed_precision(model.graph) if model is not None else None
+    kept = [
+        {"node": n.name, "op_type": n.op_type, "reason": d.reason}
+        for n in (model.graph if model is not None else [])
+        if (d := get_decision(n)) is not None and d.reason.startswith(MIXED_REASON)
+    ]
+    return {
+        "metric": metric,
+        "bound": options.tolerance,
+        "artifact_error": worst,
+        "artifact_outputs": artifact,
+        "met": None if worst is None else worst <= options.tolerance,
+        "simulated_error": measured.error if measured else None,
+        "simulated_runs": measured.evaluations if measured else 0,
+        "samples": measured.samples if measured else None,
+        "kept_float": kept,
     }
 
 

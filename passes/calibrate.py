@@ -57,6 +57,17 @@ class CalibrationStats:
         self.nonfinite |= other.nonfinite
         self.rows = np.maximum(self.rows, other.rows)
 
+    def subset(self, names: list[str]) -> CalibrationStats | None:
+        """The statistics of some of these tensors (None if one was not observed)."""
+        index = {name: i for i, name in enumerate(self.names)}
+        if not all(name in index for name in names):
+            return None
+        picked = [index[name] for name in names]
+        out = CalibrationStats(list(names), bins=self.bins)
+        out.histograms = [self.histograms[i] for i in picked]
+        out.nonfinite, out.rows = self.nonfinite[picked], self.rows[picked]
+        return out
+
     @property
     def min(self) -> np.ndarray:
         """Observed minimum of each tensor."""
@@ -108,13 +119,15 @@ class CalibratePass(QccPass):
 
     def _observe(self, model: ir.Model, names: list[str]) -> CalibrationStats:
         bins = self.ctx.calibration_method not in _RANGE_ONLY
-        cache, key = self.ctx.statistics, tuple(names)
-        if cache is not None and key in cache and (cache[key].bins or not bins):
-            logger.info("reusing the calibration statistics of %d tensors", len(names))
-            return cache[key]
+        cache = self.ctx.statistics
+        for seen in (cache or {}).values():
+            found = seen.subset(names) if seen.bins or not bins else None
+            if found is not None:  # a plan with more nodes float quantizes a subset of the tensors
+                logger.info("reusing the calibration statistics of %d tensors", len(names))
+                return found
         stats = self._run(model, names, bins)
         if cache is not None:
-            cache[key] = stats
+            cache[tuple(names)] = stats
         return stats
 
     def _run(self, model: ir.Model, names: list[str], bins: bool) -> CalibrationStats:

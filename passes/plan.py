@@ -121,6 +121,9 @@ class PlanPass(QccPass):
                     set_decision(node, Decision.FUSED, f"absorbed into the quantized output of {producer.name}")
                 elif activation and not standalone_activations:
                     continue
+                elif activation and not _quantized_activation(node.inputs[0], spec):
+                    set_decision(node, Decision.FLOAT, "its input comes from a float node: it runs float, and a "
+                                 "quantized reader quantizes its (narrower) output instead of its input")
                 elif node.op_type in spec.shared_scale_ops:
                     ends = [node.inputs[0], *node.outputs]
                     if not any(_quantized_activation(v, spec) for v in ends):

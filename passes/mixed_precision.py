@@ -1,0 +1,208 @@
+"""Mixed precision: keep the fewest, most harmful nodes float until the output error bound holds.
+
+Runs last, when every quantization parameter is final. With ``--tolerance`` (default: 1 - cosine
+<= 0.01 on every output), it measures on a few calibration samples how far the planned model's
+outputs are from the float model's, in a simulation of the quantized model
+(``_simulation.Simulation``). Within the bound, nothing changes. Otherwise:
+
+1. **Sensitivity.** Each quantized activation tensor is a unit: the quantized nodes that write or
+   read it. For each unit, the plan is made again with those nodes float (which tensors the target
+   then still quantizes is the plan's rule, not guessed here) and the simulated error is measured
+   with only those tensors quantized. The unit's effect is how much the error falls. Every unit
+   is screened on one sample; the ``REFINED`` most harmful are measured on all of them.
+2. **Selection.** Units are taken most harmful first and added to the float set, measuring again
+   after each, until the simulated error is within ``MARGIN`` of the bound (the artifact's integer
+   kernels round slightly differently) or the float set would exceed ``MAX_FLOAT_SHARE`` of the
+   quantized nodes: beyond that, the model would lose most of its speed-up, and the report says
+   the bound was not met (a small model may always float two nodes, one tensor's writer and
+   reader).
+3. The pass asks the driver to plan again with the chosen nodes float (``ReplanRequest``), each
+   with its measured effect as the reason. On the second round it only measures and records
+   (``annotations.MixedPrecision``); the driver checks the bound on the artifact itself.
+
+It is skipped with ``--no-verify`` (it runs the model, as method selection does), with
+``--dynamic``, and for models over 2 GB (the simulation would hold a second copy).
+``--exclude`` still wins: excluded nodes are float before any of this. The search costs one
+simulated run of one sample per unit, plus ``REFINED`` runs of all samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from qcc.annotations import (
+    MIXED_REASON,
+    Decision,
+    MixedPrecision,
+    Role,
+    clear_annotations,
+    get_decision,
+    get_quant,
+    quantized_values,
+    set_mixed_precision,
+)
+from qcc.backends._fidelity import cosine
+from qcc.errors import ReplanRequest
+from qcc.options import ToleranceMetric
+from qcc.passes._base import QccPass
+from qcc.passes._simulation import Simulation
+from qcc.passes.plan import PlanPass
+from qcc.runtime import is_large, session
+
+logger = logging.getLogger(__name__)
+
+SAMPLES = 4  # calibration samples each simulated run uses
+REFINED = 12  # units measured on every sample after screening all on one
+MARGIN = 0.8  # the simulation aims at this fraction of the bound
+MAX_FLOAT_SHARE = 0.25  # at most this share of the quantized nodes is made float
+_QUANTIZED = (Decision.INT8, Decision.WEIGHT_ONLY)
+
+
+class MixedPrecisionPass(QccPass):
+    """Measures the quantized model's output error and, above the tolerance, asks for the most
+    harmful nodes to be planned float (see module docstring)."""
+
+    name = "mixed-precision"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        options = self.ctx.options
+        if options.tolerance is None or not options.verify or self.ctx.calibration is None or options.dynamic:
+            return ir.passes.PassResult(model, False)
+        if is_large(model):
+            logger.info("mixed precision skipped: a model over 2 GB would be held twice by the simulation")
+            return ir.passes.PassResult(model, False)
+        if not any(get_quant(v).role == Role.ACTIVATION for v in quantized_values(model.graph)):
+            return ir.passes.PassResult(model, False)
+        samples = self.ctx.calibration.head(SAMPLES)
+        error = _Error(model, samples, options.tolerance_metric)
+        sim = Simulation(model, samples)
+        outputs = error.of(sim.run())
+        worst = max(outputs.values())
+        searched = any(reason.startswith(MIXED_REASON) for reason in self.ctx.keep_float.values())
+        measured = MixedPrecision(
+            options.tolerance_metric.value, options.tolerance, worst, outputs, sim.evaluations, len(samples)
+        )
+        if worst <= options.tolerance or searched:
+            set_mixed_precision(model.graph, measured)
+            return ir.passes.PassResult(model, False)
+        chosen = self._search(model, sim, error, worst)
+        measured.evaluations = sim.evaluations
+        set_mixed_precision(model.graph, measured)
+        if chosen:
+            raise ReplanRequest(chosen)
+        return ir.passes.PassResult(model, False)
+
+    def _search(self, model: ir.Model, sim: Simulation, error: _Error, worst: float) -> dict[str, str]:
+        """Returns the nodes to keep float, with their reasons (empty: nothing helps)."""
+        bound = self.ctx.options.tolerance
+        planner = _Planner(model, self.ctx)
+        units = _units(model.graph)
+        # Screen every unit on one sample, then measure the most harmful on all of them.
+        quantized = {tensor: planner.quantized(nodes) for tensor, nodes in units.items()}
+        first = max(error.of(sim.run(samples=1), samples=1).values())
+        screened: dict[str, float] = {}
+        for done, tensor in enumerate(units, 1):
+            screened[tensor] = first - max(error.of(sim.run(quantized[tensor], samples=1), samples=1).values())
+            self.ctx.progress("sensitivity", done, len(units) + REFINED)
+        effects: dict[str, float] = {}
+        for done, tensor in enumerate(sorted(screened, key=screened.get, reverse=True)[:REFINED], 1):
+            effects[tensor] = worst - max(error.of(sim.run(quantized[tensor])).values())
+            self.ctx.progress("sensitivity", len(units) + done, len(units) + REFINED)
+        quantized_nodes = sum(getattr(get_decision(n), "decision", None) in _QUANTIZED for n in model.graph)
+        budget = max(int(MAX_FLOAT_SHARE * quantized_nodes), 2)  # a small model may float one writer + reader
+        floating: set[str] = set()
+        chosen: dict[str, str] = {}
+        current = worst
+        for tensor in sorted(effects, key=effects.get, reverse=True):
+            new = units[tensor] - floating
+            if effects[tensor] <= 0 or current <= MARGIN * bound:
+                break
+            if not new or len(floating) + len(new) > budget:
+                continue
+            floating |= new
+            after = max(error.of(sim.run(planner.quantized(floating))).values())
+            for node in sorted(new):
+                chosen[node] = (
+                    f"{MIXED_REASON}: with the other nodes around {tensor!r} float, the simulated output error "
+                    f"falls {effects[tensor]:.4g} (alone); all chosen so far: {worst:.4g} -> {after:.4g}"
+                )
+            current = after
+        logger.info("mixed precision: %d units measured, %d nodes float, error %.4g -> %.4g",
+                    len(units), len(chosen), worst, current)
+        return chosen
+
+
+class _Error:
+    """The per-output error of simulated outputs against the float model's, on fixed samples."""
+
+    def __init__(self, model: ir.Model, samples: list, metric: ToleranceMetric) -> None:
+        reference = session(model, level="basic", what="the float model")
+        self.names = [o.name for o in reference.get_outputs()]
+        self.expected = [reference.run(None, feed) for feed in samples]
+        self.metric = metric
+
+    def of(self, runs: list[list[np.ndarray]], samples: int | None = None) -> dict[str, float]:
+        """Returns each output's error, averaged over the (first ``samples``) samples."""
+        errors = {}
+        for i, name in enumerate(self.names):
+            pairs = zip(self.expected[:samples], runs, strict=True)
+            per_sample = [_error(e[i], g[i], self.metric) for e, g in pairs]
+            errors[name] = float(np.mean(per_sample))
+        return errors
+
+
+def _error(expected: np.ndarray, got: np.ndarray, metric: ToleranceMetric) -> float:
+    e = np.asarray(expected, dtype=np.float64).ravel()
+    g = np.asarray(got, dtype=np.float64).ravel()
+    keep = np.isfinite(e)
+    e, g = e[keep], g[keep]
+    if metric == ToleranceMetric.COSINE:
+        return 1.0 - cosine(e, g)
+    norm = float(np.linalg.norm(e))
+    return float(np.linalg.norm(e - g)) / norm if norm else float(np.linalg.norm(g) > 0)
+
+
+class _Planner:
+    """Plans a copy of the model again with some nodes float; returns the tensors still quantized."""
+
+    def __init__(self, model: ir.Model, ctx) -> None:
+        self.float_model = model.clone()
+        clear_annotations(self.float_model.graph)
+        self.ctx = ctx
+
+    def quantized(self, floating: set[str]) -> set[str]:
+        """Names of the tensors the target quantizes when ``floating`` nodes are also float."""
+        keep_float = {**self.ctx.keep_float, **{name: MIXED_REASON for name in floating}}
+        model = self.float_model.clone()
+        PlanPass(dataclasses.replace(self.ctx, keep_float=keep_float))(model)
+        return {v.name for v in quantized_values(model.graph)}
+
+
+def _units(graph: ir.Graph) -> dict[str, set[str]]:
+    """Each quantized activation with the quantized nodes that write or read it (an absorbed
+    Relu/Clip stands for its producer)."""
+    units: dict[str, set[str]] = {}
+    for value in quantized_values(graph):
+        if get_quant(value).role != Role.ACTIVATION or value.const_value is not None:
+            continue
+        nodes = {_owner(n) for n in [value.producer(), *value.consumers()] if n is not None}
+        nodes = {n.name for n in nodes if n is not None and getattr(get_decision(n), "decision", None) in _QUANTIZED}
+        if nodes:
+            units[value.name] = nodes
+    # The same node set reached through several tensors (a Conv's input and output) is one unit.
+    unique: dict[frozenset[str], str] = {}
+    for tensor, nodes in units.items():
+        unique.setdefault(frozenset(nodes), tensor)
+    return {tensor: set(nodes) for nodes, tensor in unique.items()}
+
+
+def _owner(node: ir.Node) -> ir.Node | None:
+    """The node that decides for ``node``: its producer for an absorbed activation."""
+    decision = get_decision(node)
+    if decision is not None and decision.decision == Decision.FUSED and node.inputs and node.inputs[0] is not None:
+        return node.inputs[0].producer()
+    return node

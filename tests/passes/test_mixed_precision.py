@@ -1,0 +1,136 @@
+"""Mixed precision (``--tolerance``) and the simulation it measures with, against real runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import qcc
+from qcc.annotations import MIXED_REASON
+from qcc.backends import get_backend
+from qcc.context import PassContext
+from qcc.data import open_calibration
+from qcc.errors import OptionError
+from qcc.frontend import load
+from qcc.options import CompileOptions, ToleranceMetric, parse_tolerance
+from qcc.passes._simulation import Simulation
+from qcc.pipeline import run_pipeline
+from tests.conftest import build_model, cosine, random_feeds, run
+
+# h2's channel 0 is 400x larger than the others and h3 scales it back: in float the channel is
+# ordinary, but a per-tensor int8 range over h2 leaves the other 31 channels about two steps.
+SENSITIVE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[16,32] w1, float[32,32] w2, float[32,16] w3, float[16,8] w4, float[N,16] x) => (float[N,8] y) {
+  h1 = MatMul(x, w1)
+  r1 = Relu(h1)
+  h2 = MatMul(r1, w2)
+  h3 = MatMul(h2, w3)
+  r3 = Relu(h3)
+  y = MatMul(r3, w4)
+}
+"""
+BOUND = 0.002
+
+
+def _sensitive_model():
+    rng = np.random.default_rng(0)
+    w2 = rng.normal(0, 1 / np.sqrt(32), (32, 32))
+    w3 = rng.normal(0, 1 / np.sqrt(32), (32, 16))
+    w2[:, 0] *= 400.0
+    w3[0, :] /= 400.0
+    return build_model(SENSITIVE, seed=1, constants={"w2": w2, "w3": w3})
+
+
+def _calibration(model, count=16):
+    return {"x": np.stack([f["x"] for f in random_feeds(model, count, seed=2, batch=4)])}
+
+
+def _names(model):
+    return {n.output[0]: n.name or n.output[0] for n in model.graph.node}
+
+
+def test_the_sensitive_layers_are_kept_float_until_the_bound_holds():
+    model = _sensitive_model()
+    calibration = _calibration(model)
+    plain = qcc.compile(model, target="ort", calibration=calibration, tolerance=None)
+    mixed = qcc.compile(model, target="ort", calibration=calibration, tolerance=BOUND)
+    assert plain.report["mixed_precision"] is None
+    plain_error = 1 - min(o["cosine_mean"] for o in plain.report["verify"]["fidelity"]["outputs"].values())
+    assert plain_error > BOUND  # the model does need it
+    section = mixed.report["mixed_precision"]
+    assert section["met"] and section["artifact_error"] <= BOUND
+    kept = {k["node"] for k in section["kept_float"]}
+    assert kept and len(kept) <= 2  # the fewest: h2's writer and reader at most
+    producers = {n.name: list(n.output) for n in load(model).proto.graph.node}
+    touched = {t for name in kept for t in producers.get(name, [])} | {"h2", "h3"}
+    assert "h2" in touched or "h3" in touched
+    assert all(k["reason"].startswith(MIXED_REASON) for k in section["kept_float"])
+    # On held-out inputs the mixed artifact is closer to float, run in ONNX Runtime.
+    held_out = random_feeds(model, 8, seed=9, batch=4)
+    gain = [
+        cosine(run(model, f)[0], run(mixed.artifact.data, f)[0]) - cosine(run(model, f)[0], run(plain.artifact.data, f)[0])
+        for f in held_out
+    ]
+    assert min(gain) > 0
+
+
+def test_within_the_bound_nothing_changes():
+    model = _sensitive_model()
+    calibration = _calibration(model)
+    loose = qcc.compile(model, target="ort", calibration=calibration, tolerance=0.5)
+    plain = qcc.compile(model, target="ort", calibration=calibration, tolerance=None)
+    assert loose.report["mixed_precision"]["met"] and not loose.report["mixed_precision"]["kept_float"]
+    assert loose.artifact.data == plain.artifact.data
+
+
+def test_exclude_still_wins_and_relative_metric():
+    model = _sensitive_model()
+    calibration = _calibration(model)
+    first = next(n.name for n in load(model).model.graph if n.op_type == "MatMul")
+    result = qcc.compile(model, target="ort", calibration=calibration, exclude=[first],
+                         tolerance=0.05, tolerance_metric="relative")
+    section = result.report["mixed_precision"]
+    assert section["metric"] == "relative" and section["met"]
+    decisions = {n["name"]: n["reason"] for n in result.report["nodes"]}
+    assert decisions[first] == "excluded by the user (--exclude)"
+    rel = result.report["verify"]["fidelity"]["outputs"]["y"]["relative_error_mean"]
+    assert rel == pytest.approx(section["artifact_error"]) and rel <= 0.05
+
+
+@pytest.mark.parametrize("target", ["ort", "trt", "tflite"])
+def test_every_target_meets_the_bound(target):
+    model = _sensitive_model()
+    result = qcc.compile(model, target=target, calibration=_calibration(model), tolerance=BOUND)
+    section = result.report["mixed_precision"]
+    assert section["met"], section
+    assert section["kept_float"]
+
+
+def test_simulation_matches_the_artifact_and_the_float_model():
+    model = _sensitive_model()
+    loaded = load(model)
+    backend = get_backend("ort")
+    data = open_calibration(_calibration(model), loaded.input_specs())
+    ctx = PassContext(CompileOptions(method="minmax", tolerance=None), backend.spec, data)
+    run_pipeline(loaded.model, ctx)
+    feeds = random_feeds(model, 4, seed=5, batch=4)
+    sim = Simulation(loaded.model, feeds)
+    artifact = backend.emit(loaded.model, ctx)
+    for feed, quantized, floating in zip(feeds, sim.run(), sim.run(quantized=()), strict=True):
+        expected, got = run(model, feed)[0], run(artifact.data, feed)[0]
+        np.testing.assert_allclose(floating[0], expected, rtol=1e-4, atol=1e-5)  # gates off: the float model
+        # Fake-quantized float kernels vs integer kernels: the same within a rounding step or so.
+        assert cosine(quantized[0], got) > 0.9999
+        assert cosine(quantized[0], expected) == pytest.approx(cosine(got, expected), abs=2e-3)
+
+
+def test_parse_tolerance():
+    assert parse_tolerance("0.01") == {"tolerance": 0.01, "tolerance_metric": ToleranceMetric.COSINE}
+    assert parse_tolerance("relative:0.05") == {"tolerance": 0.05, "tolerance_metric": ToleranceMetric.RELATIVE}
+    assert parse_tolerance("off") == {"tolerance": None}
+    for bad in ("abc", "l2:0.1", ""):
+        with pytest.raises(OptionError):
+            parse_tolerance(bad)
+    with pytest.raises(OptionError):
+        CompileOptions(tolerance=-1.0)
