@@ -27,7 +27,7 @@ from qcc import frontend
 from qcc.backends import get_backend
 from qcc.context import PassContext
 from qcc.data import CalibrationSource, open_calibration
-from qcc.driver import compile_model
+from qcc.driver import CompileResult, compile_model
 from qcc.errors import QccError
 from qcc.options import CompileOptions
 from qcc.pipeline import run_pipeline
@@ -36,16 +36,25 @@ from qcc.runtime import session
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLES = 4
+HISTOGRAM_BINS = 80
+FP8_MAX = 448.0  # the largest E4M3 value
 
 
 def analyze_model(
-    model: object, calibration: CalibrationSource, options: CompileOptions, samples: int = DEFAULT_SAMPLES
+    model: object,
+    calibration: CalibrationSource,
+    options: CompileOptions,
+    samples: int = DEFAULT_SAMPLES,
+    result: CompileResult | None = None,
 ) -> dict[str, Any]:
-    """Compiles the model and measures every quantized activation against the float model.
+    """Compiles the model (unless ``result`` is its compile) and measures every quantized
+    activation against the float model.
 
     Returns:
-        ``{"target", "samples", "tensors": [{name, producer, op_type, sqnr_db, drop_db}, ...]}``
-        in graph order (``drop_db`` is None where no quantized input precedes the tensor), plus
+        ``{"target", "samples", "tensors": [{name, producer, op_type, sqnr_db, drop_db,
+        clip_range, histogram: {edges, counts}}, ...]}`` in graph order (``drop_db`` is None where
+        no quantized input precedes the tensor; the histogram is of the float values, over the
+        clip range widened by a quarter on each side, outliers in the end bins), plus
         ``"output_sqnr_db"`` per graph output.
 
     Raises:
@@ -53,7 +62,8 @@ def analyze_model(
     """
     if calibration is None:
         raise QccError("analyze needs calibration data to run both models on.", "pass --calib data.npz.")
-    result = compile_model(model, calibration, dataclasses.replace(options, verify=False))
+    if result is None:
+        result = compile_model(model, calibration, dataclasses.replace(options, verify=False))
     if result.artifact.data is None:
         raise QccError("analyze runs the artifact in memory, and this one is over 2 GB.", "analyze a smaller model.")
     quantized = result.artifact.simulation or result.artifact.proto
@@ -71,6 +81,9 @@ def analyze_model(
     types = {readers[n]: getattr(onnx.TensorProto, result.report["tensors"][n]["dtype"].upper()) for n in names}
     simulated = session(quantized, level="disable", what="the quantized model", extra_outputs=types)
     signal, noise = np.zeros(len(names)), np.zeros(len(names))
+    clips = {name: _clip_range(result.report["tensors"][name]) for name in names}
+    edges = {name: np.linspace(lo - (hi - lo) / 4, hi + (hi - lo) / 4, HISTOGRAM_BINS + 1) for name, (lo, hi) in clips.items()}
+    counts = {name: np.zeros(HISTOGRAM_BINS, np.int64) for name in names}
     float_names = [o.name for o in floats.get_outputs()]
     sim_names = [o.name for o in simulated.get_outputs()]
     for feed in feeds:
@@ -79,6 +92,8 @@ def analyze_model(
         for i, name in enumerate(names):
             f = np.asarray(f_out[name], np.float64)
             q = _dequantize(q_out[readers[name]], result.report["tensors"][name]).reshape(f.shape)
+            bins = np.clip(np.searchsorted(edges[name], f.ravel(), side="right") - 1, 0, HISTOGRAM_BINS - 1)
+            counts[name] += np.bincount(bins, minlength=HISTOGRAM_BINS)
             signal[i] += float(np.sum(f * f))
             noise[i] += float(np.sum((f - q) ** 2))
     sqnr = {name: _db(s, n) for name, s, n in zip(names, signal, noise, strict=True)}
@@ -94,6 +109,8 @@ def analyze_model(
                 "op_type": node.op_type if node is not None else "input",
                 "sqnr_db": round(sqnr[name], 2),
                 "drop_db": round(min(upstream) - sqnr[name], 2) if upstream else None,
+                "clip_range": [float(v) for v in clips[name]],
+                "histogram": {"edges": edges[name].tolist(), "counts": counts[name].tolist()},
             }
         )
     outputs = {o.name: sqnr[o.name] for o in loaded.model.graph.outputs if o.name in sqnr}
@@ -110,6 +127,15 @@ def _dequantize(q: np.ndarray, params: dict) -> np.ndarray:
     scale = np.asarray(params["scale"], np.float64)
     zero_point = np.asarray(params["zero_point"], np.float64)
     return (np.asarray(q).astype(np.float64) - zero_point) * scale
+
+
+def _clip_range(params: dict) -> tuple[float, float]:
+    """The real values the int8 grid of a per-tensor activation spans."""
+    scale, zero_point = float(np.ravel(params["scale"])[0]), float(np.ravel(params["zero_point"])[0])
+    if not params["dtype"].startswith(("int", "uint")):
+        return -FP8_MAX * scale, FP8_MAX * scale  # float8e4m3fn, symmetric
+    info = np.iinfo(np.dtype(params["dtype"]))
+    return (info.min - zero_point) * scale, (info.max - zero_point) * scale
 
 
 def _db(signal: float, noise: float) -> float:

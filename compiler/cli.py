@@ -93,6 +93,14 @@ def compile(  # noqa: A001 - the subcommand's name
     ] = None,
     target: Annotated[str, typer.Option("--target", "-t", help="Runtime to compile for (see `qcc targets`).")] = "ort",
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the JSON report here.")] = None,
+    report_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--report-dir",
+            help="Also write report.json, per-layer layers.json and PNG plots (SQNR per layer, clip ranges of "
+            "the worst layers, mixed-precision decisions) into this folder.",
+        ),
+    ] = None,
     exclude: Annotated[
         Optional[list[str]],
         typer.Option("--exclude", "-x", help="Keep a node (by name) or every node of an op type in float. Repeatable."),
@@ -210,6 +218,8 @@ def compile(  # noqa: A001 - the subcommand's name
             source = None if calib is None else str(calib)
             result = compile_model(str(model), source, options, progress=_ProgressBar(bar))
         result.save(output, report)
+        if report_dir is not None:
+            _write_report_dir(report_dir, str(model), source, options, result)
         if calib_cache is not None:
             from qcc.backends.tensorrt import calibration_cache
 
@@ -218,6 +228,28 @@ def compile(  # noqa: A001 - the subcommand's name
         _fail(error)
         return
     _print_summary(result.report, output)
+
+
+def _write_report_dir(folder: Path, model: str, calib: str | None, options: CompileOptions, result=None) -> None:
+    """Writes the per-layer report folder (``qcc.plots``) and says what it holds."""
+    from qcc.analyze import analyze_model
+    from qcc.plots import write_report_dir
+
+    analysis = {"target": options.target, "samples": 0, "tensors": [], "output_sqnr_db": {}}
+    if calib is None:
+        _err.print("note: no per-layer analysis without calibration data (--calib)")
+    else:
+        try:
+            analysis = analyze_model(model, calib, options, result=result)
+        except QccError as error:  # e.g. nothing quantized, or an artifact over 2 GB
+            _err.print(f"note: no per-layer analysis: {error}")
+    _print_report_dir(folder, *write_report_dir(folder, analysis, None if result is None else result.report))
+
+
+def _print_report_dir(folder: Path, files: list[str], notes: list[str]) -> None:
+    _out.print(f"report folder {folder}: " + ", ".join(os.path.basename(f) for f in files))
+    for note in notes:
+        _err.print(f"note: {note}")
 
 
 def _print_summary(report: dict, output: Path) -> None:
@@ -312,6 +344,10 @@ def analyze(
     samples: Annotated[int, typer.Option("--samples", help="Calibration samples to measure on.")] = 4,
     top: Annotated[int, typer.Option("--top", help="Rows to show, worst first.")] = 15,
     as_json: Annotated[Optional[Path], typer.Option("--json", help="Also write every tensor's numbers here.")] = None,
+    report_dir: Annotated[
+        Optional[Path],
+        typer.Option("--report-dir", help="Also write layers.json and PNG plots (SQNR per layer, clip ranges) here."),
+    ] = None,
 ) -> None:
     """Compile MODEL and show where quantization loses: per quantized tensor, SQNR against the
     float model and the drop its producer adds (worst first).
@@ -332,6 +368,12 @@ def analyze(
         report = analyze_model(str(model), str(calib), options, samples=samples)
         if as_json is not None:
             write_atomic(as_json, json.dumps(report, indent=2).encode())
+        if report_dir is not None:
+            from qcc.plots import write_report_dir
+
+            written = write_report_dir(report_dir, report, None)
+        else:
+            written = None
     except QccError as error:
         _fail(error)
         return
@@ -346,6 +388,8 @@ def analyze(
     _out.print(table)
     for name, value in report["output_sqnr_db"].items():
         _out.print(f"output {name}: SQNR {value:.1f} dB on {report['samples']} samples")
+    if written is not None:
+        _print_report_dir(report_dir, *written)
 
 
 @app.command()

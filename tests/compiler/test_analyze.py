@@ -53,3 +53,43 @@ def test_cli_ranks_the_worst_tensors_and_writes_json(tmp_path):
     assert data["target"] == "ort" and data["tensors"]
     missing = subprocess.run([*cmd[:5], "-c", str(tmp_path / "nope.npz")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error:")
+
+
+def test_report_dir_writes_json_and_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    from qcc.plots import write_report_dir
+
+    model = synthetic_model("residual_cnn")
+    feeds = random_feeds(model, 6)
+    analysis = analyze_model(model, feeds, CompileOptions(target="ort"), samples=3)
+    for t in analysis["tensors"]:
+        # Every float value of every sample lands in one bin; the clip range is inside the edges.
+        elements = t["histogram"]["counts"]
+        assert sum(elements) > 0 and len(t["histogram"]["edges"]) == len(elements) + 1
+        low, high = t["clip_range"]
+        assert t["histogram"]["edges"][0] < low < high < t["histogram"]["edges"][-1]
+    files, notes = write_report_dir(tmp_path / "r", analysis, {"mixed_precision": None})
+    assert not notes
+    names = sorted(p.rsplit("/", 1)[-1] for p in files)
+    assert names == ["clip_ranges.png", "layers.json", "report.json", "sqnr.png"]
+    for name in ("sqnr.png", "clip_ranges.png"):
+        assert (tmp_path / "r" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "r" / "layers.json").read_text())["tensors"] == analysis["tensors"]
+
+
+def test_compile_report_dir_from_the_cli(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = synthetic_model("residual_cnn")
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    feeds = random_feeds(model, 6)
+    np.savez(tmp_path / "c.npz", x=np.stack([f["x"] for f in feeds]))
+    done = subprocess.run(
+        [sys.executable, "-m", "qcc.cli", "compile", str(path), "-c", str(tmp_path / "c.npz"), "-o",
+         str(tmp_path / "o.onnx"), "--report-dir", str(tmp_path / "r")],
+        capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["mixed_precision"]["bound"] == 0.01
+    assert (tmp_path / "r" / "sqnr.png").exists() and (tmp_path / "r" / "clip_ranges.png").exists()
