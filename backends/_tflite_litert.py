@@ -107,8 +107,9 @@ def compare_with_simulation(
 
     Returns:
         A JSON-serializable dict; ``ok`` is True when both resolvers ran, every output is finite,
-        XNNPACK agrees with the simulation within one step on at least 99% of the output elements,
-        and the builtin kernels do too or are about as close to the float model (``COSINE_SLACK``).
+        XNNPACK agrees with the simulation within one step on at least 99% of the output elements
+        (or, with float islands, is about as close to the float model: ``COSINE_SLACK``), and the
+        builtin kernels do too or are about as close to the float model.
     """
     # The artifact has the static shapes of the first calibration sample; others cannot run.
     if samples:
@@ -137,7 +138,11 @@ def compare_with_simulation(
             result["resolvers"][name] = {"ok": False, "error": str(exc).strip().splitlines()[0]}
             ok = False
             continue
-        entry = _agreement(got, expected, floats, steps, simulation_cosine if name == "builtin" else None)
+        # Float islands round differently in LiteRT's float kernels (summation order, FMA): a value
+        # that lands elsewhere at the next quantizer moves every int8 op after it, so with islands
+        # XNNPACK, too, is held to the float-closeness criterion.
+        closeness = name == "builtin" or bool(result["float_ops"])
+        entry = _agreement(got, expected, floats, steps, simulation_cosine if closeness else None)
         if name == "xnnpack":
             entry["delegation"] = delegated_ops(interp)
             result["fidelity"] = _fidelity(got, floats, [o.name for o in ref.get_outputs()])

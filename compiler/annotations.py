@@ -23,6 +23,7 @@ _TENSOR_KEY = "qcc.quant"
 _RANGE_KEY = "qcc.range"
 _NODE_KEY = "qcc.decision"
 _MIXED_KEY = "qcc.mixed_precision"
+_HISTOGRAM_KEY = "qcc.histogram"
 # The reason every node kept float by the mixed-precision pass starts with.
 MIXED_REASON = "kept float by mixed precision (--tolerance)"
 
@@ -120,6 +121,17 @@ def set_range(value: ir.Value, value_range: TensorRange) -> None:
     value.meta[_RANGE_KEY] = value_range
 
 
+def get_histogram(value: ir.Value) -> object | None:
+    """Returns the calibration histogram (``passes._histogram.TensorHistogram``) kept on the
+    tensor for a later choice of its clip range, or None."""
+    return value.meta.get(_HISTOGRAM_KEY)
+
+
+def set_histogram(value: ir.Value, histogram: object) -> None:
+    """Keeps the tensor's calibration histogram on it (``--method auto``)."""
+    value.meta[_HISTOGRAM_KEY] = histogram
+
+
 def get_decision(node: ir.Node) -> NodeDecision | None:
     """Returns the plan's decision for the node, or None before planning."""
     return node.meta.get(_NODE_KEY)
@@ -151,12 +163,12 @@ def quantized_values(graph: ir.Graph) -> list[ir.Value]:
 def clear_annotations(graph: ir.Graph) -> None:
     """Removes every qcc annotation from the graph's nodes and values (before planning again)."""
     for value in [*graph.inputs, *graph.initializers.values()]:
-        for key in (_TENSOR_KEY, _RANGE_KEY):
+        for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY):
             value.meta.pop(key, None)
     for node in graph:
         node.meta.pop(_NODE_KEY, None)
         for value in node.outputs:
-            for key in (_TENSOR_KEY, _RANGE_KEY):
+            for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY):
                 value.meta.pop(key, None)
 
 

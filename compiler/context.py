@@ -32,6 +32,8 @@ class PassContext:
         statistics: calibration statistics already observed, by tensor names, shared by the
             compiles of one method selection and the re-plans of one compile (the float model's
             tensors do not change with the method or the plan); None: observe every time.
+        tensor_methods: with ``--method auto``, the clip search's choice of method per tensor
+            (tensor name -> method; the rest minmax); None until the search has run.
     """
 
     options: CompileOptions
@@ -40,6 +42,7 @@ class PassContext:
     progress: Progress = no_progress
     keep_float: Mapping[str, str] = dataclasses.field(default_factory=dict)
     statistics: dict | None = None
+    tensor_methods: Mapping[str, str] | None = None
 
     @property
     def weight_dtype(self) -> ir.DataType:

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 VERIFY_SAMPLES = 4
 # Re-plans after calibration finds non-finite tensors; each one widens the float region.
-MAX_REPLANS = 3
+MAX_REPLANS = 4
 
 
 @dataclasses.dataclass
@@ -88,7 +88,7 @@ def compile_model(
     """
     backend = get_backend(options.target)
     backend.spec.check_options(options)
-    methods = AUTO_METHODS if options.method == CalibrationMethod.AUTO else (options.method,)
+    methods = (options.method,)
     if options.method is None and options.needs_calibration:
         methods = backend.spec.default_methods(options)
         if not options.verify:
@@ -109,10 +109,14 @@ def compile_model(
     if calibration is not None:
         data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
     keep_float: dict[str, str] = {}
+    tensor_methods: dict[str, str] | None = None
     statistics = {} if statistics is None else statistics
     pristine = loaded.model.clone()
     for _attempt in range(MAX_REPLANS + 1):
-        ctx = PassContext(options, backend.spec, data, progress, keep_float=dict(keep_float), statistics=statistics)
+        ctx = PassContext(
+            options, backend.spec, data, progress, keep_float=dict(keep_float), statistics=statistics,
+            tensor_methods=tensor_methods,
+        )
         try:
             timings.update(run_pipeline(loaded.model, ctx))
             break
@@ -121,6 +125,8 @@ def compile_model(
                 raise
             if isinstance(error, ReplanRequest):
                 keep_float.update(error.keep_float)
+                if error.methods is not None:
+                    tensor_methods = {**(tensor_methods or {}), **error.methods}
                 logger.info("keeping %d nodes float (%s); planning again", len(keep_float), str(error))
             else:
                 keep_float.update(_nodes_touching(loaded.model, error.values))
@@ -154,13 +160,14 @@ def compile_model(
         artifact_bytes=artifact.size,
     )
     report["model"]["source"] = loaded.source
+    if options.method == CalibrationMethod.AUTO and options.tolerance is not None:
+        report["clip_search"] = dict(sorted((tensor_methods or {}).items()))  # tensor -> method, the rest minmax
     return CompileResult(artifact=artifact, report=report)
 
 
 # Output-cosine gain another method needs over the ones before it; ties (YOLO: 0.9996 vs 0.9997) keep
 # minmax, whose ranges never clip.
 AUTO_MARGIN = 0.002
-AUTO_METHODS = tuple(m for m in CalibrationMethod if m != CalibrationMethod.AUTO)  # minmax first
 
 
 def _compile_auto(
@@ -171,12 +178,9 @@ def _compile_auto(
     methods: tuple[CalibrationMethod, ...],
 ) -> CompileResult:
     """One compile per calibration method; keeps the artifact whose outputs are closest to the
-    float model (mean output cosine) on the calibration samples.
-
-    ``--method auto`` tries every method. Measured on the zoo it wins big on some models (PP-OCRv5
-    rec, silero, MobileNetV2, PP-OCRv5 det on trt) and loses on the PP-OCRv5 detector on ort, where
-    the calibration pages mislead it: it is opt-in until the choice is validated on held-out data
-    (issue 6). The ``trt`` default tries minmax and meanmax only.
+    float model (mean output cosine) on the calibration samples: the ``trt`` default, minmax or
+    meanmax for the whole model (``TensorrtSpec.default_methods``). (``--method auto`` chooses per
+    tensor instead, inside one compile: ``passes/_clip_search.py``.)
     """
     if calibration is not None and not isinstance(calibration, (str, os.PathLike, dict, list, tuple)):
         # A one-shot iterator of feeds: each compile reads it again (up to the samples it uses).

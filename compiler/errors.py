@@ -50,12 +50,17 @@ class BackendError(QccError):
 class ReplanRequest(QccError):
     """Calibration showed that some nodes should stay float (a target rule that needs data).
 
-    The driver catches it and plans again with ``keep_float`` (node name -> reason).
+    The driver catches it and plans again with ``keep_float`` (node name -> reason) and, from the
+    clip search, ``methods`` (tensor name -> calibration method; None: not a clip search).
     """
 
-    def __init__(self, keep_float: dict[str, str]) -> None:
+    def __init__(self, keep_float: dict[str, str], methods: dict[str, str] | None = None) -> None:
         self.keep_float = keep_float
-        super().__init__(f"{len(keep_float)} node(s) must be planned again: {', '.join(list(keep_float)[:5])}.")
+        self.methods = methods
+        what = f"{len(keep_float)} node(s) float: {', '.join(list(keep_float)[:5])}"
+        if methods:
+            what += f"; {len(methods)} tensor(s) with another clip range"
+        super().__init__(f"planning again with {what}.")
 
 
 class NonFiniteActivationsError(QccError):

@@ -47,7 +47,7 @@ class Precision(str, enum.Enum):
 class CalibrationMethod(str, enum.Enum):
     """How an activation's clip range is chosen from its observed values (see passes/_clip_range.py)."""
 
-    AUTO = "auto"  # compile with each method below, keep the one closest to fp32 on the calibration data
+    AUTO = "auto"  # minmax; if the output misses --tolerance, per tensor the method closest to fp32 on the outputs
 
     MINMAX = "minmax"  # the observed range: never clips (ort, tflite default)
     MEANMAX = "meanmax"  # the mean of each sample's own range (trt default; ModelOpt-like)

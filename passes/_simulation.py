@@ -17,67 +17,148 @@ simulation only switches quantizers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from qcc.backends._qdq import materialize_qdq
 from qcc.data import Feed
-from qcc.irutils import NameAllocator
+from qcc.irutils import NameAllocator, add_initializer
+from qcc.quantmath import dequantize, quantize
 from qcc.runtime import session
 
 
 class Simulation:
-    """Runs the annotated model fake-quantized, with any subset of its quantizers switched on.
+    """Runs the annotated model fake-quantized, with some quantizers switched off or some
+    activations' parameters changed, by feed.
 
     Args:
         model: the annotated model, after every quantization pass (not modified).
         samples: the feeds every evaluation runs on.
+        tunable: ``"gates"``: every quantizer can be switched off (``run(quantized=...)``);
+            ``"params"``: every computed activation's scale and zero point can be changed
+            (``run(params=...)``). One or the other: each costs ONNX Runtime time on every run.
     """
 
-    def __init__(self, model: ir.Model, samples: Sequence[Feed]) -> None:
+    def __init__(self, model: ir.Model, samples: Sequence[Feed], tunable: str = "gates") -> None:
         sim = materialize_qdq(model, keep_fused_activations=True, float_weights=True)
-        self.gates = _add_gates(sim)  # quantized tensor name -> gate input name
+        quantizers = _quantizers(sim)
+        self.gates: dict[str, str] = {}  # quantized tensor name -> gate input name
+        # computed activation name -> its scale and zero point, which run() may replace
+        self.params: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._param_inputs: dict[str, tuple[str, str]] = {}
+        names = NameAllocator(sim.graph)
+        for tensor, (q, dq) in quantizers.items():
+            source = q.inputs[0]
+            out = dq.outputs[0]
+            if source.const_value is not None:
+                out = _fake_quantized_constant(sim.graph, q, dq, names) or out
+            elif tunable == "params":
+                self._tunable_params(sim.graph, tensor, q, names)
+            if tunable == "gates":
+                self.gates[tensor] = _gate(sim.graph, tensor, dq, out, source, names)
+            elif out is not dq.outputs[0]:
+                dq.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
         self.samples = list(samples)
         self.evaluations = 0
         self._session = session(sim, level="basic", what="the simulated quantized model")
         self._outputs = [o.name for o in self._session.get_outputs()]
 
-    def run(self, quantized: Iterable[str] | None = None, samples: int | None = None) -> list[list[np.ndarray]]:
+    def run(
+        self,
+        quantized: Iterable[str] | None = None,
+        samples: int | None = None,
+        params: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> list[list[np.ndarray]]:
         """Returns the outputs on the first ``samples`` samples (None: all) with only the named
-        tensors quantized (None: all)."""
+        tensors quantized (None: all; ``gates``), and activations' scale and zero point from
+        ``params`` where it names them (the annotations' elsewhere; ``params``)."""
         on = set(self.gates) if quantized is None else set(quantized)
-        gates = {gate: np.array(name in on) for name, gate in self.gates.items()}
+        feeds = {gate: np.array(1.0 if name in on else 0.0, np.float32) for name, gate in self.gates.items()}
+        for name, (scale_input, zero_input) in self._param_inputs.items():
+            scale, zero_point = (params or {}).get(name, self.params[name])
+            feeds[scale_input], feeds[zero_input] = scale, zero_point
         self.evaluations += 1
-        return [self._session.run(self._outputs, {**feed, **gates}) for feed in self.samples[:samples]]
+        return [self._session.run(self._outputs, {**feed, **feeds}) for feed in self.samples[:samples]]
+
+    def _tunable_params(self, graph: ir.Graph, tensor: str, q: ir.Node, names: NameAllocator) -> None:
+        """Makes the activation's scale and zero point (shared by its Q and DQ) graph inputs."""
+        scale, zero_point = q.inputs[1], q.inputs[2]
+        self.params[tensor] = (scale.const_value.numpy(), zero_point.const_value.numpy())
+        inputs = []
+        for value, kind in ((scale, "scale"), (zero_point, "zero_point")):
+            fed = ir.Value(name=names.new(f"qcc_{kind}_{tensor}"), type=value.type, shape=value.shape)
+            graph.inputs.append(fed)
+            for use in list(value.uses()):
+                use.node.replace_input_with(use.idx, fed)
+            inputs.append(fed.name)
+        self._param_inputs[tensor] = (inputs[0], inputs[1])
 
 
-def _add_gates(model: ir.Model) -> dict[str, str]:
-    """Puts ``Where(gate, DQ(Q(x)), x)`` between every Q/DQ pair and its readers; returns the gates
-    by the name of the tensor quantized (the weight's for constants)."""
-    graph = model.graph
-    names = NameAllocator(graph)
-    gates: dict[str, str] = {}
-    for dq in [n for n in graph if n.op_type == "DequantizeLinear"]:
+def _quantizers(model: ir.Model) -> dict[str, tuple[ir.Node, ir.Node]]:
+    """Every Q -> DQ pair, by the name of the tensor it quantizes (the weight's for constants).
+
+    An int32 bias has a DQ only: its rounding is far below the activations' and it has no float
+    twin, so it is not a quantizer here.
+    """
+    found = {}
+    for dq in [n for n in model.graph if n.op_type == "DequantizeLinear"]:
         q = dq.inputs[0].producer()
         if q is None or q.op_type != "QuantizeLinear":
-            continue  # an int32 bias: its rounding is far below the activations' and has no float twin
-        source, out = q.inputs[0], dq.outputs[0]
-        tensor = out.name if out.is_graph_output() else source.name  # a graph output's DQ took its name
-        gate = ir.Value(name=names.new(f"qcc_gate_{tensor}"), type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
-        graph.inputs.append(gate)
-        gates[tensor] = gate.name
-        readers = list(out.uses())
-        where = ir.node("Where", [gate, out, source], name=names.new(f"{tensor}_gate"))
-        gated = where.outputs[0]
-        gated.type, gated.shape = out.type, out.shape
-        for use in readers:
-            use.node.replace_input_with(use.idx, gated)
-        if out.is_graph_output():
-            graph.outputs[[o is out for o in graph.outputs].index(True)] = gated
-            out.name, gated.name = names.new(f"{tensor}_dequantized"), tensor
-        else:
-            gated.name = names.new(f"{tensor}_gated")
-        graph.insert_after(dq, where)
-    return gates
+            continue
+        out = dq.outputs[0]
+        found[out.name if out.is_graph_output() else q.inputs[0].name] = (q, dq)  # a graph output's DQ took its name
+    return found
+
+
+def _gate(graph: ir.Graph, tensor: str, dq: ir.Node, out: ir.Value, source: ir.Value, names: NameAllocator) -> str:
+    """Makes every reader of the quantized tensor read ``x + gate * (DQ(Q(x)) - x)`` (gate 1 or 0,
+    a float graph input; arithmetic runs faster than Where in ONNX Runtime); returns the gate."""
+    gate = ir.Value(name=names.new(f"qcc_gate_{tensor}"), type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([]))
+    graph.inputs.append(gate)
+    readers = list(dq.outputs[0].uses())
+    was_output = dq.outputs[0].is_graph_output()
+    sub = ir.node("Sub", [out, source], name=names.new(f"{tensor}_gate_sub"))
+    mul = ir.node("Mul", [sub.outputs[0], gate], name=names.new(f"{tensor}_gate_mul"))
+    add = ir.node("Add", [source, mul.outputs[0]], name=names.new(f"{tensor}_gate"))
+    gated = add.outputs[0]
+    gated.type, gated.shape = out.type, out.shape
+    for use in readers:
+        use.node.replace_input_with(use.idx, gated)
+    if was_output:
+        old = dq.outputs[0]
+        graph.outputs[[o is old for o in graph.outputs].index(True)] = gated
+        old.name, gated.name = names.new(f"{tensor}_dequantized"), tensor
+    else:
+        gated.name = names.new(f"{tensor}_gated")
+    anchor = dq if dq.graph is not None else readers[0].node
+    if dq.graph is not None:
+        graph.insert_after(anchor, [sub, mul, add])
+    else:
+        graph.insert_before(anchor, [sub, mul, add])
+    return gate.name
+
+
+def _fake_quantized_constant(graph: ir.Graph, q: ir.Node, dq: ir.Node, names: NameAllocator) -> ir.Value | None:
+    """Replaces a constant's Q -> DQ by its fake-quantized values, computed once (ONNX Runtime
+    would quantize the weight again on every run); None where the pair is kept (blocks)."""
+    if "block_size" in q.attributes:
+        return None
+    weight, scale, zero_point = (v.const_value.numpy() for v in q.inputs[:3])
+    axis = q.attributes["axis"].as_int() if "axis" in q.attributes else 1
+    if np.ndim(scale) == 0:
+        axis = None
+    elif axis < 0:
+        axis += weight.ndim
+    dtype = q.outputs[0].dtype
+    quantized = quantize(weight, scale, zero_point, axis, dtype)
+    if dtype == ir.DataType.FLOAT8E4M3FN:
+        shape = [1] * weight.ndim
+        if axis is not None:
+            shape[axis] = -1
+        values = (quantized.astype(np.float32) * scale.reshape(shape)).astype(np.float32)
+    else:
+        values = dequantize(quantized, scale, zero_point, axis)
+    graph.remove([q, dq], safe=False)
+    return add_initializer(graph, names.new(f"{q.inputs[0].name}_fake_quantized"), values, exact=True)

@@ -30,37 +30,43 @@ class ActivationQParamsPass(QccPass):
     name = "activation-qparams"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        activations = {
-            v.name: v for v in quantized_values(model.graph) if get_quant(v).role == Role.ACTIVATION
-        }
-        groups = _Groups()
-        for value in activations.values():
-            quant = get_quant(value)
-            groups.add(value.name)
-            if quant.shared_with is not None:
-                groups.union(value.name, quant.shared_with)
-        for node in model.graph:
-            decision = get_decision(node)
-            if node.op_type in self.ctx.target.shared_group_ops and decision and decision.decision == Decision.INT8:
-                members = [v.name for v in (*node.inputs, *node.outputs) if v is not None and v.name in activations]
-                for name in members[1:]:
-                    groups.union(members[0], name)
-        for members in groups.members().values():
-            value_range = _union_range([activations[name] for name in members])
-            for name in members:
-                quant = get_quant(activations[name])
+        groups = activation_groups(model.graph, self.ctx.target.shared_group_ops)
+        for members in groups:
+            value_range = union_range(members)
+            for value in members:
+                quant = get_quant(value)
                 quant.scale, quant.zero_point = activation_params(
                     value_range.min, value_range.max, quant.dtype, quant.symmetric
                 )
                 quant.stage = Stage.FINAL
-        return ir.passes.PassResult(model, bool(activations))
+        return ir.passes.PassResult(model, bool(groups))
 
 
-def _union_range(values: list[ir.Value]) -> TensorRange:
-    """The smallest range holding every member's observed (or constant) values."""
+def activation_groups(graph: ir.Graph, shared_group_ops: frozenset[str]) -> list[list[ir.Value]]:
+    """The quantized activations in groups that must share one scale and zero point (see the
+    module docstring), each in graph order."""
+    activations = {v.name: v for v in quantized_values(graph) if get_quant(v).role == Role.ACTIVATION}
+    groups = _Groups()
+    for value in activations.values():
+        quant = get_quant(value)
+        groups.add(value.name)
+        if quant.shared_with is not None:
+            groups.union(value.name, quant.shared_with)
+    for node in graph:
+        decision = get_decision(node)
+        if node.op_type in shared_group_ops and decision and decision.decision == Decision.INT8:
+            members = [v.name for v in (*node.inputs, *node.outputs) if v is not None and v.name in activations]
+            for name in members[1:]:
+                groups.union(members[0], name)
+    return [[activations[name] for name in members] for members in groups.members().values()]
+
+
+def union_range(values: list[ir.Value], ranges: dict[str, TensorRange] | None = None) -> TensorRange:
+    """The smallest range holding every member's observed (or constant) values; ``ranges``
+    replaces the observed range of the members it names."""
     lows, highs = [], []
     for value in values:
-        value_range = get_range(value)
+        value_range = (ranges or {}).get(value.name) or get_range(value)
         if value_range is None:
             array = const_array(value)
             if array is None or not array.size:

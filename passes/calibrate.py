@@ -4,7 +4,9 @@ The float model (as rewritten by the earlier passes) runs in ONNX Runtime with e
 calibrated added as a graph output. Samples are streamed one at a time and only running
 statistics are kept (per tensor: min and max), so memory does not grow with the number of
 samples: per tensor a streamed, mergeable histogram (``_histogram``). The clip range is then
-chosen per tensor by the calibration method (``_clip_range``: minmax, percentile, mse; auto = mse).
+chosen per tensor by the calibration method (``_clip_range``); ``auto`` starts from minmax and
+keeps each histogram on its tensor for the clip search (``_clip_search``), whose choices come back
+as ``ctx.tensor_methods`` when the model is planned again.
 Shared-scale outputs and absorbed activations' inputs need no observation: their parameters come
 from another tensor.
 """
@@ -16,7 +18,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from qcc.annotations import Role, Stage, TensorRange, get_quant, quantized_values, set_range
+from qcc.annotations import Role, Stage, TensorRange, get_quant, quantized_values, set_histogram, set_range
 from qcc.errors import CalibrationDataError, NonFiniteActivationsError, QccError, ReplanRequest
 from qcc.options import CalibrationMethod
 from qcc.passes._base import QccPass
@@ -108,17 +110,23 @@ class CalibratePass(QccPass):
         keep_float = {k: v for k, v in keep_float.items() if k not in self.ctx.keep_float}
         if keep_float:
             raise ReplanRequest(keep_float)
-        method = self.ctx.calibration_method.value
+        method = self.ctx.calibration_method
+        chosen = self.ctx.tensor_methods or {}
         for value, hist in zip(targets, stats.histograms, strict=True):
             quant = get_quant(value)
             levels = 255 if quant.symmetric else 256
-            low, high = clip_range(hist, method, levels, quant.symmetric)
+            own = chosen.get(value.name, CalibrationMethod.MINMAX.value if method == CalibrationMethod.AUTO else method.value)
+            low, high = clip_range(hist, own, levels, quant.symmetric)
             set_range(value, TensorRange(low, high))
+            if method == CalibrationMethod.AUTO:
+                set_histogram(value, hist)  # for the clip search (passes/_clip_search.py)
             quant.stage = Stage.CALIBRATED
         return ir.passes.PassResult(model, True)
 
     def _observe(self, model: ir.Model, names: list[str]) -> CalibrationStats:
-        bins = self.ctx.calibration_method not in _RANGE_ONLY
+        method = self.ctx.calibration_method
+        # auto starts from minmax; it needs histograms only if a clip search may run.
+        bins = method not in _RANGE_ONLY and not (method == CalibrationMethod.AUTO and self.ctx.options.tolerance is None)
         cache = self.ctx.statistics
         for seen in (cache or {}).values():
             found = seen.subset(names) if seen.bins or not bins else None

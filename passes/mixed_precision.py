@@ -47,8 +47,9 @@ from qcc.annotations import (
 )
 from qcc.backends._fidelity import cosine
 from qcc.errors import ReplanRequest
-from qcc.options import ToleranceMetric
+from qcc.options import CalibrationMethod, ToleranceMetric
 from qcc.passes._base import QccPass
+from qcc.passes._clip_search import search_clip_ranges
 from qcc.passes._simulation import Simulation
 from qcc.passes.plan import PlanPass
 from qcc.runtime import is_large, session
@@ -79,6 +80,21 @@ class MixedPrecisionPass(QccPass):
             return ir.passes.PassResult(model, False)
         samples = self.ctx.calibration.head(SAMPLES)
         error = _Error(model, samples, options.tolerance_metric)
+        worst_of = lambda runs, n=None: max(error.of(runs, n).values())  # noqa: E731
+        if self.ctx.calibration_method == CalibrationMethod.AUTO and self.ctx.tensor_methods is None:
+            # Round 1 of auto: other clip ranges first (they cost no speed), by a simulation whose
+            # activation parameters are fed.
+            sim = Simulation(model, samples, tunable="params")
+            before = worst_of(sim.run())
+            if before > options.tolerance:
+                spec = self.ctx.target
+                methods, _params, after = search_clip_ranges(
+                    model, sim, worst_of, frozenset(spec.fixed_output_params), spec.shared_group_ops,
+                    lambda done, total: self.ctx.progress("clip ranges", done, total),
+                )
+                logger.info("clip search: %d tensors change method, error %.4g -> %.4g", len(methods), before, after)
+                if methods:
+                    raise ReplanRequest({}, methods=methods)
         sim = Simulation(model, samples)
         outputs = error.of(sim.run())
         worst = max(outputs.values())
@@ -93,7 +109,7 @@ class MixedPrecisionPass(QccPass):
         measured.evaluations = sim.evaluations
         set_mixed_precision(model.graph, measured)
         if chosen:
-            raise ReplanRequest(chosen)
+            raise ReplanRequest(chosen, methods={})  # methods: the clip search, if any, is done
         return ir.passes.PassResult(model, False)
 
     def _search(self, model: ir.Model, sim: Simulation, error: _Error, worst: float) -> dict[str, str]:
@@ -101,16 +117,18 @@ class MixedPrecisionPass(QccPass):
         bound = self.ctx.options.tolerance
         planner = _Planner(model, self.ctx)
         units = _units(model.graph)
-        # Screen every unit on one sample, then measure the most harmful on all of them.
-        quantized = {tensor: planner.quantized(nodes) for tensor, nodes in units.items()}
+        # Screen every unit on one sample, with the quantizers its nodes alone touch switched off;
+        # then measure the most harmful on all samples, with what the plan really keeps quantized.
+        neighbours = _neighbours(model.graph)
         first = max(error.of(sim.run(samples=1), samples=1).values())
         screened: dict[str, float] = {}
-        for done, tensor in enumerate(units, 1):
-            screened[tensor] = first - max(error.of(sim.run(quantized[tensor], samples=1), samples=1).values())
+        for done, (tensor, nodes) in enumerate(units.items(), 1):
+            still = {name for name, owners in neighbours.items() if owners - nodes}
+            screened[tensor] = first - max(error.of(sim.run(still, samples=1), samples=1).values())
             self.ctx.progress("sensitivity", done, len(units) + REFINED)
         effects: dict[str, float] = {}
         for done, tensor in enumerate(sorted(screened, key=screened.get, reverse=True)[:REFINED], 1):
-            effects[tensor] = worst - max(error.of(sim.run(quantized[tensor])).values())
+            effects[tensor] = worst - max(error.of(sim.run(planner.quantized(units[tensor]))).values())
             self.ctx.progress("sensitivity", len(units) + done, len(units) + REFINED)
         quantized_nodes = sum(getattr(get_decision(n), "decision", None) in _QUANTIZED for n in model.graph)
         budget = max(int(MAX_FLOAT_SHARE * quantized_nodes), 2)  # a small model may float one writer + reader
@@ -198,6 +216,17 @@ def _units(graph: ir.Graph) -> dict[str, set[str]]:
     for tensor, nodes in units.items():
         unique.setdefault(frozenset(nodes), tensor)
     return {tensor: set(nodes) for nodes, tensor in unique.items()}
+
+
+def _neighbours(graph: ir.Graph) -> dict[str, set[str]]:
+    """Each quantized tensor with the quantized nodes that write or read it (constants: readers)."""
+    found: dict[str, set[str]] = {}
+    for value in quantized_values(graph):
+        nodes = {_owner(n) for n in [value.producer(), *value.consumers()] if n is not None}
+        found[value.name] = {
+            n.name for n in nodes if n is not None and getattr(get_decision(n), "decision", None) in _QUANTIZED
+        }
+    return found
 
 
 def _owner(node: ir.Node) -> ir.Node | None:
