@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(MAKE) -C models all
 	$(MAKE) -C models venv-modelopt
 	$(PY) models/bench.py --out build/bench
+	$(PY) models/bench_calib.py --out build/bench-calib
 	$(PY) models/bench_large.py --out build/bench-large
 
 # A 2.47 GB model (external data) compiled for ort and trt: peak memory and external data out.

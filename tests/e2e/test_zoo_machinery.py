@@ -204,3 +204,16 @@ def test_run_child_reports_reason_and_peak_memory(tmp_path, code, reason, min_rs
     assert child.reason == reason
     assert child.peak_rss_mb >= min_rss_mb
     assert child.seconds < 10
+
+
+def test_bench_calib_runs_qcc_and_ort_calibrators_with_the_same_samples(tmp_path):
+    _model_folder(tmp_path / "models", "tiny")
+    _run("bench_calib.py", "--out", tmp_path / "out", "--models-dir", tmp_path / "models", "--models", "tiny",
+         "--samples", "4")
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {r["tool"] for r in rows} == {"qcc-minmax", "qcc-entropy", "ort-minmax", "ort-entropy"}
+    assert all(r["error"] is None and r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    # qcc calibrates the tensors it quantizes (x and the two Relu outputs); ORT every float tensor.
+    qcc_rows = [r for r in rows if r["tool"].startswith("qcc")]
+    assert all(r["tensors"] == 3 for r in qcc_rows), qcc_rows
+    assert "| tiny | 4 | minmax |" in (tmp_path / "out" / "report.md").read_text()
