@@ -21,7 +21,7 @@ from qcc.context import PassContext, Progress, no_progress
 from qcc.data import CalibrationSource, open_calibration
 from qcc.errors import NonFiniteActivationsError, QccError, ReplanRequest
 from qcc.io import write_atomic
-from qcc.options import CalibrationMethod, CompileOptions
+from qcc.options import CalibrationMethod, CompileOptions, Precision
 from qcc.pipeline import run_pipeline
 from qcc.report import build_report, mixed_precision_section
 
@@ -88,6 +88,7 @@ def compile_model(
     """
     backend = get_backend(options.target)
     backend.spec.check_options(options)
+    chosen_by_user = options.method is not None
     methods = (options.method,)
     if options.method is None and options.needs_calibration:
         methods = backend.spec.default_methods(options)
@@ -162,7 +163,44 @@ def compile_model(
     report["model"]["source"] = loaded.source
     if options.method == CalibrationMethod.AUTO and options.tolerance is not None:
         report["clip_search"] = dict(sorted((tensor_methods or {}).items()))  # tensor -> method, the rest minmax
-    return CompileResult(artifact=artifact, report=report)
+    result = CompileResult(artifact=artifact, report=report)
+    if not chosen_by_user and backend.spec.dynamic and _dynamic_may_be_closer(loaded.model, options, report):
+        return _static_or_dynamic(model, calibration, options, progress, result)
+    return result
+
+
+def _dynamic_may_be_closer(model, options: CompileOptions, report: dict[str, Any]) -> bool:
+    """A static compile that missed the tolerance, of a model without convolutions (a transformer:
+    static activation ranges lose most at LayerNorm outliers), on a target with ``--dynamic``."""
+    mixed = report.get("mixed_precision") or {}
+    return (
+        mixed.get("met") is False
+        and not options.dynamic
+        and options.precision == Precision.INT8
+        and not any(node.op_type in ("Conv", "ConvTranspose") for node in model.graph)
+        and any(node.op_type in ("MatMul", "Gemm") for node in model.graph)
+    )
+
+
+def _static_or_dynamic(
+    model: object, calibration: CalibrationSource | None, options: CompileOptions, progress: Progress,
+    static: CompileResult,
+) -> CompileResult:
+    """Compiles with ``--dynamic`` too and keeps whichever artifact is closer to fp32 on the same
+    calibration samples (the static one on a tie); the report's ``mode_selection`` says why."""
+    dynamic = compile_model(model, calibration, dataclasses.replace(options, dynamic=True, method=None), progress)
+    errors = {
+        "static": static.report["mixed_precision"]["artifact_error"],
+        "dynamic": mixed_precision_section(None, dynamic.report["verify"], options)["artifact_error"],
+    }
+    best = dynamic if errors["dynamic"] is not None and errors["dynamic"] < errors["static"] else static
+    best.report["mode_selection"] = {
+        "chosen": "dynamic" if best is dynamic else "static",
+        "metric": options.tolerance_metric.value,
+        "artifact_error": errors,
+        "why": "the static compile missed --tolerance on a model without convolutions; --dynamic was tried",
+    }
+    return best
 
 
 # Output-cosine gain another method needs over the ones before it; ties (YOLO: 0.9996 vs 0.9997) keep

@@ -134,3 +134,19 @@ def test_parse_tolerance():
             parse_tolerance(bad)
     with pytest.raises(OptionError):
         CompileOptions(tolerance=-1.0)
+
+
+def test_a_model_without_convolutions_that_misses_the_bound_tries_dynamic():
+    model = _sensitive_model()
+    calibration = _calibration(model)
+    result = qcc.compile(model, target="ort", calibration=calibration, tolerance=1e-7)
+    selection = result.report["mode_selection"]
+    errors = selection["artifact_error"]
+    assert selection["chosen"] == min(errors, key=errors.get)
+    assert result.report["options"]["dynamic"] == (selection["chosen"] == "dynamic")
+    # Not for convolutional models, nor when the user chose a calibration method.
+    from tests.e2e.synthetic import synthetic_model
+
+    cnn = synthetic_model("residual_cnn")
+    assert "mode_selection" not in qcc.compile(cnn, calibration=random_feeds(cnn, 8), tolerance=1e-7).report
+    assert "mode_selection" not in qcc.compile(model, calibration=calibration, tolerance=1e-7, method="minmax").report
