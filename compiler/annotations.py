@@ -24,6 +24,8 @@ _RANGE_KEY = "qcc.range"
 _NODE_KEY = "qcc.decision"
 _MIXED_KEY = "qcc.mixed_precision"
 _HISTOGRAM_KEY = "qcc.histogram"
+_CHANNEL_MEAN_KEY = "qcc.channel_mean"
+_FLOAT_VALUE_KEY = "qcc.float_value"
 # The reason every node kept float by the mixed-precision pass starts with.
 MIXED_REASON = "kept float by mixed precision (--tolerance)"
 
@@ -132,6 +134,32 @@ def set_histogram(value: ir.Value, histogram: object) -> None:
     value.meta[_HISTOGRAM_KEY] = histogram
 
 
+def get_channel_mean(value: ir.Value) -> np.ndarray | None:
+    """Returns the tensor's per-channel mean over the calibration data, if calibration kept it."""
+    return value.meta.get(_CHANNEL_MEAN_KEY)
+
+
+def set_channel_mean(value: ir.Value, mean: np.ndarray) -> None:
+    """Records the tensor's per-channel mean over the calibration data (bias correction)."""
+    value.meta[_CHANNEL_MEAN_KEY] = mean
+
+
+def set_float_value(value: ir.Value, array: np.ndarray) -> None:
+    """Records what a constant held in the float model before a pass corrected it for the
+    quantized model (bias correction); ``float_twin`` puts it back."""
+    value.meta.setdefault(_FLOAT_VALUE_KEY, array)
+
+
+def float_twin(model: ir.Model) -> ir.Model:
+    """A copy of the model computing the float model's function: corrected constants restored."""
+    twin = model.clone()
+    for value in twin.graph.initializers.values():
+        original = value.meta.get(_FLOAT_VALUE_KEY)
+        if original is not None:
+            value.const_value = ir.Tensor(original, name=value.name)
+    return twin
+
+
 def get_decision(node: ir.Node) -> NodeDecision | None:
     """Returns the plan's decision for the node, or None before planning."""
     return node.meta.get(_NODE_KEY)
@@ -163,12 +191,12 @@ def quantized_values(graph: ir.Graph) -> list[ir.Value]:
 def clear_annotations(graph: ir.Graph) -> None:
     """Removes every qcc annotation from the graph's nodes and values (before planning again)."""
     for value in [*graph.inputs, *graph.initializers.values()]:
-        for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY):
+        for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY, _CHANNEL_MEAN_KEY):
             value.meta.pop(key, None)
     for node in graph:
         node.meta.pop(_NODE_KEY, None)
         for value in node.outputs:
-            for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY):
+            for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY, _CHANNEL_MEAN_KEY):
                 value.meta.pop(key, None)
 
 

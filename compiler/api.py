@@ -29,6 +29,7 @@ def compile(  # noqa: A001 - the public name users expect
     dynamic: bool = False,
     tolerance: float | None = DEFAULT_TOLERANCE,
     tolerance_metric: str = "cosine",
+    bias_correction: bool = True,
     progress: Progress = no_progress,
 ) -> CompileResult:
     """Compiles a float ONNX model into an int8 model for one runtime.
@@ -60,6 +61,8 @@ def compile(  # noqa: A001 - the public name users expect
             lists them with their measured effect). None: quantize all the plan allows.
         tolerance_metric: ``"cosine"`` (1 - cosine similarity, per output) or ``"relative"``
             (relative L2 error).
+        bias_correction: subtract each int8 Conv/Gemm's mean weight-rounding shift, measured on
+            the calibration data, from its bias.
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -85,5 +88,6 @@ def compile(  # noqa: A001 - the public name users expect
         dynamic=dynamic,
         tolerance=tolerance,
         tolerance_metric=tolerance_metric,
+        bias_correction=bias_correction,
     )
     return compile_model(model, calibration, options, progress)

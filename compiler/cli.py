@@ -149,6 +149,12 @@ def compile(  # noqa: A001 - the subcommand's name
             "above it the most harmful nodes stay float until it holds (the report lists them). 'off': none.",
         ),
     ] = str(DEFAULT_TOLERANCE),
+    no_bias_correction: Annotated[
+        bool,
+        typer.Option(
+            "--no-bias-correction", help="Keep the biases as they are (default: cancel weight rounding's mean shift)."
+        ),
+    ] = False,
     calib_cache: Annotated[
         Optional[Path],
         typer.Option("--calib-cache", help="trt only: also write TensorRT's implicit-INT8 calibration cache here."),
@@ -206,6 +212,7 @@ def compile(  # noqa: A001 - the subcommand's name
             nhwc_io=nhwc_io,
             dynamic=dynamic,
             **parse_tolerance(tolerance),
+            bias_correction=not no_bias_correction,
         )
         with Progress(
             TextColumn("{task.description:<10}"),

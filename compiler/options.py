@@ -89,6 +89,8 @@ class CompileOptions:
             ``tolerance_metric``); above it, the most harmful nodes are kept float until it holds
             (``passes/mixed_precision.py``). None: quantize everything the plan allows.
         tolerance_metric: what ``tolerance`` bounds: ``cosine`` (1 - cosine) or ``relative``.
+        bias_correction: subtract each int8 Conv/Gemm's weight-rounding shift from its bias
+            (``passes/bias_correction.py``).
     """
 
     target: str = "ort"
@@ -106,6 +108,7 @@ class CompileOptions:
     dynamic: bool = False
     tolerance: float | None = DEFAULT_TOLERANCE
     tolerance_metric: ToleranceMetric = ToleranceMetric.COSINE
+    bias_correction: bool = True
 
     def __post_init__(self) -> None:
         for name, kind in _ENUM_FIELDS.items():

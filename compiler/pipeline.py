@@ -17,6 +17,7 @@ import onnx_ir as ir
 from qcc.context import PassContext
 from qcc.invariants import check_invariants
 from qcc.passes.activation_qparams import ActivationQParamsPass
+from qcc.passes.bias_correction import BiasCorrectionPass
 from qcc.passes.calibrate import CalibratePass
 from qcc.passes.canonicalize import CanonicalizePass
 from qcc.passes.fold_batchnorm import FoldBatchNormPass
@@ -33,8 +34,8 @@ logger = logging.getLogger(__name__)
 FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, FuseMatMulAddPass)
 # Passes that decide and compute the quantization, as annotations.
 QUANT_PASSES = (
-    PlanPass, QuantizeWeightsPass, CalibratePass, ActivationQParamsPass, TargetConstraintsPass, QuantizeBiasPass,
-    MixedPrecisionPass,
+    PlanPass, QuantizeWeightsPass, CalibratePass, BiasCorrectionPass, ActivationQParamsPass, TargetConstraintsPass,
+    QuantizeBiasPass, MixedPrecisionPass,
 )
 
 

@@ -18,7 +18,19 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from qcc.annotations import Role, Stage, TensorRange, get_quant, quantized_values, set_histogram, set_range
+from qcc.annotations import (
+    Decision,
+    Role,
+    Stage,
+    TensorRange,
+    get_decision,
+    get_quant,
+    quantized_values,
+    set_channel_mean,
+    set_histogram,
+    set_range,
+)
+from qcc.irutils import attr_int
 from qcc.errors import CalibrationDataError, NonFiniteActivationsError, QccError, ReplanRequest
 from qcc.options import CalibrationMethod
 from qcc.passes._base import QccPass
@@ -35,12 +47,17 @@ _RANGE_ONLY = frozenset({CalibrationMethod.MINMAX, CalibrationMethod.MEANMAX})
 class CalibrationStats:
     """Mergeable statistics of a set of tensors: one streamed histogram each (see ``_histogram``)."""
 
-    def __init__(self, names: list[str], bins: bool = True) -> None:
+    def __init__(self, names: list[str], bins: bool = True, channel_axes: dict[str, int] | None = None) -> None:
         self.names = names
         self.bins = bins
         self.histograms = [TensorHistogram(bins) for _ in names]
         self.nonfinite = np.zeros(len(names), dtype=bool)
         self.rows = np.zeros(len(names), dtype=np.int64)  # largest leading dimension seen
+        # Per-channel sums and element counts of some tensors (bias correction needs their means).
+        self.channel_axes = dict(channel_axes or {})
+        self.channels_tracked = channel_axes is not None
+        self.channel_sums: dict[str, np.ndarray] = {}
+        self.channel_counts: dict[str, int] = {}
 
     def update(self, arrays: list[np.ndarray]) -> None:
         """Folds one sample's tensors (in ``names`` order) into the statistics."""
@@ -51,9 +68,33 @@ class CalibrationStats:
                 self.nonfinite[i] = True
             elif not self.nonfinite[i]:
                 self.histograms[i].update(array)
+                axis = self.channel_axes.get(self.names[i])
+                if axis is not None and array.ndim > axis:
+                    self._add_channels(self.names[i], np.moveaxis(array, axis, 0))
+
+    def _add_channels(self, name: str, channels_first: np.ndarray) -> None:
+        sums = channels_first.reshape(channels_first.shape[0], -1).sum(axis=1, dtype=np.float64)
+        if name in self.channel_sums and self.channel_sums[name].shape == sums.shape:
+            self.channel_sums[name] += sums
+        else:
+            self.channel_sums[name] = sums
+            self.channel_counts[name] = 0
+        self.channel_counts[name] += channels_first.size // max(channels_first.shape[0], 1)
+
+    def channel_mean(self, name: str) -> np.ndarray | None:
+        """The mean of each channel of the tensor over every sample, if it was tracked."""
+        if name not in self.channel_sums or not self.channel_counts[name]:
+            return None
+        return self.channel_sums[name] / self.channel_counts[name]
 
     def merge(self, other: CalibrationStats) -> None:
         """Folds statistics of the same tensors, observed on other samples, into these."""
+        for name, sums in other.channel_sums.items():
+            if name in self.channel_sums:
+                self.channel_sums[name] = self.channel_sums[name] + sums
+                self.channel_counts[name] += other.channel_counts[name]
+            else:
+                self.channel_sums[name], self.channel_counts[name] = sums.copy(), other.channel_counts[name]
         for mine, theirs in zip(self.histograms, other.histograms, strict=True):
             mine.merge(theirs)
         self.nonfinite |= other.nonfinite
@@ -65,9 +106,13 @@ class CalibrationStats:
         if not all(name in index for name in names):
             return None
         picked = [index[name] for name in names]
-        out = CalibrationStats(list(names), bins=self.bins)
+        out = CalibrationStats(list(names), bins=self.bins, channel_axes={} if self.channels_tracked else None)
         out.histograms = [self.histograms[i] for i in picked]
         out.nonfinite, out.rows = self.nonfinite[picked], self.rows[picked]
+        kept = set(names)
+        out.channel_axes = {k: v for k, v in self.channel_axes.items() if k in kept}
+        out.channel_sums = {k: v for k, v in self.channel_sums.items() if k in kept}
+        out.channel_counts = {k: v for k, v in self.channel_counts.items() if k in kept}
         return out
 
     @property
@@ -120,6 +165,9 @@ class CalibratePass(QccPass):
             set_range(value, TensorRange(low, high))
             if method == CalibrationMethod.AUTO:
                 set_histogram(value, hist)  # for the clip search (passes/_clip_search.py)
+            mean = stats.channel_mean(value.name)
+            if mean is not None:
+                set_channel_mean(value, mean.astype(np.float32))  # for bias correction
             quant.stage = Stage.CALIBRATED
         return ir.passes.PassResult(model, True)
 
@@ -130,20 +178,25 @@ class CalibratePass(QccPass):
         cache = self.ctx.statistics
         for seen in (cache or {}).values():
             found = seen.subset(names) if seen.bins or not bins else None
+            if found is not None and self.ctx.options.bias_correction and not seen.channels_tracked:
+                found = None  # observed without the channel means bias correction needs
             if found is not None:  # a plan with more nodes float quantizes a subset of the tensors
                 logger.info("reusing the calibration statistics of %d tensors", len(names))
                 return found
-        stats = self._run(model, names, bins)
+        stats = self._run(model, names, bins, channel_axes(model.graph) if self.ctx.options.bias_correction else None)
         if cache is not None:
             cache[tuple(names)] = stats
         return stats
 
-    def _run(self, model: ir.Model, names: list[str], bins: bool) -> CalibrationStats:
+    def _run(self, model: ir.Model, names: list[str], bins: bool, axes: dict[str, int] | None) -> CalibrationStats:
         sess = session(model, level="basic", what="the float model", extra_outputs=tuple(names))
         output_names = [o.name for o in sess.get_outputs()]
         position = {name: i for i, name in enumerate(output_names)}
         wanted = [position[name] for name in names]
-        stats = CalibrationStats(names, bins=bins)
+        observed = set(names)
+        stats = CalibrationStats(
+            names, bins=bins, channel_axes=None if axes is None else {k: v for k, v in axes.items() if k in observed}
+        )
         calibration = self.ctx.calibration
         total = calibration.known_length()
         count = 0
@@ -161,3 +214,22 @@ class CalibratePass(QccPass):
             self.ctx.progress("calibrate", count, total)
         logger.info("calibrated %d tensors on %d samples", len(names), count)
         return stats
+
+
+def channel_axes(graph: ir.Graph) -> dict[str, int]:
+    """The data input of every int8 Conv/Gemm with a bias, with its channel axis (what bias
+    correction needs the per-channel mean of)."""
+    axes = {}
+    for node in graph:
+        if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3:
+            continue
+        if getattr(get_decision(node), "decision", None) != Decision.INT8:
+            continue
+        data = node.inputs[0]
+        if data is None or node.inputs[2] is None:
+            continue
+        if node.op_type == "Conv":
+            axes[data.name] = 1
+        elif node.op_type == "Gemm" and not attr_int(node, "transA", 0):
+            axes[data.name] = 1
+    return axes

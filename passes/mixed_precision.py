@@ -40,6 +40,7 @@ from qcc.annotations import (
     MixedPrecision,
     Role,
     clear_annotations,
+    float_twin,
     get_decision,
     get_quant,
     quantized_values,
@@ -158,7 +159,7 @@ class _Error:
     """The per-output error of simulated outputs against the float model's, on fixed samples."""
 
     def __init__(self, model: ir.Model, samples: list, metric: ToleranceMetric) -> None:
-        reference = session(model, level="basic", what="the float model")
+        reference = session(float_twin(model), level="basic", what="the float model")
         self.names = [o.name for o in reference.get_outputs()]
         self.expected = [reference.run(None, feed) for feed in samples]
         self.metric = metric
