@@ -30,6 +30,7 @@ def compile(  # noqa: A001 - the public name users expect
     tolerance: float | None = DEFAULT_TOLERANCE,
     tolerance_metric: str = "cosine",
     bias_correction: bool = True,
+    equalize: bool | None = None,
     progress: Progress = no_progress,
 ) -> CompileResult:
     """Compiles a float ONNX model into an int8 model for one runtime.
@@ -63,6 +64,8 @@ def compile(  # noqa: A001 - the public name users expect
             (relative L2 error).
         bias_correction: subtract each int8 Conv/Gemm's mean weight-rounding shift, measured on
             the calibration data, from its bias.
+        equalize: cross-layer equalization of consecutive convolutions; None: only with
+            ``per_channel=False``, where one scale per weight tensor needs it.
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -89,5 +92,6 @@ def compile(  # noqa: A001 - the public name users expect
         tolerance=tolerance,
         tolerance_metric=tolerance_metric,
         bias_correction=bias_correction,
+        equalize=equalize,
     )
     return compile_model(model, calibration, options, progress)

@@ -155,6 +155,14 @@ def compile(  # noqa: A001 - the subcommand's name
             "--no-bias-correction", help="Keep the biases as they are (default: cancel weight rounding's mean shift)."
         ),
     ] = False,
+    equalize: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--equalize/--no-equalize",
+            help="Cross-layer equalization of consecutive convolutions; default: only with --per-tensor.",
+            show_default=False,
+        ),
+    ] = None,
     calib_cache: Annotated[
         Optional[Path],
         typer.Option("--calib-cache", help="trt only: also write TensorRT's implicit-INT8 calibration cache here."),
@@ -213,6 +221,7 @@ def compile(  # noqa: A001 - the subcommand's name
             dynamic=dynamic,
             **parse_tolerance(tolerance),
             bias_correction=not no_bias_correction,
+            equalize=equalize,
         )
         with Progress(
             TextColumn("{task.description:<10}"),

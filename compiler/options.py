@@ -91,6 +91,8 @@ class CompileOptions:
         tolerance_metric: what ``tolerance`` bounds: ``cosine`` (1 - cosine) or ``relative``.
         bias_correction: subtract each int8 Conv/Gemm's weight-rounding shift from its bias
             (``passes/bias_correction.py``).
+        equalize: cross-layer equalization of consecutive convolutions (``passes/equalize.py``);
+            None: only with per-tensor weights, where it helps.
     """
 
     target: str = "ort"
@@ -109,6 +111,7 @@ class CompileOptions:
     tolerance: float | None = DEFAULT_TOLERANCE
     tolerance_metric: ToleranceMetric = ToleranceMetric.COSINE
     bias_correction: bool = True
+    equalize: bool | None = None
 
     def __post_init__(self) -> None:
         for name, kind in _ENUM_FIELDS.items():

@@ -20,6 +20,7 @@ from qcc.passes.activation_qparams import ActivationQParamsPass
 from qcc.passes.bias_correction import BiasCorrectionPass
 from qcc.passes.calibrate import CalibratePass
 from qcc.passes.canonicalize import CanonicalizePass
+from qcc.passes.equalize import CrossLayerEqualizationPass
 from qcc.passes.fold_batchnorm import FoldBatchNormPass
 from qcc.passes.fuse_matmul_add import FuseMatMulAddPass
 from qcc.passes.mixed_precision import MixedPrecisionPass
@@ -31,7 +32,7 @@ from qcc.passes.target_constraints import TargetConstraintsPass
 logger = logging.getLogger(__name__)
 
 # Graph rewrites that keep the model's float function; the plan works on their result.
-FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, FuseMatMulAddPass)
+FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, CrossLayerEqualizationPass, FuseMatMulAddPass)
 # Passes that decide and compute the quantization, as annotations.
 QUANT_PASSES = (
     PlanPass, QuantizeWeightsPass, CalibratePass, BiasCorrectionPass, ActivationQParamsPass, TargetConstraintsPass,
