@@ -134,14 +134,16 @@ def set_histogram(value: ir.Value, histogram: object) -> None:
     value.meta[_HISTOGRAM_KEY] = histogram
 
 
-def get_channel_mean(value: ir.Value) -> np.ndarray | None:
-    """Returns the tensor's per-channel mean over the calibration data, if calibration kept it."""
+def get_channel_mean(value: ir.Value) -> tuple[np.ndarray, tuple[int, ...] | None] | None:
+    """Returns the tensor's per-channel mean over the calibration data and the shape it had
+    (the last sample's), if calibration kept them."""
     return value.meta.get(_CHANNEL_MEAN_KEY)
 
 
-def set_channel_mean(value: ir.Value, mean: np.ndarray) -> None:
-    """Records the tensor's per-channel mean over the calibration data (bias correction)."""
-    value.meta[_CHANNEL_MEAN_KEY] = mean
+def set_channel_mean(value: ir.Value, mean: np.ndarray, shape: tuple[int, ...] | None = None) -> None:
+    """Records the tensor's per-channel mean over the calibration data, and a shape it had
+    (bias correction)."""
+    value.meta[_CHANNEL_MEAN_KEY] = (mean, shape)
 
 
 def set_float_value(value: ir.Value, array: np.ndarray) -> None:
@@ -150,11 +152,16 @@ def set_float_value(value: ir.Value, array: np.ndarray) -> None:
     value.meta.setdefault(_FLOAT_VALUE_KEY, array)
 
 
+def get_float_value(value: ir.Value) -> np.ndarray | None:
+    """What the constant held in the float model, if a pass changed it (see ``set_float_value``)."""
+    return value.meta.get(_FLOAT_VALUE_KEY)
+
+
 def float_twin(model: ir.Model) -> ir.Model:
     """A copy of the model computing the float model's function: corrected constants restored."""
     twin = model.clone()
     for value in twin.graph.initializers.values():
-        original = value.meta.get(_FLOAT_VALUE_KEY)
+        original = get_float_value(value)
         if original is not None:
             value.const_value = ir.Tensor(original, name=value.name)
     return twin

@@ -29,7 +29,7 @@ def compile(  # noqa: A001 - the public name users expect
     dynamic: bool = False,
     tolerance: float | None = DEFAULT_TOLERANCE,
     tolerance_metric: str = "cosine",
-    bias_correction: bool = True,
+    bias_correction: bool = False,
     equalize: bool | None = None,
     progress: Progress = no_progress,
 ) -> CompileResult:

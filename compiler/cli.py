@@ -149,10 +149,10 @@ def compile(  # noqa: A001 - the subcommand's name
             "above it the most harmful nodes stay float until it holds (the report lists them). 'off': none.",
         ),
     ] = str(DEFAULT_TOLERANCE),
-    no_bias_correction: Annotated[
+    bias_correction: Annotated[
         bool,
         typer.Option(
-            "--no-bias-correction", help="Keep the biases as they are (default: cancel weight rounding's mean shift)."
+            "--bias-correction", help="Cancel weight rounding's mean output shift in each Conv/Gemm bias (opt-in)."
         ),
     ] = False,
     equalize: Annotated[
@@ -220,7 +220,7 @@ def compile(  # noqa: A001 - the subcommand's name
             nhwc_io=nhwc_io,
             dynamic=dynamic,
             **parse_tolerance(tolerance),
-            bias_correction=not no_bias_correction,
+            bias_correction=bias_correction,
             equalize=equalize,
         )
         with Progress(

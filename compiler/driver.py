@@ -165,7 +165,8 @@ def compile_model(
         report["clip_search"] = dict(sorted((tensor_methods or {}).items()))  # tensor -> method, the rest minmax
     result = CompileResult(artifact=artifact, report=report)
     if not chosen_by_user and backend.spec.dynamic and _dynamic_may_be_closer(loaded.model, options, report):
-        return _static_or_dynamic(model, calibration, options, progress, result)
+        # --dynamic needs the samples only to verify; a one-shot iterator is spent by now.
+        return _static_or_dynamic(model, data.head(VERIFY_SAMPLES), options, progress, result)
     return result
 
 

@@ -90,7 +90,7 @@ class CompileOptions:
             (``passes/mixed_precision.py``). None: quantize everything the plan allows.
         tolerance_metric: what ``tolerance`` bounds: ``cosine`` (1 - cosine) or ``relative``.
         bias_correction: subtract each int8 Conv/Gemm's weight-rounding shift from its bias
-            (``passes/bias_correction.py``).
+            (``passes/bias_correction.py``; off by default: it lowers PP-OCRv5's fidelity).
         equalize: cross-layer equalization of consecutive convolutions (``passes/equalize.py``);
             None: only with per-tensor weights, where it helps.
     """
@@ -110,7 +110,7 @@ class CompileOptions:
     dynamic: bool = False
     tolerance: float | None = DEFAULT_TOLERANCE
     tolerance_metric: ToleranceMetric = ToleranceMetric.COSINE
-    bias_correction: bool = True
+    bias_correction: bool = False
     equalize: bool | None = None
 
     def __post_init__(self) -> None:

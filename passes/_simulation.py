@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from qcc.annotations import get_float_value
 from qcc.backends._qdq import materialize_qdq
 from qcc.data import Feed
 from qcc.irutils import NameAllocator, add_initializer
@@ -42,6 +43,7 @@ class Simulation:
     """
 
     def __init__(self, model: ir.Model, samples: Sequence[Feed], tunable: str = "gates") -> None:
+        originals = {v.name: a for v in model.graph.initializers.values() if (a := get_float_value(v)) is not None}
         sim = materialize_qdq(model, keep_fused_activations=True, float_weights=True)
         quantizers = _quantizers(sim)
         self.gates: dict[str, str] = {}  # quantized tensor name -> gate input name
@@ -60,6 +62,8 @@ class Simulation:
                 self.gates[tensor] = _gate(sim.graph, tensor, dq, out, source, names)
             elif out is not dq.outputs[0]:
                 dq.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
+        if tunable == "gates":
+            self._gate_corrected(sim, originals, names)
         self.samples = list(samples)
         self.evaluations = 0
         self._session = session(sim, level="basic", what="the simulated quantized model")
@@ -81,6 +85,17 @@ class Simulation:
             feeds[scale_input], feeds[zero_input] = scale, zero_point
         self.evaluations += 1
         return [self._session.run(self._outputs, {**feed, **feeds}) for feed in self.samples[:samples]]
+
+    def _gate_corrected(self, model: ir.Model, originals: dict[str, np.ndarray], names: NameAllocator) -> None:
+        """A constant a pass corrected for the quantized model (a bias) goes back to its float
+        value when its gate is off, like any quantizer."""
+        for dq in [n for n in model.graph if n.op_type == "DequantizeLinear"]:
+            source = dq.inputs[0]
+            base = source.name.removesuffix("_quantized") if source.const_value is not None else None
+            if base not in originals or base in self.gates:
+                continue
+            original = add_initializer(model.graph, names.new(f"{base}_float"), originals[base].astype(np.float32))
+            self.gates[base] = _gate(model.graph, base, dq, dq.outputs[0], original, names)
 
     def _tunable_params(self, graph: ir.Graph, tensor: str, q: ir.Node, names: NameAllocator) -> None:
         """Makes the activation's scale and zero point (shared by its Q and DQ) graph inputs."""

@@ -58,6 +58,7 @@ class CalibrationStats:
         self.channels_tracked = channel_axes is not None
         self.channel_sums: dict[str, np.ndarray] = {}
         self.channel_counts: dict[str, int] = {}
+        self.channel_shapes: dict[str, tuple[int, ...]] = {}  # the last sample's shape
 
     def update(self, arrays: list[np.ndarray]) -> None:
         """Folds one sample's tensors (in ``names`` order) into the statistics."""
@@ -71,6 +72,7 @@ class CalibrationStats:
                 axis = self.channel_axes.get(self.names[i])
                 if axis is not None and array.ndim > axis:
                     self._add_channels(self.names[i], np.moveaxis(array, axis, 0))
+                    self.channel_shapes[self.names[i]] = tuple(array.shape)
 
     def _add_channels(self, name: str, channels_first: np.ndarray) -> None:
         sums = channels_first.reshape(channels_first.shape[0], -1).sum(axis=1, dtype=np.float64)
@@ -95,6 +97,7 @@ class CalibrationStats:
                 self.channel_counts[name] += other.channel_counts[name]
             else:
                 self.channel_sums[name], self.channel_counts[name] = sums.copy(), other.channel_counts[name]
+            self.channel_shapes.setdefault(name, other.channel_shapes.get(name, ()))
         for mine, theirs in zip(self.histograms, other.histograms, strict=True):
             mine.merge(theirs)
         self.nonfinite |= other.nonfinite
@@ -113,6 +116,7 @@ class CalibrationStats:
         out.channel_axes = {k: v for k, v in self.channel_axes.items() if k in kept}
         out.channel_sums = {k: v for k, v in self.channel_sums.items() if k in kept}
         out.channel_counts = {k: v for k, v in self.channel_counts.items() if k in kept}
+        out.channel_shapes = {k: v for k, v in self.channel_shapes.items() if k in kept}
         return out
 
     @property
@@ -166,8 +170,8 @@ class CalibratePass(QccPass):
             if method == CalibrationMethod.AUTO:
                 set_histogram(value, hist)  # for the clip search (passes/_clip_search.py)
             mean = stats.channel_mean(value.name)
-            if mean is not None:
-                set_channel_mean(value, mean.astype(np.float32))  # for bias correction
+            if mean is not None:  # for bias correction, with the input's (last) shape
+                set_channel_mean(value, mean.astype(np.float32), stats.channel_shapes.get(value.name))
             quant.stage = Stage.CALIBRATED
         return ir.passes.PassResult(model, True)
 

@@ -75,7 +75,10 @@ def _pair(first: ir.Node) -> tuple[ir.Node, ir.Node] | None:
 
 def _private_constants(node: ir.Node) -> bool:
     weights = [v for v in node.inputs[1:] if v is not None]
-    return all(const_array(v) is not None and len(v.uses()) == 1 for v in weights) and bool(weights)
+    return bool(weights) and all(
+        const_array(v) is not None and len(v.uses()) == 1 and not v.is_graph_output() and not v.is_graph_input()
+        for v in weights
+    )
 
 
 def _channels_match(first: ir.Node, second: ir.Node) -> bool:

@@ -39,13 +39,14 @@ def _feeds(model, count=12):
     return feeds
 
 
-def _annotated(model, feeds, **options):
+def _annotated(model, feeds, whole=False, **options):
     loaded = load(model)
+    options = {"bias_correction": True, **options}
     ctx = PassContext(CompileOptions(tolerance=None, **options), get_backend("ort").spec,
                       open_calibration(feeds, loaded.input_specs()))
     for pass_ in build_passes(ctx):
         pass_(loaded.model)
-        if isinstance(pass_, BiasCorrectionPass):
+        if isinstance(pass_, BiasCorrectionPass) and not whole:
             break
     return loaded.model
 
@@ -99,3 +100,16 @@ def test_the_artifact_mean_shift_shrinks_in_onnx_runtime():
         diffs = [run(artifact, f)[0] - run(model, f)[0] for f in feeds]
         shifts[correct] = float(np.abs(np.mean(np.concatenate(diffs), axis=0)).mean())
     assert shifts[True] < shifts[False]
+
+
+def test_the_simulation_gives_a_float_node_its_original_bias():
+    from qcc.passes._simulation import Simulation
+
+    model = build_model(MODEL, seed=3)
+    feeds = _feeds(model)
+    annotated = _annotated(model, feeds, whole=True)
+    assert any(const_array(n.inputs[2]) is not None and not np.allclose(const_array(n.inputs[2]), _initializer(model, "b1"))
+               for n in annotated.graph if n.op_type == "Conv")
+    floating = Simulation(annotated, feeds[:2]).run(quantized=())
+    for feed, outputs in zip(feeds[:2], floating, strict=True):
+        np.testing.assert_allclose(outputs[0], run(model, feed)[0], rtol=1e-4, atol=1e-5)

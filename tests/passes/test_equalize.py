@@ -79,3 +79,13 @@ def test_default_only_with_per_tensor_weights_and_it_helps_there():
     equal = qcc.compile(model, calibration=feeds, per_channel=False, tolerance=None)
     assert fidelity(model, equal.artifact.data, held_out) > fidelity(model, plain.artifact.data, held_out)
     assert isinstance(onnx.load_from_string(equal.artifact.data), onnx.ModelProto)
+
+
+def test_a_weight_that_is_also_a_graph_output_is_left_alone():
+    model = _unbalanced()
+    w1 = next(i for i in model.graph.initializer if i.name == "w1")
+    model.graph.output.append(onnx.helper.make_tensor_value_info("w1", onnx.TensorProto.FLOAT, list(w1.dims)))
+    equalized = _equalized(model, per_channel=False)
+    feed = random_feeds(model, 1)[0]
+    for got, expected in zip(run(to_proto(equalized), feed), run(model, feed), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

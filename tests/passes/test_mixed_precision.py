@@ -150,3 +150,30 @@ def test_a_model_without_convolutions_that_misses_the_bound_tries_dynamic():
     cnn = synthetic_model("residual_cnn")
     assert "mode_selection" not in qcc.compile(cnn, calibration=random_feeds(cnn, 8), tolerance=1e-7).report
     assert "mode_selection" not in qcc.compile(model, calibration=calibration, tolerance=1e-7, method="minmax").report
+
+
+def test_the_dynamic_fallback_reads_a_one_shot_iterator_once():
+    model = _sensitive_model()
+    feeds = [{"x": x} for x in _calibration(model)["x"]]
+    from_list = qcc.compile(model, target="ort", calibration=feeds, tolerance=1e-7)
+    from_iterator = qcc.compile(model, target="ort", calibration=iter(feeds), tolerance=1e-7)
+    assert from_iterator.report["mode_selection"] == from_list.report["mode_selection"]
+
+
+def test_a_stale_declared_output_shape_skips_the_search_but_compiles():
+    # y is declared 4x4 but the unpadded 3x3 conv of an 8x8 map is 6x6: ONNX Runtime runs the
+    # model; the gated twin cannot be loaded, so mixed precision steps aside.
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[8,3,3,3] w1, float[8] b1, float[8,8,3,3] w2, float[8] b2, float[N,3,8,8] x) => (float[N,8,4,4] y) {
+      c = Conv<pads=[1,1,1,1]>(x, w1, b1)
+      r = Relu(c)
+      y = Conv(r, w2, b2)
+    }
+    """
+    model = build_model(text, seed=1)
+    feeds = random_feeds(model, 6, batch=2)
+    for feed in feeds:
+        feed["x"][..., 0] *= 30
+    result = qcc.compile(model, target="ort", calibration=feeds)
+    assert result.report["verify"]["fidelity"]["outputs"]["y"]["cosine_mean"] > 0.9
