@@ -303,6 +303,13 @@ def _print_summary(report: dict, output: Path) -> None:
             f"tolerance: output {what} {mixed['artifact_error']:.4g} {verdict} the bound {mixed['bound']:g}; "
             f"{len(mixed['kept_float'])} nodes kept float for it"
         )
+    selection = report.get("mode_selection")
+    if selection:
+        errors = selection["artifact_error"]
+        _out.print(
+            f"mode: {selection['chosen']} kept (output error static {errors['static']:.4g}, dynamic "
+            f"{errors['dynamic']:.4g}): the static compile missed --tolerance on a model without convolutions"
+        )
     size = totals["artifact_bytes"] / 1e6
     external = f" + {output}.data (external data)" if totals["artifact_bytes"] > os.path.getsize(output) else ""
     _out.print(f"wrote {output}{external} ({size:.2f} MB) in {report['timings']['total']:.1f} s")

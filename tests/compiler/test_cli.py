@@ -150,3 +150,21 @@ def test_static_compile_without_calibration_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: calibration data is required") and "Traceback" not in proc.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_tolerance_and_mode_selection_are_reported(tmp_path):
+    from tests.passes.test_mixed_precision import _calibration, _sensitive_model
+
+    model = _sensitive_model()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", **_calibration(model))
+    out = tmp_path / "o.onnx"
+    proc = qcc_run("compile", str(tmp_path / "m.onnx"), "-c", str(tmp_path / "c.npz"), "-o", str(out),
+                   "--tolerance", "1e-7")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # rich wraps long lines
+    assert "above the bound 1e-07" in text or "within the bound 1e-07" in text
+    assert "mode: " in text and "kept (output error static" in text
+    proc = qcc_run("compile", str(tmp_path / "m.onnx"), "-c", str(tmp_path / "c.npz"), "-o", str(out),
+                   "--tolerance", "off")
+    assert proc.returncode == 0 and "tolerance:" not in proc.stdout and "mode: " not in proc.stdout
