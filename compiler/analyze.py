@@ -82,7 +82,9 @@ def analyze_model(
     simulated = session(quantized, level="disable", what="the quantized model", extra_outputs=types)
     signal, noise = np.zeros(len(names)), np.zeros(len(names))
     clips = {name: _clip_range(result.report["tensors"][name]) for name in names}
-    edges = {name: np.linspace(lo - (hi - lo) / 4, hi + (hi - lo) / 4, HISTOGRAM_BINS + 1) for name, (lo, hi) in clips.items()}
+    edges = {}
+    for name, (lo, hi) in clips.items():
+        edges[name] = np.linspace(lo - (hi - lo) / 4, hi + (hi - lo) / 4, HISTOGRAM_BINS + 1)
     counts = {name: np.zeros(HISTOGRAM_BINS, np.int64) for name in names}
     float_names = [o.name for o in floats.get_outputs()]
     sim_names = [o.name for o in simulated.get_outputs()]

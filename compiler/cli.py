@@ -121,7 +121,8 @@ def compile(  # noqa: A001 - the subcommand's name
             "--method",
             "-m",
             help="Activation clip ranges: minmax never clips (ort, tflite default); meanmax averages each sample's "
-            "range (trt picks minmax or meanmax by default); percentile/mse/entropy clip outliers; auto tries each.",
+            "range (trt picks minmax or meanmax by default); percentile/mse/entropy clip outliers; auto picks "
+            "per tensor when the output misses --tolerance.",
             show_default=False,
         ),
     ] = None,

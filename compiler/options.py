@@ -133,7 +133,8 @@ class CompileOptions:
                 "pass a positive number or None for all samples.",
             )
 
-        valid = isinstance(self.tolerance, (int, float)) and not isinstance(self.tolerance, bool) and self.tolerance >= 0
+        number = isinstance(self.tolerance, (int, float)) and not isinstance(self.tolerance, bool)
+        valid = number and self.tolerance >= 0
         if self.tolerance is not None and not valid:
             raise OptionError(
                 f"tolerance={self.tolerance!r} is not a non-negative number.",

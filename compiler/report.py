@@ -90,7 +90,9 @@ def build_report(
     }
 
 
-def mixed_precision_section(model: ir.Model | None, verify: dict[str, Any] | None, options: Any) -> dict[str, Any] | None:
+def mixed_precision_section(
+    model: ir.Model | None, verify: dict[str, Any] | None, options: Any
+) -> dict[str, Any] | None:
     """The report's ``mixed_precision`` section: the bound, the error measured on the simulated
     model and on the artifact (the one that decides ``met``), and the nodes kept float for it.
 

@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.models_dir / name
         for count in args.samples:
             for tool in TOOLS:
-                cmd = [sys.executable, __file__, "--child", tool, folder / "model.onnx", folder / "calib.npz", str(count)]
+                model, calib = folder / "model.onnx", folder / "calib.npz"
+                cmd = [sys.executable, __file__, "--child", tool, model, calib, str(count)]
                 child = h.run_child(cmd, args.out / "logs" / f"{name}-{tool}-{count}", args.timeout)
                 row = {"model": name, "samples": count, "tool": tool, "peak_rss_mb": child.peak_rss_mb,
                        "error": child.reason}
@@ -130,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
 def render(rows: list[dict]) -> str:
     """One line per (model, samples, method): qcc and ORT seconds and peak RSS, and the ratios."""
     by = {(r["model"], r["samples"], r["tool"]): r for r in rows}
-    lines = ["| model | samples | method | qcc s | ORT s | qcc/ORT time | qcc MB | ORT MB | qcc/ORT memory | tensors qcc / ORT |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | samples | method | qcc s | ORT s | qcc/ORT time | qcc MB | ORT MB | qcc/ORT memory "
+        "| tensors qcc / ORT |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for model, samples, tool in by:
         if not tool.startswith("qcc-"):
             continue
@@ -141,7 +145,8 @@ def render(rows: list[dict]) -> str:
             lines.append(f"| {model} | {samples} | {method} | failed: {q.get('error') or o.get('error')} |")
             continue
         lines.append(
-            f"| {model} | {samples} | {method} | {q['seconds']:.2f} | {o['seconds']:.2f} | {q['seconds'] / o['seconds']:.2f} "
+            f"| {model} | {samples} | {method} | {q['seconds']:.2f} | {o['seconds']:.2f} "
+            f"| {q['seconds'] / o['seconds']:.2f} "
             f"| {q['peak_rss_mb']:.0f} | {o['peak_rss_mb']:.0f} | {q['peak_rss_mb'] / o['peak_rss_mb']:.2f} "
             f"| {q['tensors']} / {o['tensors']} |"
         )

@@ -5,7 +5,8 @@ No clipping method wins on every tensor (``_clip_range``): clipping outliers buy
 the bulk of a tensor, but a few large values can carry the signal (a detector's text pixels) or be
 the result (a graph output). So the choice is measured: starting from minmax everywhere, each
 group of tensors that share parameters (``activation_qparams.activation_groups``) tries the other
-methods' ranges in the simulation (never for a graph output: a clipped result is wrong) (``_simulation``, by feeding scale and zero point), one group at
+methods' ranges in the simulation (``_simulation``, by feeding scale and zero point; never for a
+graph output: a clipped result is wrong), one group at
 a time, on one sample; the most promising choices are then confirmed one by one on every sample,
 each kept only if the error over all samples falls. Groups whose parameters the target fixes
 (TFLite's Softmax output) keep them.
@@ -55,7 +56,7 @@ def search_clip_ranges(
     promising: list[tuple[float, int, CalibrationMethod, Params]] = []
     total = sum(len(c) for _, c in options)
     done = 0
-    for index, (members, candidates) in enumerate(options):
+    for index, (_members, candidates) in enumerate(options):
         best = None
         for method, params in candidates:
             gain = base_one - error(sim.run(samples=1, params=params), 1)

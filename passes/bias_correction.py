@@ -10,7 +10,8 @@ Gemm with a constant bias the bias becomes ``b - dW . E[x]``, so that
 
 exactly for a 1x1 convolution or a Gemm. For larger kernels the shift is the mean of
 ``Conv(E[x], dW)`` over the input's shape with the node's own padding, so taps that fall into the
-padding count zero (on small feature maps, PP-OCRv5's 48-pixel-high lines, most of them do). Depthwise convolutions gain most: nine weights per channel
+padding count zero (on small feature maps, PP-OCRv5's 48-pixel-high lines, most of them do).
+Depthwise convolutions gain most: nine weights per channel
 leave large relative rounding errors. A bias shared by several nodes is left alone. Opt-in
 (``bias_correction=True``, ``--bias-correction``): on the zoo it lifts MobileNetV2's and
 EfficientNet's output cosine but lowers PP-OCRv5's (README, "Bias correction"). Runs after calibration

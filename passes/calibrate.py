@@ -30,8 +30,8 @@ from qcc.annotations import (
     set_histogram,
     set_range,
 )
-from qcc.irutils import attr_int
 from qcc.errors import CalibrationDataError, NonFiniteActivationsError, QccError, ReplanRequest
+from qcc.irutils import attr_int
 from qcc.options import CalibrationMethod
 from qcc.passes._base import QccPass
 from qcc.passes._clip_range import clip_range
@@ -164,7 +164,8 @@ class CalibratePass(QccPass):
         for value, hist in zip(targets, stats.histograms, strict=True):
             quant = get_quant(value)
             levels = 255 if quant.symmetric else 256
-            own = chosen.get(value.name, CalibrationMethod.MINMAX.value if method == CalibrationMethod.AUTO else method.value)
+            start = CalibrationMethod.MINMAX if method == CalibrationMethod.AUTO else method
+            own = chosen.get(value.name, start.value)
             low, high = clip_range(hist, own, levels, quant.symmetric)
             set_range(value, TensorRange(low, high))
             if method == CalibrationMethod.AUTO:
@@ -178,7 +179,8 @@ class CalibratePass(QccPass):
     def _observe(self, model: ir.Model, names: list[str]) -> CalibrationStats:
         method = self.ctx.calibration_method
         # auto starts from minmax; it needs histograms only if a clip search may run.
-        bins = method not in _RANGE_ONLY and not (method == CalibrationMethod.AUTO and self.ctx.options.tolerance is None)
+        searchless_auto = method == CalibrationMethod.AUTO and self.ctx.options.tolerance is None
+        bins = method not in _RANGE_ONLY and not searchless_auto
         cache = self.ctx.statistics
         for seen in (cache or {}).values():
             found = seen.subset(names) if seen.bins or not bins else None
