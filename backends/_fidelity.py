@@ -18,6 +18,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
+def relative_error(expected: np.ndarray, got: np.ndarray) -> float:
+    """``||got - expected|| / ||expected||`` of flattened arrays (0 or 1 when expected is all zero)."""
+    norm = float(np.linalg.norm(expected))
+    return float(np.linalg.norm(got - expected)) / norm if norm else float(np.linalg.norm(got) > 0)
+
+
 class OutputFidelity:
     """Accumulates, per output, cosine and error of artifact outputs against float outputs."""
 
@@ -41,8 +47,7 @@ class OutputFidelity:
         stats["cosine"].append(cosine(e, g))
         stats["max_abs_error"].append(float(np.max(np.abs(e - g))) if e.size else 0.0)
         stats["ref_absmax"].append(float(np.max(np.abs(e))) if e.size else 0.0)
-        norm = float(np.linalg.norm(e))
-        stats["relative"].append(float(np.linalg.norm(e - g)) / norm if norm else float(np.linalg.norm(g) > 0))
+        stats["relative"].append(relative_error(e, g))
 
     def result(self) -> dict[str, Any]:
         """Returns {samples, finite, outputs: {name: cosine_mean, cosine_min, relative_error_mean,

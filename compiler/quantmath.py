@@ -114,11 +114,20 @@ def _quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, dtype: i
     return np.clip(q, qmin, qmax).astype(np.int64).astype(dtype.numpy())
 
 
+def fake_quantize(
+    x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None, dtype: ir.DataType
+) -> np.ndarray:
+    """``DQ(Q(x))``: the values the quantized tensor stands for, as float32."""
+    return dequantize(quantize(x, scale, zero_point, axis, dtype), scale, zero_point, axis)
+
+
 def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None) -> np.ndarray:
-    """Dequantizes as ONNX DequantizeLinear does."""
+    """Dequantizes as ONNX DequantizeLinear does (float8 values are scaled, zero point 0)."""
     if axis is not None and np.ndim(scale) == 1:
         shape = [1] * q.ndim
         shape[axis] = -1
         scale = scale.reshape(shape)
         zero_point = zero_point.reshape(shape)
+    if q.dtype == ir.DataType.FLOAT8E4M3FN.numpy():
+        return (q.astype(np.float32) * scale).astype(np.float32)
     return ((q.astype(np.int64) - zero_point.astype(np.int64)) * scale).astype(np.float32)

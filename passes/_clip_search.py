@@ -98,21 +98,19 @@ def _candidates(
         levels = 255 if quant.symmetric else 256
         current = union_range(members)
         width = current.max - current.min
+        if width <= 0:
+            continue
+        tried = [current]  # a range within 1% of one already there is not tried again
         candidates = []
         for method in CANDIDATES:
             ranges = {v.name: TensorRange(*clip_range(get_histogram(v), method.value, levels, quant.symmetric))
                       for v in observed}
             trial = union_range(members, ranges)
-            if width <= 0 or (abs(trial.min - current.min) + abs(trial.max - current.max)) <= _SAME * width:
+            if any(abs(trial.min - r.min) + abs(trial.max - r.max) <= _SAME * width for r in tried):
                 continue
-            if any(abs(trial.min - r.min) + abs(trial.max - r.max) <= _SAME * width for r in _ranges(candidates)):
-                continue
+            tried.append(trial)
             scale, zero_point = activation_params(trial.min, trial.max, quant.dtype, quant.symmetric)
-            candidates.append((method, {name: (scale, zero_point) for name in fed}, trial))
+            candidates.append((method, {name: (scale, zero_point) for name in fed}))
         if candidates:
-            out.append((members, [(m, p) for m, p, _ in candidates]))
+            out.append((members, candidates))
     return out
-
-
-def _ranges(candidates: list) -> list[TensorRange]:
-    return [trial for _, _, trial in candidates]

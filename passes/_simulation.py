@@ -26,7 +26,7 @@ from qcc.annotations import get_float_value
 from qcc.backends._qdq import materialize_qdq
 from qcc.data import Feed
 from qcc.irutils import NameAllocator, add_initializer
-from qcc.quantmath import dequantize, quantize
+from qcc.quantmath import fake_quantize
 from qcc.runtime import session
 
 
@@ -166,14 +166,6 @@ def _fake_quantized_constant(graph: ir.Graph, q: ir.Node, dq: ir.Node, names: Na
         axis = None
     elif axis < 0:
         axis += weight.ndim
-    dtype = q.outputs[0].dtype
-    quantized = quantize(weight, scale, zero_point, axis, dtype)
-    if dtype == ir.DataType.FLOAT8E4M3FN:
-        shape = [1] * weight.ndim
-        if axis is not None:
-            shape[axis] = -1
-        values = (quantized.astype(np.float32) * scale.reshape(shape)).astype(np.float32)
-    else:
-        values = dequantize(quantized, scale, zero_point, axis)
+    values = fake_quantize(weight, scale, zero_point, axis, q.outputs[0].dtype)
     graph.remove([q, dq], safe=False)
     return add_initializer(graph, names.new(f"{q.inputs[0].name}_fake_quantized"), values, exact=True)

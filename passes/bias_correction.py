@@ -27,7 +27,7 @@ from qcc.annotations import Decision, get_channel_mean, get_decision, get_quant,
 from qcc.irutils import attr_float, attr_int, const_array
 from qcc.optable import WEIGHT_INPUT
 from qcc.passes._base import QccPass
-from qcc.quantmath import dequantize, quantize
+from qcc.quantmath import fake_quantize
 from qcc.runtime import session
 
 
@@ -52,29 +52,40 @@ class BiasCorrectionPass(QccPass):
         return ir.passes.PassResult(model, modified)
 
 
+def channel_axes(graph: ir.Graph) -> dict[str, int]:
+    """The data input of every node this pass may correct, with its channel axis (1: NCHW for
+    Conv, the K columns of a Gemm's A): what calibration keeps the per-channel mean of."""
+    return {node.inputs[0].name: 1 for node in graph if _correctable(node)}
+
+
+def _correctable(node: ir.Node) -> bool:
+    """An int8 Conv, or Gemm without transA, with a data input and a private constant bias."""
+    if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3 or node.inputs[0] is None:
+        return False
+    if getattr(get_decision(node), "decision", None) != Decision.INT8 or attr_int(node, "transA", 0):
+        return False
+    bias = node.inputs[2]
+    return bias is not None and const_array(bias) is not None and len(bias.uses()) == 1 and not bias.is_graph_output()
+
+
 def _shift(node: ir.Node) -> np.ndarray | None:
     """``dW . E[x]`` per output channel, or None where the node is not corrected."""
-    if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3:
-        return None
-    if getattr(get_decision(node), "decision", None) != Decision.INT8:
+    if not _correctable(node):
         return None
     data, weight, bias = node.inputs[0], node.inputs[WEIGHT_INPUT], node.inputs[2]
-    if data is None or bias is None or const_array(bias) is None or len(bias.uses()) != 1 or bias.is_graph_output():
-        return None
     quant, measured = get_quant(weight), get_channel_mean(data)
     array = const_array(weight)
     if quant is None or quant.scale is None or quant.block_size is not None or measured is None or array is None:
         return None
     mean, shape = measured
     axis = quant.axis if quant.scale.ndim == 1 else None
-    error = dequantize(quantize(array, quant.scale, quant.zero_point, axis, quant.dtype),
-                       quant.scale, quant.zero_point, axis).astype(np.float64) - array
+    error = fake_quantize(array, quant.scale, quant.zero_point, axis, quant.dtype).astype(np.float64) - array
     if node.op_type == "Conv":
         groups = attr_int(node, "group", 1)
         if mean.shape[0] != groups * error.shape[1] or shape is None or len(shape) != error.ndim:
             return None
         return _conv_shift(node, error, mean, shape)
-    if node.op_type == "Gemm" and not attr_int(node, "transA", 0):
+    if node.op_type == "Gemm":
         matrix = error.T if attr_int(node, "transB", 0) else error  # K x N
         if matrix.shape[0] != mean.shape[0] or const_array(bias).shape != (matrix.shape[1],):
             return None

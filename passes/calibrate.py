@@ -19,11 +19,9 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.annotations import (
-    Decision,
     Role,
     Stage,
     TensorRange,
-    get_decision,
     get_quant,
     quantized_values,
     set_channel_mean,
@@ -31,11 +29,11 @@ from qcc.annotations import (
     set_range,
 )
 from qcc.errors import CalibrationDataError, NonFiniteActivationsError, QccError, ReplanRequest
-from qcc.irutils import attr_int
 from qcc.options import CalibrationMethod
 from qcc.passes._base import QccPass
 from qcc.passes._clip_range import clip_range
 from qcc.passes._histogram import TensorHistogram
+from qcc.passes.bias_correction import channel_axes
 from qcc.runtime import session
 
 logger = logging.getLogger(__name__)
@@ -221,21 +219,3 @@ class CalibratePass(QccPass):
         logger.info("calibrated %d tensors on %d samples", len(names), count)
         return stats
 
-
-def channel_axes(graph: ir.Graph) -> dict[str, int]:
-    """The data input of every int8 Conv/Gemm with a bias, with its channel axis (what bias
-    correction needs the per-channel mean of)."""
-    axes = {}
-    for node in graph:
-        if node.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3:
-            continue
-        if getattr(get_decision(node), "decision", None) != Decision.INT8:
-            continue
-        data = node.inputs[0]
-        if data is None or node.inputs[2] is None:
-            continue
-        if node.op_type == "Conv":
-            axes[data.name] = 1
-        elif node.op_type == "Gemm" and not attr_int(node, "transA", 0):
-            axes[data.name] = 1
-    return axes

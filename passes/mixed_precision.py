@@ -46,7 +46,7 @@ from qcc.annotations import (
     quantized_values,
     set_mixed_precision,
 )
-from qcc.backends._fidelity import cosine
+from qcc.backends._fidelity import cosine, relative_error
 from qcc.errors import ReplanRequest, UnsupportedModelError
 from qcc.options import CalibrationMethod, ToleranceMetric
 from qcc.passes._base import QccPass
@@ -126,10 +126,10 @@ class MixedPrecisionPass(QccPass):
         """Returns the nodes to keep float, with their reasons (empty: nothing helps)."""
         bound = self.ctx.options.tolerance
         planner = _Planner(model, self.ctx)
-        units = _units(model.graph)
+        neighbours = _neighbours(model.graph)
+        units = _units(model.graph, neighbours)
         # Screen every unit on one sample, with the quantizers its nodes alone touch switched off;
         # then measure the most harmful on all samples, with what the plan really keeps quantized.
-        neighbours = _neighbours(model.graph)
         first = max(error.of(sim.run(samples=1), samples=1).values())
         screened: dict[str, float] = {}
         for done, (tensor, nodes) in enumerate(units.items(), 1):
@@ -188,10 +188,7 @@ def _error(expected: np.ndarray, got: np.ndarray, metric: ToleranceMetric) -> fl
     g = np.asarray(got, dtype=np.float64).ravel()
     keep = np.isfinite(e)
     e, g = e[keep], g[keep]
-    if metric == ToleranceMetric.COSINE:
-        return 1.0 - cosine(e, g)
-    norm = float(np.linalg.norm(e))
-    return float(np.linalg.norm(e - g)) / norm if norm else float(np.linalg.norm(g) > 0)
+    return 1.0 - cosine(e, g) if metric == ToleranceMetric.COSINE else relative_error(e, g)
 
 
 class _Planner:
@@ -210,21 +207,13 @@ class _Planner:
         return {v.name for v in quantized_values(model.graph)}
 
 
-def _units(graph: ir.Graph) -> dict[str, set[str]]:
-    """Each quantized activation with the quantized nodes that write or read it (an absorbed
-    Relu/Clip stands for its producer)."""
-    units: dict[str, set[str]] = {}
-    for value in quantized_values(graph):
-        if get_quant(value).role != Role.ACTIVATION or value.const_value is not None:
-            continue
-        nodes = {_owner(n) for n in [value.producer(), *value.consumers()] if n is not None}
-        nodes = {n.name for n in nodes if n is not None and getattr(get_decision(n), "decision", None) in _QUANTIZED}
-        if nodes:
-            units[value.name] = nodes
-    # The same node set reached through several tensors (a Conv's input and output) is one unit.
+def _units(graph: ir.Graph, neighbours: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Each computed quantized activation with the quantized nodes that write or read it; the
+    same node set reached through several tensors (a Conv's input and output) is one unit."""
     unique: dict[frozenset[str], str] = {}
-    for tensor, nodes in units.items():
-        unique.setdefault(frozenset(nodes), tensor)
+    for value in quantized_values(graph):
+        if get_quant(value).role == Role.ACTIVATION and value.const_value is None and neighbours[value.name]:
+            unique.setdefault(frozenset(neighbours[value.name]), value.name)
     return {tensor: set(nodes) for nodes, tensor in unique.items()}
 
 
