@@ -26,6 +26,8 @@ _MIXED_KEY = "qcc.mixed_precision"
 _HISTOGRAM_KEY = "qcc.histogram"
 _CHANNEL_MEAN_KEY = "qcc.channel_mean"
 _FLOAT_VALUE_KEY = "qcc.float_value"
+_MOMENTS_KEY = "qcc.input_moments"
+_ROUNDING_KEY = "qcc.weight_rounding"
 # The reason every node kept float by the mixed-precision pass starts with.
 MIXED_REASON = "kept float by mixed precision (--tolerance)"
 
@@ -167,6 +169,39 @@ def float_twin(model: ir.Model) -> ir.Model:
     return twin
 
 
+def get_input_moments(node: ir.Node) -> object | None:
+    """Returns the second moment of what the node's weight multiplies on the calibration data
+    (``passes._input_moments.InputMoments``), if calibration kept it."""
+    return node.meta.get(_MOMENTS_KEY)
+
+
+def set_input_moments(node: ir.Node, moments: object) -> None:
+    """Keeps the node's input moments on it for the weight rounding (``passes/weight_rounding.py``)."""
+    node.meta[_MOMENTS_KEY] = moments
+
+
+@dataclasses.dataclass(frozen=True)
+class Rounding:
+    """How a node's weight was rounded, with the output error each rounding gives on the
+    calibration inputs (mean squared, per output row): ``error`` for the one used, ``nearest`` for
+    plain rounding; ``reason``: why a layer was rounded to nearest."""
+
+    method: str
+    error: float
+    nearest: float
+    reason: str = ""
+
+
+def get_rounding(node: ir.Node) -> Rounding | None:
+    """Returns how the weight rounding pass rounded the node's weight, or None."""
+    return node.meta.get(_ROUNDING_KEY)
+
+
+def set_rounding(node: ir.Node, rounding: Rounding) -> None:
+    """Records how the node's weight was rounded."""
+    node.meta[_ROUNDING_KEY] = rounding
+
+
 def get_decision(node: ir.Node) -> NodeDecision | None:
     """Returns the plan's decision for the node, or None before planning."""
     return node.meta.get(_NODE_KEY)
@@ -201,7 +236,8 @@ def clear_annotations(graph: ir.Graph) -> None:
         for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY, _CHANNEL_MEAN_KEY):
             value.meta.pop(key, None)
     for node in graph:
-        node.meta.pop(_NODE_KEY, None)
+        for key in (_NODE_KEY, _MOMENTS_KEY, _ROUNDING_KEY):
+            node.meta.pop(key, None)
         for value in node.outputs:
             for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY, _CHANNEL_MEAN_KEY):
                 value.meta.pop(key, None)

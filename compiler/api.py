@@ -31,6 +31,7 @@ def compile(  # noqa: A001 - the public name users expect
     tolerance_metric: str = "cosine",
     bias_correction: bool = False,
     equalize: bool | None = None,
+    weight_rounding: str = "gptq",
     progress: Progress = no_progress,
 ) -> CompileResult:
     """Compiles a float ONNX model into an int8 model for one runtime.
@@ -66,6 +67,9 @@ def compile(  # noqa: A001 - the public name users expect
             the calibration data, from its bias.
         equalize: cross-layer equalization of consecutive convolutions; None: only with
             ``per_channel=False``, where one scale per weight tensor needs it.
+        weight_rounding: ``"gptq"`` (default): round each Conv/MatMul/Gemm weight so that its
+            layer's output on the calibration inputs moves least (``report["weight_rounding"]``
+            says which layers and by how much); ``"nearest"``: every weight to its nearest level.
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -93,5 +97,6 @@ def compile(  # noqa: A001 - the public name users expect
         tolerance_metric=tolerance_metric,
         bias_correction=bias_correction,
         equalize=equalize,
+        weight_rounding=weight_rounding,
     )
     return compile_model(model, calibration, options, progress)

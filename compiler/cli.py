@@ -29,6 +29,7 @@ from qcc.options import (
     CompileOptions,
     IoType,
     Precision,
+    WeightRounding,
     WeightStorage,
     parse_tolerance,
 )
@@ -164,6 +165,14 @@ def compile(  # noqa: A001 - the subcommand's name
             show_default=False,
         ),
     ] = None,
+    weight_rounding: Annotated[
+        WeightRounding,
+        typer.Option(
+            "--weight-rounding",
+            help="gptq: round each layer's weights so its output on the calibration data moves least "
+            "(each rounding error compensated in the weights not yet rounded); nearest: plain rounding.",
+        ),
+    ] = WeightRounding.GPTQ,
     calib_cache: Annotated[
         Optional[Path],
         typer.Option("--calib-cache", help="trt only: also write TensorRT's implicit-INT8 calibration cache here."),
@@ -223,6 +232,7 @@ def compile(  # noqa: A001 - the subcommand's name
             **parse_tolerance(tolerance),
             bias_correction=bias_correction,
             equalize=equalize,
+            weight_rounding=weight_rounding,
         )
         with Progress(
             TextColumn("{task.description:<10}"),

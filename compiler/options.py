@@ -44,6 +44,13 @@ class Precision(str, enum.Enum):
     INT4 = "int4"  # weight-only int4 blocks for MatMul/Gemm, opset 21; activations stay float
 
 
+class WeightRounding(str, enum.Enum):
+    """How weights are rounded onto their int8 grid (see passes/weight_rounding.py)."""
+
+    GPTQ = "gptq"  # each rounding error compensated in the layer's later weights, by the calibration inputs
+    NEAREST = "nearest"  # each weight to its nearest level
+
+
 class CalibrationMethod(str, enum.Enum):
     """How an activation's clip range is chosen from its observed values (see passes/_clip_range.py)."""
 
@@ -93,6 +100,9 @@ class CompileOptions:
             (``passes/bias_correction.py``; off by default: it lowers PP-OCRv5's fidelity).
         equalize: cross-layer equalization of consecutive convolutions (``passes/equalize.py``);
             None: only with per-tensor weights, where it helps.
+        weight_rounding: ``gptq`` (default): int8 weights of Conv/MatMul/Gemm rounded so that the
+            layer's output on the calibration inputs moves least (``passes/weight_rounding.py``);
+            ``nearest``: every weight to its nearest level.
     """
 
     target: str = "ort"
@@ -112,6 +122,7 @@ class CompileOptions:
     tolerance_metric: ToleranceMetric = ToleranceMetric.COSINE
     bias_correction: bool = False
     equalize: bool | None = None
+    weight_rounding: WeightRounding = WeightRounding.GPTQ
 
     def __post_init__(self) -> None:
         for name, kind in _ENUM_FIELDS.items():
@@ -170,6 +181,7 @@ _ENUM_FIELDS = {
     "io": IoType,
     "precision": Precision,
     "tolerance_metric": ToleranceMetric,
+    "weight_rounding": WeightRounding,
 }
 
 

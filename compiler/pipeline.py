@@ -28,6 +28,7 @@ from qcc.passes.plan import PlanPass
 from qcc.passes.quantize_bias import QuantizeBiasPass
 from qcc.passes.quantize_weights import QuantizeWeightsPass
 from qcc.passes.target_constraints import TargetConstraintsPass
+from qcc.passes.weight_rounding import WeightRoundingPass
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ logger = logging.getLogger(__name__)
 FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, CrossLayerEqualizationPass, FuseMatMulAddPass)
 # Passes that decide and compute the quantization, as annotations.
 QUANT_PASSES = (
-    PlanPass, QuantizeWeightsPass, CalibratePass, BiasCorrectionPass, ActivationQParamsPass, TargetConstraintsPass,
-    QuantizeBiasPass, MixedPrecisionPass,
+    PlanPass, QuantizeWeightsPass, CalibratePass, WeightRoundingPass, BiasCorrectionPass, ActivationQParamsPass,
+    TargetConstraintsPass, QuantizeBiasPass, MixedPrecisionPass,
 )
 
 

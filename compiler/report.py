@@ -19,7 +19,15 @@ import onnx
 import onnx_ir as ir
 
 import qcc
-from qcc.annotations import MIXED_REASON, Decision, get_decision, get_mixed_precision, get_quant, quantized_values
+from qcc.annotations import (
+    MIXED_REASON,
+    Decision,
+    get_decision,
+    get_mixed_precision,
+    get_quant,
+    get_rounding,
+    quantized_values,
+)
 from qcc.irutils import default_opset
 
 
@@ -86,7 +94,28 @@ def build_report(
         "tensors": tensors,
         "verify": verify,
         "mixed_precision": mixed_precision_section(model, verify, options) if hasattr(options, "tolerance") else None,
+        "weight_rounding": weight_rounding_section(model),
         "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+
+
+def weight_rounding_section(model: ir.Model) -> dict[str, Any] | None:
+    """The report's ``weight_rounding`` section: how many int8 layers GPTQ rounded, the output
+    error of all of them on the calibration inputs against nearest rounding, and why the others
+    were rounded to nearest. None when the pass measured nothing (``weight_rounding="nearest"``)."""
+    rounded = [(n.name, r) for n in model.graph if (r := get_rounding(n)) is not None]
+    if not rounded:
+        return None
+    gptq = [r for _, r in rounded if r.method == "gptq"]
+    return {
+        "gptq_layers": len(gptq),
+        "nearest_layers": len(rounded) - len(gptq),
+        # Geometric mean over the GPTQ layers of output error / nearest rounding's (< 1: closer).
+        "output_error_vs_nearest": float(np.exp(np.mean([np.log(r.error / r.nearest) for r in gptq if r.nearest > 0])))
+        if any(r.nearest > 0 for r in gptq) else None,
+        "nearest_reasons": dict(collections.Counter(r.reason for _, r in rounded if r.method != "gptq").most_common()),
+        "layers": {name: {"method": r.method, "error_vs_nearest": r.error / r.nearest if r.nearest else 1.0}
+                   for name, r in rounded},
     }
 
 

@@ -56,6 +56,8 @@ class Simulation:
             out = dq.outputs[0]
             if source.const_value is not None:
                 out = _fake_quantized_constant(sim.graph, q, dq, names) or out
+                if source.name in originals:  # rounded by weight-rounding: off means the float weight
+                    source = add_initializer(sim.graph, names.new(f"{source.name}_float"), originals[source.name])
             elif tunable == "params":
                 self._tunable_params(sim.graph, tensor, q, names)
             if tunable == "gates":

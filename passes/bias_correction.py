@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcc.annotations import Decision, get_channel_mean, get_decision, get_quant, set_float_value
+from qcc.annotations import Decision, get_channel_mean, get_decision, get_float_value, get_quant, set_float_value
 from qcc.irutils import attr_float, attr_int, const_array
 from qcc.optable import WEIGHT_INPUT
 from qcc.passes._base import QccPass
@@ -79,7 +79,10 @@ def _shift(node: ir.Node) -> np.ndarray | None:
         return None
     mean, shape = measured
     axis = quant.axis if quant.scale.ndim == 1 else None
-    error = fake_quantize(array, quant.scale, quant.zero_point, axis, quant.dtype).astype(np.float64) - array
+    original = get_float_value(weight)  # weight-rounding may have put the weight on its grid already
+    error = fake_quantize(array, quant.scale, quant.zero_point, axis, quant.dtype).astype(np.float64) - (
+        array if original is None else original
+    )
     if node.op_type == "Conv":
         groups = attr_int(node, "group", 1)
         if mean.shape[0] != groups * error.shape[1] or shape is None or len(shape) != error.ndim:

@@ -26,13 +26,15 @@ from qcc.annotations import (
     quantized_values,
     set_channel_mean,
     set_histogram,
+    set_input_moments,
     set_range,
 )
 from qcc.errors import CalibrationDataError, NonFiniteActivationsError, QccError, ReplanRequest
-from qcc.options import CalibrationMethod
+from qcc.options import CalibrationMethod, WeightRounding
 from qcc.passes._base import QccPass
 from qcc.passes._clip_range import clip_range
 from qcc.passes._histogram import TensorHistogram
+from qcc.passes._input_moments import InputMoments, Layer, layers
 from qcc.passes.bias_correction import channel_axes
 from qcc.runtime import session
 
@@ -45,7 +47,13 @@ _RANGE_ONLY = frozenset({CalibrationMethod.MINMAX, CalibrationMethod.MEANMAX})
 class CalibrationStats:
     """Mergeable statistics of a set of tensors: one streamed histogram each (see ``_histogram``)."""
 
-    def __init__(self, names: list[str], bins: bool = True, channel_axes: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        bins: bool = True,
+        channel_axes: dict[str, int] | None = None,
+        layers: dict[str, Layer] | None = None,
+    ) -> None:
         self.names = names
         self.bins = bins
         self.histograms = [TensorHistogram(bins) for _ in names]
@@ -57,6 +65,24 @@ class CalibrationStats:
         self.channel_sums: dict[str, np.ndarray] = {}
         self.channel_counts: dict[str, int] = {}
         self.channel_shapes: dict[str, tuple[int, ...]] = {}  # the last sample's shape
+        # Per layer (node name): the second moment of its weight's inputs (weight rounding).
+        self.moments = {name: InputMoments(layer) for name, layer in (layers or {}).items()}
+
+    def layer_inputs(self) -> list[str]:
+        """The layers' data inputs that are not among ``names``: what else calibration observes."""
+        observed = set(self.names)
+        return list(dict.fromkeys(m.layer.data for m in self.moments.values() if m.layer.data not in observed))
+
+    def update_moments(self, arrays: dict[str, np.ndarray]) -> None:
+        """Folds one sample of the layers' data inputs (by tensor name) into their moments."""
+        for moments in self.moments.values():
+            array = arrays[moments.layer.data]
+            if np.all(np.isfinite(array)):
+                moments.update(array)
+
+    def covers(self, wanted: dict[str, Layer]) -> bool:
+        """True if these statistics hold the moments of every wanted layer."""
+        return all(name in self.moments and self.moments[name].layer == layer for name, layer in wanted.items())
 
     def update(self, arrays: list[np.ndarray]) -> None:
         """Folds one sample's tensors (in ``names`` order) into the statistics."""
@@ -96,6 +122,9 @@ class CalibrationStats:
             else:
                 self.channel_sums[name], self.channel_counts[name] = sums.copy(), other.channel_counts[name]
             self.channel_shapes.setdefault(name, other.channel_shapes.get(name, ()))
+        for name, moments in other.moments.items():
+            if name in self.moments:
+                self.moments[name].merge(moments)
         for mine, theirs in zip(self.histograms, other.histograms, strict=True):
             mine.merge(theirs)
         self.nonfinite |= other.nonfinite
@@ -115,6 +144,7 @@ class CalibrationStats:
         out.channel_sums = {k: v for k, v in self.channel_sums.items() if k in kept}
         out.channel_counts = {k: v for k, v in self.channel_counts.items() if k in kept}
         out.channel_shapes = {k: v for k, v in self.channel_shapes.items() if k in kept}
+        out.moments = self.moments  # by node: a plan with more nodes float reads fewer of them
         return out
 
     @property
@@ -129,7 +159,8 @@ class CalibrationStats:
 
     def held_bytes(self) -> int:
         """Bytes of statistics held, independent of the number of samples observed."""
-        return sum(h.pos.nbytes + h.neg.nbytes for h in self.histograms) + self.nonfinite.nbytes
+        held = sum(h.pos.nbytes + h.neg.nbytes for h in self.histograms) + self.nonfinite.nbytes
+        return held + sum(m.held_bytes() for m in self.moments.values())
 
 
 class CalibratePass(QccPass):
@@ -148,7 +179,8 @@ class CalibratePass(QccPass):
         if self.ctx.calibration is None:
             raise QccError("calibration data is required to quantize activations.", "pass --calib data.npz.")
         names = [v.name for v in targets]
-        stats = self._observe(model, names)
+        wanted = layers(model.graph) if self.ctx.options.weight_rounding == WeightRounding.GPTQ else {}
+        stats = self._observe(model, names, wanted)
         bad = [name for name, flag in zip(names, stats.nonfinite, strict=True) if flag]
         if bad:
             raise NonFiniteActivationsError(bad)
@@ -172,9 +204,15 @@ class CalibratePass(QccPass):
             if mean is not None:  # for bias correction, with the input's (last) shape
                 set_channel_mean(value, mean.astype(np.float32), stats.channel_shapes.get(value.name))
             quant.stage = Stage.CALIBRATED
+        for node in model.graph:
+            if node.name in wanted and node.name in stats.moments:
+                set_input_moments(node, stats.moments[node.name])
         return ir.passes.PassResult(model, True)
 
-    def _observe(self, model: ir.Model, names: list[str]) -> CalibrationStats:
+    def _observe(
+        self, model: ir.Model, names: list[str], wanted: dict[str, Layer] | None = None
+    ) -> CalibrationStats:
+        wanted = wanted or {}
         method = self.ctx.calibration_method
         # auto starts from minmax; it needs histograms only if a clip search may run.
         searchless_auto = method == CalibrationMethod.AUTO and self.ctx.options.tolerance is None
@@ -184,23 +222,32 @@ class CalibratePass(QccPass):
             found = seen.subset(names) if seen.bins or not bins else None
             if found is not None and self.ctx.options.bias_correction and not seen.channels_tracked:
                 found = None  # observed without the channel means bias correction needs
+            if found is not None and not found.covers(wanted):
+                found = None  # observed without the input moments weight rounding needs
             if found is not None:  # a plan with more nodes float quantizes a subset of the tensors
                 logger.info("reusing the calibration statistics of %d tensors", len(names))
                 return found
-        stats = self._run(model, names, bins, channel_axes(model.graph) if self.ctx.options.bias_correction else None)
+        axes = channel_axes(model.graph) if self.ctx.options.bias_correction else None
+        stats = self._run(model, names, bins, axes, wanted)
         if cache is not None:
             cache[tuple(names)] = stats
         return stats
 
-    def _run(self, model: ir.Model, names: list[str], bins: bool, axes: dict[str, int] | None) -> CalibrationStats:
-        sess = session(model, level="basic", what="the float model", extra_outputs=tuple(names))
+    def _run(
+        self, model: ir.Model, names: list[str], bins: bool, axes: dict[str, int] | None, layers: dict[str, Layer]
+    ) -> CalibrationStats:
+        observed = set(names)
+        stats = CalibrationStats(
+            names,
+            bins=bins,
+            channel_axes=None if axes is None else {k: v for k, v in axes.items() if k in observed},
+            layers=layers,
+        )
+        extra = stats.layer_inputs()
+        sess = session(model, level="basic", what="the float model", extra_outputs=(*names, *extra))
         output_names = [o.name for o in sess.get_outputs()]
         position = {name: i for i, name in enumerate(output_names)}
         wanted = [position[name] for name in names]
-        observed = set(names)
-        stats = CalibrationStats(
-            names, bins=bins, channel_axes=None if axes is None else {k: v for k, v in axes.items() if k in observed}
-        )
         calibration = self.ctx.calibration
         total = calibration.known_length()
         count = 0
@@ -214,6 +261,8 @@ class CalibratePass(QccPass):
                     "check that the sample's shapes are ones the model accepts.",
                 ) from None
             stats.update([np.asarray(outputs[i]) for i in wanted])
+            if stats.moments:
+                stats.update_moments({name: np.asarray(outputs[position[name]]) for name in (*names, *extra)})
             count += 1
             self.ctx.progress("calibrate", count, total)
         logger.info("calibrated %d tensors on %d samples", len(names), count)
