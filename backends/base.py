@@ -60,6 +60,9 @@ class TargetSpec:
             residual Add); when the rule declines, they stay float with the rule's reason.
         precisions: number formats the target accepts (``--precision``).
         dynamic: the target runs ``--dynamic`` models (activations quantized at run time).
+        int8_chains_only: an ``int8_ops`` node stays int8 only inside an int8 chain: every data
+            input written by an int8 node and its output read by one. Elsewhere (a decomposed
+            GELU or LayerNorm next to float Tanh/Sqrt) it would add roundings and save nothing.
     """
 
     name: str
@@ -79,6 +82,7 @@ class TargetSpec:
     rule_ops: frozenset[str] = frozenset()
     precisions: frozenset[str] = frozenset({"int8"})
     dynamic: bool = False
+    int8_chains_only: bool = False
 
     def activation_dtype(self, options: CompileOptions) -> ir.DataType:
         """Returns the type of quantized activations for these options (resolves ``auto``)."""

@@ -78,6 +78,7 @@ ORT_SPEC = OrtSpec(
     artifact_suffix=".onnx",
     dynamic=True,
     precisions=frozenset({"int8", "int4"}),
+    int8_chains_only=True,
 )
 
 

@@ -65,6 +65,8 @@ class PlanPass(QccPass):
         for node in pending:
             if get_decision(node) is None:
                 set_decision(node, Decision.FLOAT, "no quantized neighbour; an isolated int8 op would only add Q/DQ")
+        if spec.int8_chains_only:
+            _prune_outside_chains(pending, spec)
         self._annotate_tensors(graph)
         return ir.passes.PassResult(model, True)
 
@@ -354,6 +356,36 @@ def _quantized_activation(value: ir.Value | None, spec: TargetSpec) -> bool:
             if any(consumer.inputs[i] is value for i in quantizable_inputs(consumer)):
                 return True
     return False
+
+
+def _prune_outside_chains(pending: list[ir.Node], spec: TargetSpec) -> None:
+    """Runs float every int8 elementwise node that is not inside an int8 chain, until none is left
+    (``TargetSpec.int8_chains_only``), and then what only they kept quantized."""
+
+    def int8(node: ir.Node | None) -> bool:
+        decision = get_decision(node) if node is not None else None
+        return decision is not None and decision.decision in (Decision.INT8, Decision.FUSED)
+
+    changed = True
+    while changed:
+        changed = False
+        for node in pending:
+            if not int8(node):
+                continue
+            data = [node.inputs[i] for i in quantizable_inputs(node)]
+            written = all(v.const_value is not None or int8(v.producer()) for v in data if v is not None)
+            read = any(int8(use.node) for out in node.outputs for use in out.uses())
+            if node.op_type in spec.int8_ops and not (written and read):
+                reason = (f"{node.op_type} between float neighbours: int8 here would add roundings and save no "
+                          "float work")
+            elif get_decision(node).decision == Decision.FUSED and not int8(node.inputs[0].producer()):
+                reason = "its producer runs float"
+            elif node.op_type in spec.shared_scale_ops and not (int8(node.inputs[0].producer()) or read):
+                reason = "moves data between float nodes"
+            else:
+                continue
+            set_decision(node, Decision.FLOAT, reason)
+            changed = True
 
 
 def _has_quantized_neighbour(node: ir.Node, spec: TargetSpec) -> bool:
