@@ -319,7 +319,7 @@ def _print_summary(report: dict, output: Path) -> None:
         errors = selection["artifact_error"]
         _out.print(
             f"mode: {selection['chosen']} kept (output error static {errors['static']:.4g}, dynamic "
-            f"{errors['dynamic']:.4g}): the static compile missed --tolerance on a model without convolutions"
+            f"{errors['dynamic']:.4g}): {selection['why']}"
         )
     size = totals["artifact_bytes"] / 1e6
     external = f" + {output}.data (external data)" if totals["artifact_bytes"] > os.path.getsize(output) else ""

@@ -31,7 +31,9 @@ class PassContext:
         keep_float: nodes the driver decided to keep float after a first attempt (name -> reason).
         statistics: calibration statistics already observed, by tensor names, shared by the
             compiles of one method selection and the re-plans of one compile (the float model's
-            tensors do not change with the method or the plan); None: observe every time.
+            tensors do not change with the method or the plan); None: observe every time. Passes
+            whose results depend only on those statistics may keep them here too, under a key of
+            their own (``weight_rounding``).
         tensor_methods: with ``--method auto``, the clip search's choice of method per tensor
             (tensor name -> method; the rest minmax); None until the search has run.
     """

@@ -171,11 +171,12 @@ def compile_model(
 
 
 def _dynamic_may_be_closer(model, options: CompileOptions, report: dict[str, Any]) -> bool:
-    """A static compile that missed the tolerance, of a model without convolutions (a transformer:
-    static activation ranges lose most at LayerNorm outliers), on a target with ``--dynamic``."""
+    """A static compile that missed the tolerance, or met it only by keeping nodes float, of a model
+    without convolutions (a transformer: static activation ranges lose most at LayerNorm
+    outliers), on a target with ``--dynamic``."""
     mixed = report.get("mixed_precision") or {}
     return (
-        mixed.get("met") is False
+        (mixed.get("met") is False or (mixed.get("met") is True and bool(mixed.get("kept_float"))))
         and not options.dynamic
         and options.precision == Precision.INT8
         and not any(node.op_type in ("Conv", "ConvTranspose") for node in model.graph)
@@ -199,7 +200,9 @@ def _static_or_dynamic(
         "chosen": "dynamic" if best is dynamic else "static",
         "metric": options.tolerance_metric.value,
         "artifact_error": errors,
-        "why": "the static compile missed --tolerance on a model without convolutions; --dynamic was tried",
+        "why": ("the static compile " + ("missed --tolerance" if static.report["mixed_precision"]["met"] is False
+                                          else "met --tolerance only with nodes kept float")
+                + " on a model without convolutions, so --dynamic was tried"),
     }
     return best
 

@@ -23,7 +23,8 @@ from qcc.irutils import attr_int, const_array
 from qcc.optable import WEIGHT_INPUT
 
 MAX_COLUMNS = 4096  # the largest layer input (C/g x kH x kW, or K) kept: H is columns^2 float64
-MAX_ROWS_PER_SAMPLE = 4096  # a Conv's output positions sampled per calibration sample
+MAX_ROWS_PER_SAMPLE = 2048  # a Conv's output positions sampled per calibration sample
+MAX_SAMPLES = 32  # calibration samples folded in; H of the first 32 images is as good as of 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,21 +57,36 @@ class Layer:
         if self.op != "Conv":
             return array.reshape(-1, self.columns).T[None].astype(np.float32)
         x = array if array.ndim == 4 else array[:, :, None, :]  # 1-D conv: height 1
+        if self.kernel == (1, 1) and self.strides == (1, 1) and not any(self.pads):  # pointwise: no patches
+            batch, channels = x.shape[:2]
+            flat = x.reshape(batch, self.groups, channels // self.groups, -1).transpose(1, 2, 0, 3)
+            flat = flat.reshape(self.groups, channels // self.groups, -1)
+            if flat.shape[2] > MAX_ROWS_PER_SAMPLE:
+                keep = np.sort(np.random.default_rng(seed).choice(flat.shape[2], MAX_ROWS_PER_SAMPLE, replace=False))
+                flat = flat[:, :, keep]
+            return np.ascontiguousarray(flat, dtype=np.float32)
         top, left, bottom, right = self.pads
         x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
         batch, channels, height, width = x.shape
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
         out_h, out_w = (height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1
-        positions = np.arange(batch * out_h * out_w)
-        if positions.size > MAX_ROWS_PER_SAMPLE:
-            positions = np.sort(np.random.default_rng(seed).choice(positions, MAX_ROWS_PER_SAMPLE, replace=False))
-        n, rest = np.divmod(positions, out_h * out_w)
-        y, xx = np.divmod(rest, out_w)
-        taps = [x[n, :, y * sh + i * dh, xx * sw + j * dw] for i in range(kh) for j in range(kw)]  # each (rows, C)
-        patches = np.stack(taps, axis=2)  # rows, C, taps: the weight's (C/g, kH, kW) order per group
+        # Every step-th output row and column, from a phase that moves with the sample: plain
+        # slices (no gather), and across samples every position is sampled.
+        step = -(-batch * out_h * out_w // MAX_ROWS_PER_SAMPLE)
+        step_h = min(step, out_h)
+        step_w = -(-step // step_h)
+        phase_h, phase_w = seed % step_h, (seed // step_h) % step_w
+        rows_h, rows_w = len(range(phase_h, out_h, step_h)), len(range(phase_w, out_w, step_w))
+        taps = [
+            x[:, :, i * dh + phase_h * sh :: sh * step_h, j * dw + phase_w * sw :: sw * step_w][:, :, :rows_h, :rows_w]
+            for i in range(kh)
+            for j in range(kw)
+        ]
+        patches = np.stack(taps, axis=2)  # N, C, taps, rows_h, rows_w: the weight's (C/g, kH, kW) order
+        if batch > 1:
+            patches = patches.transpose(1, 2, 0, 3, 4)
         per_group = channels // self.groups
-        patches = patches.reshape(len(positions), self.groups, per_group * kh * kw)
-        return np.ascontiguousarray(patches.transpose(1, 2, 0), dtype=np.float32)
+        return np.ascontiguousarray(patches.reshape(self.groups, per_group * kh * kw, -1), dtype=np.float32)
 
 
 class InputMoments:
@@ -83,9 +99,11 @@ class InputMoments:
         self._samples = 0
 
     def update(self, array: np.ndarray) -> None:
-        """Folds one sample of the layer's data input in."""
+        """Folds one sample of the layer's data input in (the first ``MAX_SAMPLES`` only)."""
+        if self._samples >= MAX_SAMPLES:
+            return
         rows = self.layer.rows(np.asarray(array), seed=self._samples)
-        self.sums += np.matmul(rows, rows.transpose(0, 2, 1), dtype=np.float32)
+        self.sums += np.matmul(rows, rows.transpose(0, 2, 1))
         self.rows += rows.shape[2]
         self._samples += 1
 

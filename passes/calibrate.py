@@ -218,7 +218,7 @@ class CalibratePass(QccPass):
         searchless_auto = method == CalibrationMethod.AUTO and self.ctx.options.tolerance is None
         bins = method not in _RANGE_ONLY and not searchless_auto
         cache = self.ctx.statistics
-        for seen in (cache or {}).values():
+        for seen in [s for s in (cache or {}).values() if isinstance(s, CalibrationStats)]:
             found = seen.subset(names) if seen.bins or not bins else None
             if found is not None and self.ctx.options.bias_correction and not seen.channels_tracked:
                 found = None  # observed without the channel means bias correction needs

@@ -20,7 +20,7 @@ float model's weight is kept (``set_float_value``) for every float reference. Ru
 
 from __future__ import annotations
 
-import logging
+import hashlib
 
 import numpy as np
 import onnx_ir as ir
@@ -32,11 +32,10 @@ from qcc.options import WeightRounding
 from qcc.passes._base import QccPass
 from qcc.quantmath import qrange
 
-logger = logging.getLogger(__name__)
-
 DAMPING = 0.01  # added to H's diagonal, relative to its mean: keeps H^-1 finite for unused inputs
 ROWS_PER_COLUMN = 4  # fewer calibration rows than this per input column: nearest rounding
 BLOCK = 128  # columns rounded between updates of the rest (GPTQ's lazy batch)
+_CACHE = "weight-rounding"  # its key in ctx.statistics: levels and error by layer, weight and grid
 
 
 class WeightRoundingPass(QccPass):
@@ -71,8 +70,13 @@ class WeightRoundingPass(QccPass):
             reason = f"{moments.rows} calibration rows for {layer.columns} inputs: too few to tell them apart"
             set_rounding(node, Rounding("nearest", nearest_error, nearest_error, reason))
             return False
-        levels = gptq(matrix, hessian, scale, zero_point, qmin, qmax)
-        error = _output_error(levels, matrix, scale, zero_point, hessian) if levels is not None else np.inf
+        key = (node.name, hashlib.sha1(array.tobytes()).hexdigest(), scale.tobytes(), zero_point.tobytes(), qmin, qmax)
+        cache = self.ctx.statistics.setdefault(_CACHE, {}) if self.ctx.statistics is not None else {}
+        if key not in cache:  # a re-plan with more nodes float rounds the same layers again
+            levels = gptq(matrix, hessian, scale, zero_point, qmin, qmax)
+            error = _output_error(levels, matrix, scale, zero_point, hessian) if levels is not None else np.inf
+            cache[key] = (levels, error)
+        levels, error = cache[key]
         if not error < nearest_error:
             set_rounding(node, Rounding("nearest", nearest_error, nearest_error, "GPTQ was not closer"))
             return False
@@ -121,7 +125,7 @@ def _output_error(
 ) -> float:
     """Mean squared output change per row, ``tr(dW H dW^T) / rows``, of rounding to ``levels``."""
     delta = (levels - zero_point[..., None]) * scale[..., None] - weight
-    return float(np.einsum("gri,gij,grj->", delta, hessian, delta) / (delta.shape[0] * delta.shape[1]))
+    return float(np.sum((delta @ hessian) * delta) / (delta.shape[0] * delta.shape[1]))
 
 
 def _as_rows(node: ir.Node, array: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, groups: int):

@@ -153,6 +153,15 @@ def test_a_model_without_convolutions_that_misses_the_bound_tries_dynamic():
     assert "mode_selection" not in qcc.compile(model, calibration=calibration, tolerance=1e-7, method="minmax").report
 
 
+def test_a_model_without_convolutions_that_needs_float_nodes_for_the_bound_tries_dynamic_too():
+    model = _sensitive_model()
+    result = qcc.compile(model, target="ort", calibration=_calibration(model), tolerance=BOUND)
+    selection = result.report["mode_selection"]
+    assert "only with nodes kept float" in selection["why"]
+    errors = selection["artifact_error"]
+    assert selection["chosen"] == min(errors, key=errors.get) and errors["static"] <= BOUND
+
+
 def test_the_dynamic_fallback_reads_a_one_shot_iterator_once():
     model = _sensitive_model()
     feeds = [{"x": x} for x in _calibration(model)["x"]]
