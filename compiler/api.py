@@ -31,7 +31,7 @@ def compile(  # noqa: A001 - the public name users expect
     tolerance_metric: str = "cosine",
     bias_correction: bool = False,
     equalize: bool | None = None,
-    weight_rounding: str = "gptq",
+    weight_rounding: str = "auto",
     progress: Progress = no_progress,
 ) -> CompileResult:
     """Compiles a float ONNX model into an int8 model for one runtime.
@@ -67,9 +67,11 @@ def compile(  # noqa: A001 - the public name users expect
             the calibration data, from its bias.
         equalize: cross-layer equalization of consecutive convolutions; None: only with
             ``per_channel=False``, where one scale per weight tensor needs it.
-        weight_rounding: ``"gptq"`` (default): round each Conv/MatMul/Gemm weight so that its
-            layer's output on the calibration inputs moves least (``report["weight_rounding"]``
-            says which layers and by how much); ``"nearest"``: every weight to its nearest level.
+        weight_rounding: ``"gptq"``: round each Conv/MatMul/Gemm weight so that its layer's output
+            on the calibration inputs moves least (``report["weight_rounding"]`` says which layers
+            and by how much); ``"nearest"``: every weight to its nearest level; ``"auto"``
+            (default): gptq, and where ``tolerance`` needs nodes kept float, nearest too, keeping
+            the artifact closer to fp32 (``report["rounding_selection"]``).
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:

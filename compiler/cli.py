@@ -170,9 +170,10 @@ def compile(  # noqa: A001 - the subcommand's name
         typer.Option(
             "--weight-rounding",
             help="gptq: round each layer's weights so its output on the calibration data moves least "
-            "(each rounding error compensated in the weights not yet rounded); nearest: plain rounding.",
+            "(each rounding error compensated in the weights not yet rounded); nearest: plain rounding; "
+            "auto: gptq, and nearest too when --tolerance needs nodes kept float (the closer one is kept).",
         ),
-    ] = WeightRounding.GPTQ,
+    ] = WeightRounding.AUTO,
     calib_cache: Annotated[
         Optional[Path],
         typer.Option("--calib-cache", help="trt only: also write TensorRT's implicit-INT8 calibration cache here."),

@@ -31,6 +31,7 @@ from qcc.errors import CalibrationDataError
 Feed = dict[str, np.ndarray]
 CalibrationSource = Union[str, os.PathLike, Mapping[str, np.ndarray], Iterable[Mapping[str, np.ndarray]]]
 
+SPREAD = 8  # samples evenly spaced over the source that spread() can return, for checks on a few
 _INDEXED_KEY = re.compile(r"^(\d+)/(.+)$")
 
 
@@ -64,6 +65,7 @@ class CalibrationData:
         self.max_samples = max_samples
         self._origin = "calibration data"
         self._head: list[Feed] = []
+        self._spread: dict[int, Feed] = {}  # SPREAD samples evenly spaced over a source of known length
         if isinstance(source, (str, os.PathLike)):
             self._origin = os.fspath(source)
             self._raw = _open_npz(self._origin)
@@ -98,18 +100,40 @@ class CalibrationData:
             return
         self._consumed = True
         count = 0
+        stride, spread = 1, {}  # every stride-th sample is kept; doubled whenever more than 2 SPREAD are
         for index, raw in enumerate(self._raw):
             if self.max_samples is not None and count >= self.max_samples:
                 break
             feed = self._validate(index, raw)
             if len(self._head) < 8:
                 self._head.append(feed)
+            if index % stride == 0:
+                spread[index] = feed
+                if len(spread) > 2 * SPREAD:
+                    stride *= 2
+                    spread = {i: f for i, f in spread.items() if i % stride == 0}
             count += 1
             yield feed
         if count == 0:
             raise CalibrationDataError(
                 f"{self._origin} holds no samples.", "provide at least one sample for every input."
             )
+        self._spread = spread  # only once the whole source was read
+
+    def spread(self, n: int) -> list[Feed]:
+        """Returns up to ``n`` (at most ``SPREAD``) samples evenly spaced over the source (from
+        every 2^k-th sample, kept while reading it; at most 2 SPREAD held), so that a check on a
+        few samples sees the data's variety, not only its first samples; the same for a list and
+        a one-shot iterator."""
+        if not self._spread:
+            if self._consumed and not self._reiterable:
+                return self.head(n)  # read part way once (not by qcc's passes, which read it whole)
+            for _ in self:
+                pass
+        chosen = sorted(self._spread)
+        if len(chosen) > n:
+            chosen = [chosen[round(i * (len(chosen) - 1) / (n - 1))] for i in range(n)] if n > 1 else chosen[:1]
+        return [self._spread[i] for i in chosen]
 
     def head(self, n: int) -> list[Feed]:
         """Returns up to ``n`` (at most 8) samples, reading the source if it was not read yet."""

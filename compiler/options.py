@@ -47,6 +47,7 @@ class Precision(str, enum.Enum):
 class WeightRounding(str, enum.Enum):
     """How weights are rounded onto their int8 grid (see passes/weight_rounding.py)."""
 
+    AUTO = "auto"  # gptq; when the compile needs mixed precision, also nearest, keeping the closer artifact
     GPTQ = "gptq"  # each rounding error compensated in the layer's later weights, by the calibration inputs
     NEAREST = "nearest"  # each weight to its nearest level
 
@@ -100,9 +101,11 @@ class CompileOptions:
             (``passes/bias_correction.py``; off by default: it lowers PP-OCRv5's fidelity).
         equalize: cross-layer equalization of consecutive convolutions (``passes/equalize.py``);
             None: only with per-tensor weights, where it helps.
-        weight_rounding: ``gptq`` (default): int8 weights of Conv/MatMul/Gemm rounded so that the
-            layer's output on the calibration inputs moves least (``passes/weight_rounding.py``);
-            ``nearest``: every weight to its nearest level.
+        weight_rounding: ``gptq``: int8 weights of Conv/MatMul/Gemm rounded so that the layer's
+            output on the calibration inputs moves least (``passes/weight_rounding.py``);
+            ``nearest``: every weight to its nearest level; ``auto`` (default): gptq, and where the
+            compile needs nodes kept float for ``tolerance``, nearest too, keeping the artifact
+            closer to fp32 on the calibration samples.
     """
 
     target: str = "ort"
@@ -122,7 +125,7 @@ class CompileOptions:
     tolerance_metric: ToleranceMetric = ToleranceMetric.COSINE
     bias_correction: bool = False
     equalize: bool | None = None
-    weight_rounding: WeightRounding = WeightRounding.GPTQ
+    weight_rounding: WeightRounding = WeightRounding.AUTO
 
     def __post_init__(self) -> None:
         for name, kind in _ENUM_FIELDS.items():

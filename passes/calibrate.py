@@ -179,7 +179,7 @@ class CalibratePass(QccPass):
         if self.ctx.calibration is None:
             raise QccError("calibration data is required to quantize activations.", "pass --calib data.npz.")
         names = [v.name for v in targets]
-        wanted = layers(model.graph) if self.ctx.options.weight_rounding == WeightRounding.GPTQ else {}
+        wanted = layers(model.graph) if self.ctx.options.weight_rounding != WeightRounding.NEAREST else {}
         stats = self._observe(model, names, wanted)
         bad = [name for name, flag in zip(names, stats.nonfinite, strict=True) if flag]
         if bad:

@@ -88,7 +88,7 @@ class MixedPrecisionPass(QccPass):
             return ir.passes.PassResult(model, False)
         if not any(get_quant(v).role == Role.ACTIVATION for v in quantized_values(model.graph)):
             return ir.passes.PassResult(model, False)
-        samples = self.ctx.calibration.head(SAMPLES)
+        samples = self.ctx.calibration.spread(SAMPLES)
         error = _Error(model, samples, options.tolerance_metric)
         worst_of = lambda runs, n=None: max(error.of(runs, n).values())  # noqa: E731
         if self.ctx.calibration_method == CalibrationMethod.AUTO and self.ctx.tensor_methods is None:

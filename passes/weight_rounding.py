@@ -44,7 +44,7 @@ class WeightRoundingPass(QccPass):
     name = "weight-rounding"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.ctx.options.weight_rounding != WeightRounding.GPTQ:
+        if self.ctx.options.weight_rounding == WeightRounding.NEAREST:
             return ir.passes.PassResult(model, False)
         modified = False
         for node in model.graph:

@@ -65,3 +65,19 @@ def test_zero_samples_and_bad_files(tmp_path):
         open_calibration(str(tmp_path / "bad.npz"), SPECS)
     with pytest.raises(qcc.CalibrationDataError, match="does not exist"):
         open_calibration(str(tmp_path / "missing.npz"), SPECS)
+
+
+def test_spread_samples_span_the_data_the_same_for_a_list_and_an_iterator():
+    from qcc.data import SPREAD, CalibrationData
+
+    feeds = [{"x": np.full((1, 2), i, np.float32)} for i in range(40)]
+    specs = [InputSpec("x", np.dtype(np.float32), (1, 2))]
+    picked = {}
+    for kind, source in (("list", feeds), ("iterator", iter(feeds))):
+        data = CalibrationData(source, specs)
+        list(data)  # calibration reads it once
+        picked[kind] = [int(f["x"][0, 0]) for f in data.spread(4)]
+    assert picked["list"] == picked["iterator"]
+    assert picked["list"][0] == 0 and picked["list"][-1] >= 30 and len(picked["list"]) == 4
+    everything = CalibrationData(feeds, specs).spread(SPREAD)
+    assert len(everything) == SPREAD and len({int(f["x"][0, 0]) for f in everything}) == SPREAD

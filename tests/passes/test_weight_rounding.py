@@ -190,3 +190,30 @@ def test_too_few_calibration_rows_round_to_nearest_and_say_why():
     assert report["gptq_layers"] == 0 and report["nearest_layers"] == 1
     assert qcc.compile(model, calibration=calibration, tolerance=None,
                        weight_rounding="nearest").report["weight_rounding"] is None
+
+
+CHAIN = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[8,1,3,3] wd, float[16,8,1,1] wp, float[16,16,1,1] wq, float[16,16,1,1] wr, float[N,8,12,12] x)
+    => (float[N,16,12,12] y) {
+  d = Conv<group=8, pads=[1,1,1,1]>(x, wd)
+  p = Conv(d, wp)
+  q = Conv(p, wq)
+  y = Conv(q, wr)
+}
+"""
+
+
+def test_auto_rounding_tries_nearest_where_the_bound_needs_float_nodes_and_keeps_the_closer():
+    model = build_model(CHAIN, seed=4)
+    calibration = _smooth_images(16, seed=1)
+    result = qcc.compile(model, calibration=calibration, tolerance=1e-5)  # some nodes go float for it
+    assert result.report["mixed_precision"]["kept_float"]
+    selection = result.report["rounding_selection"]
+    errors = selection["artifact_error"]
+    assert selection["chosen"] == min(errors, key=errors.get)
+    assert result.report["options"]["weight_rounding"] == selection["chosen"]
+    # Within the bound without float nodes, or with a rounding the user chose, nothing is tried.
+    assert "rounding_selection" not in qcc.compile(model, calibration=calibration, tolerance=0.5).report
+    assert "rounding_selection" not in qcc.compile(model, calibration=calibration, tolerance=1e-7,
+                                                   weight_rounding="gptq").report
