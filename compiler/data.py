@@ -105,7 +105,7 @@ class CalibrationData:
             if self.max_samples is not None and count >= self.max_samples:
                 break
             feed = self._validate(index, raw)
-            if len(self._head) < 8:
+            if index == len(self._head) < 8:  # a second pass does not add the first samples again
                 self._head.append(feed)
             if index % stride == 0:
                 spread[index] = feed

@@ -168,7 +168,10 @@ def compile_model(
         result = _gptq_or_nearest(model, data, options, progress, statistics, result)
     if not chosen_by_user and backend.spec.dynamic and _dynamic_may_be_closer(loaded.model, options, result.report):
         # --dynamic needs the samples only to verify; a one-shot iterator is spent by now.
-        return _static_or_dynamic(model, data.spread(VERIFY_SAMPLES), options, progress, result)
+        rounding = result.report.get("rounding_selection")
+        result = _static_or_dynamic(model, data.spread(VERIFY_SAMPLES), options, progress, result)
+        if rounding is not None and "rounding_selection" not in result.report:  # the static compiles' choice
+            result.report["rounding_selection"] = {**rounding, "kept": "no: --dynamic won (mode_selection)"}
     return result
 
 
@@ -210,6 +213,7 @@ def _dynamic_may_be_closer(model, options: CompileOptions, report: dict[str, Any
     mixed = report.get("mixed_precision") or {}
     return (
         (mixed.get("met") is False or (mixed.get("met") is True and bool(mixed.get("kept_float"))))
+        and (mixed.get("artifact_error") or 0.0) > 0.0  # all float already: --dynamic cannot be closer
         and not options.dynamic
         and options.precision == Precision.INT8
         and not any(node.op_type in ("Conv", "ConvTranspose") for node in model.graph)

@@ -162,6 +162,19 @@ def test_a_model_without_convolutions_that_needs_float_nodes_for_the_bound_tries
     assert selection["chosen"] == min(errors, key=errors.get) and errors["static"] <= BOUND
 
 
+def test_no_dynamic_compile_when_the_static_one_is_already_all_float():
+    model = build_model("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[32,64] w1, float[64,16] w2, float[N,32] x) => (float[N,16] y) {
+  a = MatMul(x, w1)
+  y = MatMul(a, w2)
+}
+""")
+    result = qcc.compile(model, target="ort", calibration=random_feeds(model, 8, batch=4), tolerance=1e-7)
+    assert result.report["mixed_precision"]["artifact_error"] == 0.0  # every node kept float
+    assert "mode_selection" not in result.report  # so --dynamic could not be closer: not tried
+
+
 def test_the_dynamic_fallback_reads_a_one_shot_iterator_once():
     model = _sensitive_model()
     feeds = [{"x": x} for x in _calibration(model)["x"]]

@@ -217,3 +217,22 @@ def test_auto_rounding_tries_nearest_where_the_bound_needs_float_nodes_and_keeps
     assert "rounding_selection" not in qcc.compile(model, calibration=calibration, tolerance=0.5).report
     assert "rounding_selection" not in qcc.compile(model, calibration=calibration, tolerance=1e-7,
                                                    weight_rounding="gptq").report
+
+
+def test_the_rounding_choice_stays_in_the_report_when_dynamic_wins():
+    model = build_model("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[32,64] w1, float[64,32] w2, float[32,32] w3, float[N,20,32] x) => (float[N,20,32] y) {
+  a = MatMul(x, w1)
+  t = Tanh(a)
+  b = MatMul(t, w2)
+  y = MatMul(b, w3)
+}
+""")
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(4, 32))
+    feeds = [{"x": ((rng.normal(size=(1, 20, 4)) @ basis + 0.1 * rng.normal(size=(1, 20, 32))) * 10.0 ** (i % 3 - 1))
+              .astype(np.float32)} for i in range(40)]  # ranges that differ by 100x: static ranges lose
+    report = qcc.compile(model, target="ort", calibration=feeds, tolerance=3e-4).report
+    assert report["mode_selection"]["chosen"] == "dynamic"
+    assert report["rounding_selection"]["kept"].startswith("no: --dynamic won")
