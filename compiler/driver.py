@@ -175,12 +175,17 @@ def compile_model(
     return result
 
 
+def _needed_float_nodes(report: dict[str, Any]) -> bool:
+    """The compile missed the tolerance, or met it only by keeping nodes float."""
+    mixed = report.get("mixed_precision") or {}
+    return mixed.get("met") is False or (mixed.get("met") is True and bool(mixed.get("kept_float")))
+
+
 def _nearest_may_be_closer(report: dict[str, Any]) -> bool:
     """GPTQ rounded some layers and the compile needed nodes kept float for the tolerance: there,
     activation rounding dominates, and GPTQ's weights (fitted to float inputs) may do worse than
     nearest rounding (MobileNetV2: eval cosine 0.9868 vs 0.9912)."""
-    mixed, rounding = report.get("mixed_precision") or {}, report.get("weight_rounding") or {}
-    return bool(rounding.get("gptq_layers")) and (mixed.get("met") is False or bool(mixed.get("kept_float")))
+    return bool((report.get("weight_rounding") or {}).get("gptq_layers")) and _needed_float_nodes(report)
 
 
 def _gptq_or_nearest(
@@ -191,18 +196,9 @@ def _gptq_or_nearest(
     artifact is closer to fp32 on the calibration samples (GPTQ's on a tie)."""
     nearest = compile_model(model, data, dataclasses.replace(options, weight_rounding=WeightRounding.NEAREST),
                             progress, statistics)
-    errors = {
-        "gptq": gptq.report["mixed_precision"]["artifact_error"],
-        "nearest": nearest.report["mixed_precision"]["artifact_error"],
-    }
-    best = nearest if errors["nearest"] is not None and errors["nearest"] < errors["gptq"] else gptq
-    best.report["options"]["weight_rounding"] = "nearest" if best is nearest else "gptq"  # what made it
-    best.report["rounding_selection"] = {
-        "chosen": "nearest" if best is nearest else "gptq",
-        "metric": options.tolerance_metric.value,
-        "artifact_error": errors,
-        "why": "the GPTQ compile needed nodes kept float for --tolerance, so nearest rounding was tried",
-    }
+    why = "the GPTQ compile needed nodes kept float for --tolerance, so nearest rounding was tried"
+    best = _keep_closer(options, "rounding_selection", {"gptq": gptq, "nearest": nearest}, why)
+    best.report["options"]["weight_rounding"] = best.report["rounding_selection"]["chosen"]  # what made it
     return best
 
 
@@ -210,10 +206,9 @@ def _dynamic_may_be_closer(model, options: CompileOptions, report: dict[str, Any
     """A static compile that missed the tolerance, or met it only by keeping nodes float, of a model
     without convolutions (a transformer: static activation ranges lose most at LayerNorm
     outliers), on a target with ``--dynamic``."""
-    mixed = report.get("mixed_precision") or {}
     return (
-        (mixed.get("met") is False or (mixed.get("met") is True and bool(mixed.get("kept_float"))))
-        and (mixed.get("artifact_error") or 0.0) > 0.0  # all float already: --dynamic cannot be closer
+        _needed_float_nodes(report)
+        and ((report.get("mixed_precision") or {}).get("artifact_error") or 0.0) > 0.0  # all float: can't be closer
         and not options.dynamic
         and options.precision == Precision.INT8
         and not any(node.op_type in ("Conv", "ConvTranspose") for node in model.graph)
@@ -228,18 +223,26 @@ def _static_or_dynamic(
     """Compiles with ``--dynamic`` too and keeps whichever artifact is closer to fp32 on the same
     calibration samples (the static one on a tie); the report's ``mode_selection`` says why."""
     dynamic = compile_model(model, calibration, dataclasses.replace(options, dynamic=True, method=None), progress)
+    missed = static.report["mixed_precision"]["met"] is False
+    why = (f"the static compile {'missed --tolerance' if missed else 'met --tolerance only with nodes kept float'}"
+           " on a model without convolutions, so --dynamic was tried")
+    return _keep_closer(options, "mode_selection", {"static": static, "dynamic": dynamic}, why)
+
+
+def _keep_closer(
+    options: CompileOptions, section: str, candidates: dict[str, CompileResult], why: str
+) -> CompileResult:
+    """Of two compiles, the one whose artifact is closer to fp32 on the calibration samples (by the
+    tolerance's metric; the first on a tie), with ``report[section]`` saying which, how close and why."""
     errors = {
-        "static": static.report["mixed_precision"]["artifact_error"],
-        "dynamic": mixed_precision_section(None, dynamic.report["verify"], options)["artifact_error"],
+        name: mixed_precision_section(None, result.report["verify"], options)["artifact_error"]
+        for name, result in candidates.items()
     }
-    best = dynamic if errors["dynamic"] is not None and errors["dynamic"] < errors["static"] else static
-    best.report["mode_selection"] = {
-        "chosen": "dynamic" if best is dynamic else "static",
-        "metric": options.tolerance_metric.value,
-        "artifact_error": errors,
-        "why": ("the static compile " + ("missed --tolerance" if static.report["mixed_precision"]["met"] is False
-                                          else "met --tolerance only with nodes kept float")
-                + " on a model without convolutions, so --dynamic was tried"),
+    first, second = candidates
+    chosen = second if errors[second] is not None and errors[second] < errors[first] else first
+    best = candidates[chosen]
+    best.report[section] = {
+        "chosen": chosen, "metric": options.tolerance_metric.value, "artifact_error": errors, "why": why,
     }
     return best
 

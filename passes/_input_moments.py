@@ -29,10 +29,10 @@ MAX_SAMPLES = 32  # calibration samples folded in; H of the first 32 images is a
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
-    """A layer whose weight rounding may use its input moments.
+    """What a layer's weight multiplies: layers with equal ``Layer`` (Q, K and V reading one
+    LayerNorm output) have equal input moments.
 
     Attributes:
-        node: the node's name.
         data: its data input's name (what calibration observes).
         op: ``Conv``, ``MatMul`` or ``Gemm``.
         groups: convolution groups (1 otherwise).
@@ -41,7 +41,6 @@ class Layer:
         columns: inputs per group that each output row multiplies.
     """
 
-    node: str
     data: str
     op: str
     groups: int = 1
@@ -140,11 +139,11 @@ def _layer(node: ir.Node) -> Layer | None:
     if not quant.dtype.is_integer() or len(weight.uses()) != 1 or weight.is_graph_output():
         return None
     if node.op_type == "MatMul":
-        return Layer(node.name, data.name, "MatMul", columns=array.shape[0]) if array.ndim == 2 else None
+        return Layer(data.name, "MatMul", columns=array.shape[0]) if array.ndim == 2 else None
     if node.op_type == "Gemm":
         if attr_int(node, "transA", 0) or array.ndim != 2:
             return None
-        return Layer(node.name, data.name, "Gemm", columns=array.shape[1 if attr_int(node, "transB", 0) else 0])
+        return Layer(data.name, "Gemm", columns=array.shape[1 if attr_int(node, "transB", 0) else 0])
     return _conv(node, data, array)
 
 
@@ -164,6 +163,6 @@ def _conv(node: ir.Node, data: ir.Value, array: np.ndarray) -> Layer | None:
     kernel = tuple(array.shape[2:]) if array.ndim == 4 else (1, array.shape[2])
     groups = attr_int(node, "group", 1)
     return Layer(
-        node.name, data.name, "Conv", groups=groups, kernel=kernel, pads=tuple(pads), strides=tuple(strides),
+        data.name, "Conv", groups=groups, kernel=kernel, pads=tuple(pads), strides=tuple(strides),
         dilations=tuple(dilations), columns=int(np.prod(array.shape[1:])),
     )

@@ -65,20 +65,24 @@ class CalibrationStats:
         self.channel_sums: dict[str, np.ndarray] = {}
         self.channel_counts: dict[str, int] = {}
         self.channel_shapes: dict[str, tuple[int, ...]] = {}  # the last sample's shape
-        # Per layer (node name): the second moment of its weight's inputs (weight rounding).
-        self.moments = {name: InputMoments(layer) for name, layer in (layers or {}).items()}
+        # Per layer (node name): the second moment of its weight's inputs (weight rounding), one
+        # object for the nodes that multiply the same inputs.
+        shared = {layer: InputMoments(layer) for layer in set((layers or {}).values())}
+        self.moments = {name: shared[layer] for name, layer in (layers or {}).items()}
+
+    def _distinct_moments(self) -> list[InputMoments]:
+        return list({id(m): m for m in self.moments.values()}.values())
 
     def layer_inputs(self) -> list[str]:
-        """The layers' data inputs that are not among ``names``: what else calibration observes."""
-        observed = set(self.names)
-        return list(dict.fromkeys(m.layer.data for m in self.moments.values() if m.layer.data not in observed))
+        """The layers' data inputs: what calibration observes for them."""
+        return list(dict.fromkeys(m.layer.data for m in self.moments.values()))
 
     def update_moments(self, arrays: dict[str, np.ndarray]) -> None:
         """Folds one sample of the layers' data inputs (by tensor name) into their moments."""
-        for moments in self.moments.values():
-            array = arrays[moments.layer.data]
-            if np.all(np.isfinite(array)):
-                moments.update(array)
+        finite = {name: bool(np.all(np.isfinite(array))) for name, array in arrays.items()}
+        for moments in self._distinct_moments():
+            if finite[moments.layer.data]:
+                moments.update(arrays[moments.layer.data])
 
     def covers(self, wanted: dict[str, Layer]) -> bool:
         """True if these statistics hold the moments of every wanted layer."""
@@ -122,9 +126,10 @@ class CalibrationStats:
             else:
                 self.channel_sums[name], self.channel_counts[name] = sums.copy(), other.channel_counts[name]
             self.channel_shapes.setdefault(name, other.channel_shapes.get(name, ()))
-        for name, moments in other.moments.items():
-            if name in self.moments:
-                self.moments[name].merge(moments)
+        theirs = {m.layer: m for m in other._distinct_moments()}
+        for moments in self._distinct_moments():
+            if moments.layer in theirs:
+                moments.merge(theirs[moments.layer])
         for mine, theirs in zip(self.histograms, other.histograms, strict=True):
             mine.merge(theirs)
         self.nonfinite |= other.nonfinite
@@ -160,7 +165,7 @@ class CalibrationStats:
     def held_bytes(self) -> int:
         """Bytes of statistics held, independent of the number of samples observed."""
         held = sum(h.pos.nbytes + h.neg.nbytes for h in self.histograms) + self.nonfinite.nbytes
-        return held + sum(m.held_bytes() for m in self.moments.values())
+        return held + sum(m.held_bytes() for m in self._distinct_moments())
 
 
 class CalibratePass(QccPass):
@@ -243,7 +248,8 @@ class CalibratePass(QccPass):
             channel_axes=None if axes is None else {k: v for k, v in axes.items() if k in observed},
             layers=layers,
         )
-        extra = stats.layer_inputs()
+        layer_inputs = stats.layer_inputs()
+        extra = [name for name in layer_inputs if name not in observed]
         sess = session(model, level="basic", what="the float model", extra_outputs=(*names, *extra))
         output_names = [o.name for o in sess.get_outputs()]
         position = {name: i for i, name in enumerate(output_names)}
@@ -261,8 +267,8 @@ class CalibratePass(QccPass):
                     "check that the sample's shapes are ones the model accepts.",
                 ) from None
             stats.update([np.asarray(outputs[i]) for i in wanted])
-            if stats.moments:
-                stats.update_moments({name: np.asarray(outputs[position[name]]) for name in (*names, *extra)})
+            if layer_inputs:
+                stats.update_moments({name: np.asarray(outputs[position[name]]) for name in layer_inputs})
             count += 1
             self.ctx.progress("calibrate", count, total)
         logger.info("calibrated %d tensors on %d samples", len(names), count)

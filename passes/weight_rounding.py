@@ -63,7 +63,7 @@ class WeightRoundingPass(QccPass):
         qmin, qmax = qrange(quant.dtype)
         if quant.symmetric and qmin < 0:
             qmin = -qmax  # symmetric weights use -127..127 (TensorRT requires it)
-        nearest = np.clip(np.rint(matrix / scale[..., None]) + zero_point[..., None], qmin, qmax)
+        nearest = _levels(matrix, scale[..., None], zero_point[..., None], qmin, qmax)
         hessian = moments.sums / max(moments.rows, 1)
         nearest_error = _output_error(nearest, matrix, scale, zero_point, hessian)
         if moments.rows < ROWS_PER_COLUMN * layer.columns:
@@ -81,8 +81,8 @@ class WeightRoundingPass(QccPass):
             set_rounding(node, Rounding("nearest", nearest_error, nearest_error, "GPTQ was not closer"))
             return False
         set_rounding(node, Rounding("gptq", error, nearest_error))
-        values = (levels - zero_point[..., None]) * scale[..., None]
         set_float_value(weight, array)
+        values = _values(levels, scale[..., None], zero_point[..., None])
         weight.const_value = ir.Tensor(restore(values).astype(np.float32), name=weight.name)
         return True
 
@@ -110,9 +110,9 @@ def gptq(
         errors = np.empty((groups, w.shape[1], end - start))
         for i in range(start, end):
             column = w[:, :, i : i + 1]
-            level = np.clip(np.rint(column / s) + z, qmin, qmax)
+            level = _levels(column, s, z, qmin, qmax)
             levels[:, :, i : i + 1] = level
-            error = (column - (level - z) * s)[:, :, 0] / upper[:, i, i][:, None]
+            error = (column - _values(level, s, z))[:, :, 0] / upper[:, i, i][:, None]
             w[:, :, i + 1 : end] -= error[:, :, None] * upper[:, None, i, i + 1 : end]
             errors[:, :, i - start] = error
         if end < columns:
@@ -124,8 +124,18 @@ def _output_error(
     levels: np.ndarray, weight: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, hessian: np.ndarray
 ) -> float:
     """Mean squared output change per row, ``tr(dW H dW^T) / rows``, of rounding to ``levels``."""
-    delta = (levels - zero_point[..., None]) * scale[..., None] - weight
+    delta = _values(levels, scale[..., None], zero_point[..., None]) - weight
     return float(np.sum((delta @ hessian) * delta) / (delta.shape[0] * delta.shape[1]))
+
+
+def _levels(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
+    """The nearest level of each value (as float64), saturated."""
+    return np.clip(np.rint(x / scale) + zero_point, qmin, qmax)
+
+
+def _values(levels: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    """What the levels stand for."""
+    return (levels - zero_point) * scale
 
 
 def _as_rows(node: ir.Node, array: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, groups: int):

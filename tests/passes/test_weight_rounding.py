@@ -133,11 +133,11 @@ def test_rounded_weights_sit_on_their_grid_and_the_artifact_stores_them():
     ("shape", "weight", "attributes", "layer"),
     [
         ((2, 6, 9, 11), (4, 3, 3, 3), {"group": 2, "pads": [1, 0, 2, 1], "strides": [2, 1], "dilations": [2, 1]},
-         Layer("c", "x", "Conv", groups=2, kernel=(3, 3), pads=(1, 0, 2, 1), strides=(2, 1), dilations=(2, 1),
+         Layer("x", "Conv", groups=2, kernel=(3, 3), pads=(1, 0, 2, 1), strides=(2, 1), dilations=(2, 1),
                columns=27)),
         ((1, 4, 10), (6, 4, 3), {"pads": [1, 1]},
-         Layer("c", "x", "Conv", kernel=(1, 3), pads=(0, 1, 0, 1), columns=12)),
-        ((2, 4, 5, 6), (6, 2, 1, 1), {"group": 2}, Layer("c", "x", "Conv", groups=2, columns=2)),
+         Layer("x", "Conv", kernel=(1, 3), pads=(0, 1, 0, 1), columns=12)),
+        ((2, 4, 5, 6), (6, 2, 1, 1), {"group": 2}, Layer("x", "Conv", groups=2, columns=2)),
     ],
     ids=["2-d grouped strided dilated", "1-d", "pointwise grouped"],
 )
@@ -157,7 +157,7 @@ def test_conv_rows_times_the_weight_are_the_conv_output(shape, weight, attribute
 
 
 def test_input_moments_merge_equals_whole_and_hold_a_fixed_size():
-    layer = Layer("m", "x", "MatMul", columns=8)
+    layer = Layer("x", "MatMul", columns=8)
     rng = np.random.default_rng(0)
     samples = [rng.normal(size=(3, 8)).astype(np.float32) for _ in range(10)]
     whole, first, second = InputMoments(layer), InputMoments(layer), InputMoments(layer)
@@ -169,7 +169,7 @@ def test_input_moments_merge_equals_whole_and_hold_a_fixed_size():
     stacked = np.concatenate(samples).astype(np.float64)
     np.testing.assert_allclose(whole.sums[0], stacked.T @ stacked, rtol=1e-5)
     assert first.rows == whole.rows == 30
-    few = InputMoments(Layer("c", "x", "Conv", kernel=(3, 3), pads=(1, 1, 1, 1), columns=27))
+    few = InputMoments(Layer("x", "Conv", kernel=(3, 3), pads=(1, 1, 1, 1), columns=27))
     many = InputMoments(few.layer)
     image = rng.normal(size=(1, 3, 80, 80)).astype(np.float32)  # 6400 positions: sampled down
     few.update(image)
