@@ -146,6 +146,13 @@ class TargetSpec:
         """The activation type ``auto`` resolves to on this host."""
         return ir.DataType.INT8
 
+    def smoothing_mul_runs_float(self, producer: ir.Node | None, options: CompileOptions) -> bool:
+        """True if a Mul inserted on ``producer``'s output (None: a graph input) would run float,
+        ahead of the quantizer of the MatMul/Gemm reading it: SmoothQuant may then divide the
+        tensor's channels there (``passes/smooth_activations.py``). False where the Mul would run
+        int8 on the unsmoothed tensor, which gains nothing."""
+        return False
+
     def float_reason(self, node: ir.Node) -> str | None:
         """Target rule: why this otherwise quantizable node should stay float, or None."""
         return None

@@ -49,6 +49,11 @@ class OrtSpec(TargetSpec):
         # DequantizeLinear with int4 blocks (block_size) is opset 21.
         return 21 if options.precision == Precision.INT4 else 13
 
+    def smoothing_mul_runs_float(self, producer: ir.Node | None, options: CompileOptions) -> bool:
+        # An int8 chain's Mul runs int8 (int8_chains_only); after a float op or with --dynamic it runs float.
+        int8_capable = self.compute_ops | self.int8_ops | self.shared_scale_ops | self.fused_activations
+        return options.dynamic or producer is None or producer.op_type not in int8_capable
+
     def weight_only_reason(self, node: ir.Node) -> str | None:
         # ORT fuses DequantizeLinear(int4) into MatMulNBits for MatMul and plain Gemm only (ORT.md §3).
         if node.op_type != "Gemm":

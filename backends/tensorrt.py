@@ -48,6 +48,9 @@ _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 class TrtSpec(TargetSpec):
     """The ``trt`` spec plus TensorRT's fusion rules (see module docstring)."""
 
+    def smoothing_mul_runs_float(self, producer: ir.Node | None, options: CompileOptions) -> bool:
+        return "Mul" not in self.int8_ops  # a Mul ahead of a MatMul's input Q runs in TensorRT's float pointwise
+
     def default_methods(self, options: CompileOptions) -> tuple[CalibrationMethod, ...]:
         """int8: minmax or ``meanmax``, whichever is closer to fp32 (passes/_clip_range.py).
 

@@ -28,6 +28,7 @@ _CHANNEL_MEAN_KEY = "qcc.channel_mean"
 _FLOAT_VALUE_KEY = "qcc.float_value"
 _MOMENTS_KEY = "qcc.input_moments"
 _ROUNDING_KEY = "qcc.weight_rounding"
+_SMOOTHING_KEY = "qcc.smoothing"
 # The reason every node kept float by the mixed-precision pass starts with.
 MIXED_REASON = "kept float by mixed precision (--tolerance)"
 
@@ -200,6 +201,38 @@ def get_rounding(node: ir.Node) -> Rounding | None:
 def set_rounding(node: ir.Node, rounding: Rounding) -> None:
     """Records how the node's weight was rounded."""
     node.meta[_ROUNDING_KEY] = rounding
+
+
+@dataclasses.dataclass(frozen=True)
+class Smoothing:
+    """How SmoothQuant scaled a MatMul/Gemm's input channels (``passes/smooth_activations.py``).
+
+    Attributes:
+        tensor: the input tensor, as the float model names it.
+        alpha: the migration strength chosen (0: not smoothed).
+        error: the layers' relative output error on the calibration rows with it.
+        unsmoothed: the same error without smoothing.
+        folded_into: where ``1/s`` went: ``LayerNormalization``/``Mul``/``Div`` (the producer's
+            constants), ``Mul (inserted)``, or "" when not smoothed.
+        reason: why the input was not smoothed, or "".
+    """
+
+    tensor: str
+    alpha: float
+    error: float
+    unsmoothed: float
+    folded_into: str = ""
+    reason: str = ""
+
+
+def get_smoothing(node: ir.Node) -> Smoothing | None:
+    """Returns how the smoothing pass treated the node's input, or None."""
+    return node.meta.get(_SMOOTHING_KEY)
+
+
+def set_smoothing(node: ir.Node, smoothing: Smoothing) -> None:
+    """Records how the node's input was smoothed (or why not)."""
+    node.meta[_SMOOTHING_KEY] = smoothing
 
 
 def get_decision(node: ir.Node) -> NodeDecision | None:

@@ -174,6 +174,14 @@ def compile(  # noqa: A001 - the subcommand's name
             "auto: gptq, and nearest too when --tolerance needs nodes kept float (the closer one is kept).",
         ),
     ] = WeightRounding.AUTO,
+    smoothquant: Annotated[
+        bool,
+        typer.Option(
+            "--smoothquant/--no-smoothquant",
+            help="Divide MatMul/Gemm input channels with outliers (transformers' LayerNorm/GELU outputs) by "
+            "factors moved into the weights, where that lowers the layer's int8 error on the calibration data.",
+        ),
+    ] = True,
     calib_cache: Annotated[
         Optional[Path],
         typer.Option("--calib-cache", help="trt only: also write TensorRT's implicit-INT8 calibration cache here."),
@@ -234,6 +242,7 @@ def compile(  # noqa: A001 - the subcommand's name
             bias_correction=bias_correction,
             equalize=equalize,
             weight_rounding=weight_rounding,
+            smoothquant=smoothquant,
         )
         with Progress(
             TextColumn("{task.description:<10}"),

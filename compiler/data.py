@@ -87,6 +87,11 @@ class CalibrationData:
         n = len(self._raw)  # type: ignore[arg-type]
         return n if self.max_samples is None else min(n, self.max_samples)
 
+    @property
+    def reiterable(self) -> bool:
+        """True if the samples can be read more than once (files, dicts, lists; not iterators)."""
+        return self._reiterable
+
     def known_length(self) -> int | None:
         """Returns the number of samples, or None for a one-shot iterator."""
         try:

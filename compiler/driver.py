@@ -167,9 +167,10 @@ def compile_model(
     if options.weight_rounding == WeightRounding.AUTO and _nearest_may_be_closer(report):
         result = _gptq_or_nearest(model, data, options, progress, statistics, result)
     if not chosen_by_user and backend.spec.dynamic and _dynamic_may_be_closer(loaded.model, options, result.report):
-        # --dynamic needs the samples only to verify; a one-shot iterator is spent by now.
+        # --dynamic needs the samples to smooth (all of them) and verify; a one-shot iterator is spent by now.
         rounding = result.report.get("rounding_selection")
-        result = _static_or_dynamic(model, data.spread(VERIFY_SAMPLES), options, progress, result)
+        samples = data if data.reiterable else data.spread(VERIFY_SAMPLES)
+        result = _static_or_dynamic(model, samples, options, progress, statistics, result)
         if rounding is not None and "rounding_selection" not in result.report:  # the static compiles' choice
             result.report["rounding_selection"] = {**rounding, "kept": "no: --dynamic won (mode_selection)"}
     return result
@@ -218,11 +219,13 @@ def _dynamic_may_be_closer(model, options: CompileOptions, report: dict[str, Any
 
 def _static_or_dynamic(
     model: object, calibration: CalibrationSource | None, options: CompileOptions, progress: Progress,
-    static: CompileResult,
+    statistics: dict, static: CompileResult,
 ) -> CompileResult:
     """Compiles with ``--dynamic`` too and keeps whichever artifact is closer to fp32 on the same
     calibration samples (the static one on a tie); the report's ``mode_selection`` says why."""
-    dynamic = compile_model(model, calibration, dataclasses.replace(options, dynamic=True, method=None), progress)
+    dynamic = compile_model(
+        model, calibration, dataclasses.replace(options, dynamic=True, method=None), progress, statistics
+    )
     missed = static.report["mixed_precision"]["met"] is False
     why = (f"the static compile {'missed --tolerance' if missed else 'met --tolerance only with nodes kept float'}"
            " on a model without convolutions, so --dynamic was tried")

@@ -106,6 +106,9 @@ class CompileOptions:
             ``nearest``: every weight to its nearest level; ``auto`` (default): gptq, and where the
             compile needs nodes kept float for ``tolerance``, nearest too, keeping the artifact
             closer to fp32 on the calibration samples.
+        smoothquant: divide MatMul/Gemm input channels with outliers by per-channel factors
+            folded into the weights (and the producer's constants), where that lowers the layer's
+            output error on the calibration data (``passes/smooth_activations.py``).
     """
 
     target: str = "ort"
@@ -126,6 +129,7 @@ class CompileOptions:
     bias_correction: bool = False
     equalize: bool | None = None
     weight_rounding: WeightRounding = WeightRounding.AUTO
+    smoothquant: bool = True
 
     def __post_init__(self) -> None:
         for name, kind in _ENUM_FIELDS.items():

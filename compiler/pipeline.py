@@ -1,6 +1,7 @@
 """The pass pipeline: one explicit, ordered list.
 
-Read it top to bottom: first the float graph is simplified, then the target-specific plan marks
+Read it top to bottom: first the float graph is simplified (and, with data, MatMul inputs are
+smoothed), then the target-specific plan marks
 what is quantized, then parameters are computed in dependency order (weights need nothing,
 activations need calibration, biases need both); last, mixed precision measures the result
 and may ask for a plan with more nodes float. With ``verify_each`` the invariant checker runs
@@ -27,6 +28,7 @@ from qcc.passes.mixed_precision import MixedPrecisionPass
 from qcc.passes.plan import PlanPass
 from qcc.passes.quantize_bias import QuantizeBiasPass
 from qcc.passes.quantize_weights import QuantizeWeightsPass
+from qcc.passes.smooth_activations import SmoothActivationsPass
 from qcc.passes.target_constraints import TargetConstraintsPass
 from qcc.passes.weight_rounding import WeightRoundingPass
 
@@ -34,8 +36,10 @@ logger = logging.getLogger(__name__)
 
 # Graph rewrites that keep the model's float function; the plan works on their result.
 FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, CrossLayerEqualizationPass, FuseMatMulAddPass)
-# Passes that decide and compute the quantization, as annotations.
+# Passes that decide and compute the quantization, as annotations. SmoothQuant comes first: a float
+# rewrite too, but it needs the calibration data that the float passes run without (inspect, plan).
 QUANT_PASSES = (
+    SmoothActivationsPass,
     PlanPass, QuantizeWeightsPass, CalibratePass, WeightRoundingPass, BiasCorrectionPass, ActivationQParamsPass,
     TargetConstraintsPass, QuantizeBiasPass, MixedPrecisionPass,
 )

@@ -26,6 +26,7 @@ from qcc.annotations import (
     get_mixed_precision,
     get_quant,
     get_rounding,
+    get_smoothing,
     quantized_values,
 )
 from qcc.irutils import default_opset
@@ -95,6 +96,7 @@ def build_report(
         "verify": verify,
         "mixed_precision": mixed_precision_section(model, verify, options) if hasattr(options, "tolerance") else None,
         "weight_rounding": weight_rounding_section(model),
+        "smoothing": smoothing_section(model),
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
 
@@ -117,6 +119,27 @@ def weight_rounding_section(model: ir.Model) -> dict[str, Any] | None:
         "layers": {name: {"method": r.method, "error_vs_nearest": r.error / r.nearest if r.nearest else 1.0}
                    for name, r in rounded},
     }
+
+
+def smoothing_section(model: ir.Model) -> dict[str, Any] | None:
+    """The report's ``smoothing`` section: each MatMul/Gemm input the smoothing pass measured, with
+    its migration strength, the layers' output error against unsmoothed, where ``1/s`` went, or
+    why it was left alone. None when the pass did not run (no MatMul/Gemm, ``smoothquant=False``)."""
+    tensors: dict[str, dict[str, Any]] = {}
+    for node in model.graph:
+        smoothing = get_smoothing(node)
+        if smoothing is None:
+            continue
+        entry = tensors.setdefault(smoothing.tensor, {"alpha": smoothing.alpha, "layers": []})
+        entry["layers"].append(node.name)
+        if smoothing.alpha:
+            entry["error_vs_unsmoothed"] = smoothing.error / smoothing.unsmoothed if smoothing.unsmoothed else 1.0
+            entry["folded_into"] = smoothing.folded_into
+        else:
+            entry["reason"] = smoothing.reason
+    if not tensors:
+        return None
+    return {"smoothed": sum(1 for t in tensors.values() if t["alpha"]), "measured": len(tensors), "tensors": tensors}
 
 
 def mixed_precision_section(

@@ -258,14 +258,7 @@ class CalibratePass(QccPass):
         total = calibration.known_length()
         count = 0
         for index, feed in enumerate(calibration):
-            try:
-                outputs = sess.run(output_names, feed)
-            except Exception as exc:  # noqa: BLE001 - ORT raises several exception types
-                first = str(exc).strip().splitlines()[0]
-                raise CalibrationDataError(
-                    f"the float model failed on calibration sample {index}: {first}",
-                    "check that the sample's shapes are ones the model accepts.",
-                ) from None
+            outputs = run_float(sess, output_names, feed, index)
             stats.update([np.asarray(outputs[i]) for i in wanted])
             if layer_inputs:
                 stats.update_moments({name: np.asarray(outputs[position[name]]) for name in layer_inputs})
@@ -274,3 +267,19 @@ class CalibratePass(QccPass):
         logger.info("calibrated %d tensors on %d samples", len(names), count)
         return stats
 
+
+
+def run_float(sess, names: list[str], feed: dict[str, np.ndarray], index: int) -> list[np.ndarray]:
+    """Runs the float model's session on calibration sample ``index``.
+
+    Raises:
+        CalibrationDataError: the model failed on the sample (shapes it does not accept).
+    """
+    try:
+        return [np.asarray(o) for o in sess.run(names, feed)]
+    except Exception as exc:  # noqa: BLE001 - ORT raises several exception types
+        first = str(exc).strip().splitlines()[0]
+        raise CalibrationDataError(
+            f"the float model failed on calibration sample {index}: {first}",
+            "check that the sample's shapes are ones the model accepts.",
+        ) from None

@@ -61,7 +61,8 @@ def _correlated_rows(count, seed):
 def _rounded(model, feeds, **options):
     """The model after the weight rounding pass, and its weights (the values the backend stores)."""
     loaded = load(model)
-    ctx = PassContext(CompileOptions(tolerance=None, **options), get_backend("ort").spec,
+    # (without SmoothQuant, which would scale the weights before they are rounded)
+    ctx = PassContext(CompileOptions(tolerance=None, smoothquant=False, **options), get_backend("ort").spec,
                       open_calibration(feeds, loaded.input_specs()))
     for pass_ in build_passes(ctx):
         pass_(loaded.model)
