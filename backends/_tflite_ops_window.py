@@ -242,6 +242,11 @@ def gemm(lw: Lowering, node: ir.Node) -> None:
         raise unsupported(node, "Gemm with transA or alpha != 1")
     if node.inputs[1].const_value is None:
         raise unsupported(node, "Gemm with a non-constant B")
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is not None and bias.const_value is None:
+        raise unsupported(node, "Gemm with a non-constant C")
+    if bias is not None and attr_float(node, "beta", 1.0) != 1.0:
+        raise unsupported(node, "Gemm with beta != 1")
     trans_b = attr_int(node, "transB", 0)
     _fully_connected(lw, node, (lambda a: a) if trans_b else (lambda a: a.T.copy()), 2)
 

@@ -50,9 +50,23 @@ class OrtSpec(TargetSpec):
         return 21 if options.precision == Precision.INT4 else 13
 
     def smoothing_mul_runs_float(self, producer: ir.Node | None, options: CompileOptions) -> bool:
-        # An int8 chain's Mul runs int8 (int8_chains_only); after a float op or with --dynamic it runs float.
-        int8_capable = self.compute_ops | self.int8_ops | self.shared_scale_ops | self.fused_activations
-        return options.dynamic or producer is None or producer.op_type not in int8_capable
+        # A Mul runs int8 only inside an int8 chain (int8_chains_only): with --dynamic, or when the
+        # producer's chain goes back to a float op (a decomposed LayerNorm's Div) it runs float.
+        return options.dynamic or not self._writes_int8(producer, depth=0)
+
+    def _writes_int8(self, node: ir.Node | None, depth: int) -> bool:
+        """Whether the plan would likely make ``node`` int8: a weighted op, or an int8-capable op
+        whose data inputs all come from such nodes (followed a few ops back; further: assume so)."""
+        if node is None:
+            return False  # a graph input: float
+        if node.op_type in self.compute_ops or depth > 6:
+            return True
+        if node.op_type not in self.int8_ops | self.shared_scale_ops | self.fused_activations:
+            return False
+        data = [v for v in node.inputs if v is not None and v.const_value is None]
+        if node.op_type in self.shared_scale_ops | self.fused_activations:
+            data = data[:1]
+        return bool(data) and all(self._writes_int8(v.producer(), depth + 1) for v in data)
 
     def weight_only_reason(self, node: ir.Node) -> str | None:
         # ORT fuses DequantizeLinear(int4) into MatMulNBits for MatMul and plain Gemm only (ORT.md §3).

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from qcc import frontend
+from qcc.annotations import float_twin
 from qcc.backends import get_backend
 from qcc.context import PassContext
 from qcc.data import CalibrationSource, open_calibration
@@ -69,7 +70,10 @@ def analyze_model(
     quantized = result.artifact.simulation or result.artifact.proto
     backend = get_backend(options.target)
     loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
-    run_pipeline(loaded.model, PassContext(options, backend.spec), float_only=True)
+    if result.annotated is not None:  # the float function the artifact stands for (SmoothQuant's included)
+        loaded.model = float_twin(result.annotated)
+    else:
+        run_pipeline(loaded.model, PassContext(options, backend.spec), float_only=True)
     names = [t for t, info in result.report["tensors"].items() if info["role"] == "activation"]
     readers = _quantizer_outputs(quantized, set(names))
     names = [n for n in names if n in readers]

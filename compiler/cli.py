@@ -184,7 +184,11 @@ def compile(  # noqa: A001 - the subcommand's name
     ] = True,
     calib_cache: Annotated[
         Optional[Path],
-        typer.Option("--calib-cache", help="trt only: also write TensorRT's implicit-INT8 calibration cache here."),
+        typer.Option(
+            "--calib-cache",
+            help="trt only: also write TensorRT's implicit-INT8 calibration cache here "
+            "(turns --smoothquant off: the cache describes the original network's tensors).",
+        ),
     ] = None,
     verify_each: Annotated[
         bool, typer.Option("--verify-each", help="Check IR invariants after every pass (debugging).")
@@ -242,7 +246,7 @@ def compile(  # noqa: A001 - the subcommand's name
             bias_correction=bias_correction,
             equalize=equalize,
             weight_rounding=weight_rounding,
-            smoothquant=smoothquant,
+            smoothquant=smoothquant and calib_cache is None,
         )
         with Progress(
             TextColumn("{task.description:<10}"),

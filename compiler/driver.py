@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from qcc import frontend
 from qcc.annotations import Decision, get_decision
@@ -39,10 +40,14 @@ class CompileResult:
     Attributes:
         artifact: the target artifact (bytes and, for ONNX targets, the ModelProto).
         report: the JSON-serializable report (see ``qcc.report``).
+        annotated: the annotated IR the artifact was emitted from (``annotations.float_twin``
+            of it is the float function the artifact approximates, with qcc's rewrites such as
+            SmoothQuant and its tensor names: what ``qcc analyze`` compares against).
     """
 
     artifact: Artifact
     report: dict[str, Any]
+    annotated: ir.Model | None = dataclasses.field(default=None, repr=False)
 
     @property
     def model(self) -> onnx.ModelProto | None:
@@ -163,14 +168,15 @@ def compile_model(
     report["model"]["source"] = loaded.source
     if options.method == CalibrationMethod.AUTO and options.tolerance is not None:
         report["clip_search"] = dict(sorted((tensor_methods or {}).items()))  # tensor -> method, the rest minmax
-    result = CompileResult(artifact=artifact, report=report)
+    result = CompileResult(artifact=artifact, report=report, annotated=loaded.model)
     if options.weight_rounding == WeightRounding.AUTO and _nearest_may_be_closer(report):
         result = _gptq_or_nearest(model, data, options, progress, statistics, result)
     if not chosen_by_user and backend.spec.dynamic and _dynamic_may_be_closer(loaded.model, options, result.report):
         # --dynamic needs the samples to smooth (all of them) and verify; a one-shot iterator is spent by now.
         rounding = result.report.get("rounding_selection")
-        samples = data if data.reiterable else data.spread(VERIFY_SAMPLES)
-        result = _static_or_dynamic(model, samples, options, progress, statistics, result)
+        samples, smooth = (data, options.smoothquant) if data.reiterable else (data.spread(VERIFY_SAMPLES), False)
+        dynamic_options = dataclasses.replace(options, smoothquant=smooth)  # as the static compile could
+        result = _static_or_dynamic(model, samples, dynamic_options, progress, statistics, result)
         if rounding is not None and "rounding_selection" not in result.report:  # the static compiles' choice
             result.report["rounding_selection"] = {**rounding, "kept": "no: --dynamic won (mode_selection)"}
     return result

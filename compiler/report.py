@@ -122,7 +122,7 @@ def weight_rounding_section(model: ir.Model) -> dict[str, Any] | None:
 
 
 def smoothing_section(model: ir.Model) -> dict[str, Any] | None:
-    """The report's ``smoothing`` section: each MatMul/Gemm input the smoothing pass measured, with
+    """The report's ``smoothing`` section: each MatMul/Gemm input the smoothing pass considered, with
     its migration strength, the layers' output error against unsmoothed, where ``1/s`` went, or
     why it was left alone. None when the pass did not run (no MatMul/Gemm, ``smoothquant=False``)."""
     tensors: dict[str, dict[str, Any]] = {}
@@ -139,7 +139,7 @@ def smoothing_section(model: ir.Model) -> dict[str, Any] | None:
             entry["reason"] = smoothing.reason
     if not tensors:
         return None
-    return {"smoothed": sum(1 for t in tensors.values() if t["alpha"]), "measured": len(tensors), "tensors": tensors}
+    return {"smoothed": sum(1 for t in tensors.values() if t["alpha"]), "considered": len(tensors), "tensors": tensors}
 
 
 def mixed_precision_section(

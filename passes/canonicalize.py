@@ -13,6 +13,8 @@
 * A zero-constant ``Pad`` of the spatial axes that feeds only a ``Conv`` (explicit "same"
   padding, as TensorFlow-style exports write it) becomes the Conv's own ``pads``: the same
   numbers, and no float op between the quantizer and the integer conv.
+* Gemm's ``alpha`` and ``beta`` are folded into a constant B and C: every backend then sees
+  ``A @ B + C`` (TFLite's FULLY_CONNECTED has no factors).
 * Unused nodes and initializers are dropped.
 
 Clip's ``min``/``max`` attributes (opset < 11) are already inputs here: the frontend upgrades
@@ -62,8 +64,26 @@ class CanonicalizePass(QccPass):
                 modified |= _spatial_mean_to_global_pool(graph, node, default_opset(model))
             elif node.op_type == "Pad" and node.domain == "":
                 modified |= _fold_pad_into_conv(graph, node)
+            elif node.op_type == "Gemm" and node.domain == "":
+                modified |= _fold_gemm_factors(graph, node)
         modified |= common.RemoveUnusedNodesPass()(model).modified
         return ir.passes.PassResult(model, modified)
+
+
+def _fold_gemm_factors(graph: ir.Graph, node: ir.Node) -> bool:
+    """Gemm's ``alpha`` into a constant B and ``beta`` into a constant C (each then 1)."""
+    modified = False
+    for index, attr in ((1, "alpha"), (2, "beta")):
+        factor = node.attributes[attr].as_float() if attr in node.attributes else 1.0
+        value = node.inputs[index] if len(node.inputs) > index else None
+        array = const_array(value)
+        if factor == 1.0 or array is None or array.dtype.kind != "f":
+            continue
+        scaled = add_initializer(graph, f"{value.name}_{attr}", (array * factor).astype(array.dtype))
+        node.replace_input_with(index, scaled)
+        node.attributes[attr] = ir.AttrFloat32(attr, 1.0)
+        modified = True
+    return modified
 
 
 def _fold_pad_into_conv(graph: ir.Graph, pad: ir.Node) -> bool:

@@ -7,7 +7,8 @@ dividing input channel ``j`` by ``s_j`` and multiplying row ``j`` of ``W`` by it
 unchanged: ``y = (x diag(s)^-1) (diag(s) W)``. With ``s_j = max|x_j|^a / max|W_j|^(1-a)``
 (Xiao et al., "SmoothQuant", 2023) the migration strength ``a`` trades the activation's outliers
 for the weight's; per-channel weight scales absorb the larger rows well. Factors below their median
-are raised to it, so a channel that was quiet on the calibration data is not amplified: on
+are raised to it, so a channel that was quiet on the calibration data is not amplified relative to
+the median channel: on
 MiniLM's eval sentences such channels came alive and, amplified, became the new outliers
 (``--dynamic`` eval cosine 0.9930 without the floor, 0.9975 with it, 0.9936 unsmoothed).
 
@@ -20,9 +21,12 @@ the tensor is left alone.
 
 ``1 / s`` then has to be applied to ``x`` where it is made, without changing any other reader:
 
-* into the producer's constants, when the layers are the tensor's only readers:
+* into the producer's constants, when the layers are the tensor's only readers and the producer
+  runs float (where a Mul would, below: an int8 op rounds a per-channel constant per tensor):
   ``LayerNormalization`` over the last axis (scale and bias / ``s``), ``Mul`` by a constant
-  (the constant / ``s``: GELU's final ``* 0.5``) or ``Div`` by a constant (the constant * ``s``);
+  (the constant / ``s``: GELU's final ``* 0.5``), ``Div`` by a constant (the constant * ``s``),
+  or an ``Add``/``Sub`` of a constant after one of these (a decomposed LayerNorm's
+  ``norm * gamma + beta``: both constants / ``s``);
 * else, as an inserted ``Mul(x, 1/s)`` read only by the layers, where the target runs that Mul
   float ahead of the layers' input quantizer (``TargetSpec.smoothing_mul_runs_float``: the
   post-LN transformer's LayerNorm also feeds the residual Add);
@@ -30,8 +34,9 @@ the tensor is left alone.
 
 A float rewrite that needs data: it runs first among the quantization passes, before the plan, so
 that the plan and calibration see the smoothed model. It reads the calibration data once more (at
-most ``MAX_SAMPLES`` samples), so it is skipped for a one-shot iterator, which calibration must
-read whole; the report says so.
+most ``MAX_SAMPLES`` samples, spread over the set), so it is skipped for a one-shot iterator, which
+calibration must read whole; the report says so. (``trt``'s method selection turns an iterator
+into a list first, and smooths.)
 """
 
 from __future__ import annotations
@@ -55,9 +60,11 @@ logger = logging.getLogger(__name__)
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 GAIN = 0.75  # smooth only where the layers' output error falls below this fraction of the unsmoothed one (a clear gain)
-HELD_ROWS = 512  # calibration rows kept per tensor to measure the error on
+HELD_ROWS = 512  # calibration rows kept per tensor to measure the error on (at most)
+HELD_BYTES = 128 << 20  # all tensors' rows together: fewer rows per tensor in a model with many
 MIN_ROWS = 64  # fewer rows (a classifier's Gemm: one per sample): the error on them says too little
 MAX_SAMPLES = 32  # calibration samples read for the channel ranges and rows
+MAX_CHAIN = 4  # Add/Sub of constants followed back to the op whose constants scale the channels
 SCALE_LIMIT = 1e4  # s is kept within [1 / SCALE_LIMIT, SCALE_LIMIT]
 _CACHE = "smooth-activations"  # its key in ctx.statistics: channel statistics and choices by tensor
 
@@ -67,7 +74,8 @@ class ChannelStats:
     uniform sample of at most ``HELD_ROWS`` of its rows (reservoir sampling, fixed seed) with the
     index of the sample each came from (``--dynamic`` quantizes each sample with its own range)."""
 
-    def __init__(self, channels: int, seed: int = 0) -> None:
+    def __init__(self, channels: int, capacity: int = HELD_ROWS, seed: int = 0) -> None:
+        self.capacity = capacity
         self.low = np.full(channels, np.inf, np.float32)
         self.high = np.full(channels, -np.inf, np.float32)
         self.rows = np.empty((0, channels), np.float32)
@@ -85,14 +93,14 @@ class ChannelStats:
             return
         self.low = np.minimum(self.low, rows.min(axis=0, initial=np.inf))
         self.high = np.maximum(self.high, rows.max(axis=0, initial=-np.inf))
-        free = max(HELD_ROWS - len(self.rows), 0)
+        free = max(self.capacity - len(self.rows), 0)
         self.rows = np.concatenate([self.rows, rows[:free]])
         self.sample_of = np.concatenate([self.sample_of, np.full(min(free, len(rows)), self.samples)])
         rest = rows[free:]
-        if len(rest):  # row t (0-based, over all rows seen) replaces a random held row with chance HELD_ROWS / (t + 1)
+        if len(rest):  # row t (0-based, of all rows seen) replaces a random held one with chance capacity / (t + 1)
             index = np.arange(len(rest)) + self.seen + free
             slot = (self._rng.random(len(rest)) * (index + 1)).astype(np.int64)
-            taken = slot < HELD_ROWS
+            taken = slot < self.capacity
             self.rows[slot[taken]] = rest[taken]
             self.sample_of[slot[taken]] = self.samples
         self.seen += len(rows)
@@ -105,11 +113,13 @@ class ChannelStats:
         total = self.seen + other.seen
         if total:
             mine = len(self.rows)
-            if mine + len(other.rows) > HELD_ROWS:  # each side in proportion to the rows it saw
-                mine = min(round(HELD_ROWS * self.seen / total), mine)
-            theirs = min(len(other.rows), HELD_ROWS - mine)
-            self.rows = np.concatenate([self.rows[:mine], other.rows[:theirs]])
-            self.sample_of = np.concatenate([self.sample_of[:mine], other.sample_of[:theirs] + self.samples])
+            if mine + len(other.rows) > self.capacity:  # each side in proportion to the rows it saw
+                mine = min(round(self.capacity * self.seen / total), mine)
+            theirs = min(len(other.rows), self.capacity - mine)
+            keep = np.sort(self._rng.choice(len(self.rows), mine, replace=False))
+            take = np.sort(self._rng.choice(len(other.rows), theirs, replace=False))
+            self.rows = np.concatenate([self.rows[keep], other.rows[take]])
+            self.sample_of = np.concatenate([self.sample_of[keep], other.sample_of[take] + self.samples])
         self.seen = total
         self.samples += other.samples
 
@@ -154,12 +164,14 @@ class SmoothActivationsPass(QccPass):
 
     def _observe(self, model: ir.Model, values: list[ir.Value]) -> dict[str, ChannelStats]:
         names = [v.name for v in values]
-        stats = {v.name: ChannelStats(_channels(v)) for v in values}
+        capacity = int(np.clip(HELD_BYTES // (4 * sum(_channels(v) for v in values)), MIN_ROWS, HELD_ROWS))
+        stats = {v.name: ChannelStats(_channels(v), capacity) for v in values}
         sess = session(model, level="basic", what="the float model", extra_outputs=names)
-        total = self.ctx.calibration.known_length()
-        total = min(total, MAX_SAMPLES) if total is not None else None
-        for index, feed in enumerate(itertools.islice(self.ctx.calibration, MAX_SAMPLES)):
-            for name, array in zip(names, run_float(sess, names, feed, index), strict=True):
+        length = self.ctx.calibration.known_length() or MAX_SAMPLES
+        step = -(-length // MAX_SAMPLES)  # every step-th sample: spread over the whole set
+        total = -(-length // step)
+        for index, feed in enumerate(itertools.islice(self.ctx.calibration, 0, None, step)):
+            for name, array in zip(names, run_float(sess, names, feed, index * step), strict=True):
                 stats[name].update(array)
             self.ctx.progress("smooth", index + 1, total)
         return stats
@@ -170,11 +182,17 @@ class SmoothActivationsPass(QccPass):
         stats: ChannelStats = cache[value.name]
         if not stats.finite:
             return Smoothing(value.name, 0.0, 0.0, 0.0, reason="non-finite calibration values")
-        if len(stats.rows) < MIN_ROWS:
+        if len(stats.rows) < min(MIN_ROWS, stats.capacity):
             reason = f"{len(stats.rows)} calibration rows: too few to measure on"
             return Smoothing(value.name, 0.0, 0.0, 0.0, reason=reason)
-        absorber = _absorber(value, nodes)
-        if absorber is None and not self.ctx.target.smoothing_mul_runs_float(value.producer(), self.ctx.options):
+        runs_float = self.ctx.target.smoothing_mul_runs_float
+        plan = _absorber(value, nodes)
+        if plan is not None and not all(  # a per-channel constant in an int8 op is rounded per tensor
+            node.op_type == "LayerNormalization" or runs_float(_data_input(node).producer(), self.ctx.options)
+            for _, _, node in plan
+        ):
+            plan = None
+        if plan is None and not runs_float(value.producer(), self.ctx.options):
             return Smoothing(value.name, 0.0, 0.0, 0.0, reason="no producer can absorb 1/s and a Mul would run int8")
         matrices = [_matrix(node) for node in nodes]
         digest = hashlib.sha1(b"".join(m.tobytes() for m in matrices)).hexdigest()
@@ -184,10 +202,10 @@ class SmoothActivationsPass(QccPass):
             cache[key] = self._choose(stats, matrices)
         alpha, factors, error, unsmoothed = cache[key]
         if not alpha:
-            return Smoothing(value.name, 0.0, unsmoothed, unsmoothed, reason="no migration strength was closer")
+            return Smoothing(value.name, 0.0, error, unsmoothed, reason="no migration strength was closer")
         for node, matrix in zip(nodes, matrices, strict=True):
             _set_matrix(node, matrix * factors[:, None])
-        folded = _fold(graph, value, nodes, absorber, factors, names)
+        folded = _fold(graph, value, nodes, plan, factors, names)
         return Smoothing(value.name, alpha, error, unsmoothed, folded)
 
     def _choose(self, stats: ChannelStats, matrices: list[np.ndarray]) -> tuple[float, np.ndarray | None, float, float]:
@@ -249,6 +267,8 @@ def _groups(graph: ir.Graph, ctx) -> list[tuple[ir.Value, list[ir.Node]]]:
 def _layer(node: ir.Node, ctx) -> bool:
     if node.op_type not in ("MatMul", "Gemm") or node.op_type not in ctx.target.compute_ops:
         return False
+    if node.domain not in ("", "ai.onnx"):
+        return False
     if node.name in ctx.options.exclude or node.op_type in ctx.options.exclude:
         return False
     if node.op_type == "Gemm" and attr_int(node, "transA", 0):
@@ -280,39 +300,55 @@ def _set_matrix(node: ir.Node, matrix: np.ndarray) -> None:
     _set(node.inputs[1], array)
 
 
-def _absorber(value: ir.Value, nodes: list[ir.Node]) -> str | None:
-    """The producer op that can take ``1/s`` into its constants, or None."""
-    if value.is_graph_output() or value.is_graph_input() or any(u.node not in nodes for u in value.uses()):
+def _absorber(value: ir.Value, nodes: list[ir.Node]) -> list[tuple[ir.Value, bool, ir.Node]] | None:
+    """How the producers can take ``1/s`` into their constants when the layers are the tensor's
+    only readers (as their data input): (constant, divide by s (else multiply), its node) for
+    each, or None."""
+    if value.is_graph_output() or value.is_graph_input():
         return None
+    if not all(u.node in nodes and u.idx == 0 for u in value.uses()):  # Gemm(h, W, h): C reads it too
+        return None
+    return _scaling(value, _channels(value), depth=0)
+
+
+def _scaling(value: ir.Value, channels: int, depth: int) -> list[tuple[ir.Value, bool, ir.Node]] | None:
+    """The constants that scale ``value``'s channels in its producer: a LayerNormalization over the
+    last axis (scale and bias), a Mul by a constant, a Div by a constant, or an Add/Sub of a
+    constant whose other operand (read only there) scales the same way (a decomposed LayerNorm's
+    ``norm * gamma + beta``)."""
     producer = value.producer()
-    if producer is None or producer.outputs[0] is not value:
+    if producer is None or producer.outputs[0] is not value or depth > MAX_CHAIN or value.shape is None:
         return None
-    channels = _channels(value)
-    if producer.op_type == "LayerNormalization":
+    op = producer.op_type
+    if producer.domain not in ("", "ai.onnx"):
+        return None
+    if op == "LayerNormalization":
         rank = len(value.shape)
-        if attr_int(producer, "axis", -1) % rank != rank - 1:
-            return None
         constants = [v for v in producer.inputs[1:3] if v is not None]
-        if all(_private(v) and const_array(v).shape == (channels,) for v in constants):
-            return "LayerNormalization"
+        if attr_int(producer, "axis", -1) % rank == rank - 1 and all(
+            _private(v) and const_array(v).shape == (channels,) for v in constants
+        ):
+            return [(v, True, producer) for v in constants]
         return None
-    if producer.op_type in ("Mul", "Div") and len(producer.inputs) == 2:
-        constant = _scalable_constant(producer, channels)
-        return producer.op_type if constant is not None else None
-    return None
-
-
-def _scalable_constant(producer: ir.Node, channels: int) -> int | None:
-    """Which input of a Mul/Div is a private constant scaling the channels (Div: the divisor)."""
-    candidates = (0, 1) if producer.op_type == "Mul" else (1,)
-    for i in candidates:
-        other = producer.inputs[1 - i]
-        array = const_array(producer.inputs[i])
-        if array is None or const_array(other) is not None or not _private(producer.inputs[i]):
+    if op not in ("Mul", "Div", "Add", "Sub") or len(producer.inputs) != 2:
+        return None
+    for i in (0, 1) if op != "Div" else (1,):  # Div: only the divisor
+        constant, other = producer.inputs[i], producer.inputs[1 - i]
+        array = const_array(constant)
+        if array is None or const_array(other) is not None or not _private(constant):
             continue
-        if array.ndim == 0 or array.shape[-1] in (1, channels):
-            return i
+        if array.ndim > len(value.shape) or (array.ndim and array.shape[-1] not in (1, channels)):
+            continue
+        if op in ("Mul", "Div"):
+            return [(constant, op == "Mul", producer)]
+        inner = _scaling(other, channels, depth + 1) if _private(other) else None
+        return [(constant, True, producer), *inner] if inner is not None else None
     return None
+
+
+def _data_input(node: ir.Node) -> ir.Value:
+    """The operand of a Mul/Div/Add/Sub by a constant that is not the constant."""
+    return next(v for v in node.inputs if v is not None and const_array(v) is None)
 
 
 def _private(value: ir.Value) -> bool:
@@ -320,22 +356,20 @@ def _private(value: ir.Value) -> bool:
 
 
 def _fold(
-    graph: ir.Graph, value: ir.Value, nodes: list[ir.Node], absorber: str | None, factors: np.ndarray,
+    graph: ir.Graph,
+    value: ir.Value,
+    nodes: list[ir.Node],
+    plan: list[tuple[ir.Value, bool, ir.Node]] | None,
+    factors: np.ndarray,
     names: NameAllocator,
 ) -> str:
-    """Applies ``x / s`` at the producer (or an inserted Mul); returns where."""
-    producer = value.producer()
-    if absorber == "LayerNormalization":
-        for v in producer.inputs[1:3]:
-            if v is not None:
-                _set(v, const_array(v) / factors)
-        return absorber
-    if absorber in ("Mul", "Div"):
-        i = _scalable_constant(producer, factors.shape[0])
-        array = const_array(producer.inputs[i])
-        wide = np.broadcast_to(array, (*array.shape[:-1], factors.shape[0]) if array.ndim else factors.shape)
-        _set(producer.inputs[i], wide / factors if absorber == "Mul" else wide * factors)
-        return absorber
+    """Applies ``x / s`` in the producers' constants (or an inserted Mul); returns where."""
+    if plan is not None:
+        for constant, divide, _ in plan:
+            array = const_array(constant)
+            wide = np.broadcast_to(array, (*array.shape[:-1], factors.shape[0]) if array.ndim else factors.shape)
+            _set(constant, wide / factors if divide else wide * factors)
+        return "+".join(dict.fromkeys(node.op_type for _, _, node in plan))
     inverse = add_initializer(graph, names.new(f"{value.name}_smoothing"), (1 / factors).astype(np.float32))
     mul = ir.node("Mul", [value, inverse], name=names.new(f"{value.name}_smooth"))
     smoothed = mul.outputs[0]

@@ -104,3 +104,26 @@ def test_zero_pad_folds_into_the_conv(pads, value, folded):
     assert op_types(result) == (["Conv"] if folded else ["Pad", "Conv"])
     feed = random_feeds(model, 1)[0]
     np.testing.assert_allclose(run(to_proto(result), feed)[0], run(model, feed)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_factors_fold_into_its_constants_and_tflite_computes_them():
+    import qcc
+
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[16,8] w, float[8] b, float[4,16] x) => (float[4,8] y) {
+          y = Gemm<alpha=0.5, beta=3.0>(x, w, b)
+        }
+        """,
+    )
+    result = float_passes(model, CanonicalizePass)
+    gemm = next(iter(result.graph))
+    assert gemm.attributes["alpha"].as_float() == 1.0 and gemm.attributes["beta"].as_float() == 1.0
+    feed = random_feeds(model, 1)[0]
+    np.testing.assert_allclose(run(to_proto(result), feed)[0], run(model, feed)[0], rtol=1e-5, atol=1e-5)
+    feeds = random_feeds(model, 8)
+    for target in ("ort", "trt", "tflite"):  # tflite's FULLY_CONNECTED ignored beta before
+        compiled = qcc.compile(model, target=target, calibration=feeds, tolerance=None)
+        assert compiled.report["verify"]["ok"]
+        assert min(o["cosine_min"] for o in compiled.report["verify"]["fidelity"]["outputs"].values()) > 0.999

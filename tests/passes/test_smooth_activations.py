@@ -32,6 +32,19 @@ g (float[1,16,32] x, float[32] gamma, float[32] beta, float[32,48] wq, float[32,
 # (o is an output too: the residual would hide the projections' error.)
 # Pre-LN: only the projections read the LayerNorm output; the residual reads x.
 PRE_LN = POST_LN.replace("y = Add(o, h)", "y = Add(o, x)")
+# The same LayerNorm decomposed (PP-OCRv5's): norm * gamma + beta.
+DECOMPOSED = PRE_LN.replace(
+    "h = LayerNormalization<axis=-1>(x, gamma, beta)",
+    """m = ReduceMean<axes=[-1]>(x)
+  d = Sub(x, m)
+  v = Mul(d, d)
+  vm = ReduceMean<axes=[-1]>(v)
+  e = Add(vm, eps)
+  sd = Sqrt(e)
+  n = Div(d, sd)
+  g = Mul(n, gamma)
+  h = Add(g, beta)""",
+).replace("float[32] beta,", "float[32] beta, float eps,")
 # A Mul by a constant (GELU's final * 0.5) feeding the projection.
 SCALED = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -51,7 +64,7 @@ def _outliers(channels: int = 32) -> np.ndarray:
 
 
 def _model(text: str, **constants) -> object:
-    defaults = {"gamma": _outliers(), "c": _outliers()}
+    defaults = {"gamma": _outliers(), "c": _outliers(), "eps": np.array(1e-5, np.float32)}
     return build_model(text, seed=2, constants={k: v for k, v in {**defaults, **constants}.items() if k in text})
 
 
@@ -69,7 +82,13 @@ def _section(result) -> dict:
 
 @pytest.mark.parametrize(
     ("text", "folded", "inserted"),
-    [(POST_LN, "Mul (inserted)", True), (PRE_LN, "LayerNormalization", False), (SCALED, "Mul", False)],
+    [
+        (POST_LN, "Mul (inserted)", True),
+        (PRE_LN, "LayerNormalization", False),
+        (DECOMPOSED, "Add+Mul", False),
+        (SCALED, "Mul", False),
+    ],
+    ids=["post-ln", "pre-ln", "decomposed-ln", "mul"],
 )
 def test_the_float_function_is_kept_and_1_over_s_goes_where_it_can(text, folded, inserted):
     model = _model(text)
@@ -86,7 +105,7 @@ def test_the_float_function_is_kept_and_1_over_s_goes_where_it_can(text, folded,
 
 
 @pytest.mark.parametrize("target", ["ort", "trt"])
-@pytest.mark.parametrize("text", [POST_LN, SCALED])
+@pytest.mark.parametrize("text", [POST_LN, DECOMPOSED, SCALED], ids=["post-ln", "decomposed-ln", "mul"])
 def test_the_artifact_is_closer_to_fp32_on_held_out_inputs(text, target):
     model = _model(text)
     feeds, held_out = random_feeds(model, 16), random_feeds(model, 6, seed=5)
@@ -181,3 +200,60 @@ def test_a_400x_channel_needs_no_float_node_once_smoothed():
     assert smooth.report["mixed_precision"]["met"] and not smooth.report["mixed_precision"]["kept_float"]
     assert smooth.report["smoothing"]["tensors"]["h2"]["folded_into"] == "Mul (inserted)"
     assert smooth.report["verify"]["ok"]
+
+
+def test_a_layer_that_also_reads_the_tensor_as_its_bias_gets_an_inserted_mul():
+    """Gemm(h, W, h): folding 1/s into the LayerNorm would scale the bias term C too."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[16,32] x, float[32] gamma, float[32] beta, float[32,32] w) => (float[16,32] y) {
+      h = LayerNormalization<axis=-1>(x, gamma, beta)
+      y = Gemm(h, w, h)
+    }
+    """
+    model = build_model(text, seed=2, constants={"gamma": _outliers()})
+    feeds = [{"x": np.random.default_rng(i).normal(0, 1, (16, 32)).astype(np.float32)} for i in range(8)]
+    for target, modified in (("ort", True), ("tflite", False)):  # (tflite can insert no Mul)
+        smoothed, changed = _smoothed(model, feeds, target=target)
+        assert changed == modified
+        for feed in feeds[:3]:
+            np.testing.assert_allclose(run(to_proto(smoothed), feed)[0], run(model, feed)[0], rtol=1e-4, atol=1e-4)
+    result = qcc.compile(model, target="ort", calibration=feeds, tolerance=None)
+    assert result.report["smoothing"]["tensors"]["h"]["folded_into"] == "Mul (inserted)"
+    assert result.report["verify"]["ok"]
+
+
+def test_no_fold_into_a_mul_that_runs_int8():
+    """Between two int8 MatMuls an ort Mul runs int8 (and a tflite one always): a per-channel
+    constant there is rounded per tensor, and the Mul's input still carries the outliers."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,16,32] x, float[32,32] w0, float[] half, float[32,16] w1) => (float[1,16,16] y) {
+      a = MatMul(x, w0)
+      h = Mul(a, half)
+      y = MatMul(h, w1)
+    }
+    """
+    w0 = np.random.default_rng(3).normal(0, 0.2, (32, 32)) * _outliers()[None, :]
+    model = build_model(text, seed=2, constants={"w0": w0, "half": np.array(0.5, np.float32)})
+    feeds = random_feeds(model, 8)
+    for target in ("ort", "tflite"):
+        result = qcc.compile(model, target=target, calibration=feeds, tolerance=None, verify=False)
+        entry = _section(result)
+        assert entry["alpha"] == 0.0 and "would run int8" in entry["reason"], (target, entry)
+    # with --dynamic the Mul runs float: there the constant takes 1/s
+    dynamic = qcc.compile(model, target="ort", calibration=feeds, dynamic=True, verify=False)
+    assert _section(dynamic)["folded_into"] == "Mul"
+
+
+def test_analyze_compares_against_the_smoothed_float_model():
+    from qcc.analyze import analyze_model
+
+    for text in (POST_LN, PRE_LN):
+        model = _model(text)
+        feeds = random_feeds(model, 8)
+        options = CompileOptions(target="ort", tolerance=None)
+        analysis = analyze_model(model, feeds, options)
+        sqnr = {t["name"]: t["sqnr_db"] for t in analysis["tensors"]}
+        assert "h_smoothed" in sqnr if text is POST_LN else "h" in sqnr
+        assert min(sqnr.values()) > 15, sqnr  # int8 tensors: tens of dB; a mismatched reference gives ~0
