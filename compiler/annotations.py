@@ -29,6 +29,7 @@ _FLOAT_VALUE_KEY = "qcc.float_value"
 _MOMENTS_KEY = "qcc.input_moments"
 _ROUNDING_KEY = "qcc.weight_rounding"
 _SMOOTHING_KEY = "qcc.smoothing"
+_REFIT_KEY = "qcc.refit"
 # The reason every node kept float by the mixed-precision pass starts with.
 MIXED_REASON = "kept float by mixed precision (--tolerance)"
 
@@ -225,6 +226,33 @@ class Smoothing:
     reason: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Refit:
+    """What the refit pass did with a layer's weights (``passes/refit_weights.py``).
+
+    Attributes:
+        choice: ``kept`` (its levels stay) or the damping of the fit used (``d=0.1``).
+        error: the chosen weights' output error on held-out calibration samples (two folds).
+        kept_error: the same error with the levels it had.
+        reason: why the layer kept its levels, or "".
+    """
+
+    choice: str
+    error: float
+    kept_error: float
+    reason: str = ""
+
+
+def get_refit(node: ir.Node) -> Refit | None:
+    """Returns what the refit pass did with the node's weights, or None."""
+    return node.meta.get(_REFIT_KEY)
+
+
+def set_refit(node: ir.Node, refit: Refit) -> None:
+    """Records what the refit pass did with the node's weights."""
+    node.meta[_REFIT_KEY] = refit
+
+
 def get_smoothing(node: ir.Node) -> Smoothing | None:
     """Returns how the smoothing pass treated the node's input, or None."""
     return node.meta.get(_SMOOTHING_KEY)
@@ -269,7 +297,7 @@ def clear_annotations(graph: ir.Graph) -> None:
         for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY, _CHANNEL_MEAN_KEY):
             value.meta.pop(key, None)
     for node in graph:
-        for key in (_NODE_KEY, _MOMENTS_KEY, _ROUNDING_KEY):
+        for key in (_NODE_KEY, _MOMENTS_KEY, _ROUNDING_KEY, _REFIT_KEY):
             node.meta.pop(key, None)
         for value in node.outputs:
             for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY, _CHANNEL_MEAN_KEY):

@@ -33,6 +33,7 @@ def compile(  # noqa: A001 - the public name users expect
     equalize: bool | None = None,
     weight_rounding: str = "auto",
     smoothquant: bool = True,
+    refit: bool = True,
     progress: Progress = no_progress,
 ) -> CompileResult:
     """Compiles a float ONNX model into an int8 model for one runtime.
@@ -76,6 +77,8 @@ def compile(  # noqa: A001 - the public name users expect
         smoothquant: divide MatMul/Gemm input channels with outliers by per-channel factors
             moved into the weights (SmoothQuant), per tensor where that lowers the layers' int8
             output error on the calibration data (``report["smoothing"]`` lists them).
+        refit: refit each int8 layer's weights, in graph order, to the quantized model's own
+            inputs so that it reproduces the float model's output (``report["refit"]``).
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -105,5 +108,6 @@ def compile(  # noqa: A001 - the public name users expect
         equalize=equalize,
         weight_rounding=weight_rounding,
         smoothquant=smoothquant,
+        refit=refit,
     )
     return compile_model(model, calibration, options, progress)

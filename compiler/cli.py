@@ -182,6 +182,15 @@ def compile(  # noqa: A001 - the subcommand's name
             "factors moved into the weights, where that lowers the layer's int8 error on the calibration data.",
         ),
     ] = True,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit/--no-refit",
+            help="Refit each int8 layer's weights, in graph order, so that on the quantized model's own inputs "
+            "it reproduces the float model's output (undoing part of the upstream rounding); kept per layer "
+            "only where held-out calibration samples agree.",
+        ),
+    ] = True,
     calib_cache: Annotated[
         Optional[Path],
         typer.Option(
@@ -247,6 +256,7 @@ def compile(  # noqa: A001 - the subcommand's name
             equalize=equalize,
             weight_rounding=weight_rounding,
             smoothquant=smoothquant and calib_cache is None,
+            refit=refit,
         )
         with Progress(
             TextColumn("{task.description:<10}"),

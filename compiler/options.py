@@ -109,6 +109,8 @@ class CompileOptions:
         smoothquant: divide MatMul/Gemm input channels with outliers by per-channel factors
             folded into the weights (and the producer's constants), where that lowers the layer's
             output error on the calibration data (``passes/smooth_activations.py``).
+        refit: refit each int8 layer's weights, in graph order, so that on the quantized model's
+            own inputs it reproduces the float model's output (``passes/refit_weights.py``).
     """
 
     target: str = "ort"
@@ -130,6 +132,7 @@ class CompileOptions:
     equalize: bool | None = None
     weight_rounding: WeightRounding = WeightRounding.AUTO
     smoothquant: bool = True
+    refit: bool = True
 
     def __post_init__(self) -> None:
         for name, kind in _ENUM_FIELDS.items():

@@ -4,7 +4,8 @@ Read it top to bottom: first the float graph is simplified (and, with data, MatM
 smoothed), then the target-specific plan marks
 what is quantized, then parameters are computed in dependency order (weights need nothing,
 activations need calibration, biases need both); last, mixed precision measures the result
-and may ask for a plan with more nodes float. With ``verify_each`` the invariant checker runs
+and may ask for a plan with more nodes float; once the float nodes are settled, the int8 layers'
+weights are refit to the quantized model's own inputs. With ``verify_each`` the invariant checker runs
 after every pass and names the pass that broke an invariant.
 """
 
@@ -28,6 +29,7 @@ from qcc.passes.mixed_precision import MixedPrecisionPass
 from qcc.passes.plan import PlanPass
 from qcc.passes.quantize_bias import QuantizeBiasPass
 from qcc.passes.quantize_weights import QuantizeWeightsPass
+from qcc.passes.refit_weights import RefitWeightsPass
 from qcc.passes.smooth_activations import SmoothActivationsPass
 from qcc.passes.target_constraints import TargetConstraintsPass
 from qcc.passes.weight_rounding import WeightRoundingPass
@@ -41,7 +43,7 @@ FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, CrossLayerEqualizationPass,
 QUANT_PASSES = (
     SmoothActivationsPass,
     PlanPass, QuantizeWeightsPass, CalibratePass, WeightRoundingPass, BiasCorrectionPass, ActivationQParamsPass,
-    TargetConstraintsPass, QuantizeBiasPass, MixedPrecisionPass,
+    TargetConstraintsPass, QuantizeBiasPass, MixedPrecisionPass, RefitWeightsPass,
 )
 
 

@@ -25,6 +25,7 @@ from qcc.annotations import (
     get_decision,
     get_mixed_precision,
     get_quant,
+    get_refit,
     get_rounding,
     get_smoothing,
     quantized_values,
@@ -97,6 +98,7 @@ def build_report(
         "mixed_precision": mixed_precision_section(model, verify, options) if hasattr(options, "tolerance") else None,
         "weight_rounding": weight_rounding_section(model),
         "smoothing": smoothing_section(model),
+        "refit": refit_section(model),
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
 
@@ -118,6 +120,24 @@ def weight_rounding_section(model: ir.Model) -> dict[str, Any] | None:
         "nearest_reasons": dict(collections.Counter(r.reason for _, r in rounded if r.method != "gptq").most_common()),
         "layers": {name: {"method": r.method, "error_vs_nearest": r.error / r.nearest if r.nearest else 1.0}
                    for name, r in rounded},
+    }
+
+
+def refit_section(model: ir.Model) -> dict[str, Any] | None:
+    """The report's ``refit`` section: how many int8 layers were refit to the quantized model's
+    inputs, their held-out output error against their previous levels (geometric mean; < 1:
+    closer), and why the others kept their levels. None when the pass did not run."""
+    refits = [(n.name, r) for n in model.graph if (r := get_refit(n)) is not None]
+    if not refits:
+        return None
+    fitted = [r for _, r in refits if r.choice != "kept" and r.kept_error > 0 and r.error > 0]
+    return {
+        "refit_layers": sum(1 for _, r in refits if r.choice != "kept"),
+        "kept_layers": sum(1 for _, r in refits if r.choice == "kept"),
+        "error_vs_kept": float(np.exp(np.mean([np.log(r.error / r.kept_error) for r in fitted]))) if fitted else None,
+        "kept_reasons": dict(collections.Counter(r.reason for _, r in refits if r.choice == "kept").most_common()),
+        "layers": {name: {"choice": r.choice, "error_vs_kept": r.error / r.kept_error if r.kept_error else 1.0}
+                   for name, r in refits},
     }
 
 

@@ -59,11 +59,9 @@ class WeightRoundingPass(QccPass):
         if array is None or array.dtype != np.float32 or quant.scale is None:
             return False
         layer = moments.layer
-        matrix, scale, zero_point, restore = _as_rows(node, array, quant.scale, quant.zero_point, layer.groups)
-        qmin, qmax = qrange(quant.dtype)
-        if quant.symmetric and qmin < 0:
-            qmin = -qmax  # symmetric weights use -127..127 (TensorRT requires it)
-        nearest = _levels(matrix, scale[..., None], zero_point[..., None], qmin, qmax)
+        matrix, scale, zero_point, restore = as_rows(node, array, quant.scale, quant.zero_point, layer.groups)
+        qmin, qmax = level_range(quant)
+        nearest = levels_of(matrix, scale[..., None], zero_point[..., None], qmin, qmax)
         hessian = moments.sums / max(moments.rows, 1)
         nearest_error = _output_error(nearest, matrix, scale, zero_point, hessian)
         if moments.rows < ROWS_PER_COLUMN * layer.columns:
@@ -82,9 +80,15 @@ class WeightRoundingPass(QccPass):
             return False
         set_rounding(node, Rounding("gptq", error, nearest_error))
         set_float_value(weight, array)
-        values = _values(levels, scale[..., None], zero_point[..., None])
+        values = values_of(levels, scale[..., None], zero_point[..., None])
         weight.const_value = ir.Tensor(restore(values).astype(np.float32), name=weight.name)
         return True
+
+
+def level_range(quant) -> tuple[int, int]:
+    """The levels a weight may take: its type's, -127..127 when symmetric (TensorRT requires it)."""
+    qmin, qmax = qrange(quant.dtype)
+    return (-qmax if quant.symmetric and qmin < 0 else qmin), qmax
 
 
 def gptq(
@@ -110,9 +114,9 @@ def gptq(
         errors = np.empty((groups, w.shape[1], end - start))
         for i in range(start, end):
             column = w[:, :, i : i + 1]
-            level = _levels(column, s, z, qmin, qmax)
+            level = levels_of(column, s, z, qmin, qmax)
             levels[:, :, i : i + 1] = level
-            error = (column - _values(level, s, z))[:, :, 0] / upper[:, i, i][:, None]
+            error = (column - values_of(level, s, z))[:, :, 0] / upper[:, i, i][:, None]
             w[:, :, i + 1 : end] -= error[:, :, None] * upper[:, None, i, i + 1 : end]
             errors[:, :, i - start] = error
         if end < columns:
@@ -124,21 +128,21 @@ def _output_error(
     levels: np.ndarray, weight: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, hessian: np.ndarray
 ) -> float:
     """Mean squared output change per row, ``tr(dW H dW^T) / rows``, of rounding to ``levels``."""
-    delta = _values(levels, scale[..., None], zero_point[..., None]) - weight
+    delta = values_of(levels, scale[..., None], zero_point[..., None]) - weight
     return float(np.sum((delta @ hessian) * delta) / (delta.shape[0] * delta.shape[1]))
 
 
-def _levels(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
+def levels_of(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
     """The nearest level of each value (as float64), saturated."""
     return np.clip(np.rint(x / scale) + zero_point, qmin, qmax)
 
 
-def _values(levels: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+def values_of(levels: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
     """What the levels stand for."""
     return (levels - zero_point) * scale
 
 
-def _as_rows(node: ir.Node, array: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, groups: int):
+def as_rows(node: ir.Node, array: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, groups: int):
     """The weight as (groups, output rows, input columns) in float64 with its scale and zero point
     per row, and the function that puts such a matrix back into the weight's layout."""
     axis = weight_axis(node) % array.ndim
