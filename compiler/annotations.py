@@ -19,6 +19,8 @@ import enum
 import numpy as np
 import onnx_ir as ir
 
+from qcc.quantmath import fake_quantize
+
 _TENSOR_KEY = "qcc.quant"
 _RANGE_KEY = "qcc.range"
 _NODE_KEY = "qcc.decision"
@@ -86,6 +88,12 @@ class TensorQuant:
     zero_point: np.ndarray | None = None
     shared_with: str | None = None
     block_size: int | None = None
+
+    def grid_values(self, array: np.ndarray) -> np.ndarray:
+        """What ``array`` stands for on this tensor's grid, ``DQ(Q(array))`` as float32 (per
+        channel or per tensor; not blocks)."""
+        axis = self.axis if np.ndim(self.scale) == 1 else None
+        return fake_quantize(array, self.scale, self.zero_point, axis, self.dtype)
 
 
 @dataclasses.dataclass

@@ -18,6 +18,7 @@ but another width (float64 for float32) are cast.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import zipfile
@@ -139,6 +140,16 @@ class CalibrationData:
         if len(chosen) > n:
             chosen = [chosen[round(i * (len(chosen) - 1) / (n - 1))] for i in range(n)] if n > 1 else chosen[:1]
         return [self._spread[i] for i in chosen]
+
+    def spaced(self, n: int) -> Iterator[tuple[int, Feed]]:
+        """Yields up to ``n`` (index, sample) pairs evenly spaced over the source: every
+        ``ceil(len / n)``-th sample of a reiterable source (read again; at most ``n`` held at a
+        time: one), or, for a one-shot iterator read already, its ``spread(n)`` samples."""
+        if not self._reiterable:
+            yield from enumerate(self.spread(n))
+            return
+        step = -(-(self.known_length() or n) // n)
+        yield from itertools.islice(enumerate(self), 0, None, step)
 
     def head(self, n: int) -> list[Feed]:
         """Returns up to ``n`` (at most 8) samples, reading the source if it was not read yet."""

@@ -27,7 +27,6 @@ from qcc.annotations import Decision, get_channel_mean, get_decision, get_float_
 from qcc.irutils import attr_float, attr_int, const_array
 from qcc.optable import WEIGHT_INPUT
 from qcc.passes._base import QccPass
-from qcc.quantmath import fake_quantize
 from qcc.runtime import session
 
 
@@ -78,11 +77,8 @@ def _shift(node: ir.Node) -> np.ndarray | None:
     if quant is None or quant.scale is None or quant.block_size is not None or measured is None or array is None:
         return None
     mean, shape = measured
-    axis = quant.axis if quant.scale.ndim == 1 else None
     original = get_float_value(weight)  # weight-rounding may have put the weight on its grid already
-    error = fake_quantize(array, quant.scale, quant.zero_point, axis, quant.dtype).astype(np.float64) - (
-        array if original is None else original
-    )
+    error = quant.grid_values(array).astype(np.float64) - (array if original is None else original)
     if node.op_type == "Conv":
         groups = attr_int(node, "group", 1)
         if mean.shape[0] != groups * error.shape[1] or shape is None or len(shape) != error.ndim:

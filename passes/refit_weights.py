@@ -32,7 +32,7 @@ exact lines 0.75 -> 0.96, EfficientNet-Lite0 cosine 0.9907 -> 0.9937.
 
 from __future__ import annotations
 
-import itertools
+import copy
 import logging
 
 import numpy as np
@@ -48,7 +48,6 @@ from qcc.passes._base import QccPass
 from qcc.passes._input_moments import Layer, layers
 from qcc.passes.calibrate import run_float
 from qcc.passes.weight_rounding import as_rows, gptq, level_range, levels_of, values_of
-from qcc.quantmath import fake_quantize
 from qcc.runtime import session
 
 logger = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ class RefitWeightsPass(QccPass):
         nodes = [n for n in model.graph if n.name in found]
         if not nodes:
             return ir.passes.PassResult(model, False)
-        samples = data.spread(MAX_SAMPLES) if not data.reiterable else _spread(data, MAX_SAMPLES)
+        samples = [feed for _, feed in data.spaced(MAX_SAMPLES)]
         observer = _Observer(model, nodes, found)
         changed = 0
         waves = _waves(model.graph, nodes)
@@ -151,7 +150,7 @@ class _Sums:
         self.rows += x.shape[2]
 
     def __add__(self, other: _Sums) -> _Sums:
-        out = _Sums(1, 1)
+        out = copy.copy(self)
         out.quantized, out.cross = self.quantized + other.quantized, self.cross + other.cross
         out.float, out.rows = self.float + other.float, self.rows + other.rows
         return out
@@ -180,10 +179,7 @@ class _Observer:
             twin = by_name[node.name]
             dq = twin.inputs[WEIGHT_INPUT].producer()
             weight = node.inputs[WEIGHT_INPUT]
-            quant = get_quant(weight)
-            axis = quant.axis if np.ndim(quant.scale) == 1 else None
-            self.weights[weight.name] = fake_quantize(const_array(weight), quant.scale, quant.zero_point, axis,
-                                                      quant.dtype)
+            self.weights[weight.name] = get_quant(weight).grid_values(const_array(weight))
             fed = ir.Value(name=names.new(f"qcc_refit_{weight.name}"), type=dq.outputs[0].type,
                            shape=ir.Shape(self.weights[weight.name].shape))
             sim.graph.inputs.append(fed)
@@ -235,9 +231,3 @@ def _waves(graph: ir.Graph, nodes: list[ir.Node]) -> list[list[ir.Node]]:
         current.add(node.name)
     return waves
 
-
-def _spread(data, count: int) -> list:
-    """Up to ``count`` samples spread over a reiterable calibration set."""
-    length = data.known_length() or count
-    step = -(-length // count)
-    return list(itertools.islice(data, 0, None, step))

@@ -42,7 +42,6 @@ into a list first, and smooths.)
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 
 import numpy as np
@@ -168,12 +167,11 @@ class SmoothActivationsPass(QccPass):
         stats = {v.name: ChannelStats(_channels(v), capacity) for v in values}
         sess = session(model, level="basic", what="the float model", extra_outputs=names)
         length = self.ctx.calibration.known_length() or MAX_SAMPLES
-        step = -(-length // MAX_SAMPLES)  # every step-th sample: spread over the whole set
-        total = -(-length // step)
-        for index, feed in enumerate(itertools.islice(self.ctx.calibration, 0, None, step)):
-            for name, array in zip(names, run_float(sess, names, feed, index * step), strict=True):
+        total = -(-length // -(-length // MAX_SAMPLES))  # how many spaced() yields
+        for done, (index, feed) in enumerate(self.ctx.calibration.spaced(MAX_SAMPLES)):
+            for name, array in zip(names, run_float(sess, names, feed, index), strict=True):
                 stats[name].update(array)
-            self.ctx.progress("smooth", index + 1, total)
+            self.ctx.progress("smooth", done + 1, total)
         return stats
 
     def _smooth(

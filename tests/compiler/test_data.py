@@ -81,3 +81,15 @@ def test_spread_samples_span_the_data_the_same_for_a_list_and_an_iterator():
     assert picked["list"][0] == 0 and picked["list"][-1] >= 30 and len(picked["list"]) == 4
     everything = CalibrationData(feeds, specs).spread(SPREAD)
     assert len(everything) == SPREAD and len({int(f["x"][0, 0]) for f in everything}) == SPREAD
+
+
+def test_spaced_samples_are_evenly_spaced_and_an_iterator_gives_its_spread():
+    from qcc.data import CalibrationData
+
+    feeds = [{"x": np.full((1, 2), i, np.float32)} for i in range(40)]
+    specs = [InputSpec("x", np.dtype(np.float32), (1, 2))]
+    spaced = [(i, int(f["x"][0, 0])) for i, f in CalibrationData(feeds, specs).spaced(8)]
+    assert spaced == [(i, i) for i in range(0, 40, 5)]
+    once = CalibrationData(iter(feeds), specs)
+    list(once)
+    assert [int(f["x"][0, 0]) for _, f in once.spaced(4)] == [int(f["x"][0, 0]) for f in once.spread(4)]

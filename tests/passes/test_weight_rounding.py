@@ -18,7 +18,6 @@ from qcc.options import CompileOptions
 from qcc.passes._input_moments import MAX_ROWS_PER_SAMPLE, InputMoments, Layer
 from qcc.passes.weight_rounding import ROWS_PER_COLUMN, WeightRoundingPass
 from qcc.pipeline import build_passes
-from qcc.quantmath import fake_quantize
 from tests.conftest import build_model, run
 
 # Depthwise 3x3 then pointwise: on smooth images a depthwise kernel's nine rounding errors add up.
@@ -90,9 +89,7 @@ def _layer_error(model, rounded_model, names, feeds):
 
 def _grid_values(value):
     """What the int8 weight stands for: its (possibly rounded) values, snapped to its grid."""
-    quant = get_quant(value)
-    axis = quant.axis if quant.scale.ndim == 1 else None
-    return fake_quantize(const_array(value), quant.scale, quant.zero_point, axis, quant.dtype)
+    return get_quant(value).grid_values(const_array(value))
 
 
 @pytest.mark.parametrize(
