@@ -48,6 +48,9 @@ class CompileResult:
     artifact: Artifact
     report: dict[str, Any]
     annotated: ir.Model | None = dataclasses.field(default=None, repr=False)
+    # The plan's float nodes and clip methods (the replans' keep_float, tensor_methods): a compile
+    # seeded with them skips the mixed-precision and clip searches.
+    plan: tuple[dict[str, str], dict[str, str] | None] = dataclasses.field(default=({}, None), repr=False)
 
     @property
     def model(self) -> onnx.ModelProto | None:
@@ -102,6 +105,24 @@ def compile_model(
     if len(methods) > 1:
         return _compile_auto(model, calibration, options, progress, methods)
     options = dataclasses.replace(options, method=methods[0])
+    select_mode = not chosen_by_user and backend.spec.dynamic
+    if _refit_after_rounding(options):
+        return _round_then_refit(model, calibration, options, progress, statistics, select_mode)
+    return _compile_planned(model, calibration, options, progress, statistics, select_mode)
+
+
+def _compile_planned(
+    model: object,
+    calibration: CalibrationSource | None,
+    options: CompileOptions,
+    progress: Progress,
+    statistics: dict | None,
+    select_mode: bool,
+    plan: tuple[dict[str, str], dict[str, str] | None] = ({}, None),
+) -> CompileResult:
+    """One compile with one calibration method, from ``plan`` (float nodes, clip methods) on; with
+    ``select_mode``, a static compile that needed float nodes is compared with ``--dynamic``."""
+    backend = get_backend(options.target)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
@@ -114,8 +135,8 @@ def compile_model(
     data = None
     if calibration is not None:
         data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
-    keep_float: dict[str, str] = {}
-    tensor_methods: dict[str, str] | None = None
+    keep_float: dict[str, str] = dict(plan[0])
+    tensor_methods: dict[str, str] | None = plan[1]
     statistics = {} if statistics is None else statistics
     pristine = loaded.model.clone()
     for _attempt in range(MAX_REPLANS + 1):
@@ -168,10 +189,10 @@ def compile_model(
     report["model"]["source"] = loaded.source
     if options.method == CalibrationMethod.AUTO and options.tolerance is not None:
         report["clip_search"] = dict(sorted((tensor_methods or {}).items()))  # tensor -> method, the rest minmax
-    result = CompileResult(artifact=artifact, report=report, annotated=loaded.model)
+    result = CompileResult(artifact=artifact, report=report, annotated=loaded.model, plan=(keep_float, tensor_methods))
     if options.weight_rounding == WeightRounding.AUTO and _nearest_may_be_closer(report):
         result = _gptq_or_nearest(model, data, options, progress, statistics, result)
-    if not chosen_by_user and backend.spec.dynamic and _dynamic_may_be_closer(loaded.model, options, result.report):
+    if select_mode and _dynamic_may_be_closer(loaded.model, options, result.report):
         # --dynamic needs the samples to smooth (all of them) and verify; a one-shot iterator is spent by now.
         rounding = result.report.get("rounding_selection")
         samples, smooth = (data, options.smoothquant) if data.reiterable else (data.spread(VERIFY_SAMPLES), False)
@@ -179,6 +200,41 @@ def compile_model(
         result = _static_or_dynamic(model, samples, dynamic_options, progress, statistics, result)
         if rounding is not None and "rounding_selection" not in result.report:  # the static compiles' choice
             result.report["rounding_selection"] = {**rounding, "kept": "no: --dynamic won (mode_selection)"}
+    return result
+
+
+def _refit_after_rounding(options: CompileOptions) -> bool:
+    """The compile refits and chooses its rounding: the choice is made without the refit."""
+    return (
+        options.refit and options.weight_rounding == WeightRounding.AUTO and options.precision == Precision.INT8
+        and options.needs_calibration and not options.dynamic
+    )
+
+
+def _round_then_refit(
+    model: object, calibration: CalibrationSource | None, options: CompileOptions, progress: Progress,
+    statistics: dict | None, select_mode: bool,
+) -> CompileResult:
+    """Compiles without the refit (the slowest pass) to settle the rounding, the float nodes, the clip
+    methods and static vs ``--dynamic``; then compiles that plan once more with the refit, instead of
+    refitting every candidate. The report's selections are those of the compiles without the refit."""
+    if calibration is not None and not isinstance(calibration, (str, os.PathLike, dict, list, tuple, CalibrationData)):
+        # A one-shot iterator of feeds: both compiles read it (up to the samples they use).
+        calibration = list(itertools.islice(calibration, options.max_calibration_samples))
+    statistics = {} if statistics is None else statistics
+    unfitted = _compile_planned(model, calibration, dataclasses.replace(options, refit=False), progress, statistics,
+                                select_mode)
+    made = unfitted.report["options"]
+    if made.get("dynamic"):  # --dynamic won: its activations have no fixed ranges to refit to
+        return unfitted
+    rounding = WeightRounding(made.get("weight_rounding", WeightRounding.GPTQ.value))
+    if rounding == WeightRounding.AUTO:
+        rounding = WeightRounding.GPTQ
+    chosen = dataclasses.replace(options, weight_rounding=rounding)
+    result = _compile_planned(model, calibration, chosen, progress, statistics, False, unfitted.plan)
+    for section in ("rounding_selection", "mode_selection"):
+        if section in unfitted.report:
+            result.report[section] = {**unfitted.report[section], "compared": "without the refit"}
     return result
 
 

@@ -217,6 +217,31 @@ def test_auto_rounding_tries_nearest_where_the_bound_needs_float_nodes_and_keeps
                                                    weight_rounding="gptq").report
 
 
+def test_the_refit_runs_once_on_the_plan_chosen_without_it(monkeypatch):
+    from qcc.passes.refit_weights import RefitWeightsPass
+
+    model = build_model(CHAIN, seed=4)
+    calibration = _smooth_images(16, seed=1)
+    refits = []
+    call = RefitWeightsPass.call
+
+    def counted(self, ir_model):
+        if self.ctx.options.refit:
+            refits.append(self.ctx.options.weight_rounding.value)
+        return call(self, ir_model)
+
+    monkeypatch.setattr(RefitWeightsPass, "call", counted)
+    result = qcc.compile(model, calibration=calibration, tolerance=1e-5)
+    selection = result.report["rounding_selection"]
+    assert refits == [selection["chosen"]]  # not once per rounding compared
+    assert selection["compared"] == "without the refit"
+    assert result.report["refit"]["refit_layers"] + result.report["refit"]["kept_layers"] >= 1
+    unfitted = qcc.compile(model, calibration=calibration, tolerance=1e-5, refit=False)
+    assert unfitted.report["rounding_selection"]["chosen"] == selection["chosen"]
+    kept = lambda report: sorted(n["node"] for n in report["mixed_precision"]["kept_float"])  # noqa: E731
+    assert kept(result.report) == kept(unfitted.report)  # the refit compile keeps that plan's float nodes
+
+
 def test_the_rounding_choice_stays_in_the_report_when_dynamic_wins():
     model = build_model("""
 <ir_version: 8, opset_import: ["" : 17]>
