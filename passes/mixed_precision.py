@@ -136,29 +136,44 @@ class MixedPrecisionPass(QccPass):
             still = {name for name, owners in neighbours.items() if owners - nodes}
             screened[tensor] = first - max(error.of(sim.run(still, samples=1), samples=1).values())
             self.ctx.progress("sensitivity", done, len(units) + REFINED)
-        effects: dict[str, float] = {}
-        for done, tensor in enumerate(sorted(screened, key=screened.get, reverse=True)[:REFINED], 1):
-            effects[tensor] = worst - max(error.of(sim.run(planner.quantized(units[tensor]))).values())
-            self.ctx.progress("sensitivity", len(units) + done, len(units) + REFINED)
+        ranked = sorted(screened, key=screened.get, reverse=True)
         quantized_nodes = sum(getattr(get_decision(n), "decision", None) in _QUANTIZED for n in model.graph)
         budget = max(int(MAX_FLOAT_SHARE * quantized_nodes), 2)  # a small model may float one writer + reader
         floating: set[str] = set()
         chosen: dict[str, str] = {}
         current = worst
-        for tensor in sorted(effects, key=effects.get, reverse=True):
-            new = units[tensor] - floating
-            if effects[tensor] <= 0 or current <= MARGIN * bound:
+        window = 0  # rounds that found nothing to float look further down the ranking
+        while current > MARGIN * bound:
+            # A round: the most harmful units by the screening that are not float yet, measured on
+            # every sample on top of the float set so far (errors do not add up: with two broken
+            # tensors, floating either alone changes little, so the second shows only in a later
+            # round); then taken in that order while each lowers the error, measured again.
+            candidates = [t for t in ranked if units[t] - floating and len(floating | units[t]) <= budget]
+            batch = candidates[window * REFINED:(window + 1) * REFINED]
+            if not batch:
                 break
-            if not new or len(floating) + len(new) > budget:
-                continue
-            floating |= new
-            after = max(error.of(sim.run(planner.quantized(floating))).values())
-            for node in sorted(new):
-                chosen[node] = (
-                    f"{MIXED_REASON}: with the other nodes around {tensor!r} float, the simulated output error "
-                    f"falls {effects[tensor]:.4g} (alone); all chosen so far: {worst:.4g} -> {after:.4g}"
-                )
-            current = after
+            effects = {t: current - max(error.of(sim.run(planner.quantized(floating | units[t]))).values())
+                       for t in batch}
+            self.ctx.progress("float search", len(floating), budget)
+            added = False
+            for tensor in sorted(effects, key=effects.get, reverse=True):
+                new = units[tensor] - floating
+                if effects[tensor] <= 0 or current <= MARGIN * bound:
+                    break
+                if not new or len(floating | new) > budget:
+                    continue
+                after = current - effects[tensor] if not added else (
+                    max(error.of(sim.run(planner.quantized(floating | new))).values()))
+                if after >= current:
+                    continue
+                floating |= new
+                for node in sorted(new):
+                    chosen[node] = (
+                        f"{MIXED_REASON}: with the other nodes around {tensor!r} float, the simulated output "
+                        f"error falls {current - after:.4g}; all chosen so far: {worst:.4g} -> {after:.4g}"
+                    )
+                current, added = after, True
+            window = 0 if added else window + 1
         logger.info("mixed precision: %d units measured, %d nodes float, error %.4g -> %.4g",
                     len(units), len(chosen), worst, current)
         return chosen
