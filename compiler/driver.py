@@ -106,7 +106,7 @@ def compile_model(
         return _compile_auto(model, calibration, options, progress, methods)
     options = dataclasses.replace(options, method=methods[0])
     select_mode = not chosen_by_user and backend.spec.dynamic
-    if _refit_after_rounding(options):
+    if _refit_after_rounding(options) and _reiterable(calibration):
         return _round_then_refit(model, calibration, options, progress, statistics, select_mode)
     return _compile_planned(model, calibration, options, progress, statistics, select_mode)
 
@@ -211,6 +211,14 @@ def _refit_after_rounding(options: CompileOptions) -> bool:
     )
 
 
+def _reiterable(calibration: CalibrationSource | CalibrationData | None) -> bool:
+    """The source can be read more than once (a one-shot iterator of feeds cannot: it is not
+    gathered into memory, so its compile refits whichever candidate it makes)."""
+    if isinstance(calibration, CalibrationData):
+        return calibration.reiterable
+    return isinstance(calibration, (str, os.PathLike, dict, list, tuple))
+
+
 def _round_then_refit(
     model: object, calibration: CalibrationSource | None, options: CompileOptions, progress: Progress,
     statistics: dict | None, select_mode: bool,
@@ -218,9 +226,6 @@ def _round_then_refit(
     """Compiles without the refit (the slowest pass) to settle the rounding, the float nodes, the clip
     methods and static vs ``--dynamic``; then compiles that plan once more with the refit, instead of
     refitting every candidate. The report's selections are those of the compiles without the refit."""
-    if calibration is not None and not isinstance(calibration, (str, os.PathLike, dict, list, tuple, CalibrationData)):
-        # A one-shot iterator of feeds: both compiles read it (up to the samples they use).
-        calibration = list(itertools.islice(calibration, options.max_calibration_samples))
     statistics = {} if statistics is None else statistics
     unfitted = _compile_planned(model, calibration, dataclasses.replace(options, refit=False), progress, statistics,
                                 select_mode)

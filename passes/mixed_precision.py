@@ -9,13 +9,17 @@ outputs are from the float model's, in a simulation of the quantized model
    read it. For each unit, the plan is made again with those nodes float (which tensors the target
    then still quantizes is the plan's rule, not guessed here) and the simulated error is measured
    with only those tensors quantized. The unit's effect is how much the error falls. Every unit
-   is screened on one sample; the ``REFINED`` most harmful are measured on all of them.
-2. **Selection.** Units are taken most harmful first and added to the float set, measuring again
-   after each, until the simulated error is within ``MARGIN`` of the bound (the artifact's integer
-   kernels round slightly differently) or the float set would exceed ``MAX_FLOAT_SHARE`` of the
-   quantized nodes: beyond that, the model would lose most of its speed-up, and the report says
-   the bound was not met (a small model may always float two nodes, one tensor's writer and
-   reader).
+   is screened on one sample, against the all-int8 model.
+2. **Selection**, in rounds. A round measures the ``REFINED`` most harmful units by the screening
+   that are not float yet, on every sample, each on top of the float set so far (effects do not
+   add up: with two broken tensors, floating either alone changes little, so the second shows
+   only once the first is float), and takes them in that order while each lowers the error,
+   measured again. A round that finds none looks at the next ``REFINED`` units down the
+   ranking. It stops when the simulated error is within ``MARGIN`` of the bound (the artifact's
+   integer kernels round slightly differently), when nothing helps, or when the float set would
+   exceed ``MAX_FLOAT_SHARE`` of the quantized nodes: beyond that, the model would lose most of
+   its speed-up, and the report says the bound was not met (a small model may always float two
+   nodes, one tensor's writer and reader).
 3. The pass asks the driver to plan again with the chosen nodes float (``ReplanRequest``), each
    with its measured effect as the reason. On the second round it only measures and records
    (``annotations.MixedPrecision``); the driver checks the bound on the artifact itself.
@@ -23,7 +27,7 @@ outputs are from the float model's, in a simulation of the quantized model
 It is skipped with ``--no-verify`` (it runs the model, as method selection does), with
 ``--dynamic``, and for models over 2 GB (the simulation would hold a second copy).
 ``--exclude`` still wins: excluded nodes are float before any of this. The search costs one
-simulated run of one sample per unit, plus ``REFINED`` runs of all samples.
+simulated run of one sample per unit, plus ``REFINED`` runs of all samples per round.
 """
 
 from __future__ import annotations
