@@ -36,6 +36,8 @@ class PassContext:
             their own (``weight_rounding``).
         tensor_methods: with ``--method auto``, the clip search's choice of method per tensor
             (tensor name -> method; the rest minmax); None until the search has run.
+        settled: the float nodes and clip methods are another compile's final plan (the refit
+            compile of ``driver._round_then_refit``): mixed precision only measures.
     """
 
     options: CompileOptions
@@ -45,6 +47,7 @@ class PassContext:
     keep_float: Mapping[str, str] = dataclasses.field(default_factory=dict)
     statistics: dict | None = None
     tensor_methods: Mapping[str, str] | None = None
+    settled: bool = False
 
     @property
     def weight_dtype(self) -> ir.DataType:

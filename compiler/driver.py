@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -106,7 +107,7 @@ def compile_model(
         return _compile_auto(model, calibration, options, progress, methods)
     options = dataclasses.replace(options, method=methods[0])
     select_mode = not chosen_by_user and backend.spec.dynamic
-    if _refit_after_rounding(options) and _reiterable(calibration):
+    if _refit_after_rounding(options, calibration):
         return _round_then_refit(model, calibration, options, progress, statistics, select_mode)
     return _compile_planned(model, calibration, options, progress, statistics, select_mode)
 
@@ -118,10 +119,11 @@ def _compile_planned(
     progress: Progress,
     statistics: dict | None,
     select_mode: bool,
-    plan: tuple[dict[str, str], dict[str, str] | None] = ({}, None),
+    plan: tuple[dict[str, str], dict[str, str] | None] | None = None,
 ) -> CompileResult:
-    """One compile with one calibration method, from ``plan`` (float nodes, clip methods) on; with
-    ``select_mode``, a static compile that needed float nodes is compared with ``--dynamic``."""
+    """One compile with one calibration method; with ``select_mode``, a static compile that needed
+    float nodes is compared with ``--dynamic``. With ``plan`` (another compile's float nodes and
+    clip methods) nothing is searched again."""
     backend = get_backend(options.target)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -135,14 +137,14 @@ def _compile_planned(
     data = None
     if calibration is not None:
         data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
-    keep_float: dict[str, str] = dict(plan[0])
-    tensor_methods: dict[str, str] | None = plan[1]
+    keep_float: dict[str, str] = dict(plan[0]) if plan is not None else {}
+    tensor_methods: dict[str, str] | None = (plan[1] or {}) if plan is not None else None
     statistics = {} if statistics is None else statistics
     pristine = loaded.model.clone()
     for _attempt in range(MAX_REPLANS + 1):
         ctx = PassContext(
             options, backend.spec, data, progress, keep_float=dict(keep_float), statistics=statistics,
-            tensor_methods=tensor_methods,
+            tensor_methods=tensor_methods, settled=plan is not None,
         )
         try:
             timings.update(run_pipeline(loaded.model, ctx))
@@ -203,20 +205,17 @@ def _compile_planned(
     return result
 
 
-def _refit_after_rounding(options: CompileOptions) -> bool:
-    """The compile refits and chooses its rounding: the choice is made without the refit."""
+def _refit_after_rounding(options: CompileOptions, calibration: CalibrationSource | CalibrationData | None) -> bool:
+    """The compile refits and may compare candidates (the rounding, static vs ``--dynamic``), which
+    are then compared without the refit. A one-shot iterator of feeds is not gathered into memory
+    for it: that compile refits whichever candidate it makes."""
+    reiterable = calibration.reiterable if isinstance(calibration, CalibrationData) else (
+        calibration is not None and not isinstance(calibration, Iterator))
     return (
         options.refit and options.weight_rounding == WeightRounding.AUTO and options.precision == Precision.INT8
-        and options.needs_calibration and not options.dynamic
+        and options.needs_calibration and not options.dynamic and options.verify
+        and options.tolerance is not None and reiterable
     )
-
-
-def _reiterable(calibration: CalibrationSource | CalibrationData | None) -> bool:
-    """The source can be read more than once (a one-shot iterator of feeds cannot: it is not
-    gathered into memory, so its compile refits whichever candidate it makes)."""
-    if isinstance(calibration, CalibrationData):
-        return calibration.reiterable
-    return isinstance(calibration, (str, os.PathLike, dict, list, tuple))
 
 
 def _round_then_refit(
@@ -229,17 +228,31 @@ def _round_then_refit(
     statistics = {} if statistics is None else statistics
     unfitted = _compile_planned(model, calibration, dataclasses.replace(options, refit=False), progress, statistics,
                                 select_mode)
-    made = unfitted.report["options"]
-    if made.get("dynamic"):  # --dynamic won: its activations have no fixed ranges to refit to
+    if unfitted.report["options"].get("dynamic"):  # --dynamic won: no fixed ranges to refit to
+        unfitted.report["mode_selection"]["compared"] = "without the refit"
+        unfitted.report["options"]["refit"] = options.refit
         return unfitted
-    rounding = WeightRounding(made.get("weight_rounding", WeightRounding.GPTQ.value))
-    if rounding == WeightRounding.AUTO:
-        rounding = WeightRounding.GPTQ
+    return _refit_plan(model, calibration, options, progress, statistics, unfitted)
+
+
+def _refit_plan(
+    model: object, calibration: CalibrationSource | None, options: CompileOptions, progress: Progress,
+    statistics: dict, unfitted: CompileResult,
+) -> CompileResult:
+    """Compiles ``unfitted``'s plan (rounding, float nodes, clip methods) again, with the refit; the
+    report keeps ``unfitted``'s selections and counts its time under ``timings["selection"]``."""
+    selection = unfitted.report.get("rounding_selection")
+    rounding = WeightRounding(selection["chosen"]) if selection else WeightRounding.GPTQ  # gptq: auto's own
     chosen = dataclasses.replace(options, weight_rounding=rounding)
     result = _compile_planned(model, calibration, chosen, progress, statistics, False, unfitted.plan)
+    result.report["options"]["weight_rounding"] = rounding.value if selection else options.weight_rounding.value
     for section in ("rounding_selection", "mode_selection"):
         if section in unfitted.report:
             result.report[section] = {**unfitted.report[section], "compared": "without the refit"}
+    timings = result.report["timings"]
+    timings["selection"] = unfitted.report["timings"].get("total", 0.0) + unfitted.report["timings"].get(
+        "selection", 0.0)
+    timings["total"] = round(timings.get("total", 0.0) + timings["selection"], 4)
     return result
 
 
@@ -353,8 +366,11 @@ def _compile_auto(
     assert best is not None
     chosen = best.report["options"]["method"]
     section = mixed_precision_section(None, best.report["verify"], options) if options.tolerance is not None else None
-    if options.refit or (section is not None and not section["met"]):
-        best = compile_model(model, calibration, dataclasses.replace(options, method=chosen), progress, statistics)
+    final = dataclasses.replace(options, method=chosen)
+    if section is not None and section["met"] and _refit_after_rounding(final, calibration):
+        best = _refit_plan(model, calibration, final, progress, statistics, best)  # the plan stands: refit it
+    elif options.refit or (section is not None and not section["met"]):
+        best = compile_model(model, calibration, final, progress, statistics)
     elif section is not None:
         best.report["options"]["tolerance"] = options.tolerance
         best.report["mixed_precision"] = section

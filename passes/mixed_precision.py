@@ -15,8 +15,9 @@ outputs are from the float model's, in a simulation of the quantized model
    add up: with two broken tensors, floating either alone changes little, so the second shows
    only once the first is float), and takes them in that order while each lowers the error,
    measured again. A round that finds none looks at the next ``REFINED`` units down the
-   ranking. It stops when the simulated error is within ``MARGIN`` of the bound (the artifact's
-   integer kernels round slightly differently), when nothing helps, or when the float set would
+   ranking, up to ``WINDOWS`` rounds in a row. It stops when the simulated error is within
+   ``MARGIN`` of the bound (the artifact's integer kernels round slightly differently), when
+   those rounds find nothing that helps, or when the float set would
    exceed ``MAX_FLOAT_SHARE`` of the quantized nodes: beyond that, the model would lose most of
    its speed-up, and the report says the bound was not met (a small model may always float two
    nodes, one tensor's writer and reader).
@@ -27,7 +28,8 @@ outputs are from the float model's, in a simulation of the quantized model
 It is skipped with ``--no-verify`` (it runs the model, as method selection does), with
 ``--dynamic``, and for models over 2 GB (the simulation would hold a second copy).
 ``--exclude`` still wins: excluded nodes are float before any of this. The search costs one
-simulated run of one sample per unit, plus ``REFINED`` runs of all samples per round.
+simulated run of one sample per unit, plus ``REFINED`` runs of all samples per round (and one
+per unit taken after the first of a round).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLES = 4  # calibration samples each simulated run uses
 REFINED = 12  # units measured on every sample after screening all on one
+WINDOWS = 2  # rounds in a row that find nothing to float before the search stops
 MARGIN = 0.8  # the simulation aims at this fraction of the bound
 MAX_FLOAT_SHARE = 0.25  # at most this share of the quantized nodes is made float
 _QUANTIZED = (Decision.INT8, Decision.WEIGHT_ONLY)
@@ -112,7 +115,7 @@ class MixedPrecisionPass(QccPass):
         sim = Simulation(model, samples)
         outputs = error.of(sim.run())
         worst = max(outputs.values())
-        searched = any(reason.startswith(MIXED_REASON) for reason in self.ctx.keep_float.values())
+        searched = self.ctx.settled or any(reason.startswith(MIXED_REASON) for reason in self.ctx.keep_float.values())
         measured = MixedPrecision(
             options.tolerance_metric.value, options.tolerance, worst, outputs, sim.evaluations, len(samples)
         )
@@ -139,7 +142,7 @@ class MixedPrecisionPass(QccPass):
         for done, (tensor, nodes) in enumerate(units.items(), 1):
             still = {name for name, owners in neighbours.items() if owners - nodes}
             screened[tensor] = first - max(error.of(sim.run(still, samples=1), samples=1).values())
-            self.ctx.progress("sensitivity", done, len(units) + REFINED)
+            self.ctx.progress("sensitivity", done, len(units))
         ranked = sorted(screened, key=screened.get, reverse=True)
         quantized_nodes = sum(getattr(get_decision(n), "decision", None) in _QUANTIZED for n in model.graph)
         budget = max(int(MAX_FLOAT_SHARE * quantized_nodes), 2)  # a small model may float one writer + reader
@@ -154,7 +157,7 @@ class MixedPrecisionPass(QccPass):
             # round); then taken in that order while each lowers the error, measured again.
             candidates = [t for t in ranked if units[t] - floating and len(floating | units[t]) <= budget]
             batch = candidates[window * REFINED:(window + 1) * REFINED]
-            if not batch:
+            if not batch or window >= WINDOWS:
                 break
             effects = {t: current - max(error.of(sim.run(planner.quantized(floating | units[t]))).values())
                        for t in batch}

@@ -218,6 +218,7 @@ def test_auto_rounding_tries_nearest_where_the_bound_needs_float_nodes_and_keeps
 
 
 def test_the_refit_runs_once_on_the_plan_chosen_without_it(monkeypatch):
+    from qcc.passes.mixed_precision import MixedPrecisionPass
     from qcc.passes.refit_weights import RefitWeightsPass
 
     model = build_model(CHAIN, seed=4)
@@ -231,15 +232,21 @@ def test_the_refit_runs_once_on_the_plan_chosen_without_it(monkeypatch):
         return call(self, ir_model)
 
     monkeypatch.setattr(RefitWeightsPass, "call", counted)
+    searches = []
+    search = MixedPrecisionPass._search
+    monkeypatch.setattr(MixedPrecisionPass, "_search", lambda self, *a: searches.append(1) or search(self, *a))
     result = qcc.compile(model, calibration=calibration, tolerance=1e-5)
     selection = result.report["rounding_selection"]
     assert refits == [selection["chosen"]]  # not once per rounding compared
+    assert len(searches) == 2  # one per rounding; the refit compile is given the chosen plan
+    assert result.report["timings"]["selection"] > 0
     assert selection["compared"] == "without the refit"
     assert result.report["refit"]["refit_layers"] + result.report["refit"]["kept_layers"] >= 1
     unfitted = qcc.compile(model, calibration=calibration, tolerance=1e-5, refit=False)
     assert unfitted.report["rounding_selection"]["chosen"] == selection["chosen"]
     kept = lambda report: sorted(n["node"] for n in report["mixed_precision"]["kept_float"])  # noqa: E731
-    assert kept(result.report) == kept(unfitted.report)  # the refit compile keeps that plan's float nodes
+    # the refit compile keeps that plan's float nodes
+    assert kept(result.report) and kept(result.report) == kept(unfitted.report)
 
 
 def test_the_rounding_choice_stays_in_the_report_when_dynamic_wins():
