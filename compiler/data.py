@@ -324,6 +324,13 @@ def _samples_from_mapping(arrays: dict, inputs: dict[str, InputSpec], origin: st
     return [{name: per_input[name][i] for name in per_input} for i in range(n)]
 
 
+def reiterable(source: CalibrationSource | CalibrationData | None) -> bool:
+    """True if the source can be read more than once: anything but a one-shot iterator."""
+    if isinstance(source, CalibrationData):
+        return source.reiterable
+    return source is not None and not isinstance(source, Iterator)
+
+
 def open_calibration(
     source: CalibrationSource | CalibrationData, inputs: list[InputSpec], max_samples: int | None = None
 ) -> CalibrationData:

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from qcc.annotations import Decision, get_decision
 from qcc.backends import get_backend
 from qcc.backends.base import Artifact
 from qcc.context import PassContext, Progress, no_progress
-from qcc.data import CalibrationData, CalibrationSource, open_calibration
+from qcc.data import CalibrationData, CalibrationSource, open_calibration, reiterable
 from qcc.errors import NonFiniteActivationsError, QccError, ReplanRequest
 from qcc.io import write_atomic
 from qcc.options import CalibrationMethod, CompileOptions, Precision, WeightRounding
@@ -209,12 +208,10 @@ def _refit_after_rounding(options: CompileOptions, calibration: CalibrationSourc
     """The compile refits and may compare candidates (the rounding, static vs ``--dynamic``), which
     are then compared without the refit. A one-shot iterator of feeds is not gathered into memory
     for it: that compile refits whichever candidate it makes."""
-    reiterable = calibration.reiterable if isinstance(calibration, CalibrationData) else (
-        calibration is not None and not isinstance(calibration, Iterator))
     return (
         options.refit and options.weight_rounding == WeightRounding.AUTO and options.precision == Precision.INT8
         and options.needs_calibration and not options.dynamic and options.verify
-        and options.tolerance is not None and reiterable
+        and options.tolerance is not None and reiterable(calibration)
     )
 
 
@@ -250,9 +247,8 @@ def _refit_plan(
         if section in unfitted.report:
             result.report[section] = {**unfitted.report[section], "compared": "without the refit"}
     timings = result.report["timings"]
-    timings["selection"] = unfitted.report["timings"].get("total", 0.0) + unfitted.report["timings"].get(
-        "selection", 0.0)
-    timings["total"] = round(timings.get("total", 0.0) + timings["selection"], 4)
+    timings["selection"] = unfitted.report["timings"]["total"]
+    timings["total"] = round(timings["total"] + timings["selection"], 4)
     return result
 
 
@@ -348,7 +344,7 @@ def _compile_auto(
     meanmax for the whole model (``TensorrtSpec.default_methods``). (``--method auto`` chooses per
     tensor instead, inside one compile: ``passes/_clip_search.py``.)
     """
-    if calibration is not None and not isinstance(calibration, (str, os.PathLike, dict, list, tuple)):
+    if calibration is not None and not reiterable(calibration):
         # A one-shot iterator of feeds: each compile reads it again (up to the samples it uses).
         calibration = list(itertools.islice(calibration, options.max_calibration_samples))
     scores: dict[str, float] = {}

@@ -149,6 +149,10 @@ class MixedPrecisionPass(QccPass):
         floating: set[str] = set()
         chosen: dict[str, str] = {}
         current = worst
+
+        def error_with(nodes: set[str]) -> float:  # the simulated error with these nodes float
+            return max(error.of(sim.run(planner.quantized(nodes))).values())
+
         window = 0  # rounds that found nothing to float look further down the ranking
         while current > MARGIN * bound:
             # A round: the most harmful units by the screening that are not float yet, measured on
@@ -159,8 +163,7 @@ class MixedPrecisionPass(QccPass):
             batch = candidates[window * REFINED:(window + 1) * REFINED]
             if not batch or window >= WINDOWS:
                 break
-            effects = {t: current - max(error.of(sim.run(planner.quantized(floating | units[t]))).values())
-                       for t in batch}
+            effects = {t: current - error_with(floating | units[t]) for t in batch}
             self.ctx.progress("float search", len(floating), budget)
             added = False
             for tensor in sorted(effects, key=effects.get, reverse=True):
@@ -169,8 +172,7 @@ class MixedPrecisionPass(QccPass):
                     break
                 if not new or len(floating | new) > budget:
                     continue
-                after = current - effects[tensor] if not added else (
-                    max(error.of(sim.run(planner.quantized(floating | new))).values()))
+                after = current - effects[tensor] if not added else error_with(floating | new)
                 if after >= current:
                     continue
                 floating |= new
