@@ -67,8 +67,9 @@ def compile(  # noqa: A001 - the public name users expect
             (relative L2 error).
         bias_correction: subtract each int8 Conv/Gemm's mean weight-rounding shift, measured on
             the calibration data, from its bias.
-        equalize: cross-layer equalization of consecutive convolutions; None: only with
-            ``per_channel=False``, where one scale per weight tensor needs it.
+        equalize: cross-layer equalization of consecutive convolutions and of linear residual
+            streams (MobileNetV2's); None: residual streams always, consecutive convolutions only
+            with ``per_channel=False``, where one scale per weight tensor needs it; False: neither.
         weight_rounding: ``"gptq"``: round each Conv/MatMul/Gemm weight so that its layer's output
             on the calibration inputs moves least (``report["weight_rounding"]`` says which layers
             and by how much); ``"nearest"``: every weight to its nearest level; ``"auto"``

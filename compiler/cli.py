@@ -147,7 +147,7 @@ def compile(  # noqa: A001 - the subcommand's name
         str,
         typer.Option(
             "--tolerance",
-            help="Largest output error allowed on calibration samples, as 1 - cosine (0.01) or relative:0.05; "
+            help="Largest output error allowed on calibration samples, as 1 - cosine (e.g. 0.002) or relative:0.05; "
             "above it the most harmful nodes stay float until it holds (the report lists them). 'off': none.",
         ),
     ] = str(DEFAULT_TOLERANCE),
@@ -161,7 +161,8 @@ def compile(  # noqa: A001 - the subcommand's name
         Optional[bool],
         typer.Option(
             "--equalize/--no-equalize",
-            help="Cross-layer equalization of consecutive convolutions; default: only with --per-tensor.",
+            help="Equalize channel ranges across consecutive convolutions and linear residual streams; "
+            "default: residual streams always, consecutive convolutions only with --per-tensor.",
             show_default=False,
         ),
     ] = None,

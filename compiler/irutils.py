@@ -20,6 +20,23 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
+def set_constant(value: ir.Value, array: np.ndarray) -> None:
+    """Replaces a constant value's contents with ``array`` as float32 (its shape too)."""
+    array = np.ascontiguousarray(array, np.float32)
+    value.const_value = ir.Tensor(array, name=value.name)
+    value.shape = ir.Shape(array.shape)
+
+
+def private_constants(node: ir.Node) -> bool:
+    """The node has constant inputs after its first, and each is read by this node alone (a
+    rewrite of them changes no other node and no graph input or output)."""
+    weights = [v for v in node.inputs[1:] if v is not None]
+    return bool(weights) and all(
+        const_array(v) is not None and len(v.uses()) == 1 and not v.is_graph_output() and not v.is_graph_input()
+        for v in weights
+    )
+
+
 def default_opset(model: ir.Model) -> int:
     """Returns the model's version of the default ONNX domain."""
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))

@@ -23,6 +23,7 @@ from qcc.passes.bias_correction import BiasCorrectionPass
 from qcc.passes.calibrate import CalibratePass
 from qcc.passes.canonicalize import CanonicalizePass
 from qcc.passes.equalize import CrossLayerEqualizationPass
+from qcc.passes.equalize_residual import ResidualEqualizationPass
 from qcc.passes.fold_batchnorm import FoldBatchNormPass
 from qcc.passes.fuse_matmul_add import FuseMatMulAddPass
 from qcc.passes.mixed_precision import MixedPrecisionPass
@@ -38,10 +39,11 @@ logger = logging.getLogger(__name__)
 
 # Graph rewrites that keep the model's float function; the plan works on their result.
 FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, CrossLayerEqualizationPass, FuseMatMulAddPass)
-# Passes that decide and compute the quantization, as annotations. SmoothQuant comes first: a float
-# rewrite too, but it needs the calibration data that the float passes run without (inspect, plan).
+# Passes that decide and compute the quantization, as annotations. SmoothQuant and residual-stream
+# equalization come first: float rewrites too, but they need the calibration data that the float
+# passes run without (inspect, plan).
 QUANT_PASSES = (
-    SmoothActivationsPass,
+    SmoothActivationsPass, ResidualEqualizationPass,
     PlanPass, QuantizeWeightsPass, CalibratePass, WeightRoundingPass, BiasCorrectionPass, ActivationQParamsPass,
     TargetConstraintsPass, QuantizeBiasPass, MixedPrecisionPass, RefitWeightsPass,
 )

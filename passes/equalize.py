@@ -24,7 +24,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from qcc.irutils import attr_int, const_array
+from qcc.irutils import attr_int, const_array, private_constants, set_constant
 from qcc.passes._base import QccPass
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class CrossLayerEqualizationPass(QccPass):
 def _pair(first: ir.Node) -> tuple[ir.Node, ir.Node] | None:
     """``(Conv1, Conv2)`` when ``first`` is a Conv that feeds exactly one Conv, through at most one
     Relu, with constant private weights; None otherwise."""
-    if first.op_type != "Conv" or not _private_constants(first):
+    if first.op_type != "Conv" or not private_constants(first):
         return None
     value = first.outputs[0]
     for _ in range(2):
@@ -66,19 +66,11 @@ def _pair(first: ir.Node) -> tuple[ir.Node, ir.Node] | None:
         if reader.op_type in _HOMOGENEOUS:
             value = reader.outputs[0]
             continue
-        if reader.op_type == "Conv" and reader.inputs[0] is value and _private_constants(reader):
+        if reader.op_type == "Conv" and reader.inputs[0] is value and private_constants(reader):
             if _channels_match(first, reader):
                 return first, reader
         return None
     return None
-
-
-def _private_constants(node: ir.Node) -> bool:
-    weights = [v for v in node.inputs[1:] if v is not None]
-    return bool(weights) and all(
-        const_array(v) is not None and len(v.uses()) == 1 and not v.is_graph_output() and not v.is_graph_input()
-        for v in weights
-    )
 
 
 def _channels_match(first: ir.Node, second: ir.Node) -> bool:
@@ -104,12 +96,9 @@ def _equalize(first: ir.Node, second: ir.Node) -> None:
     usable = (r1 > 0) & (r2 > 0)
     scale[usable] = np.sqrt(r1[usable] / r2[usable])
     shape1 = (-1,) + (1,) * (w1.ndim - 1)
-    _set(first.inputs[1], w1 / scale.reshape(shape1))
+    set_constant(first.inputs[1], w1 / scale.reshape(shape1))
     if len(first.inputs) > 2 and first.inputs[2] is not None:
-        _set(first.inputs[2], const_array(first.inputs[2]).astype(np.float64) / scale)
+        set_constant(first.inputs[2], const_array(first.inputs[2]).astype(np.float64) / scale)
     shape2 = shape1 if depthwise2 else (1, -1) + (1,) * (w2.ndim - 2)
-    _set(second.inputs[1], w2 * scale.reshape(shape2))
+    set_constant(second.inputs[1], w2 * scale.reshape(shape2))
 
-
-def _set(value: ir.Value, array: np.ndarray) -> None:
-    value.const_value = ir.Tensor(array.astype(np.float32), name=value.name)

@@ -1,7 +1,7 @@
 """Mixed precision: keep the fewest, most harmful nodes float until the output error bound holds.
 
 Runs last, when every quantization parameter is final. With ``--tolerance`` (default: 1 - cosine
-<= 0.01 on every output), it measures on a few calibration samples how far the planned model's
+<= 0.002 on every output), it measures on a few calibration samples how far the planned model's
 outputs are from the float model's, in a simulation of the quantized model
 (``_simulation.Simulation``). Within the bound, nothing changes. Otherwise:
 
@@ -67,7 +67,7 @@ SAMPLES = 4  # calibration samples each simulated run uses
 REFINED = 12  # units measured on every sample after screening all on one
 WINDOWS = 2  # rounds in a row that find nothing to float before the search stops
 MARGIN = 0.8  # the simulation aims at this fraction of the bound
-MAX_FLOAT_SHARE = 0.25  # at most this share of the quantized nodes is made float
+MAX_FLOAT_SHARE = 0.4  # at most this share of the quantized nodes is made float
 _QUANTIZED = (Decision.INT8, Decision.WEIGHT_ONLY)
 
 

@@ -48,7 +48,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.annotations import Smoothing, set_smoothing
-from qcc.irutils import NameAllocator, add_initializer, attr_int, const_array
+from qcc.irutils import NameAllocator, add_initializer, attr_int, const_array, set_constant
 from qcc.options import Precision
 from qcc.passes._base import QccPass
 from qcc.passes.calibrate import run_float
@@ -295,7 +295,7 @@ def _matrix(node: ir.Node) -> np.ndarray:
 
 def _set_matrix(node: ir.Node, matrix: np.ndarray) -> None:
     array = matrix.T if node.op_type == "Gemm" and attr_int(node, "transB", 0) else matrix
-    _set(node.inputs[1], array)
+    set_constant(node.inputs[1], array)
 
 
 def _absorber(value: ir.Value, nodes: list[ir.Node]) -> list[tuple[ir.Value, bool, ir.Node]] | None:
@@ -366,7 +366,7 @@ def _fold(
         for constant, divide, _ in plan:
             array = const_array(constant)
             wide = np.broadcast_to(array, (*array.shape[:-1], factors.shape[0]) if array.ndim else factors.shape)
-            _set(constant, wide / factors if divide else wide * factors)
+            set_constant(constant, wide / factors if divide else wide * factors)
         return "+".join(dict.fromkeys(node.op_type for _, _, node in plan))
     inverse = add_initializer(graph, names.new(f"{value.name}_smoothing"), (1 / factors).astype(np.float32))
     mul = ir.node("Mul", [value, inverse], name=names.new(f"{value.name}_smooth"))
@@ -378,8 +378,3 @@ def _fold(
         node.replace_input_with(0, smoothed)
     return "Mul (inserted)"
 
-
-def _set(value: ir.Value, array: np.ndarray) -> None:
-    array = np.ascontiguousarray(array, np.float32)
-    value.const_value = ir.Tensor(array, name=value.name)
-    value.shape = ir.Shape(array.shape)

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from qcc.analyze import analyze_model
-from qcc.options import CompileOptions
+from qcc.options import DEFAULT_TOLERANCE, CompileOptions
 from tests.conftest import random_feeds
 from tests.e2e.synthetic import synthetic_model
 
@@ -91,5 +91,5 @@ def test_compile_report_dir_from_the_cli(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert report["mixed_precision"]["bound"] == 0.01
+    assert report["mixed_precision"]["bound"] == DEFAULT_TOLERANCE
     assert (tmp_path / "r" / "sqnr.png").exists() and (tmp_path / "r" / "clip_ranges.png").exists()
