@@ -270,12 +270,15 @@ def _gptq_or_nearest(
     model: object, data: CalibrationData | None, options: CompileOptions, progress: Progress, statistics: dict,
     gptq: CompileResult,
 ) -> CompileResult:
-    """Compiles with nearest rounding too (the calibration statistics are reused) and keeps whichever
-    artifact is closer to fp32 on the calibration samples (GPTQ's on a tie)."""
+    """Compiles with nearest rounding too (the calibration statistics are reused) and keeps the one
+    with fewer nodes float if both meet the tolerance (the faster artifact: with the bound held,
+    EfficientNet-Lite0 kept 22 nodes float with nearest rounding, 1.26x faster than fp32, against
+    GPTQ's 5, 1.75x), else whichever artifact is closer to fp32 on the calibration samples
+    (GPTQ's on a tie)."""
     nearest = compile_model(model, data, dataclasses.replace(options, weight_rounding=WeightRounding.NEAREST),
                             progress, statistics)
     why = "the GPTQ compile needed nodes kept float for --tolerance, so nearest rounding was tried"
-    best = _keep_closer(options, "rounding_selection", {"gptq": gptq, "nearest": nearest}, why)
+    best = _keep_closer(options, "rounding_selection", {"gptq": gptq, "nearest": nearest}, why, fewer_float=True)
     best.report["options"]["weight_rounding"] = best.report["rounding_selection"]["chosen"]  # what made it
     return best
 
@@ -310,19 +313,29 @@ def _static_or_dynamic(
 
 
 def _keep_closer(
-    options: CompileOptions, section: str, candidates: dict[str, CompileResult], why: str
+    options: CompileOptions, section: str, candidates: dict[str, CompileResult], why: str, *,
+    fewer_float: bool = False,
 ) -> CompileResult:
     """Of two compiles, the one whose artifact is closer to fp32 on the calibration samples (by the
-    tolerance's metric; the first on a tie), with ``report[section]`` saying which, how close and why."""
+    tolerance's metric; the first on a tie), with ``report[section]`` saying which, how close and why.
+    With ``fewer_float``, when both meet the tolerance, the one with fewer nodes kept float (the
+    closer one on a tie)."""
     errors = {
         name: mixed_precision_section(None, result.report["verify"], options)["artifact_error"]
         for name, result in candidates.items()
     }
+    floats = {name: len((r.report.get("mixed_precision") or {}).get("kept_float") or []) for name, r in candidates.items()}
     first, second = candidates
-    chosen = second if errors[second] is not None and errors[second] < errors[first] else first
+    closer = second if errors[second] is not None and errors[second] < errors[first] else first
+    met = all(e is not None and e <= options.tolerance for e in errors.values())
+    if fewer_float and met and floats[first] != floats[second]:
+        chosen, rule = min(candidates, key=floats.__getitem__), "both met --tolerance: fewer nodes kept float"
+    else:
+        chosen, rule = closer, "closer to fp32"
     best = candidates[chosen]
     best.report[section] = {
-        "chosen": chosen, "metric": options.tolerance_metric.value, "artifact_error": errors, "why": why,
+        "chosen": chosen, "metric": options.tolerance_metric.value, "artifact_error": errors,
+        "kept_float": floats, "rule": rule, "why": why,
     }
     return best
 

@@ -22,7 +22,7 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
 
 def set_constant(value: ir.Value, array: np.ndarray) -> None:
     """Replaces a constant value's contents with ``array`` as float32 (its shape too)."""
-    array = np.ascontiguousarray(array, np.float32)
+    array = np.array(array, np.float32, order="C")  # (ascontiguousarray would make a scalar 1-d)
     value.const_value = ir.Tensor(array, name=value.name)
     value.shape = ir.Shape(array.shape)
 

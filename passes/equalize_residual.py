@@ -43,7 +43,7 @@ from qcc.runtime import session
 logger = logging.getLogger(__name__)
 
 MAX_SAMPLES = 32  # calibration samples read for the channel ranges
-SCALE_LIMIT = 1e3  # s is kept within [1 / SCALE_LIMIT, SCALE_LIMIT] times its median
+SCALE_LIMIT = 1e3  # s is kept within [1, SCALE_LIMIT] times its median (no channel grows)
 _CACHE = "equalize-residual"  # its key in ctx.statistics: channel ranges by tensor
 
 
@@ -67,9 +67,11 @@ class ResidualEqualizationPass(QccPass):
         missing = [v for stream in streams for v in stream.values if v.name not in cache]
         if missing:
             cache.update(self._observe(model, missing))
-        for stream in streams:
-            ranges = np.max([cache[v.name] for v in stream.values], axis=0)
-            stream.apply(_factors(ranges, stream.reader_ranges()))
+        # every stream's factors from the original weights first: a Conv may read one stream and
+        # write another, and the result must not depend on which is rewritten first
+        factors = [_factors(np.max([cache[v.name] for v in s.values], axis=0), s.reader_ranges()) for s in streams]
+        for stream, stream_factors in zip(streams, factors, strict=True):
+            stream.apply(stream_factors)
         logger.info("residual-stream equalization: %d streams", len(streams))
         return ir.passes.PassResult(model, True)
 
@@ -137,13 +139,16 @@ def _streams(graph: ir.Graph) -> list[_Stream | None]:
 
 
 def _joins(node: ir.Node) -> bool:
-    """An Add of two activations of one known shape (N, C, ...), the output of the same shape."""
-    if node.op_type != "Add" or len(node.inputs) != 2 or any(v is None or v.const_value is not None for v in node.inputs):
+    """An Add of two activations (N, C, ...) of one rank and one known channel count C, the output
+    too (other axes may be symbolic, or even broadcast: a per-channel factor commutes with that)."""
+    if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+        return False
+    if any(v is None or v.const_value is not None for v in node.inputs):
         return False
     shapes = [v.shape for v in (*node.inputs, node.outputs[0])]
     if any(s is None or len(s) < 3 or not isinstance(s[1], int) for s in shapes):
         return False
-    return shapes[0] == shapes[1] == shapes[2]
+    return len({len(s) for s in shapes}) == 1 and len({s[1] for s in shapes}) == 1
 
 
 def _stream(values: list[ir.Value], stream_adds: set[ir.Node]) -> _Stream | None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
 
 import qcc
+from qcc import driver
+from qcc.options import CompileOptions
 from tests.conftest import build_model, fidelity, random_feeds
 
 
@@ -87,3 +92,30 @@ def test_trt_method_selection_reads_a_one_shot_iterator_once_for_every_compile()
     assert set(from_list.report["method_selection"]["output_cosine"]) == {"minmax", "meanmax"}
     assert from_iterator.report["method_selection"] == from_list.report["method_selection"]
     assert from_iterator.artifact.data == from_list.artifact.data
+
+
+def _candidate(error: float, kept_float: int) -> SimpleNamespace:
+    """A compile result as far as the rounding selection reads it: the artifact's output error
+    (1 - cosine) and how many nodes mixed precision kept float."""
+    return SimpleNamespace(report={
+        "verify": {"fidelity": {"outputs": {"y": {"cosine_mean": 1.0 - error}}}},
+        "mixed_precision": {"kept_float": [{"node": f"n{i}"} for i in range(kept_float)]},
+    })
+
+
+@pytest.mark.parametrize(
+    ("gptq", "nearest", "chosen"),
+    [
+        ((0.0015, 3), (0.0010, 9), "gptq"),  # both within the bound: the faster artifact
+        ((0.0015, 3), (0.0010, 3), "nearest"),  # as many float: the closer one
+        ((0.0030, 3), (0.0010, 9), "nearest"),  # only nearest meets it
+        ((0.0040, 3), (0.0030, 9), "nearest"),  # neither meets it: the closer one
+    ],
+)
+def test_the_rounding_selection_prefers_fewer_float_nodes_when_both_meet_the_bound(gptq, nearest, chosen):
+    options = CompileOptions(tolerance=0.002)
+    candidates = {"gptq": _candidate(*gptq), "nearest": _candidate(*nearest)}
+    best = driver._keep_closer(options, "rounding_selection", candidates, "test", fewer_float=True)
+    assert best is candidates[chosen]
+    assert best.report["rounding_selection"]["chosen"] == chosen
+    assert best.report["rounding_selection"]["kept_float"] == {"gptq": gptq[1], "nearest": nearest[1]}

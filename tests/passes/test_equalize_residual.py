@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 
 import qcc
 from qcc.backends import get_backend
@@ -86,6 +87,27 @@ def test_it_lowers_the_int8_error_and_can_be_turned_off():
     off = _equalized(model, feeds, equalize=False)
     for name, weight in _weights(off).items():
         np.testing.assert_array_equal(weight, _weights(load(model).model)[name])
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        # the expand conv is depthwise with channel multiplier 2
+        (("float[12,6,1,1] we", "float[12,1,3,3] we"), ("e = Conv(a, we, be)", "e = Conv<group=6, pads=[1,1,1,1]>(a, we, be)")),
+        # symbolic spatial sizes: each Conv output gets dims of its own
+        (("float[1,4,8,8] x", "float[1,4,H,W] x"), ("(float[1,4,8,8] y)", "(float[1,4,H,W] y)")),
+    ],
+    ids=["depthwise-reader", "symbolic-dims"],
+)
+def test_variants_are_rewritten_exactly(variant):
+    text = BLOCK
+    for old, new in variant:
+        text = text.replace(old, new)
+    model = _block(text)
+    equalized = to_proto(_equalized(model, random_feeds(model, 4, batch=8)))  # symbolic dims: 8
+    assert not np.array_equal(_weights(load(equalized).model)["wa"], _weights(load(model).model)["wa"])
+    for feed in random_feeds(model, 3, seed=5, batch=8):
+        np.testing.assert_allclose(run(equalized, feed)[0], run(model, feed)[0], rtol=1e-4, atol=1e-4)
 
 
 def _assert_untouched(model: onnx.ModelProto, feeds) -> None:
