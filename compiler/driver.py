@@ -324,7 +324,10 @@ def _keep_closer(
         name: mixed_precision_section(None, result.report["verify"], options)["artifact_error"]
         for name, result in candidates.items()
     }
-    floats = {name: len((r.report.get("mixed_precision") or {}).get("kept_float") or []) for name, r in candidates.items()}
+    floats = {
+        name: len((result.report.get("mixed_precision") or {}).get("kept_float") or [])
+        for name, result in candidates.items()
+    }
     first, second = candidates
     closer = second if errors[second] is not None and errors[second] < errors[first] else first
     met = all(e is not None and e <= options.tolerance for e in errors.values())

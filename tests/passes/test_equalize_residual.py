@@ -93,7 +93,8 @@ def test_it_lowers_the_int8_error_and_can_be_turned_off():
     "variant",
     [
         # the expand conv is depthwise with channel multiplier 2
-        (("float[12,6,1,1] we", "float[12,1,3,3] we"), ("e = Conv(a, we, be)", "e = Conv<group=6, pads=[1,1,1,1]>(a, we, be)")),
+        (("float[12,6,1,1] we", "float[12,1,3,3] we"),
+         ("e = Conv(a, we, be)", "e = Conv<group=6, pads=[1,1,1,1]>(a, we, be)")),
         # symbolic spatial sizes: each Conv output gets dims of its own
         (("float[1,4,8,8] x", "float[1,4,H,W] x"), ("(float[1,4,8,8] y)", "(float[1,4,H,W] y)")),
     ],
