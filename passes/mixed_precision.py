@@ -19,8 +19,8 @@ outputs are from the float model's, in a simulation of the quantized model
    ``MARGIN`` of the bound (the artifact's integer kernels round slightly differently), when
    those rounds find nothing that helps, or when the float set would
    exceed ``MAX_FLOAT_SHARE`` of the quantized nodes: beyond that, the model would lose most of
-   its speed-up (MobileNetV2 on ``ort`` meets the default bound with 20 of 64 nodes float, 31%,
-   and is still about 1.4x faster than fp32; at 36 float it was 1.1x), and the report says the
+   its speed-up (MobileNetV2 on ``ort`` meets the default bound with 20 of about 64 nodes float,
+   and is still about 1.3x faster than fp32; at 36 float it was 1.1x), and the report says the
    bound was not met (a small model may always float two
    nodes, one tensor's writer and reader).
 3. The pass asks the driver to plan again with the chosen nodes float (``ReplanRequest``), each
