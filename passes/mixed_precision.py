@@ -14,8 +14,11 @@ outputs are from the float model's, in a simulation of the quantized model
    that are not float yet, on every sample, each on top of the float set so far (effects do not
    add up: with two broken tensors, floating either alone changes little, so the second shows
    only once the first is float), and takes them in that order while each lowers the error,
-   measured again. A round that finds none looks at the next ``REFINED`` units down the
-   ranking, up to ``WINDOWS`` rounds in a row. It stops when the simulated error is within
+   measured again, by at least ``MIN_GAIN`` of the gap left to the target (smaller gains cost
+   speed and cannot close the gap: PP-OCRv5 det on ``ort`` had floated many nodes that each
+   lowered it by 1e-5 to 1e-4, 31 float in all and 1.55x faster than fp32; with the rule, 16
+   float and 1.92x, eval mask IoU 0.960 -> 0.956). A round that finds none looks at the next
+   ``REFINED`` units down the ranking, up to ``WINDOWS`` rounds in a row. It stops when the simulated error is within
    ``MARGIN`` of the bound (the artifact's integer kernels round slightly differently), when
    those rounds find nothing that helps, or when the float set would
    exceed ``MAX_FLOAT_SHARE`` of the quantized nodes: beyond that, the model would lose most of
@@ -70,6 +73,7 @@ REFINED = 12  # units measured on every sample after screening all on one
 WINDOWS = 2  # rounds in a row that find nothing to float before the search stops
 MARGIN = 0.8  # the simulation aims at this fraction of the bound
 MAX_FLOAT_SHARE = 0.4  # at most this share of the quantized nodes is made float
+MIN_GAIN = 0.02  # a unit is floated only if it closes at least this share of the gap to the target
 _QUANTIZED = (Decision.INT8, Decision.WEIGHT_ONLY)
 
 
@@ -175,7 +179,7 @@ class MixedPrecisionPass(QccPass):
                 if not new or len(floating | new) > budget:
                     continue
                 after = current - effects[tensor] if not added else error_with(floating | new)
-                if after >= current:
+                if current - after < MIN_GAIN * (current - MARGIN * bound):
                     continue
                 floating |= new
                 for node in sorted(new):
