@@ -18,11 +18,11 @@ outputs are from the float model's, in a simulation of the quantized model
    speed and cannot close the gap: PP-OCRv5 det on ``ort`` had floated many nodes that each
    lowered it by 1e-5 to 1e-4, 31 float in all and 1.55x faster than fp32; with the rule, 16
    float and 1.92x, eval mask IoU 0.960 -> 0.956). A round that finds none looks at the next
-   ``REFINED`` units down the ranking, up to ``WINDOWS`` rounds in a row. It stops when the simulated error is within
-   ``MARGIN`` of the bound (the artifact's integer kernels round slightly differently), when
-   those rounds find nothing that helps, or when the float set would
+   ``REFINED`` units down the ranking, up to ``WINDOWS`` rounds in a row. It stops when the
+   simulated error is within ``MARGIN`` of the bound (the artifact's integer kernels round
+   slightly differently), when those rounds find nothing that helps, or when the float set would
    exceed ``MAX_FLOAT_SHARE`` of the quantized nodes: beyond that, the model would lose most of
-   its speed-up (MobileNetV2 on ``ort`` meets the default bound with 20 of about 64 nodes float,
+   its speed-up (MobileNetV2 on ``ort`` meets the default bound with 19 of about 64 nodes float,
    and is still about 1.3x faster than fp32; at 36 float it was 1.1x), and the report says the
    bound was not met (a small model may always float two
    nodes, one tensor's writer and reader).
