@@ -68,13 +68,15 @@ def compile(  # noqa: A001 - the public name users expect
         bias_correction: subtract each int8 Conv/Gemm's mean weight-rounding shift, measured on
             the calibration data, from its bias.
         equalize: cross-layer equalization of consecutive convolutions and of linear residual
-            streams (MobileNetV2's); None: residual streams always, consecutive convolutions only
-            with ``per_channel=False``, where one scale per weight tensor needs it; False: neither.
+            streams (MobileNetV2's); None: residual streams whenever the calibration data can be
+            read twice, consecutive convolutions only with ``per_channel=False``, where one scale
+            per weight tensor needs it; False: neither.
         weight_rounding: ``"gptq"``: round each Conv/MatMul/Gemm weight so that its layer's output
             on the calibration inputs moves least (``report["weight_rounding"]`` says which layers
             and by how much); ``"nearest"``: every weight to its nearest level; ``"auto"``
             (default): gptq, and where ``tolerance`` needs nodes kept float, nearest too, keeping
-            the artifact closer to fp32 (``report["rounding_selection"]``).
+            the one with fewer nodes float if both meet it, else the one closer to fp32
+            (``report["rounding_selection"]``).
         smoothquant: divide MatMul/Gemm input channels with outliers by per-channel factors
             moved into the weights (SmoothQuant), per tensor where that lowers the layers' int8
             output error on the calibration data (``report["smoothing"]`` lists them).

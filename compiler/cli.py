@@ -162,7 +162,7 @@ def compile(  # noqa: A001 - the subcommand's name
         typer.Option(
             "--equalize/--no-equalize",
             help="Equalize channel ranges across consecutive convolutions and linear residual streams; "
-            "default: residual streams always, consecutive convolutions only with --per-tensor.",
+            "default: residual streams (with calibration data), consecutive convolutions only with --per-tensor.",
             show_default=False,
         ),
     ] = None,
@@ -172,7 +172,8 @@ def compile(  # noqa: A001 - the subcommand's name
             "--weight-rounding",
             help="gptq: round each layer's weights so its output on the calibration data moves least "
             "(each rounding error compensated in the weights not yet rounded); nearest: plain rounding; "
-            "auto: gptq, and nearest too when --tolerance needs nodes kept float (the closer one is kept).",
+            "auto: gptq, and nearest too when --tolerance needs nodes kept float (if both meet it, the one with "
+            "fewer nodes float is kept, else the closer one).",
         ),
     ] = WeightRounding.AUTO,
     smoothquant: Annotated[

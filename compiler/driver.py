@@ -273,7 +273,7 @@ def _gptq_or_nearest(
     """Compiles with nearest rounding too (the calibration statistics are reused) and keeps the one
     with fewer nodes float if both meet the tolerance (the faster artifact: with the bound held,
     EfficientNet-Lite0 kept 22 nodes float with nearest rounding, 1.26x faster than fp32, against
-    GPTQ's 5, 1.75x), else whichever artifact is closer to fp32 on the calibration samples
+    GPTQ's 5, 1.76x), else whichever artifact is closer to fp32 on the calibration samples
     (GPTQ's on a tie)."""
     nearest = compile_model(model, data, dataclasses.replace(options, weight_rounding=WeightRounding.NEAREST),
                             progress, statistics)

@@ -47,7 +47,7 @@ class Precision(str, enum.Enum):
 class WeightRounding(str, enum.Enum):
     """How weights are rounded onto their int8 grid (see passes/weight_rounding.py)."""
 
-    AUTO = "auto"  # gptq; when the compile needs mixed precision, also nearest, keeping the closer artifact
+    AUTO = "auto"  # gptq; when the compile needs mixed precision, also nearest (selection: driver._keep_closer)
     GPTQ = "gptq"  # each rounding error compensated in the layer's later weights, by the calibration inputs
     NEAREST = "nearest"  # each weight to its nearest level
 
@@ -72,7 +72,7 @@ class ToleranceMetric(str, enum.Enum):
 
 
 # 1 - cosine on every output. At 0.01, EfficientNet-Lite0 passed with every node int8 and top-1
-# agreement 0.92 on the eval images; at 0.002 it keeps 5 nodes float and agrees on 0.98 at about
+# agreement 0.92 on the eval images; at 0.002 it keeps 5 nodes float and agrees on 0.97 at about
 # the same speed (README, "Accuracy bound").
 DEFAULT_TOLERANCE = 0.002
 
@@ -104,13 +104,14 @@ class CompileOptions:
             (``passes/bias_correction.py``; off by default: it lowers PP-OCRv5's fidelity).
         equalize: cross-layer equalization of consecutive convolutions (``passes/equalize.py``)
             and of linear residual streams (``passes/equalize_residual.py``); None: residual
-            streams always, consecutive convolutions only with per-tensor weights, where it
-            helps; False: neither.
+            streams whenever int8 calibration data can be read twice, consecutive convolutions
+            only with per-tensor weights, where it helps; False: neither.
         weight_rounding: ``gptq``: int8 weights of Conv/MatMul/Gemm rounded so that the layer's
             output on the calibration inputs moves least (``passes/weight_rounding.py``);
             ``nearest``: every weight to its nearest level; ``auto`` (default): gptq, and where the
-            compile needs nodes kept float for ``tolerance``, nearest too, keeping the artifact
-            closer to fp32 on the calibration samples.
+            compile needs nodes kept float for ``tolerance``, nearest too, keeping the one with
+            fewer nodes float if both meet it, else the one closer to fp32 on the calibration
+            samples.
         smoothquant: divide MatMul/Gemm input channels with outliers by per-channel factors
             folded into the weights (and the producer's constants), where that lowers the layer's
             output error on the calibration data (``passes/smooth_activations.py``).

@@ -13,7 +13,8 @@ pair, as does a tensor read by anything else or a weight shared with another nod
 
 On by default only with per-tensor weights (``equalize=None``): with per-channel scales every
 output channel already has its own range, and moving range into Conv2's input channels widens
-Conv2's per-channel ranges instead. ``equalize=True`` / ``False`` forces it. A float rewrite: it
+Conv2's per-channel ranges instead. ``equalize=True`` / ``False`` forces it (``False`` also turns off
+``equalize_residual``). A float rewrite: it
 runs before the plan, on the model the plan and calibration then see.
 """
 

@@ -17,7 +17,7 @@ outputs are from the float model's, in a simulation of the quantized model
    measured again, by at least ``MIN_GAIN`` of the gap left to the target (smaller gains cost
    speed and cannot close the gap: PP-OCRv5 det on ``ort`` had floated many nodes that each
    lowered it by 1e-5 to 1e-4, 31 float in all and 1.55x faster than fp32; with the rule, 16
-   float and 1.92x, eval mask IoU 0.960 -> 0.956). A round that finds none looks at the next
+   float and 1.88x in the zoo, eval mask IoU 0.960 -> 0.956). A round that finds none looks at the next
    ``REFINED`` units down the ranking, up to ``WINDOWS`` rounds in a row. It stops when the
    simulated error is within ``MARGIN`` of the bound (the artifact's integer kernels round
    slightly differently), when those rounds find nothing that helps, or when the float set would
