@@ -169,12 +169,15 @@ def mixed_precision_section(
     model and on the artifact (the one that decides ``met``), and the nodes kept float for it.
 
     None when no tolerance was asked for; ``met`` is None when the artifact did not run.
+    ``artifact_samples`` says how many samples ``met`` rests on: a TFLite artifact has static
+    shapes and runs only the samples shaped like the first.
     """
     if options.tolerance is None:
         return None
     metric = options.tolerance_metric.value
     key = "relative_error_mean" if metric == "relative" else "cosine_mean"
-    outputs = (verify or {}).get("fidelity", {}).get("outputs", {})
+    fidelity = (verify or {}).get("fidelity", {})
+    outputs = fidelity.get("outputs", {})
     artifact = {
         name: (o[key] if metric == "relative" else 1.0 - o[key]) for name, o in outputs.items()
     }
@@ -190,6 +193,7 @@ def mixed_precision_section(
         "bound": options.tolerance,
         "artifact_error": worst,
         "artifact_outputs": artifact,
+        "artifact_samples": fidelity.get("samples") if artifact else None,
         "met": None if worst is None else worst <= options.tolerance,
         "simulated_error": measured.error if measured else None,
         "simulated_runs": measured.evaluations if measured else 0,

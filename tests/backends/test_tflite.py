@@ -333,3 +333,20 @@ def test_a_square_feeding_a_reduction_stays_float():
     assert "square" in nodes["h2"]["reason"] and "ReduceSum" in nodes["h2"]["reason"], nodes["h2"]
     assert nodes["sq"]["decision"] == "int8", nodes["sq"]  # a square that feeds no reduction
     assert result.report["verify"]["ok"], result.report["verify"]
+
+
+def test_the_bound_says_how_many_samples_the_static_artifact_ran():
+    """The artifact has the first calibration sample's shapes; samples of other shapes cannot run,
+    and ``met`` must not look as if it rested on all of them."""
+    model = build_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[8,3,3,3] w, float[8] b, float[1,3,H,W] x) => (float[1,8,H,W] y) {
+      c = Conv<pads=[1,1,1,1]>(x, w, b)
+      y = Relu(c)
+    }
+    """)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.normal(size=(1, 3, 8, 8 if i % 2 == 0 else 12)).astype(np.float32)} for i in range(8)]
+    report = qcc.compile(model, target="tflite", calibration=feeds).report
+    assert report["verify"]["samples"] == 2  # of the 4 verify samples, the two shaped like the first
+    assert report["mixed_precision"]["artifact_samples"] == 2

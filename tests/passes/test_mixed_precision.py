@@ -88,6 +88,7 @@ def test_the_search_measures_again_after_each_choice(monkeypatch):
     section = _compile(model, target="ort", calibration=calibration, tolerance=BOUND,
                        method="minmax").report["mixed_precision"]  # minmax: no --dynamic selection
     assert section["met"] and section["artifact_error"] <= BOUND
+    assert section["artifact_samples"] == 4  # the verify samples the artifact ran
     producers = {n.name: n.output[0] for n in load(model).proto.graph.node}
     touched = {producers.get(k["node"], k["node"]) for k in section["kept_float"]}
     # Both spots: either alone leaves the output broken by the other, so measured only against the
