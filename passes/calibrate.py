@@ -14,6 +14,7 @@ from another tensor.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -267,6 +268,23 @@ class CalibratePass(QccPass):
         logger.info("calibrated %d tensors on %d samples", len(names), count)
         return stats
 
+
+
+def observe_float(model: ir.Model, ctx, names: list[str], max_samples: int, stage: str) -> Iterator[dict]:
+    """Runs the float model on at most ``max_samples`` calibration samples spaced over the set
+    (``CalibrationData.spaced``) and yields each sample's ``names`` tensors by name, reporting
+    progress as ``stage``. For the float rewrites that need data (smooth-activations,
+    equalize-residual).
+
+    Raises:
+        CalibrationDataError: the model failed on a sample.
+    """
+    sess = session(model, level="basic", what="the float model", extra_outputs=names)
+    length = ctx.calibration.known_length() or max_samples
+    total = -(-length // -(-length // max_samples))  # how many spaced() yields
+    for done, (index, feed) in enumerate(ctx.calibration.spaced(max_samples)):
+        yield dict(zip(names, run_float(sess, names, feed, index), strict=True))
+        ctx.progress(stage, done + 1, total)
 
 
 def run_float(sess, names: list[str], feed: dict[str, np.ndarray], index: int) -> list[np.ndarray]:

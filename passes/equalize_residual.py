@@ -37,8 +37,7 @@ import onnx_ir as ir
 from qcc.irutils import attr_int, const_array, private_constants, set_constant
 from qcc.options import Precision
 from qcc.passes._base import QccPass
-from qcc.passes.calibrate import run_float
-from qcc.runtime import session
+from qcc.passes.calibrate import observe_float
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +77,11 @@ class ResidualEqualizationPass(QccPass):
     def _observe(self, model: ir.Model, values: list[ir.Value]) -> dict[str, np.ndarray]:
         """Each channel's largest magnitude (axis 1) of ``values`` on the calibration samples."""
         names = [v.name for v in values]
-        ranges = {name: np.zeros(0, np.float64) for name in names}
-        sess = session(model, level="basic", what="the float model", extra_outputs=names)
-        length = self.ctx.calibration.known_length() or MAX_SAMPLES
-        total = -(-length // -(-length // MAX_SAMPLES))  # how many spaced() yields
-        for done, (index, feed) in enumerate(self.ctx.calibration.spaced(MAX_SAMPLES)):
-            for name, array in zip(names, run_float(sess, names, feed, index), strict=True):
-                axes = tuple(a for a in range(array.ndim) if a != 1)
-                magnitude = np.abs(array).max(axis=axes).astype(np.float64)
-                ranges[name] = magnitude if not ranges[name].size else np.maximum(ranges[name], magnitude)
-            self.ctx.progress("equalize", done + 1, total)
+        ranges = {v.name: np.zeros(v.shape[1], np.float64) for v in values}  # magnitudes: 0 is the floor
+        for arrays in observe_float(model, self.ctx, names, MAX_SAMPLES, "equalize"):
+            for name, array in arrays.items():
+                magnitude = np.abs(array).max(axis=tuple(a for a in range(array.ndim) if a != 1))
+                ranges[name] = np.maximum(ranges[name], magnitude.astype(np.float64))
         return ranges
 
 

@@ -51,9 +51,8 @@ from qcc.annotations import Smoothing, set_smoothing
 from qcc.irutils import NameAllocator, add_initializer, attr_int, const_array, set_constant
 from qcc.options import Precision
 from qcc.passes._base import QccPass
-from qcc.passes.calibrate import run_float
+from qcc.passes.calibrate import observe_float
 from qcc.quantmath import activation_params, fake_quantize, symmetric_weight_scale
-from qcc.runtime import session
 
 logger = logging.getLogger(__name__)
 
@@ -165,13 +164,9 @@ class SmoothActivationsPass(QccPass):
         names = [v.name for v in values]
         capacity = int(np.clip(HELD_BYTES // (4 * sum(_channels(v) for v in values)), MIN_ROWS, HELD_ROWS))
         stats = {v.name: ChannelStats(_channels(v), capacity) for v in values}
-        sess = session(model, level="basic", what="the float model", extra_outputs=names)
-        length = self.ctx.calibration.known_length() or MAX_SAMPLES
-        total = -(-length // -(-length // MAX_SAMPLES))  # how many spaced() yields
-        for done, (index, feed) in enumerate(self.ctx.calibration.spaced(MAX_SAMPLES)):
-            for name, array in zip(names, run_float(sess, names, feed, index), strict=True):
+        for arrays in observe_float(model, self.ctx, names, MAX_SAMPLES, "smooth"):
+            for name, array in arrays.items():
                 stats[name].update(array)
-            self.ctx.progress("smooth", done + 1, total)
         return stats
 
     def _smooth(
