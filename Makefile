@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: install demo test test-all lint fuzz zoo bench bench-large clean
+.PHONY: install demo test test-all lint fuzz conformance zoo bench bench-large clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-all: $(STAMP)
 
 fuzz: $(STAMP)
 	QCC_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/e2e/test_fuzz.py -p no:cacheprovider
+
+# Every ONNX node conformance case, every target, both variants; writes docs/operators.md.
+conformance: $(STAMP)
+	$(PY) -m tests.e2e.conformance --json build/conformance.json --markdown docs/operators.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check compiler passes backends tests models

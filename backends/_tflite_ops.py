@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from qcc.backends import _tflite_ops_control, _tflite_ops_index, _tflite_ops_math, _tflite_ops_norm
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_data import LOWERINGS as DATA_LOWERINGS
 from qcc.backends._tflite_ops_data import reduce_axes
@@ -352,3 +353,7 @@ LOWERINGS = {
     "LSTM": lstm,
     **DATA_LOWERINGS,
 }
+# The op families in their own modules; each may replace a base rule above.
+FAMILIES = (_tflite_ops_math, _tflite_ops_norm, _tflite_ops_index, _tflite_ops_control)
+for _family in FAMILIES:
+    LOWERINGS.update(_family.LOWERINGS)

@@ -34,6 +34,7 @@ from qcc.annotations import Decision, get_quant, quantized_values, set_quant
 from qcc.backends._qdq import materialize_qdq
 from qcc.backends._tflite_litert import compare_with_simulation
 from qcc.backends._tflite_lower import Lowering, absorb_activations
+from qcc.backends._tflite_ops import FAMILIES
 from qcc.backends._tflite_sim import integer_exact
 from qcc.backends._tflite_validate import validate
 from qcc.backends._tflite_versions import stamp_versions
@@ -83,6 +84,10 @@ class TfliteSpec(TargetSpec):
         return (Decision.FLOAT, reason) if reason is not None else None
 
 
+# Int8 ops and shared-scale ops that the op-family modules add (``_tflite_ops.FAMILIES``).
+_FAMILY_INT8_OPS = frozenset().union(*(family.INT8_OPS for family in FAMILIES))
+_FAMILY_SHARED_SCALE_OPS = frozenset().union(*(family.SHARED_SCALE_OPS for family in FAMILIES))
+
 TFLITE_SPEC = TfliteSpec(
     name="tflite",
     description="TFLite / LiteRT: fully-int8 .tflite flatbuffer (XNNPACK or builtin kernels)",
@@ -103,7 +108,8 @@ TFLITE_SPEC = TfliteSpec(
             "PRelu",
             "Gelu",
         }
-    ),
+    )
+    | _FAMILY_INT8_OPS,
     shared_scale_ops=frozenset(
         {
             "MaxPool",
@@ -123,7 +129,8 @@ TFLITE_SPEC = TfliteSpec(
             # Not Expand, though BROADCAST_TO could copy int8: it would carry int8 into Magika's
             # LayerNorm variance (E[x^2] - E[x]^2), which cancels catastrophically (top-1 0.72 -> 0.53).
         }
-    ),
+    )
+    | _FAMILY_SHARED_SCALE_OPS,
     fused_activations=frozenset({"Relu", "Clip"}),
     keep_fused_activation_nodes=False,
     symmetric_activations=False,
