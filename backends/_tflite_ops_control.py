@@ -1,13 +1,160 @@
-"""TFLite lowering rules: control flow and recurrent ops other than LSTM (If, Loop, GRU, RNN).
+"""TFLite lowering rules: control flow and recurrent ops other than LSTM (If, Loop, Scan, GRU, RNN).
 
 Rules follow docs/tflite.md "Adding a lowering". ``LOWERINGS`` is merged into the registry in
 ``_tflite_ops`` after the base rules (a key here replaces a base rule of the same op).
 ``INT8_OPS`` / ``SHARED_SCALE_OPS`` extend ``TFLITE_SPEC`` for ops lowered here with an int8
 kernel (see ``backends/tflite.py``).
+
+qcc writes one TFLite subgraph, so control flow is flattened into it:
+
+* ``If`` with a run-time condition: both branches are lowered into the main graph (float
+  islands: the plan and quantization passes do not look inside subgraphs, so every branch node
+  runs float) and each output is ``SELECT_V2(cond, then_out, else_out)``, which is ``If`` exactly
+  when both branches give the same shape and type and computing the untaken one is harmless (ONNX
+  ops have no side effects; an index op in the untaken branch must still be in range, as the
+  branch is computed on the same inputs). Branches of different shapes would need TFLite's IF
+  op with a subgraph per branch, which qcc's writer does not produce: refused, naming the shapes.
+  An ``If`` with a constant condition never gets here: canonicalize inlines the taken branch.
+* ``Loop`` with a constant trip count is unrolled by canonicalize for this target
+  (``passes/canonicalize.py``); one left here has a run-time trip count or condition and would
+  need TFLite's WHILE with its condition and body subgraphs: refused.
+* ``Scan``: refused for the same reason (WHILE); ONNX exporters write recurrences as LSTM/GRU/RNN
+  or Loop, which qcc unrolls.
+* ``GRU`` and ``RNN``: unrolled time steps (``_tflite_ops_rnn``, like LSTM).
 """
 
 from __future__ import annotations
 
-LOWERINGS: dict = {}
+import numpy as np
+import onnx_ir as ir
+
+from qcc.backends._tflite_lower import Lowering
+from qcc.backends._tflite_ops_rnn import gru, rnn
+from qcc.backends._tflite_ops_window import unsupported
+from qcc.errors import BackendError
+from qcc.irutils import const_array
+from qcc.passes.layout_nhwc import defines_layout
+
+_WHILE = (
+    "LiteRT runs it only as a WHILE op with condition and body subgraphs, which qcc's TFLite writer does not "
+    "write yet"
+)
+
+
+def if_(lw: Lowering, node: ir.Node) -> None:
+    """If (run-time condition) -> both branches in the main graph, SELECT_V2 per output.
+
+    Raises:
+        BackendError: the branches' outputs differ in shape or type, or a branch node cannot be
+            lowered (named, with the branch).
+    """
+    branches = {}
+    for key in ("then_branch", "else_branch"):
+        attr = node.attributes.get(key)
+        if attr is None:
+            raise unsupported(node, f"no {key}")
+        branches[key] = attr.as_graph()
+    then_graph, else_graph = branches["then_branch"], branches["else_branch"]
+    for key, graph in branches.items():
+        if len(graph.outputs) != len(node.outputs):
+            raise unsupported(node, f"{key} has {len(graph.outputs)} outputs, the node {len(node.outputs)}")
+    _check_same_signature(node, then_graph, else_graph)
+    condition = lw.read(node.inputs[0], False)
+    if condition.dtype != np.bool_:
+        raise unsupported(node, f"condition of type {condition.dtype} (ONNX If takes a bool)")
+    for key, graph in branches.items():
+        _lower_graph(lw, node, key, graph)
+    for index, (then_out, else_out) in enumerate(zip(then_graph.outputs, else_graph.outputs, strict=True)):
+        a, b = lw.read(then_out, False), lw.read(else_out, False)
+        out = lw.output(node, index)
+        if a.dtype != b.dtype or a.dtype != out.dtype:
+            raise unsupported(node, f"output {index} is {a.dtype} in then_branch, {b.dtype} in else_branch")
+        lw.op("SELECT_V2", [condition, a, b], [out], "SelectV2Options", source=node.name)
+
+
+def _check_same_signature(node: ir.Node, then_graph: ir.Graph, else_graph: ir.Graph) -> None:
+    """Refuses branches whose outputs differ in static shape or element type (SELECT_V2 needs one)."""
+    for index, (a, b) in enumerate(zip(then_graph.outputs, else_graph.outputs, strict=True)):
+        shapes = [_static(v) for v in (a, b)]
+        if None in shapes or shapes[0] != shapes[1] or a.dtype != b.dtype:
+            described = [f"{v.dtype.name.lower() if v.dtype else '?'}{list(s) if s else '(shape unknown)'}"
+                         for v, s in zip((a, b), shapes, strict=True)]
+            raise BackendError(
+                f"node {node.name!r} (If): output {index} is {described[0]} in then_branch and {described[1]} "
+                "in else_branch; qcc computes both branches and selects with SELECT_V2, which needs one static "
+                "shape and type, and TFLite's IF op needs branch subgraphs qcc's writer does not write yet.",
+                "make both branches return the same shape (pad or reshape), or fix the condition at export "
+                "time so canonicalize inlines the taken branch.",
+            )
+
+
+def _static(value: ir.Value) -> tuple[int, ...] | None:
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return tuple(int(d) for d in value.shape)
+
+
+def _lower_graph(lw: Lowering, node: ir.Node, key: str, graph: ir.Graph) -> None:
+    """Lowers every node of a branch into the main graph, float (see module docstring)."""
+    from qcc.backends._tflite_ops import LOWERINGS
+
+    for inner in graph:
+        where = f"{node.name!r} {key}"
+        if inner.op_type == "Constant" and inner.domain in ("", "ai.onnx"):
+            _constant(lw, inner)
+            continue
+        rule = LOWERINGS.get(inner.op_type) if inner.domain in ("", "ai.onnx") else None
+        if rule is None:
+            raise BackendError(
+                f"node {inner.name!r} ({inner.op_type}) in {where} (If) has no TFLite lowering in qcc.",
+                "exclude the If from the model or add a lowering to backends/_tflite_ops.py (see docs/tflite.md).",
+            )
+        if defines_layout(inner):
+            raise BackendError(
+                f"node {inner.name!r} ({inner.op_type}) in {where} (If) is a channels-first image op; qcc's NHWC "
+                "layout pass does not rewrite If branches.",
+                "fix the condition at export time (canonicalize then inlines the taken branch), or move the op out "
+                "of the branch.",
+            )
+        try:
+            rule(lw, inner)
+        except BackendError as error:
+            raise BackendError(f"in {where} (If): {error.problem}", error.fix) from None
+
+
+def _constant(lw: Lowering, node: ir.Node) -> None:
+    """A Constant node left in a branch (one that is a branch output): a constant tensor."""
+    attr = node.attributes.get("value")
+    if attr is None:
+        raise unsupported(node, "Constant without a tensor 'value'")
+    array = attr.as_tensor().numpy()
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    lw.alias(node.outputs[0], lw.constant(node.outputs[0].name or "constant", array))
+
+
+def loop(lw: Lowering, node: ir.Node) -> None:
+    """Loop left after canonicalize (run-time trip count or condition, or too large): refused."""
+    trip = const_array(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
+    if trip is None:
+        why = "its trip count is not a constant (a run-time input, or absent with a run-time condition)"
+    else:
+        why = "its trip count is constant but the loop could not be unrolled (run-time exit condition, or too large)"
+    raise BackendError(
+        f"node {node.name!r} (Loop): {why}; {_WHILE}.",
+        "export the model with a fixed trip count and a body that always continues, so qcc unrolls it, or "
+        "compile for --target ort.",
+    )
+
+
+def scan(lw: Lowering, node: ir.Node) -> None:
+    """Scan: refused (see module docstring)."""
+    raise BackendError(
+        f"node {node.name!r} (Scan): {_WHILE}, and qcc does not unroll Scan.",
+        "export the recurrence as LSTM/GRU/RNN (qcc unrolls those), or compile for --target ort.",
+    )
+
+
+LOWERINGS: dict = {"GRU": gru, "RNN": rnn, "If": if_, "Loop": loop, "Scan": scan}
 INT8_OPS: frozenset[str] = frozenset()
 SHARED_SCALE_OPS: frozenset[str] = frozenset()

@@ -7,6 +7,13 @@
   first, so shape subgraphs (Shape -> Gather -> Concat -> Reshape) collapse into constants.
   Results that would be large materializations (ConstantOfShape/Expand/Tile/Range above 1M
   elements) are left as nodes.
+* ``If`` with a constant condition (an initializer, a ``Constant``, or one that folding makes
+  constant) is replaced by its taken branch: the branch's nodes move into the graph before it
+  (values renamed where their names are taken; references to outer values are the same IR
+  values, so they need no renaming), its constants become initializers, and the ``If`` outputs
+  become the branch outputs. Folding then runs again over the inlined nodes, and an ``If``
+  nested in the taken branch is inlined in turn. Every target benefits: no subgraph is left for
+  the plan (which does not look inside subgraphs) and TFLite needs no IF.
 * ``ReduceMean`` over the spatial axes (2, 3) of a 4-D tensor becomes ``GlobalAveragePool``
   (followed by a ``Reshape`` to (N, C) when ``keepdims=0``): the same numbers, and an op every
   target has an int8 kernel for.
@@ -30,7 +37,15 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnx.reference import ReferenceEvaluator
 
-from qcc.irutils import add_initializer, const_array, default_opset, remove_node_bypassing, take_over, unique_name
+from qcc.irutils import (
+    NameAllocator,
+    add_initializer,
+    const_array,
+    default_opset,
+    remove_node_bypassing,
+    take_over,
+    unique_name,
+)
 from qcc.passes._base import QccPass
 
 logger = logging.getLogger(__name__)
@@ -41,6 +56,8 @@ _NEVER_FOLD = frozenset(
 )
 _EXPANDING = frozenset({"ConstantOfShape", "Expand", "Tile", "Range"})
 _MAX_EXPANDED = 1 << 20
+# Rounds of inline-then-fold: an If nested in a taken branch is inlined in the next round.
+_MAX_INLINE_ROUNDS = 16
 
 
 class CanonicalizePass(QccPass):
@@ -59,6 +76,12 @@ class CanonicalizePass(QccPass):
                 remove_node_bypassing(graph, node)
                 modified = True
         modified |= fold_constants(model)
+        for _round in range(_MAX_INLINE_ROUNDS):
+            if not inline_constant_ifs(graph, default_opset(model)):
+                break
+            modified = True
+            common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+            fold_constants(model)
         for node in list(graph):
             if node.op_type == "ReduceMean" and node.domain == "":
                 modified |= _spatial_mean_to_global_pool(graph, node, default_opset(model))
@@ -68,6 +91,64 @@ class CanonicalizePass(QccPass):
                 modified |= _fold_gemm_factors(graph, node)
         modified |= common.RemoveUnusedNodesPass()(model).modified
         return ir.passes.PassResult(model, modified)
+
+
+def inline_constant_ifs(graph: ir.Graph, opset: int) -> bool:
+    """Replaces every ``If`` of the graph whose condition is a constant by its taken branch.
+
+    Returns:
+        True if any ``If`` was inlined.
+    """
+    inlined = False
+    names = None
+    for node in list(graph):
+        if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
+            continue
+        condition = const_array(node.inputs[0])
+        if condition is None or condition.size != 1:
+            continue
+        names = names or NameAllocator(graph)
+        taken = "then_branch" if bool(condition.reshape(())) else "else_branch"
+        _inline_branch(graph, node, node.attributes[taken].as_graph(), names, opset)
+        inlined = True
+    return inlined
+
+
+def _inline_branch(graph: ir.Graph, node: ir.Node, branch: ir.Graph, names: NameAllocator, opset: int) -> None:
+    """Moves ``branch``'s constants and nodes before ``node`` and wires ``node``'s outputs to its outputs."""
+    results = list(branch.outputs)
+    branch.outputs.clear()
+    for name in list(branch.initializers):
+        value = branch.initializers.pop(name)
+        value.name = names.new(name)
+        graph.register_initializer(value)
+    for inner in list(branch):
+        branch.remove(inner, safe=False)
+        for out in inner.outputs:
+            if out.name:
+                out.name = names.new(out.name)
+        if inner.name:
+            inner.name = names.new(inner.name)
+        graph.insert_before(node, inner)
+    for out, result in zip(node.outputs, results, strict=True):
+        array = const_array(result)
+        producer = result.producer()
+        if array is None and producer is not None and producer.op_type == "Constant":
+            # A Constant that is a branch output is not lifted to an initializer; take its value.
+            folded = _evaluate(producer, opset)
+            array = None if folded is None else folded[0]
+        if array is not None and not result.is_graph_input():
+            _replace_with_constant(graph, out, array)
+        elif not out.is_graph_output():
+            out.replace_all_uses_with(result)
+        elif result.producer() is not None and result.producer().graph is graph and not result.is_graph_output():
+            take_over(out, result)
+        else:
+            # A graph input (or another graph output) passed through: its name cannot change.
+            copy = ir.node("Identity", [result], name=names.new(f"{node.name or 'if'}_result"))
+            graph.insert_before(node, copy)
+            take_over(out, copy.outputs[0])
+    graph.remove(node, safe=True)
 
 
 def _fold_gemm_factors(graph: ir.Graph, node: ir.Node) -> bool:
