@@ -1,0 +1,246 @@
+"""Indexing and data-movement ops lowered to TFLite (``backends/_tflite_ops_index.py``).
+
+float: the float pipeline written by the tflite emitter, run in LiteRT under both resolvers and
+compared with ONNX Runtime on the ONNX model. int8: the data-movement ops that share their
+input's parameters (Tile, DepthToSpace, SpaceToDepth) after a Conv, checked by ``verify()``
+against the ORT simulation on both resolvers and shown to run on int8 tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import qcc
+from qcc.backends._tflite_litert import interpreter, run
+from qcc.errors import QccError
+from tests.backends.test_tflite_ops import float_tflite
+from tests.conftest import build_model, random_feeds
+from tests.conftest import run as run_ort
+
+_RNG = np.random.default_rng(7)
+
+
+def _head(opset: int) -> str:
+    return f'<ir_version: 8, opset_import: ["" : {opset}]>\n'
+
+
+def _x(*shape) -> np.ndarray:
+    return _RNG.normal(0, 1, shape).astype(np.float32)
+
+
+# name -> (opset, graph text, feed). A Relu in front keeps a float tensor in integer-output models.
+FLOAT_CASES = {
+    "argmax_keepdims_last": (
+        13,
+        "g (float[3,4,5] x) => (int64[3,1,5] y) { r = Relu(x)\n y = ArgMax<axis=1, select_last_index=1>(r) }",
+        {"x": np.round(_x(3, 4, 5))},
+    ),
+    "argmin_flat": (
+        13,
+        "g (float[3,4] x) => (int64[3] y) { r = Relu(x)\n n = Neg(r)\n y = ArgMin<axis=-1, keepdims=0>(n) }",
+        {"x": _x(3, 4)},
+    ),
+    "topk_axis0_smallest": (
+        11,
+        "g (float[5,3] x, int64[1] k) => (float[2,3] v, int64[2,3] i) { v, i = TopK<axis=0, largest=0>(x, k) }",
+        {"x": _x(5, 3), "k": np.array([2], np.int64)},
+    ),
+    "cumsum_exclusive_reverse": (
+        14,
+        "g (float[3,4] x) => (float[3,4] y) { y = CumSum<exclusive=1, reverse=1>(x, ax) }",
+        {"x": _x(3, 4)},
+    ),
+    "cumprod_axis1": (
+        26,
+        "g (float[2,5] x) => (float[2,5] y) { y = CumProd(x, ax) }",
+        {"x": _x(2, 5)},
+    ),
+    "gather_elements_runtime": (
+        13,
+        "g (float[3,4] x, int64[3,2] i) => (float[3,2] y) { y = GatherElements<axis=1>(x, i) }",
+        {"x": _x(3, 4), "i": np.array([[0, -1], [2, 3], [-4, 1]], np.int64)},
+    ),
+    "gathernd_batch_dims": (
+        13,
+        "g (float[2,3,4] x, int64[2,2,1] i) => (float[2,2,4] y) { y = GatherND<batch_dims=1>(x, i) }",
+        {"x": _x(2, 3, 4), "i": np.array([[[2], [0]], [[1], [-1]]], np.int64)},
+    ),
+    "scatternd_none": (
+        18,
+        "g (float[4,3] x, int64[2,1] i, float[2,3] u) => (float[4,3] y) { y = ScatterND(x, i, u) }",
+        {"x": _x(4, 3), "i": np.array([[3], [1]], np.int64), "u": _x(2, 3)},
+    ),
+    "scatternd_mul_repeated": (
+        18,
+        'g (float[4,3] x, int64[3,1] i, float[3,3] u) => (float[4,3] y) { y = ScatterND<reduction="mul">(x, i, u) }',
+        {"x": _x(4, 3), "i": np.array([[1], [1], [2]], np.int64), "u": _x(3, 3)},
+    ),
+    "scatter_elements_add": (
+        18,
+        "g (float[3,4] x, int64[3,2] i, float[3,2] u) => (float[3,4] y) "
+        '{ y = ScatterElements<axis=1, reduction="add">(x, i, u) }',
+        {"x": _x(3, 4), "i": np.array([[0, 0], [3, 1], [-1, 2]], np.int64), "u": _x(3, 2)},
+    ),
+    "tile": (
+        13,
+        "g (float[2,3] x, int64[2] r) => (float[4,9] y) { y = Tile(x, r) }",
+        {"x": _x(2, 3), "r": np.array([2, 3], np.int64)},
+    ),
+    "depth_to_space_crd": (
+        13,
+        'g (float[1,8,2,3] x) => (float[1,2,4,6] y) { y = DepthToSpace<blocksize=2, mode="CRD">(x) }',
+        {"x": _x(1, 8, 2, 3)},
+    ),
+    "space_to_depth": (
+        13,
+        "g (float[1,2,4,6] x) => (float[1,8,2,3] y) { y = SpaceToDepth<blocksize=2>(x) }",
+        {"x": _x(1, 2, 4, 6)},
+    ),
+    "einsum_batch_matmul": (
+        12,
+        'g (float[2,3,4] p, float[2,4,5] q) => (float[2,3,5] y) { y = Einsum<equation="bij,bjk->bik">(p, q) }',
+        {"p": _x(2, 3, 4), "q": _x(2, 4, 5)},
+    ),
+    "einsum_transposed_contraction": (
+        12,
+        'g (float[3,4] p, float[5,4,2] q) => (float[2,5,3] y) { y = Einsum<equation="ij,kjl->lki">(p, q) }',
+        {"p": _x(3, 4), "q": _x(5, 4, 2)},
+    ),
+    "einsum_outer": (
+        12,
+        'g (float[3] p, float[4] q) => (float[3,4] y) { y = Einsum<equation="i,j">(p, q) }',
+        {"p": _x(3), "q": _x(4)},
+    ),
+    "einsum_diagonal_sum": (
+        12,
+        'g (float[2,3,3] a) => (float[2] y) { y = Einsum<equation="...ii->...">(a) }',
+        {"a": _x(2, 3, 3)},
+    ),
+    "trilu_lower": (
+        14,
+        "g (float[2,4,5] x, int64 k) => (float[2,4,5] y) { y = Trilu<upper=0>(x, k) }",
+        {"x": _x(2, 4, 5), "k": np.array(1, np.int64)},
+    ),
+    "one_hot_negative": (
+        11,
+        "g (int64[4] i, float[2] v) => (float[4,5] y) { r = Relu(v)\n y = OneHot<axis=-1>(i, d, r) }",
+        {"i": np.array([0, -1, 7, 3], np.int64), "v": np.array([0.5, 2.0], np.float32)},
+    ),
+    "reverse_sequence": (
+        10,
+        "g (float[3,4,2] x, int64[4] s) => (float[3,4,2] y) { y = ReverseSequence<batch_axis=1, time_axis=0>(x, s) }",
+        {"x": _x(3, 4, 2), "s": np.array([1, 2, 3, 3], np.int64)},
+    ),
+    "compress_runtime": (
+        13,
+        "g (float[4,3] x, bool[4] c) => (float[2,3] y) { y = Compress<axis=0>(x, c) }",
+        {"x": _x(4, 3), "c": np.array([False, True, False, True])},
+    ),
+    "center_crop_pad": (
+        18,
+        "g (float[6,3,2] x) => (float[3,6,2] y) { y = CenterCropPad(x, s) }",
+        {"x": _x(6, 3, 2)},
+    ),
+    "shape_slice_and_size": (
+        15,
+        "g (float[2,3,4] x) => (int64[2] s, int64 n) { r = Relu(x)\n s = Shape<start=-2>(r)\n n = Size(r) }",
+        {"x": _x(2, 3, 4)},
+    ),
+    "constant_of_shape": (
+        9,
+        "g (float[2,3] x) => (float[2,3] y) { c = ConstantOfShape<value=float[1] {1.5}>(s)\n y = Add(x, c) }",
+        {"x": _x(2, 3)},
+    ),
+}
+# Constant inputs of the cases (initializers).
+_CONSTANTS = {
+    "cumsum_exclusive_reverse": {"ax": np.array(1, np.int32)},
+    "cumprod_axis1": {"ax": np.array(-1, np.int64)},
+    "one_hot_negative": {"d": np.array(5, np.int64)},
+    "center_crop_pad": {"s": np.array([3, 6, 2], np.int64)},
+    "constant_of_shape": {"s": np.array([2, 3], np.int64)},
+}
+
+
+def _model(name: str) -> onnx.ModelProto:
+    opset, graph, _ = FLOAT_CASES[name]
+    constants = _CONSTANTS.get(name, {})
+    if constants:
+        types = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
+        extra = ", ".join(f"{types[a.dtype]}[{','.join(map(str, a.shape))}] {n}" for n, a in constants.items())
+        graph = graph.replace(") =>", f", {extra}) =>", 1)
+    return build_model(_head(opset) + graph, constants=constants)
+
+
+@pytest.mark.parametrize("resolver", ["xnnpack", "builtin"])
+@pytest.mark.parametrize("name", sorted(FLOAT_CASES))
+def test_float_op_matches_onnxruntime(name, resolver):
+    model = _model(name)
+    feed = FLOAT_CASES[name][2]
+    expected = run_ort(model, feed)
+    interp = interpreter(float_tflite(model), resolver)
+    got = run(interp, feed, [np.shape(e) for e in expected])
+    kinds = [np.dtype(d["dtype"]).kind for d in interp.get_output_details()]
+    assert kinds == [np.asarray(e).dtype.kind for e in expected]  # int64 indices stay integer
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_allclose(np.asarray(g).reshape(np.shape(e)), e, rtol=1e-5, atol=1e-5)
+
+
+def test_the_compiled_argmax_after_relu_runs():
+    model = _model("argmax_keepdims_last")
+    feed = FLOAT_CASES["argmax_keepdims_last"][2]
+    result = qcc.compile(model, target="tflite", calibration=[feed])
+    got = run(interpreter(result.artifact.data, "builtin"), feed, [(3, 1, 5)])
+    np.testing.assert_array_equal(got[0], run_ort(model, feed)[0])
+
+
+# int8: Conv then the data-movement op, which keeps the Conv output's parameters.
+_INT8_CASES = {
+    "tile": ("float[1,16,4,8] y", "int64[4] r", "y = Tile(c, r)", {"r": np.array([1, 2, 1, 2], np.int64)}),
+    "depth_to_space_crd": ("float[1,2,8,8] y", "", 'y = DepthToSpace<blocksize=2, mode="CRD">(c)', {}),
+    "depth_to_space_dcr": ("float[1,2,8,8] y", "", "y = DepthToSpace<blocksize=2>(c)", {}),
+    "space_to_depth": ("float[1,32,2,2] y", "", "y = SpaceToDepth<blocksize=2>(c)", {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_INT8_CASES))
+def test_int8_data_movement_matches_the_simulation(name):
+    out, extra, body, constants = _INT8_CASES[name]
+    signature = ", ".join(s for s in ("float[8,8,1,1] w", extra) if s)
+    text = f"{_head(13)}g ({signature}, float[1,8,4,4] x) => ({out}) {{\n c = Conv(x, w)\n {body}\n}}\n"
+    model = build_model(text, constants=constants)
+    result = qcc.compile(model, target="tflite", calibration=random_feeds(model, 8))
+    for resolver, entry in result.report["verify"]["resolvers"].items():
+        assert entry["ok"], (resolver, entry)
+        assert entry["within_one_step"] >= 0.99, (resolver, entry)
+    interp = interpreter(result.artifact.data, "builtin")
+    ops = interp._get_ops_details()  # noqa: SLF001 - no public op listing
+    moving = [op for op in ops if op["op_name"] in ("TILE", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH")]
+    assert moving, [op["op_name"] for op in ops]
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    assert all(tensors[op["inputs"][0]]["dtype"] == np.int8 for op in moving)
+
+
+@pytest.mark.parametrize(
+    ("text", "feed", "message"),
+    [
+        (
+            "g (float[6] x) => (float[4] y, int64[4] i, int64[6] v, int64[4] n) { y, i, v, n = Unique(x) }",
+            {"x": np.array([2, 1, 1, 3, 4, 3], np.float32)},
+            "output length depends on the input values",
+        ),
+        (
+            "g (float[2,3,4] p, float[3,4,5] q, float[5] r) => (float[2] y) "
+            '{ y = Einsum<equation="ijk,jkl,l->i">(p, q, r) }',
+            None,
+            "3 operands",
+        ),
+    ],
+)
+def test_refusals_name_the_reason(text, feed, message):
+    model = onnx.parser.parse_model(_head(12 if "Einsum" in text else 11) + text)
+    feed = feed or random_feeds(model, 1)[0]
+    with pytest.raises(QccError, match=message):
+        qcc.compile(model, target="tflite", calibration=[feed], verify=False)
