@@ -275,3 +275,54 @@ def test_scan_is_refused_naming_while():
     )
     with pytest.raises(BackendError, match="Scan.*WHILE"):
         float_tflite(model)
+
+
+# ONNX's test_loop11 with a constant trip count: the body slices a constant by the iteration number.
+_LOOP_CONSTANT = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,4] x, float[4,4] w) => (float[1,4] y, float[3,1,4] s) {
+  m = Constant<value=int64 {3}>()
+  t = Constant<value=bool {1}>()
+  y, s = Loop(m, t, x) <body = body (int64 i, bool c, float[1,4] v) => (bool co, float[1,4] vo, float[1,4] so) {
+    co = Identity(c)
+    k = Constant<value=float[3] {0.5, -1.0, 2.0}>()
+    one = Constant<value=int64 {1}>()
+    e = Add(i, one)
+    zero = Constant<value=int64[1] {0}>()
+    a = Unsqueeze(i, zero)
+    b = Unsqueeze(e, zero)
+    f = Slice(k, a, b)
+    p = MatMul(v, w)
+    q = Mul(p, f)
+    vo = Tanh(q)
+    so = Relu(q) }>
+}
+"""
+
+
+def _loop_model():
+    return build_model(_LOOP_CONSTANT)
+
+
+@pytest.mark.parametrize("resolver", ["xnnpack", "builtin"])
+def test_float_loop_with_constant_trip_count_is_unrolled(resolver):
+    model = _loop_model()
+    feed = random_feeds(model, 1, seed=3)[0]
+    expected = run_ort(model, feed)
+    data = float_tflite(model)
+    got = _run_tflite(data, feed, resolver, [np.shape(e) for e in expected])
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_unrolled_loop_verifies_and_quantizes_the_body():
+    model = _loop_model()
+    result = qcc.compile(model, target="tflite", calibration=random_feeds(model, 8))
+    assert result.report["verify"]["ok"], result.report["verify"]
+    decisions = {(n["op_type"], n["decision"]) for n in result.report["nodes"]}
+    assert ("MatMul", "int8") in decisions and not any(op == "Loop" for op, _ in decisions)
+
+
+def test_ort_keeps_the_loop():
+    model = _loop_model()
+    result = qcc.compile(model, target="ort", calibration=random_feeds(model, 8))
+    assert "Loop" in {n["op_type"] for n in result.report["nodes"]}
