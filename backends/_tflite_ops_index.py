@@ -689,16 +689,114 @@ def range_(lw: Lowering, node: ir.Node) -> None:
     rule.finish(rule.op("RANGE", parts, y.shape, parts[0].dtype, "RangeOptions", out=y))
 
 
-def value_dependent(what: str):
-    """Returns a rule refusing an op whose output length depends on the values."""
-
-    def rule(lw: Lowering, node: ir.Node) -> None:
+def _static_count(node: ir.Node, index: int, axis: int) -> int:
+    """The static length of output ``index`` along ``axis`` (the values decide it in ONNX)."""
+    value = node.outputs[index]
+    if value.shape is None or not isinstance(value.shape[axis], int):
         raise unsupported(
             node,
-            f"{what}: its output length depends on the input values, and qcc writes TFLite tensors with static shapes",
+            f"an output length that depends on the input values ({value.name!r} is {value.shape}), and qcc "
+            "writes TFLite tensors with static shapes; it is lowered when the model declares that length",
         )
+    return int(value.shape[axis])
 
-    return rule
+
+def non_zero(lw: Lowering, node: ir.Node) -> None:
+    """NonZero with a static count ``k`` -> the flat positions of the non-zero entries, unravelled.
+
+    ``coords[d] = FLOOR_MOD(FLOOR_DIV(pos, stride_d), dim_d)`` for the positions of
+    :func:`_true_positions`; ``k`` is the count of the first calibration sample.
+    """
+    rule = _Rule(lw, node)
+    k = _static_count(node, 0, 1)
+    x = rule.cast(lw.read(node.inputs[0], False), _F32) if node.inputs[0].dtype.is_floating_point() else None
+    x = lw.read(node.inputs[0], False) if x is None else x
+    dims = list(x.shape)
+    if not dims:
+        raise unsupported(node, "a scalar input")
+    flat = rule.reshape(x, [int(np.prod(dims))])
+    if flat.dtype == _BOOL:
+        flags = flat
+    else:
+        zero = rule.const(np.zeros((), flat.dtype))
+        flags = rule.op("NOT_EQUAL", [flat, zero], flat.shape, _BOOL, "NotEqualOptions")
+    if k == 0:
+        _write_constant(lw, node, np.zeros((len(dims), 0), np.int64))
+        return
+    positions = rule.reshape(_true_positions(rule, flags, k), [1, k])
+    strides = np.array([int(np.prod(dims[d + 1 :])) for d in range(len(dims))], np.int32).reshape(-1, 1)
+    shape = [len(dims), k]
+    outer = rule.op("FLOOR_DIV", [positions, rule.const(strides)], shape, _I32, "FloorDivOptions")
+    sizes = rule.const(np.array(dims, np.int32).reshape(-1, 1))
+    rule.finish(rule.op("FLOOR_MOD", [outer, sizes], shape, _I32, "FloorModOptions"))
+
+
+def unique(lw: Lowering, node: ir.Node) -> None:
+    """Unique with a static count ``k`` -> pairwise comparisons of the ``n`` slices (module docstring).
+
+    ``eq[i, j]``: slices ``i`` and ``j`` are equal; slice ``i`` is a first occurrence when no
+    ``j < i`` equals it. Its slot is the number of distinct slices lexicographically below it
+    (sorted) or of first occurrences before it (not sorted). Then ``indices`` scatter each first
+    occurrence's position into its slot, ``Y = GATHER(x, indices)``, ``inverse = slot`` and
+    ``counts = SCATTER_ND(slot, 1)`` (which sums).
+    """
+    rule = _Rule(lw, node)
+    x = rule.data(0)
+    attr = node.attributes.get("axis")
+    axis = 0 if attr is None else attr.as_int() % len(x.shape)
+    k = _static_count(node, 0, axis)
+    data = rule.reshape(x, [int(np.prod(x.shape))]) if attr is None else x
+    n = data.shape[axis]
+    width = int(np.prod(data.shape)) // n
+    rows = rule.reshape(rule.transpose(data, [axis, *[a for a in range(len(data.shape)) if a != axis]]), [n, width])
+    if n * n * width > _MAX_CUMPROD_ELEMENTS:
+        raise unsupported(node, f"Unique over {n} slices of {width} (it compares every pair)")
+    left, right = rule.reshape(rows, [n, 1, width]), rule.reshape(rows, [1, n, width])
+    cube = [n, n, width]
+    same = rule.op("EQUAL", [left, right], cube, _BOOL, "EqualOptions")
+    differ = rule.op("LOGICAL_NOT", [same], cube, _BOOL, "LogicalNotOptions")
+    last = rule.const([2], np.int32)
+    any_differ = rule.op("REDUCE_ANY", [differ, last], [n, n], _BOOL, "ReducerOptions", keep_dims=False)
+    equal = rule.op("LOGICAL_NOT", [any_differ], [n, n], _BOOL, "LogicalNotOptions")
+    earlier = rule.const(np.arange(n)[None, :] < np.arange(n)[:, None])  # [i, j]: j < i
+    seen = rule.op("LOGICAL_AND", [equal, earlier], [n, n], _BOOL, "LogicalAndOptions")
+    repeated = rule.op("REDUCE_ANY", [seen, rule.const([1], np.int32)], [n], _BOOL, "ReducerOptions", keep_dims=False)
+    first = rule.op("LOGICAL_NOT", [repeated], [n], _BOOL, "LogicalNotOptions")
+    first_column = rule.reshape(first, [1, n])
+    zero = rule.const(0, np.int32)
+    if attr_int(node, "sorted", 1):
+        # below[i, j]: slice j < slice i at the first position where they differ.
+        differ_count = rule.cast(differ, _I32)
+        prefix = rule.op("CUMSUM", [differ_count, rule.const(2, np.int32)], cube, _I32, "CumsumOptions", exclusive=True)
+        undecided = rule.op("EQUAL", [prefix, zero], cube, _BOOL, "EqualOptions")
+        less = rule.op("LESS", [right, left], cube, _BOOL, "LessOptions")
+        decided = rule.op("LOGICAL_AND", [undecided, less], cube, _BOOL, "LogicalAndOptions")
+        below = rule.op("REDUCE_ANY", [decided, last], [n, n], _BOOL, "ReducerOptions", keep_dims=False)
+        counted = rule.op("LOGICAL_AND", [below, first_column], [n, n], _BOOL, "LogicalAndOptions")
+        slot = rule.op("SUM", [rule.cast(counted, _I32), rule.const([1], np.int32)], [n], _I32, "ReducerOptions")
+    else:
+        order = rule.op("CUMSUM", [rule.cast(first, _I32), zero], [n], _I32, "CumsumOptions", exclusive=True)
+        owner = rule.op("LOGICAL_AND", [equal, first_column], [n, n], _BOOL, "LogicalAndOptions")
+        picked = rule.op("SELECT_V2", [owner, rule.reshape(order, [1, n]), zero], [n, n], _I32, "SelectV2Options")
+        slot = rule.op("SUM", [picked, rule.const([1], np.int32)], [n], _I32, "ReducerOptions")
+    target = rule.op("SELECT_V2", [first, slot, rule.const(k, np.int32)], [n], _I32, "SelectV2Options")
+    spread = rule.op(
+        "SCATTER_ND",
+        [rule.reshape(target, [n, 1]), rule.const(np.arange(n, dtype=np.int32)), rule.const([k + 1], np.int32)],
+        [k + 1],
+        _I32,
+    )
+    indices = rule.op(
+        "SLICE", [spread, rule.const([0], np.int32), rule.const([k], np.int32)], [k], _I32, "SliceOptions"
+    )
+    values_shape = list(data.shape)
+    values_shape[axis] = k
+    values = rule.op("GATHER", [data, indices], values_shape, data.dtype, "GatherOptions", axis=axis, batch_dims=0)
+    ones = rule.const(np.ones(n, np.int32))
+    counts = rule.op("SCATTER_ND", [rule.reshape(slot, [n, 1]), ones, rule.const([k], np.int32)], [k], _I32)
+    for index, written in enumerate((values, indices, slot, counts)[: len(node.outputs)]):
+        if node.outputs[index] is not None and node.outputs[index].name:
+            rule.finish(written, index)
 
 
 # -- einsum ---------------------------------------------------------------------------------------
@@ -827,8 +925,8 @@ LOWERINGS: dict = {
     "ConstantOfShape": constant_of_shape,
     "Range": range_,
     "Einsum": einsum,
-    "NonZero": value_dependent("NonZero"),
-    "Unique": value_dependent("Unique (LiteRT's UNIQUE also lacks ONNX's sorted order, first indices and counts)"),
+    "NonZero": non_zero,
+    "Unique": unique,
 }
 INT8_OPS: frozenset[str] = frozenset()
 SHARED_SCALE_OPS: frozenset[str] = frozenset({"Tile", "DepthToSpace", "SpaceToDepth"})

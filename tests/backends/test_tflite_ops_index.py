@@ -153,6 +153,37 @@ FLOAT_CASES = {
         "g (float[2,3] x) => (float[2,3] y) { c = ConstantOfShape<value=float[1] {1.5}>(s)\n y = Add(x, c) }",
         {"x": _x(2, 3)},
     ),
+    "unique_sorted": (
+        11,
+        "g (float[7] x) => (float[5] y, int64[5] i, int64[7] v, int64[5] n) { y, i, v, n = Unique(x) }",
+        {"x": np.array([2, 1, 1, 3, 4, 3, -1.5], np.float32)},
+    ),
+    "unique_first_seen": (
+        11,
+        "g (float[6] x) => (float[4] y, int64[4] i, int64[6] v, int64[4] n) { y, i, v, n = Unique<sorted=0>(x) }",
+        {"x": np.array([2, 1, 1, 3, 4, 3], np.float32)},
+    ),
+    "unique_rows": (
+        11,
+        "g (float[4,3] x) => (float[3,3] y, int64[3] i, int64[4] v, int64[3] n) { y, i, v, n = Unique<axis=0>(x) }",
+        {"x": np.array([[1, 0, 2], [1, 0, 0], [1, 0, 2], [0, 5, 9]], np.float32)},
+    ),
+    "nonzero": (
+        13,
+        "g (float[3,4] x) => (int64[2,5] y) { r = Relu(x)\n y = NonZero(r) }",
+        {"x": np.array([[0, 1, 0, 2], [3, 0, 0, 0], [0, 4, 5, 0]], np.float32)},
+    ),
+    "range_runtime": (
+        11,
+        "g (float s, float d) => (float[5] y) { l = Add(s, five)\n y = Range(s, l, d) }",
+        {"s": np.array(0.5, np.float32), "d": np.array(1.0, np.float32)},
+    ),
+    "constant_of_shape_runtime": (
+        9,
+        "g (int64[2] s, float[2] x) => (float[2,3] y, float[2] z) "
+        "{ y = ConstantOfShape<value=float[1] {1.5}>(s)\n z = Relu(x) }",
+        {"s": np.array([2, 3], np.int64), "x": _x(2)},
+    ),
 }
 # Constant inputs of the cases (initializers).
 _CONSTANTS = {
@@ -161,6 +192,7 @@ _CONSTANTS = {
     "one_hot_negative": {"d": np.array(5, np.int64)},
     "center_crop_pad": {"s": np.array([3, 6, 2], np.int64)},
     "constant_of_shape": {"s": np.array([2, 3], np.int64)},
+    "range_runtime": {"five": np.array(5.0, np.float32)},
 }
 
 
@@ -168,7 +200,7 @@ def _model(name: str) -> onnx.ModelProto:
     opset, graph, _ = FLOAT_CASES[name]
     constants = _CONSTANTS.get(name, {})
     if constants:
-        types = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64"}
+        types = {np.dtype(np.int32): "int32", np.dtype(np.int64): "int64", np.dtype(np.float32): "float"}
         extra = ", ".join(f"{types[a.dtype]}[{','.join(map(str, a.shape))}] {n}" for n, a in constants.items())
         graph = graph.replace(") =>", f", {extra}) =>", 1)
     return build_model(_head(opset) + graph, constants=constants)
@@ -227,9 +259,9 @@ def test_int8_data_movement_matches_the_simulation(name):
     ("text", "feed", "message"),
     [
         (
-            "g (float[6] x) => (float[4] y, int64[4] i, int64[6] v, int64[4] n) { y, i, v, n = Unique(x) }",
+            "g (float[6] x) => (float[N] y, int64[N] i, int64[6] v, int64[N] n) { y, i, v, n = Unique(x) }",
             {"x": np.array([2, 1, 1, 3, 4, 3], np.float32)},
-            "output length depends on the input values",
+            "output length that depends on the input values",
         ),
         (
             "g (float[2,3,4] p, float[3,4,5] q, float[5] r) => (float[2] y) "
