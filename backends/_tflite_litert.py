@@ -17,8 +17,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from tflite.Model import Model
 
 from qcc.backends._fidelity import OutputFidelity, cosine
+from qcc.backends._tflite_shapes import STATIC_NOTE
 from qcc.data import Feed
 from qcc.errors import BackendError
 from qcc.runtime import session
@@ -105,35 +107,45 @@ def compare_with_simulation(
 ) -> dict[str, Any]:
     """Runs the artifact under both resolvers and compares with the simulation and the float model.
 
+    Every sample the artifact accepts runs: samples are grouped by shape, and the interpreter's
+    inputs are resized to each group's (``resize_tensor_input`` + ``allocate_tensors``). A static
+    artifact accepts only its own shapes; the others are counted in ``samples_skipped``, and
+    ``shapes`` says whether the artifact is dynamic (and if static, why).
+
     Returns:
         A JSON-serializable dict; ``ok`` is True when both resolvers ran, every output is finite,
         XNNPACK agrees with the simulation within one step on at least 99% of the output elements
         (or, with float islands, is about as close to the float model: ``COSINE_SLACK``), and the
         builtin kernels do too or are about as close to the float model.
     """
-    # The artifact has the static shapes of the first calibration sample; others cannot run.
-    if samples:
-        shapes = {k: np.shape(v) for k, v in samples[0].items()}
-        samples = [s for s in samples if {k: np.shape(v) for k, v in s.items()} == shapes]
+    details = _input_details(data)
+    accepted = [s for s in samples if _artifact_shapes(details, s) is not None]
+    skipped = len(samples) - len(accepted)
+    samples = accepted
     sim = session(simulation, level="disable", what="the QDQ simulation")
     ref = session(reference, what="the float model")
     steps = output_steps(simulation)
     expected = [sim.run(None, feed) for feed in samples]
     floats = [ref.run(None, feed) for feed in samples]
-    shapes = [tuple(np.shape(o)) for o in expected[0]] if expected else None
     simulation_cosine = _min_cosine(expected, floats)
     result: dict[str, Any] = {
         "runtime": "LiteRT (ai-edge-litert)",
         "samples": len(samples),
+        "samples_skipped": skipped,
+        "shapes": shape_summary(data),
         "simulation_cosine_vs_float_min": None if simulation_cosine is None else round(simulation_cosine, 6),
         "float_ops": float_ops(data),
         "resolvers": {},
     }
+    if not samples:
+        result.update(ok=False, error="no verify sample has the artifact's input shapes (--input-shape?)")
+        result["fidelity"] = _fidelity([], [], [o.name for o in ref.get_outputs()])
+        return result
     ok = True
     for name in RESOLVERS:
         try:
             interp = interpreter(data, name)
-            got = [run(interp, feed, shapes) for feed in samples]
+            got = run_all(interp, samples, [[tuple(np.shape(o)) for o in e] for e in expected])
         except (RuntimeError, ValueError) as exc:
             result["resolvers"][name] = {"ok": False, "error": str(exc).strip().splitlines()[0]}
             ok = False
@@ -157,6 +169,76 @@ def compare_with_simulation(
             "please report it with the model.",
         )
     return result
+
+
+def run_all(interp: Interpreter, samples: list[Feed], like: list[list[tuple[int, ...]]]) -> list[list[np.ndarray]]:
+    """Runs every sample, resizing the inputs (and reallocating) whenever the sample's shapes change.
+
+    ``like`` holds each sample's ONNX output shapes (NCHW outputs are transposed back to them).
+
+    Raises:
+        ValueError: a sample's shapes do not fit the artifact's signature.
+    """
+    details = interp.get_input_details()
+    current = None
+    outputs = []
+    for feed, shapes in zip(samples, like, strict=True):
+        wanted = _artifact_shapes(details, feed)
+        if wanted is None:
+            raise ValueError(f"a sample of shapes {_feed_shapes(feed)} does not fit the artifact's inputs")
+        if wanted != current:
+            for detail, shape in zip(details, wanted, strict=True):
+                interp.resize_tensor_input(detail["index"], list(shape), strict=False)
+            interp.allocate_tensors()
+            current = wanted
+        outputs.append(run(interp, feed, shapes))
+    return outputs
+
+
+def shape_summary(data: bytes) -> dict[str, Any]:
+    """Whether the artifact's inputs are dynamic (their ``-1`` dims), or why it is static."""
+    details = _input_details(data)
+    dynamic = {d["name"]: [int(v) for v in d["shape_signature"]] for d in details if -1 in d["shape_signature"]}
+    if dynamic:
+        return {"dynamic": True, "inputs": dynamic}
+    description = (Model.GetRootAs(data, 0).Description() or b"").decode()
+    _, _, reason = description.partition(STATIC_NOTE)
+    return {"dynamic": False, "reason": reason or "the model's input shapes are static (or pinned)"}
+
+
+def _fits(signature: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    return len(signature) == len(shape) and all(s in (-1, d) for s, d in zip(signature, shape, strict=True))
+
+
+def _input_details(data: bytes) -> list[dict[str, Any]]:
+    return Interpreter(model_content=data, experimental_op_resolver_type=RESOLVERS["builtin"]).get_input_details()
+
+
+def _feed_shapes(feed: Feed) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(np.shape(v)) for k, v in feed.items()}
+
+
+def _artifact_shapes(details: list[dict[str, Any]], feed: Feed) -> tuple[tuple[int, ...], ...] | None:
+    """Each input's shape in the artifact's layout for this feed, or None when one does not fit.
+
+    A 4-D input is NHWC in the artifact (``--nhwc-io``) when the NCHW feed fits its signature only
+    transposed, or, when both fit, when its static shape is the transposed one.
+    """
+    shapes = []
+    for i, detail in enumerate(details):
+        array = feed[detail["name"]] if detail["name"] in feed else list(feed.values())[i]
+        shape = tuple(int(d) for d in np.shape(array))
+        signature = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+        candidates = [shape]
+        if len(shape) == 4:
+            nhwc = (shape[0], shape[2], shape[3], shape[1])
+            static = tuple(int(d) for d in detail["shape"])
+            candidates = [nhwc, shape] if static == nhwc and static != shape else [shape, nhwc]
+        fits = [c for c in candidates if _fits(signature, c)]
+        if not fits:
+            return None
+        shapes.append(fits[0])
+    return tuple(shapes)
 
 
 def float_ops(data: bytes) -> list[str]:

@@ -13,6 +13,13 @@ one. The clamp itself is done by the output's quantization either way, as in the
 
 The per-op rules live in ``_tflite_ops``; an op without a rule is a :class:`BackendError` naming
 the node.
+
+Shapes: ``Tensor.shape`` is always static (the first calibration sample's sizes); a value with a
+dynamic dimension also has ``Tensor.shape_signature`` (``-1`` there; ``Tensor.signature`` is the
+signature or the shape). :meth:`Lowering.reshape` writes ``-1`` for one dynamic dimension; rules
+that need a size at run time read it with :meth:`Lowering.shape_tensor`. float16 and float64
+values are float32 inside the model; inputs and outputs of those types keep them at the
+interface with a CAST at the edge (LiteRT's float kernels are float32).
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.annotations import Decision, get_decision, get_quant, set_quant
-from qcc.backends._tflite_writer import FlatModel, Quant, Tensor, builtin
+from qcc.backends._tflite_shapes import SIGNATURE_KEY
+from qcc.backends._tflite_writer import TENSOR_TYPES, FlatModel, Quant, Tensor, builtin
 from qcc.errors import BackendError
 from qcc.irutils import const_array, remove_node_bypassing
 from qcc.quantmath import quantize
@@ -101,6 +109,7 @@ class Lowering:
         self.io_int8 = io_int8
         self._tensors: dict[tuple[int, bool], Tensor] = {}
         self._float_kernels: set[int] = set()
+        self._casts: dict[tuple[int, str], Tensor] = {}
 
     def lower(self, graph: ir.Graph) -> FlatModel:
         """Lowers every node of the graph.
@@ -109,13 +118,24 @@ class Lowering:
             BackendError: a node has no TFLite lowering, or a tensor has no static shape.
         """
         from qcc.backends._tflite_ops import LOWERINGS
+        from qcc.backends._tflite_ops_shape import RUNTIME_LOWERINGS
 
         for value in graph.inputs:
-            tensor = self.define(value, self.io_int8 and get_quant(value) is not None)
+            quantized = self.io_int8 and get_quant(value) is not None
+            edge = _EDGE_TYPES.get(value.dtype) if not quantized else None
+            if edge is None:
+                tensor = self.define(value, quantized)
+            else:
+                # float16/float64 at the interface, float32 inside: CAST at the edge.
+                tensor = self.model.tensor(f"{value.name}_{edge.name}", shape_of(value), edge)
+                tensor.shape_signature = value.meta.get(SIGNATURE_KEY)
+                self.op("CAST", [tensor], [self.define(value, False)], **_cast_fields(edge, np.float32))
             self.model.inputs.append(tensor.index)
             self.model.input_names.append(value.name)
         for node in graph:
             rule = LOWERINGS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            if node.domain in ("", "ai.onnx") and node.op_type in RUNTIME_LOWERINGS and _touches_dynamic(node):
+                rule = RUNTIME_LOWERINGS[node.op_type]
             if rule is None:
                 raise BackendError(
                     f"node {node.name!r} ({node.op_type}) has no TFLite lowering in qcc.",
@@ -125,7 +145,14 @@ class Lowering:
                 self._float_kernels.add(id(node))
             rule(self, node)
         for value in graph.outputs:
-            tensor = self.read(value, self.io_int8 and get_quant(value) is not None)
+            quantized = self.io_int8 and get_quant(value) is not None
+            tensor = self.read(value, quantized)
+            edge = _EDGE_TYPES.get(value.dtype) if not quantized else None
+            if edge is not None and tensor.dtype == np.float32:
+                out = self.model.tensor(f"{value.name}_{edge.name}", tensor.shape, edge)
+                out.shape_signature = tensor.shape_signature
+                self.op("CAST", [tensor], [out], **_cast_fields(np.float32, edge))
+                tensor = out
             self.model.outputs.append(tensor.index)
             self.model.output_names.append(value.name)
         return self.model
@@ -146,6 +173,7 @@ class Lowering:
             tensor = self.model.tensor(value.name, shape_of(value), np.int8, quant=quant)
         else:
             tensor = self.model.tensor(value.name, shape_of(value), _float_dtype(value))
+        tensor.shape_signature = value.meta.get(SIGNATURE_KEY)
         self._tensors[(id(value), quantized)] = tensor
         return tensor
 
@@ -171,8 +199,16 @@ class Lowering:
             else:
                 tensor = self.model.tensor(f"{value.name}_float", native.shape, np.float32)
                 self.op("DEQUANTIZE", [native], [tensor], source=value.name)
+            tensor.shape_signature = native.shape_signature
         self._tensors[key] = tensor
         return tensor
+
+    def native(self, value: ir.Value) -> Tensor:
+        """The value's tensor as its producer wrote it (int8 or float): for ops that read only its shape."""
+        for quantized in (True, False):
+            if (id(value), quantized) in self._tensors:
+                return self._tensors[(id(value), quantized)]
+        return self.read(value, False)
 
     def input(self, node: ir.Node, index: int) -> Tensor:
         """Input ``index`` of the node, in the node's precision."""
@@ -191,10 +227,44 @@ class Lowering:
         self.model.op(builtin(name), inputs, outputs, options, source=source, **fields)
 
     def reshape(self, x: Tensor, out: Tensor, source: str) -> Tensor:
-        """Appends RESHAPE of ``x`` into ``out`` (``out``'s static shape); returns ``out``."""
-        shape = self.constant(f"{source}_shape", np.array(out.shape, np.int32))
-        self.op("RESHAPE", [x, shape], [out], "ReshapeOptions", source=source, new_shape=list(out.shape))
+        """Appends RESHAPE of ``x`` into ``out``; returns ``out``.
+
+        The new shape is ``out``'s signature, so one dynamic dimension is written ``-1``. With
+        more than one, the merge of the instances (``_tflite_shapes``) reads them at run time.
+        """
+        dims = list(out.signature) if list(out.signature).count(-1) == 1 else list(out.shape)
+        shape = self.constant(f"{source}_shape", np.array(dims, np.int32))
+        self.op("RESHAPE", [x, shape], [out], "ReshapeOptions", source=source, new_shape=dims)
         return out
+
+    def reshape_to(self, x: Tensor, shape: Tensor, out: Tensor, source: str) -> Tensor:
+        """Appends RESHAPE of ``x`` into ``out`` to a run-time ``shape`` (an integer vector)."""
+        self.op("RESHAPE", [x, self.int32(shape, source)], [out], source=source)
+        return out
+
+    def int32(self, tensor: Tensor, source: str) -> Tensor:
+        """The integer tensor as int32 (a CAST unless it is one): shape inputs of RESHAPE, SLICE, ... take int32."""
+        if tensor.dtype == np.dtype(np.int32):
+            return tensor
+        key = (id(tensor), "int32")
+        if key not in self._casts:
+            if tensor.data is not None:
+                self._casts[key] = self.constant(f"{tensor.name}_int32", tensor.data.astype(np.int32))
+            else:
+                cast = self.model.tensor(f"{tensor.name}_int32", tensor.shape, np.int32)
+                cast.shape_signature = tensor.shape_signature
+                self.op("CAST", [tensor], [cast], source=source, **_cast_fields(tensor.dtype, np.int32))
+                self._casts[key] = cast
+        return self._casts[key]
+
+    def shape_tensor(self, x: Tensor, source: str) -> Tensor:
+        """``SHAPE(x)`` as an int32 vector, computed at run time (once per tensor)."""
+        key = (id(x), "shape")
+        if key not in self._casts:
+            shape = self.model.tensor(f"{x.name}_shape", (len(x.shape),), np.int32)
+            self.op("SHAPE", [x], [shape], "ShapeOptions", source=source, out_type=TENSOR_TYPES[np.dtype(np.int32)])
+            self._casts[key] = shape
+        return self._casts[key]
 
     def weight(self, node: ir.Node, index: int, transform, axis: int) -> Tensor:
         """A weight in TFLite layout: ``transform`` maps the ONNX array; ``axis`` is the new channel axis."""
@@ -236,7 +306,7 @@ class Lowering:
                 )
             data = quantize(array, quant.scale, quant.zero_point, quant.axis, ir.DataType.INT8)
             return self.constant(value.name, data, self._quant_of(value))
-        if array.dtype == np.float64:
+        if array.dtype in (np.float64, np.float16):
             array = array.astype(np.float32)
         return self.constant(value.name, array)
 
@@ -258,6 +328,14 @@ class Lowering:
         )
 
 
+def _touches_dynamic(node: ir.Node) -> bool:
+    """True if the node reads or writes a value with a dynamic dimension (or a run-time shape input)."""
+    values = [v for v in (*node.inputs, *node.outputs) if v is not None]
+    if any(SIGNATURE_KEY in v.meta for v in values):
+        return True
+    return node.op_type in ("Range", "ConstantOfShape") and any(v.const_value is None for v in node.inputs if v)
+
+
 def shape_of(value: ir.Value) -> tuple[int, ...]:
     """The static shape of a value.
 
@@ -273,6 +351,19 @@ def shape_of(value: ir.Value) -> tuple[int, ...]:
 
 
 def _float_dtype(value: ir.Value) -> np.dtype:
-    if value.dtype is None or value.dtype == ir.DataType.FLOAT:
+    if value.dtype is None or value.dtype in _EDGE_TYPES or value.dtype == ir.DataType.FLOAT:
         return np.dtype(np.float32)
     return np.dtype(value.dtype.numpy())
+
+
+# float types LiteRT's kernels do not compute in: float32 inside, CAST at the model's edges.
+_EDGE_TYPES = {ir.DataType.FLOAT16: np.dtype(np.float16), ir.DataType.DOUBLE: np.dtype(np.float64)}
+
+
+def _cast_fields(source, target) -> dict:
+    """The operator options of a CAST from ``source`` to ``target`` (numpy types)."""
+    return {
+        "options": "CastOptions",
+        "in_data_type": TENSOR_TYPES[np.dtype(source)],
+        "out_data_type": TENSOR_TYPES[np.dtype(target)],
+    }

@@ -32,6 +32,7 @@ from qcc.backends._tflite_ops_window import (
     resize,
     unsupported,
 )
+from qcc.backends._tflite_writer import TENSOR_TYPES
 from qcc.irutils import attr_float, attr_int, const_array
 
 
@@ -40,10 +41,34 @@ def binary(name: str, options: str):
 
     def rule(lw: Lowering, node: ir.Node) -> None:
         a, b = lw.input(node, 0), lw.input(node, 1)
+        if name == "DIV" and a.dtype.kind in "iu":
+            _integer_divide(lw, node, a, b)
+            return
         fields = {"fused_activation_function": fused_code(node, name)} if name in FUSABLE else {}
         lw.op(name, [a, b], [lw.output(node)], options, source=node.name, **fields)
 
     return rule
+
+
+def _integer_divide(lw: Lowering, node: ir.Node, a, b) -> None:
+    """Integer Div (shape arithmetic) -> FLOOR_DIV in int32, which LiteRT has (not int64 DIV).
+
+    ONNX truncates toward zero and FLOOR_DIV rounds down: they agree on the non-negative sizes
+    shape subgraphs divide.
+    """
+    y = lw.output(node)
+    quotient = y if y.dtype == np.dtype(np.int32) else lw.model.tensor(f"{node.name}_int32", y.shape, np.int32)
+    lw.op("FLOOR_DIV", [lw.int32(a, node.name), lw.int32(b, node.name)], [quotient], source=node.name)
+    if quotient is not y:
+        lw.op(
+            "CAST",
+            [quotient],
+            [y],
+            "CastOptions",
+            source=node.name,
+            in_data_type=TENSOR_TYPES[np.dtype(np.int32)],
+            out_data_type=TENSOR_TYPES[y.dtype],
+        )
 
 
 def unary(name: str, options: str | None = None, **fields):
@@ -168,8 +193,36 @@ def reduce(lw: Lowering, node: ir.Node) -> None:
 
 
 def reshape(lw: Lowering, node: ir.Node) -> None:
-    """Reshape/Flatten/Squeeze/Unsqueeze -> RESHAPE to the (static) output shape."""
-    lw.reshape(lw.input(node, 0), lw.output(node), node.name)
+    """Reshape/Flatten/Squeeze/Unsqueeze -> RESHAPE to the output shape.
+
+    A Reshape to a run-time shape (computed from ``Shape``) reads it at run time; ONNX's ``0``
+    entries (copy the input's dimension, unless ``allowzero``) become ``SHAPE(x)``'s entry there.
+    Otherwise the new shape is the output's signature (``Lowering.reshape``).
+    """
+    x, y = lw.input(node, 0), lw.output(node)
+    if node.op_type == "Reshape" and const_array(node.inputs[1]) is None:
+        target = lw.int32(lw.read(node.inputs[1], False), node.name)
+        length = target.shape[0] if len(target.shape) == 1 else None
+        if length is None:
+            raise unsupported(node, f"a shape input of shape {target.shape} (not a vector)")
+        if not attr_int(node, "allowzero", 0) and length <= len(x.shape):
+            # where(target == 0, SHAPE(x)[:length], target)
+            dims = lw.shape_tensor(x, node.name)
+            if length < len(x.shape):
+                head = lw.model.tensor(f"{node.name}_head", (length,), np.int32)
+                zero = lw.constant(f"{node.name}_zero", np.array([0], np.int32))
+                count = lw.constant(f"{node.name}_count", np.array([length], np.int32))
+                lw.op("SLICE", [dims, zero, count], [head], "SliceOptions", source=node.name)
+                dims = head
+            is_zero = lw.model.tensor(f"{node.name}_is_zero", (length,), np.bool_)
+            zero_scalar = lw.constant(f"{node.name}_zero_scalar", np.array(0, np.int32))
+            lw.op("EQUAL", [target, zero_scalar], [is_zero], source=node.name)
+            copied = lw.model.tensor(f"{node.name}_target", (length,), np.int32)
+            lw.op("SELECT_V2", [is_zero, dims, target], [copied], "SelectV2Options", source=node.name)
+            target = copied
+        lw.reshape_to(x, target, y, node.name)
+        return
+    lw.reshape(x, y, node.name)
 
 
 def transpose(lw: Lowering, node: ir.Node) -> None:
@@ -240,31 +293,119 @@ _REFLECT = 0
 
 
 def slice_(lw: Lowering, node: ir.Node) -> None:
-    """Slice -> SLICE for unit steps, STRIDED_SLICE otherwise (positive steps only)."""
+    """Slice -> SLICE for unit steps, STRIDED_SLICE otherwise (positive steps only).
+
+    On static axes the bounds are resolved here. When a sliced axis is dynamic, or the starts or
+    ends are run-time tensors, STRIDED_SLICE takes ONNX's bounds as they are (a negative bound
+    counts from the end in both; bounds are clamped to int32), and axes that are not sliced run
+    to the end with ``begin_mask``/``end_mask``.
+    """
     x = lw.input(node, 0)
     rank = len(x.shape)
     arrays = [const_array(v) if v is not None else None for v in node.inputs[1:5]]
-    if arrays[0] is None or arrays[1] is None:
-        raise unsupported(node, "starts/ends that are not constant")
+    axes_given = len(node.inputs) > 3 and node.inputs[3] is not None
+    if axes_given and arrays[2] is None:
+        raise unsupported(node, "axes that are not constant")
+    runtime = arrays[0] is None or arrays[1] is None
+    count = len(arrays[0]) if arrays[0] is not None else lw.read(node.inputs[1], False).shape[0]
+    axes = [int(a) % rank for a in (arrays[2] if axes_given else np.arange(count))]
+    steps = arrays[3] if len(arrays) > 3 and arrays[3] is not None else np.ones(len(axes), np.int64)
+    if len(node.inputs) > 4 and node.inputs[4] is not None and arrays[3] is None:
+        raise unsupported(node, "steps that are not constant")
+    if np.any(np.asarray(steps) < 0):
+        raise unsupported(node, "negative Slice steps")
+    if runtime or any(x.signature[a] == -1 for a in axes):
+        _slice_runtime(lw, node, x, axes, [int(s) for s in steps], arrays)
+        return
     starts, ends = arrays[0], arrays[1]
-    axes = arrays[2] if len(arrays) > 2 and arrays[2] is not None else np.arange(len(starts))
-    steps = arrays[3] if len(arrays) > 3 and arrays[3] is not None else np.ones(len(starts), np.int64)
     begin, end, stride = [0] * rank, list(x.shape), [1] * rank
     for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
-        a, dim = int(a) % rank, x.shape[int(a) % rank]
-        if st < 0:
-            raise unsupported(node, "negative Slice steps")
+        dim = x.shape[a]
         begin[a] = int(np.clip(s + dim if s < 0 else s, 0, dim))
         end[a] = int(np.clip(e + dim if e < 0 else e, 0, dim))
         stride[a] = int(st)
     y = lw.output(node)
     consts = [lw.constant(f"{node.name}_{k}", np.array(v, np.int32)) for k, v in (("begin", begin), ("end", end))]
     if all(s == 1 for s in stride):
-        size = lw.constant(f"{node.name}_size", np.array(y.shape, np.int32))
+        # A dynamic axis that is not sliced runs to its end: SLICE's size -1.
+        sizes = [-1 if y.signature[a] == -1 else y.shape[a] for a in range(rank)]
+        size = lw.constant(f"{node.name}_size", np.array(sizes, np.int32))
         lw.op("SLICE", [x, consts[0], size], [y], "SliceOptions", source=node.name)
         return
     strides = lw.constant(f"{node.name}_strides", np.array(stride, np.int32))
-    lw.op("STRIDED_SLICE", [x, *consts, strides], [y], "StridedSliceOptions", source=node.name)
+    mask = sum(1 << a for a in range(rank) if x.signature[a] == -1 and a not in axes)
+    lw.op(
+        "STRIDED_SLICE",
+        [x, *consts, strides],
+        [y],
+        "StridedSliceOptions",
+        source=node.name,
+        begin_mask=mask,
+        end_mask=mask,
+    )
+
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def _slice_runtime(lw: Lowering, node: ir.Node, x, axes: list[int], steps: list[int], arrays) -> None:
+    """STRIDED_SLICE with ONNX's bounds (constant or run-time) on the sliced axes, masks elsewhere."""
+    rank = len(x.shape)
+    other = sum(1 << a for a in range(rank) if a not in axes)
+    bounds = []
+    for k, (array, value) in enumerate(((arrays[0], node.inputs[1]), (arrays[1], node.inputs[2]))):
+        if array is not None:
+            full = np.zeros(rank, np.int64)
+            full[axes] = np.clip(array, -_INT32_MAX, _INT32_MAX)
+            bounds.append(lw.constant(f"{node.name}_{('begin', 'end')[k]}", full.astype(np.int32)))
+            continue
+        # Clamp to int32 in the input's type (ONNX ends are often INT64_MAX), cast, then put the
+        # values on their axes: GATHER from [values..., 0].
+        t = lw.read(value, False)
+        clamped = lw.model.tensor(f"{node.name}_clamped{k}", t.shape, t.dtype)
+        lw.op(
+            "MINIMUM",
+            [t, lw.constant(f"{node.name}_max{k}", np.array(_INT32_MAX, t.dtype))],
+            [clamped],
+            source=node.name,
+        )
+        low = lw.model.tensor(f"{node.name}_low{k}", t.shape, t.dtype)
+        lw.op(
+            "MAXIMUM",
+            [clamped, lw.constant(f"{node.name}_min{k}", np.array(-_INT32_MAX, t.dtype))],
+            [low],
+            source=node.name,
+        )
+        values = lw.int32(low, node.name)
+        if axes == list(range(rank)):
+            bounds.append(values)
+            continue
+        table = lw.model.tensor(f"{node.name}_table{k}", (t.shape[0] + 1,), np.int32)
+        zero = lw.constant(f"{node.name}_zero", np.array([0], np.int32))
+        lw.op("CONCATENATION", [values, zero], [table], "ConcatenationOptions", source=node.name, axis=0)
+        picks = [axes.index(a) if a in axes else t.shape[0] for a in range(rank)]
+        placed = lw.model.tensor(f"{node.name}_{('begin', 'end')[k]}", (rank,), np.int32)
+        lw.op(
+            "GATHER",
+            [table, lw.constant(f"{node.name}_picks{k}", np.array(picks, np.int32))],
+            [placed],
+            "GatherOptions",
+            source=node.name,
+            axis=0,
+            batch_dims=0,
+        )
+        bounds.append(placed)
+    stride = np.ones(rank, np.int32)
+    stride[axes] = steps
+    lw.op(
+        "STRIDED_SLICE",
+        [x, *bounds, lw.constant(f"{node.name}_strides", stride)],
+        [lw.output(node)],
+        "StridedSliceOptions",
+        source=node.name,
+        begin_mask=other,
+        end_mask=other,
+    )
 
 
 def split(lw: Lowering, node: ir.Node) -> None:

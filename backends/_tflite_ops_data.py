@@ -39,7 +39,8 @@ def gather(lw: Lowering, node: ir.Node) -> None:
     axis = attr_int(node, "axis", 0) % rank
     size = x.shape[axis]
     indices = const_array(node.inputs[1])
-    if indices is not None:
+    dynamic = x.signature[axis] == -1
+    if indices is not None and not (dynamic and np.any(indices < 0)):
         # Wrapped here, so GATHER never sees a negative index; int32 is its native index type.
         positions = lw.constant(f"{node.name}_indices", np.mod(indices, size).astype(np.int32))
     else:
@@ -47,7 +48,32 @@ def gather(lw: Lowering, node: ir.Node) -> None:
         if ids.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
             raise unsupported(node, f"{ids.dtype} indices (GATHER takes int32 or int64)")
         positions = lw.model.tensor(f"{node.name}_indices", ids.shape, ids.dtype)
-        modulus = lw.constant(f"{node.name}_size", np.array(size, ids.dtype))
+        positions.shape_signature = ids.shape_signature
+        if dynamic:
+            # The axis' size at run time: SHAPE(x)[axis].
+            modulus = lw.model.tensor(f"{node.name}_size", (), ids.dtype)
+            dims = lw.shape_tensor(x, node.name)
+            picked = lw.model.tensor(f"{node.name}_size_int32", (), np.int32)
+            lw.op(
+                "GATHER",
+                [dims, lw.constant(f"{node.name}_axis", np.array(axis, np.int32))],
+                [picked],
+                "GatherOptions",
+                source=node.name,
+                axis=0,
+                batch_dims=0,
+            )
+            lw.op(
+                "CAST",
+                [picked],
+                [modulus],
+                "CastOptions",
+                source=node.name,
+                in_data_type=TENSOR_TYPES[np.dtype(np.int32)],
+                out_data_type=TENSOR_TYPES[ids.dtype],
+            )
+        else:
+            modulus = lw.constant(f"{node.name}_size", np.array(size, ids.dtype))
         lw.op("FLOOR_MOD", [ids, modulus], [positions], "FloorModOptions", source=node.name)
     lw.op(
         "GATHER",
@@ -61,16 +87,36 @@ def gather(lw: Lowering, node: ir.Node) -> None:
 
 
 def expand(lw: Lowering, node: ir.Node) -> None:
-    """Expand -> RESHAPE when no element is repeated, BROADCAST_TO otherwise."""
-    if const_array(node.inputs[1]) is None:
-        raise unsupported(node, "a target shape that is not constant")
+    """Expand -> RESHAPE when no element is repeated, BROADCAST_TO otherwise.
+
+    ONNX broadcasts both ways (a target entry 1 keeps the input's size); BROADCAST_TO takes the
+    final shape. With a run-time target or a dynamic output, the final shape is computed at run
+    time as ``MAXIMUM(target, SHAPE(x))`` (both padded to one rank with leading ones: each pair is
+    equal or has a 1).
+    """
     x = lw.input(node, 0)
     y = lw.output(node)
-    if int(np.prod(x.shape)) == int(np.prod(y.shape)):
-        lw.reshape(x, y, node.name)  # only unit dimensions are added: the bytes stay as they are
+    target = const_array(node.inputs[1])
+    if target is not None and -1 not in y.signature:
+        if int(np.prod(x.shape)) == int(np.prod(y.shape)):
+            lw.reshape(x, y, node.name)  # only unit dimensions are added: the bytes stay as they are
+            return
+        shape = lw.constant(f"{node.name}_shape", np.array(y.shape, np.int32))
+        lw.op("BROADCAST_TO", [x, shape], [y], source=node.name)
         return
-    shape = lw.constant(f"{node.name}_shape", np.array(y.shape, np.int32))
-    lw.op("BROADCAST_TO", [x, shape], [y], source=node.name)
+    wanted = lw.int32(lw.read(node.inputs[1], False), node.name)
+    rank = len(y.shape)
+    parts = []
+    for vector, length in ((wanted, wanted.shape[0]), (lw.shape_tensor(x, node.name), len(x.shape))):
+        if length < rank:
+            ones = lw.constant(f"{node.name}_ones{len(parts)}", np.ones(rank - length, np.int32))
+            padded = lw.model.tensor(f"{node.name}_padded{len(parts)}", (rank,), np.int32)
+            lw.op("CONCATENATION", [ones, vector], [padded], "ConcatenationOptions", source=node.name, axis=0)
+            vector = padded
+        parts.append(vector)
+    final = lw.model.tensor(f"{node.name}_final", (rank,), np.int32)
+    lw.op("MAXIMUM", parts, [final], source=node.name)
+    lw.op("BROADCAST_TO", [x, final], [y], source=node.name)
 
 
 def where(lw: Lowering, node: ir.Node) -> None:

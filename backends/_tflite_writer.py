@@ -50,6 +50,8 @@ _ALIGN = 16
 
 TENSOR_TYPES = {
     np.dtype(np.float32): TensorType.FLOAT32,
+    np.dtype(np.float16): TensorType.FLOAT16,
+    np.dtype(np.float64): TensorType.FLOAT64,
     np.dtype(np.int8): TensorType.INT8,
     np.dtype(np.uint8): TensorType.UINT8,
     np.dtype(np.int16): TensorType.INT16,
@@ -79,6 +81,11 @@ class Tensor:
     data: np.ndarray | None = None
     quant: Quant | None = None
     shape_signature: tuple[int, ...] | None = None
+
+    @property
+    def signature(self) -> tuple[int, ...]:
+        """The shape with ``-1`` at dynamic dimensions (``shape`` when none is dynamic)."""
+        return self.shape_signature if self.shape_signature is not None else self.shape
 
 
 @dataclasses.dataclass

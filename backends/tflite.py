@@ -13,9 +13,11 @@ model uses exactly the parameters the flatbuffer carries.
 One plan rule is code (``TfliteSpec.float_reason``): a square ``Mul(x, x)`` feeding a sum or
 mean stays float.
 
-``emit()`` works on a clone: static shapes from the calibration data, absorbed activations
-removed, ``layout-nhwc``, lowering (``_tflite_lower``/``_tflite_ops``), version stamping, the
-validator (``_tflite_validate``) and the writer (``_tflite_writer``). ``verify()`` runs the
+``emit()`` works on clones: the calibration sample's sizes for dynamic input dimensions (and at
+twice and three times them, to find what stays dynamic: ``_tflite_shapes``), shape subgraphs
+folded where they do not depend on a dynamic size, absorbed activations removed,
+``layout-nhwc``, lowering (``_tflite_lower``/``_tflite_ops``), version stamping, the validator
+(``_tflite_validate``) and the writer (``_tflite_writer``). ``verify()`` runs the
 artifact in LiteRT under the default resolver (XNNPACK) and under
 ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``, and compares both with the ORT QDQ simulation (agreement
 within one quantization step) and with the float model.
@@ -26,32 +28,27 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 
-from qcc.annotations import Decision, get_quant, quantized_values, set_quant
+from qcc.annotations import Decision
 from qcc.backends._qdq import materialize_qdq
 from qcc.backends._tflite_litert import compare_with_simulation
 from qcc.backends._tflite_lower import Lowering, absorb_activations
 from qcc.backends._tflite_ops import FAMILIES
+from qcc.backends._tflite_shapes import STATIC_NOTE, StaticReason, input_sizes, instances, mark_signatures, merge
 from qcc.backends._tflite_sim import integer_exact
 from qcc.backends._tflite_validate import validate
 from qcc.backends._tflite_versions import stamp_versions
-from qcc.backends._tflite_writer import serialize
+from qcc.backends._tflite_writer import FlatModel, serialize
 from qcc.backends.base import Artifact, Backend, TargetSpec
 from qcc.context import PassContext
 from qcc.data import Feed
 from qcc.errors import BackendError
 from qcc.options import IoType
-from qcc.passes.canonicalize import fold_constants
 from qcc.passes.layout_nhwc import LayoutNhwcPass
 from qcc.runtime import MAX_ORT_IR_VERSION
 
 logger = logging.getLogger(__name__)
-
-# Rounds of constant folding + shape inference in emit (MiniLM's shape subgraphs need three).
-_MAX_FOLD_ROUNDS = 8
 
 # Ops that sum or average their input: a square feeding one is a variance or power term.
 _REDUCTIONS = frozenset({"ReduceSum", "ReduceMean", "GlobalAveragePool"})
@@ -172,63 +169,67 @@ class TfliteBackend(Backend):
 def write_tflite(model: ir.Model, ctx: PassContext, feed: Feed | None = None) -> bytes:
     """Lowers an annotated (or, without annotations, float) model to ``.tflite`` bytes.
 
+    Dynamic input dimensions stay dynamic (``-1`` in ``shape_signature``, shapes computed at run
+    time) when the lowering does not depend on their size, which ``_tflite_shapes`` checks by
+    lowering the model at three sizes; otherwise, or for inputs pinned by ``--input-shape``, the
+    artifact has the sample's static shapes and its description says why.
+
     Args:
         model: the IR after the pipeline; not modified.
-        ctx: the compile context (``io``, ``nhwc_io``).
-        feed: one input sample, whose shapes fix dynamic input dimensions.
+        ctx: the compile context (``io``, ``nhwc_io``, ``input_shapes``).
+        feed: one input sample, whose shapes give the static sizes of dynamic input dimensions.
 
     Raises:
         BackendError: a node cannot be lowered or the result breaks a TFLite rule.
     """
-    clone = model.clone()
-    _static_shapes(clone, feed)
-    # With static shapes, shape subgraphs (Shape -> Gather -> Concat -> Reshape) fold to constants.
-    # Only the folding step of canonicalize: its Identity removal would drop requantize nodes.
-    # A folded tensor keeps its name, and keeps its parameters here.
-    params = {v.name: get_quant(v) for v in quantized_values(clone.graph)}
-    # A fold can make further shapes static (a Range over a folded length gives position ids of
-    # a known size), so folding and shape inference alternate until nothing folds.
-    for _round in range(_MAX_FOLD_ROUNDS):
-        if not fold_constants(clone):
-            break
-        _infer_shapes(clone)
-    for name, value in clone.graph.initializers.items():
-        if name in params and get_quant(value) is None:
-            set_quant(value, params[name])
-    absorb_activations(clone.graph)
-    LayoutNhwcPass(ctx)(clone)
-    flat = Lowering(io_int8=ctx.options.io == IoType.INT8).lower(clone.graph)
+    sizes, dynamic = input_sizes(model, feed, ctx.options.input_shapes)
+    io_int8 = ctx.options.io == IoType.INT8
+    description = "qcc"
+    result: FlatModel | StaticReason | None = None
+    if any(any(flags) for flags in dynamic.values()):
+        result = _lower_dynamic(model, ctx, sizes, dynamic)
+    if isinstance(result, FlatModel):
+        flat = result
+    else:
+        if result is not None:
+            logger.warning("the .tflite keeps the first sample's static input shapes: %s", result.message)
+            description = f"qcc; {STATIC_NOTE}{result.message}"
+        static = {name: (False,) * len(shape) for name, shape in sizes.items()}
+        (clone,) = instances(model, sizes, static)
+        flat = _lower(clone, ctx, io_int8)
     stamp_versions(flat)
     validate(flat)
-    return serialize(flat)
+    return serialize(flat, description)
 
 
-def _static_shapes(model: ir.Model, feed: Feed | None) -> None:
-    """Gives dynamic input dimensions the sample's sizes and infers every tensor's shape."""
-    for value in model.graph.inputs:
-        if value.shape is not None and all(isinstance(d, int) for d in value.shape):
-            continue
-        if feed is None or value.name not in feed:
-            continue
-        value.shape = ir.Shape(np.shape(feed[value.name]))
-    _infer_shapes(model)
+def _lower_dynamic(model: ir.Model, ctx: PassContext, sizes, dynamic) -> FlatModel | StaticReason:
+    """The model lowered at three sizes and merged (``_tflite_shapes``), or why it stays static.
 
-
-def _infer_shapes(model: ir.Model) -> None:
-    """Runs ONNX shape inference, first dropping the node outputs' symbolic shapes.
-
-    ONNX shape inference keeps a symbolic dimension it finds on a value rather than replace it
-    with the static one it infers, so stale symbolic shapes are cleared first; static ones stay.
+    A node the lowering cannot write with run-time shapes (one that needs a constant the static
+    artifact folds) is a reason to stay static, not an error: the static lowering may take it.
     """
-    for node in model.graph:
-        for out in node.outputs:
-            if out.shape is not None and not all(isinstance(d, int) for d in out.shape):
-                out.shape = None
+    clones = instances(model, sizes, dynamic)
+    for clone in clones:
+        _prepare(clone, ctx)
+    mark_signatures(clones)
+    io_int8 = ctx.options.io == IoType.INT8
     try:
-        common.ShapeInferencePass()(model)
-    except Exception as exc:  # noqa: BLE001 - ONNX shape inference raises several unrelated types
-        # The lowering names any tensor that is left without a static shape.
-        logger.debug("shape inference failed (%s); keeping the frontend's shapes", exc)
+        flats = [Lowering(io_int8=io_int8).lower(clone.graph) for clone in clones]
+    except BackendError as exc:
+        return StaticReason(f"with run-time shapes, {exc.problem}")
+    return merge(flats)
+
+
+def _lower(clone: ir.Model, ctx: PassContext, io_int8: bool) -> FlatModel:
+    """Prepares and lowers one static instance."""
+    _prepare(clone, ctx)
+    return Lowering(io_int8=io_int8).lower(clone.graph)
+
+
+def _prepare(clone: ir.Model, ctx: PassContext) -> None:
+    """Absorbs fused activations and moves image ops to NHWC."""
+    absorb_activations(clone.graph)
+    LayoutNhwcPass(ctx)(clone)
 
 
 __all__ = ["TFLITE_SPEC", "TfliteBackend", "write_tflite"]

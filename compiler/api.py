@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from qcc.context import Progress, no_progress
 from qcc.data import CalibrationSource
@@ -34,6 +34,7 @@ def compile(  # noqa: A001 - the public name users expect
     weight_rounding: str = "auto",
     smoothquant: bool = True,
     refit: bool = True,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
     progress: Progress = no_progress,
 ) -> CompileResult:
     """Compiles a float ONNX model into an int8 model for one runtime.
@@ -82,6 +83,11 @@ def compile(  # noqa: A001 - the public name users expect
             output error on the calibration data (``report["smoothing"]`` lists them).
         refit: refit each int8 layer's weights, in graph order, to the quantized model's own
             inputs so that it reproduces the float model's output (``report["refit"]``).
+        input_shapes: pin inputs to one shape, e.g. ``{"x": (1, 3, 48, 320)}`` (every dimension).
+            ``tflite`` then writes a static artifact of exactly these shapes; without it, the
+            model's dynamic dimensions stay dynamic in the ``.tflite`` (``-1`` in its
+            ``shape_signature``; resize the inputs in LiteRT before running another size).
+            ``ort`` and ``trt`` keep the model's shapes.
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -112,5 +118,6 @@ def compile(  # noqa: A001 - the public name users expect
         weight_rounding=weight_rounding,
         smoothquant=smoothquant,
         refit=refit,
+        input_shapes={name: tuple(shape) for name, shape in (input_shapes or {}).items()},
     )
     return compile_model(model, calibration, options, progress)

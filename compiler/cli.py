@@ -31,6 +31,7 @@ from qcc.options import (
     Precision,
     WeightRounding,
     WeightStorage,
+    parse_input_shape,
     parse_tolerance,
 )
 
@@ -211,6 +212,17 @@ def compile(  # noqa: A001 - the subcommand's name
     nhwc_io: Annotated[
         bool, typer.Option("--nhwc-io", help="tflite: NHWC 4-D inputs and outputs instead of the model's NCHW.")
     ] = False,
+    input_shape: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--input-shape",
+            help="tflite: pin input NAME to one shape, e.g. --input-shape x=1,3,48,320 (repeat it per input), "
+            "for a static .tflite. Without it the model's dynamic dimensions (batch, sequence length, image "
+            "size) stay dynamic: -1 in the tensors' shape_signature, run other sizes after "
+            "interpreter.resize_tensor_input(). ort and trt keep the model's shapes.",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every pass.")] = False,
 ) -> None:
     """Quantize MODEL for one runtime and write the artifact atomically.
@@ -224,6 +236,8 @@ def compile(  # noqa: A001 - the subcommand's name
       qcc compile bert.onnx -t ort --dynamic -o bert.int8.onnx   (no calibration data needed)
 
       qcc compile yolo.onnx -t trt -c calib.npz -o yolo.qdq.onnx --tolerance 0.01   (looser: fewer nodes float)
+
+      qcc compile ocr.onnx -t tflite -c calib.npz -o ocr.tflite --input-shape x=1,3,48,320   (static .tflite)
     """
     _setup_logging(verbose)
     from qcc.driver import compile_model
@@ -259,6 +273,7 @@ def compile(  # noqa: A001 - the subcommand's name
             weight_rounding=weight_rounding,
             smoothquant=smoothquant and calib_cache is None,
             refit=refit,
+            input_shapes=parse_input_shape(input_shape or ()),
         )
         with Progress(
             TextColumn("{task.description:<10}"),

@@ -117,6 +117,10 @@ class CompileOptions:
             output error on the calibration data (``passes/smooth_activations.py``).
         refit: refit each int8 layer's weights, in graph order, so that on the quantized model's
             own inputs it reproduces the float model's output (``passes/refit_weights.py``).
+        input_shapes: input name -> the shape to pin it to (every dimension). ``tflite`` writes
+            a static artifact of these shapes; without it, the model's dynamic dimensions stay
+            dynamic (``-1`` in the TFLite ``shape_signature``) wherever the artifact can compute
+            them at run time. ``ort`` and ``trt`` keep the model's shapes and ignore it.
     """
 
     target: str = "ort"
@@ -139,6 +143,7 @@ class CompileOptions:
     weight_rounding: WeightRounding = WeightRounding.AUTO
     smoothquant: bool = True
     refit: bool = True
+    input_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, kind in _ENUM_FIELDS.items():
@@ -154,6 +159,7 @@ class CompileOptions:
         if isinstance(self.exclude, str):
             object.__setattr__(self, "exclude", (self.exclude,))
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "input_shapes", _checked_shapes(self.input_shapes))
         if self.max_calibration_samples is not None and self.max_calibration_samples < 1:
             raise OptionError(
                 f"max_calibration_samples={self.max_calibration_samples} must be at least 1.",
@@ -218,6 +224,49 @@ def parse_tolerance(text: str) -> dict[str, object]:
             f"--tolerance {text!r} is not a bound.",
             "pass a number (1 - cosine, e.g. 0.01), cosine:0.01, relative:0.05, or off.",
         ) from None
+
+
+def parse_input_shape(texts: list[str] | tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Parses the CLI's repeatable ``--input-shape NAME=1,3,48,320`` into ``input_shapes``.
+
+    Raises:
+        OptionError: a text is not ``NAME=d1,d2,...`` with positive integer sizes, or names an
+            input twice.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in texts:
+        name, sep, dims = text.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape:
+            raise OptionError(
+                f"--input-shape {text!r} is not NAME=SIZES.",
+                "write the input's name, '=', and its size in every dimension, e.g. --input-shape x=1,3,48,320.",
+            )
+        if name in shapes:
+            raise OptionError(f"--input-shape names {name!r} twice.", "give one shape per input.")
+        shapes[name] = shape
+    return _checked_shapes(shapes)
+
+
+def _checked_shapes(shapes: object) -> dict[str, tuple[int, ...]]:
+    if not isinstance(shapes, dict) or not all(isinstance(k, str) for k in shapes):
+        raise OptionError(
+            f"input_shapes={shapes!r} is not a mapping of input names to shapes.",
+            'pass e.g. input_shapes={"x": (1, 3, 48, 320)}.',
+        )
+    checked = {}
+    for name, shape in shapes.items():
+        dims = tuple(shape) if isinstance(shape, (list, tuple)) else None
+        if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+            raise OptionError(
+                f"input_shapes[{name!r}]={shape!r} is not a shape of positive sizes.",
+                "give every dimension a size, e.g. (1, 3, 48, 320); a pinned shape has no dynamic dimension.",
+            )
+        checked[name] = dims
+    return checked
 
 
 def host_is_arm() -> bool:

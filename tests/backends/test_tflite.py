@@ -181,14 +181,13 @@ def test_unsupported_op_names_the_node():
     model = build_model(
         """
         <ir_version: 8, opset_import: ["" : 17]>
-        g (float[4,4] w, int64[] axis, float[1,4] x) => (float[1,4] y) {
+        g (float[4,4] w, float[4,4] x) => (float y) {
           m = MatMul(x, w)
-          y = CumSum<exclusive=1>(m, axis)
+          y = Det(m)
         }
         """,
-        constants={"axis": np.array(1, np.int64)},
     )
-    with pytest.raises(BackendError, match=r"'y' \(CumSum\) has no TFLite lowering"):
+    with pytest.raises(BackendError, match=r"'y' \(Det\) has no TFLite lowering"):
         _compile(model, verify=False)
 
 
@@ -335,9 +334,9 @@ def test_a_square_feeding_a_reduction_stays_float():
     assert result.report["verify"]["ok"], result.report["verify"]
 
 
-def test_the_bound_says_how_many_samples_the_static_artifact_ran():
-    """The artifact has the first calibration sample's shapes; samples of other shapes cannot run,
-    and ``met`` must not look as if it rested on all of them."""
+def test_the_bound_says_how_many_samples_the_artifact_ran():
+    """A dynamic artifact runs every verify sample; one pinned to a shape (``input_shapes``) runs only
+    the samples of that shape, and ``met`` must not look as if it rested on all of them."""
     model = build_model("""
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[8,3,3,3] w, float[8] b, float[1,3,H,W] x) => (float[1,8,H,W] y) {
@@ -348,5 +347,9 @@ def test_the_bound_says_how_many_samples_the_static_artifact_ran():
     rng = np.random.default_rng(0)
     feeds = [{"x": rng.normal(size=(1, 3, 8, 8 if i % 2 == 0 else 12)).astype(np.float32)} for i in range(8)]
     report = qcc.compile(model, target="tflite", calibration=feeds).report
-    assert report["verify"]["samples"] == 2  # of the 4 verify samples, the two shaped like the first
-    assert report["mixed_precision"]["artifact_samples"] == 2
+    assert report["verify"]["samples"] == 4 and report["verify"]["shapes"]["dynamic"], report["verify"]
+    assert report["mixed_precision"]["artifact_samples"] == 4
+    pinned = qcc.compile(model, target="tflite", calibration=feeds, input_shapes={"x": (1, 3, 8, 8)}).report
+    assert pinned["verify"]["samples"] == 2  # of the 4 verify samples, the two of the pinned shape
+    assert pinned["verify"]["samples_skipped"] == 2 and not pinned["verify"]["shapes"]["dynamic"]
+    assert pinned["mixed_precision"]["artifact_samples"] == 2
