@@ -14,7 +14,9 @@ qcc writes one TFLite subgraph, so control flow is flattened into it:
   ops have no side effects; an index op in the untaken branch must still be in range, as the
   branch is computed on the same inputs). Branches of different shapes would need TFLite's IF
   op with a subgraph per branch, which qcc's writer does not produce: refused, naming the shapes.
-  An ``If`` with a constant condition never gets here: canonicalize inlines the taken branch.
+  An ``If`` whose condition is constant from the start is inlined by canonicalize; one whose
+  condition becomes constant only once the input shapes are static (``Shape(x)[1] == 512``) is
+  lowered here as its taken branch alone.
 * ``Loop`` with a constant trip count is unrolled by canonicalize for this target
   (``passes/canonicalize.py``); one left here has a run-time trip count or condition and would
   need TFLite's WHILE with its condition and body subgraphs: refused.
@@ -33,6 +35,7 @@ from qcc.backends._tflite_ops_rnn import gru, rnn
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.errors import BackendError
 from qcc.irutils import const_array
+from qcc.passes.canonicalize import fold_node
 from qcc.passes.layout_nhwc import defines_layout
 
 _WHILE = (
@@ -58,6 +61,14 @@ def if_(lw: Lowering, node: ir.Node) -> None:
     for key, graph in branches.items():
         if len(graph.outputs) != len(node.outputs):
             raise unsupported(node, f"{key} has {len(graph.outputs)} outputs, the node {len(node.outputs)}")
+    constant = const_array(node.inputs[0])
+    if constant is not None and constant.size == 1:
+        # Constant only once shapes are static (a condition on Shape(x)): the taken branch alone.
+        key = "then_branch" if bool(constant.reshape(())) else "else_branch"
+        _lower_graph(lw, node, key, branches[key])
+        for out, result in zip(node.outputs, branches[key].outputs, strict=True):
+            lw.alias(out, lw.read(result, False))
+        return
     _check_same_signature(node, then_graph, else_graph)
     condition = lw.read(node.inputs[0], False)
     if condition.dtype != np.bool_:
@@ -83,8 +94,9 @@ def _check_same_signature(node: ir.Node, then_graph: ir.Graph, else_graph: ir.Gr
                 f"node {node.name!r} (If): output {index} is {described[0]} in then_branch and {described[1]} "
                 "in else_branch; qcc computes both branches and selects with SELECT_V2, which needs one static "
                 "shape and type, and TFLite's IF op needs branch subgraphs qcc's writer does not write yet.",
-                "make both branches return the same shape (pad or reshape), or fix the condition at export "
-                "time so canonicalize inlines the taken branch.",
+                "fix the condition before compiling (make the input it depends on, such as a sample-rate "
+                "flag, an initializer) so qcc inlines the taken branch, or make both branches return the "
+                "same static shape.",
             )
 
 
@@ -98,10 +110,18 @@ def _lower_graph(lw: Lowering, node: ir.Node, key: str, graph: ir.Graph) -> None
     """Lowers every node of a branch into the main graph, float (see module docstring)."""
     from qcc.backends._tflite_ops import LOWERINGS
 
+    opset = node.graph.opset_imports.get("", 17) if node.graph is not None else 17
     for inner in graph:
         where = f"{node.name!r} {key}"
         if inner.op_type == "Constant" and inner.domain in ("", "ai.onnx"):
             _constant(lw, inner)
+            continue
+        folded = fold_node(inner, opset)
+        if folded is not None:
+            # The main graph was folded with static shapes before lowering; branches were not.
+            for out, array in zip(inner.outputs, folded, strict=True):
+                out.const_value = ir.tensor(array, name=out.name)
+                out.shape = ir.Shape(array.shape)
             continue
         rule = LOWERINGS.get(inner.op_type) if inner.domain in ("", "ai.onnx") else None
         if rule is None:

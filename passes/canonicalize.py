@@ -13,7 +13,9 @@
   values, so they need no renaming), its constants become initializers, and the ``If`` outputs
   become the branch outputs. Folding then runs again over the inlined nodes, and an ``If``
   nested in the taken branch is inlined in turn. Every target benefits: no subgraph is left for
-  the plan (which does not look inside subgraphs) and TFLite needs no IF.
+  the plan (which does not look inside subgraphs) and TFLite needs no IF. This is part of
+  :func:`fold_constants`, so the TFLite writer's folding with static shapes also inlines an
+  ``If`` on a shape (``Shape(x)[1] == 512``).
 * For ``--target tflite`` (one subgraph, no WHILE written), a ``Loop`` with a constant trip count
   ``M`` (at most ``_MAX_UNROLLED_NODES`` nodes once unrolled), no run-time exit (the body passes
   its condition through or returns a constant true) and no subgraph in its body is unrolled: ``M``
@@ -63,7 +65,7 @@ _NEVER_FOLD = frozenset(
 )
 _EXPANDING = frozenset({"ConstantOfShape", "Expand", "Tile", "Range"})
 _MAX_EXPANDED = 1 << 20
-# Rounds of inline-then-fold: an If nested in a taken branch is inlined in the next round.
+# Rounds of fold-then-inline (or unroll-then-fold): an If nested in a taken branch is inlined in the next round.
 _MAX_INLINE_ROUNDS = 16
 # A Loop is unrolled (tflite) only while its copies stay this small.
 _MAX_UNROLLED_NODES = 1024
@@ -85,16 +87,12 @@ class CanonicalizePass(QccPass):
                 remove_node_bypassing(graph, node)
                 modified = True
         modified |= fold_constants(model)
-        unroll = self.ctx.options.target == "tflite"
-        for _round in range(_MAX_INLINE_ROUNDS):
-            changed = inline_constant_ifs(graph, default_opset(model))
-            if unroll:
-                changed |= unroll_constant_loops(graph, default_opset(model))
-            if not changed:
-                break
-            modified = True
-            common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-            fold_constants(model)
+        if self.ctx.options.target == "tflite":
+            for _round in range(_MAX_INLINE_ROUNDS):
+                if not unroll_constant_loops(graph, default_opset(model)):
+                    break
+                modified = True
+                fold_constants(model)
         for node in list(graph):
             if node.op_type == "ReduceMean" and node.domain == "":
                 modified |= _spatial_mean_to_global_pool(graph, node, default_opset(model))
@@ -350,32 +348,46 @@ def _used(values: list[ir.Value]) -> bool:
 def fold_constants(model: ir.Model) -> bool:
     """Evaluates every node whose inputs are all constants and replaces it by its result.
 
+    An ``If`` whose condition is (or becomes) constant is replaced by its taken branch, and
+    folding goes on over the branch's nodes.
+
     Returns:
         True if anything was folded.
     """
     graph = model.graph
     opset = default_opset(model)
     folded = 0
-    for node in list(graph):
-        if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_FOLD:
-            continue
-        if node.op_type == "Shape":
-            result = _fold_shape(node)
-        elif node.inputs and all(v is None or v.const_value is not None for v in node.inputs):
-            result = _evaluate(node, opset)
-        else:
-            continue
-        if result is None:
-            continue
-        if node.op_type in _EXPANDING and any(r.size > _MAX_EXPANDED for r in result):
-            continue
-        for out, array in zip(node.outputs, result, strict=True):
-            _replace_with_constant(graph, out, array)
-        graph.remove(node, safe=False)
+    for _round in range(_MAX_INLINE_ROUNDS):
+        for node in list(graph):
+            result = fold_node(node, opset)
+            if result is None:
+                continue
+            for out, array in zip(node.outputs, result, strict=True):
+                _replace_with_constant(graph, out, array)
+            graph.remove(node, safe=False)
+            folded += 1
+        # An If whose condition folded is replaced by its branch, which may fold further.
+        if not inline_constant_ifs(graph, opset):
+            break
         folded += 1
     if folded:
         logger.debug("folded %d constant nodes", folded)
     return folded > 0
+
+
+def fold_node(node: ir.Node, opset: int) -> list[np.ndarray] | None:
+    """The node's outputs if they are constants (all inputs constant, or Shape of a static shape), else None."""
+    if node.domain not in ("", "ai.onnx") or node.op_type in _NEVER_FOLD:
+        return None
+    if node.op_type == "Shape":
+        result = _fold_shape(node)
+    elif node.inputs and all(v is None or v.const_value is not None for v in node.inputs):
+        result = _evaluate(node, opset)
+    else:
+        return None
+    if result is not None and node.op_type in _EXPANDING and any(r.size > _MAX_EXPANDED for r in result):
+        return None
+    return result
 
 
 def _fold_shape(node: ir.Node) -> list[np.ndarray] | None:
