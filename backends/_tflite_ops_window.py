@@ -20,11 +20,13 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from qcc.annotations import get_quant
 from qcc.backends._tflite_lower import ACT_NONE, FUSED_KEY, Lowering, shape_of
-from qcc.backends._tflite_writer import Tensor
+from qcc.backends._tflite_writer import TENSOR_TYPES, Quant, Tensor
 from qcc.errors import BackendError
-from qcc.irutils import attr_float, attr_int
+from qcc.irutils import attr_float, attr_int, const_array
 from qcc.passes.layout_nhwc import LAYOUT_KEY
+from qcc.quantmath import quantize
 
 SAME, VALID = 0, 1
 FUSABLE = {
@@ -123,8 +125,8 @@ def _as_2d_weight(array: np.ndarray) -> np.ndarray:
     return array[:, :, None, :] if array.ndim == 3 else array
 
 
-def _padding(lw: Lowering, node: ir.Node, x: Tensor, win: Window, pad_value=None):
-    """Returns (input tensor, TFLite padding) for a 2-D window op on NHWC ``x``."""
+def _padding(lw: Lowering, node: ir.Node, x: Tensor, win: Window):
+    """Returns (input tensor, TFLite padding) for a 2-D convolution on NHWC ``x``."""
     in_hw = x.shape[1:3]
     same = []
     for size, k, s, d in zip(in_hw, win.kernel, win.strides, win.dilations, strict=True):
@@ -141,32 +143,16 @@ def _padding(lw: Lowering, node: ir.Node, x: Tensor, win: Window, pad_value=None
     begin, end = pads[:2], pads[2:]
     if not any(pads):
         return x, VALID
-    if [(b, e) for b, e in zip(begin, end, strict=True)] == same and node.op_type != "AveragePool":
+    if [(b, e) for b, e in zip(begin, end, strict=True)] == same:
         return x, SAME
-    if node.op_type == "AveragePool" and not attr_int(node, "count_include_pad", 0):
-        if [(b, e) for b, e in zip(begin, end, strict=True)] == same:
-            return x, SAME
-        raise unsupported(node, "average pooling with non-SAME pads that exclude padding from the divisor")
-    paddings = np.array([[0, 0], [begin[0], end[0]], [begin[1], end[1]], [0, 0]], np.int32)
-    shape = (x.shape[0], x.shape[1] + begin[0] + end[0], x.shape[2] + begin[1] + end[1], x.shape[3])
-    padded = lw.model.tensor(f"{node.name}_padded", shape, x.dtype, quant=x.quant)
-    if pad_value is None:
-        lw.op("PAD", [x, lw.constant(f"{node.name}_paddings", paddings)], [padded], "PadOptions", source=node.name)
-    else:
-        fill = np.array(-128 if x.quant is not None else np.finfo(np.float32).min, x.dtype)
-        fill_t = lw.constant(f"{node.name}_pad_value", fill, x.quant)
-        lw.op(
-            "PADV2",
-            [x, lw.constant(f"{node.name}_paddings", paddings), fill_t],
-            [padded],
-            "PadV2Options",
-            source=node.name,
-        )
-    return padded, VALID
+    return _pad_image(lw, node, x, PoolPads(list(begin), list(end), list(end)), lowest=False), VALID
 
 
 def conv(lw: Lowering, node: ir.Node) -> None:
-    """Conv (1-D or 2-D) -> CONV_2D (OHWI weights, qdim 0) or DEPTHWISE_CONV_2D ([1, kh, kw, C*m], qdim 3)."""
+    """Conv (1-D or 2-D) -> CONV_2D (OHWI weights, qdim 0) or DEPTHWISE_CONV_2D ([1, kh, kw, C*m], qdim 3).
+
+    A weight that is a graph input (the plan keeps such a node float) is transposed at run time.
+    """
     w_shape = shape_of(node.inputs[1])
     win = window(node, list(w_shape[2:]))
     x = as_image(lw, node, lw.input(node, 0))
@@ -175,13 +161,13 @@ def conv(lw: Lowering, node: ir.Node) -> None:
     x, padding = _padding(lw, node, x, win)
     depthwise = group == in_c and group > 1 and out_c % in_c == 0
     if depthwise:
-        w = lw.weight(node, 1, lambda a: _as_2d_weight(a).transpose(1, 2, 3, 0), axis=3)
+        w = _filter(lw, node, (1, 2, 3, 0), axis=3)
         name, options = "DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions"
         extra = {"depth_multiplier": out_c // in_c}
     else:
-        w = lw.weight(node, 1, lambda a: _as_2d_weight(a).transpose(0, 2, 3, 1), axis=0)
+        w = _filter(lw, node, (0, 2, 3, 1), axis=0)
         name, options, extra = "CONV_2D", "Conv2DOptions", {}
-    b = lw.bias(node, 2, out_c, x, w)
+    b = _bias(lw, node, 2, out_c, x, w)
     y = lw.output(node)
     image = image_output(lw, y)
     lw.op(
@@ -201,117 +187,500 @@ def conv(lw: Lowering, node: ir.Node) -> None:
     finish_image(lw, node, image, y)
 
 
+def _filter(lw: Lowering, node: ir.Node, perm: tuple[int, ...], axis: int) -> Tensor:
+    """Input 1 (an ONNX ``[O, I, (1,) k]`` filter) permuted by ``perm`` as a 2-D filter.
+
+    A constant is transformed at compile time; a graph input (float only) by RESHAPE + TRANSPOSE.
+    """
+    value = node.inputs[1]
+    if const_array(value) is not None:
+        return lw.weight(node, 1, lambda a: _as_2d_weight(a).transpose(perm), axis=axis)
+    if lw.is_int8(node):
+        raise unsupported(node, "an int8 filter that is not a constant")
+    w = lw.read(value, False)
+    if w.dtype != np.float32:
+        raise unsupported(node, f"a {w.dtype} filter (LiteRT's float convolutions take float32)")
+    if len(w.shape) == 3:
+        o, i, k = w.shape
+        w = lw.reshape(w, lw.model.tensor(f"{w.name}_2d", (o, i, 1, k), w.dtype), node.name)
+    shape = tuple(w.shape[p] for p in perm)
+    out = lw.model.tensor(f"{w.name}_{node.name}_filter", shape, w.dtype)
+    perm_t = lw.constant(f"{node.name}_filter_perm", np.array(perm, np.int32))
+    lw.op("TRANSPOSE", [w, perm_t], [out], "TransposeOptions", source=node.name)
+    return out
+
+
+def _bias(lw: Lowering, node: ir.Node, index: int, channels: int, x: Tensor, w: Tensor) -> Tensor | int:
+    """The node's bias as :meth:`Lowering.bias` writes it; a graph-input bias (float) is read as it is."""
+    value = node.inputs[index] if len(node.inputs) > index else None
+    if value is None or const_array(value) is not None:
+        return lw.bias(node, index, channels, x, w)
+    if lw.is_int8(node):
+        raise unsupported(node, "an int8 bias that is not a constant")
+    b = lw.read(value, False)
+    return b if len(b.shape) == 1 else lw.reshape(b, lw.model.tensor(f"{b.name}_1d", (channels,), b.dtype), node.name)
+
+
 def conv_transpose(lw: Lowering, node: ir.Node) -> None:
-    """ConvTranspose (1-D or 2-D) -> TRANSPOSE_CONV (inputs: output shape, [Cout, kh, kw, Cin] weights, data, bias)."""
+    """ConvTranspose (1-D or 2-D) -> TRANSPOSE_CONV (inputs: output shape, [Cout, kh, kw, Cin] weights, data, bias).
+
+    ONNX's output is the full transposed convolution, ``(in - 1) * stride + (k - 1) * dilation + 1``
+    long (plus ``output_padding`` at the end), cropped by the begin pads. TF SAME is one op when
+    it is that crop; otherwise TRANSPOSE_CONV VALID writes the full output (VALID accepts up to
+    ``stride - 1`` extra end cells, which hold only the bias, as ONNX's ``output_padding`` cells do)
+    and a SLICE crops it. Dilation is a constant kernel with zeros between the taps.
+    """
     w_shape = shape_of(node.inputs[1])
     win = window(node, list(w_shape[2:]))
-    if attr_int(node, "group", 1) != 1 or win.dilations != [1, 1]:
-        raise unsupported(node, "only ungrouped, undilated ConvTranspose is lowered")
+    if attr_int(node, "group", 1) != 1:
+        raise unsupported(node, "grouped ConvTranspose (TFLite's TRANSPOSE_CONV has no groups)")
+    dilated = win.dilations != [1, 1]
+    if dilated and const_array(node.inputs[1]) is None:
+        raise unsupported(node, "a dilated ConvTranspose whose weight is not a constant")
     x = as_image(lw, node, lw.input(node, 0))
     y = lw.output(node)
     image = image_output(lw, y)
-    out_hw = image.shape[1:3]
-    kernel, strides, pads = win.kernel, win.strides, win.pads
-    totals = [(i - 1) * s + k - o for i, s, k, o in zip(x.shape[1:3], strides, kernel, out_hw, strict=True)]
-    if all(t == 0 for t in totals):
-        padding = VALID
-    elif all(t >= 0 and pads[i] == t // 2 for i, t in enumerate(totals)):
-        padding = SAME
+    in_hw, out_hw, strides = x.shape[1:3], image.shape[1:3], win.strides
+    extent = [(k - 1) * d + 1 for k, d in zip(win.kernel, win.dilations, strict=True)]
+    begins = _transpose_begins(node, win, in_hw, out_hw, extent)
+    nominal = [(i - 1) * s + k for i, s, k in zip(in_hw, strides, extent, strict=True)]
+    full = [max(n, b + o) for n, b, o in zip(nominal, begins, out_hw, strict=True)]
+    if any(b < 0 for b in begins) or any(f - n >= s for f, n, s in zip(full, nominal, strides, strict=True)):
+        raise unsupported(node, f"ConvTranspose cropping {begins} from {nominal} to {list(out_hw)}")
+    tf_same = all(
+        math.ceil(o / s) == i and b == max(n - o, 0) // 2
+        for i, o, s, n, b in zip(in_hw, out_hw, strides, nominal, begins, strict=True)
+    )
+    if dilated:
+        w = lw.weight(node, 1, lambda a: _dilate(_as_2d_weight(a).transpose(1, 2, 3, 0), win.dilations), axis=0)
     else:
-        raise unsupported(node, f"ConvTranspose pads {pads} that are neither VALID nor TF SAME")
-    w = lw.weight(node, 1, lambda a: _as_2d_weight(a).transpose(1, 2, 3, 0), axis=0)
-    b = lw.bias(node, 2, w_shape[1], x, w)
-    shape = lw.constant(f"{node.name}_output_shape", np.array(image.shape, np.int32))
+        w = _filter(lw, node, (1, 2, 3, 0), axis=0)
+    b = _bias(lw, node, 2, w_shape[1], x, w)
+    crop = not tf_same and tuple(full) != tuple(out_hw)
+    target = image
+    if crop:
+        shape = (image.shape[0], full[0], full[1], image.shape[3])
+        target = lw.model.tensor(f"{node.name}_full", shape, image.dtype, quant=image.quant)
+    shape = lw.constant(f"{node.name}_output_shape", np.array(target.shape, np.int32))
     lw.op(
         "TRANSPOSE_CONV",
         [shape, w, x, b],
-        [image],
+        [target],
         "TransposeConvOptions",
         source=node.name,
-        padding=padding,
+        padding=SAME if tf_same else VALID,
         stride_w=strides[1],
         stride_h=strides[0],
         fused_activation_function=fused_code(node, "TRANSPOSE_CONV"),
     )
+    if crop:
+        begin = lw.constant(f"{node.name}_crop_begin", np.array([0, begins[0], begins[1], 0], np.int32))
+        size = lw.constant(f"{node.name}_crop_size", np.array(image.shape, np.int32))
+        lw.op("SLICE", [target, begin, size], [image], "SliceOptions", source=node.name)
     finish_image(lw, node, image, y)
 
 
+def _transpose_begins(node: ir.Node, win: Window, in_hw, out_hw, extent) -> list[int]:
+    """The cells ONNX crops from the start of a ConvTranspose's full output, per axis (h, w).
+
+    With ``output_shape`` or SAME auto-padding the total crop is ``full + output_padding - out``,
+    split as the ONNX spec says (SAME_UPPER puts the smaller half first); else the begin pads.
+    """
+    spatial = len(shape_of(node.inputs[1])) - 2
+    output_padding = int_list(node, "output_padding", [0] * spatial)
+    if spatial == 1:
+        output_padding = [0, *output_padding]
+    derived = node.attributes.get("output_shape") is not None or win.auto_pad in ("SAME_UPPER", "SAME_LOWER")
+    begins = []
+    for a in range(2):
+        if win.auto_pad == "VALID" and not derived:
+            begins.append(0)
+        elif derived:
+            total = (in_hw[a] - 1) * win.strides[a] + extent[a] + output_padding[a] - out_hw[a]
+            begins.append(total // 2 if win.auto_pad == "SAME_UPPER" else total - total // 2)
+        else:
+            begins.append(win.pads[a])
+    return begins
+
+
+def _dilate(kernel: np.ndarray, dilations: list[int]) -> np.ndarray:
+    """A ``[O, kh, kw, I]`` kernel with ``dilation - 1`` zeros between its taps."""
+    o, kh, kw, i = kernel.shape
+    out = np.zeros((o, (kh - 1) * dilations[0] + 1, (kw - 1) * dilations[1] + 1, i), kernel.dtype)
+    out[:, :: dilations[0], :: dilations[1], :] = kernel
+    return out
+
+
 def gemm(lw: Lowering, node: ir.Node) -> None:
-    """Gemm with constant B (alpha 1, no transA) -> FULLY_CONNECTED with [N, K] weights."""
-    if attr_int(node, "transA", 0) or attr_float(node, "alpha", 1.0) != 1.0:
-        raise unsupported(node, "Gemm with transA or alpha != 1")
-    if node.inputs[1].const_value is None:
-        raise unsupported(node, "Gemm with a non-constant B")
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if bias is not None and bias.const_value is None:
-        raise unsupported(node, "Gemm with a non-constant C")
-    if bias is not None and attr_float(node, "beta", 1.0) != 1.0:
-        raise unsupported(node, "Gemm with beta != 1")
-    trans_b = attr_int(node, "transB", 0)
-    _fully_connected(lw, node, (lambda a: a) if trans_b else (lambda a: a.T.copy()), 2)
+    """Gemm -> FULLY_CONNECTED with [N, K] weights for a constant B (alpha 1, no transA, C a vector).
+
+    Otherwise BATCH_MATMUL(A, B, adj_x=transA, adj_y=transB), MUL alpha, ADD beta * C in float;
+    an int8 node computes that on its dequantized inputs and QUANTIZEs the result, which is the
+    simulation's DQ -> Gemm -> Q.
+    """
+    trans_a, trans_b = attr_int(node, "transA", 0), attr_int(node, "transB", 0)
+    alpha, beta = attr_float(node, "alpha", 1.0), attr_float(node, "beta", 1.0)
+    c = node.inputs[2] if len(node.inputs) > 2 else None
+    c_array = const_array(c) if c is not None else None
+    channels = shape_of(node.inputs[1])[0 if trans_b else 1]
+    vector_c = c is None or (c_array is not None and beta == 1.0 and _is_vector(c_array.shape, channels))
+    if not trans_a and alpha == 1.0 and const_array(node.inputs[1]) is not None and vector_c:
+        _fully_connected(lw, node, (lambda a: a) if trans_b else (lambda a: a.T.copy()), 2)
+        return
+    y = lw.output(node)
+    result = _float_result(lw, node, y)
+    product = result if c is None and alpha == 1.0 else lw.model.tensor(f"{node.name}_product", y.shape, np.float32)
+    lw.op("BATCH_MATMUL", [_dequantized(lw, node, 0), _dequantized(lw, node, 1)], [product], "BatchMatMulOptions",
+          source=node.name, adj_x=bool(trans_a), adj_y=bool(trans_b))
+    if alpha != 1.0:
+        scaled = result if c is None else lw.model.tensor(f"{node.name}_scaled", y.shape, np.float32)
+        alpha_t = lw.constant(f"{node.name}_alpha", np.array(alpha, np.float32))
+        lw.op("MUL", [product, alpha_t], [scaled], "MulOptions", source=node.name)
+        product = scaled
+    if c is not None:
+        addend = _dequantized(lw, node, 2)
+        if beta != 1.0:
+            weighted = lw.model.tensor(f"{node.name}_c_beta", addend.shape, np.float32)
+            beta_t = lw.constant(f"{node.name}_beta", np.array(beta, np.float32))
+            lw.op("MUL", [addend, beta_t], [weighted], "MulOptions", source=node.name)
+            addend = weighted
+        lw.op("ADD", [product, addend], [result], "AddOptions", source=node.name,
+              fused_activation_function=fused_code(node, "ADD"))
+    _quantize_result(lw, node, result, y)
+
+
+def _dequantized(lw: Lowering, node: ir.Node, index: int) -> Tensor:
+    """Input ``index`` in float32: for an int8 node what the simulation reads, ``DQ(Q(input))``.
+
+    A constant becomes its grid values; an activation is read int8 and DEQUANTIZEd.
+    """
+    value = node.inputs[index]
+    quant = get_quant(value)
+    if not lw.is_int8(node) or quant is None:
+        return lw.read(value, False)
+    array = const_array(value)
+    if array is not None:
+        return lw.constant(f"{value.name}_grid", quant.grid_values(array).astype(np.float32))
+    q = lw.read(value, True)
+    out = lw.model.tensor(f"{q.name}_dequantized", q.shape, np.float32)
+    lw.op("DEQUANTIZE", [q], [out], source=node.name)
+    return out
+
+
+def _float_result(lw: Lowering, node: ir.Node, y: Tensor) -> Tensor:
+    """Where a float computation of output ``y`` goes: ``y`` itself, or a float tensor to QUANTIZE into it."""
+    if y.quant is None:
+        return y
+    return lw.model.tensor(f"{node.name}_float", y.shape, np.float32)
+
+
+def _quantize_result(lw: Lowering, node: ir.Node, result: Tensor, y: Tensor) -> None:
+    if result is not y:
+        lw.op("QUANTIZE", [result], [y], source=node.name)
+
+
+def _is_vector(shape: tuple[int, ...], channels: int) -> bool:
+    """True if a Gemm C of ``shape`` is one value per output channel, or one value for all."""
+    size = int(np.prod(shape)) if shape else 1
+    return size == 1 or (size == channels and (len(shape) == 1 or shape[-1] == channels))
 
 
 def matmul(lw: Lowering, node: ir.Node) -> None:
-    """MatMul -> FULLY_CONNECTED for a constant 2-D B, BATCH_MATMUL for two activations."""
-    b = node.inputs[1]
-    if b.const_value is not None and len(shape_of(b)) == 2:
-        _fully_connected(lw, node, lambda a: a.T.copy(), None)
+    """MatMul -> FULLY_CONNECTED for a constant 1-D/2-D B, BATCH_MATMUL otherwise.
+
+    A 1-D A is ``[1, K]`` and a 1-D B ``[K, 1]`` (numpy's rule); the unit dimension is dropped
+    from the result by a RESHAPE. An int8 MatMul with a constant B of rank > 2 runs float on
+    the dequantized operands and QUANTIZEs its result.
+    """
+    a_shape, b_shape = shape_of(node.inputs[0]), shape_of(node.inputs[1])
+    constant_b = const_array(node.inputs[1]) is not None
+    if constant_b and len(b_shape) in (1, 2):
+        _fully_connected(lw, node, lambda a: a.reshape(1, -1) if a.ndim == 1 else a.T.copy(), None)
         return
-    a_t, b_t = lw.input(node, 0), lw.input(node, 1)
-    if b.const_value is not None:
-        raise unsupported(node, "MatMul with a constant B of rank > 2")
-    lw.op(
-        "BATCH_MATMUL", [a_t, b_t], [lw.output(node)], "BatchMatMulOptions", source=node.name, adj_x=False, adj_y=False
-    )
+    int8_weights = constant_b and lw.is_int8(node)
+    if int8_weights:
+        # BATCH_MATMUL takes per-tensor int8 operands and the plan quantizes B per channel:
+        # float on the dequantized operands, as the simulation computes it (DQ -> MatMul -> Q).
+        a_t, b_t = _dequantized(lw, node, 0), _dequantized(lw, node, 1)
+    else:
+        a_t, b_t = lw.input(node, 0), lw.input(node, 1)
+    y = lw.output(node)
+    result = _float_result(lw, node, y) if int8_weights else y
+    if len(a_shape) == 1:
+        a_t = lw.reshape(a_t, lw.model.tensor(f"{a_t.name}_row", (1, a_shape[0]), a_t.dtype, quant=a_t.quant),
+                         node.name)
+    if len(b_shape) == 1:
+        b_t = lw.reshape(b_t, lw.model.tensor(f"{b_t.name}_column", (b_shape[0], 1), b_t.dtype, quant=b_t.quant),
+                         node.name)
+    batch = np.broadcast_shapes(a_t.shape[:-2], b_t.shape[:-2])
+    full = (*batch, a_t.shape[-2], b_t.shape[-1])
+    out = result
+    if tuple(full) != tuple(y.shape):
+        out = lw.model.tensor(f"{node.name}_full", full, result.dtype, quant=result.quant)
+    lw.op("BATCH_MATMUL", [a_t, b_t], [out], "BatchMatMulOptions", source=node.name, adj_x=False, adj_y=False)
+    if out is not result:
+        lw.reshape(out, result, node.name)
+    _quantize_result(lw, node, result, y)
 
 
 def _fully_connected(lw: Lowering, node: ir.Node, transform, bias_index) -> None:
     x = lw.input(node, 0)
+    if len(x.shape) == 1:
+        x = lw.reshape(x, lw.model.tensor(f"{x.name}_row", (1, x.shape[0]), x.dtype, quant=x.quant), node.name)
     w = lw.weight(node, 1, transform, axis=0)
     channels = w.shape[0]
-    b = lw.bias(node, bias_index, channels, x, w) if bias_index is not None else -1
+    b = _vector_bias(lw, node, bias_index, channels, x, w) if bias_index is not None else -1
     y = lw.output(node)
     keep = len(x.shape) > 2
+    full = (*x.shape[:-1], channels) if keep else (int(np.prod(x.shape[:-1])), channels)
+    out = y if tuple(full) == tuple(y.shape) else lw.model.tensor(f"{node.name}_full", full, y.dtype, quant=y.quant)
     lw.op(
         "FULLY_CONNECTED",
         [x, w, b],
-        [y],
+        [out],
         "FullyConnectedOptions",
         source=node.name,
         fused_activation_function=fused_code(node, "FULLY_CONNECTED"),
         keep_num_dims=keep,
     )
+    if out is not y:
+        lw.reshape(out, y, node.name)
+
+
+def _vector_bias(lw: Lowering, node: ir.Node, index: int, channels: int, x: Tensor, w: Tensor) -> Tensor | int:
+    """The FULLY_CONNECTED bias: ``channels`` values (LiteRT checks it), a one-value C broadcast."""
+    value = node.inputs[index] if len(node.inputs) > index else None
+    array = const_array(value) if value is not None else None
+    if array is None or array.size == channels:
+        return lw.bias(node, index, channels, x, w)
+    full = np.broadcast_to(np.asarray(array).reshape(-1), (channels,))
+    if not lw.is_int8(node):
+        return lw.constant(f"{value.name}_{channels}", full.astype(np.float32))
+    quant = get_quant(value)
+    width = channels if w.quant.scale.size > 1 else 1
+    scale = np.broadcast_to(np.asarray(quant.scale, np.float32).reshape(-1), (width,)).copy()
+    data = quantize(full, scale, np.zeros(width, np.int32), 0, ir.DataType.INT32)
+    return lw.constant(f"{value.name}_{channels}", data, Quant(scale, np.zeros(width, np.int64), 0))
 
 
 def pool(lw: Lowering, node: ir.Node) -> None:
-    """MaxPool/AveragePool (1-D or 2-D) -> MAX_POOL_2D/AVERAGE_POOL_2D (explicit PAD/PADV2 for non-SAME pads)."""
-    if len(node.outputs) > 1 and node.outputs[1].uses():
-        raise unsupported(node, "MaxPool indices output")
-    if attr_int(node, "ceil_mode", 0):
-        raise unsupported(node, "ceil_mode=1")
+    """MaxPool/AveragePool (1-D or 2-D) -> MAX_POOL_2D/AVERAGE_POOL_2D (see :func:`pool_2d`).
+
+    MaxPool's Indices output is computed tap by tap (:func:`_max_pool_with_indices`).
+    """
     win = window(node, int_list(node, "kernel_shape", []))
-    if win.dilations != [1, 1]:
-        raise unsupported(node, "dilated pooling")
     is_max = node.op_type == "MaxPool"
     x = as_image(lw, node, lw.input(node, 0))
-    x, padding = _padding(lw, node, x, win, pad_value="min" if is_max else None)
-    name = "MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D"
     y = lw.output(node)
     image = image_output(lw, y)
-    lw.op(
-        name,
-        [x],
-        [image],
-        "Pool2DOptions",
-        source=node.name,
-        padding=padding,
-        stride_w=win.strides[1],
-        stride_h=win.strides[0],
-        filter_width=win.kernel[1],
-        filter_height=win.kernel[0],
-        fused_activation_function=fused_code(node, name),
-    )
+    if is_max and len(node.outputs) > 1 and node.outputs[1] is not None:
+        indices = node.outputs[1]
+        if indices.uses() or indices.is_graph_output():
+            _max_pool_with_indices(lw, node, x, image, win)
+            finish_image(lw, node, image, y)
+            return
+    kind = "max" if is_max else "avg"
+    pool_2d(lw, node, x, image, win, kind, include_pad=bool(attr_int(node, "count_include_pad", 0)))
     finish_image(lw, node, image, y)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolPads:
+    """Where a pooling window reads, per spatial axis (h, w).
+
+    Attributes:
+        begin, end: the zeros (or lowest values) put before and after the input: the ONNX pads
+            plus, for ``ceil_mode``, the cells the last window reads past them.
+        explicit_end: the end pads ONNX declares (what ``count_include_pad=1`` counts).
+    """
+
+    begin: list[int]
+    end: list[int]
+    explicit_end: list[int]
+
+
+def pool_pads(node: ir.Node, win: Window, in_hw, out_hw) -> PoolPads:
+    """The pads of a pooling node whose input has spatial size ``in_hw`` and output ``out_hw``."""
+    begin, end = list(win.pads[:2]), list(win.pads[2:])
+    if win.auto_pad == "VALID":
+        begin, end = [0, 0], [0, 0]
+    elif win.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        for a in range(2):
+            total = max((out_hw[a] - 1) * win.strides[a] + (win.kernel[a] - 1) * win.dilations[a] + 1 - in_hw[a], 0)
+            small, large = total // 2, total - total // 2
+            begin[a], end[a] = (small, large) if win.auto_pad == "SAME_UPPER" else (large, small)
+    explicit = list(end)
+    for a in range(2):
+        needed = (out_hw[a] - 1) * win.strides[a] + (win.kernel[a] - 1) * win.dilations[a] + 1
+        end[a] += max(needed - (in_hw[a] + begin[a] + end[a]), 0)
+    return PoolPads(begin, end, explicit)
+
+
+def _window_counts(win: Window, pads: PoolPads, in_hw, out_hw, include_pad: bool) -> np.ndarray:
+    """How many cells each output's window averages over: ``[1, OH, OW, 1]`` float.
+
+    ``include_pad`` counts the declared pads (ONNX ``count_include_pad=1``); the cells past them
+    that ``ceil_mode`` reads are never counted (as ONNX Runtime and PyTorch).
+    """
+    per_axis = []
+    for a in range(2):
+        low = -pads.begin[a] if include_pad else 0
+        high = in_hw[a] + (pads.explicit_end[a] if include_pad else 0)
+        starts = np.arange(out_hw[a]) * win.strides[a] - pads.begin[a]
+        taps = starts[:, None] + np.arange(win.kernel[a])[None, :] * win.dilations[a]
+        per_axis.append(((taps >= low) & (taps < high)).sum(axis=1))
+    return (per_axis[0][:, None] * per_axis[1][None, :]).astype(np.float32)[None, :, :, None]
+
+
+def pool_2d(lw: Lowering, node: ir.Node, x: Tensor, out: Tensor, win: Window, kind: str, include_pad: bool) -> None:
+    """Writes ``out`` = the ``kind`` pooling ("max", "avg" or "sum") of NHWC ``x`` over ``win``.
+
+    Undilated windows are one MAX_POOL_2D/AVERAGE_POOL_2D: SAME when the pads are TF's SAME pads
+    (and, for an average, padding is not counted), VALID on an explicitly padded input otherwise
+    (PAD with zeros; PADV2 with the lowest value for max), ``ceil_mode`` being more end padding.
+    An average whose divisor is not the window size everywhere (``count_include_pad``, ceil_mode)
+    is multiplied by ``kernel size / count`` per output position; a sum is the average times the
+    kernel size. Dilated windows are taken tap by tap: one STRIDED_SLICE of the padded input per
+    kernel cell, combined by MAXIMUM or ADD.
+    """
+    in_hw, out_hw = x.shape[1:3], out.shape[1:3]
+    pads = pool_pads(node, win, in_hw, out_hw)
+    area = win.kernel[0] * win.kernel[1]
+    dilated = win.dilations != [1, 1]
+    counts = _window_counts(win, pads, in_hw, out_hw, include_pad)
+    tf_same = all(
+        out_hw[a] == math.ceil(in_hw[a] / win.strides[a])
+        and (pads.begin[a], pads.end[a]) == _same_pads(in_hw[a], out_hw[a], win.kernel[a], win.strides[a])
+        for a in range(2)
+    )
+    # TF SAME leaves padding out of an average's divisor: right when ONNX does too.
+    excluded = np.array_equal(counts, _window_counts(win, pads, in_hw, out_hw, False))
+    tf_same = tf_same and not dilated and (kind == "max" or (kind == "avg" and excluded))
+    padded = x if tf_same else _pad_image(lw, node, x, pads, lowest=kind == "max")
+    rescale = None  # what the op's result is multiplied by, per output position
+    if kind == "sum" and not dilated:
+        rescale = np.array(area, np.float32)
+    elif kind == "avg" and dilated:
+        rescale = (1.0 / counts).astype(np.float32)
+    elif kind == "avg" and not tf_same and not np.all(counts == area):
+        rescale = (area / counts).astype(np.float32)
+    target = out if rescale is None else lw.model.tensor(f"{node.name}_pooled", out.shape, out.dtype, quant=out.quant)
+    if dilated:
+        _tap_pool(lw, node, padded, target, win, "max" if kind == "max" else "sum")
+    else:
+        name = "MAX_POOL_2D" if kind == "max" else "AVERAGE_POOL_2D"
+        lw.op(
+            name,
+            [padded],
+            [target],
+            "Pool2DOptions",
+            source=node.name,
+            padding=SAME if tf_same else VALID,
+            stride_w=win.strides[1],
+            stride_h=win.strides[0],
+            filter_width=win.kernel[1],
+            filter_height=win.kernel[0],
+            fused_activation_function=fused_code(node, name) if rescale is None else ACT_NONE,
+        )
+    if rescale is not None:
+        if out.quant is not None:
+            raise unsupported(node, "an int8 average pooling whose divisor varies (run it float)")
+        factor = lw.constant(f"{node.name}_divisor", rescale)
+        lw.op("MUL", [target, factor], [out], "MulOptions", source=node.name,
+              fused_activation_function=fused_code(node, "MUL"))
+
+
+def _same_pads(size: int, out: int, k: int, s: int) -> tuple[int, int]:
+    total = max((out - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pad_image(lw: Lowering, node: ir.Node, x: Tensor, pads: PoolPads, lowest: bool) -> Tensor:
+    """``x`` padded by ``pads`` with zeros (PAD), or with the lowest value (PADV2) for max pooling."""
+    if not any(pads.begin) and not any(pads.end):
+        return x
+    paddings = np.array([[0, 0], [pads.begin[0], pads.end[0]], [pads.begin[1], pads.end[1]], [0, 0]], np.int32)
+    shape = (x.shape[0], x.shape[1] + pads.begin[0] + pads.end[0], x.shape[2] + pads.begin[1] + pads.end[1], x.shape[3])
+    padded = lw.model.tensor(f"{node.name}_padded", shape, x.dtype, quant=x.quant)
+    paddings_t = lw.constant(f"{node.name}_paddings", paddings)
+    if not lowest:
+        lw.op("PAD", [x, paddings_t], [padded], "PadOptions", source=node.name)
+        return padded
+    fill = np.array(-128 if x.quant is not None else np.finfo(np.float32).min, x.dtype)
+    fill_t = lw.constant(f"{node.name}_pad_value", fill, x.quant)
+    lw.op("PADV2", [x, paddings_t, fill_t], [padded], "PadV2Options", source=node.name)
+    return padded
+
+
+def _taps(lw: Lowering, node: ir.Node, padded: Tensor, like: Tensor, win: Window):
+    """Yields ((i, j), the kernel cell's values for every output) of a window over ``padded``."""
+    n, out_h, out_w, c = like.shape
+    strides = lw.constant(f"{node.name}_tap_strides", np.array([1, win.strides[0], win.strides[1], 1], np.int32))
+    for i in range(win.kernel[0]):
+        for j in range(win.kernel[1]):
+            top, left = i * win.dilations[0], j * win.dilations[1]
+            begin = [0, top, left, 0]
+            end = [n, top + (out_h - 1) * win.strides[0] + 1, left + (out_w - 1) * win.strides[1] + 1, c]
+            tap = lw.model.tensor(f"{node.name}_tap", like.shape, padded.dtype, quant=padded.quant)
+            consts = [lw.constant(f"{node.name}_tap_{k}", np.array(v, np.int32)) for k, v in (("begin", begin),
+                                                                                              ("end", end))]
+            lw.op("STRIDED_SLICE", [padded, *consts, strides], [tap], "StridedSliceOptions", source=node.name)
+            yield (i, j), tap
+
+
+def _tap_pool(lw: Lowering, node: ir.Node, padded: Tensor, out: Tensor, win: Window, kind: str) -> None:
+    """``out`` = MAXIMUM or ADD over the window's taps (dilated windows)."""
+    taps = [tap for _, tap in _taps(lw, node, padded, out, win)]
+    name, options = ("MAXIMUM", "MaximumMinimumOptions") if kind == "max" else ("ADD", "AddOptions")
+    current = taps[0]
+    for k, tap in enumerate(taps[1:], 1):
+        target = out if k == len(taps) - 1 else lw.model.tensor(f"{node.name}_acc", out.shape, out.dtype,
+                                                                 quant=out.quant)
+        lw.op(name, [current, tap], [target], options, source=node.name)
+        current = target
+    if current is not out:
+        lw.reshape(current, out, node.name)
+
+
+def _max_pool_with_indices(lw: Lowering, node: ir.Node, x: Tensor, out: Tensor, win: Window) -> None:
+    """MaxPool with Indices: per kernel cell, GREATER + SELECT_V2 keep the first maximum's position.
+
+    ONNX's index is the flat position in the NCHW input: ``(n * C + c) * H * W + h * W + w``
+    (``storage_order=1``: ``... + w * H + h``). Each tap's spatial positions are a constant; padding
+    (filled with the lowest value) never wins, and ties keep the earlier cell, as ONNX Runtime.
+    """
+    indices_value = node.outputs[1]
+    n, height, width, c = x.shape
+    out_h, out_w = out.shape[1:3]
+    pads = pool_pads(node, win, (height, width), (out_h, out_w))
+    padded = _pad_image(lw, node, x, pads, lowest=True)
+    column_major = attr_int(node, "storage_order", 0) == 1
+    best, best_index = None, None
+    for (i, j), tap in _taps(lw, node, padded, out, win):
+        rows = np.arange(out_h) * win.strides[0] - pads.begin[0] + i * win.dilations[0]
+        cols = np.arange(out_w) * win.strides[1] - pads.begin[1] + j * win.dilations[1]
+        flat = rows[:, None] + cols[None, :] * height if column_major else rows[:, None] * width + cols[None, :]
+        position = lw.constant(f"{node.name}_positions", flat.astype(np.int32)[None, :, :, None])
+        if best is None:
+            best, best_index = tap, position
+            continue
+        greater = lw.model.tensor(f"{node.name}_greater", out.shape, np.bool_)
+        lw.op("GREATER", [tap, best], [greater], "GreaterOptions", source=node.name)
+        chosen = lw.model.tensor(f"{node.name}_index", out.shape, np.int32)
+        lw.op("SELECT_V2", [greater, position, best_index], [chosen], "SelectV2Options", source=node.name)
+        larger = lw.model.tensor(f"{node.name}_max", out.shape, out.dtype, quant=out.quant)
+        lw.op("MAXIMUM", [best, tap], [larger], "MaximumMinimumOptions", source=node.name)
+        best, best_index = larger, chosen
+    lw.reshape(best, out, node.name)
+    offsets = (np.arange(n)[:, None] * c + np.arange(c)[None, :]) * height * width
+    offsets_t = lw.constant(f"{node.name}_offsets", offsets.astype(np.int32).reshape(n, 1, 1, c))
+    flat_index = lw.model.tensor(f"{node.name}_flat_index", out.shape, np.int32)
+    lw.op("ADD", [best_index, offsets_t], [flat_index], "AddOptions", source=node.name)
+    indices = lw.define(indices_value, False)
+    image = indices if len(indices.shape) == 4 else lw.model.tensor(f"{indices.name}_2d", out.shape, indices.dtype)
+    lw.op("CAST", [flat_index], [image], "CastOptions", source=node.name,
+          in_data_type=TENSOR_TYPES[np.dtype(np.int32)], out_data_type=TENSOR_TYPES[indices.dtype])
+    finish_image(lw, node, image, indices)
 
 
 def global_pool(lw: Lowering, node: ir.Node) -> None:
