@@ -2,9 +2,12 @@
 
 Rules follow docs/tflite.md "Adding a lowering". ``LOWERINGS`` is merged into the registry in
 ``_tflite_ops`` after the base rules (a key here replaces a base rule of the same op).
-``SHARED_SCALE_OPS`` extends ``TFLITE_SPEC``: Tile, DepthToSpace and SpaceToDepth only move bytes,
-so when their input is int8 they run int8 with the input's parameters (TILE, DEPTH_TO_SPACE,
-SPACE_TO_DEPTH and GATHER all have int8 kernels); every other op here runs in float.
+``SHARED_SCALE_OPS`` extends ``TFLITE_SPEC`` with the ops that only move (or zero) the bytes of
+input 0 and whose builtins have int8 kernels (TILE, DEPTH_TO_SPACE, SPACE_TO_DEPTH, GATHER_ND,
+GATHER, SLICE, PAD, SELECT_V2): next to int8 neighbours they run int8 with their input's
+parameters. The plan treats only the inputs ``compiler/optable.py`` lists as data, so GatherND,
+Compress, CenterCropPad and Trilu with ``k`` stay float until it lists them as ``(0,)``.
+REVERSE_SEQUENCE has no int8 kernel; every other op here runs in float.
 
 The artifact has static shapes, so an op whose output is fixed by the shapes (Shape, Size,
 EyeLike, Constant, and the repeats of Tile or the target of CenterCropPad) is written from the
@@ -82,6 +85,12 @@ class _Rule:
     def const(self, array, dtype=None) -> Tensor:
         """A constant (0-d arrays stay 0-d)."""
         return self.lw.constant(self.name("c"), np.array(array, dtype=dtype))
+
+    def zero_like(self, x: Tensor) -> Tensor:
+        """A 0-d zero of ``x``'s type: its zero point, with its parameters, when ``x`` is int8."""
+        if x.quant is None:
+            return self.const(np.zeros((), x.dtype))
+        return self.lw.constant(self.name("zero"), np.array(x.quant.zero_point[0], x.dtype), x.quant)
 
     def tensor(self, shape, dtype, quant=None) -> Tensor:
         return self.lw.model.tensor(self.name("t"), shape, dtype, quant=quant)
@@ -574,10 +583,13 @@ def center_crop_pad(lw: Lowering, node: ir.Node) -> None:
             crop_size,
             x.dtype,
             "SliceOptions",
+            quant=x.quant,
         )
     pads = [((o - i) // 2, o - i - (o - i) // 2) if o > i else (0, 0) for i, o in zip(x.shape, y.shape, strict=True)]
     if any(p != (0, 0) for p in pads):
-        current = rule.op("PAD", [current, rule.const(pads, np.int32)], y.shape, x.dtype, "PadOptions")
+        # int8 PAD fills with the zero point: exactly 0, as ONNX pads.
+        paddings = rule.const(pads, np.int32)
+        current = rule.op("PAD", [current, paddings], y.shape, x.dtype, "PadOptions", quant=x.quant)
     rule.finish(current)
 
 
@@ -599,8 +611,8 @@ def trilu(lw: Lowering, node: ir.Node) -> None:
         k_t = rule.reshape(rule.int32(1), [])
         compare = ("GREATER_EQUAL", "GreaterEqualOptions") if upper else ("LESS_EQUAL", "LessEqualOptions")
         mask = rule.op(compare[0], [rule.const(offset.astype(np.int32)), k_t], [rows, cols], _BOOL, compare[1])
-    zero = rule.const(np.zeros((), x.dtype))
-    rule.finish(rule.op("SELECT_V2", [mask, x, zero], x.shape, x.dtype, "SelectV2Options"))
+    kept = rule.op("SELECT_V2", [mask, x, rule.zero_like(x)], x.shape, x.dtype, "SelectV2Options", quant=x.quant)
+    rule.finish(kept)
 
 
 def one_hot(lw: Lowering, node: ir.Node) -> None:
@@ -929,4 +941,15 @@ LOWERINGS: dict = {
     "Unique": unique,
 }
 INT8_OPS: frozenset[str] = frozenset()
-SHARED_SCALE_OPS: frozenset[str] = frozenset({"Tile", "DepthToSpace", "SpaceToDepth"})
+SHARED_SCALE_OPS: frozenset[str] = frozenset(
+    {
+        "Tile",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "GatherND",
+        "GatherElements",
+        "Compress",
+        "CenterCropPad",
+        "Trilu",
+    }
+)
