@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) models/bench.py --out build/bench
 	$(PY) models/bench_calib.py --out build/bench-calib
 	$(PY) models/bench_large.py --out build/bench-large
+	$(PY) models/bench_tflite_dynamic.py --out build/bench-tflite-dynamic
 
 # A 2.47 GB model (external data) compiled for ort and trt: peak memory and external data out.
 bench-large: $(STAMP)

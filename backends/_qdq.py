@@ -23,7 +23,7 @@ import onnx_ir.passes.common as common
 from qcc.annotations import Decision, Role, TensorQuant, get_decision, get_quant, quantized_values, set_quant
 from qcc.backends.base import EXTERNAL_MODEL, Artifact
 from qcc.errors import BackendError
-from qcc.irutils import NameAllocator, add_initializer, remove_node_bypassing
+from qcc.irutils import NameAllocator, add_initializer, check_onnx, remove_node_bypassing
 from qcc.optable import quantizable_inputs
 from qcc.quantmath import quantize
 from qcc.runtime import MAX_ORT_IR_VERSION, is_large, save_external
@@ -186,11 +186,11 @@ def onnx_artifact(model: ir.Model, target: str, suffix: str) -> Artifact:
     if is_large(model):
         folder = tempfile.TemporaryDirectory(prefix="qcc-artifact-")
         path = save_external(model, folder.name, EXTERNAL_MODEL)
-        _checked(target, lambda: onnx.checker.check_model(path))
+        _checked(target, lambda: check_onnx(path))
         return Artifact(data=None, suffix=suffix, proto=onnx.load(path, load_external_data=False), folder=folder)
     proto = ir.serde.serialize_model(model)
     proto.ir_version = model.ir_version
-    _checked(target, lambda: onnx.checker.check_model(proto))
+    _checked(target, lambda: check_onnx(proto))
     return Artifact(data=proto.SerializeToString(), suffix=suffix, proto=proto)
 
 

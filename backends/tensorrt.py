@@ -172,6 +172,16 @@ class TrtBackend(Backend):
         qdq = materialize_qdq(model, keep_fused_activations=True, float_weights=float_weights)
         artifact = onnx_artifact(qdq, self.spec.name, self.spec.artifact_suffix)
         errors = [v for v in check_tensorrt_rules(artifact.proto) if v.severity == "error"]
+        own = {n.name: n.op_type for n in model.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+        theirs = [v for v in errors if v.node in own]
+        if theirs:  # Q/DQ the input model already had: its own quantization, not qcc's
+            first = theirs[0]
+            raise BackendError(
+                f"the model's own {own[first.node]} {first.node!r} breaks TensorRT's explicit-quantization rule "
+                f"{first.rule!r}: {first.message}.",
+                "pass the float model (qcc quantizes it), or give the model's Q/DQ int8 zero points and constant "
+                "scales, as TensorRT requires.",
+            )
         if errors:
             first = errors[0]
             raise BackendError(

@@ -4,9 +4,11 @@ Accepted inputs: a path, raw bytes, an ``onnx.ModelProto``, an ``onnx_ir.Model``
 onnx-graphsurgeon is installed) a graphsurgeon ``Graph``. The caller's object or file is never
 modified: the frontend always works on its own copy.
 
-Steps: parse -> check external data (locations must stay inside the model's folder) -> ONNX
-checker -> opset upgrade to 13 when older (the ONNX version converter) -> shape inference with
-data propagation (dynamic dims stay symbolic) -> onnx-ir. External data is never copied into the
+Steps: parse -> non-positive declared dims (Paddle's ``-1`` batch) made dynamic -> check external
+data (locations must stay inside the model's folder) -> ONNX checker -> opset upgrade to 13 when
+older (the ONNX version converter) -> shape inference with data propagation (dynamic dims stay
+symbolic) -> onnx-ir -> ONNX Runtime loads the float model (an operator it has no kernel for is
+named before anything is quantized). External data is never copied into the
 protobuf: for a model above protobuf's 2 GB limit the onnx-ir model refers to the files and reads
 a tensor (memory-mapped) when a pass needs it, so it loads like any other; a smaller model's
 tensors are read into memory. Every way this can fail is a
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 
 import numpy as np
 import onnx
@@ -27,8 +30,8 @@ from google.protobuf.message import DecodeError
 
 from qcc.data import InputSpec
 from qcc.errors import ModelLoadError, UnsupportedModelError
-from qcc.irutils import is_float
-from qcc.runtime import is_large
+from qcc.irutils import check_onnx, is_float
+from qcc.runtime import is_large, session
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ def load(source: object, min_opset: int = MIN_OPSET) -> LoadedModel:
     """
     proto, origin, base_dir = _to_proto(source)
     _check_structure(proto, origin)
+    _dynamic_dims(proto.graph)
     external = _has_external_data(proto)
     if external and base_dir is None:
         raise ModelLoadError(
@@ -87,6 +91,9 @@ def load(source: object, min_opset: int = MIN_OPSET) -> LoadedModel:
     proto = _upgrade_opset(proto, origin, original_opset, max(min_opset, MIN_OPSET))
     # With external data the checker reads the file itself (it resolves the data files next to it).
     _check(os.fspath(source) if external else proto, origin)
+    _check_input_types(proto.graph, origin)
+    if not external:
+        proto = _fit_onnxruntime(proto, origin)
     proto = _infer_shapes(proto, origin)
     _name_nodes(proto.graph)
     model = ir.serde.deserialize_model(proto)
@@ -120,7 +127,7 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
         dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
         shape = None
         if value.shape is not None:
-            shape = tuple(d if isinstance(d, int) else None for d in value.shape)
+            shape = tuple(d if isinstance(d, int) and d > 0 else None for d in value.shape)
         specs.append(InputSpec(value.name, np.dtype(dtype), shape))
     return specs
 
@@ -257,7 +264,21 @@ def _upgrade_opset(proto: onnx.ModelProto, origin: str, opset: int, target: int)
             f"{target} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).",
             f"re-export the model with opset {target} or newer.",
         ) from None
+    for before, after in zip(_ranks(proto.graph), _ranks(upgraded.graph), strict=True):
+        if before != after:
+            raise UnsupportedModelError(
+                f"{origin} uses opset {opset}; upgrading it to {target} with the ONNX version converter changes "
+                f"the rank of {before[0]!r} from {before[1]} to {after[1]} (e.g. Scan-8's batch axis).",
+                f"re-export the model with opset {target} or newer.",
+            )
     return upgraded
+
+
+def _ranks(graph: onnx.GraphProto) -> list[tuple[str, int | None]]:
+    values = list(graph.input) + list(graph.output)
+    return [
+        (v.name, len(v.type.tensor_type.shape.dim) if v.type.tensor_type.HasField("shape") else None) for v in values
+    ]
 
 
 def _name_nodes(graph: onnx.GraphProto) -> None:
@@ -275,6 +296,68 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
         taken.add(name)
 
 
+def _dynamic_dims(graph: onnx.GraphProto) -> None:
+    """Makes every non-positive ``dim_value`` of the graph's declared shapes a dynamic dimension.
+
+    Paddle's exporter writes a dynamic batch as ``dim_value: -1`` and some older exporters write
+    ``0``; ONNX means a size by ``dim_value``, so such a model would otherwise demand a batch of -1.
+    The dimension is given a name (``dim_param``), as exporters that follow the spec write it.
+    """
+    for group in (graph.input, graph.output, graph.value_info):
+        for value in group:
+            if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+                continue
+            for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+                if dim.HasField("dim_value") and dim.dim_value <= 0:
+                    dim.Clear()
+                    dim.dim_param = f"{value.name}_dim{axis}"
+
+
+_NO_KERNEL = re.compile(r"(?:implementation|kernel) for (\w+)\((\d+)\)(?: \(node:? ?'?([^' )]*))?")
+
+
+def _fit_onnxruntime(proto: onnx.ModelProto, origin: str) -> onnx.ModelProto:
+    """The model as ONNX Runtime can load it, which qcc needs to calibrate and verify it.
+
+    A model of a newer opset than this ONNX Runtime implements for one of its operators
+    (DequantizeLinear-25, RoiAlign-22) is converted down, one opset at a time, to the newest
+    opset at which ONNX Runtime loads it, as long as the ONNX version converter knows the way
+    (it refuses where an operator's meaning changed). Checked before anything is quantized, so an
+    operator without a kernel is named up front, not found when the int8 artifact fails to load.
+
+    Raises:
+        UnsupportedModelError: ONNX Runtime cannot load the model at any reachable opset.
+    """
+    if _too_large(proto):
+        return proto
+    try:
+        session(proto, level="disable", what=origin)
+        return proto
+    except UnsupportedModelError as error:
+        first_error = error
+    found = _NO_KERNEL.search(first_error.problem)
+    if found is None:
+        raise first_error
+    opset = _default_opset(proto)
+    for target in range(opset - 1, MIN_OPSET - 1, -1):
+        try:
+            lower = onnx.version_converter.convert_version(proto, target)
+            session(lower, level="disable", what=origin)
+        except Exception:  # noqa: BLE001 - no way down, or still no kernel: try the next opset
+            continue
+        logger.info("%s: ONNX Runtime has no %s-%s kernel; converted to opset %d", origin, *found.groups()[:2], target)
+        return lower
+    import onnxruntime
+
+    op_type, version = found.group(1), found.group(2)
+    raise UnsupportedModelError(
+        f"{origin} uses {op_type} (opset {version}), which ONNX Runtime {onnxruntime.__version__} has no CPU kernel "
+        "for with these input types, also at older opsets; qcc runs the float model in ONNX Runtime to calibrate "
+        "and verify it.",
+        f"replace {op_type} in the exported model, or cut the graph before it with onnx.utils.extract_model.",
+    ) from None
+
+
 def _too_large(proto: onnx.ModelProto) -> bool:
     try:
         return proto.ByteSize() > _MAX_PROTO_BYTES
@@ -286,7 +369,7 @@ def _check(proto: onnx.ModelProto | str, origin: str) -> None:
     if isinstance(proto, onnx.ModelProto) and _too_large(proto):
         return  # the in-memory checker cannot serialize > 2 GB; ORT validates on load
     try:
-        onnx.checker.check_model(proto)
+        check_onnx(proto)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "validation failed"
         raise ModelLoadError(
@@ -317,8 +400,35 @@ def _check_no_nan_constants(model: ir.Model, origin: str) -> None:
             )
 
 
+def _check_input_types(graph: onnx.GraphProto, origin: str) -> None:
+    """Refuses inputs qcc cannot feed: non-tensors, and bfloat16 (ONNX Runtime's Python API cannot take it)."""
+    initializers = {t.name for t in graph.initializer}
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        if not value.type.HasField("tensor_type"):
+            raise UnsupportedModelError(
+                f"input {value.name!r} of {origin} is of type {value.type.WhichOneof('value').removesuffix('_type')}"
+                ", not a tensor; qcc's calibration samples are tensors.",
+                "export the model with plain tensor inputs (an optional or sequence input can be unwrapped inside).",
+            )
+        if value.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16:
+            raise UnsupportedModelError(
+                f"input {value.name!r} of {origin} is bfloat16; ONNX Runtime's Python API cannot take bfloat16 "
+                "arrays, and qcc runs the float model there to calibrate and verify it.",
+                "export the model with float32 or float16 inputs (cast to bfloat16 inside the graph if needed).",
+            )
+
+
 def _check_quantizable(model: ir.Model, origin: str) -> None:
+    """Refuses a model without any float tensor: an integer-only or already-quantized graph.
+
+    A float input is enough (ArgMax, Shape, IsNaN of a float tensor): such a model compiles with
+    nothing quantized, and the report says so.
+    """
     if any(is_float(v) for v in model.graph.initializers.values()):
+        return
+    if any(is_float(v) for v in model.graph.inputs):
         return
     if any(is_float(v) for node in model.graph for v in node.outputs):
         return

@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 
 from qcc.annotations import Decision, Stage, get_decision, get_quant, quantized_values
-from qcc.irutils import is_float
+from qcc.irutils import check_onnx, is_float
 from qcc.quantmath import qrange
 
 
@@ -29,7 +29,7 @@ def check_invariants(model: ir.Model, after: str) -> None:
         proto = ir.serde.serialize_model(model)
         if proto.ByteSize() < 2**31 - 1:
             try:
-                onnx.checker.check_model(proto)
+                check_onnx(proto)
             except onnx.checker.ValidationError as exc:
                 problems.append(f"ONNX checker: {str(exc).splitlines()[0]}")
     if problems:

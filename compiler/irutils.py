@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
@@ -146,3 +147,22 @@ def remove_node_bypassing(graph: ir.Graph, node: ir.Node, keep_input: int = 0) -
     if source.shape is None:
         source.shape = out.shape
     return True
+
+
+_NO_SHAPE = "Field 'shape' of 'type' is required but missing."
+
+
+def check_onnx(model: onnx.ModelProto | str) -> None:
+    """Runs the ONNX checker on a model (or a model file), accepting inputs and outputs without a shape.
+
+    The checker insists on a ``shape`` field that ONNX's IR makes optional (a graph input of
+    unknown rank, as some exporters write); ONNX Runtime loads such models, and so does qcc.
+
+    Raises:
+        onnx.checker.ValidationError: any other violation.
+    """
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        if str(exc).strip().splitlines()[:1] != [_NO_SHAPE]:
+            raise

@@ -203,9 +203,12 @@ def mixed_precision_section(
 
 
 def _io(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    if not value.type.HasField("tensor_type"):  # an optional or sequence output
+        return {"name": value.name, "dtype": onnx.helper.printable_type(value.type), "shape": None}
     tensor = value.type.tensor_type
     dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in tensor.shape.dim]
-    return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": dims}
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "unknown"
+    return {"name": value.name, "dtype": dtype, "shape": dims}
 
 
 def _plain(obj: Any) -> Any:

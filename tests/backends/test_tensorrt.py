@@ -261,3 +261,18 @@ def test_symbolic_batch_classifier_head_is_a_gemv_when_the_data_has_batch_1():
     assert head["decision"] == "float" and "GEMV" in head["reason"]
     batched = qcc.compile(model, target="trt", calibration=random_feeds(model, 4, batch=8))
     assert {n["name"]: n for n in batched.report["nodes"]}["y"]["decision"] == "int8"
+
+
+def test_the_models_own_qdq_breaking_tensorrt_rules_is_named_as_the_models():
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[4] x, float s) => (uint8[4] y) {
+          y = QuantizeLinear(x, s)
+        }
+        """
+    )
+    feed = {"x": np.linspace(-1, 1, 4).astype(np.float32), "s": np.float32(0.1)}
+    with pytest.raises(qcc.QccError, match="the model's own QuantizeLinear .* rule 'scale'") as error:
+        qcc.compile(model, target="trt", calibration=[feed])
+    assert "qcc bug" not in str(error.value)

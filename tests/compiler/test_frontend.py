@@ -148,3 +148,130 @@ def test_nan_weights_are_refused_but_inf_masks_are_not():
     inf = np.ones((4, 3), np.float32)
     inf[0, 0] = -np.inf
     assert frontend.load(build_model(TINY.replace("OPSET", "17"), constants={"w": inf})).model is not None
+
+
+# -- every shape the ONNX model accepts (issue #17) ------------------------------------------------
+
+CONV_NET = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,3,8,8] x, float[4,3,3,3] w, float[4] b) => (float[N,4,8,8] y) {
+  c = Conv<pads=[1,1,1,1]>(x, w, b)
+  y = Relu(c)
+}
+"""
+
+
+def _declared(model: onnx.ModelProto, how: str) -> onnx.ModelProto:
+    """The conv net with its batch axis declared the way an exporter habit writes it."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if how == "paddle":  # Paddle: dim_value -1
+            dims[0].Clear()
+            dims[0].dim_value = -1
+        elif how == "zero":  # some older exporters: dim_value 0
+            dims[0].Clear()
+            dims[0].dim_value = 0
+        elif how == "unnamed":  # neither value nor name
+            dims[0].Clear()
+        elif how == "no-shape":  # no shape at all
+            value.type.tensor_type.ClearField("shape")
+    return model
+
+
+@pytest.mark.parametrize("how", ["paddle", "zero", "unnamed", "no-shape"])
+@pytest.mark.parametrize("target", ["ort", "trt", "tflite"])
+def test_accepts_every_declared_batch(how, target):
+    from tests.conftest import run
+
+    model = _declared(build_model(CONV_NET), how)
+    before = model.SerializeToString()
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    result = qcc.compile(model, target=target, calibration=calib)
+    assert model.SerializeToString() == before
+    assert result.report["verify"]["ok"], result.report["verify"]
+    if target != "tflite":  # the ONNX artifact runs at any batch; compared with the float model
+        feed = {"x": rng.normal(0, 1, (3, 3, 8, 8)).astype(np.float32)}
+        (want,), (got,) = run(build_model(CONV_NET), feed), run(result.model, feed)
+        assert got.shape == want.shape and np.abs(got - want).max() < 0.1 * np.abs(want).max()
+
+
+def test_newer_opset_than_onnxruntime_is_converted_down():
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 10, opset_import: ["" : 22]>
+        g (float[1,2,4,4] X, float[3,4] rois, int64[3] index) => (float[3,2,2,2] y) {
+          y = RoiAlign<output_height=2, output_width=2, spatial_scale=1.0>(X, rois, index)
+        }
+        """
+    )
+    loaded = frontend.load(model)  # ONNX Runtime 1.32 has no RoiAlign-22 kernel; -21 has the same meaning
+    assert loaded.original_opset == 22 and loaded.model.opset_imports[""] < 22
+
+
+def test_operator_without_kernel_is_named_before_quantizing():
+    from tests.e2e.conformance import collect
+
+    case = next(c for c in collect() if c.name == "test_swiglu")  # ONNX Runtime 1.32 cannot run SwiGLU-24
+    feed = {v.name: a for v, a in zip(case.model.graph.input, case.inputs, strict=True)}
+    with pytest.raises(qcc.QccError, match="Swish .*no CPU kernel"):
+        qcc.compile(case.model, target="ort", calibration=[feed])
+
+
+def test_float_input_alone_is_enough_to_compile():
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,5] x) => (int64[2,1] y) {
+          y = ArgMax<axis=1>(x)
+        }
+        """
+    )
+    feed = {"x": np.arange(10, dtype=np.float32).reshape(2, 5)[:, ::-1].copy()}
+    result = qcc.compile(model, target="ort", calibration=[feed])
+    from tests.conftest import run
+
+    assert (run(result.model, feed)[0] == 0).all()
+
+
+def _one_input_model(value: onnx.ValueInfoProto, node: onnx.NodeProto, output: onnx.ValueInfoProto, opset: int):
+    graph = onnx.helper.make_graph([node], "g", [value], [output])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+
+
+def test_inputs_qcc_cannot_feed_are_refused_truthfully():
+    bf16 = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.BFLOAT16, [4])
+    relu = _one_input_model(bf16, onnx.helper.make_node("Relu", ["x"], ["y"]),
+                            onnx.helper.make_tensor_value_info("y", onnx.TensorProto.BFLOAT16, [4]), 17)
+    with pytest.raises(qcc.QccError, match="'x' .* is bfloat16"):
+        frontend.load(relu)
+    optional = onnx.helper.make_value_info(
+        "x", onnx.helper.make_optional_type_proto(onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [4]))
+    )
+    has = _one_input_model(optional, onnx.helper.make_node("OptionalHasElement", ["x"], ["y"]),
+                           onnx.helper.make_tensor_value_info("y", onnx.TensorProto.BOOL, []), 18)
+    with pytest.raises(qcc.QccError, match="'x' .* is of type optional"):
+        frontend.load(has)
+
+
+def test_opset_upgrade_that_changes_an_input_rank_is_refused():
+    body = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["s", "x_t"], ["s2"]), onnx.helper.make_node("Identity", ["s2"], ["y_t"])],
+        "body",
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2]) for n in ("s", "x_t")],
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2]) for n in ("s2", "y_t")],
+    )
+    scan = onnx.helper.make_node("Scan", ["", "init", "x"], ["final", "ys"], num_scan_inputs=1, body=body)
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [scan],
+            "g",
+            [onnx.helper.make_tensor_value_info("init", onnx.TensorProto.FLOAT, [1, 2]),
+             onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 2])],
+            [onnx.helper.make_tensor_value_info("final", onnx.TensorProto.FLOAT, [1, 2]),
+             onnx.helper.make_tensor_value_info("ys", onnx.TensorProto.FLOAT, [1, 3, 2])],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 8)],
+    )
+    with pytest.raises(qcc.QccError, match="changes the rank"):
+        frontend.load(model)
