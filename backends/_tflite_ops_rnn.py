@@ -20,7 +20,10 @@ over the [S*B, I] sequence; each step then SLICEs its rows, adds the recurrent F
 drops the first step's recurrent product (and LSTM's forget term). The reverse direction runs the
 steps from the last to the first; ``Y`` keeps time order. ``Y`` is the CONCATENATION of the steps'
 ``h`` (a tree of at most 5 inputs per op, the most XNNPACK takes), ``Y_h``/``Y_c`` the last step's
-state; only the outputs that are read are written. ``layout=1`` is a TRANSPOSE of ``X`` (and the
+state; only the outputs that are read are written. With ``sequence_lens`` (shorter sequences in
+the batch) each step's new state is ``SELECT_V2(t < len, new, old)`` and its ``Y`` row
+``SELECT_V2(t < len, new, 0)``: a sequence's state stops at its end, which in the reverse
+direction means it starts at its own last step, as ONNX says. ``layout=1`` is a TRANSPOSE of ``X`` (and the
 initial states) in and of the outputs out. ``W``, ``R``, ``B`` and ``P`` may be run-time tensors:
 each direction's block is then a SLICE + RESHAPE of it (the FULLY_CONNECTEDs take run-time weights).
 
@@ -57,8 +60,7 @@ def lstm(lw: Lowering, node: ir.Node) -> None:
     """LSTM (forward, reverse or bidirectional; float) -> unrolled FULLY_CONNECTED/LOGISTIC/TANH/MUL/ADD.
 
     Raises:
-        BackendError: the node runs int8, has non-default activations, ``clip``, ``input_forget``,
-            or a ``sequence_lens`` other than the sequence length.
+        BackendError: the node runs int8, has non-default activations, ``clip`` or ``input_forget``.
     """
     cell = _Recurrent(lw, node, gates=4, defaults=("sigmoid", "tanh", "tanh"), clip_ok=False, fixed=True)
     if attr_int(node, "input_forget", 0):
@@ -88,9 +90,10 @@ def lstm(lw: Lowering, node: ir.Node) -> None:
                 kept = cell.emit("MUL", [forget, c], state, "MulOptions")
                 c_new = cell.emit("ADD", [kept, c_new], state, "AddOptions")
             o = cell.activate(f, cell.peep(z_o, peep, 1, c_new))
-            h = cell.emit("MUL", [o, cell.activate(h_act, c_new)], state, "MulOptions")
-            c = c_new
-            per_step[t] = h
+            h_new = cell.emit("MUL", [o, cell.activate(h_act, c_new)], state, "MulOptions")
+            mask = cell.mask(t)
+            per_step[t] = cell.hold(mask, h_new, None)
+            h, c = cell.hold(mask, h_new, h), cell.hold(mask, c_new, c)
         finals_c.append(c)
         return per_step, h
 
@@ -102,8 +105,7 @@ def gru(lw: Lowering, node: ir.Node) -> None:
     """GRU (any direction, either ``linear_before_reset``; float) -> unrolled FULLY_CONNECTED and gates.
 
     Raises:
-        BackendError: the node runs int8, has activations other than Sigmoid/Tanh/Relu, or a
-            ``sequence_lens`` other than the sequence length.
+        BackendError: the node runs int8 or has activations other than Sigmoid/Tanh/Relu.
     """
     cell = _Recurrent(lw, node, gates=3, defaults=("sigmoid", "tanh"), clip_ok=True)
     hidden, before_reset = cell.hidden, bool(attr_int(node, "linear_before_reset", 0))
@@ -145,13 +147,15 @@ def gru(lw: Lowering, node: ir.Node) -> None:
                 pre_h = cell.emit("ADD", [pre_h, cell.fc(reset, r_h)], state, "AddOptions")
             candidate = cell.activate(g, pre_h)
             if h is None:
-                h = cell.emit("SUB", [candidate, cell.emit("MUL", [z, candidate], state, "MulOptions")], state,
-                              "SubOptions")
+                h_new = cell.emit("SUB", [candidate, cell.emit("MUL", [z, candidate], state, "MulOptions")], state,
+                                  "SubOptions")
             else:
                 step = cell.emit("MUL", [z, cell.emit("SUB", [h, candidate], state, "SubOptions")], state,
                                  "MulOptions")
-                h = cell.emit("ADD", [candidate, step], state, "AddOptions")
-            per_step[t] = h
+                h_new = cell.emit("ADD", [candidate, step], state, "AddOptions")
+            mask = cell.mask(t)
+            per_step[t] = cell.hold(mask, h_new, None)
+            h = cell.hold(mask, h_new, h)
         return per_step, h
 
     outputs = [run(d) for d in range(cell.dirs)]
@@ -162,8 +166,7 @@ def rnn(lw: Lowering, node: ir.Node) -> None:
     """RNN (any direction; float) -> unrolled FULLY_CONNECTED, ADD and the activation.
 
     Raises:
-        BackendError: the node runs int8, has activations other than Sigmoid/Tanh/Relu, or a
-            ``sequence_lens`` other than the sequence length.
+        BackendError: the node runs int8 or has activations other than Sigmoid/Tanh/Relu.
     """
     cell = _Recurrent(lw, node, gates=1, defaults=("tanh",), clip_ok=True)
 
@@ -177,8 +180,10 @@ def rnn(lw: Lowering, node: ir.Node) -> None:
             pre = cell.rows(gates_x, t, 0, cell.hidden)
             if h is not None:
                 pre = cell.emit("ADD", [pre, cell.fc(h, r)], pre.shape, "AddOptions")
-            h = cell.activate(f, pre)
-            per_step[t] = h
+            h_new = cell.activate(f, pre)
+            mask = cell.mask(t)
+            per_step[t] = cell.hold(mask, h_new, None)
+            h = cell.hold(mask, h_new, h)
         return per_step, h
 
     outputs = [run(d) for d in range(cell.dirs)]
@@ -213,12 +218,13 @@ class _Recurrent:
             x = self.transpose(x, (1, 0, 2))
         self.x, self.steps, self.batch = x, x.shape[0], x.shape[1]
         lengths = self._optional(_SEQUENCE_LENS)
-        if lengths is not None and const_array(lengths) is None:
-            raise unsupported(
-                node, f"sequence_lens is a run-time input (qcc unrolls all {self.steps} steps and masks no sequence)"
-            )
-        if lengths is not None and np.any(const_array(lengths) != self.steps):
-            raise unsupported(node, f"sequence_lens other than {self.steps} (the static sequence length)")
+        array = const_array(lengths)
+        self.lengths = None  # every sequence is the full length: nothing to mask
+        if lengths is not None and (array is None or np.any(array != self.steps)):
+            self.lengths = lw.read(lengths, False)
+            if self.lengths.dtype != np.int32:
+                raise unsupported(node, f"sequence_lens of type {self.lengths.dtype} (ONNX says int32)")
+        self._masks: dict[int, Tensor] = {}
 
     # -- emitting ---------------------------------------------------------------------------------
 
@@ -277,6 +283,26 @@ class _Recurrent:
             x = self.emit("MINIMUM", [x, high], x.shape, "MaximumMinimumOptions")
             x = self.emit("MAXIMUM", [x, low], x.shape, "MaximumMinimumOptions")
         return self.emit(name, [x], x.shape)
+
+    def mask(self, t: int) -> Tensor | None:
+        """[B, 1] bool, step ``t`` lies inside each sequence (``t < sequence_lens``); None without lengths."""
+        if self.lengths is None:
+            return None
+        if t not in self._masks:
+            name = f"{self.node.name}_t{t}_inside"
+            inside = self.lw.model.tensor(name, (self.batch,), np.bool_)
+            self.lw.op("LESS", [self.int32(f"t{t}", t), self.lengths], [inside], source=self.node.name)
+            column = self.lw.model.tensor(f"{name}_column", (self.batch, 1), np.bool_)
+            self._masks[t] = self.lw.reshape(inside, column, self.node.name)
+        return self._masks[t]
+
+    def hold(self, mask: Tensor | None, new: Tensor, old: Tensor | None) -> Tensor:
+        """``new`` where ``mask`` holds, else ``old`` (zero when None): a state past a sequence's end."""
+        if mask is None:
+            return new
+        if old is None:
+            old = self.lw.constant(f"{self.node.name}_zero_state", np.zeros(new.shape, np.float32))
+        return self.emit("SELECT_V2", [mask, new, old], new.shape, "SelectV2Options")
 
     def peep(self, z: Tensor, peep: list[Tensor] | None, k: int, c: Tensor | None) -> Tensor:
         """``z + P_k * c`` (LSTM peephole ``k``: 0 input, 1 output, 2 forget), or ``z`` without one."""

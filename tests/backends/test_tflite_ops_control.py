@@ -44,9 +44,11 @@ def recurrent_model(
     outputs: tuple[bool, bool] = (True, True),
     layout: int = 0,
     peepholes: bool = False,
+    lengths: str = "none",
     seed: int = 0,
 ) -> onnx.ModelProto:
-    """One GRU/RNN/LSTM; ``initial``: "inputs", "none" or "constant"; ``weights``: "constant" or "inputs"."""
+    """One GRU/RNN/LSTM; ``initial``: "inputs", "none" or "constant"; ``weights``: "constant" or "inputs";
+    ``lengths`` (sequence_lens, shorter sequences in the batch): "none", "inputs" or "constant"."""
     rng = np.random.default_rng(seed)
     dirs, gates = (2 if direction == "bidirectional" else 1), _GATES[op]
     arrays = {
@@ -72,13 +74,21 @@ def recurrent_model(
                 arrays["c0"] = rng.normal(0, 1, state)
     else:
         args = args[:4]
+    if lengths != "none":
+        arrays["L"] = np.array([steps - 1 - k % steps for k in range(batch)], np.int32)
+        args += [""] * max(0, 5 - len(args))
+        args[4] = "L"
+        names.append("L")
     if peepholes:
         arrays["P"] = rng.normal(0, 0.5, (dirs, 3 * hidden))
         dims["P"] = arrays["P"].shape
         names.append("P")
         args += [""] * (7 - len(args)) + ["P"]
     constants = {k: v for k, v in arrays.items() if weights == "constant" or k not in ("W", "R", "B", "P")}
-    signature = ", ".join(f"float[{','.join(map(str, dims[n]))}] {n}" for n in names)
+    if lengths == "inputs":
+        constants.pop("L")
+    dims["L"] = (batch,)
+    signature = ", ".join(f"{'int32' if n == 'L' else 'float'}[{','.join(map(str, dims[n]))}] {n}" for n in names)
     y_shape = (batch, steps, dirs, hidden) if layout else (steps, dirs, batch, hidden)
     results = [("Y", y_shape), ("Yh", state)]
     used = [name if keep else "" for (name, _), keep in zip(results, outputs, strict=True)]
@@ -89,6 +99,8 @@ def recurrent_model(
     text = f"{_HEAD}g ({signature}) => ({declared}) {{\n {body}\n}}\n"
     model = build_model(text, constants=constants)
     feeds = {n: arrays[n].astype(np.float32) for n in ("W", "R", "B", "P") if n in arrays and n not in constants}
+    if "L" in arrays and "L" not in constants:
+        feeds["L"] = arrays["L"]
     return model, feeds
 
 
@@ -116,6 +128,10 @@ RECURRENT = {
         "RNN",
         {"direction": "bidirectional", "attributes": ', activations=["Tanh", "Sigmoid"]'},
     ),
+    "gru_sequence_lens_bidirectional": ("GRU", {"lengths": "inputs", "direction": "bidirectional"}),
+    "gru_sequence_lens_constant_zero_state": ("GRU", {"lengths": "constant", "initial": "none"}),
+    "rnn_sequence_lens_reverse": ("RNN", {"lengths": "inputs", "direction": "reverse"}),
+    "lstm_sequence_lens_bidirectional": ("LSTM", {"lengths": "inputs", "direction": "bidirectional", "batch": 3}),
     "lstm_runtime_weights": ("LSTM", {"weights": "inputs"}),
     "lstm_peepholes": ("LSTM", {"peepholes": True}),
     "lstm_peepholes_runtime_bidirectional": (

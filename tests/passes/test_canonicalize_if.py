@@ -99,3 +99,27 @@ def test_constant_if_compiles_and_matches(name, target):
     result = qcc.compile(model, target=target, calibration=calibration)
     assert result.report["verify"]["ok"], result.report["verify"]
     assert "If" not in {n["op_type"] for n in result.report["nodes"]}
+
+
+# The condition depends on a dynamic dimension: canonicalize keeps the If, the TFLite writer's
+# folding with the sample's static shapes inlines it (fold_constants inlines an If whose
+# condition folds).
+IF_ON_SHAPE = (
+    _HEAD
+    + """g (float[1,n] x, int64[] one, int64 four) => (float[1,n] y) {
+  s = Shape(x)
+  k = Gather<axis=0>(s, one)
+  c = Equal(k, four)
+  y = If(c) <then_branch = g1 () => (float[1,n] a) { a = Relu(x) }, else_branch = g2 () => (float[1,n] b) {
+      b = Neg(x) }>
+}
+"""
+)
+
+
+def test_if_on_a_dynamic_dimension_is_inlined_once_shapes_are_static():
+    model = build_model(IF_ON_SHAPE, constants={"one": np.array(1), "four": np.array(4)})
+    assert "If" in op_types(float_passes(model, CanonicalizePass))
+    feeds = [{"x": np.random.default_rng(i).normal(0, 1, (1, 4)).astype(np.float32)} for i in range(4)]
+    result = qcc.compile(model, target="tflite", calibration=feeds)
+    assert result.report["verify"]["ok"], result.report["verify"]
