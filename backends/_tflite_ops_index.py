@@ -62,9 +62,9 @@ _I64 = np.dtype(np.int64)
 _BOOL = np.dtype(np.bool_)
 # Updates applied one by one (mul/max/min with repeated or run-time indices): beyond this, refused.
 _MAX_SEQUENTIAL_UPDATES = 64
-# CumProd builds an [..., n, n] intermediate; beyond this many elements it is refused.
-_MAX_CUMPROD_ELEMENTS = 1 << 24
-# TFLite's SELECT_V2 broadcasts up to 5-D, SCATTER_ND and GATHER_ND take indices up to 4 deep.
+# CumProd and Unique build [n, n] intermediates; beyond this many elements they are refused.
+_MAX_PAIRWISE_ELEMENTS = 1 << 24
+# TFLite's SELECT_V2 broadcasts up to 5-D.
 _MAX_SELECT_RANK = 5
 
 
@@ -270,18 +270,18 @@ def cumprod(lw: Lowering, node: ir.Node) -> None:
     rank = len(x.shape)
     axis = _axis_input(node, rank)
     n = x.shape[axis]
-    if int(np.prod(x.shape)) * n > _MAX_CUMPROD_ELEMENTS:
+    if int(np.prod(x.shape)) * n > _MAX_PAIRWISE_ELEMENTS:
         raise unsupported(node, f"CumProd over {n} elements of {x.shape} (needs an [..., {n}, {n}] intermediate)")
     perm = [a for a in range(rank) if a != axis] + [axis]
     moved = rule.transpose(x, perm)
-    rows = moved.shape[:-1]
+    count = int(np.prod(moved.shape[:-1]))
     i, j = np.arange(n)[:, None], np.arange(n)[None, :]
     exclusive, reverse = attr_int(node, "exclusive", 0), attr_int(node, "reverse", 0)
     mask = (j > i if exclusive else j >= i) if reverse else (j < i if exclusive else j <= i)
-    row = rule.reshape(moved, [*rows, 1, n])
-    spread = rule.op("SELECT_V2", [rule.const(mask), row, rule.const(1.0, np.float32)], [*rows, n, n])
-    product = rule.op("REDUCE_PROD", [spread, rule.const([rank], np.int32)], [*rows, n], options="ReducerOptions")
-    rule.finish(rule.transpose(product, np.argsort(perm)))
+    row = rule.reshape(moved, [count, 1, n])
+    spread = rule.op("SELECT_V2", [rule.const(mask), row, rule.const(1.0, np.float32)], [count, n, n])
+    product = rule.op("REDUCE_PROD", [spread, rule.const([2], np.int32)], [count, n], options="ReducerOptions")
+    rule.finish(rule.transpose(rule.reshape(product, moved.shape), np.argsort(perm)))
 
 
 # -- gathers --------------------------------------------------------------------------------------
@@ -297,7 +297,10 @@ def _wrapped_indices(rule: _Rule, index: int, sizes, dtype=_I32) -> Tensor:
     if array is not None:
         return rule.const(np.mod(array, sizes).astype(dtype))
     ids = rule.cast(rule.lw.read(rule.node.inputs[index], False), dtype)
-    return rule.op("FLOOR_MOD", [ids, rule.const(sizes.astype(dtype))], ids.shape, dtype, "FloorModOptions")
+    # TFLite broadcasts FLOOR_MOD up to 4-D: a per-coordinate modulus sees [points, depth].
+    flat = rule.reshape(ids, [int(np.prod(ids.shape[:-1])), ids.shape[-1]]) if sizes.ndim else ids
+    wrapped = rule.op("FLOOR_MOD", [flat, rule.const(sizes.astype(dtype))], flat.shape, dtype, "FloorModOptions")
+    return rule.reshape(wrapped, ids.shape)
 
 
 def gather_nd(lw: Lowering, node: ir.Node) -> None:
@@ -388,21 +391,21 @@ def _scatter(rule: _Rule, x: Tensor, coords: Tensor, updates: Tensor) -> None:
         raise unsupported(node, f"reduction {reduction!r}")
     if updates.dtype != x.dtype:
         raise unsupported(node, f"updates of {updates.dtype} into {x.dtype} data")
-    if len(x.shape) > _MAX_SELECT_RANK:
-        raise unsupported(node, f"rank-{len(x.shape)} data (SELECT_V2 broadcasts up to 5-D)")
     y = rule.result()
     depth = coords.shape[-1]
     points = coords.shape[:-1]
     unique = coords.data is not None and len({tuple(c) for c in coords.data.reshape(-1, depth)}) == int(np.prod(points))
-    if reduction in ("none", "add") or unique:
+    # Repeated run-time indices are undefined for "none" in ONNX; repeated constant ones are applied
+    # in order (the last one wins, as in ONNX Runtime).
+    if reduction == "add" or unique or (reduction == "none" and coords.data is None):
         _scatter_once(rule, x, coords, updates, combine[reduction], y)
     else:
         count = int(np.prod(points))
         if count > _MAX_SEQUENTIAL_UPDATES:
             raise unsupported(
                 node,
-                f"reduction {reduction!r} with {count} run-time or repeated indices (TFLite's SCATTER_ND only sums; "
-                f"qcc applies up to {_MAX_SEQUENTIAL_UPDATES} one at a time)",
+                f"reduction {reduction!r} with {count} run-time or repeated indices (TFLite's SCATTER_ND sums "
+                f"repeats; qcc applies up to {_MAX_SEQUENTIAL_UPDATES} updates one at a time)",
             )
         flat_coords = rule.reshape(coords, [count, depth])
         tail = list(updates.shape[len(points) :])
@@ -435,9 +438,8 @@ def _scatter_once(rule: _Rule, x: Tensor, coords: Tensor, updates: Tensor, combi
         mask[tuple(np.moveaxis(coords.data.reshape(-1, coords.shape[-1]), -1, 0))] = True
         mask_t = rule.const(mask)
     else:
-        ones = rule.const(np.ones(updates.shape, np.float32))
-        hits = rule.op("SCATTER_ND", [coords, ones, shape], x.shape, _F32, "ScatterNdOptions")
-        mask_t = rule.op("GREATER", [hits, rule.const(0.0, np.float32)], x.shape, _BOOL, "GreaterOptions")
+        hits = rule.const(np.ones(updates.shape, bool))
+        mask_t = rule.op("SCATTER_ND", [coords, hits, shape], x.shape, _BOOL, "ScatterNdOptions")
     chosen = scattered
     if combine is not None:
         chosen = rule.op(combine, [x, scattered], x.shape, x.dtype, _OPTIONS[combine])
@@ -597,9 +599,9 @@ def trilu(lw: Lowering, node: ir.Node) -> None:
     """Trilu -> SELECT_V2(GREATER_EQUAL/LESS_EQUAL(col - row, k), x, 0)."""
     rule = _Rule(lw, node)
     x = rule.data(0)
-    if len(x.shape) > _MAX_SELECT_RANK:
-        raise unsupported(node, f"a rank-{len(x.shape)} input (SELECT_V2 broadcasts up to 5-D)")
     rows, cols = x.shape[-2:]
+    # SELECT_V2 broadcasts up to 5-D: the leading dimensions are folded into one.
+    x = rule.reshape(x, [int(np.prod(x.shape[:-2])), rows, cols])
     offset = np.arange(cols)[None, :] - np.arange(rows)[:, None]
     upper = attr_int(node, "upper", 1)
     has_k = len(node.inputs) > 1 and node.inputs[1] is not None
@@ -761,7 +763,7 @@ def unique(lw: Lowering, node: ir.Node) -> None:
     n = data.shape[axis]
     width = int(np.prod(data.shape)) // n
     rows = rule.reshape(rule.transpose(data, [axis, *[a for a in range(len(data.shape)) if a != axis]]), [n, width])
-    if n * n * width > _MAX_CUMPROD_ELEMENTS:
+    if n * n * width > _MAX_PAIRWISE_ELEMENTS:
         raise unsupported(node, f"Unique over {n} slices of {width} (it compares every pair)")
     left, right = rule.reshape(rows, [n, 1, width]), rule.reshape(rows, [1, n, width])
     cube = [n, n, width]

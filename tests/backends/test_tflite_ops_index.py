@@ -94,6 +94,32 @@ FLOAT_CASES = {
         'g (float[1,8,2,3] x) => (float[1,2,4,6] y) { y = DepthToSpace<blocksize=2, mode="CRD">(x) }',
         {"x": _x(1, 8, 2, 3)},
     ),
+    "space_to_depth_crd": (
+        28,
+        'g (float[1,2,4,6] x) => (float[1,8,2,3] y) { y = SpaceToDepth<blocksize=2, mode="CRD">(x) }',
+        {"x": _x(1, 2, 4, 6)},
+    ),
+    "trilu_rank5": (
+        14,
+        "g (float[2,1,2,3,4,5] x) => (float[2,1,2,3,4,5] y) { y = Trilu(x) }",
+        {"x": _x(2, 1, 2, 3, 4, 5)},
+    ),
+    "cumprod_rank5_reverse": (
+        26,
+        "g (float[2,1,3,2,4] x) => (float[2,1,3,2,4] y) { y = CumProd<reverse=1, exclusive=1>(x, ax) }",
+        {"x": _x(2, 1, 3, 2, 4)},
+    ),
+    "scatternd_runtime_rank5": (
+        18,
+        "g (float[2,3,2,2,2] x, int64[2,3] i, float[2,2,2] u) => (float[2,3,2,2,2] y) "
+        '{ y = ScatterND<reduction="max">(x, i, u) }',
+        {"x": _x(2, 3, 2, 2, 2), "i": np.array([[1, -1, 0], [1, 2, 0]], np.int64), "u": _x(2, 2, 2)},
+    ),
+    "scatternd_none_repeated_constant": (
+        18,
+        "g (float[4,3] x, float[3,3] u) => (float[4,3] y) { y = ScatterND(x, ci, u) }",
+        {"x": _x(4, 3), "u": _x(3, 3)},
+    ),
     "space_to_depth": (
         13,
         "g (float[1,2,4,6] x) => (float[1,8,2,3] y) { y = SpaceToDepth<blocksize=2>(x) }",
@@ -194,6 +220,8 @@ _CONSTANTS = {
     "center_crop_pad": {"s": np.array([3, 6, 2], np.int64)},
     "constant_of_shape": {"s": np.array([2, 3], np.int64)},
     "range_runtime": {"five": np.array(5.0, np.float32)},
+    "cumprod_rank5_reverse": {"ax": np.array(2, np.int64)},
+    "scatternd_none_repeated_constant": {"ci": np.array([[2], [0], [2]], np.int64)},
 }
 
 
