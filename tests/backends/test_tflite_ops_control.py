@@ -342,3 +342,31 @@ def test_ort_keeps_the_loop():
     model = _loop_model()
     result = qcc.compile(model, target="ort", calibration=random_feeds(model, 8))
     assert "Loop" in {n["op_type"] for n in result.report["nodes"]}
+
+
+def test_int8_run_time_if_between_nhwc_convs_reads_logical_layout():
+    # The branches read a Conv output the layout pass made NHWC; they must see it NCHW (the pass
+    # rewires every use, the branches' too, to the transpose back), and a transpose in a branch
+    # must move the logical axes.
+    model = build_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (bool[1] c, float[1,4,6,6] x, float[8,4,3,3] w, float[8] b, float[8,8,1,1] w2)
+          => (float[1,8,6,6] y, float[1,8,6,6] z) {
+          h = Conv<pads=[1,1,1,1]>(x, w, b)
+          r = If(c) <then_branch = g1 () => (float[1,8,6,6] a) { t = Relu(h)
+            a = Transpose<perm=[0,1,3,2]>(t) }, else_branch = g2 () => (float[1,8,6,6] e) { e = Sigmoid(h) }>
+          y = Conv(r, w2)
+          z = Add(r, h)
+        }
+        """
+    )
+    rng = np.random.default_rng(0)
+    feeds = [{"c": np.array([i % 2 == 0]), "x": rng.normal(0, 1, (1, 4, 6, 6)).astype(np.float32)} for i in range(8)]
+    data = float_tflite(model)
+    for feed in feeds[:2]:
+        expected = run_ort(model, feed)
+        got = _run_tflite(data, feed, "xnnpack", [np.shape(e) for e in expected])
+        for e, g in zip(expected, got, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+    result = qcc.compile(model, target="tflite", calibration=feeds)
+    assert result.report["verify"]["ok"], result.report["verify"]
