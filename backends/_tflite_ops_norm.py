@@ -19,8 +19,8 @@ The maths, with ``m = mean``, ``v = mean((x - m)^2)`` over the op's axes (keepin
 * LpNormalization: ``x / max(|x|_p, FLT_MIN)`` (p = 1, 2), which is ONNX's ``0`` where the norm is 0.
 * LRN: ``x / (bias + alpha / size * sum_window(x^2))^beta`` over channels, the window
   ``[c - floor((size-1)/2), c + ceil((size-1)/2)]``: LOCAL_RESPONSE_NORMALIZATION (radius
-  ``(size-1)/2``, ``alpha / size``) on channels-last data for an odd size on 4-D; otherwise the window
-  sum is a FULLY_CONNECTED with a 0/1 band matrix and the power a POW.
+  ``(size-1)/2``, ``alpha / size``) on channels-last data (an odd size; ONNX Runtime, which qcc
+  calibrates with, takes no other).
 * ReduceL1 = SUM(ABS), ReduceL2 = SQRT(SUM(x*x)), ReduceSumSquare = SUM(x*x), ReduceLogSum =
   LOG(SUM), ReduceLogSumExp = LOG(SUM(EXP(x - max))) + max, ReduceProd = REDUCE_PROD; axes from the
   attribute or a constant input; empty axes reduce everything, or with ``noop_with_empty_axes``
@@ -228,43 +228,30 @@ def lp_norm(lw: Lowering, node: ir.Node) -> None:
 
 
 def lrn(lw: Lowering, node: ir.Node) -> None:
-    """LRN over channels (axis 1) -> LOCAL_RESPONSE_NORMALIZATION channels-last, or a band-matrix sum."""
+    """LRN over channels (axis 1, 4-D) -> TRANSPOSE, LOCAL_RESPONSE_NORMALIZATION (channels last), TRANSPOSE."""
     chain = FloatChain(lw, node)
     x = chain.input(0)
     size = attr_int(node, "size", 0)
-    alpha, beta, bias = attr_float(node, "alpha", 1e-4), attr_float(node, "beta", 0.75), attr_float(node, "bias", 1.0)
-    rank = len(x.shape)
-    if size < 1 or rank < 3:
-        raise unsupported(node, f"LRN with size {size} on a rank-{rank} tensor")
-    last = (0, *range(2, rank), 1)
-    first = tuple(int(i) for i in np.argsort(last))
-    inner_shape = tuple(x.shape[p] for p in last)
-    inner = chain.op("TRANSPOSE", [x, chain.array(last, np.int32)], inner_shape, "TransposeOptions")
-    if rank == 4 and size % 2 == 1:
-        normed = chain.op(
-            "LOCAL_RESPONSE_NORMALIZATION",
-            [inner],
-            inner_shape,
-            "LocalResponseNormalizationOptions",
-            radius=(size - 1) // 2,
-            bias=bias,
-            alpha=alpha / size,
-            beta=beta,
-        )
-    else:
-        channels = x.shape[1]
-        below, above = (size - 1) // 2, size // 2
-        out_c, in_c = np.meshgrid(np.arange(channels), np.arange(channels), indexing="ij")
-        band = ((in_c >= out_c - below) & (in_c <= out_c + above)).astype(np.float32)
-        square = chain.op("MUL", [inner, inner], inner_shape, "MulOptions")
-        window = chain.op("FULLY_CONNECTED", [square, chain.array(band), -1], inner_shape, "FullyConnectedOptions",
-                          keep_num_dims=True)
-        scaled = chain.op("MUL", [window, chain.const(alpha / size)], inner_shape, "MulOptions")
-        shifted = chain.op("ADD", [scaled, chain.const(bias)], inner_shape, "AddOptions")
-        factor = chain.op("POW", [shifted, chain.const(-beta)], inner_shape)
-        normed = chain.op("MUL", [inner, factor], inner_shape, "MulOptions")
-    chain.op("TRANSPOSE", [normed, chain.array(first, np.int32)], x.shape, "TransposeOptions", out=chain.output())
+    if len(x.shape) != 4 or size < 1 or size % 2 == 0:
+        raise unsupported(node, f"LRN of size {size} on a rank-{len(x.shape)} tensor (TFLite's "
+                                "LOCAL_RESPONSE_NORMALIZATION takes a window centred on the channel, on 4-D data)")
+    inner_shape = tuple(x.shape[p] for p in _TO_NHWC)
+    inner = chain.op("TRANSPOSE", [x, chain.array(_TO_NHWC, np.int32)], inner_shape, "TransposeOptions")
+    normed = chain.op(
+        "LOCAL_RESPONSE_NORMALIZATION",
+        [inner],
+        inner_shape,
+        "LocalResponseNormalizationOptions",
+        radius=(size - 1) // 2,
+        bias=attr_float(node, "bias", 1.0),
+        alpha=attr_float(node, "alpha", 1e-4) / size,
+        beta=attr_float(node, "beta", 0.75),
+    )
+    chain.op("TRANSPOSE", [normed, chain.array(_TO_NCHW, np.int32)], x.shape, "TransposeOptions", out=chain.output())
     chain.finish()
+
+
+_TO_NHWC, _TO_NCHW = channels_last(4), channels_first(4)
 
 
 def reduce_axes(node: ir.Node, rank: int) -> list[int] | None:
