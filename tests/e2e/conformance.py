@@ -158,7 +158,8 @@ def compare(got: np.ndarray, expected: np.ndarray) -> str | None:
     return f"max error {error:.3g} (range {span:.3g}), cosine {cosine:.4f}"
 
 
-def _run_onnx(data, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run_onnx(data, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Runs a model (bytes or path) in ONNX Runtime on the feed's inputs that the model has."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -168,7 +169,8 @@ def _run_onnx(data, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     return session.run(None, {k: v for k, v in feed.items() if k in names})
 
 
-def _run_tflite(data: bytes, feed: dict[str, np.ndarray], resolver: str) -> list[np.ndarray]:
+def run_tflite(data: bytes, feed: dict[str, np.ndarray], resolver: str) -> list[np.ndarray]:
+    """Runs a ``.tflite`` in LiteRT (``xnnpack`` or ``builtin``), resized to the feed's shapes."""
     from qcc.backends._tflite_litert import interpreter
 
     interp = interpreter(data, resolver)
@@ -237,9 +239,9 @@ def run_case(case: Case, variant: str, target: str) -> Outcome:
     try:
         outcome.lowered = _lowered(result, target)
         if target == "tflite":
-            runs = {r: _run_tflite(result.artifact.data, feed, r) for r in ("xnnpack", "builtin")}
+            runs = {r: run_tflite(result.artifact.data, feed, r) for r in ("xnnpack", "builtin")}
         else:
-            runs = {"onnxruntime": _run_onnx(result.artifact.runtime_model, feed)}
+            runs = {"onnxruntime": run_onnx(result.artifact.runtime_model, feed)}
     except Exception as error:  # noqa: BLE001 - the runtime's own failure
         outcome.status, outcome.detail = "failed", f"{type(error).__name__}: {str(error)[:300]}"
         return outcome
@@ -266,7 +268,7 @@ def _reference(case: Case, model: onnx.ModelProto, feed: dict[str, np.ndarray]) 
     output_shape) is compared with ONNX Runtime, and the outcome says so.
     """
     try:
-        float_outputs = _run_onnx(model.SerializeToString(), feed)
+        float_outputs = run_onnx(model.SerializeToString(), feed)
     except Exception:  # noqa: BLE001 - qcc must have refused such a model; compare with ONNX's outputs
         return case.outputs, ""
     if len(float_outputs) == len(case.outputs) and any(
