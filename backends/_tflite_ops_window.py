@@ -228,16 +228,17 @@ def conv_transpose(lw: Lowering, node: ir.Node) -> None:
     long (plus ``output_padding`` at the end), cropped by the begin pads. TF SAME is one op when
     it is that crop; otherwise TRANSPOSE_CONV VALID writes the full output (VALID accepts up to
     ``stride - 1`` extra end cells, which hold only the bias, as ONNX's ``output_padding`` cells do)
-    and a SLICE crops it. Dilation is a constant kernel with zeros between the taps.
+    and a SLICE crops it. Dilation is a constant kernel with zeros between the taps. TRANSPOSE_CONV
+    has no groups: a grouped one is a SPLIT of the channels, one TRANSPOSE_CONV per group and a
+    CONCATENATION, in float (int8: on the dequantized input and weights, then QUANTIZE).
     """
     w_shape = shape_of(node.inputs[1])
     win = window(node, list(w_shape[2:]))
-    if attr_int(node, "group", 1) != 1:
-        raise unsupported(node, "grouped ConvTranspose (TFLite's TRANSPOSE_CONV has no groups)")
+    group = attr_int(node, "group", 1)
     dilated = win.dilations != [1, 1]
-    if dilated and const_array(node.inputs[1]) is None:
-        raise unsupported(node, "a dilated ConvTranspose whose weight is not a constant")
-    x = as_image(lw, node, lw.input(node, 0))
+    if (dilated or group != 1) and const_array(node.inputs[1]) is None:
+        raise unsupported(node, "a dilated or grouped ConvTranspose whose weight is not a constant")
+    x = as_image(lw, node, lw.input(node, 0) if group == 1 else _dequantized(lw, node, 0))
     y = lw.output(node)
     image = image_output(lw, y)
     in_hw, out_hw, strides = x.shape[1:3], image.shape[1:3], win.strides
@@ -251,33 +252,67 @@ def conv_transpose(lw: Lowering, node: ir.Node) -> None:
         math.ceil(o / s) == i and b == max(n - o, 0) // 2
         for i, o, s, n, b in zip(in_hw, out_hw, strides, nominal, begins, strict=True)
     )
-    if dilated:
-        w = lw.weight(node, 1, lambda a: _dilate(_as_2d_weight(a).transpose(1, 2, 3, 0), win.dilations), axis=0)
-    else:
-        w = _filter(lw, node, (1, 2, 3, 0), axis=0)
-    b = _bias(lw, node, 2, w_shape[1], x, w)
     crop = not tf_same and tuple(full) != tuple(out_hw)
-    target = image
+    result = image if group == 1 else _float_result(lw, node, image)
+    target = result
     if crop:
         shape = (image.shape[0], full[0], full[1], image.shape[3])
-        target = lw.model.tensor(f"{node.name}_full", shape, image.dtype, quant=image.quant)
-    shape = lw.constant(f"{node.name}_output_shape", np.array(target.shape, np.int32))
-    lw.op(
-        "TRANSPOSE_CONV",
-        [shape, w, x, b],
-        [target],
-        "TransposeConvOptions",
-        source=node.name,
-        padding=SAME if tf_same else VALID,
-        stride_w=strides[1],
-        stride_h=strides[0],
-        fused_activation_function=fused_code(node, "TRANSPOSE_CONV"),
-    )
+        target = lw.model.tensor(f"{node.name}_full", shape, result.dtype, quant=result.quant)
+    options = {
+        "padding": SAME if tf_same else VALID,
+        "stride_w": strides[1],
+        "stride_h": strides[0],
+        "fused_activation_function": fused_code(node, "TRANSPOSE_CONV") if group == 1 else ACT_NONE,
+    }
+
+    def kernel(a: np.ndarray) -> np.ndarray:
+        kernel_2d = _as_2d_weight(a).transpose(1, 2, 3, 0)
+        return _dilate(kernel_2d, win.dilations) if dilated else kernel_2d
+
+    if group == 1:
+        w = lw.weight(node, 1, kernel, axis=0) if dilated else _filter(lw, node, (1, 2, 3, 0), axis=0)
+        b = _bias(lw, node, 2, w_shape[1], x, w)
+        shape_t = lw.constant(f"{node.name}_output_shape", np.array(target.shape, np.int32))
+        lw.op("TRANSPOSE_CONV", [shape_t, w, x, b], [target], "TransposeConvOptions", source=node.name, **options)
+    else:
+        _grouped_transpose_conv(lw, node, x, target, group, kernel, options)
     if crop:
         begin = lw.constant(f"{node.name}_crop_begin", np.array([0, begins[0], begins[1], 0], np.int32))
         size = lw.constant(f"{node.name}_crop_size", np.array(image.shape, np.int32))
-        lw.op("SLICE", [target, begin, size], [image], "SliceOptions", source=node.name)
+        lw.op("SLICE", [target, begin, size], [result], "SliceOptions", source=node.name)
+    _quantize_result(lw, node, result, image)
     finish_image(lw, node, image, y)
+
+
+def _grouped_transpose_conv(lw: Lowering, node: ir.Node, x: Tensor, out: Tensor, group: int, kernel, options) -> None:
+    """``out`` = one float TRANSPOSE_CONV per channel group of ``x``, concatenated on channels."""
+    weights = _float_constant(lw, node, 1)
+    bias = _float_constant(lw, node, 2) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    in_c, out_c = x.shape[3] // group, out.shape[3] // group
+    parts = [lw.model.tensor(f"{node.name}_group_in", (*x.shape[:3], in_c), np.float32) for _ in range(group)]
+    axis = lw.constant(f"{node.name}_channel_axis", np.array(3, np.int32))
+    lw.op("SPLIT", [axis, x], parts, "SplitOptions", source=node.name, num_splits=group)
+    results = []
+    for g, part in enumerate(parts):
+        w = lw.constant(f"{node.name}_w{g}", kernel(weights[g * in_c : (g + 1) * in_c]).astype(np.float32))
+        b_g = np.zeros(out_c, np.float32) if bias is None else bias[g * out_c : (g + 1) * out_c]
+        b = lw.constant(f"{node.name}_b{g}", b_g.astype(np.float32))
+        result = lw.model.tensor(f"{node.name}_group_out", (*out.shape[:3], out_c), np.float32)
+        shape_t = lw.constant(f"{node.name}_group_shape", np.array(result.shape, np.int32))
+        lw.op("TRANSPOSE_CONV", [shape_t, w, part, b], [result], "TransposeConvOptions", source=node.name, **options)
+        results.append(result)
+    lw.op("CONCATENATION", results, [out], "ConcatenationOptions", source=node.name, axis=3,
+          fused_activation_function=fused_code(node, "CONCATENATION"))
+
+
+def _float_constant(lw: Lowering, node: ir.Node, index: int) -> np.ndarray:
+    """Constant input ``index`` as float32: its grid values ``DQ(Q(c))`` when the node is int8."""
+    value = node.inputs[index]
+    array = const_array(value)
+    quant = get_quant(value)
+    if lw.is_int8(node) and quant is not None:
+        return np.asarray(quant.grid_values(array), np.float32)
+    return np.asarray(array, np.float32)
 
 
 def _transpose_begins(node: ir.Node, win: Window, in_hw, out_hw, extent) -> list[int]:

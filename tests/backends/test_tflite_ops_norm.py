@@ -95,6 +95,8 @@ FLOAT_OPS = {
     ),
     "conv_transpose_dilated": (17, f"{_X4}, float[4,2,2,2] w", "float[1,2,9,9] y",
                                "y = ConvTranspose<dilations=[3,3]>(x, w)", {}),
+    "conv_transpose_grouped": (17, f"{_X4}, float[4,3,3,3] w, float[6] b", "float[1,6,11,11] y",
+                               "y = ConvTranspose<group=2, strides=[2,2], pads=[1,1,1,1]>(x, w, b)", {}),
     "matmul_1d_1d": (13, "float[5] a, float[5] c, int64[1] ax", "float[1] y", "p = MatMul(a, c)\n y = Unsqueeze(p, ax)",
                      {"ax": np.array([0])}),
     "matmul_1d_constant": (13, "float[5] a, float[5,3] w", "float[3] y", "y = MatMul(a, w)", {}),
@@ -160,6 +162,8 @@ INT8_OPS = {
         "y = AveragePool<kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1], ceil_mode=1, count_include_pad=1>(c)",
         "float[1,8,5,5] y", "", {},
     ),
+    "conv_transpose_cropped": ("y = ConvTranspose<strides=[2,2], pads=[1,0,0,1]>(c, wt)", "float[1,3,16,16] y",
+                               ", float[8,3,3,3] wt", {}),
     "lrn_island": ("y = LRN<size=3, alpha=0.1>(c)", "float[1,8,8,8] y", "", {}),
     "instance_norm_island": ("y = InstanceNormalization(c, gamma, beta)", "float[1,8,8,8] y",
                              ", float[8] gamma, float[8] beta", {}),
@@ -197,8 +201,8 @@ def test_int8_maxpool_keeps_its_input_parameters_through_the_padding():
     ("body", "inputs", "output", "message"),
     [
         ("y = ReduceL1(x, axes)", "float[1,4,6,6] x, int64[1] axes", "float[1,1,6,6] y", "axes given at run time"),
-        ("y = ConvTranspose<group=2>(x, w)", "float[1,4,6,6] x, float[4,1,3,3] w", "float[1,2,8,8] y",
-         "TRANSPOSE_CONV has no groups"),
+        ("y = ConvTranspose<group=2>(x, k)", "float[1,4,6,6] x, float[4,1,3,3] k", "float[1,2,8,8] y",
+         "grouped ConvTranspose whose weight is not a constant"),
         ("y = LpPool<kernel_shape=[2,2,2]>(x)", "float[1,4,6,6,6] x", "float[1,4,5,5,5] y", "not 3-D"),
     ],
 )
