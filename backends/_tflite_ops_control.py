@@ -28,6 +28,7 @@ qcc writes one TFLite subgraph, so control flow is flattened into it:
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
@@ -67,7 +68,11 @@ def if_(lw: Lowering, node: ir.Node) -> None:
         key = "then_branch" if bool(constant.reshape(())) else "else_branch"
         _lower_graph(lw, node, key, branches[key])
         for out, result in zip(node.outputs, branches[key].outputs, strict=True):
-            lw.alias(out, lw.read(result, False))
+            tensor = lw.read(result, False)
+            lw.alias(out, tensor)
+            if _static(out) is None:
+                # Shape inference could not merge branches of different shapes; later branches fold Shape(out).
+                out.shape = ir.Shape(tensor.shape)
         return
     _check_same_signature(node, then_graph, else_graph)
     condition = lw.read(node.inputs[0], False)
@@ -116,6 +121,7 @@ def _lower_graph(lw: Lowering, node: ir.Node, key: str, graph: ir.Graph) -> None
         if inner.op_type == "Constant" and inner.domain in ("", "ai.onnx"):
             _constant(lw, inner)
             continue
+        _infer_shapes(inner, opset)
         folded = fold_node(inner, opset)
         if folded is not None:
             # The main graph was folded with static shapes before lowering; branches were not.
@@ -140,6 +146,42 @@ def _lower_graph(lw: Lowering, node: ir.Node, key: str, graph: ir.Graph) -> None
             rule(lw, inner)
         except BackendError as error:
             raise BackendError(f"in {where} (If): {error.problem}", error.fix) from None
+
+
+def _infer_shapes(node: ir.Node, opset: int) -> None:
+    """Static output shapes of a branch node from its inputs' (ONNX's inference of one node).
+
+    The writer's shape inference ran over the branches before the values they read from outside
+    had static shapes (an If's outputs whose branches differ, known only once the condition folds).
+    """
+    if all(_static(out) is not None for out in node.outputs):
+        return
+    if any(v is not None and (_static(v) is None or v.dtype is None) for v in node.inputs):
+        return
+    names = [f"in{i}" if v is not None else "" for i, v in enumerate(node.inputs)]
+    proto = ir.serde.serialize_node(node)
+    del proto.input[:]
+    proto.input.extend(names)
+    del proto.output[:]
+    proto.output.extend(f"out{i}" for i in range(len(node.outputs)))
+    types = {n: onnx.helper.make_tensor_type_proto(v.dtype.value, list(_static(v)))
+             for n, v in zip(names, node.inputs, strict=True) if n}
+    data = {n: onnx.numpy_helper.from_array(const_array(v))
+            for n, v in zip(names, node.inputs, strict=True) if n and const_array(v) is not None}
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+        inferred = onnx.shape_inference.infer_node_outputs(schema, proto, types, data)
+    except Exception:  # noqa: BLE001 - ONNX inference raises several types; the lowering then names the tensor
+        return
+    for i, out in enumerate(node.outputs):
+        found = inferred.get(f"out{i}")
+        if found is None or not found.tensor_type.HasField("shape"):
+            continue
+        dims = found.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            out.shape = ir.Shape([d.dim_value for d in dims])
+            if out.dtype is None:
+                out.dtype = ir.DataType(found.tensor_type.elem_type)
 
 
 def _constant(lw: Lowering, node: ir.Node) -> None:

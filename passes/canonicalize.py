@@ -133,7 +133,9 @@ def _inline_branch(graph: ir.Graph, node: ir.Node, branch: ir.Graph, names: Name
         value = branch.initializers.pop(name)
         value.name = names.new(name)
         graph.register_initializer(value)
+    moved = set()
     for inner in list(branch):
+        moved.add(id(inner))
         branch.remove(inner, safe=False)
         for out in inner.outputs:
             if out.name:
@@ -141,14 +143,21 @@ def _inline_branch(graph: ir.Graph, node: ir.Node, branch: ir.Graph, names: Name
         if inner.name:
             inner.name = names.new(inner.name)
         graph.insert_before(node, inner)
-    _take_results(graph, node, results, names, opset)
+    _take_results(graph, node, results, names, opset, moved)
     graph.remove(node, safe=True)
 
 
 def _take_results(
-    graph: ir.Graph, node: ir.Node, results: list[ir.Value], names: NameAllocator, opset: int
+    graph: ir.Graph, node: ir.Node, results: list[ir.Value], names: NameAllocator, opset: int, moved: set[int]
 ) -> None:
-    """Makes ``results`` (values now in ``graph``) stand for ``node``'s outputs, names of graph outputs kept."""
+    """Makes ``results`` (values now in ``graph``) stand for ``node``'s outputs.
+
+    A result written by a node just moved into the graph (``moved``: node ids) takes the output's
+    name, so later passes that match values by name (the TFLite writer's folded instances) find
+    it; an outer value passed through keeps its own name, behind an Identity if the output is a
+    graph output.
+    """
+    taken: set[int] = set()
     for out, result in zip(node.outputs, results, strict=True):
         array = const_array(result)
         producer = result.producer()
@@ -158,10 +167,16 @@ def _take_results(
             array = None if folded is None else folded[0]
         if array is not None and not result.is_graph_input():
             _replace_with_constant(graph, out, array)
+        elif producer is not None and id(producer) in moved and id(result) not in taken:
+            taken.add(id(result))
+            name, static = out.name, result.shape is not None and all(isinstance(d, int) for d in result.shape)
+            # The branch's own shape is the one to keep when shape inference could not merge the branches'.
+            shape, dtype = (result.shape if static else out.shape), (result.type or out.type)
+            out.replace_all_uses_with(result, replace_graph_outputs=True)
+            out.name = None
+            result.name, result.shape, result.type = name, shape, dtype
         elif not out.is_graph_output():
             out.replace_all_uses_with(result)
-        elif producer is not None and producer.graph is graph and not result.is_graph_output():
-            take_over(out, result)
         else:
             # A graph input (or another graph output) passed through: its name cannot change.
             copy = ir.node("Identity", [result], name=names.new(f"{node.name or node.op_type}_result"))
@@ -225,6 +240,7 @@ def _unroll(graph: ir.Graph, node: ir.Node, body: ir.Graph, trips: int, names: N
         constants[id(value)] = add_initializer(graph, names.new(name), value.const_value.numpy(), exact=True)
     true = add_initializer(graph, names.new(f"{node.name}_true"), np.array(True), exact=True)
     scans: list[list[ir.Value]] = [[] for _ in body.outputs[1 + count :]]
+    moved: set[int] = set()
     for i in range(trips):
         mapping = dict(constants)
         iteration = add_initializer(graph, names.new(f"{node.name}_i{i}"), np.array(i, np.int64), exact=True)
@@ -247,6 +263,7 @@ def _unroll(graph: ir.Graph, node: ir.Node, body: ir.Graph, trips: int, names: N
             )
             mapping.update((id(o), c) for o, c in zip(inner.outputs, outputs, strict=True))
             graph.insert_before(node, copy)
+            moved.add(id(copy))
         carried = [mapping.get(id(v), v) for v in body.outputs[1 : 1 + count]]
         for k, value in enumerate(body.outputs[1 + count :]):
             scans[k].append(mapping.get(id(value), value))
@@ -260,8 +277,9 @@ def _unroll(graph: ir.Graph, node: ir.Node, body: ir.Graph, trips: int, names: N
             rows.append(row.outputs[0])
         stacked = ir.node("Concat", rows, attributes={"axis": 0}, name=names.new(f"{node.name}_scan{k}"))
         graph.insert_before(node, stacked)
+        moved.add(id(stacked))
         results.append(stacked.outputs[0])
-    _take_results(graph, node, results, names, opset)
+    _take_results(graph, node, results, names, opset, moved)
     graph.remove(node, safe=True)
 
 
