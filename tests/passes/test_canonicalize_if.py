@@ -123,3 +123,31 @@ def test_if_on_a_dynamic_dimension_is_inlined_once_shapes_are_static():
     feeds = [{"x": np.random.default_rng(i).normal(0, 1, (1, 4)).astype(np.float32)} for i in range(4)]
     result = qcc.compile(model, target="tflite", calibration=feeds)
     assert result.report["verify"]["ok"], result.report["verify"]
+
+
+# Silero VAD's decoder pattern: an If on the batch size whose branches differ in rank (Squeeze or
+# not), then an If on the rank of its result. Both conditions fold only with static shapes.
+IF_ON_RANK = (
+    _HEAD
+    + """g (float[n,4] x, int64[1] zero, int64 one) => (float[n,4] y) {
+  s = Shape(x)
+  k = Gather<axis=0>(s, zero)
+  c = Equal(k, one)
+  u = If(c) <then_branch = g1 () => (float[4] a) { a = Squeeze(x, zero) }, else_branch = g2 () => (float[n,4] e) {
+      e = Identity(x) }>
+  s2 = Shape(u)
+  rank = Size(s2)
+  c2 = Equal(rank, one)
+  v = If(c2) <then_branch = h1 () => (float[1,4] p) { p = Unsqueeze(u, zero) }, else_branch = h2 () => (float[n,4] q) {
+      q = Identity(u) }>
+  y = Relu(v)
+}
+"""
+)
+
+
+def test_if_on_the_rank_of_an_if_output_compiles_for_tflite():
+    model = build_model(IF_ON_RANK, constants={"zero": np.array([0]), "one": np.array(1)})
+    feeds = [{"x": np.random.default_rng(i).normal(0, 1, (1, 4)).astype(np.float32)} for i in range(4)]
+    result = qcc.compile(model, target="tflite", calibration=feeds)
+    assert result.report["verify"]["ok"], result.report["verify"]
