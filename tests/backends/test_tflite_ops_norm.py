@@ -162,6 +162,9 @@ INT8_OPS = {
         "y = AveragePool<kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1], ceil_mode=1, count_include_pad=1>(c)",
         "float[1,8,5,5] y", "", {},
     ),
+    # Without a bias: quantize-bias cannot yet size a grouped ConvTranspose's bias scales.
+    "conv_transpose_grouped": ("y = ConvTranspose<group=2, strides=[2,2]>(c, wt)", "float[1,6,17,17] y",
+                               ", float[8,3,3,3] wt", {}),
     "conv_transpose_cropped": ("y = ConvTranspose<strides=[2,2], pads=[1,0,0,1]>(c, wt)", "float[1,3,16,16] y",
                                ", float[8,3,3,3] wt", {}),
     "lrn_island": ("y = LRN<size=3, alpha=0.1>(c)", "float[1,8,8,8] y", "", {}),
