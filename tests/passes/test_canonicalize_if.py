@@ -3,7 +3,7 @@
 The taken branch replaces the node: its nodes move into the graph (renamed where names clash),
 references to outer values stay wired, its outputs take over the ``If`` outputs (graph output
 names survive), nested constant ``If``s are inlined in turn. Each model is checked against ONNX
-Runtime on the original, and compiled for ``ort`` and ``tflite`` end to end.
+Runtime on the original, and compiled for ``ort``, ``trt`` and ``tflite`` end to end.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def test_run_time_if_is_kept():
     assert "If" in op_types(float_passes(model, CanonicalizePass))
 
 
-@pytest.mark.parametrize("target", ["ort", "tflite"])
+@pytest.mark.parametrize("target", ["ort", "trt", "tflite"])
 @pytest.mark.parametrize("name", ["initializer_then", "folded_condition", "nested_and_pass_through"])
 def test_constant_if_compiles_and_matches(name, target):
     model = _model(name)
