@@ -77,6 +77,7 @@ class _Rule:
     def __init__(self, lw: Lowering, node: ir.Node) -> None:
         self.lw, self.node, self.count = lw, node, 0
         self.outputs: dict[int, Tensor] = {}
+        self.temporaries: set[int] = set()
 
     def name(self, tag: str) -> str:
         self.count += 1
@@ -93,7 +94,10 @@ class _Rule:
         return self.lw.constant(self.name("zero"), np.array(x.quant.zero_point[0], x.dtype), x.quant)
 
     def tensor(self, shape, dtype, quant=None) -> Tensor:
-        return self.lw.model.tensor(self.name("t"), shape, dtype, quant=quant)
+        """A new intermediate tensor of this rule."""
+        tensor = self.lw.model.tensor(self.name("t"), shape, dtype, quant=quant)
+        self.temporaries.add(tensor.index)
+        return tensor
 
     def op(self, builtin: str, inputs, shape, dtype=_F32, options: str | None = None, out=None, quant=None, **fields):
         """Appends ``builtin`` writing a new tensor (or ``out``) and returns it."""
@@ -145,6 +149,11 @@ class _Rule:
         y = self.output(index)
         if written is y:
             return
+        last = self.lw.model.ops[-1] if self.lw.model.ops else None
+        if last is not None and last.outputs == [written.index] and written.index in self.temporaries:
+            if (written.shape, written.dtype) == (y.shape, y.dtype) and _same_quant(written, y):
+                last.outputs = [y.index]  # the last op writes the output itself: no copy
+                return
         if written.dtype == y.dtype:
             self.lw.reshape(written, y, self.node.name)
             return
@@ -162,6 +171,12 @@ class _Rule:
             return x
         out = self.tensor(shape, x.dtype, x.quant) if out is None else out
         return self.lw.reshape(x, out, self.node.name)
+
+
+def _same_quant(a: Tensor, b: Tensor) -> bool:
+    if a.quant is None or b.quant is None:
+        return a.quant is None and b.quant is None
+    return bool(np.array_equal(a.quant.scale, b.quant.scale) and np.array_equal(a.quant.zero_point, b.quant.zero_point))
 
 
 def _type_names() -> str:
@@ -245,13 +260,16 @@ def _axis_input(node: ir.Node, rank: int) -> int:
 
 
 def cumsum(lw: Lowering, node: ir.Node) -> None:
-    """CumSum -> CUMSUM (exclusive, reverse) with a constant int32 axis."""
+    """CumSum -> CUMSUM (exclusive, reverse); a run-time axis is an int32 scalar (CUMSUM wraps negatives)."""
     rule = _Rule(lw, node)
     x = rule.data(0)
-    axis = _axis_input(node, len(x.shape))
+    if const_array(node.inputs[1]) is None and len(x.shape) > 1:
+        axis_t = rule.reshape(rule.int32(1), [])
+    else:
+        axis_t = rule.const(_axis_input(node, len(x.shape)), np.int32)
     total = rule.op(
         "CUMSUM",
-        [x, rule.const(axis, np.int32)],
+        [x, axis_t],
         x.shape,
         x.dtype,
         "CumsumOptions",
@@ -621,9 +639,14 @@ def one_hot(lw: Lowering, node: ir.Node) -> None:
     """OneHot -> ONE_HOT, negative indices moved up by ``depth`` (ONNX counts them back)."""
     rule = _Rule(lw, node)
     depth_array = const_array(node.inputs[1])
-    if depth_array is None:
-        raise unsupported(node, "a depth that is not constant (it fixes the output shape)")
-    depth = int(np.ravel(depth_array)[0])
+    y_shape = node.outputs[0].shape
+    axis = attr_int(node, "axis", -1) % (len(node.inputs[0].shape or ()) + 1)
+    if depth_array is not None:
+        depth = int(np.ravel(depth_array)[0])
+    elif y_shape is not None and isinstance(y_shape[axis], int):
+        depth = int(y_shape[axis])  # a run-time depth: the static output shape holds it
+    else:
+        raise unsupported(node, "a run-time depth with no static output shape")
     indices = lw.read(node.inputs[0], False)
     if indices.dtype.kind == "f":
         indices = rule.cast(rule.cast(indices, _F32), _I32)  # ONNX casts non-integer indices, truncating
@@ -638,7 +661,6 @@ def one_hot(lw: Lowering, node: ir.Node) -> None:
     else:
         pair = rule.data(2) if y.dtype.kind == "f" else lw.read(node.inputs[2], False)
         off, on = (rule.reshape(_slice_row(rule, pair, i), []) for i in (0, 1))
-    axis = attr_int(node, "axis", -1) % len(y.shape)
     inputs = [indices, rule.const(depth, np.int32), on, off]
     rule.finish(rule.op("ONE_HOT", inputs, y.shape, y.dtype, "OneHotOptions", out=y, axis=axis))
 
@@ -821,6 +843,12 @@ def einsum(lw: Lowering, node: ir.Node) -> None:
     equation = _attr_str(node, "equation", "").replace(" ", "")
     rule = _Rule(lw, node)
     operands = [rule.data(i) for i in range(len(node.inputs))]
+    # A one-element operand under a letterless term is a scalar (0-d inputs can arrive as [1]).
+    letters = equation.partition("->")[0].split(",")
+    operands = [
+        rule.reshape(t, []) if i < len(letters) and letters[i] == "" and int(np.prod(t.shape)) == 1 else t
+        for i, t in enumerate(operands)
+    ]
     terms, output = _parse_einsum(node, equation, [t.shape for t in operands])
     if len(operands) > 2:
         raise unsupported(node, f"Einsum {equation!r} with {len(operands)} operands (qcc lowers one or two)")

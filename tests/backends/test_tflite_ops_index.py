@@ -53,6 +53,21 @@ FLOAT_CASES = {
         "g (float[3,4] x) => (float[3,4] y) { y = CumSum<exclusive=1, reverse=1>(x, ax) }",
         {"x": _x(3, 4)},
     ),
+    "cumsum_runtime_axis": (
+        14,
+        "g (float[3,4] x, int32 a) => (float[3,4] y) { y = CumSum(x, a) }",
+        {"x": _x(3, 4), "a": np.array(-2, np.int32)},
+    ),
+    "topk_ties": (
+        11,
+        "g (float[2,6] x, int64[1] k) => (float[2,4] v, int64[2,4] i) { v, i = TopK<axis=1>(x, k) }",
+        {"x": np.array([[1, 3, 3, 1, 2, 3], [0, 0, 0, 0, 1, 1]], np.float32), "k": np.array([4], np.int64)},
+    ),
+    "one_hot_runtime_depth": (
+        11,
+        "g (float[4] i, float[1] d, float[2] v) => (float[4,3] y) { y = OneHot(i, d, v) }",
+        {"i": np.array([0, 2.7, -1, 5], np.float32), "d": np.array([3], np.float32), "v": np.array([1, 4], np.float32)},
+    ),
     "cumprod_axis1": (
         26,
         "g (float[2,5] x) => (float[2,5] y) { y = CumProd(x, ax) }",
