@@ -74,27 +74,46 @@ def if_(lw: Lowering, node: ir.Node) -> None:
                 # Shape inference could not merge branches of different shapes; later branches fold Shape(out).
                 out.shape = ir.Shape(tensor.shape)
         return
-    _check_same_signature(node, then_graph, else_graph)
+    # Shapes known before lowering are checked first: a mismatch is then reported as such rather
+    # than as whatever in a branch cannot be lowered.
+    _check_same_signature(node, [(_static(a), _static(b), a.dtype, b.dtype)
+                                 for a, b in zip(then_graph.outputs, else_graph.outputs, strict=True)], known=True)
     condition = lw.read(node.inputs[0], False)
-    if condition.dtype != np.bool_:
-        raise unsupported(node, f"condition of type {condition.dtype} (ONNX If takes a bool)")
+    if condition.dtype != np.bool_ or int(np.prod(condition.shape)) != 1:
+        raise unsupported(node, f"condition of type {condition.dtype} and shape {list(condition.shape)} (If takes "
+                                "one bool)")
+    if condition.shape:
+        # A scalar condition broadcasts to any output shape, scalar outputs included.
+        scalar = lw.model.tensor(f"{node.name}_cond", (), np.bool_)
+        condition = lw.reshape(condition, scalar, node.name)
     for key, graph in branches.items():
         _lower_graph(lw, node, key, graph)
-    for index, (then_out, else_out) in enumerate(zip(then_graph.outputs, else_graph.outputs, strict=True)):
-        a, b = lw.read(then_out, False), lw.read(else_out, False)
+    results = zip(then_graph.outputs, else_graph.outputs, strict=True)
+    pairs = [(lw.read(a, False), lw.read(b, False)) for a, b in results]
+    _check_same_signature(node, [(a.shape, b.shape, a.dtype, b.dtype) for a, b in pairs], known=False)
+    for index, (a, b) in enumerate(pairs):
+        if _static(node.outputs[index]) is None:
+            node.outputs[index].shape = ir.Shape(a.shape)  # known once the branches were lowered
         out = lw.output(node, index)
-        if a.dtype != b.dtype or a.dtype != out.dtype:
-            raise unsupported(node, f"output {index} is {a.dtype} in then_branch, {b.dtype} in else_branch")
+        if a.dtype != out.dtype or a.shape != out.shape:
+            raise unsupported(node, f"output {index} is {a.dtype}{list(a.shape)} in the branches, "
+                                    f"{out.dtype}{list(out.shape)} in the graph")
         lw.op("SELECT_V2", [condition, a, b], [out], "SelectV2Options", source=node.name)
 
 
-def _check_same_signature(node: ir.Node, then_graph: ir.Graph, else_graph: ir.Graph) -> None:
-    """Refuses branches whose outputs differ in static shape or element type (SELECT_V2 needs one)."""
-    for index, (a, b) in enumerate(zip(then_graph.outputs, else_graph.outputs, strict=True)):
-        shapes = [_static(v) for v in (a, b)]
-        if None in shapes or shapes[0] != shapes[1] or a.dtype != b.dtype:
-            described = [f"{v.dtype.name.lower() if v.dtype else '?'}{list(s) if s else '(shape unknown)'}"
-                         for v, s in zip((a, b), shapes, strict=True)]
+def _check_same_signature(node: ir.Node, outputs, known: bool) -> None:
+    """Refuses branches whose outputs differ in shape or element type (SELECT_V2 needs one of each).
+
+    Args:
+        node: the If.
+        outputs: per output, (then shape, else shape, then type, else type); a shape may be None.
+        known: check only outputs whose shapes are both known (before lowering, from the IR).
+    """
+    for index, (shape_a, shape_b, type_a, type_b) in enumerate(outputs):
+        if known and None in (shape_a, shape_b, type_a, type_b):
+            continue
+        if tuple(shape_a) != tuple(shape_b) or _type_name(type_a) != _type_name(type_b):
+            described = [f"{_type_name(t)}{list(s)}" for t, s in ((type_a, shape_a), (type_b, shape_b))]
             raise BackendError(
                 f"node {node.name!r} (If): output {index} is {described[0]} in then_branch and {described[1]} "
                 "in else_branch; qcc computes both branches and selects with SELECT_V2, which needs one static "
@@ -103,6 +122,13 @@ def _check_same_signature(node: ir.Node, then_graph: ir.Graph, else_graph: ir.Gr
                 "flag, an initializer) so qcc inlines the taken branch, or make both branches return the "
                 "same static shape.",
             )
+
+
+def _type_name(dtype) -> str:
+    """One spelling for an IR element type and a numpy one (``float32``)."""
+    if dtype is None:
+        return "?"
+    return np.dtype(dtype.numpy()).name if isinstance(dtype, ir.DataType) else np.dtype(dtype).name
 
 
 def _static(value: ir.Value) -> tuple[int, ...] | None:

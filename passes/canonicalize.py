@@ -10,8 +10,8 @@
 * ``If`` with a constant condition (an initializer, a ``Constant``, or one that folding makes
   constant) is replaced by its taken branch: the branch's nodes move into the graph before it
   (values renamed where their names are taken; references to outer values are the same IR
-  values, so they need no renaming), its constants become initializers, and the ``If`` outputs
-  become the branch outputs. Folding then runs again over the inlined nodes, and an ``If``
+  values, so they need no renaming), its constants become initializers, and the branch outputs
+  replace the ``If`` outputs, under their names. Folding then runs again over the inlined nodes, and an ``If``
   nested in the taken branch is inlined in turn. Every target benefits: no subgraph is left for
   the plan (which does not look inside subgraphs) and TFLite needs no IF. This is part of
   :func:`fold_constants`, so the TFLite writer's folding with static shapes also inlines an
