@@ -126,8 +126,8 @@ class Lowering:
             if edge is None:
                 tensor = self.define(value, quantized)
             else:
-                # float16/float64 at the interface, float32 inside: CAST at the edge.
-                tensor = self.model.tensor(f"{value.name}_{edge.name}", shape_of(value), edge)
+                # float16/float64 at the interface (under the input's name), float32 inside: CAST at the edge.
+                tensor = self.model.tensor(value.name, shape_of(value), edge)
                 tensor.shape_signature = value.meta.get(SIGNATURE_KEY)
                 self.op("CAST", [tensor], [self.define(value, False)], **_cast_fields(edge, np.float32))
             self.model.inputs.append(tensor.index)
@@ -149,7 +149,8 @@ class Lowering:
             tensor = self.read(value, quantized)
             edge = _EDGE_TYPES.get(value.dtype) if not quantized else None
             if edge is not None and tensor.dtype == np.float32:
-                out = self.model.tensor(f"{value.name}_{edge.name}", tensor.shape, edge)
+                self.model.rename(tensor, f"{value.name}_float32")  # the output's name goes to the interface
+                out = self.model.tensor(value.name, tensor.shape, edge)
                 out.shape_signature = tensor.shape_signature
                 self.op("CAST", [tensor], [out], **_cast_fields(np.float32, edge))
                 tensor = out

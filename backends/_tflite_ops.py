@@ -132,6 +132,9 @@ def clip(lw: Lowering, node: ir.Node) -> None:
         lw.op(named[bounds], [x], [lw.output(node)], source=node.name)
         return
     y = lw.output(node)
+    if bounds == (None, None):  # no bounds: a copy (TFLite has no identity op)
+        lw.reshape(x, y, node.name)
+        return
     current = x
     for op, bound in (("MAXIMUM", bounds[0]), ("MINIMUM", bounds[1])):
         if bound is None:

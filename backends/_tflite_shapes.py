@@ -27,6 +27,7 @@ flat tensors line up by name and by index.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -36,11 +37,13 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 from tflite.BuiltinOperator import BuiltinOperator
 
-from qcc.annotations import get_quant, quantized_values, set_quant
+from qcc.annotations import get_decision, get_quant, quantized_values, set_decision, set_quant
 from qcc.backends._tflite_writer import FlatModel, Op, Tensor, builtin
 from qcc.data import Feed
 from qcc.errors import BackendError
+from qcc.irutils import NameAllocator, attr_int
 from qcc.passes.canonicalize import fold_constants
+from qcc.passes.layout_nhwc import LAYOUT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +160,73 @@ def mark_signatures(models: Sequence[ir.Model]) -> None:
             for by_name in values:
                 if name in by_name:
                     by_name[name].meta[SIGNATURE_KEY] = signature
+
+
+def explicit_padding(model: ir.Model) -> None:
+    """Moves the pads of strided Conv/MaxPool/AveragePool on a dynamic spatial dimension into a Pad node.
+
+    The window rules write TF ``SAME`` padding when the ONNX pads equal it at the static size;
+    with a stride, ``SAME`` pads depend on the size (input 8, kernel 3, stride 2: (0, 1); input 9:
+    (1, 1)), so at other sizes it would not be the model's padding. An explicit ``Pad`` (zeros;
+    the lowest value for max pooling) followed by the unpadded op is the model's at every size.
+    Average pooling that excludes the padding from its divisor is left as it is (the instances'
+    comparison then keeps the artifact static if its lowering depends on the size).
+    """
+    graph = model.graph
+    names = NameAllocator(graph)
+    for node in list(graph):
+        if node.op_type not in ("Conv", "MaxPool", "AveragePool") or LAYOUT_KEY not in node.meta:
+            continue
+        x = node.inputs[0]
+        signature = x.meta.get(SIGNATURE_KEY)
+        spatial = len(x.shape) - 2 if x.shape is not None else 0
+        attr = node.attributes.get("pads")
+        pads = list(attr.as_ints()) if attr is not None else []
+        strides = node.attributes.get("strides")
+        strides = list(strides.as_ints()) if strides is not None else [1] * spatial
+        auto = node.attributes.get("auto_pad")
+        if signature is None or not any(pads) or (auto is not None and auto.as_string() != "NOTSET"):
+            continue
+        if not any(signature[1 + i] == -1 and strides[i] > 1 for i in range(spatial)):
+            continue
+        if node.op_type == "AveragePool" and not attr_int(node, "count_include_pad", 0):
+            continue
+        # NHWC / NLC pads: none on the batch and channel axes.
+        begins, ends = [0, *pads[:spatial], 0], [0, *pads[spatial:], 0]
+        inputs = [x, _initializer(graph, names.new(f"{node.name}_pads"), np.array(begins + ends, np.int64))]
+        if node.op_type == "MaxPool":
+            lowest = _initializer(
+                graph, names.new(f"{node.name}_lowest"), np.array(np.finfo(np.float32).min, np.float32)
+            )
+            if get_quant(x) is not None:
+                set_quant(lowest, copy.copy(get_quant(x)))
+            inputs.append(lowest)
+        pad = ir.node("Pad", inputs, name=names.new(f"{node.name}_pad"))
+        padded = pad.outputs[0]
+        padded.name, padded.type = names.new(f"{x.name}_padded"), x.type
+        padded.shape = ir.Shape([d + b + e for d, b, e in zip(x.shape, begins, ends, strict=True)])
+        padded.meta[SIGNATURE_KEY] = signature
+        if get_quant(x) is not None:
+            shared = copy.copy(get_quant(x))
+            shared.shared_with = x.name
+            set_quant(padded, shared)
+        decision = get_decision(node)
+        if decision is not None:
+            set_decision(pad, decision.decision, "explicit padding: the op's SAME padding would depend on the size")
+        graph.insert_before(node, pad)
+        node.replace_input_with(0, padded)
+        node.attributes["pads"] = ir.AttrInt64s("pads", [0] * len(pads))
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
+    graph.register_initializer(value)
+    return value
 
 
 def merge(flats: Sequence[FlatModel], factors: Sequence[int] = FACTORS) -> FlatModel | StaticReason:

@@ -125,6 +125,16 @@ class FlatModel:
         self.tensors.append(tensor)
         return tensor
 
+    def rename(self, tensor: Tensor, name: str) -> None:
+        """Gives the tensor a new unique name (``name``, or ``name_<i>`` when taken), freeing its old one."""
+        self._names.discard(tensor.name)
+        base, i, unique = name, 0, name
+        while unique in self._names:
+            i += 1
+            unique = f"{base}_{i}"
+        self._names.add(unique)
+        tensor.name = unique
+
     def constant(self, name: str, array: np.ndarray, quant: Quant | None = None) -> Tensor:
         """Adds a constant tensor (0-d arrays stay 0-d; see TFLITE.md §8 pitfall 22)."""
         array = np.array(array, order="C")

@@ -35,7 +35,15 @@ from qcc.backends._qdq import materialize_qdq
 from qcc.backends._tflite_litert import compare_with_simulation
 from qcc.backends._tflite_lower import Lowering, absorb_activations
 from qcc.backends._tflite_ops import FAMILIES
-from qcc.backends._tflite_shapes import STATIC_NOTE, StaticReason, input_sizes, instances, mark_signatures, merge
+from qcc.backends._tflite_shapes import (
+    STATIC_NOTE,
+    StaticReason,
+    explicit_padding,
+    input_sizes,
+    instances,
+    mark_signatures,
+    merge,
+)
 from qcc.backends._tflite_sim import integer_exact
 from qcc.backends._tflite_validate import validate
 from qcc.backends._tflite_versions import stamp_versions
@@ -212,6 +220,8 @@ def _lower_dynamic(model: ir.Model, ctx: PassContext, sizes, dynamic) -> FlatMod
     for clone in clones:
         _prepare(clone, ctx)
     mark_signatures(clones)
+    for clone in clones:
+        explicit_padding(clone)
     io_int8 = ctx.options.io == IoType.INT8
     try:
         flats = [Lowering(io_int8=io_int8).lower(clone.graph) for clone in clones]

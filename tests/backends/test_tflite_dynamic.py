@@ -60,7 +60,7 @@ def mlp_batch() -> onnx.ModelProto:
     return _model(nodes, [x], [y], inits)
 
 
-def conv_width() -> onnx.ModelProto:
+def conv_width(height: int = 8) -> onnx.ModelProto:
     """Two convolutions (the second strided), then a Reshape to [N, C, H*W'] built from Shape."""
     _reseed()
     nodes = [
@@ -84,7 +84,7 @@ def conv_width() -> onnx.ModelProto:
         _const("minus1", np.array([-1], np.int64)),
         _const("wf", _weights(8, 5)),
     ]
-    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, "W"])
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, height, "W"])
     y = oh.make_tensor_value_info("y", TensorProto.FLOAT, None)
     return _model(nodes, [x], [y], inits)
 
@@ -180,6 +180,14 @@ CASES = {
         [(1, 3, 8, 16), (1, 3, 8, 40), (2, 3, 8, 12)],
         _images,
         {"x": [-1, 3, 8, -1]},
+    ),
+    # Odd sizes: TF SAME equals the stride-2 pads (1, 1) there but not at even widths.
+    "width_odd": (
+        lambda: conv_width(height=9),
+        [(1, 3, 9, 17), (2, 3, 9, 23)],
+        [(1, 3, 9, 17), (1, 3, 9, 40), (2, 3, 9, 13)],
+        _images,
+        {"x": [-1, 3, 9, -1]},
     ),
     "sequence": (encoder_sequence, [(1, 6), (4, 9)], [(1, 6), (1, 17), (3, 4)], _tokens, {"ids": [-1, -1]}),
 }
