@@ -280,26 +280,46 @@ def cumsum(lw: Lowering, node: ir.Node) -> None:
 
 
 def cumprod(lw: Lowering, node: ir.Node) -> None:
-    """CumProd -> REDUCE_PROD of SELECT_V2(triangular mask, x, 1) (see module docstring)."""
+    """CumProd -> REDUCE_PROD of SELECT_V2(triangular mask, x, 1) (see module docstring).
+
+    A run-time axis: the product is taken along every axis and SELECT_V2 keeps the one it names.
+    """
     rule = _Rule(lw, node)
     x = rule.data(0)
-    if x.dtype != _F32:
-        raise unsupported(node, f"{x.dtype} CumProd (the decomposition is float32)")
+    if x.dtype not in (_F32, _I32, _I64):
+        raise unsupported(node, f"a {x.dtype} CumProd (REDUCE_PROD in qcc takes float32, int32 and int64)")
     rank = len(x.shape)
-    axis = _axis_input(node, rank)
+    if const_array(node.inputs[1]) is not None or rank == 1:
+        rule.finish(_cumprod_along(rule, x, _axis_input(node, rank)))
+        return
+    if rank > _MAX_SELECT_RANK:
+        raise unsupported(node, f"a run-time axis on a rank-{rank} input")
+    axis = rule.reshape(rule.int32(1), [])
+    axis = rule.op("FLOOR_MOD", [axis, rule.const(rank, np.int32)], [], _I32, "FloorModOptions")
+    result = _cumprod_along(rule, x, rank - 1)
+    for a in reversed(range(rank - 1)):
+        chosen = rule.op("EQUAL", [axis, rule.const(a, np.int32)], [], _BOOL, "EqualOptions")
+        candidate = _cumprod_along(rule, x, a)
+        result = rule.op("SELECT_V2", [chosen, candidate, result], x.shape, x.dtype, "SelectV2Options")
+    rule.finish(result)
+
+
+def _cumprod_along(rule: _Rule, x: Tensor, axis: int) -> Tensor:
+    node = rule.node
     n = x.shape[axis]
     if int(np.prod(x.shape)) * n > _MAX_PAIRWISE_ELEMENTS:
         raise unsupported(node, f"CumProd over {n} elements of {x.shape} (needs an [..., {n}, {n}] intermediate)")
-    perm = [a for a in range(rank) if a != axis] + [axis]
+    perm = [a for a in range(len(x.shape)) if a != axis] + [axis]
     moved = rule.transpose(x, perm)
     count = int(np.prod(moved.shape[:-1]))
     i, j = np.arange(n)[:, None], np.arange(n)[None, :]
     exclusive, reverse = attr_int(node, "exclusive", 0), attr_int(node, "reverse", 0)
     mask = (j > i if exclusive else j >= i) if reverse else (j < i if exclusive else j <= i)
     row = rule.reshape(moved, [count, 1, n])
-    spread = rule.op("SELECT_V2", [rule.const(mask), row, rule.const(1.0, np.float32)], [count, n, n])
-    product = rule.op("REDUCE_PROD", [spread, rule.const([2], np.int32)], [count, n], options="ReducerOptions")
-    rule.finish(rule.transpose(rule.reshape(product, moved.shape), np.argsort(perm)))
+    one = rule.const(np.ones((), x.dtype))
+    spread = rule.op("SELECT_V2", [rule.const(mask), row, one], [count, n, n], x.dtype, "SelectV2Options")
+    product = rule.op("REDUCE_PROD", [spread, rule.const([2], np.int32)], [count, n], x.dtype, "ReducerOptions")
+    return rule.transpose(rule.reshape(product, moved.shape), np.argsort(perm))
 
 
 # -- gathers --------------------------------------------------------------------------------------

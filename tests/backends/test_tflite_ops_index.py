@@ -68,6 +68,11 @@ FLOAT_CASES = {
         "g (float[4] i, float[1] d, float[2] v) => (float[4,3] y) { y = OneHot(i, d, v) }",
         {"i": np.array([0, 2.7, -1, 5], np.float32), "d": np.array([3], np.float32), "v": np.array([1, 4], np.float32)},
     ),
+    "cumprod_int64_runtime_axis": (
+        26,
+        "g (int64[2,3] x, int64 a, float[2] f) => (int64[2,3] y, float[2] z) { y = CumProd(x, a)\n z = Relu(f) }",
+        {"x": np.array([[1, -2, 3], [4, 0, 5]], np.int64), "a": np.array(0, np.int64), "f": _x(2)},
+    ),
     "cumprod_axis1": (
         26,
         "g (float[2,5] x) => (float[2,5] y) { y = CumProd(x, ax) }",
