@@ -1,35 +1,39 @@
 """TFLite lowering rules: indexing and data movement (ArgMax, TopK, Scatter*, Tile, Einsum, ...).
 
 Rules follow docs/tflite.md "Adding a lowering". ``LOWERINGS`` is merged into the registry in
-``_tflite_ops`` after the base rules (a key here replaces a base rule of the same op).
-``SHARED_SCALE_OPS`` extends ``TFLITE_SPEC`` with the ops that only move (or zero) the bytes of
-input 0 and whose builtins have int8 kernels (TILE, DEPTH_TO_SPACE, SPACE_TO_DEPTH, GATHER_ND,
-GATHER, SLICE, PAD, SELECT_V2): next to int8 neighbours they run int8 with their input's
-parameters. The plan treats only the inputs ``compiler/optable.py`` lists as data, so GatherND,
-Compress, CenterCropPad and Trilu with ``k`` stay float until it lists them as ``(0,)``.
-REVERSE_SEQUENCE has no int8 kernel; every other op here runs in float.
+``_tflite_ops`` after the base rules (a key here replaces a base rule of the same op; the
+run-time shape rules of ``_tflite_ops_shape`` still take Shape, Size, Range and ConstantOfShape
+when a dimension is dynamic). ``SHARED_SCALE_OPS`` extends ``TFLITE_SPEC`` with the ops that
+only move (or zero) the bytes of input 0 and whose builtins have int8 kernels (TILE,
+DEPTH_TO_SPACE, SPACE_TO_DEPTH, GATHER_ND, GATHER, SLICE, PAD, SELECT_V2): next to int8
+neighbours they run int8 with their input's parameters. The plan treats only the inputs
+``compiler/optable.py`` lists as data, so GatherND, Compress, CenterCropPad and Trilu with ``k``
+stay float until it lists them as ``(0,)``. REVERSE_SEQUENCE has no int8 kernel; every other op
+here runs in float (float16/float64 data is float32 inside the artifact).
 
-The artifact has static shapes, so an op whose output is fixed by the shapes (Shape, Size,
-EyeLike, Constant, and the repeats of Tile or the target of CenterCropPad) is written from the
-shapes, and an op whose output *length* depends on the values (NonZero, Unique, Compress with a
-run-time condition) is refused. Rewrites where TFLite has no single builtin:
+Static shapes decide some outputs: Shape, Size, EyeLike and Constant are written as constants,
+the repeats of Tile, the target of CenterCropPad and a run-time OneHot depth are read from the
+output shape. An output whose *length* depends on the values (NonZero, Unique, Compress with a
+run-time condition) is lowered when the model declares that length, and refused otherwise.
+Rewrites where TFLite has no single builtin:
 
 * ``ArgMax(select_last_index=1)``: ``n - 1 - ARG_MAX(REVERSE_V2(x))``; keepdims by RESHAPE.
 * ``TopK`` on axis ``a``: TOPK_V2 works on the last axis, so TRANSPOSE swaps ``a`` there and back;
   ``largest=0`` is ``-TOPK_V2(-x)`` (ties keep the lower index first in both).
 * ``DepthToSpace`` CRD: channel ``c * b^2 + i * b + j`` is DCR's ``(i * b + j) * C + c``, so a
   constant GATHER of the channels turns CRD into DEPTH_TO_SPACE's DCR order (the inverse for
-  SpaceToDepth CRD).
+  SpaceToDepth CRD). Both see NHWC data (``layout-nhwc`` lists them as layout ops).
 * ``GatherND(batch_dims=b)``: the batch coordinates are concatenated in front of the indices.
   ``GatherElements``: ``out[p] = data[p with p[axis] = idx[p]]``, a GATHER_ND whose coordinates
   are a constant grid with the indices put on ``axis``. Negative indices: FLOOR_MOD by the size.
-* ``ScatterND``: TFLite's SCATTER_ND writes into zeros and sums duplicates, so
+* ``ScatterND``: TFLite's SCATTER_ND writes into zeros and sums repeats, so
   ``none: SELECT_V2(mask, S(u), data)``, ``add: data + S(u)``, ``mul/max/min: SELECT_V2(mask,
-  op(data, S(u)), data)`` where ``S(u) = SCATTER_ND(idx, u, shape)`` and ``mask = S(1) > 0``. For
-  mul/max/min with repeated (or run-time) indices the updates are applied one at a time.
+  op(data, S(u)), data)`` where ``S(u) = SCATTER_ND(idx, u, shape)`` and ``mask = S(true)``.
+  Repeated constant indices (and run-time ones for mul/max/min) apply the updates one at a time.
   ``ScatterElements`` becomes ScatterND with the GatherElements coordinates.
 * ``CumProd`` on an axis of length ``n``: ``REDUCE_PROD_j(SELECT_V2(M, x[j], 1))`` with the
-  constant ``[n, n]`` mask ``M[i, j] = j <= i`` (``j < i`` exclusive, ``>=``/``>`` reversed).
+  constant ``[n, n]`` mask ``M[i, j] = j <= i`` (``j < i`` exclusive, ``>=``/``>`` reversed); a
+  run-time axis computes every axis and SELECT_V2 keeps the one it names. CumSum is CUMSUM.
 * ``Einsum`` with one or two operands: a letter repeated in one operand takes the diagonal
   (``SUM_j SELECT_V2(i == j, x, 0)``), letters of one operand only and not in the output are
   summed away (SUM), then ``A -> [batch, free_a, contracted]``, ``B -> [batch, contracted,
@@ -38,9 +42,9 @@ run-time condition) is refused. Rewrites where TFLite has no single builtin:
 * ``OneHot``: negative indices count back (``i + depth``), out-of-range ones give an off row,
   as TFLite's ONE_HOT does for them.
 * ``CenterCropPad``: SLICE then PAD, the start at ``(in - out) // 2`` (pad before ``(out - in) // 2``).
-
-float16/float64 tensors are CAST to float32 around the float rules when the writer can store
-them, and refused otherwise.
+* ``NonZero``, ``Unique``, run-time ``Compress``: the positions of the ``k`` true entries are
+  ``SCATTER_ND(CUMSUM(flags, exclusive), arange)`` (see :func:`_true_positions`); Unique
+  compares every pair of slices (see :func:`unique`).
 """
 
 from __future__ import annotations
