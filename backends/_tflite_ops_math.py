@@ -20,9 +20,9 @@ large arguments, so sinh and cosh; tan up to 8e-6 relative next to its poles):
   ``h = e^(x/2)``, finite wherever the result is), ``asinh x = sign(x) log(|x| + sqrt(x^2 + 1))``
   (odd, so no cancellation for x < 0), ``acosh x = log(x + sqrt((x - 1)(x + 1)))``, both through
   ``log 2|x|`` beyond 2^60 where ``x^2`` would overflow, ``atanh x = log((1 + x) / (1 - x)) / 2``;
-* ``elu x = max(x, 0) + alpha (exp(min(x, 0)) - 1)`` (ELU itself when alpha = 1),
-  ``selu = gamma elu_alpha``, ``celu x = max(x, 0) + alpha (exp(min(x, 0) / alpha) - 1)``;
-* ``softplus x = max(x, 0) + log(1 + exp(-|x|))`` (never overflows), ``mish x = x tanh(softplus x)
+* ``elu x = relu(x) + alpha (exp(min(x, 0)) - 1)`` (ELU itself when alpha = 1),
+  ``selu = gamma elu_alpha``, ``celu x = relu(x) + alpha (exp(min(x, 0) / alpha) - 1)``;
+* ``softplus x = relu(x) + log(1 + exp(-|x|))`` (never overflows), ``mish x = x tanh(softplus x)
   = x n / (n + 2)`` with ``n = e^x (e^x + 2)`` (``(1 + e^x)^2 = n + 1``; relative precision for
   x < 0, and fewer ops), ``softsign x = x / (1 + |x|)``, ``swish x = x sigmoid(alpha x)``;
 * ThresholdedRelu and Shrink select with comparisons (SELECT_V2);
@@ -37,7 +37,10 @@ large arguments, so sinh and cosh; tan up to 8e-6 relative next to its poles):
 
 LiteRT's builtin float ADD, SUB, MUL and DIV saturate at +-FLT_MAX (their NONE activation is a
 clamp to the float range), so a chain through them turns an infinite input into a large finite
-output on those kernels; XNNPACK keeps the infinity. NaN propagates on both.
+output on those kernels; XNNPACK keeps the infinity. For a NaN operand the builtin MAXIMUM and
+MINIMUM return the number (Max and Min inherit that) and XNNPACK's EXP returns 0; the
+decompositions here keep a NaN input NaN on both (RELU for ``max(x, 0)``, a SELECT_V2 on
+``x == x`` after sinh's and cosh's exponentials).
 
 LiteRT's float kernels compute in float32: converting float16/float64 values is the lowering's
 job (a CAST at the model's edges); a rule handed such a tensor refuses the node and says so.
@@ -250,15 +253,17 @@ def _half_exps(c: MathChain, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def sinh(lw: Lowering, node: ir.Node) -> None:
-    """Sinh -> e^x / 2 - e^-x / 2."""
+    """Sinh -> e^x / 2 - e^-x / 2 (NaN kept: XNNPACK's EXP maps NaN to 0)."""
     c = MathChain(lw, node)
-    c.result("SUB", *_half_exps(c, c.arg(0)))
+    x = c.arg(0)
+    c.result("SELECT_V2", c.compare("EQUAL", x, x), c.f("SUB", *_half_exps(c, x)), x)
 
 
 def cosh(lw: Lowering, node: ir.Node) -> None:
-    """Cosh -> e^x / 2 + e^-x / 2."""
+    """Cosh -> e^x / 2 + e^-x / 2 (NaN kept: XNNPACK's EXP maps NaN to 0)."""
     c = MathChain(lw, node)
-    c.result("ADD", *_half_exps(c, c.arg(0)))
+    x = c.arg(0)
+    c.result("SELECT_V2", c.compare("EQUAL", x, x), c.f("ADD", *_half_exps(c, x)), x)
 
 
 # Beyond this magnitude x^2 could overflow float32; there asinh |x| = acosh |x| = log 2|x| to
@@ -313,12 +318,14 @@ def atanh(lw: Lowering, node: ir.Node) -> None:
 
 
 def _elu_terms(c: MathChain, x: Tensor, alpha: float, inner: float = 1.0) -> tuple[Tensor, Tensor]:
-    """``max(x, 0)`` and ``alpha (exp(min(x, 0) / inner) - 1)``, whose sum is ELU (CELU with ``inner``)."""
+    """``max(x, 0)`` and ``alpha (exp(min(x, 0) / inner) - 1)``, whose sum is ELU (CELU with ``inner``).
+
+    ``max(x, 0)`` is RELU, which keeps a NaN (LiteRT's builtin MAXIMUM returns the number).
+    """
     negative = c.f("MINIMUM", x, c.const(0.0))
     if inner != 1.0:
         negative = c.f("MUL", negative, c.const(1.0 / inner))
-    curve = c.f("MUL", c.f("SUB", c.f("EXP", negative), c.const(1.0)), c.const(alpha))
-    return c.f("MAXIMUM", x, c.const(0.0)), curve
+    return c.f("RELU", x), c.f("MUL", c.f("SUB", c.f("EXP", negative), c.const(1.0)), c.const(alpha))
 
 
 def elu(lw: Lowering, node: ir.Node) -> None:
@@ -351,9 +358,9 @@ def celu(lw: Lowering, node: ir.Node) -> None:
 
 
 def _softplus(c: MathChain, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``max(x, 0)`` and ``log(1 + exp(-|x|))``, whose sum is softplus without overflow."""
+    """``max(x, 0)`` (RELU) and ``log(1 + exp(-|x|))``, whose sum is softplus without overflow."""
     tail = c.f("LOG", c.f("ADD", c.f("EXP", c.f("NEG", c.f("ABS", x))), c.const(1.0)))
-    return c.f("MAXIMUM", x, c.const(0.0)), tail
+    return c.f("RELU", x), tail
 
 
 def softplus(lw: Lowering, node: ir.Node) -> None:

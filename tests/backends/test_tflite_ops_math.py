@@ -55,7 +55,7 @@ UNARY = {
     "acosh": ("y = Acosh(x)", _uniform(1, 50), {"LOG", "SQRT"}),
     "atanh": ("y = Atanh(x)", _uniform(-0.99, 0.99), {"LOG"}),
     "elu": ("y = Elu(x)", _NORMAL, {"ELU"}),
-    "elu_alpha": ("y = Elu<alpha=0.5>(x)", _NORMAL, {"EXP", "MAXIMUM"}),
+    "elu_alpha": ("y = Elu<alpha=0.5>(x)", _NORMAL, {"EXP", "RELU", "MINIMUM"}),
     "selu": ("y = Selu(x)", _NORMAL, {"EXP"}),
     "celu": ("y = Celu<alpha=2.0>(x)", _NORMAL, {"EXP"}),
     "softplus": ("y = Softplus(x)", lambda rng, shape: rng.normal(0, 30, shape), {"EXP", "LOG"}),
@@ -98,6 +98,20 @@ def test_unary_op_matches_onnxruntime_on_both_resolvers(name):
     assert builtins <= _builtins(data)
 
 
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary_op_keeps_nan_and_inf_like_onnxruntime(name):
+    body = UNARY[name][0]
+    model = _model(body, "float[6] x", out="float[6] y")
+    result = qcc.compile(model, target="tflite", calibration=[{"x": np.linspace(0.1, 0.9, 6, dtype=np.float32)}])
+    feed = {"x": np.array([np.nan, -np.inf, np.inf, 0.5, -0.5, 0.0], np.float32)}
+    expected = run_ort(model, feed)[0]
+    for resolver in ("xnnpack", "builtin"):
+        got = run(interpreter(result.artifact.data, resolver), feed)[0]
+        # LiteRT's builtin float ADD/MUL/DIV saturate at +-FLT_MAX: infinite inputs are checked on XNNPACK.
+        kept = ~np.isinf(feed["x"]) if resolver == "builtin" else slice(None)
+        np.testing.assert_allclose(got[kept], expected[kept], rtol=2e-6, atol=1e-7, err_msg=resolver)
+
+
 def test_round_is_half_to_even():
     model = _model("y = Round(x)", "float[8] x", out="float[8] y")
     feed = {"x": np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.5], np.float32)}
@@ -137,6 +151,28 @@ def test_rank5_comparisons_run_on_a_flat_view():
     model = _model("y = ThresholdedRelu<alpha=0.2>(x)", "float[1,2,3,4,5] x", out="float[1,2,3,4,5] y")
     feed = {"x": np.random.default_rng(1).normal(0, 1, (1, 2, 3, 4, 5)).astype(np.float32)}
     _check_float(model, feed)
+
+
+@pytest.mark.parametrize(
+    "body, rank",
+    [
+        ("y = Atan(x)", 3),  # FILL(SHAPE(x), 1)
+        ("y = ThresholdedRelu<alpha=0.2>(x)", 5),  # RESHAPE to [-1] and back
+        ("y = Max(x, x)", 3),
+        ("y = Sum(x)", 3),
+    ],
+)
+def test_dynamic_batch_runs_at_another_size(body, rank):
+    dims = ",".join(["N"] + [str(d) for d in (2, 3, 4, 5)[: rank - 1]])
+    model = _model(body, f"float[{dims}] x", out=f"float[{dims}] y")
+    rng = np.random.default_rng(5)
+    sample = {"x": rng.normal(0, 1, (1, 2, 3, 4, 5)[:rank]).astype(np.float32)}
+    result = qcc.compile(model, target="tflite", calibration=[sample], verify=False)
+    feed = {"x": rng.normal(0, 1, (3, 2, 3, 4, 5)[:rank]).astype(np.float32)}
+    expected = run_ort(model, feed)[0]
+    for resolver in ("xnnpack", "builtin"):
+        got = interpreter(result.artifact.data, resolver).get_signature_runner()(**feed)["y"]
+        np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6, err_msg=resolver)
 
 
 def test_swish_opset24():
