@@ -142,8 +142,8 @@ def _lower_graph(lw: Lowering, node: ir.Node, key: str, graph: ir.Graph) -> None
     from qcc.backends._tflite_ops import LOWERINGS
 
     opset = node.graph.opset_imports.get("", 17) if node.graph is not None else 17
+    where = f"{node.name!r} {key}"
     for inner in graph:
-        where = f"{node.name!r} {key}"
         if inner.op_type == "Constant" and inner.domain in ("", "ai.onnx"):
             _constant(lw, inner)
             continue
@@ -165,8 +165,8 @@ def _lower_graph(lw: Lowering, node: ir.Node, key: str, graph: ir.Graph) -> None
             raise BackendError(
                 f"node {inner.name!r} ({inner.op_type}) in {where} (If) is a channels-first image op; qcc's NHWC "
                 "layout pass does not rewrite If branches.",
-                "fix the condition at export time (canonicalize then inlines the taken branch), or move the op out "
-                "of the branch.",
+                "fix the condition before compiling (make the input it depends on an initializer) so qcc inlines "
+                "the taken branch, or move the op out of the branch.",
             )
         try:
             rule(lw, inner)
