@@ -1,9 +1,10 @@
 """Indexing and data-movement ops lowered to TFLite (``backends/_tflite_ops_index.py``).
 
 float: the float pipeline written by the tflite emitter, run in LiteRT under both resolvers and
-compared with ONNX Runtime on the ONNX model. int8: the data-movement ops that share their
-input's parameters (Tile, DepthToSpace, SpaceToDepth) after a Conv, checked by ``verify()``
-against the ORT simulation on both resolvers and shown to run on int8 tensors.
+compared with ONNX Runtime on the ONNX model (integer outputs stay integer). int8: the ops that
+share their input's parameters (Tile, DepthToSpace, SpaceToDepth, GatherND, GatherElements,
+Compress, CenterCropPad, Trilu) after a Conv, checked by ``verify()`` against the ORT simulation
+on both resolvers and shown to move int8 tensors. Refusals name their reason.
 """
 
 from __future__ import annotations
