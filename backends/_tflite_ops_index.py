@@ -674,10 +674,13 @@ def one_hot(lw: Lowering, node: ir.Node) -> None:
     indices = lw.read(node.inputs[0], False)
     if indices.dtype.kind == "f":
         indices = rule.cast(rule.cast(indices, _F32), _I32)  # ONNX casts non-integer indices, truncating
-    indices = rule.cast(indices, _I32)
+    shape = indices.shape
+    # Flat while comparing with a scalar: TFLite broadcasts comparisons up to 4-D.
+    indices = rule.reshape(rule.cast(indices, _I32), [int(np.prod(shape))])
     negative = rule.op("LESS", [indices, rule.const(0, np.int32)], indices.shape, _BOOL, "LessOptions")
     moved = rule.op("ADD", [indices, rule.const(depth, np.int32)], indices.shape, _I32, "AddOptions")
     indices = rule.op("SELECT_V2", [negative, moved, indices], indices.shape, _I32, "SelectV2Options")
+    indices = rule.reshape(indices, shape)
     values = const_array(node.inputs[2])
     y = rule.result()
     if values is not None:
@@ -765,10 +768,12 @@ def non_zero(lw: Lowering, node: ir.Node) -> None:
     """NonZero with a static count ``k`` -> the flat positions of the non-zero entries, unravelled.
 
     ``coords[d] = FLOOR_MOD(FLOOR_DIV(pos, stride_d), dim_d)`` for the positions of
-    :func:`_true_positions`; ``k`` is the count of the first calibration sample.
+    :func:`_true_positions`; ``k`` is the length the model declares.
     """
     rule = _Rule(lw, node)
     k = _static_count(node, 0, 1)
+    if k == 0:
+        raise unsupported(node, "a declared length of 0 (an empty output)")
     x = rule.cast(lw.read(node.inputs[0], False), _F32) if node.inputs[0].dtype.is_floating_point() else None
     x = lw.read(node.inputs[0], False) if x is None else x
     dims = list(x.shape)
@@ -780,9 +785,6 @@ def non_zero(lw: Lowering, node: ir.Node) -> None:
     else:
         zero = rule.const(np.zeros((), flat.dtype))
         flags = rule.op("NOT_EQUAL", [flat, zero], flat.shape, _BOOL, "NotEqualOptions")
-    if k == 0:
-        _write_constant(lw, node, np.zeros((len(dims), 0), np.int64))
-        return
     positions = rule.reshape(_true_positions(rule, flags, k), [1, k])
     strides = np.array([int(np.prod(dims[d + 1 :])) for d in range(len(dims))], np.int32).reshape(-1, 1)
     shape = [len(dims), k]
