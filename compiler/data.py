@@ -209,7 +209,7 @@ def _check_array(array: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
         raise CalibrationDataError(
             f"{label} contains NaN or Inf values.", "remove or replace the non-finite values."
         )
-    return np.ascontiguousarray(array, dtype=spec.dtype)
+    return np.asarray(array, dtype=spec.dtype, order="C")  # (ascontiguousarray would make a scalar 1-d)
 
 
 def _kind(dtype: np.dtype) -> str:

@@ -93,3 +93,11 @@ def test_spaced_samples_are_evenly_spaced_and_an_iterator_gives_its_spread():
     once = CalibrationData(iter(feeds), specs)
     list(once)
     assert [int(f["x"][0, 0]) for _, f in once.spaced(4)] == [int(f["x"][0, 0]) for f in once.spread(4)]
+
+
+def test_scalar_inputs_stay_scalars():
+    from qcc.data import CalibrationData, InputSpec
+
+    data = CalibrationData([{"rate": np.array(16000, np.int64)}], [InputSpec("rate", np.dtype(np.int64), ())])
+    (feed,) = list(data)
+    assert feed["rate"].shape == ()
