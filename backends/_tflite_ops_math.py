@@ -39,8 +39,8 @@ LiteRT's builtin float ADD, SUB, MUL and DIV saturate at +-FLT_MAX (their NONE a
 clamp to the float range), so a chain through them turns an infinite input into a large finite
 output on those kernels; XNNPACK keeps the infinity. For a NaN operand the builtin MAXIMUM and
 MINIMUM return the number (Max and Min inherit that) and XNNPACK's EXP returns 0; the
-decompositions here keep a NaN input NaN on both (RELU for ``max(x, 0)``, a SELECT_V2 on
-``x == x`` after sinh's and cosh's exponentials).
+decompositions here keep a NaN input NaN on both (RELU for ``max(x, 0)``; sinh and cosh add
+``min(relu(x), 0)``, which is 0 or NaN on XNNPACK).
 
 LiteRT's float kernels compute in float32: converting float16/float64 values is the lowering's
 job (a CAST at the model's edges); a rule handed such a tensor refuses the node and says so.
@@ -252,18 +252,27 @@ def _half_exps(c: MathChain, x: Tensor) -> tuple[Tensor, Tensor]:
     return halves[0], halves[1]
 
 
+def _nan_of(c: MathChain, x: Tensor) -> Tensor:
+    """``min(relu(x), 0)``: 0, or NaN where ``x`` is NaN on XNNPACK, whose EXP maps NaN to 0.
+
+    Added to a result of EXPs it restores the NaN with ops XNNPACK takes (a SELECT_V2 would
+    split the delegated graph); on the builtin kernels EXP keeps the NaN itself.
+    """
+    return c.f("MINIMUM", c.f("RELU", x), c.const(0.0))
+
+
 def sinh(lw: Lowering, node: ir.Node) -> None:
-    """Sinh -> e^x / 2 - e^-x / 2 (NaN kept: XNNPACK's EXP maps NaN to 0)."""
+    """Sinh -> e^x / 2 - e^-x / 2 (+ the NaN of x)."""
     c = MathChain(lw, node)
     x = c.arg(0)
-    c.result("SELECT_V2", c.compare("EQUAL", x, x), c.f("SUB", *_half_exps(c, x)), x)
+    c.result("ADD", c.f("SUB", *_half_exps(c, x)), _nan_of(c, x))
 
 
 def cosh(lw: Lowering, node: ir.Node) -> None:
-    """Cosh -> e^x / 2 + e^-x / 2 (NaN kept: XNNPACK's EXP maps NaN to 0)."""
+    """Cosh -> e^x / 2 + e^-x / 2 (+ the NaN of x)."""
     c = MathChain(lw, node)
     x = c.arg(0)
-    c.result("SELECT_V2", c.compare("EQUAL", x, x), c.f("ADD", *_half_exps(c, x)), x)
+    c.result("ADD", c.f("ADD", *_half_exps(c, x)), _nan_of(c, x))
 
 
 # Beyond this magnitude x^2 could overflow float32; there asinh |x| = acosh |x| = log 2|x| to
