@@ -30,7 +30,8 @@ The maths, with ``m = mean``, ``v = mean((x - m)^2)`` over the op's axes (keepin
   Hardmax = ONE_HOT(ARG_MAX(x, axis), axis) (ARG_MAX keeps the first of equal maxima, as ONNX).
 * LpPool = ``(sum_window |x|^p)^(1/p)``: ABS/MUL/POW, a sum pooling (``_tflite_ops_window.pool_2d``,
   zeros in the pads) on channels-last data (TRANSPOSEs around it unless the layout pass made the
-  node channels-last), then SQRT/POW; GlobalLpPool = the same with SUM over the spatial axes.
+  node channels-last; a 3-D window is summed tap by tap on channels-first data), then SQRT/POW;
+  GlobalLpPool = the same with SUM over the spatial axes.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_float import FloatChain, wanted
-from qcc.backends._tflite_ops_window import int_list, pool_2d, unsupported, window
+from qcc.backends._tflite_ops_window import int_list, pool_2d, pool_channels_first, unsupported, window
 from qcc.backends._tflite_writer import TENSOR_TYPES, Tensor
 from qcc.irutils import attr_float, attr_int, const_array
 from qcc.passes.layout_nhwc import LAYOUT_KEY, channels_first, channels_last
@@ -463,11 +464,15 @@ def lp_pool(lw: Lowering, node: ir.Node) -> None:
     chain = FloatChain(lw, node)
     x = chain.input(0)
     rank, p = len(x.shape), _p(node)
-    win = window(node, int_list(node, "kernel_shape", []))
-    if attr_int(node, "count_include_pad", 0):
-        raise unsupported(node, "LpPool with count_include_pad")
     y = chain.output()
     last = node.meta.get(LAYOUT_KEY) is not None
+    if rank == 5 and not last:
+        summed = lw.model.tensor(f"{node.name}_sum", y.shape, np.float32)
+        pool_channels_first(lw, node, _power(chain, x, p), summed, "sum", include_pad=False)
+        _root(chain, summed, p, y)
+        chain.finish()
+        return
+    win = window(node, int_list(node, "kernel_shape", []))
     if not last:
         x = chain.op("TRANSPOSE", [x, chain.array(channels_last(rank), np.int32)],
                      tuple(x.shape[a] for a in channels_last(rank)), "TransposeOptions")

@@ -15,13 +15,14 @@ so they copy nothing and share parameters. A 1-D weight ``[O, I/g, k]`` is the 2
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
 import onnx_ir as ir
 
 from qcc.annotations import get_quant
-from qcc.backends._tflite_lower import ACT_NONE, FUSED_KEY, Lowering, shape_of
+from qcc.backends._tflite_lower import ACT_NONE, ACT_RELU, ACT_RELU6, ACT_RELU_N1_TO_1, FUSED_KEY, Lowering, shape_of
 from qcc.backends._tflite_writer import TENSOR_TYPES, Quant, Tensor
 from qcc.errors import BackendError
 from qcc.irutils import attr_float, attr_int, const_array
@@ -154,6 +155,9 @@ def conv(lw: Lowering, node: ir.Node) -> None:
     A weight that is a graph input (the plan keeps such a node float) is transposed at run time.
     """
     w_shape = shape_of(node.inputs[1])
+    if len(w_shape) == 5:
+        _volume(lw, node, transpose=False)
+        return
     win = window(node, list(w_shape[2:]))
     x = as_image(lw, node, lw.input(node, 0))
     group = attr_int(node, "group", 1)
@@ -233,6 +237,9 @@ def conv_transpose(lw: Lowering, node: ir.Node) -> None:
     CONCATENATION, in float (int8: on the dequantized input and weights, then QUANTIZE).
     """
     w_shape = shape_of(node.inputs[1])
+    if len(w_shape) == 5:
+        _volume(lw, node, transpose=True)
+        return
     win = window(node, list(w_shape[2:]))
     group = attr_int(node, "group", 1)
     dilated = win.dilations != [1, 1]
@@ -315,27 +322,130 @@ def _float_constant(lw: Lowering, node: ir.Node, index: int) -> np.ndarray:
     return np.asarray(array, np.float32)
 
 
-def _transpose_begins(node: ir.Node, win: Window, in_hw, out_hw, extent) -> list[int]:
-    """The cells ONNX crops from the start of a ConvTranspose's full output, per axis (h, w).
+def _volume(lw: Lowering, node: ir.Node, transpose: bool) -> None:
+    """3-D Conv / ConvTranspose -> CONV_3D / CONV_3D_TRANSPOSE on NDHWC data (float kernels only).
+
+    The layout pass leaves 5-D tensors NCDHW, so the data is TRANSPOSEd in and out. CONV_3D takes
+    ``[kd, kh, kw, in, out]`` filters, CONV_3D_TRANSPOSE ``[kd, kh, kw, out, in]``. Pads are an
+    explicit PAD before CONV_3D (VALID); the transposed convolution writes its full VALID output
+    without bias, PADs the ``output_padding`` cells, SLICEs the crop, and ADDs the bias. An int8
+    node runs on its dequantized input and weights and QUANTIZEs the result.
+    """
+    if attr_int(node, "group", 1) != 1:
+        raise unsupported(node, "a grouped 3-D convolution (TFLite's CONV_3D has no groups)")
+    w_value = node.inputs[1]
+    kernel = list(shape_of(w_value)[2:])
+    strides, dilations = int_list(node, "strides", [1, 1, 1]), int_list(node, "dilations", [1, 1, 1])
+    auto = node.attributes.get("auto_pad")
+    auto = auto.as_string() if auto is not None else "NOTSET"
+    x = _dequantized(lw, node, 0)
+    y = lw.output(node)
+    result = _float_result(lw, node, y)
+    to_last, to_first = (0, 2, 3, 4, 1), (0, 4, 1, 2, 3)
+    inner = _transposed(lw, node, x, to_last)
+    out_sizes = y.shape[2:]
+    # ONNX [Cout, Cin, k...] -> [k..., Cin, Cout]; transposed, [Cin, Cout, k...] -> [k..., Cout, Cin].
+    perm = (2, 3, 4, 1, 0)
+    channels = shape_of(w_value)[1 if transpose else 0]
+    if const_array(w_value) is not None:
+        array = _float_constant(lw, node, 1)
+        if transpose and dilations != [1, 1, 1]:
+            dilated = np.zeros((*array.shape[:2], *((k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True))),
+                               np.float32)
+            dilated[:, :, :: dilations[0], :: dilations[1], :: dilations[2]] = array
+            array = dilated
+        w = lw.constant(f"{w_value.name}_3d", np.ascontiguousarray(array.transpose(perm)))
+    elif transpose and dilations != [1, 1, 1]:
+        raise unsupported(node, "a dilated 3-D ConvTranspose whose weight is not a constant")
+    else:
+        w = _transposed(lw, node, lw.read(w_value, False), perm)
+    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    options = {"stride_d": strides[0], "stride_h": strides[1], "stride_w": strides[2]}
+    if not transpose:
+        pads = int_list(node, "pads", [0] * 6)
+        begin, end, _ = _nd_pads(kernel, strides, dilations, pads, auto, x.shape[2:], out_sizes)
+        if any(begin) or any(end):
+            paddings = lw.constant(f"{node.name}_paddings", np.array([[0, 0], *zip(begin, end, strict=True), [0, 0]],
+                                                                      np.int32))
+            shape = (inner.shape[0], *(d + b + e for d, b, e in zip(inner.shape[1:4], begin, end, strict=True)),
+                     inner.shape[4])
+            padded = lw.model.tensor(f"{node.name}_padded", shape, np.float32)
+            lw.op("PAD", [inner, paddings], [padded], "PadOptions", source=node.name)
+            inner = padded
+        bias = _dequantized(lw, node, 2) if has_bias else -1
+        conv_out = lw.model.tensor(f"{node.name}_ndhwc", (y.shape[0], *out_sizes, channels), np.float32)
+        lw.op("CONV_3D", [inner, w, bias], [conv_out], "Conv3DOptions", source=node.name, padding=VALID,
+              dilation_d_factor=dilations[0], dilation_h_factor=dilations[1], dilation_w_factor=dilations[2],
+              fused_activation_function=node.meta.get(FUSED_KEY, ACT_NONE), **options)
+    else:
+        extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+        nominal = [(i - 1) * s + k for i, s, k in zip(x.shape[2:], strides, extent, strict=True)]
+        begins = _transpose_crop(node, auto, x.shape[2:], out_sizes, strides, extent)
+        if any(b < 0 for b in begins):
+            raise unsupported(node, f"ConvTranspose cropping {begins} from {nominal} to {list(out_sizes)}")
+        full = (y.shape[0], *nominal, channels)
+        conv_out = lw.model.tensor(f"{node.name}_full", full, np.float32)
+        shape_t = lw.constant(f"{node.name}_output_shape", np.array(full, np.int32))
+        lw.op("CONV_3D_TRANSPOSE", [shape_t, w, inner], [conv_out], "Conv3DOptions", source=node.name,
+              padding=VALID, dilation_d_factor=1, dilation_h_factor=1, dilation_w_factor=1, **options)
+        extra = [max(b + o - n, 0) for b, o, n in zip(begins, out_sizes, nominal, strict=True)]
+        if any(extra):
+            paddings = lw.constant(f"{node.name}_extra", np.array([[0, 0], *((0, e) for e in extra), [0, 0]],
+                                                                  np.int32))
+            grown = lw.model.tensor(f"{node.name}_grown", (full[0], *(n + e for n, e in zip(nominal, extra,
+                                                                                             strict=True)), channels),
+                                    np.float32)
+            lw.op("PAD", [conv_out, paddings], [grown], "PadOptions", source=node.name)
+            conv_out = grown
+        if tuple(conv_out.shape[1:4]) != tuple(out_sizes):
+            cropped = lw.model.tensor(f"{node.name}_cropped", (full[0], *out_sizes, channels), np.float32)
+            begin_t = lw.constant(f"{node.name}_crop_begin", np.array([0, *begins, 0], np.int32))
+            size_t = lw.constant(f"{node.name}_crop_size", np.array(cropped.shape, np.int32))
+            lw.op("SLICE", [conv_out, begin_t, size_t], [cropped], "SliceOptions", source=node.name)
+            conv_out = cropped
+        if has_bias:
+            biased = lw.model.tensor(f"{node.name}_biased", conv_out.shape, np.float32)
+            lw.op("ADD", [conv_out, _dequantized(lw, node, 2)], [biased], "AddOptions", source=node.name)
+            conv_out = biased
+    perm_t = lw.constant(f"{node.name}_to_ncdhw", np.array(to_first, np.int32))
+    lw.op("TRANSPOSE", [conv_out, perm_t], [result], "TransposeOptions", source=node.name)
+    _quantize_result(lw, node, result, y)
+
+
+def _transposed(lw: Lowering, node: ir.Node, x: Tensor, perm) -> Tensor:
+    """``x`` TRANSPOSEd by ``perm`` (a new float tensor)."""
+    out = lw.model.tensor(f"{x.name}_t", tuple(x.shape[p] for p in perm), x.dtype, quant=x.quant)
+    lw.op("TRANSPOSE", [x, lw.constant(f"{node.name}_perm", np.array(perm, np.int32))], [out], "TransposeOptions",
+          source=node.name)
+    return out
+
+
+def _transpose_crop(node: ir.Node, auto_pad: str, in_sizes, out_sizes, strides, extent) -> list[int]:
+    """The cells ONNX crops from the start of a ConvTranspose's full output, per spatial axis.
 
     With ``output_shape`` or SAME auto-padding the total crop is ``full + output_padding - out``,
     split as the ONNX spec says (SAME_UPPER puts the smaller half first); else the begin pads.
     """
-    spatial = len(shape_of(node.inputs[1])) - 2
+    spatial = len(in_sizes)
     output_padding = int_list(node, "output_padding", [0] * spatial)
-    if spatial == 1:
-        output_padding = [0, *output_padding]
-    derived = node.attributes.get("output_shape") is not None or win.auto_pad in ("SAME_UPPER", "SAME_LOWER")
+    pads = int_list(node, "pads", [0] * 2 * spatial)
+    derived = node.attributes.get("output_shape") is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER")
     begins = []
-    for a in range(2):
-        if win.auto_pad == "VALID" and not derived:
-            begins.append(0)
-        elif derived:
-            total = (in_hw[a] - 1) * win.strides[a] + extent[a] + output_padding[a] - out_hw[a]
-            begins.append(total // 2 if win.auto_pad == "SAME_UPPER" else total - total // 2)
+    for a in range(spatial):
+        if derived:
+            total = (in_sizes[a] - 1) * strides[a] + extent[a] + output_padding[a] - out_sizes[a]
+            begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
         else:
-            begins.append(win.pads[a])
+            begins.append(0 if auto_pad == "VALID" else pads[a])
     return begins
+
+
+def _transpose_begins(node: ir.Node, win: Window, in_hw, out_hw, extent) -> list[int]:
+    """:func:`_transpose_crop` of a 1-D or 2-D ConvTranspose, as (h, w)."""
+    spatial = len(shape_of(node.inputs[1])) - 2
+    if spatial == 2:
+        return _transpose_crop(node, win.auto_pad, in_hw, out_hw, win.strides, extent)
+    return [0, *_transpose_crop(node, win.auto_pad, in_hw[1:], out_hw[1:], win.strides[1:], extent[1:])]
 
 
 def _dilate(kernel: np.ndarray, dilations: list[int]) -> np.ndarray:
@@ -364,14 +474,10 @@ def gemm(lw: Lowering, node: ir.Node) -> None:
         return
     y = lw.output(node)
     result = _float_result(lw, node, y)
-    product = result if c is None and alpha == 1.0 else lw.model.tensor(f"{node.name}_product", y.shape, np.float32)
-    lw.op("BATCH_MATMUL", [_dequantized(lw, node, 0), _dequantized(lw, node, 1)], [product], "BatchMatMulOptions",
-          source=node.name, adj_x=bool(trans_a), adj_y=bool(trans_b))
+    steps = [("BATCH_MATMUL", [_dequantized(lw, node, 0), _dequantized(lw, node, 1)], "BatchMatMulOptions",
+              {"adj_x": bool(trans_a), "adj_y": bool(trans_b)})]
     if alpha != 1.0:
-        scaled = result if c is None else lw.model.tensor(f"{node.name}_scaled", y.shape, np.float32)
-        alpha_t = lw.constant(f"{node.name}_alpha", np.array(alpha, np.float32))
-        lw.op("MUL", [product, alpha_t], [scaled], "MulOptions", source=node.name)
-        product = scaled
+        steps.append(("MUL", [None, lw.constant(f"{node.name}_alpha", np.array(alpha, np.float32))], "MulOptions", {}))
     if c is not None:
         addend = _dequantized(lw, node, 2)
         if beta != 1.0:
@@ -379,9 +485,25 @@ def gemm(lw: Lowering, node: ir.Node) -> None:
             beta_t = lw.constant(f"{node.name}_beta", np.array(beta, np.float32))
             lw.op("MUL", [addend, beta_t], [weighted], "MulOptions", source=node.name)
             addend = weighted
-        lw.op("ADD", [product, addend], [result], "AddOptions", source=node.name,
-              fused_activation_function=fused_code(node, "ADD"))
+        steps.append(("ADD", [None, addend], "AddOptions", {}))
+    # A fused activation (float Gemm + Relu) goes on the last MUL/ADD, or after a lone BATCH_MATMUL.
+    code = node.meta.get(FUSED_KEY, ACT_NONE)
+    current = None
+    for k, (name, inputs, options, fields) in enumerate(steps):
+        last = k == len(steps) - 1
+        if last and name != "BATCH_MATMUL":
+            fields["fused_activation_function"] = code
+        out = result if last and (name != "BATCH_MATMUL" or code == ACT_NONE) else lw.model.tensor(
+            f"{node.name}_{name.lower()}", y.shape, np.float32)
+        lw.op(name, [current if t is None else t for t in inputs], [out], options, source=node.name, **fields)
+        current = out
+    if current is not result:
+        lw.op(_ACTIVATIONS[code], [current], [result], source=node.name)
     _quantize_result(lw, node, result, y)
+
+
+# Standalone ops for the fused activation codes (when the op that would carry one cannot).
+_ACTIVATIONS = {ACT_RELU: "RELU", ACT_RELU_N1_TO_1: "RELU_N1_TO_1", ACT_RELU6: "RELU6"}
 
 
 def _dequantized(lw: Lowering, node: ir.Node, index: int) -> Tensor:
@@ -503,20 +625,118 @@ def pool(lw: Lowering, node: ir.Node) -> None:
 
     MaxPool's Indices output is computed tap by tap (:func:`_max_pool_with_indices`).
     """
-    win = window(node, int_list(node, "kernel_shape", []))
+    kernel = int_list(node, "kernel_shape", [])
     is_max = node.op_type == "MaxPool"
+    kind = "max" if is_max else "avg"
+    include_pad = bool(attr_int(node, "count_include_pad", 0))
+    indices = node.outputs[1] if is_max and len(node.outputs) > 1 else None
+    with_indices = indices is not None and (bool(indices.uses()) or indices.is_graph_output())
+    if len(kernel) == 3 and node.meta.get(LAYOUT_KEY) is None:
+        if with_indices:
+            raise unsupported(node, "MaxPool Indices of a 3-D window")
+        pool_channels_first(lw, node, lw.input(node, 0), lw.output(node), kind, include_pad)
+        return
+    win = window(node, kernel)
     x = as_image(lw, node, lw.input(node, 0))
     y = lw.output(node)
     image = image_output(lw, y)
-    if is_max and len(node.outputs) > 1 and node.outputs[1] is not None:
-        indices = node.outputs[1]
-        if indices.uses() or indices.is_graph_output():
-            _max_pool_with_indices(lw, node, x, image, win)
-            finish_image(lw, node, image, y)
-            return
-    kind = "max" if is_max else "avg"
-    pool_2d(lw, node, x, image, win, kind, include_pad=bool(attr_int(node, "count_include_pad", 0)))
+    if with_indices:
+        _max_pool_with_indices(lw, node, x, image, win)
+        finish_image(lw, node, image, y)
+        return
+    pool_2d(lw, node, x, image, win, kind, include_pad)
     finish_image(lw, node, image, y)
+
+
+def pool_channels_first(lw: Lowering, node: ir.Node, x: Tensor, out: Tensor, kind: str, include_pad: bool) -> None:
+    """Pooling of any spatial rank on ``[N, C, d1, ...]`` data, tap by tap (TFLite has no 3-D pooling).
+
+    The input is padded (PAD with zeros, PADV2 with the lowest value for max) by the pads plus
+    what ``ceil_mode`` reads past them; each kernel cell is one STRIDED_SLICE, combined by MAXIMUM
+    or ADD; an average is the sum times ``1 / count`` per output position (the count follows
+    ``count_include_pad`` as in :func:`pool_2d`).
+    """
+    kernel = int_list(node, "kernel_shape", [])
+    spatial = len(kernel)
+    strides = int_list(node, "strides", [1] * spatial)
+    dilations = int_list(node, "dilations", [1] * spatial)
+    pads = int_list(node, "pads", [0] * 2 * spatial)
+    auto = node.attributes.get("auto_pad")
+    auto = auto.as_string() if auto is not None else "NOTSET"
+    in_sizes, out_sizes = x.shape[2:], out.shape[2:]
+    begin, end, explicit = _nd_pads(kernel, strides, dilations, pads, auto, in_sizes, out_sizes)
+    padded = x
+    if any(begin) or any(end):
+        paddings = np.array([[0, 0], [0, 0], *zip(begin, end, strict=True)], np.int32)
+        shape = (*x.shape[:2], *(s + b + e for s, b, e in zip(in_sizes, begin, end, strict=True)))
+        padded = lw.model.tensor(f"{node.name}_padded", shape, x.dtype, quant=x.quant)
+        paddings_t = lw.constant(f"{node.name}_paddings", paddings)
+        if kind == "max":
+            fill = np.array(-128 if x.quant is not None else np.finfo(np.float32).min, x.dtype)
+            fill_t = lw.constant(f"{node.name}_pad_value", fill, x.quant)
+            lw.op("PADV2", [x, paddings_t, fill_t], [padded], "PadV2Options", source=node.name)
+        else:
+            lw.op("PAD", [x, paddings_t], [padded], "PadOptions", source=node.name)
+    counts = None
+    if kind == "avg":
+        counts = _nd_counts(kernel, strides, dilations, begin, explicit, in_sizes, out_sizes, include_pad)
+        if out.quant is not None:
+            raise unsupported(node, "an int8 average pooling of a 3-D window (run it float)")
+    target = out if counts is None else lw.model.tensor(f"{node.name}_sum", out.shape, out.dtype, quant=out.quant)
+    step = lw.constant(f"{node.name}_tap_strides", np.array([1, 1, *strides], np.int32))
+    name, options = ("MAXIMUM", "MaximumMinimumOptions") if kind == "max" else ("ADD", "AddOptions")
+    current = None
+    cells = list(itertools.product(*(range(k) for k in kernel)))
+    for position, cell in enumerate(cells):
+        first = [c * d for c, d in zip(cell, dilations, strict=True)]
+        last = [f + (o - 1) * s + 1 for f, o, s in zip(first, out_sizes, strides, strict=True)]
+        consts = [lw.constant(f"{node.name}_tap_{k}", np.array(v, np.int32))
+                  for k, v in (("begin", [0, 0, *first]), ("end", [*x.shape[:2], *last]))]
+        tap = lw.model.tensor(f"{node.name}_tap", out.shape, out.dtype, quant=out.quant)
+        lw.op("STRIDED_SLICE", [padded, *consts, step], [tap], "StridedSliceOptions", source=node.name)
+        if current is None:
+            current = tap
+            continue
+        combined = target if position == len(cells) - 1 else lw.model.tensor(
+            f"{node.name}_acc", out.shape, out.dtype, quant=out.quant)
+        lw.op(name, [current, tap], [combined], options, source=node.name)
+        current = combined
+    if current is not target:
+        lw.reshape(current, target, node.name)
+    if counts is not None:
+        factor = lw.constant(f"{node.name}_divisor", (1.0 / counts).astype(np.float32)[None, None])
+        lw.op("MUL", [target, factor], [out], "MulOptions", source=node.name)
+
+
+def _nd_pads(kernel, strides, dilations, pads, auto_pad: str, in_sizes, out_sizes):
+    """(begin, end, declared end) pads per spatial axis; ``end`` includes what ceil_mode reads past the pads."""
+    spatial = len(kernel)
+    begin, end = list(pads[:spatial]), list(pads[spatial:])
+    if auto_pad == "VALID":
+        begin, end = [0] * spatial, [0] * spatial
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        for a in range(spatial):
+            total = max((out_sizes[a] - 1) * strides[a] + (kernel[a] - 1) * dilations[a] + 1 - in_sizes[a], 0)
+            small, large = total // 2, total - total // 2
+            begin[a], end[a] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    explicit = list(end)
+    for a in range(spatial):
+        needed = (out_sizes[a] - 1) * strides[a] + (kernel[a] - 1) * dilations[a] + 1
+        end[a] += max(needed - (in_sizes[a] + begin[a] + end[a]), 0)
+    return begin, end, explicit
+
+
+def _nd_counts(kernel, strides, dilations, begin, explicit_end, in_sizes, out_sizes, include_pad: bool) -> np.ndarray:
+    """How many cells each output's window averages over, shaped like the spatial output."""
+    counts = np.ones((), np.float32)
+    for a in range(len(kernel)):
+        low = -begin[a] if include_pad else 0
+        high = in_sizes[a] + (explicit_end[a] if include_pad else 0)
+        starts = np.arange(out_sizes[a]) * strides[a] - begin[a]
+        taps = starts[:, None] + np.arange(kernel[a])[None, :] * dilations[a]
+        per_axis = ((taps >= low) & (taps < high)).sum(axis=1).astype(np.float32)
+        counts = np.multiply.outer(counts, per_axis)
+    return counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -536,18 +756,7 @@ class PoolPads:
 
 def pool_pads(node: ir.Node, win: Window, in_hw, out_hw) -> PoolPads:
     """The pads of a pooling node whose input has spatial size ``in_hw`` and output ``out_hw``."""
-    begin, end = list(win.pads[:2]), list(win.pads[2:])
-    if win.auto_pad == "VALID":
-        begin, end = [0, 0], [0, 0]
-    elif win.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        for a in range(2):
-            total = max((out_hw[a] - 1) * win.strides[a] + (win.kernel[a] - 1) * win.dilations[a] + 1 - in_hw[a], 0)
-            small, large = total // 2, total - total // 2
-            begin[a], end[a] = (small, large) if win.auto_pad == "SAME_UPPER" else (large, small)
-    explicit = list(end)
-    for a in range(2):
-        needed = (out_hw[a] - 1) * win.strides[a] + (win.kernel[a] - 1) * win.dilations[a] + 1
-        end[a] += max(needed - (in_hw[a] + begin[a] + end[a]), 0)
+    begin, end, explicit = _nd_pads(win.kernel, win.strides, win.dilations, win.pads, win.auto_pad, in_hw, out_hw)
     return PoolPads(begin, end, explicit)
 
 
@@ -557,14 +766,9 @@ def _window_counts(win: Window, pads: PoolPads, in_hw, out_hw, include_pad: bool
     ``include_pad`` counts the declared pads (ONNX ``count_include_pad=1``); the cells past them
     that ``ceil_mode`` reads are never counted (as ONNX Runtime and PyTorch).
     """
-    per_axis = []
-    for a in range(2):
-        low = -pads.begin[a] if include_pad else 0
-        high = in_hw[a] + (pads.explicit_end[a] if include_pad else 0)
-        starts = np.arange(out_hw[a]) * win.strides[a] - pads.begin[a]
-        taps = starts[:, None] + np.arange(win.kernel[a])[None, :] * win.dilations[a]
-        per_axis.append(((taps >= low) & (taps < high)).sum(axis=1))
-    return (per_axis[0][:, None] * per_axis[1][None, :]).astype(np.float32)[None, :, :, None]
+    counts = _nd_counts(win.kernel, win.strides, win.dilations, pads.begin, pads.explicit_end, in_hw, out_hw,
+                        include_pad)
+    return counts[None, :, :, None]
 
 
 def pool_2d(lw: Lowering, node: ir.Node, x: Tensor, out: Tensor, win: Window, kind: str, include_pad: bool) -> None:
