@@ -52,6 +52,10 @@ QUANTIZABLE_INPUTS: dict[str, tuple[int, ...]] = {
     "Pad": (0,),
     "DepthToSpace": (0,),
     "SpaceToDepth": (0,),
+    "GatherND": (0,),
+    "Compress": (0,),
+    "CenterCropPad": (0,),
+    "Trilu": (0,),
 }
 
 # Ops whose weight input (index 1) is quantized per channel, and the input index of the bias.
