@@ -33,7 +33,7 @@ large arguments, so sinh and cosh; tan up to 8e-6 relative next to its poles):
 * ``IsInf`` compares with +-inf; ``Sum``/``Mean``/``Max``/``Min`` fold any number of inputs with
   ADD/MAXIMUM/MINIMUM (a single input is copied), ``Mean`` divides by their count;
 * inference ``Dropout`` copies its input (its mask, if read, is all true); ``CastLike`` is a CAST;
-  ``BitShift`` to the right is RIGHT_SHIFT (LiteRT has no left shift).
+  ``BitShift`` is RIGHT_SHIFT or STABLEHLO_SHIFT_LEFT (uint8 shifted left in int32).
 
 LiteRT's builtin float ADD, SUB, MUL and DIV saturate at +-FLT_MAX (their NONE activation is a
 clamp to the float range), so a chain through them turns an infinite input into a large finite
@@ -561,23 +561,40 @@ def dropout(lw: Lowering, node: ir.Node) -> None:
         c.result("LOGICAL_NOT", c.compare("LESS", x, x), index=1)
 
 
-def bit_shift(lw: Lowering, node: ir.Node) -> None:
-    """BitShift RIGHT -> RIGHT_SHIFT for constant shifts within the type's width; LEFT is refused.
+_SHIFTED = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
 
-    LiteRT has no left-shift builtin, and an integer MUL by ``2^s`` has no uint8 kernel.
+
+def bit_shift(lw: Lowering, node: ir.Node) -> None:
+    """BitShift -> RIGHT_SHIFT or STABLEHLO_SHIFT_LEFT, for constant shifts within the type's width.
+
+    LiteRT's left shift takes signed types only: uint8 is shifted in int32 and CAST back, which
+    drops the high bits as a uint8 shift does.
     """
     direction = node.attributes.get("direction")
-    if direction is None or direction.as_string() != "RIGHT":
-        raise unsupported(node, "a left shift (LiteRT has no left-shift builtin)")
+    left = direction is not None and direction.as_string() == "LEFT"
     x = lw.read(node.inputs[0], False)
     shift = const_array(node.inputs[1])
     bits = 8 * x.dtype.itemsize
-    if x.dtype not in (np.dtype(np.uint8), np.dtype(np.int32), np.dtype(np.int16), np.dtype(np.int8)):
-        raise unsupported(node, f"{x.dtype} data (TFLite's RIGHT_SHIFT in qcc takes int8/16/32 and uint8)")
+    if x.dtype not in _SHIFTED:
+        raise unsupported(node, f"{x.dtype} data (qcc shifts {', '.join(map(str, _SHIFTED))} on TFLite)")
     if shift is None or np.any(shift < 0) or np.any(shift >= bits):
         raise unsupported(node, f"shift amounts that are not constants in [0, {bits})")
-    amount = lw.constant(f"{node.name}_shift", np.asarray(shift).astype(x.dtype))
-    lw.op("RIGHT_SHIFT", [x, amount], [lw.output(node)], "RightShiftOptions", source=node.name)
+    y = lw.output(node)
+    if not left:
+        amount = lw.constant(f"{node.name}_shift", np.asarray(shift).astype(x.dtype))
+        lw.op("RIGHT_SHIFT", [x, amount], [y], "RightShiftOptions", source=node.name)
+        return
+    wide = np.dtype(np.int32) if x.dtype == np.dtype(np.uint8) else x.dtype
+    amount = lw.constant(f"{node.name}_shift", np.asarray(shift).astype(wide))
+    if wide == x.dtype:
+        lw.op("STABLEHLO_SHIFT_LEFT", [x, amount], [y], source=node.name)
+        return
+    inside = lw.model.tensor(f"{node.name}_int32", x.shape, wide)
+    shifted = lw.model.tensor(f"{node.name}_shifted", y.shape, wide)
+    u8, i32 = TensorType.UINT8, TensorType.INT32
+    lw.op("CAST", [x], [inside], "CastOptions", source=node.name, in_data_type=u8, out_data_type=i32)
+    lw.op("STABLEHLO_SHIFT_LEFT", [inside, amount], [shifted], source=node.name)
+    lw.op("CAST", [shifted], [y], "CastOptions", source=node.name, in_data_type=i32, out_data_type=u8)
 
 
 LOWERINGS.update(
