@@ -55,6 +55,21 @@ _FLT_MIN = float(np.finfo(np.float32).tiny)
 _MVN_EPSILON = 1e-9
 
 
+def _channel_axis(node: ir.Node, rank: int) -> int:
+    """Where the channels are: axis 1 (ONNX), or the last axis if the layout pass made the node channels-last."""
+    return rank - 1 if node.meta.get(LAYOUT_KEY) is not None else 1
+
+
+def _channel_shape(channels: int, axis: int, rank: int) -> tuple[int, ...]:
+    """The shape that broadcasts a ``[C]`` vector along ``axis`` of a rank-``rank`` tensor (leading 1s dropped)."""
+    return (channels,) + (1,) * (rank - 1 - axis)
+
+
+def _channels_first_only(node: ir.Node) -> None:
+    if node.meta.get(LAYOUT_KEY) is not None:
+        raise unsupported(node, "a channels-last layout (the rule reads the ONNX layout)")
+
+
 def _reduced(shape: tuple[int, ...], axes: list[int]) -> tuple[int, ...]:
     return tuple(1 if i in axes else d for i, d in enumerate(shape))
 
@@ -93,7 +108,8 @@ def batch_norm(lw: Lowering, node: ir.Node) -> None:
     if attr_int(node, "spatial", 1) != 1:
         raise unsupported(node, "BatchNormalization with spatial=0 (per-element statistics)")
     rank, epsilon = len(x.shape), attr_float(node, "epsilon", 1e-5)
-    shape = (x.shape[1],) + (1,) * (rank - 2)
+    axis = _channel_axis(node, rank)
+    shape = _channel_shape(x.shape[axis], axis, rank)
     training = attr_int(node, "training_mode", 0) == 1
     y = chain.output(0)
     if not training:
@@ -108,20 +124,20 @@ def batch_norm(lw: Lowering, node: ir.Node) -> None:
         centered = chain.op("SUB", [x, _per_channel(chain, 3, shape)], x.shape, "SubOptions")
         inverse = _inverse_std(chain, _per_channel(chain, 4, shape), epsilon)
     else:
-        axes = [a for a in range(rank) if a != 1]
+        axes = [a for a in range(rank) if a != axis]
         centered, variance = _moments(chain, x, axes)
         inverse = _inverse_std(chain, variance, epsilon)
     factor = chain.op("MUL", [inverse, _per_channel(chain, 1, shape)], inverse.shape, "MulOptions")
     scaled = chain.op("MUL", [centered, factor], x.shape, "MulOptions")
     chain.op("ADD", [scaled, _per_channel(chain, 2, shape)], x.shape, "AddOptions", out=y)
     if training:
-        _running_statistics(chain, x, axes, variance)
+        _running_statistics(chain, x, axes, variance, x.shape[axis])
     chain.finish()
 
 
-def _running_statistics(chain: FloatChain, x: Tensor, axes: list[int], variance: Tensor) -> None:
+def _running_statistics(chain: FloatChain, x: Tensor, axes: list[int], variance: Tensor, width: int) -> None:
     """Training-mode outputs 1 and 2: ``input * momentum + batch * (1 - momentum)``."""
-    node, channels = chain.node, (x.shape[1],)
+    node, channels = chain.node, (width,)
     momentum = attr_float(node, "momentum", 0.9)
     batch_mean = chain.op("MEAN", [x, _axes_const(chain, axes)], channels, "ReducerOptions", keep_dims=False)
     batches = {1: batch_mean, 2: chain.reshape(variance, channels)}
@@ -139,8 +155,9 @@ def instance_norm(lw: Lowering, node: ir.Node) -> None:
     chain = FloatChain(lw, node)
     x = chain.input(0)
     rank = len(x.shape)
-    shape = (x.shape[1],) + (1,) * (rank - 2)
-    centered, variance = _moments(chain, x, list(range(2, rank)))
+    axis = _channel_axis(node, rank)
+    shape = _channel_shape(x.shape[axis], axis, rank)
+    centered, variance = _moments(chain, x, [a for a in range(1, rank) if a != axis])
     inverse = _inverse_std(chain, variance, attr_float(node, "epsilon", 1e-5))
     normed = chain.op("MUL", [centered, inverse], x.shape, "MulOptions")
     scaled = chain.op("MUL", [normed, _per_channel(chain, 1, shape)], x.shape, "MulOptions")
@@ -151,6 +168,7 @@ def instance_norm(lw: Lowering, node: ir.Node) -> None:
 def group_norm(lw: Lowering, node: ir.Node) -> None:
     """GroupNormalization -> RESHAPE to ``[N, G, rest]``, moments over ``rest``, RESHAPE back, scale, bias."""
     chain = FloatChain(lw, node)
+    _channels_first_only(node)
     x = chain.input(0)
     groups = attr_int(node, "num_groups", 1)
     n, channels = x.shape[0], x.shape[1]
@@ -201,6 +219,7 @@ def rms_norm(lw: Lowering, node: ir.Node) -> None:
 def mean_variance_norm(lw: Lowering, node: ir.Node) -> None:
     """MeanVarianceNormalization -> moments over ``axes`` (default 0, 2, 3), SQRT, ADD 1e-9, DIV."""
     chain = FloatChain(lw, node)
+    _channels_first_only(node)
     x = chain.input(0)
     rank = len(x.shape)
     axes = sorted({a % rank for a in int_list(node, "axes", [0, 2, 3])})
@@ -236,19 +255,23 @@ def lrn(lw: Lowering, node: ir.Node) -> None:
     if len(x.shape) != 4 or size < 1 or size % 2 == 0:
         raise unsupported(node, f"LRN of size {size} on a rank-{len(x.shape)} tensor (TFLite's "
                                 "LOCAL_RESPONSE_NORMALIZATION takes a window centred on the channel, on 4-D data)")
-    inner_shape = tuple(x.shape[p] for p in _TO_NHWC)
-    inner = chain.op("TRANSPOSE", [x, chain.array(_TO_NHWC, np.int32)], inner_shape, "TransposeOptions")
+    last = node.meta.get(LAYOUT_KEY) is not None
+    inner = x if last else chain.op("TRANSPOSE", [x, chain.array(_TO_NHWC, np.int32)],
+                                     tuple(x.shape[p] for p in _TO_NHWC), "TransposeOptions")
+    y = chain.output()
     normed = chain.op(
         "LOCAL_RESPONSE_NORMALIZATION",
         [inner],
-        inner_shape,
+        inner.shape,
         "LocalResponseNormalizationOptions",
+        out=y if last else None,
         radius=(size - 1) // 2,
         bias=attr_float(node, "bias", 1.0),
         alpha=attr_float(node, "alpha", 1e-4) / size,
         beta=attr_float(node, "beta", 0.75),
     )
-    chain.op("TRANSPOSE", [normed, chain.array(_TO_NCHW, np.int32)], x.shape, "TransposeOptions", out=chain.output())
+    if not last:
+        chain.op("TRANSPOSE", [normed, chain.array(_TO_NCHW, np.int32)], x.shape, "TransposeOptions", out=y)
     chain.finish()
 
 
@@ -460,7 +483,7 @@ def _p(node: ir.Node) -> float:
 
 
 def lp_pool(lw: Lowering, node: ir.Node) -> None:
-    """LpPool (1-D or 2-D) -> ``|x|^p``, sum pooling, ``^(1/p)``, on channels-last data."""
+    """LpPool -> ``|x|^p``, sum pooling, ``^(1/p)``: on channels-last data (1-D, 2-D), channels-first (3-D)."""
     chain = FloatChain(lw, node)
     x = chain.input(0)
     rank, p = len(x.shape), _p(node)
@@ -482,11 +505,12 @@ def lp_pool(lw: Lowering, node: ir.Node) -> None:
     powered = chain.reshape(_power(chain, x, p), image_in)
     summed = lw.model.tensor(f"{node.name}_sum", image_out, np.float32)
     pool_2d(lw, node, powered, summed, win, "sum", include_pad=False)
-    rooted = lw.model.tensor(f"{node.name}_root", image_out, np.float32)
+    direct = last and tuple(image_out) == tuple(y.shape)
+    rooted = y if direct else lw.model.tensor(f"{node.name}_root", image_out, np.float32)
     _root(chain, summed, p, rooted)
-    if last:
+    if last and not direct:
         lw.reshape(rooted, y, node.name)
-    else:
+    elif not last:
         back = chain.reshape(rooted, y_last)
         chain.op("TRANSPOSE", [back, chain.array(channels_first(rank), np.int32)], y.shape, "TransposeOptions",
                  out=y)

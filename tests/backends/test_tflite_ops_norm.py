@@ -232,3 +232,31 @@ def test_unsupported_cases_are_refused_with_the_reason(body, inputs, output, mes
         feed["axes"] = np.array([1], np.int64)
     with pytest.raises(QccError, match=message):
         qcc.compile(model, target="tflite", calibration=[feed], verify=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "op_type"),
+    [
+        ("batchnorm", "BatchNormalization"),
+        ("instance_norm", "InstanceNormalization"),
+        ("lrn_odd", "LRN"),
+        ("lp_pool_3_pads", "LpPool"),
+        ("lp_pool_1d", "LpPool"),
+        ("global_lp_pool", "GlobalLpPool"),
+    ],
+)
+def test_channel_ops_also_lower_channels_last(name, op_type, monkeypatch):
+    # If layout-nhwc moves these ops to channels-last, their rules follow the node's layout mark.
+    from qcc.passes import layout_nhwc
+
+    monkeypatch.setattr(layout_nhwc, "LAYOUT_OPS", layout_nhwc.LAYOUT_OPS | {op_type})
+    monkeypatch.setattr(layout_nhwc, "ONE_D_LAYOUT_OPS", layout_nhwc.ONE_D_LAYOUT_OPS | {op_type})
+    model = float_model(name)
+    feed = _feed(model)
+    result = qcc.compile(model, target="tflite", calibration=[feed], verify=False, exclude=_WEIGHTED)
+    interp = interpreter(result.artifact.data, "builtin")
+    ops = [op["op_name"] for op in interp._get_ops_details()]  # noqa: SLF001 - no public op listing
+    assert ops[0] == "TRANSPOSE", ops  # the layout pass's, before the op
+    expected = run_ort(model, feed)
+    got = run(interp, feed, [np.shape(e) for e in expected])
+    np.testing.assert_allclose(np.asarray(got[0], np.float64), expected[0], rtol=1e-4, atol=1e-4)
