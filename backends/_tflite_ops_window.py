@@ -1,15 +1,28 @@
-"""Lowering rules for windowed and weighted ops: Conv (incl. depthwise, grouped), ConvTranspose,
+"""Lowering rules for windowed and weighted ops: Conv (incl. depthwise, grouped, 3-D), ConvTranspose,
 Gemm/MatMul (FULLY_CONNECTED, BATCH_MATMUL), pooling and Resize, on NHWC data.
 
 Weight layouts follow TFLITE.md §4 (Conv OHWI, depthwise [1, kh, kw, C*m], transpose conv
 [Cout, kh, kw, Cin], fully connected [N, K]); padding follows §5: VALID when the ONNX pads are
 zero, SAME when they equal TF SAME, otherwise an explicit PAD (int8 PAD fills with the zero point,
-i.e. exact zero; max pooling pads with the lowest value) followed by VALID.
+i.e. exact zero; max pooling pads with the lowest value) followed by VALID. A weight that is a
+graph input (the plan keeps such a node float) is TRANSPOSEd at run time.
 
 1-D convolutions and pooling (NLC data after layout-nhwc) are the 2-D ops with height 1:
 ``RESHAPE [N, L, C] -> [N, 1, L, C]``, the op with kernel ``[1, k]`` (strides, dilations and pads
 on W only), ``RESHAPE [N, 1, L', C'] -> [N, L', C']``. The reshapes only insert a unit dimension,
 so they copy nothing and share parameters. A 1-D weight ``[O, I/g, k]`` is the 2-D ``[O, I/g, 1, k]``.
+3-D ones stay NCDHW (layout-nhwc moves ranks 3 and 4 only): CONV_3D / CONV_3D_TRANSPOSE between
+TRANSPOSEs, and pooling tap by tap (one STRIDED_SLICE per kernel cell).
+
+Pooling (``pool_2d``): ``ceil_mode`` is more end padding; an average whose divisor is not the
+kernel size everywhere (``count_include_pad`` either way, pads that are not TF SAME, ceil_mode) is
+the VALID average of the zero-padded input times ``kernel size / count`` per output position;
+dilated windows and MaxPool's Indices output are computed tap by tap.
+
+Where TFLite has no int8 kernel for what an int8 node needs (a grouped or 3-D transposed
+convolution, BATCH_MATMUL with per-channel weights, Gemm with transA/alpha/beta), the rule
+computes in float on the dequantized operands (``DQ(Q(.))``, what the simulation reads) and
+QUANTIZEs the result, which is the simulation's ``DQ -> op -> Q``.
 """
 
 from __future__ import annotations
