@@ -62,6 +62,7 @@ def test_compile_writes_artifact_and_report(model_and_calib, tmp_path):
         ("missing_folder", "does not exist"),
         ("bad_target", "unknown target"),
         ("bad_activation_type", "Invalid value"),
+        ("bad_input_shape", "is not NAME=SIZES"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_no_trace(model_and_calib, tmp_path, case, message):
@@ -89,6 +90,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_trace(model_and_calib, tmp_p
         args += ["--target", "nope"]
     elif case == "bad_activation_type":
         args += ["--activation-type", "int4"]
+    elif case == "bad_input_shape":
+        args += ["--input-shape", "x=1,3,a,16"]
     before = digest(model)
     proc = qcc_run(*args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -99,6 +102,22 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_trace(model_and_calib, tmp_p
     assert digest(model) == before
     assert not out.exists()
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+def test_input_shape_pins_a_static_tflite(model_and_calib, tmp_path):
+    from qcc.backends._tflite_litert import interpreter
+
+    model, calib = model_and_calib
+    out, report = tmp_path / "m.tflite", tmp_path / "report.json"
+    proc = qcc_run(
+        "compile", str(model), "-c", str(calib), "-t", "tflite", "-o", str(out), "--report", str(report),
+        "--input-shape", "x=1,3,16,16",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (detail,) = interpreter(out.read_bytes()).get_input_details()
+    assert list(detail["shape_signature"]) == [1, 3, 16, 16]
+    assert json.loads(report.read_text())["options"]["input_shapes"] == {"x": [1, 3, 16, 16]}
+    assert "--input-shape" in qcc_run("compile", "--help").stdout
 
 
 def test_inspect_and_targets(model_and_calib):
