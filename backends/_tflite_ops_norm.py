@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcc.backends._tflite_lower import Lowering
+from qcc.backends._tflite_lower import Lowering, shape_of
 from qcc.backends._tflite_ops_float import FloatChain, wanted
 from qcc.backends._tflite_ops_window import int_list, pool_2d, pool_channels_first, unsupported, window
 from qcc.backends._tflite_writer import TENSOR_TYPES, Tensor
@@ -178,8 +178,7 @@ def group_norm(lw: Lowering, node: ir.Node) -> None:
     centered, variance = _moments(chain, grouped, [2])
     inverse = _inverse_std(chain, variance, attr_float(node, "epsilon", 1e-5))
     normed = chain.op("MUL", [centered, inverse], grouped.shape, "MulOptions")
-    width = const_array(node.inputs[1]).size if const_array(node.inputs[1]) is not None else None
-    width = width if width is not None else chain.lw.read(node.inputs[1], False).shape[0]
+    width = int(np.prod(shape_of(node.inputs[1])))
     y = chain.output()
     if width == channels:
         shape = (channels,) + (1,) * (len(x.shape) - 2)
