@@ -2,7 +2,7 @@
 
 qcc writes TFLite tensors with static shapes, so a run-time ``Compress`` condition, ``NonZero``
 and ``Unique`` are lowered when the model declares that length ``k``, and refused otherwise (a
-constant Compress condition is a constant GATHER):
+constant Compress condition GATHERs positions known at compile time):
 
 * The positions of the ``k`` true entries are ``SCATTER_ND(CUMSUM(flags, exclusive), arange)``
   (see :func:`_true_positions`); Compress GATHERs them.
