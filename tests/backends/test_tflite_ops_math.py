@@ -1,4 +1,6 @@
-"""Element-wise math and activation lowerings (``backends/_tflite_ops_math.py``) run in LiteRT.
+"""Element-wise math and activation lowerings (``backends/_tflite_ops_math.py`` and the concept
+modules it collects: ``_tflite_ops_trig``, ``_tflite_ops_variadic``, ``_tflite_ops_passthrough``)
+run in LiteRT.
 
 Float: each single-op model is compiled for ``tflite`` (the op is a float node, read and written
 in float32), run under both resolvers and compared with ONNX Runtime on the float model, inputs
