@@ -41,7 +41,8 @@ import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering, shape_of
 from qcc.backends._tflite_ops_float import FloatChain, wanted
-from qcc.backends._tflite_ops_window import int_list, pool_2d, pool_channels_first, unsupported, window
+from qcc.backends._tflite_ops_pool import pool_2d, pool_channels_first
+from qcc.backends._tflite_ops_window import int_list, unsupported, window
 from qcc.backends._tflite_writer import TENSOR_TYPES, Tensor
 from qcc.irutils import attr_float, attr_int, const_array
 from qcc.passes.layout_nhwc import LAYOUT_KEY, channels_first, channels_last
