@@ -13,7 +13,15 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcc.backends import _tflite_ops_control, _tflite_ops_index, _tflite_ops_math, _tflite_ops_norm
+from qcc.backends import (
+    _tflite_ops_attention,
+    _tflite_ops_control,
+    _tflite_ops_index,
+    _tflite_ops_math,
+    _tflite_ops_norm,
+    _tflite_ops_quant,
+    _tflite_ops_signal,
+)
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_data import LOWERINGS as DATA_LOWERINGS
 from qcc.backends._tflite_ops_data import reduce_axes
@@ -208,8 +216,8 @@ def reshape(lw: Lowering, node: ir.Node) -> None:
         length = target.shape[0] if len(target.shape) == 1 else None
         if length is None:
             raise unsupported(node, f"a shape input of shape {target.shape} (not a vector)")
-        if not attr_int(node, "allowzero", 0) and length <= len(x.shape):
-            # where(target == 0, SHAPE(x)[:length], target)
+        if not attr_int(node, "allowzero", 0):
+            # where(target == 0, SHAPE(x)[:length], target); a 0 past x's rank is not valid ONNX.
             dims = lw.shape_tensor(x, node.name)
             if length < len(x.shape):
                 head = lw.model.tensor(f"{node.name}_head", (length,), np.int32)
@@ -217,6 +225,11 @@ def reshape(lw: Lowering, node: ir.Node) -> None:
                 count = lw.constant(f"{node.name}_count", np.array([length], np.int32))
                 lw.op("SLICE", [dims, zero, count], [head], "SliceOptions", source=node.name)
                 dims = head
+            elif length > len(x.shape):
+                longer = lw.model.tensor(f"{node.name}_dims", (length,), np.int32)
+                tail = lw.constant(f"{node.name}_tail", np.zeros(length - len(x.shape), np.int32))
+                lw.op("CONCATENATION", [dims, tail], [longer], "ConcatenationOptions", source=node.name, axis=0)
+                dims = longer
             is_zero = lw.model.tensor(f"{node.name}_is_zero", (length,), np.bool_)
             zero_scalar = lw.constant(f"{node.name}_zero_scalar", np.array(0, np.int32))
             lw.op("EQUAL", [target, zero_scalar], [is_zero], source=node.name)
@@ -498,6 +511,14 @@ LOWERINGS = {
     **DATA_LOWERINGS,
 }
 # The op families in their own modules; each may replace a base rule above.
-FAMILIES = (_tflite_ops_math, _tflite_ops_norm, _tflite_ops_index, _tflite_ops_control)
+FAMILIES = (
+    _tflite_ops_math,
+    _tflite_ops_norm,
+    _tflite_ops_index,
+    _tflite_ops_control,
+    _tflite_ops_quant,
+    _tflite_ops_signal,
+    _tflite_ops_attention,
+)
 for _family in FAMILIES:
     LOWERINGS.update(_family.LOWERINGS)

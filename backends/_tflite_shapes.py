@@ -5,9 +5,11 @@ is dynamic; after ``resize_tensor_input`` LiteRT re-runs every kernel's shape co
 model runs at any size as long as nothing in it *bakes* a size: a folded ``Shape`` subgraph, a
 RESHAPE or SLICE constant, an op chosen for one size only.
 
-qcc finds those without symbolic algebra, by *instantiation*. The model is prepared three times,
+qcc finds those without symbolic algebra, by *instantiation*. The model is prepared four times,
 with every dynamic input dimension (ONNX ``dim_param``, unknown or non-positive) at the first
-calibration sample's size ``s``, at ``2 s`` and at ``3 s`` (``FACTORS``):
+calibration sample's size ``s``, at ``2 s``, ``3 s`` and ``s + 1`` (``VARIANTS``; the last one
+probes the other residues that strided layers round differently, and is left out when the model
+does not take it, e.g. an image size that must divide by 32):
 
 * a value folds to a constant only when it folds to the same array in all three instances
   (``Shape(x)[1]`` of an image with static channels does; ``Shape(x)[0]`` of a dynamic batch
@@ -47,9 +49,10 @@ from qcc.passes.layout_nhwc import LAYOUT_KEY
 
 logger = logging.getLogger(__name__)
 
-# The sample's size times each factor: three instances, so that a size that only looks constant
-# between two of them (ceil(b / 2) for b = 1 and 2) is still seen to change.
-FACTORS = (1, 2, 3)
+# Instance sizes ``a * s + b`` of a dynamic dimension of sample size ``s``: multiples, so that a
+# size that only looks constant between two of them (ceil(b / 2) for b = 1 and 2) is still seen to
+# change, and ``s + 1`` for the sizes a stride rounds another way (TF SAME vs VALID at odd widths).
+VARIANTS = ((1, 0), (2, 0), (3, 0), (1, 1))
 # Rounds of constant folding + shape inference (MiniLM's shape subgraphs need three).
 _MAX_FOLD_ROUNDS = 8
 # value.meta key: the value's signature (a tuple with -1 at dynamic dimensions), set when it has one.
@@ -123,17 +126,18 @@ def input_sizes(
 def instances(
     model: ir.Model, sizes: Mapping[str, tuple[int, ...]], dynamic: Mapping[str, tuple[bool, ...]]
 ) -> list[ir.Model]:
-    """Clones of the model at each of ``FACTORS``, shapes inferred, folded where all agree.
+    """Clones of the model at each of ``VARIANTS``, shapes inferred, folded where all agree.
 
     With no dynamic dimension, one instance, folded completely (a static artifact).
     """
-    factors = FACTORS if any(any(flags) for flags in dynamic.values()) else FACTORS[:1]
+    variants = VARIANTS if any(any(flags) for flags in dynamic.values()) else VARIANTS[:1]
     clones = []
-    for factor in factors:
+    for scale, offset in variants:
         clone = model.clone()
         for value in clone.graph.inputs:
             if value.name in sizes:
-                shape = [s * factor if d else s for s, d in zip(sizes[value.name], dynamic[value.name], strict=True)]
+                dims = zip(sizes[value.name], dynamic[value.name], strict=True)
+                shape = [s * scale + offset if d else s for s, d in dims]
                 value.shape = ir.Shape(shape)
         infer_shapes(clone)
         clones.append(clone)
@@ -229,11 +233,16 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
-def merge(flats: Sequence[FlatModel], factors: Sequence[int] = FACTORS) -> FlatModel | StaticReason:
+def merge(
+    flats: Sequence[FlatModel],
+    variants: Sequence[tuple[int, int]] = VARIANTS,
+    nodes: Mapping[str, ir.Node] | None = None,
+) -> FlatModel | StaticReason:
     """The first flat model with ``shape_signature``s, if the instances' lowerings agree.
 
-    Repairs RESHAPE shapes and SLICE sizes that hold a dynamic size (module docstring), then
-    compares. Returns:
+    Window ops written SAME where the model's ``nodes`` (by name) pad nothing are VALID (exact: the
+    rules take SAME only where its pads are zero then). Repairs RESHAPE shapes and SLICE sizes that
+    hold a dynamic size (module docstring), then compares. Returns:
         The first model, signatures set; or a :class:`StaticReason` naming the first operator
         whose lowering depends on a dynamic size.
     """
@@ -241,10 +250,11 @@ def merge(flats: Sequence[FlatModel], factors: Sequence[int] = FACTORS) -> FlatM
     if len(flats) == 1:
         return first
     for flat in flats:
+        _valid_padding(flat, nodes or {})
         if len(flat.ops) != len(first.ops) or len(flat.tensors) != len(first.tensors):
-            return _structure_reason(flats, factors)
+            return _structure_reason(flats, variants)
     _repair(flats)
-    reason = _difference(flats, factors)
+    reason = _difference(flats, variants)
     if reason is not None:
         return reason
     for index, tensor in enumerate(first.tensors):
@@ -494,12 +504,28 @@ def _repair_slice(flats: Sequence[FlatModel], position: int) -> None:
         op.inputs[2] = flat.constant(f"{flat.tensors[op.inputs[2]].name}_dynamic", size.astype(np.int32)).index
 
 
-def _difference(flats: Sequence[FlatModel], factors: Sequence[int]) -> StaticReason | None:
+_WINDOW_OPS = frozenset(builtin(n) for n in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"))
+_SAME, _VALID = 0, 1
+
+
+def _valid_padding(flat: FlatModel, nodes: Mapping[str, ir.Node]) -> None:
+    """SAME -> VALID on window ops whose ONNX node pads nothing (``auto_pad`` NOTSET/VALID, zero pads)."""
+    for op in flat.ops:
+        node = nodes.get(op.source)
+        if op.code not in _WINDOW_OPS or op.option_fields.get("padding") != _SAME or node is None:
+            continue
+        auto = node.attributes.get("auto_pad")
+        pads = node.attributes.get("pads")
+        if (auto is None or auto.as_string() in ("NOTSET", "VALID")) and (pads is None or not any(pads.as_ints())):
+            op.option_fields["padding"] = _VALID
+
+
+def _difference(flats: Sequence[FlatModel], variants: Sequence[tuple[int, int]]) -> StaticReason | None:
     first = flats[0]
     if any(f.inputs != first.inputs or f.outputs != first.outputs for f in flats):
         return StaticReason("the model's inputs and outputs lower differently at other sizes")
     for position, op in enumerate(first.ops):
-        for flat, factor in zip(flats[1:], factors[1:], strict=True):
+        for flat, variant in zip(flats[1:], variants[1:], strict=True):
             other = flat.ops[position]
             same = (
                 other.code == op.code
@@ -511,7 +537,7 @@ def _difference(flats: Sequence[FlatModel], factors: Sequence[int]) -> StaticRea
                 and all(_same_tensor(flat.tensors[i], first.tensors[i]) for i in op.outputs)
             )
             if not same:
-                return _op_reason(op, factor)
+                return _op_reason(op, variant)
     return None
 
 
@@ -533,18 +559,20 @@ def _same_tensor(a: Tensor, b: Tensor) -> bool:
     return a.data is None or (a.data.shape == b.data.shape and np.array_equal(a.data, b.data))
 
 
-def _structure_reason(flats: Sequence[FlatModel], factors: Sequence[int]) -> StaticReason:
+def _structure_reason(flats: Sequence[FlatModel], variants: Sequence[tuple[int, int]]) -> StaticReason:
     first = flats[0]
-    for flat, factor in zip(flats[1:], factors[1:], strict=True):
+    for flat, variant in zip(flats[1:], variants[1:], strict=True):
         for position, op in enumerate(first.ops):
             other = flat.ops[position] if position < len(flat.ops) else None
             if other is None or other.code != op.code or other.source != op.source:
-                return _op_reason(op, factor)
+                return _op_reason(op, variant)
     return StaticReason("the lowering writes a different number of operators at other sizes")
 
 
-def _op_reason(op: Op, factor: int) -> StaticReason:
+def _op_reason(op: Op, variant: tuple[int, int]) -> StaticReason:
+    scale, offset = variant
+    at = f"{scale}x the sample's" if not offset else f"the sample's + {offset}"
     return StaticReason(
         f"node {op.source!r} is lowered for one input size only (its {_CODE_NAMES.get(op.code, op.code)} "
-        f"differs when the dynamic dimensions are {factor}x the sample's)"
+        f"differs when the dynamic dimensions are {at})"
     )

@@ -37,6 +37,7 @@ from qcc.backends._tflite_lower import Lowering, absorb_activations
 from qcc.backends._tflite_ops import FAMILIES
 from qcc.backends._tflite_shapes import (
     STATIC_NOTE,
+    VARIANTS,
     StaticReason,
     explicit_padding,
     input_sizes,
@@ -224,10 +225,18 @@ def _lower_dynamic(model: ir.Model, ctx: PassContext, sizes, dynamic) -> FlatMod
         explicit_padding(clone)
     io_int8 = ctx.options.io == IoType.INT8
     try:
-        flats = [Lowering(io_int8=io_int8).lower(clone.graph) for clone in clones]
+        flats = [Lowering(io_int8=io_int8).lower(clone.graph) for clone in clones[:-1]]
     except BackendError as exc:
         return StaticReason(f"with run-time shapes, {exc.problem}")
-    return merge(flats)
+    variants = list(VARIANTS)
+    try:
+        flats.append(Lowering(io_int8=io_int8).lower(clones[-1].graph))
+    except BackendError as exc:
+        # The model does not take the odd size (a stride chain that needs divisible sizes):
+        # the artifact is then checked at the multiples only.
+        logger.debug("not checking the dynamic artifact at the sample's size + 1: %s", exc.problem)
+        variants.pop()
+    return merge(flats, variants, {node.name: node for node in clones[0].graph})
 
 
 def _lower(clone: ir.Model, ctx: PassContext, io_int8: bool) -> FlatModel:
