@@ -37,6 +37,7 @@ from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_rule import F32, I32, Rule, attr_str
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.backends._tflite_writer import Tensor
+from qcc.errors import BackendError
 from qcc.irutils import attr_float, attr_int, const_array
 
 # Float row indices are exact below 2 ** 24; a larger image table is refused.
@@ -52,6 +53,11 @@ _OPTIONS = {
     "MAXIMUM": "MaximumMinimumOptions",
     "MINIMUM": "MaximumMinimumOptions",
 }
+
+
+def refuse(node: ir.Node, problem: str, fix: str) -> BackendError:
+    """The error for a case of the node qcc does not lower, with the remedy that applies."""
+    return BackendError(f"node {node.name!r} ({node.op_type}): {problem}.", fix)
 
 
 class Chain:
@@ -199,6 +205,13 @@ def grid_sample(lw: Lowering, node: ir.Node) -> None:
     align = bool(attr_int(node, "align_corners", 0))
     if mode not in ("nearest", "linear", "cubic") or padding not in ("zeros", "border", "reflection"):
         raise unsupported(node, f"mode {mode!r} with padding_mode {padding!r}")
+    if mode == "cubic" and padding == "border":
+        raise refuse(
+            node,
+            "cubic mode with border padding: ONNX Runtime's kernel and ONNX's reference disagree there (by up to 0.6 "
+            "on random data), and qcc matches its float model as ONNX Runtime runs it",
+            "use padding_mode zeros or reflection, or linear mode.",
+        )
     if grid.shape[-1] != dims or batch * math.prod(spatial) > MAX_TABLE_ROWS:
         raise unsupported(node, f"an input of shape {list(x.shape)} with a grid of shape {list(grid.shape)}")
     out_spatial = list(grid.shape[1:-1])
@@ -275,10 +288,10 @@ def _roi_grid(node: ir.Node, rois: np.ndarray | None, pooled: tuple[int, int], h
     if ratio > 0:
         return ratio, ratio
     if rois is None:
-        raise unsupported(
+        raise refuse(
             node,
-            "sampling_ratio 0 (adaptive) with run-time rois: the number of samples per bin would depend on the "
-            "data. Fix: set sampling_ratio > 0, or make the rois constant",
+            "sampling_ratio 0 (adaptive) with run-time rois: the number of samples per bin would depend on the data",
+            "set sampling_ratio > 0, or make the rois constant.",
         )
     scale, offset = attr_float(node, "spatial_scale", 1.0), 0.5 if half_pixel else 0.0
     boxes = rois.astype(np.float64) * scale - offset

@@ -37,6 +37,7 @@ import onnx_ir as ir
 from qcc.backends import _tflite_ops_sampling
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_rule import I32, Rule
+from qcc.backends._tflite_ops_sampling import refuse
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.backends._tflite_writer import Tensor
 from qcc.irutils import attr_int, const_array
@@ -103,11 +104,11 @@ def dft_matrix(n_in: int, c_in: int, length: int, k_out: int, c_out: int, invers
 def check_size(node: ir.Node, rows: int, columns: int) -> None:
     """Refuses a dense matrix of more than ``MAX_MATRIX_ELEMENTS`` values."""
     if rows * columns > MAX_MATRIX_ELEMENTS:
-        raise unsupported(
+        raise refuse(
             node,
             f"a {rows} x {columns} DFT matrix ({rows * columns} values, over qcc's limit of {MAX_MATRIX_ELEMENTS}); "
-            "LiteRT has no FFT builtin and qcc lowers a DFT as a dense matrix product. Fix: shorten the transform, "
-            "or cut the graph before it",
+            "LiteRT has no FFT builtin and qcc lowers a DFT as a dense matrix product",
+            "shorten the transform, or cut the graph before it with onnx.utils.extract_model.",
         )
 
 
@@ -129,7 +130,7 @@ def _dft_axis(node: ir.Node, rank: int) -> int:
     elif present(node, 2):
         axis = scalar_input(node, 2)
         if axis is None:
-            raise unsupported(node, "a run-time axis input (the lowering needs the axis at compile time)")
+            raise refuse(node, "a run-time axis (the lowering needs it at compile time)", "make axis a constant.")
     else:
         opset = node.graph.opset_imports.get("", 20) if node.graph is not None else 20
         axis = 1 if opset < 20 else -2
@@ -152,7 +153,11 @@ def dft(lw: Lowering, node: ir.Node) -> None:
     length = scalar_input(node, 1)
     if length is None and present(node, 1):
         if onesided and not inverse:
-            raise unsupported(node, "a run-time dft_length with onesided=1 (two lengths fit the output's size)")
+            raise refuse(
+                node,
+                "a run-time dft_length with onesided=1 (two lengths fit the output's size)",
+                "make dft_length a constant (an initializer).",
+            )
         length = k_out
     elif length is None:
         length = 2 * (n_in - 1) if inverse and onesided else n_in
@@ -184,10 +189,10 @@ def _frame_length(node: ir.Node, signal: int, frames: int, bins: int, onesided: 
     steps = [step] if step is not None else range(1, signal + 1)
     fitting = [n for n in candidates if 0 < n <= signal and any((signal - n) // s + 1 == frames for s in steps)]
     if len(set(fitting)) != 1:
-        raise unsupported(
+        raise refuse(
             node,
-            f"a run-time frame_length that the shapes do not determine (lengths {sorted(set(fitting))} fit); "
-            "Fix: make frame_length a constant",
+            f"a run-time frame_length that the static shapes do not determine (lengths {sorted(set(fitting))} fit)",
+            "make frame_length a constant (an initializer).",
         )
     return fitting[0]
 
@@ -234,10 +239,11 @@ def _col2im_sizes(node: ir.Node, channels_blocks: int, blocks: int, image: list[
         if math.prod(shape) == block_size and _block_count(node, image, list(shape)) == blocks:
             fitting.append(list(shape))
     if not fitting or len(fitting) > MAX_BLOCK_CANDIDATES:
-        raise unsupported(
+        raise refuse(
             node,
-            f"a run-time block_shape that the shapes fit {len(fitting)} ways (qcc lowers up to "
-            f"{MAX_BLOCK_CANDIDATES} and picks one at run time); Fix: make block_shape a constant",
+            f"a run-time block_shape that the static shapes fit {len(fitting)} ways (qcc lowers up to "
+            f"{MAX_BLOCK_CANDIDATES} and picks one at run time)",
+            "make block_shape a constant (an initializer).",
         )
     return fitting
 
