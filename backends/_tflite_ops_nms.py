@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
-from qcc.backends._tflite_ops_rule import BOOL, F32, I32, Rule, static_rank
+from qcc.backends._tflite_ops_rule import BOOL, F32, I32, Rule
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.backends._tflite_writer import Tensor
 from qcc.irutils import attr_int, const_array
@@ -77,10 +77,15 @@ def _iou_threshold(rule: Rule) -> Tensor:
 def non_max_suppression(lw: Lowering, node: ir.Node) -> None:
     """NonMaxSuppression -> NON_MAX_SUPPRESSION_V4 per (batch, class), compacted (module docstring)."""
     rule = Rule(lw, node)
-    out_shape = static_rank(node, node.outputs[0])
-    rows_wanted = out_shape[0]
-    if rows_wanted == 0:
-        raise unsupported(node, "a declared length of 0 selected boxes (an empty output)")
+    out_shape = node.outputs[0].shape
+    if out_shape is None or len(out_shape) != 2 or not isinstance(out_shape[0], int) or out_shape[0] == 0:
+        raise unsupported(
+            node,
+            f"an output length that depends on the input values ({node.outputs[0].name!r} is {out_shape}: no selected "
+            "boxes, or an unknown number), and qcc writes TFLite tensors with static shapes; it is lowered when the "
+            "model declares that length or the calibration run selects boxes",
+        )
+    rows_wanted = int(out_shape[0])
     boxes, scores = rule.data(0), rule.data(1)
     batches, count = boxes.shape[0], boxes.shape[1]
     classes = scores.shape[1]

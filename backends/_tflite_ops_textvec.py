@@ -8,9 +8,11 @@ X[i + (n - 1) d]`` is a pool n-gram with ``min_gram_length <= n <= max_gram_leng
 (a SLICE, ``[B, 1, count]``), a window matches gram ``g`` when ``AND_j EQUAL(W_j, G[g, j])``
 (``[B, P_n, count]``); SUM over the windows gives the counts ``[B, P_n]``, added over the skips
 and concatenated over ``n``. A FULLY_CONNECTED with the constant 0/1 matrix
-``M[ngram_indexes[p], p] = 1`` puts them at their output positions (exact: small integers), then
-``TF`` keeps the counts, ``IDF`` gives ``weights * MINIMUM(count, 1)`` and ``TFIDF``
-``weights * count`` (weights default to 1).
+``M[ngram_indexes[p], p] = 1`` puts them at their output positions (exact: small integers), after
+``TF`` kept the counts, ``IDF`` took ``weights * MINIMUM(count, 1)`` and ``TFIDF``
+``weights * count`` (weights default to 1; ``weights[p]`` is pool n-gram ``p``'s, as the
+operator's text says and ONNX Runtime does, where ONNX's reference implementation indexes them
+by output position).
 
 String pools are refused: TFLite string tensors have no comparison builtin qcc writes.
 """
@@ -89,7 +91,7 @@ def tf_idf_vectorizer(lw: Lowering, node: ir.Node) -> None:
     grams = _grams(node)
     indexes = _ints(node, "ngram_indexes")
     out_size = int(node.outputs[0].shape[-1])
-    parts, positions, offset = [], [], 0
+    parts, grams_used, offset = [], [], 0
     for order, table in grams.items():
         if lowest <= order <= highest:
             counts = [_count(rule, rows, table, d) for d in (range(1, skips + 2) if order > 1 else [1])]
@@ -98,35 +100,36 @@ def tf_idf_vectorizer(lw: Lowering, node: ir.Node) -> None:
                 counts[0] = rule.op("ADD", [counts[0], extra], counts[0].shape, F32, "AddOptions")
             if counts:
                 parts.append(counts[0])
-                positions.extend(indexes[offset : offset + len(table)])
+                grams_used.extend(range(offset, offset + len(table)))
         offset += len(table)
     batch = rows.shape[0]
     if not parts:
-        found = rule.const(np.zeros((batch, out_size), np.float32))
-    else:
-        counts = parts[0]
-        if len(parts) > 1:
-            width = sum(p.shape[1] for p in parts)
-            counts = rule.op(
-                "CONCATENATION", parts, [batch, width], F32, "ConcatenationOptions", axis=1, fused_activation_function=0
-            )
-        mapping = np.zeros((out_size, counts.shape[1]), np.float32)
-        mapping[positions, np.arange(counts.shape[1])] = 1.0
-        found = rule.op(
-            "FULLY_CONNECTED",
-            [counts, rule.const(mapping), -1],
-            [batch, out_size],
-            F32,
-            "FullyConnectedOptions",
-            fused_activation_function=0,
-            keep_num_dims=False,
+        rule.finish(rule.const(np.zeros(node.outputs[0].shape, np.float32)))
+        return
+    counts = parts[0]
+    if len(parts) > 1:
+        width = sum(p.shape[1] for p in parts)
+        counts = rule.op(
+            "CONCATENATION", parts, [batch, width], F32, "ConcatenationOptions", axis=1, fused_activation_function=0
         )
-    weights = node.attributes.get("weights")
-    weight = np.ones(out_size, np.float32) if weights is None else np.array(weights.as_floats(), np.float32)
     if mode == "IDF":
-        found = rule.op("MINIMUM", [found, rule.const(np.float32(1))], found.shape, F32, "MaximumMinimumOptions")
-    if mode != "TF" and not np.all(weight == 1):
-        found = rule.op("MUL", [found, rule.const(weight)], found.shape, F32, "MulOptions")
+        counts = rule.op("MINIMUM", [counts, rule.const(np.float32(1))], counts.shape, F32, "MaximumMinimumOptions")
+    weights = node.attributes.get("weights")
+    if mode != "TF" and weights is not None:
+        # The i-th weight is the i-th pool n-gram's (ONNX's operator text; ONNX Runtime does so).
+        weight = np.array(weights.as_floats(), np.float32)[grams_used]
+        counts = rule.op("MUL", [counts, rule.const(weight)], counts.shape, F32, "MulOptions")
+    mapping = np.zeros((out_size, counts.shape[1]), np.float32)
+    mapping[np.array(indexes)[grams_used], np.arange(counts.shape[1])] = 1.0
+    found = rule.op(
+        "FULLY_CONNECTED",
+        [counts, rule.const(mapping), -1],
+        [batch, out_size],
+        F32,
+        "FullyConnectedOptions",
+        fused_activation_function=0,
+        keep_num_dims=False,
+    )
     rule.finish(rule.reshape(found, list(node.outputs[0].shape)))
 
 
