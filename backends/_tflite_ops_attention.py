@@ -20,15 +20,22 @@ Attention (opsets 23-25), following ONNX's reference implementation:
   Constant parts are folded into one constant; run-time parts (a mask or ``nonpad_kv_seqlen``
   fed at run time) are built with SELECT_V2 / LESS_EQUAL / PADV2.
 * ``probs = SOFTMAX(scores + bias)``; a row whose bias is -inf everywhere (no key allowed) is 0
-  (SELECT_V2), as ONNX defines it; ``Y = probs V`` (BATCH_MATMUL), back to 3-D if Q was.
+  (SELECT_V2), as ONNX defines it; ``Y = probs V`` (BATCH_MATMUL), back to 3-D if Q was. The
+  row test is ``REDUCE_MAX(bias) <= -FLT_MAX``: LiteRT's builtin ADD clamps -inf to -FLT_MAX and
+  its REDUCE_MAX starts from -FLT_MAX, so a masked row may top at -FLT_MAX instead of -inf.
 * ``qk_matmul_output``: mode 0/1 the (softcapped) scores, 2 with the bias, 3 the probabilities.
+  Mode 2 is written through MAXIMUM(., -FLT_MAX): the two resolvers then agree (builtin ADD
+  clamps, XNNPACK's does not), and ONNX Runtime writes -FLT_MAX at causal and bool-masked keys
+  too; only a float mask holding -inf itself comes out as -FLT_MAX where ONNX Runtime keeps -inf.
+* ``softmax_precision`` changes nothing: everything is computed in float32 already.
 
 RotaryEmbedding: with ``cos``/``sin`` gathered by ``position_ids`` (GATHER, or folded when both
 are constants) to ``[B, S, R/2]``, every output element is ``x[d] * C[d] + x[p(d)] * S[d]``,
 where ``p(d)`` is the partner of ``d`` in its rotation pair (``d +- R/2``, or ``d ^ 1`` when
 interleaved), ``C = cos`` and ``S = -sin`` on the pair's first element, ``+sin`` on its second,
 and ``C = 1, S = 0`` past ``rotary_embedding_dim``. So the rule is three GATHERs on the last
-axis (of x, and of the caches extended by a ones/zeros column), two MULs and an ADD.
+axis (x at the partners, the caches at each dimension's pair), MULs by per-dimension sign and
+pass-through constants, two MULs and an ADD; constant caches and positions fold into ``C``, ``S``.
 """
 
 from __future__ import annotations
@@ -85,7 +92,9 @@ def attention(lw: Lowering, node: ir.Node) -> None:
         raise unsupported(node, f"rank-{rank} Q (ONNX takes 3-D or 4-D)")
     batch, q_heads, s, depth = q.shape
     kv_heads = k.shape[1]
-    past = present(node, _PAST_KEY) and present(node, _PAST_VALUE)
+    past = present(node, _PAST_KEY)
+    if past != present(node, _PAST_VALUE):
+        raise unsupported(node, "past_key without past_value or the reverse (ONNX takes both or neither)")
     past_length = lw.read(node.inputs[_PAST_KEY], False).shape[2] if past else 0
     keys = []
     for i, (x, past_index) in enumerate(((k, _PAST_KEY), (v, _PAST_VALUE)), start=1):
@@ -145,7 +154,8 @@ def attention(lw: Lowering, node: ir.Node) -> None:
 
 
 def _copy(rule: Rule, x: Tensor) -> Tensor:
-    """``x`` itself: outputs written mid-rule must not be redirected, so they are finished from a copy."""
+    """A RESHAPE copy of ``x`` to finish an output from: finishing ``x`` itself could redirect the op
+    that writes ``x`` to the output, while later ops of the rule still read ``x``."""
     return rule.reshape(x, list(x.shape), out=rule.tensor(x.shape, x.dtype))
 
 
@@ -279,6 +289,8 @@ def rotary_embedding(lw: Lowering, node: ir.Node) -> None:
         raise unsupported(node, f"rank-{rank} input (ONNX takes 3-D or 4-D)")
     depth = x.shape[-1]
     rotary = attr_int(node, "rotary_embedding_dim", 0) or depth
+    if rotary > depth or rotary % 2:
+        raise unsupported(node, f"rotary_embedding_dim {rotary} with head size {depth} (ONNX needs an even one <= it)")
     half = rotary // 2
     interleaved = bool(attr_int(node, "interleaved", 0))
     d = np.arange(depth)
@@ -286,25 +298,23 @@ def rotary_embedding(lw: Lowering, node: ir.Node) -> None:
     first = (d % 2 == 0) if interleaved else (d < half)
     partner = np.where(first, d + 1, d - 1) if interleaved else np.where(first, d + half, d - half)
     inside = d < rotary
-    cos_index = np.where(inside, pair, half).astype(np.int32)  # column `half` is the appended ones
-    sin_index = np.where(inside, np.where(first, half + pair, pair), 2 * half).astype(np.int32)  # [sin, -sin, 0]
+    pair = np.where(inside, pair, 0).astype(np.int32)
+    sign = np.where(inside, np.where(first, -1.0, 1.0), 0.0).astype(np.float32)
     partner = np.where(inside, partner, d).astype(np.int32)
     cos, sin = _gathered_caches(rule, node, half)
     b, s = cos.shape[:2]
-    wide = [b, s, depth]
     if cos.data is not None and sin.data is not None:
-        c = rule.const(np.concatenate([cos.data, np.ones((b, s, 1), np.float32)], -1)[..., cos_index])
-        sn = sin.data
-        sn = rule.const(np.concatenate([sn, -sn, np.zeros((b, s, 1), np.float32)], -1)[..., sin_index])
+        c = rule.const(np.where(inside, cos.data[..., pair], np.float32(1)))
+        sn = rule.const(sin.data[..., pair] * sign)
     else:
-        ones = rule.const(np.ones((b, s, 1), np.float32))
-        cos_ext = rule.op("CONCATENATION", [cos, ones], [b, s, half + 1], options="ConcatenationOptions", axis=2)
-        c = rule.op("GATHER", [cos_ext, rule.const(cos_index)], wide, options="GatherOptions", axis=2, batch_dims=0)
-        negative = rule.op("NEG", [sin], sin.shape)
-        zeros = rule.const(np.zeros((b, s, 1), np.float32))
-        sin_ext = rule.op("CONCATENATION", [sin, negative, zeros], [b, s, 2 * half + 1],
-                          options="ConcatenationOptions", axis=2)
-        sn = rule.op("GATHER", [sin_ext, rule.const(sin_index)], wide, options="GatherOptions", axis=2, batch_dims=0)
+        # Per-dimension constants only (no size in them), so a run-time sequence length stays dynamic.
+        wide = [b, s, depth]
+        c = rule.op("GATHER", [cos, rule.const(pair)], wide, options="GatherOptions", axis=2, batch_dims=0)
+        if not inside.all():
+            c = rule.op("MUL", [c, rule.const(inside.astype(np.float32))], wide, options="MulOptions")
+            c = rule.op("ADD", [c, rule.const((~inside).astype(np.float32))], wide, options="AddOptions")
+        sn = rule.op("GATHER", [sin, rule.const(pair)], wide, options="GatherOptions", axis=2, batch_dims=0)
+        sn = rule.op("MUL", [sn, rule.const(sign)], wide, options="MulOptions")
     # [B, S, D] against x [B, H, S, D] (4-D) or [B, S, H, D] (3-D, reshaped).
     view = [b, 1, s, depth] if rank == 4 else [b, s, 1, depth]
     c, sn = rule.reshape(c, view), rule.reshape(sn, view)

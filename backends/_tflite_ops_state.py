@@ -4,7 +4,8 @@ TensorScatter (collected by ``_tflite_ops_attention``). Float decompositions int
 * CausalConvWithState: ``padded = [past_state or 0, x]`` on the time axis (CONCATENATION), then
   the depthwise causal convolution as ``k`` taps, ``y = bias + sum_j w[:, 0, j] * padded[:, :, j : j + L]``
   (SLICE, MUL, ADD: the weight may be a run-time input), optionally ``y * sigmoid(y)`` (silu/swish);
-  ``present_state`` is the last ``k - 1`` steps of ``padded``.
+  ``present_state`` is the last ``k - 1`` steps of ``padded`` (with ``k = 1`` a zero-size tensor,
+  which LiteRT 2.3 runs on both resolvers).
 * LinearAttention: ONNX's recurrence unrolled over the (static) sequence length, with the state
   ``S [B, Hkv, dk, dv]``: ``S *= exp(decay_t)`` (gated), ``v_t = beta_t (v_t - k_t^T S)`` (delta),
   ``S += k_t v_t^T``, ``o_t = scale * q_t S`` where query head ``h`` reads state ``h // g`` (Q viewed as
