@@ -265,3 +265,29 @@ def test_grid_sample_is_a_float_island_in_an_int8_model():
     ]
     result = qcc.compile(model, target="tflite", calibration=feeds, verify=True)
     assert {"CONV_2D", "GATHER"} <= _builtins(result.artifact.data)
+
+
+@pytest.mark.parametrize("extras", [False, True])
+def test_deform_conv_matches_onnxruntime(extras):
+    attrs = "<kernel_shape=[3, 2], strides=[2, 1], dilations=[1, 2], pads=[1, 0, 1, 1]>"
+    inputs = "float[2,3,7,6] x, float[4,3,3,2] w, float[2,12,4,5] off" + (
+        ", float[4] bias, float[2,6,4,5] m" if extras else ""
+    )
+    body = f"y = DeformConv{attrs}(x, w, off" + (", bias, m)" if extras else ")")
+    model = _model(inputs, "float[2,4,4,5] y", body, 19)
+    feed = {"x": _normal([2, 3, 7, 6]), "off": 2 * _normal([2, 12, 4, 5], 1)}
+    if extras:
+        feed.update(m=np.random.default_rng(3).uniform(0, 1, (2, 6, 4, 5)).astype(np.float32))
+    data = _check(model, feed, atol=1e-4)
+    assert {"GATHER", "BATCH_MATMUL"} <= _builtins(data)
+
+
+def test_grouped_deform_conv_is_refused():
+    model = _model(
+        "float[1,4,5,5] x, float[2,2,2,2] w, float[1,8,4,4] off",
+        "float[1,2,4,4] y",
+        "y = DeformConv<group=2>(x, w, off)",
+        19,
+    )
+    with pytest.raises(QccError, match="one group"):
+        qcc.compile(model, target="tflite", calibration=[{"x": _normal([1, 4, 5, 5]), "off": _normal([1, 8, 4, 4])}])
