@@ -1,4 +1,5 @@
-"""Signal and sampling lowerings (``backends/_tflite_ops_signal.py`` and ``_tflite_ops_sampling.py``)
+"""Signal and sampling lowerings (``backends/_tflite_ops_signal.py``, ``_tflite_ops_sampling.py``,
+``_tflite_ops_deform.py``)
 run in LiteRT.
 
 Each single-op model is compiled for ``tflite`` (the ops are float-only: float nodes read and
