@@ -8,13 +8,15 @@ normalized coordinates ``(x, y[, z], 1)`` (``-1 + (2i + 1) / n``, or ``linspace(
 
 GridSample: each grid point is denormalized per spatial axis (``x = ((g + 1) n - 1) / 2``, or
 ``(g + 1)(n - 1) / 2`` with ``align_corners``); nearest rounds it (ROUND is half-to-even, as
-ONNX's ``rint``); a coordinate past the border ``[lo, hi]`` is clamped (``border``) or reflected
-(``reflection``: ``lo + r - |((x - lo) mod 2r) - r|``, ``r = hi - lo``). Its neighbours along each
-axis (1 nearest, 2 linear, 4 cubic with Keys' ``a = -0.75`` weights) and their weights are
-computed in float; a neighbour outside the image reads 0 (``zeros``: its weight is masked), the
-edge (``border``) or its reflection (``reflection``). Every combination of neighbours is one row
-index into the ``[N * pixels, C]`` table of the image; one GATHER reads them all and a weighted
-SUM adds them up.
+``nearbyint``). Its neighbours along each axis (1 nearest, 2 linear, 4 cubic with Keys'
+``a = -0.75`` weights) and their weights are computed in float; a neighbour outside the image
+reads 0 (``zeros``: its weight is masked), the edge (``border``) or its reflection about the
+border ``[lo, hi]`` (``reflection``: ``lo + r - |((i - lo) mod 2r) - r|``, ``r = hi - lo``). Padding
+applies to each neighbour's index, as ONNX Runtime does; ONNX's reference first also moves a
+coordinate past the border, which agrees except for cubic with border padding, where qcc follows
+ONNX Runtime (its float model runs there). Every combination of neighbours is one row index into
+the ``[N * pixels, C]`` table of the image; one GATHER reads them all and a weighted SUM adds them
+up.
 
 RoiAlign: the bilinear sample points of a roi lie on a product grid, so the samples along y form
 a ``[R, oh * gh, H]`` matrix ``Gy`` (one-hot rows weighted by the bilinear weight, zero for a
@@ -207,13 +209,6 @@ def grid_sample(lw: Lowering, node: ir.Node) -> None:
     align = bool(attr_int(node, "align_corners", 0))
     if mode not in ("nearest", "linear", "cubic") or padding not in ("zeros", "border", "reflection"):
         raise unsupported(node, f"mode {mode!r} with padding_mode {padding!r}")
-    if mode == "cubic" and padding == "border":
-        raise refuse(
-            node,
-            "cubic mode with border padding: ONNX Runtime's kernel and ONNX's reference disagree there (by up to 0.6 "
-            "on random data), and qcc matches its float model as ONNX Runtime runs it",
-            "use padding_mode zeros or reflection, or linear mode.",
-        )
     if grid.shape[-1] != dims or batch * math.prod(spatial) > MAX_TABLE_ROWS:
         raise unsupported(node, f"an input of shape {list(x.shape)} with a grid of shape {list(grid.shape)}")
     out_spatial = list(grid.shape[1:-1])
@@ -242,19 +237,6 @@ def gather_points(chain: Chain, x: Tensor, coordinates: list[Tensor], mode: str,
         if mode == "nearest":
             coordinate = chain.unary("ROUND", coordinate)
         low, high = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
-        if padding != "zeros":
-            outside = rule.op(
-                "LOGICAL_OR",
-                [chain.binary("LESS", coordinate, low, np.bool_), chain.binary("GREATER", coordinate, high, np.bool_)],
-                coordinate.shape,
-                np.bool_,
-            )
-            moved = (
-                chain.clamp(coordinate, 0.0, size - 1.0)
-                if padding == "border"
-                else _reflect(chain, coordinate, low, high)
-            )
-            coordinate = chain.select(outside, moved, coordinate)
         axis = []
         for index, weight in _neighbours(chain, coordinate, mode):
             if padding == "reflection":
