@@ -48,6 +48,7 @@ from qcc.backends._tflite_ops_float import wanted
 from qcc.backends._tflite_ops_rule import BOOL, F32, I32, Rule
 from qcc.backends._tflite_ops_state import LOWERINGS as STATE_LOWERINGS
 from qcc.backends._tflite_ops_window import unsupported
+from qcc.backends._tflite_shapes import SIGNATURE_KEY
 from qcc.backends._tflite_writer import Tensor
 from qcc.irutils import attr_float, attr_int, const_array
 
@@ -127,7 +128,7 @@ def attention(lw: Lowering, node: ir.Node) -> None:
     qk_out = wanted(node, 3)
     if qk_out and mode in (0, 1):
         rule.finish(_copy(rule, scores), 3)
-    bias = _bias(rule, node, s, length, past_length, batch)
+    bias = _bias(rule, node, s, length, past_length, (scaled, k) if _dynamic(node) else None)
     if bias is not None:
         scores = rule.op("ADD", [scores, bias.tensor], shape, options="AddOptions")
     if qk_out and mode == 2:
@@ -166,10 +167,21 @@ class _Bias:
         self.tensor, self.masked_rows = tensor, masked_rows
 
 
-def _bias(rule: Rule, node: ir.Node, s: int, length: int, past_length: int, batch: int) -> _Bias | None:
-    """The sum of the mask, causal, window and padding biases (see module docstring), or None without any."""
+def _dynamic(node: ir.Node) -> bool:
+    """True when the node reads or writes a value whose size differs between the lowered instances."""
+    return any(v is not None and SIGNATURE_KEY in v.meta for v in (*node.inputs, *node.outputs))
+
+
+def _bias(rule: Rule, node: ir.Node, s: int, length: int, past_length: int, sized) -> _Bias | None:
+    """The sum of the mask, causal, window and padding biases (see module docstring), or None without any.
+
+    ``sized`` is ``(q, k)`` when the node's sizes are dynamic: the causal and window biases are then
+    computed at run time from their shapes instead of being a constant of one size.
+    """
     constant = np.zeros((s, length), np.float32)
     varying: list[Tensor] = []
+    # Only a mask or nonpad_kv_seqlen can mask every key of a row (causal and window keep key i + offset).
+    whole_rows = False
     if present(node, _MASK):
         mask = const_array(node.inputs[_MASK])
         if mask is not None:
@@ -182,6 +194,7 @@ def _bias(rule: Rule, node: ir.Node, s: int, length: int, past_length: int, batc
             constant = constant + mask
         else:
             varying.append(_run_time_mask(rule, node, length))
+            whole_rows = True
     causal = bool(attr_int(node, "is_causal", 0))
     left, right = attr_int(node, "left_window_size", -1), attr_int(node, "right_window_size", -1)
     nonpad = None
@@ -191,7 +204,10 @@ def _bias(rule: Rule, node: ir.Node, s: int, length: int, past_length: int, batc
         nonpad = const_array(node.inputs[_NONPAD])
         if nonpad is None:
             varying.append(_run_time_nonpad(rule, node, s, length, causal, left, right))
-    if nonpad is not None or not present(node, _NONPAD):
+            whole_rows = True
+    if sized is not None and not present(node, _NONPAD) and (causal or left >= 0 or right >= 0):
+        varying.append(_run_time_causal(rule, node, *sized, causal, left, right))
+    elif nonpad is not None or not present(node, _NONPAD):
         offset = np.zeros((1,), np.int64) + past_length if nonpad is None else nonpad.reshape(-1) - s
         allowed = _allowed(offset, s, length, causal, left, right)
         if nonpad is not None:
@@ -209,8 +225,8 @@ def _bias(rule: Rule, node: ir.Node, s: int, length: int, past_length: int, batc
             continue
         shape = np.broadcast_shapes(tuple(tensor.shape), tuple(part.shape))
         tensor = rule.op("ADD", [tensor, part], shape, options="AddOptions")
-    if not varying:
-        rows = np.isneginf(constant.max(axis=-1, keepdims=True))
+    rows = np.isneginf(constant.max(axis=-1, keepdims=True))
+    if not whole_rows:
         return _Bias(tensor, rule.const(rows) if rows.any() else None)
     top = rule.op("REDUCE_MAX", [tensor, rule.const(np.array([-1], np.int32))], [*tensor.shape[:-1], 1],
                   options="ReducerOptions", keep_dims=True)
@@ -230,6 +246,37 @@ def _allowed(offset: np.ndarray, s: int, length: int, causal: bool, left: int, r
     if right >= 0:
         allowed &= -diff <= right
     return allowed
+
+
+def _run_time_causal(rule: Rule, node: ir.Node, q: Tensor, k: Tensor, causal: bool, left: int, right: int) -> Tensor:
+    """The causal/window bias ``[S, L]`` from the run-time sizes: ``d = i + P - j`` with ``i < S``, ``j < L``
+    (RANGE over SHAPE), ``P`` the past length (SHAPE of ``past_key``)."""
+    def size(x: Tensor, axis: int) -> Tensor:
+        shape = rule.lw.shape_tensor(x, node.name)
+        return rule.op("GATHER", [shape, rule.const(np.int32(axis))], [], I32, "GatherOptions", axis=0, batch_dims=0)
+
+    zero, one = rule.const(np.int32(0)), rule.const(np.int32(1))
+    length = k.shape[2]
+    queries = rule.op("RANGE", [zero, size(q, 2), one], [q.shape[2]], I32, "RangeOptions")
+    keys = rule.op("RANGE", [zero, size(k, 2), one], [length], I32, "RangeOptions")
+    queries = rule.reshape(queries, [q.shape[2], 1])
+    if present(node, _PAST_KEY):
+        queries = rule.op("ADD", [queries, size(rule.lw.read(node.inputs[_PAST_KEY], False), 2)], queries.shape, I32,
+                          "AddOptions")
+    shape = [q.shape[2], length]
+    diff = rule.op("SUB", [queries, keys], shape, I32, "SubOptions")
+    allowed, tests = None, []
+    if causal:
+        tests.append(("GREATER_EQUAL", 0))
+    if left >= 0:
+        tests.append(("LESS_EQUAL", left))
+    if right >= 0:
+        tests.append(("GREATER_EQUAL", -right))
+    for name, bound in tests:
+        test = rule.op(name, [diff, rule.const(np.int32(bound))], shape, BOOL)
+        allowed = test if allowed is None else rule.op("LOGICAL_AND", [allowed, test], shape, BOOL)
+    return rule.op("SELECT_V2", [allowed, rule.const(np.float32(0)), rule.const(_NEG_INF)], shape,
+                   options="SelectV2Options")
 
 
 def _run_time_mask(rule: Rule, node: ir.Node, length: int) -> Tensor:

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import qcc
-from qcc.backends._tflite_litert import interpreter, run
+from qcc.backends._tflite_litert import interpreter, run, run_all
 from qcc.errors import QccError
 from tests.conftest import random_feeds
 from tests.conftest import run as run_ort
@@ -175,3 +175,25 @@ def test_attention_with_heads_that_do_not_group_is_refused():
     model = _model("Attention", 23, _qkv([1, 3, 2, 4], [1, 2, 2, 4], [1, 2, 2, 4]), [("y", _F, [1, 3, 2, 4])])
     with pytest.raises(QccError, match="3 query heads over 2 KV heads"):
         qcc.compile(model, target="tflite", calibration=[_feed(model, {})], verify=False)
+
+
+def test_causal_window_attention_with_run_time_lengths_stays_dynamic():
+    # GQA, a past cache: the sequence and past lengths are both dynamic.
+    inputs = [("q", _F, [1, 4, "s", 8]), ("k", _F, [1, 2, "s", 8]), ("v", _F, [1, 2, "s", 8]), ("", _F, None),
+              ("pk", _F, [1, 2, "p", 8]), ("pv", _F, [1, 2, "p", 8])]
+    outputs = [("y", _F, [1, 4, "s", 8]), ("present_k", _F, [1, 2, "t", 8]), ("present_v", _F, [1, 2, "t", 8])]
+    model = _model("Attention", 25, inputs, outputs, is_causal=1, left_window_size=2)
+    rng = np.random.default_rng(4)
+
+    def sample(s: int, p: int) -> dict[str, np.ndarray]:
+        sizes = {"q": (1, 4, s, 8), "k": (1, 2, s, 8), "v": (1, 2, s, 8), "pk": (1, 2, p, 8), "pv": (1, 2, p, 8)}
+        return {name: rng.normal(0, 1, size).astype(np.float32) for name, size in sizes.items()}
+
+    result = qcc.compile(model, target="tflite", calibration=[sample(3, 2), sample(5, 4)])
+    assert result.report["verify"]["shapes"]["dynamic"], result.report["verify"]["shapes"]
+    feed = sample(4, 7)
+    expected = run_ort(model, feed)
+    for resolver in ("xnnpack", "builtin"):
+        (got,) = run_all(interpreter(result.artifact.data, resolver), [feed], [[e.shape for e in expected]])
+        for e, g in zip(expected, got, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4, err_msg=resolver)
