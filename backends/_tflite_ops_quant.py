@@ -14,6 +14,8 @@ become exact float32 decompositions (a float island):
   GATHERed along ``axis`` with ``index[i] = i // B``), constant or read at run time.
 * ``QLinearMatMul``: as ONNX Runtime computes it, ``acc = (a - z_a) @ (b - z_b)`` (integers, exact
   in float32 while ``K * 255^2 < 2^24``), then ``y = Q(acc * (s_a * s_b / s_y), z_y)``.
+* ``QLinearConv``: the same around a float CONV_2D / DEPTHWISE_CONV_2D of ``x - z_x`` and
+  ``w - z_w`` (per-channel ``w`` parameters allowed) with the int32 bias, in NHWC.
 * ``BitCast`` -> BITCAST (code 159). float16 data is float32 inside the artifact and CAST back
   to float16 (exactly) around it; float64 bits exist only at a float64 model input.
 
@@ -30,7 +32,7 @@ import onnx_ir as ir
 from qcc.backends import _tflite_ops_linalg, _tflite_ops_loss, _tflite_ops_nms, _tflite_ops_textvec, _tflite_ops_unpool
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_rule import F32, I32, Rule
-from qcc.backends._tflite_ops_window import unsupported
+from qcc.backends._tflite_ops_window import VALID, nd_pads, unsupported, window
 from qcc.backends._tflite_writer import TENSOR_TYPES, Quant, Tensor
 from qcc.irutils import attr_int, const_array
 
@@ -202,6 +204,97 @@ def qlinear_matmul(lw: Lowering, node: ir.Node) -> None:
     _requantize(rule, scaled, zero_point, dtype)
 
 
+def _filter(rule: Rule, depthwise: bool) -> Tensor:
+    """QLinearConv's weight minus its zero point(s), float32, as a 2-D TFLite filter (OHWI, or [1, kh, kw, O])."""
+    node = rule.node
+    _check_type(node, node.inputs[3].dtype, _RANGES)
+    w_value, zero_value = node.inputs[3], _input(node, 5)
+    shape = [int(d) for d in w_value.shape]
+    image = [shape[0], shape[1], 1, shape[2]] if len(shape) == 3 else shape
+    perm = (1, 2, 3, 0) if depthwise else (0, 2, 3, 1)
+    w, zero = const_array(w_value), const_array(zero_value) if zero_value is not None else np.zeros(1)
+    if w is not None and zero is not None:
+        centered = w.astype(np.float32).reshape(image) - zero.astype(np.float32).reshape(-1, 1, 1, 1)
+        return rule.const(centered.transpose(perm))
+    w = rule.reshape(rule.cast(_raw(rule.lw.read(w_value, False)), F32), image)
+    if zero_value is not None:
+        size = int(np.prod(zero_value.shape or [1]))
+        zero = _parameter(rule, 5, image, 0, 0) if size > 1 else _parameter(rule, 5, [1], 0, 0)
+        w = rule.op("SUB", [w, zero], image, F32, "SubOptions")
+    return rule.transpose(w, perm)
+
+
+def _output_scale(rule: Rule, channels: int) -> Tensor:
+    """QLinearConv's requantization multiplier ``x_scale * w_scale / y_scale`` (``[O]`` or one value)."""
+    node = rule.node
+    values = [const_array(node.inputs[i]) for i in (1, 4, 6)]
+    if all(v is not None for v in values):
+        x_scale, w_scale, y_scale = (v.astype(np.float32).reshape(-1) for v in values)
+        multiplier = (x_scale[0] * w_scale) / y_scale[0]
+        return rule.const(multiplier if multiplier.size > 1 else np.float32(multiplier[0]))
+    x_scale, y_scale = _single(rule, 1), _single(rule, 6)
+    size = int(np.prod(node.inputs[4].shape or [1]))
+    w_scale = _parameter(rule, 4, [channels], 0, 0) if size > 1 else _single(rule, 4)
+    product = rule.op("MUL", [x_scale, w_scale], list(w_scale.shape), F32, "MulOptions")
+    return rule.op("DIV", [product, y_scale], list(w_scale.shape), F32, "DivOptions")
+
+
+def qlinear_conv(lw: Lowering, node: ir.Node) -> None:
+    """QLinearConv -> integer CONV_2D / DEPTHWISE_CONV_2D in float32 (NHWC), then the requantization.
+
+    ``acc = conv(x - z_x, w - z_w) + B`` is exact in float32 while ``|acc| < 2^24``; then
+    ``y = Q(acc * (s_x * s_w / s_y), z_y)`` as for QLinearMatMul. The ONNX pads (zeros of
+    ``x - z_x``, i.e. the zero point) become an explicit PAD.
+    """
+    rule = Rule(lw, node)
+    dtype = node.outputs[0].dtype
+    _check_type(node, dtype, _RANGES)
+    w_shape = [int(d) for d in node.inputs[3].shape]
+    win = window(node, w_shape[2:])
+    x = _centered(rule, 0, 2)
+    if len(x.shape) == 3:
+        x = rule.reshape(x, [x.shape[0], x.shape[1], 1, x.shape[2]])
+    x = rule.transpose(x, (0, 2, 3, 1))
+    group, out_c, in_c = attr_int(node, "group", 1), w_shape[0], x.shape[3]
+    depthwise = group == in_c and group > 1 and out_c % in_c == 0
+    if group != 1 and not depthwise:
+        raise unsupported(node, f"group={group} (qcc lowers QLinearConv with group 1 or depthwise)")
+    out_shape = [int(d) for d in node.outputs[0].shape]
+    out_hw = [1, out_shape[2]] if len(out_shape) == 3 else out_shape[2:]
+    begin, end, _ = nd_pads(win.kernel, win.strides, win.dilations, win.pads, win.auto_pad, x.shape[1:3], out_hw)
+    if any(begin) or any(end):
+        paddings = np.array([[0, 0], [begin[0], end[0]], [begin[1], end[1]], [0, 0]], np.int32)
+        padded = [x.shape[0], x.shape[1] + begin[0] + end[0], x.shape[2] + begin[1] + end[1], x.shape[3]]
+        x = rule.op("PAD", [x, rule.const(paddings)], padded, F32, "PadOptions")
+    bias = _input(node, 8)
+    if bias is None:
+        b = rule.const(np.zeros(out_c, np.float32))
+    elif const_array(bias) is not None:
+        b = rule.const(const_array(bias).astype(np.float32))
+    else:
+        b = rule.cast(lw.read(bias, False), F32)
+    name, options = ("DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions") if depthwise else ("CONV_2D", "Conv2DOptions")
+    extra = {"depth_multiplier": out_c // in_c} if depthwise else {}
+    accumulated = rule.op(
+        name,
+        [x, _filter(rule, depthwise), b],
+        [out_shape[0], *out_hw, out_c],
+        F32,
+        options,
+        padding=VALID,
+        stride_w=win.strides[1],
+        stride_h=win.strides[0],
+        dilation_w_factor=win.dilations[1],
+        dilation_h_factor=win.dilations[0],
+        fused_activation_function=0,
+        **extra,
+    )
+    scaled = rule.op("MUL", [accumulated, _output_scale(rule, out_c)], accumulated.shape, F32, "MulOptions")
+    scaled = rule.reshape(rule.transpose(scaled, (0, 3, 1, 2)), out_shape)
+    zero_point = _parameter(rule, 7, [1], 0, 0) if _input(node, 7) is not None else None
+    _requantize(rule, scaled, zero_point, dtype)
+
+
 def _model_input(lw: Lowering, value: ir.Value) -> Tensor | None:
     """The interface tensor of a model input (float64 there, float32 inside the artifact), or None."""
     if not value.is_graph_input():
@@ -223,7 +316,7 @@ def bit_cast(lw: Lowering, node: ir.Node) -> None:
     for kind in (source_type, target_type):
         if kind not in TENSOR_TYPES:
             raise unsupported(node, f"a {kind} tensor: qcc's TFLite writer has no such tensor type")
-    x = lw.read(node.inputs[0], False)
+    x = _raw(lw.read(node.inputs[0], False))
     if source_type == np.float64:
         # The float64 bits are gone once the value is float32 inside the artifact: only a model input has them.
         x = _model_input(lw, node.inputs[0])
@@ -236,7 +329,7 @@ def bit_cast(lw: Lowering, node: ir.Node) -> None:
             )
     elif x.dtype != source_type:
         x = rule.cast(x, source_type)  # float16 data: float32 inside, exactly float16 again
-    y = lw.output(node)
+    y = _raw(lw.output(node))
     if y.dtype == target_type:
         lw.op("BITCAST", [x], [y], source=node.name)
         return
@@ -248,6 +341,7 @@ LOWERINGS = {
     "QuantizeLinear": quantize_linear,
     "DequantizeLinear": dequantize_linear,
     "QLinearMatMul": qlinear_matmul,
+    "QLinearConv": qlinear_conv,
     "BitCast": bit_cast,
     **_tflite_ops_unpool.LOWERINGS,
     **_tflite_ops_linalg.LOWERINGS,

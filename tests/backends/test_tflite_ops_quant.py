@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 
 import qcc
@@ -122,6 +123,38 @@ CASES = {
             "f": _x(1),
         },
     ),
+    "qlinear_conv_per_channel_pads_stride_bias": (
+        13,
+        "g (uint8[1,3,7,7] x, float sx, uint8 zx, int8[4,3,3,3] w, float[4] sw, int8[4] zw, float sy, uint8 zy, "
+        "int32[4] b) => (uint8[1,4,4,4] y) "
+        "{ y = QLinearConv<pads=[1,1,1,1], strides=[2,2]>(x, sx, zx, w, sw, zw, sy, zy, b) }",
+        {
+            "x": _RNG.integers(0, 256, (1, 3, 7, 7)).astype(np.uint8),
+            "sx": np.array(0.02, np.float32),
+            "zx": np.array(120, np.uint8),
+            "w": _RNG.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8),
+            "sw": np.array([0.01, 0.02, 0.005, 0.03], np.float32),
+            "zw": np.zeros(4, np.int8),
+            "sy": np.array(0.3, np.float32),
+            "zy": np.array(100, np.uint8),
+            "b": np.array([100, -2000, 0, 5000], np.int32),
+        },
+    ),
+    "qlinear_conv_depthwise_int8": (
+        13,
+        "g (int8[1,2,5,5] x, float sx, int8 zx, int8[4,1,3,3] w, float sw, int8 zw, float sy, int8 zy) "
+        '=> (int8[1,4,5,5] y) { y = QLinearConv<group=2, auto_pad="SAME_UPPER">(x, sx, zx, w, sw, zw, sy, zy) }',
+        {
+            "x": _RNG.integers(-128, 128, (1, 2, 5, 5)).astype(np.int8),
+            "sx": np.array(0.05, np.float32),
+            "zx": np.array(-3, np.int8),
+            "w": _RNG.integers(-127, 128, (4, 1, 3, 3)).astype(np.int8),
+            "sw": np.array(0.01, np.float32),
+            "zw": np.array(0, np.int8),
+            "sy": np.array(0.2, np.float32),
+            "zy": np.array(5, np.int8),
+        },
+    ),
     "max_unpool": (
         11,
         "g (float[1,2,2,2] x, int64[1,2,2,2] i) => (float[1,2,4,4] y) "
@@ -187,10 +220,25 @@ CASES = {
 }
 
 
+def _weights_variant(model: onnx.ModelProto, feed: dict[str, np.ndarray]):
+    """The model with every input after the first an initializer (constant scales, zero points, weights)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    first, *rest = list(model.graph.input)
+    for value in rest:
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(feed[value.name]), value.name))
+    del model.graph.input[:]
+    model.graph.input.append(first)
+    return model, {first.name: feed[first.name]}
+
+
+@pytest.mark.parametrize("variant", ["inputs", "weights"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_float_island_matches_onnxruntime_on_both_resolvers(name):
+def test_float_island_matches_onnxruntime_on_both_resolvers(name, variant):
     opset, graph, feed = CASES[name]
-    _check(_model(opset, graph), feed)
+    model = _model(opset, graph)
+    if variant == "weights":
+        model, feed = _weights_variant(model, feed)
+    _check(model, feed)
 
 
 @pytest.mark.parametrize(
