@@ -269,12 +269,13 @@ def test_deform_conv_matches_onnxruntime(extras):
     assert {"GATHER", "BATCH_MATMUL"} <= _builtins(data)
 
 
-def test_grouped_deform_conv_is_refused():
+def test_grouped_deform_conv_matches_onnxruntime():
     model = _model(
-        "float[1,4,5,5] x, float[2,2,2,2] w, float[1,8,4,4] off",
-        "float[1,2,4,4] y",
-        "y = DeformConv<group=2>(x, w, off)",
+        "float[2,4,6,6] x, float[6,2,2,2] w, float[2,16,5,5] off, float[2,8,5,5] m",
+        "float[2,6,5,5] y",
+        "y = DeformConv<group=2, offset_group=2>(x, w, off, , m)",
         19,
     )
-    with pytest.raises(QccError, match="one group"):
-        qcc.compile(model, target="tflite", calibration=[{"x": _normal([1, 4, 5, 5]), "off": _normal([1, 8, 4, 4])}])
+    feed = {"x": _normal([2, 4, 6, 6]), "off": 1.5 * _normal([2, 16, 5, 5], 1)}
+    feed["m"] = np.random.default_rng(4).uniform(0, 1, (2, 8, 5, 5)).astype(np.float32)
+    _check(model, feed, atol=1e-4)
