@@ -32,11 +32,13 @@ from qcc.irutils import attr_float, attr_int, const_array
 MAX_STEPS = 512
 
 
-def _present(node: ir.Node, index: int) -> bool:
+def present(node: ir.Node, index: int) -> bool:
+    """True when optional input ``index`` is given."""
     return len(node.inputs) > index and node.inputs[index] is not None
 
 
-def _float_rule(lw: Lowering, node: ir.Node) -> Rule:
+def float_rule(lw: Lowering, node: ir.Node) -> Rule:
+    """A :class:`Rule` for a float-only op (refused when the plan made the node int8)."""
     if lw.is_int8(node):
         raise unsupported(node, f"int8 {node.op_type} (LiteRT has no int8 kernel for it; it runs float)")
     return Rule(lw, node)
@@ -51,7 +53,7 @@ def _slice(rule: Rule, x: Tensor, begin, size) -> Tensor:
 
 def causal_conv_with_state(lw: Lowering, node: ir.Node) -> None:
     """CausalConvWithState -> CONCATENATION, k x (SLICE, MUL, ADD), LOGISTIC/MUL for silu (see module docstring)."""
-    rule = _float_rule(lw, node)
+    rule = float_rule(lw, node)
     activation = attr_str(node, "activation", "none")
     if activation not in ("none", "silu", "swish"):
         raise unsupported(node, f"activation {activation!r} (ONNX defines none, silu, swish)")
@@ -61,7 +63,7 @@ def causal_conv_with_state(lw: Lowering, node: ir.Node) -> None:
     batch, channels, length = x.shape
     taps = w.shape[2]
     state = [batch, channels, taps - 1]
-    past = rule.data(3) if _present(node, 3) else rule.const(np.zeros(state, np.float32))
+    past = rule.data(3) if present(node, 3) else rule.const(np.zeros(state, np.float32))
     padded = rule.op("CONCATENATION", [past, x], [batch, channels, length + taps - 1],
                      options="ConcatenationOptions", axis=2)
     y = None
@@ -70,7 +72,7 @@ def causal_conv_with_state(lw: Lowering, node: ir.Node) -> None:
         tap = rule.reshape(_slice(rule, w, [0, 0, j], [channels, 1, 1]), [1, channels, 1])
         term = rule.op("MUL", [window, tap], x.shape, options="MulOptions")
         y = term if y is None else rule.op("ADD", [y, term], x.shape, options="AddOptions")
-    if _present(node, 2):
+    if present(node, 2):
         y = rule.op("ADD", [y, rule.reshape(rule.data(2), [1, channels, 1])], x.shape, options="AddOptions")
     if activation != "none":
         y = rule.op("MUL", [y, rule.op("LOGISTIC", [y], x.shape)], x.shape, options="MulOptions")
@@ -81,12 +83,12 @@ def causal_conv_with_state(lw: Lowering, node: ir.Node) -> None:
 
 def linear_attention(lw: Lowering, node: ir.Node) -> None:
     """LinearAttention -> the recurrence unrolled step by step (see module docstring)."""
-    rule = _float_rule(lw, node)
+    rule = float_rule(lw, node)
     update = attr_str(node, "update_rule", "gated_delta")
     if update not in ("linear", "gated", "delta", "gated_delta"):
         raise unsupported(node, f"update_rule {update!r}")
     gated, delta = update in ("gated", "gated_delta"), update in ("delta", "gated_delta")
-    if gated != _present(node, 4) or delta != _present(node, 5):
+    if gated != present(node, 4) or delta != present(node, 5):
         raise unsupported(node, f"update_rule {update!r} with decay/beta inputs that do not match it")
     q_heads, kv_heads = attr_int(node, "q_num_heads", 0), attr_int(node, "kv_num_heads", 0)
     q, k, v = rule.data(0), rule.data(1), rule.data(2)
@@ -99,7 +101,7 @@ def linear_attention(lw: Lowering, node: ir.Node) -> None:
     scale = attr_float(node, "scale", 0.0) or 1.0 / np.sqrt(dk)
     q = rule.op("MUL", [q, rule.const(np.float32(scale))], q.shape, options="MulOptions")
     state_shape = [batch, kv_heads, dk, dv]
-    state = rule.data(3) if _present(node, 3) else rule.const(np.zeros(state_shape, np.float32))
+    state = rule.data(3) if present(node, 3) else rule.const(np.zeros(state_shape, np.float32))
     decay = rule.op("EXP", [rule.data(4)], rule.data(4).shape) if gated else None
     beta = rule.data(5) if delta else None
     outputs = []
@@ -135,7 +137,7 @@ def linear_attention(lw: Lowering, node: ir.Node) -> None:
 
 def tensor_scatter(lw: Lowering, node: ir.Node) -> None:
     """TensorScatter -> GATHER (batch_dims 1) of the update and SELECT_V2 with the past cache (see module docstring)."""
-    rule = _float_rule(lw, node)
+    rule = float_rule(lw, node)
     mode = attr_str(node, "mode", "linear")
     if mode not in ("linear", "circular"):
         raise unsupported(node, f"mode {mode!r}")
@@ -147,7 +149,7 @@ def tensor_scatter(lw: Lowering, node: ir.Node) -> None:
     batch, cache, steps = past.shape[0], past.shape[axis], update.shape[axis]
     positions = np.arange(cache)
     mask_shape = [batch] + [cache if a == axis else 1 for a in range(1, rank)]
-    indices = const_array(node.inputs[2]) if _present(node, 2) else np.zeros(batch, np.int64)
+    indices = const_array(node.inputs[2]) if present(node, 2) else np.zeros(batch, np.int64)
     if indices is not None:
         t = positions[None, :] - indices.reshape(-1, 1)
         if mode == "circular":
