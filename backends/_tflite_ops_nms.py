@@ -10,7 +10,7 @@ run time; ONNX never drops a disjoint box, which a negative threshold would). Ce
 ``[xc, yc, w, h]`` become corners ``[yc - h/2, xc - w/2, yc + h/2, xc + w/2]``.
 
 The number of rows depends on the values, and qcc writes static shapes: the rule lowers the
-length ``k`` the model declares (or the calibration run gave). Each ``(b, c)`` selects up to
+length ``k`` the model declares (``int64[k, 3]``) and refuses an undeclared one. Each ``(b, c)`` selects up to
 ``M = min(N, k)`` boxes (``min`` with a constant ``max_output_boxes_per_class``; a run-time one
 masks the positions past it), row ``j`` of ``(b, c)`` is kept when ``j < valid``, and kept rows
 go to slot ``CUMSUM(kept, exclusive)`` of a SCATTER_ND (``rows + 1`` into zeros, then ``- 1``):
@@ -81,9 +81,9 @@ def non_max_suppression(lw: Lowering, node: ir.Node) -> None:
     if out_shape is None or len(out_shape) != 2 or not isinstance(out_shape[0], int) or out_shape[0] == 0:
         raise unsupported(
             node,
-            f"an output length that depends on the input values ({node.outputs[0].name!r} is {out_shape}: no selected "
-            "boxes, or an unknown number), and qcc writes TFLite tensors with static shapes; it is lowered when the "
-            "model declares that length or the calibration run selects boxes",
+            f"an output length that depends on the input values ({node.outputs[0].name!r} is {out_shape}), and qcc "
+            "writes TFLite tensors with static shapes; it is lowered when the model declares a number of selected "
+            "boxes above 0 (an output typed int64[k, 3]), rows past the number selected at run time being -1",
         )
     rows_wanted = int(out_shape[0])
     boxes, scores = rule.data(0), rule.data(1)

@@ -16,6 +16,10 @@ become exact float32 decompositions (a float island):
   in float32 while ``K * 255^2 < 2^24``), then ``y = Q(acc * (s_a * s_b / s_y), z_y)``.
 * ``QLinearConv``: the same around a float CONV_2D / DEPTHWISE_CONV_2D of ``x - z_x`` and
   ``w - z_w`` (per-channel ``w`` parameters allowed) with the int32 bias, in NHWC.
+* Quantized data is int8, uint8 or int16 (and int32 for DequantizeLinear); int8 tensors these
+  rules read or write as integers carry parameters (1, 0), which say exactly that (LiteRT and
+  qcc's validator want parameters on every int8 tensor). uint16, 4-bit and float8 data are
+  refused: qcc's TFLite writer has no such tensor types.
 * ``BitCast`` -> BITCAST (code 159). float16 data is float32 inside the artifact and CAST back
   to float16 (exactly) around it; float64 bits exist only at a float64 model input.
 
