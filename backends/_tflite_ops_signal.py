@@ -163,6 +163,8 @@ def dft(lw: Lowering, node: ir.Node) -> None:
         length = 2 * (n_in - 1) if inverse and onesided else n_in
     if onesided and inverse and c_out != 1 or not (onesided and inverse) and c_out != 2:
         raise unsupported(node, f"an output of shape {list(y.shape)} (its last dimension does not fit the DFT's kind)")
+    if k_out != (length // 2 + 1 if onesided and not inverse else length):
+        raise unsupported(node, f"an output of shape {list(y.shape)}, which does not fit a DFT of length {length}")
     check_size(node, n_in * c_in, k_out * c_out)
     matrix = dft_matrix(n_in, c_in, length, k_out, c_out, inverse)
     pre = math.prod(shape[:axis])
@@ -207,6 +209,18 @@ def stft(lw: Lowering, node: ir.Node) -> None:
     onesided = bool(attr_int(node, "onesided", 1))
     step = scalar_input(node, 1)
     length = _frame_length(node, signal, frames, bins, onesided, step)
+    expected = length // 2 + 1 if onesided else length
+    if bins != expected or (step is not None and frames != (signal - length) // step + 1):
+        # ONNX's STFT shape inference (onnx 1.23) reads an absent onesided as 0; ONNX Runtime uses the default 1.
+        known = "onesided" not in node.attributes and bins == length
+        raise refuse(
+            node,
+            f"an output of shape {list(y.shape)} where ONNX Runtime computes {expected} frequency bins"
+            + (" (ONNX's shape inference takes an absent onesided attribute as 0, ONNX Runtime as 1)" if known else ""),
+            "write onesided=1 explicitly on the STFT node (its default)."
+            if known
+            else "check the model's shapes with onnx.shape_inference.",
+        )
     if step is not None:
         index = rule.const((np.arange(frames)[:, None] * step + np.arange(length)[None, :]).astype(np.int32))
     else:
