@@ -98,12 +98,18 @@ def linear_attention(lw: Lowering, node: ir.Node) -> None:
     if steps > MAX_STEPS:
         raise unsupported(node, f"{steps} steps (unrolled up to {MAX_STEPS}); compile with a shorter sequence")
     dk, dv, group = q.shape[2] // q_heads, v.shape[2] // kv_heads, q_heads // kv_heads
+    if q.shape[2] != q_heads * dk or k.shape[2] != kv_heads * dk or v.shape[2] != kv_heads * dv:
+        widths = (q.shape[2], k.shape[2], v.shape[2])
+        raise unsupported(node, f"query/key/value widths {widths} that the heads do not split")
     scale = attr_float(node, "scale", 0.0) or 1.0 / np.sqrt(dk)
     q = rule.op("MUL", [q, rule.const(np.float32(scale))], q.shape, options="MulOptions")
     state_shape = [batch, kv_heads, dk, dv]
     state = rule.data(3) if present(node, 3) else rule.const(np.zeros(state_shape, np.float32))
-    decay = rule.op("EXP", [rule.data(4)], rule.data(4).shape) if gated else None
+    decay = rule.data(4) if gated else None
+    decay = rule.op("EXP", [decay], decay.shape) if gated else None
     beta = rule.data(5) if delta else None
+    if (gated and decay.shape[2] not in (kv_heads, kv_heads * dk)) or (delta and beta.shape[2] not in (kv_heads, 1)):
+        raise unsupported(node, "a decay or beta whose last dimension is not one ONNX defines")
     outputs = []
     for t in range(steps):
         q_t = rule.reshape(_slice(rule, q, [0, t, 0], [batch, 1, q.shape[2]]), [batch, kv_heads, group, dk])

@@ -197,3 +197,12 @@ def test_causal_window_attention_with_run_time_lengths_stays_dynamic():
         (got,) = run_all(interpreter(result.artifact.data, resolver), [feed], [[e.shape for e in expected]])
         for e, g in zip(expected, got, strict=True):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4, err_msg=resolver)
+
+
+def test_linear_attention_past_the_unrolling_limit_is_refused(monkeypatch):
+    from qcc.backends import _tflite_ops_state
+
+    monkeypatch.setattr(_tflite_ops_state, "MAX_STEPS", 3)
+    model, feed = case_model("linear_attention_linear")
+    with pytest.raises(QccError, match="4 steps"):
+        qcc.compile(model, target="tflite", calibration=[feed], verify=False)
