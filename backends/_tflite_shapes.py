@@ -11,16 +11,18 @@ calibration sample's size ``s``, at ``2 s``, ``3 s`` and ``s + 1`` (``VARIANTS``
 probes the other residues that strided layers round differently, and is left out when the model
 does not take it, e.g. an image size that must divide by 32):
 
-* a value folds to a constant only when it folds to the same array in all three instances
+* a value folds to a constant only when it folds to the same array in every instance
   (``Shape(x)[1]`` of an image with static channels does; ``Shape(x)[0]`` of a dynamic batch
   does not, and stays a run-time ``SHAPE -> GATHER``);
 * a value's dimension is dynamic (``-1`` in its signature) when it differs between instances;
-* each instance is lowered, and the three flat models are compared (:func:`merge`): they must
-  be the same operators on the same tensors with the same constants, differing only in tensor
-  shapes. Then the first one, whose shapes are the sample's, runs at any size as the others do.
-  Two differences are repaired: a RESHAPE or SLICE constant holding a dynamic size (``-1``,
-  or a run-time shape gathered from ``SHAPE`` of the input); any other difference keeps the
-  static artifact, and :class:`StaticReason` says which node's lowering depends on the size.
+* strided windows on a dynamic spatial dimension get an explicit Pad (:func:`explicit_padding`);
+* each instance is lowered, and the flat models are compared (:func:`merge`): they must be the
+  same operators on the same tensors with the same constants, differing only in tensor shapes.
+  Then the first one, whose shapes are the sample's, runs at any size as the others do. Window
+  ops written SAME where the model pads nothing become VALID (exact), and two differences are
+  repaired: a RESHAPE or SLICE constant holding a dynamic size (``-1``, or a run-time shape
+  gathered from ``SHAPE`` of the input); any other difference keeps the static artifact, and
+  :class:`StaticReason` says which node's lowering depends on the size.
 
 Instances are throwaway clones of the annotated model; their value names are the model's, and
 the passes that run on them (folding, layout) name new values deterministically, so values and

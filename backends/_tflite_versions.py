@@ -58,7 +58,9 @@ _INT8_VERSIONS = {
 # (it was rolled back and renumbered), bool data raises GATHER and TRANSPOSE.
 _FLOAT_VERSIONS = {"BROADCAST_TO": 2}
 _BOOL_VERSIONS = {"GATHER": 3, "TRANSPOSE": 3, "STRIDED_SLICE": 3}
-_CODES = {builtin(name): name for name in {**_INT8_VERSIONS, **_FLOAT_VERSIONS, **_BOOL_VERSIONS}}
+# int64 data raises these (op_version.cc): the run-time shape arithmetic of dynamic artifacts.
+_INT64_VERSIONS = {"RANGE": 2}
+_CODES = {builtin(name): name for name in {**_INT8_VERSIONS, **_FLOAT_VERSIONS, **_BOOL_VERSIONS, **_INT64_VERSIONS}}
 
 
 def stamp_versions(model: FlatModel) -> None:
@@ -72,6 +74,8 @@ def stamp_versions(model: FlatModel) -> None:
         version = _INT8_VERSIONS.get(name, 1) if quantized else _FLOAT_VERSIONS.get(name, 1)
         if first is not None and first.dtype == np.dtype(np.bool_):
             version = max(version, _BOOL_VERSIONS.get(name, 1))
+        if first is not None and first.dtype == np.dtype(np.int64):
+            version = max(version, _INT64_VERSIONS.get(name, 1))
         if name == "CAST" and any(model.tensors[i].dtype == np.dtype(np.int8) for i in op.outputs):
             version = max(version, 3)
         if name == "CONV_2D" and _grouped(model, op):

@@ -13,8 +13,8 @@ model uses exactly the parameters the flatbuffer carries.
 One plan rule is code (``TfliteSpec.float_reason``): a square ``Mul(x, x)`` feeding a sum or
 mean stays float.
 
-``emit()`` works on clones: the calibration sample's sizes for dynamic input dimensions (and at
-twice and three times them, to find what stays dynamic: ``_tflite_shapes``), shape subgraphs
+``emit()`` works on clones: the calibration sample's sizes for dynamic input dimensions (and
+other sizes, to find what stays dynamic: ``_tflite_shapes``), shape subgraphs
 folded where they do not depend on a dynamic size, absorbed activations removed,
 ``layout-nhwc``, lowering (``_tflite_lower``/``_tflite_ops``), version stamping, the validator
 (``_tflite_validate``) and the writer (``_tflite_writer``). ``verify()`` runs the
@@ -180,7 +180,7 @@ def write_tflite(model: ir.Model, ctx: PassContext, feed: Feed | None = None) ->
 
     Dynamic input dimensions stay dynamic (``-1`` in ``shape_signature``, shapes computed at run
     time) when the lowering does not depend on their size, which ``_tflite_shapes`` checks by
-    lowering the model at three sizes; otherwise, or for inputs pinned by ``--input-shape``, the
+    lowering the model at several sizes; otherwise, or for inputs pinned by ``--input-shape``, the
     artifact has the sample's static shapes and its description says why.
 
     Args:
@@ -212,7 +212,7 @@ def write_tflite(model: ir.Model, ctx: PassContext, feed: Feed | None = None) ->
 
 
 def _lower_dynamic(model: ir.Model, ctx: PassContext, sizes, dynamic) -> FlatModel | StaticReason:
-    """The model lowered at three sizes and merged (``_tflite_shapes``), or why it stays static.
+    """The model lowered at the ``VARIANTS`` sizes and merged (``_tflite_shapes``), or why it stays static.
 
     A node the lowering cannot write with run-time shapes (one that needs a constant the static
     artifact folds) is a reason to stay static, not an error: the static lowering may take it.

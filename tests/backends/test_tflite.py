@@ -177,17 +177,21 @@ def test_interface_options(io, nhwc_io):
     assert ("QUANTIZE" in ops) == (io == "float")
 
 
-def test_unsupported_op_names_the_node():
+def test_unsupported_op_names_the_node(monkeypatch):
+    from qcc.backends._tflite_ops import LOWERINGS
+
+    monkeypatch.delitem(LOWERINGS, "CumSum", raising=False)  # an op without a rule
     model = build_model(
         """
         <ir_version: 8, opset_import: ["" : 17]>
-        g (float[4,4] w, float[4,4] x) => (float y) {
+        g (float[4,4] w, int64[] axis, float[1,4] x) => (float[1,4] y) {
           m = MatMul(x, w)
-          y = Det(m)
+          y = CumSum<exclusive=1>(m, axis)
         }
         """,
+        constants={"axis": np.array(1, np.int64)},
     )
-    with pytest.raises(BackendError, match=r"'y' \(Det\) has no TFLite lowering"):
+    with pytest.raises(BackendError, match=r"'y' \(CumSum\) has no TFLite lowering"):
         _compile(model, verify=False)
 
 
