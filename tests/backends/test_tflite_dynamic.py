@@ -251,3 +251,17 @@ def test_input_shape_pins_a_static_artifact():
 def test_a_wrong_input_shape_is_refused(shapes, message):
     with pytest.raises(QccError, match=message):
         qcc.compile(conv_width(), target="tflite", calibration=_images([(1, 3, 8, 16)]), input_shapes=shapes)
+
+
+@pytest.mark.parametrize("dim", ["named", "minus_one", "unknown"])
+def test_every_kind_of_dynamic_batch_is_dynamic(dim):
+    """A ``dim_param``, a ``dim_value`` of -1 (Paddle's exporter) and an unknown dimension are all dynamic."""
+    model = mlp_batch()
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    if dim != "named":
+        batch.Clear()
+        if dim == "minus_one":
+            batch.dim_value = -1
+    result = qcc.compile(model, target="tflite", calibration=_images([(2, 16)]), tolerance=None)
+    (detail,) = interpreter(result.artifact.data).get_input_details()
+    assert list(detail["shape"]) == [2, 16] and list(detail["shape_signature"]) == [-1, 16]
