@@ -24,7 +24,8 @@ point outside ``[-1, H]``) and likewise ``Gx``; the samples are ``Gy X Gx^T`` (t
 ``avg`` averages the rows first (``mean_gh(Gy) X mean_gw(Gx)^T``); ``max`` takes, as ONNX's
 reference and ONNX Runtime do, the largest weighted corner of each sample over all samples of a
 bin: the four ``Gy_a X Gx_b^T`` (``a, b`` low/high corner) under MAXIMUM, then REDUCE_MAX. A
-``sampling_ratio`` of 0 (adaptive) needs constant rois that all take the same grid.
+``sampling_ratio`` of 0 (adaptive) needs constant rois; rois of smaller grids repeat their last
+sample up to the largest grid, weighted 0 in the average.
 
 DeformConv, which samples the same way, is in ``_tflite_ops_deform``.
 """
@@ -280,11 +281,11 @@ def gather_points(chain: Chain, x: Tensor, coordinates: list[Tensor], mode: str,
     return rule.reshape(summed, [batch, points, channels])
 
 
-def _roi_grid(node: ir.Node, rois: np.ndarray | None, pooled: tuple[int, int], half_pixel: bool) -> tuple[int, int]:
-    """The sampling grid (gh, gw) of every roi (see module docstring)."""
+def _roi_grids(node: ir.Node, rois: np.ndarray | None, pooled: tuple[int, int], half_pixel: bool):
+    """The sampling grids along y and x: one per roi, or a single one when every roi takes it."""
     ratio = attr_int(node, "sampling_ratio", 0)
     if ratio > 0:
-        return ratio, ratio
+        return np.array([ratio]), np.array([ratio])
     if rois is None:
         raise refuse(
             node,
@@ -292,21 +293,39 @@ def _roi_grid(node: ir.Node, rois: np.ndarray | None, pooled: tuple[int, int], h
             "set sampling_ratio > 0, or make the rois constant.",
         )
     scale, offset = attr_float(node, "spatial_scale", 1.0), 0.5 if half_pixel else 0.0
-    boxes = rois.astype(np.float64) * scale - offset
+    boxes = rois.astype(np.float64).reshape(-1, 4) * scale - offset
     extent = np.stack([boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], axis=1)
     if not half_pixel:
         extent = np.maximum(extent, 1.0)
-    grids = {tuple(int(v) for v in np.ceil(e / np.array(pooled))) for e in extent}
-    if len(grids) != 1:
-        raise unsupported(node, "sampling_ratio 0 with rois that take different sampling grids")
-    gh, gw = grids.pop()
-    return max(gh, 1), max(gw, 1)
+    grids = np.ceil(extent / np.array(pooled)).astype(np.int64)
+    if (grids <= 0).any():
+        raise refuse(
+            node,
+            "a roi of zero or negative extent with sampling_ratio 0 (it has no sample points)",
+            "set sampling_ratio > 0, or drop the empty rois.",
+        )
+    if (grids == grids[0]).all():
+        grids = grids[:1]
+    return grids[:, 0], grids[:, 1]
 
 
-def _roi_axis(chain: Chain, start: Tensor, extent: Tensor, pooled: int, grid: int, size: int):
+def _roi_positions(pooled: int, grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sample positions in bins, ``[G, pooled * max(grids)]``, and each sample's share of its bin's average.
+
+    A roi with a smaller grid repeats its last sample (the maximum is unchanged) with share 0.
+    """
+    longest = int(grids.max())
+    step = np.arange(longest)[None, :]
+    taken = np.minimum(step, grids[:, None] - 1)
+    within = (taken + 0.5) / grids[:, None]
+    positions = (np.arange(pooled)[None, :, None] + within[:, None, :]).reshape(len(grids), -1)
+    shares = np.broadcast_to(((step < grids[:, None]) / grids[:, None])[:, None, :], (len(grids), pooled, longest))
+    return positions.astype(np.float32), shares.reshape(len(grids), -1).astype(np.float32)
+
+
+def _roi_axis(chain: Chain, start: Tensor, extent: Tensor, pooled: int, positions: np.ndarray, size: int):
     """The [R, pooled * grid, size] low/high-corner sample matrices along one axis."""
-    position = (np.arange(pooled)[:, None] + (np.arange(grid)[None, :] + 0.5) / grid).reshape(1, -1)
-    sample = chain.add(start, chain.mul(chain.mul(extent, 1.0 / pooled), position.astype(np.float32)))
+    sample = chain.add(start, chain.mul(chain.mul(extent, 1.0 / pooled), positions))
     valid = chain.mul(chain.flag("GREATER_EQUAL", sample, -1.0), chain.flag("LESS_EQUAL", sample, float(size)))
     clamped = chain.clamp(sample, 0.0, size - 1.0)
     low = chain.unary("FLOOR", clamped)
@@ -334,14 +353,16 @@ def roi_align(lw: Lowering, node: ir.Node) -> None:
     mode = attr_str(node, "mode", "avg")
     if mode not in ("avg", "max"):
         raise unsupported(node, f"mode {mode!r}")
-    gh, gw = _roi_grid(node, const_array(node.inputs[1]), pooled, half_pixel)
+    grids = _roi_grids(node, const_array(node.inputs[1]), pooled, half_pixel)
+    (y_at, y_share), (x_at, x_share) = (_roi_positions(n, g) for n, g in zip(pooled, grids, strict=True))
+    gh, gw = (int(g.max()) for g in grids)
     box = chain.sub(chain.mul(rois, attr_float(node, "spatial_scale", 1.0)), 0.5 if half_pixel else 0.0)
     x1, y1, x2, y2 = (rule.reshape(c, [count, 1]) for c in chain.split_last(box))
     extent_h, extent_w = chain.sub(y2, y1), chain.sub(x2, x1)
     if not half_pixel:
         extent_h, extent_w = chain.binary("MAXIMUM", extent_h, 1.0), chain.binary("MAXIMUM", extent_w, 1.0)
-    rows = _roi_axis(chain, y1, extent_h, pooled[0], gh, height)
-    columns = _roi_axis(chain, x1, extent_w, pooled[1], gw, width)
+    rows = _roi_axis(chain, y1, extent_h, pooled[0], y_at, height)
+    columns = _roi_axis(chain, x1, extent_w, pooled[1], x_at, width)
     data = x
     if batch > 1:
         index = rule.cast(lw.read(node.inputs[2], False), I32)
@@ -354,11 +375,14 @@ def roi_align(lw: Lowering, node: ir.Node) -> None:
 
     if mode == "avg":
 
-        def mean(pair, pooled_n, grid, size):
+        def mean(pair, pooled_n, grid, share, size):
             total = chain.add(*pair)
-            return chain.reduce("MEAN", rule.reshape(total, [count, pooled_n, grid, size]), [2])
+            if len(share) == 1:  # one grid for every roi
+                return chain.reduce("MEAN", rule.reshape(total, [count, pooled_n, grid, size]), [2])
+            weighted = chain.mul(total, share[:, :, None])
+            return chain.reduce("SUM", rule.reshape(weighted, [count, pooled_n, grid, size]), [2])
 
-        result = samples(mean(rows, pooled[0], gh, height), mean(columns, pooled[1], gw, width))
+        result = samples(mean(rows, pooled[0], gh, y_share, height), mean(columns, pooled[1], gw, x_share, width))
     else:
         values = [samples(gy, gx) for gy in rows for gx in columns]
         best = values[0]

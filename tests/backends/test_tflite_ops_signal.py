@@ -230,25 +230,19 @@ def test_roi_align_matches_onnxruntime(mode, transform, constant):
     assert "BATCH_MATMUL" in _builtins(data)
 
 
-def test_roi_align_adaptive_sampling():
-    rois = np.array([[0.0, 0.0, 7.0, 5.0], [1.0, 2.0, 8.0, 8.0]], np.float32)  # both take a 3 x 2 grid
-    model = _model(
-        "float[1,2,10,10] x, float[2,4] r, int64[2] i",
-        "float[2,2,2,3] y",
-        "y = RoiAlign<output_height=2, output_width=3, sampling_ratio=0>(x, r, i)",
-        16,
-        {"r": rois, "i": np.zeros(2, np.int64)},
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_roi_align_adaptive_sampling(mode):
+    rois = np.array([[0.0, 0.0, 7.0, 5.0], [1.0, 2.0, 8.0, 8.0], [2.0, 1.0, 3.5, 9.0]], np.float32)  # 3 grids
+    text = (
+        '<ir_version: 10, opset_import: ["" : 16]>\ng (float[1,2,10,10] x, float[3,4] r, int64[3] i) => '
+        f'(float[3,2,2,3] y) {{\n y = RoiAlign<mode="{mode}", output_height=2, output_width=3, sampling_ratio=0>'
+        "(x, r, i)\n}\n"
     )
+    model = build_model(text, constants={"r": rois, "i": np.zeros(3, np.int64)})
     _check(model, {"x": _normal([1, 2, 10, 10])})
-    model = _model(
-        "float[1,2,10,10] x, float[2,4] r, int64[2] i",
-        "float[2,2,2,3] y",
-        "y = RoiAlign<output_height=2, output_width=3, sampling_ratio=0>(x, r, i)",
-        16,
-    )
-    feed = {"x": _normal([1, 2, 10, 10]), "r": rois, "i": np.zeros(2, np.int64)}
+    feed = {"x": _normal([1, 2, 10, 10]), "r": rois, "i": np.zeros(3, np.int64)}
     with pytest.raises(QccError, match="adaptive"):
-        qcc.compile(model, target="tflite", calibration=[feed], verify=False)
+        qcc.compile(build_model(text), target="tflite", calibration=[feed], verify=False)
 
 
 def test_grid_sample_is_a_float_island_in_an_int8_model():
