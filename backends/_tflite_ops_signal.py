@@ -22,8 +22,9 @@ Col2Im sums blocks into the image: each element ``(c, b, l)`` of the input goes 
 none, in the padding); SCATTER_ND writes into zeros and sums repeats, which is that sum. Pixels in
 the padding go to one extra row that a SLICE drops.
 
-The rules for GridSample, RoiAlign and AffineGrid (sampling at computed coordinates) live in
-``_tflite_ops_sampling``, DeformConv's in ``_tflite_ops_deform``; this module collects them.
+The rules for GridSample and AffineGrid (sampling at computed coordinates) live in
+``_tflite_ops_sampling``, RoiAlign's in ``_tflite_ops_roi``, DeformConv's in ``_tflite_ops_deform``;
+this module collects them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from qcc.backends import _tflite_ops_deform, _tflite_ops_sampling
+from qcc.backends import _tflite_ops_deform, _tflite_ops_roi, _tflite_ops_sampling
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_rule import I32, Rule
 from qcc.backends._tflite_ops_sampling import refuse
@@ -340,6 +341,7 @@ LOWERINGS: dict = {
     "STFT": stft,
     "Col2Im": col2im,
     **_tflite_ops_sampling.LOWERINGS,
+    **_tflite_ops_roi.LOWERINGS,
     **_tflite_ops_deform.LOWERINGS,
 }
 INT8_OPS: frozenset[str] = frozenset()

@@ -1,5 +1,5 @@
-"""Signal and sampling lowerings (``backends/_tflite_ops_signal.py``, ``_tflite_ops_sampling.py``,
-``_tflite_ops_deform.py``)
+"""Signal and sampling lowerings (``backends/_tflite_ops_signal.py`` and the modules it collects:
+``_tflite_ops_sampling``, ``_tflite_ops_roi``, ``_tflite_ops_deform``)
 run in LiteRT.
 
 Each single-op model is compiled for ``tflite`` (the ops are float-only: float nodes read and
