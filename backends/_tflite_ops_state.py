@@ -3,7 +3,8 @@ TensorScatter (collected by ``_tflite_ops_attention``). Float decompositions int
 
 * CausalConvWithState: ``padded = [past_state or 0, x]`` on the time axis (CONCATENATION), then
   the depthwise causal convolution as ``k`` taps, ``y = bias + sum_j w[:, 0, j] * padded[:, :, j : j + L]``
-  (SLICE, MUL, ADD: the weight may be a run-time input), optionally ``y * sigmoid(y)`` (silu/swish);
+  (STRIDED_SLICE with the end counted from the end, so a run-time L stays dynamic; MUL, ADD: the
+  weight may be a run-time input), optionally ``y * sigmoid(y)`` (silu/swish);
   ``present_state`` is the last ``k - 1`` steps of ``padded`` (with ``k = 1`` a zero-size tensor,
   which LiteRT 2.3 runs on both resolvers).
 * LinearAttention: ONNX's recurrence unrolled over the (static) sequence length, with the state
@@ -68,8 +69,11 @@ def causal_conv_with_state(lw: Lowering, node: ir.Node) -> None:
                      options="ConcatenationOptions", axis=2)
     y = None
     for j in range(taps):
-        window = _slice(rule, padded, [0, 0, j], [batch, channels, length])
-        tap = rule.reshape(_slice(rule, w, [0, 0, j], [channels, 1, 1]), [1, channels, 1])
+        window = _steps(rule, padded, j, taps - 1 - j)
+        if w.data is not None:
+            tap = rule.const(w.data[:, 0, j].astype(np.float32).reshape(1, channels, 1))
+        else:
+            tap = rule.reshape(_slice(rule, w, [0, 0, j], [channels, 1, 1]), [1, channels, 1])
         term = rule.op("MUL", [window, tap], x.shape, options="MulOptions")
         y = term if y is None else rule.op("ADD", [y, term], x.shape, options="AddOptions")
     if present(node, 2):
@@ -78,7 +82,22 @@ def causal_conv_with_state(lw: Lowering, node: ir.Node) -> None:
         y = rule.op("MUL", [y, rule.op("LOGISTIC", [y], x.shape)], x.shape, options="MulOptions")
     rule.finish(y, 0)
     if wanted(node, 1):
-        rule.finish(_slice(rule, padded, [0, 0, length], state), 1)
+        tail = _slice(rule, padded, [0, 0, length], state) if taps == 1 else _steps(rule, padded, 1 - taps, 0)
+        rule.finish(tail, 1)
+
+
+def _steps(rule: Rule, x: Tensor, begin: int, drop: int) -> Tensor:
+    """``x[:, :, begin : T - drop]`` of ``x [B, C, T]`` (a negative ``begin`` counts from the end): a
+    STRIDED_SLICE whose bounds do not hold T, so the same op serves any run-time length."""
+    total = x.shape[2]
+    if begin == 0 and drop == 0:
+        return x
+    size = (-begin if begin < 0 else total - begin) - drop
+    bounds = [rule.const(np.array([0, 0, begin], np.int32)), rule.const(np.array([0, 0, -drop], np.int32)),
+              rule.const(np.ones(3, np.int32))]
+    # Batch and channels whole (begin/end masks); the time axis runs to the end when nothing is dropped.
+    return rule.op("STRIDED_SLICE", [x, *bounds], [*x.shape[:2], size], x.dtype, "StridedSliceOptions",
+                   begin_mask=0b011, end_mask=0b011 if drop else 0b111)
 
 
 def linear_attention(lw: Lowering, node: ir.Node) -> None:

@@ -206,3 +206,23 @@ def test_linear_attention_past_the_unrolling_limit_is_refused(monkeypatch):
     model, feed = case_model("linear_attention_linear")
     with pytest.raises(QccError, match="4 steps"):
         qcc.compile(model, target="tflite", calibration=[feed], verify=False)
+
+
+def test_causal_conv_with_run_time_length_stays_dynamic():
+    inputs = [("x", _F, [1, 3, "t"]), ("k", _F, [3, 1, 4]), ("", _F, None), ("p", _F, [1, 3, 3])]
+    model = _model("CausalConvWithState", 27, inputs, [("y", _F, [1, 3, "t"]), ("state", _F, [1, 3, 3])],
+                   {"k": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 1, 4)}, activation="silu")
+    rng = np.random.default_rng(5)
+
+    def sample(t: int) -> dict[str, np.ndarray]:
+        x, p = rng.normal(0, 1, (1, 3, t)), rng.normal(0, 1, (1, 3, 3))
+        return {"x": x.astype(np.float32), "p": p.astype(np.float32)}
+
+    result = qcc.compile(model, target="tflite", calibration=[sample(5), sample(8)])
+    assert result.report["verify"]["shapes"]["dynamic"], result.report["verify"]["shapes"]
+    feed = sample(2)
+    expected = run_ort(model, feed)
+    for resolver in ("xnnpack", "builtin"):
+        (got,) = run_all(interpreter(result.artifact.data, resolver), [feed], [[e.shape for e in expected]])
+        for e, g in zip(expected, got, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4, err_msg=resolver)
