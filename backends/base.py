@@ -98,9 +98,13 @@ class TargetSpec:
         """Returns the type of quantized weights for these options."""
         return ir.DataType.FLOAT8E4M3FN if options.precision == Precision.FP8 else ir.DataType.INT8
 
-    def float_after_calibration(self, graph: ir.Graph, rows: dict[str, int]) -> dict[str, str]:
+    def float_after_calibration(
+        self, graph: ir.Graph, rows: dict[str, int], ranges: dict[str, tuple[float, float]]
+    ) -> dict[str, str]:
         """Target rule that needs data: nodes to keep float given each calibrated tensor's largest
-        leading dimension seen (``rows``), as node name -> reason. Empty by default."""
+        leading dimension seen (``rows``) and its calibrated ``(low, high)`` range (``ranges``; a
+        tensor that shares another's parameters is absent), as node name -> reason. Empty by
+        default."""
         return {}
 
     def default_methods(self, options: CompileOptions) -> tuple[CalibrationMethod, ...]:

@@ -84,7 +84,9 @@ class TrtSpec(TargetSpec):
                 return f"few channels ({c_in} in, {c_out} out): TensorRT has no faster int8 kernel"
         return None
 
-    def float_after_calibration(self, graph: ir.Graph, rows: dict[str, int]) -> dict[str, str]:
+    def float_after_calibration(
+        self, graph: ir.Graph, rows: dict[str, int], ranges: dict[str, tuple[float, float]]
+    ) -> dict[str, str]:
         """A Gemm/MatMul whose rows are symbolic in the graph but 1 in every sample is a GEMV.
 
         A symbolic leading dimension (``batch``) is resolved through any calibrated tensor that

@@ -191,19 +191,21 @@ class CalibratePass(QccPass):
         if bad:
             raise NonFiniteActivationsError(bad)
         rows = {name: int(r) for name, r in zip(names, stats.rows, strict=True)}
-        keep_float = self.ctx.target.float_after_calibration(model.graph, rows)
-        keep_float = {k: v for k, v in keep_float.items() if k not in self.ctx.keep_float}
-        if keep_float:
-            raise ReplanRequest(keep_float)
         method = self.ctx.calibration_method
         chosen = self.ctx.tensor_methods or {}
+        start = CalibrationMethod.MINMAX if method == CalibrationMethod.AUTO else method
+        ranges = {}
         for value, hist in zip(targets, stats.histograms, strict=True):
             quant = get_quant(value)
             levels = 255 if quant.symmetric else 256
-            start = CalibrationMethod.MINMAX if method == CalibrationMethod.AUTO else method
-            own = chosen.get(value.name, start.value)
-            low, high = clip_range(hist, own, levels, quant.symmetric)
-            set_range(value, TensorRange(low, high))
+            ranges[value.name] = clip_range(hist, chosen.get(value.name, start.value), levels, quant.symmetric)
+        keep_float = self.ctx.target.float_after_calibration(model.graph, rows, ranges)
+        keep_float = {k: v for k, v in keep_float.items() if k not in self.ctx.keep_float}
+        if keep_float:
+            raise ReplanRequest(keep_float)
+        for value, hist in zip(targets, stats.histograms, strict=True):
+            quant = get_quant(value)
+            set_range(value, TensorRange(*ranges[value.name]))
             if method == CalibrationMethod.AUTO:
                 set_histogram(value, hist)  # for the clip search (passes/_clip_search.py)
             mean = stats.channel_mean(value.name)

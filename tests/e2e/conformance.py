@@ -99,6 +99,9 @@ def collect(per_op: int = CASES_PER_OP) -> list[Case]:
             continue
         op_type = graph.node[0].op_type
         inputs, outputs = tc.data_sets[0]
+        # A numpy scalar is a 0-d tensor (CumSum's axis, Det's 2-D case); lists are sequences.
+        inputs = [np.asarray(a) if isinstance(a, np.generic) else a for a in inputs]
+        outputs = [np.asarray(a) if isinstance(a, np.generic) else a for a in outputs]
         arrays = list(inputs) + list(outputs)
         if op_type in _RANDOM or not all(isinstance(a, np.ndarray) for a in arrays):
             continue
