@@ -125,32 +125,20 @@ def apply_matrix(rule: Rule, x: Tensor, matrix: np.ndarray) -> Tensor:
     )
 
 
-def _dft_axis(node: ir.Node, rank: int) -> int:
+def _dft_axes(node: ir.Node, rank: int) -> tuple[list[int], bool]:
+    """The DFT axis as a one-element list, or every candidate axis when it is a run-time input (True)."""
     if "axis" in node.attributes:
-        axis = attr_int(node, "axis", 1)
-    elif present(node, 2):
+        return [attr_int(node, "axis", 1) % rank], False
+    if present(node, 2):
         axis = scalar_input(node, 2)
         if axis is None:
-            raise refuse(node, "a run-time axis (the lowering needs it at compile time)", "make axis a constant.")
-    else:
-        opset = node.graph.opset_imports.get("", 20) if node.graph is not None else 20
-        axis = 1 if opset < 20 else -2
-    return axis % rank
+            return list(range(rank - 1)), True
+        return [axis % rank], False
+    opset = node.graph.opset_imports.get("", 20) if node.graph is not None else 20
+    return [(1 if opset < 20 else -2) % rank], False
 
 
-def dft(lw: Lowering, node: ir.Node) -> None:
-    """DFT -> FULLY_CONNECTED with a constant cos/sin matrix, around RESHAPE/TRANSPOSE (module docstring)."""
-    rule = float_rule(lw, node)
-    x = rule.data(0)
-    shape, y = list(x.shape), rule.output()
-    rank, c_in = len(shape), shape[-1]
-    inverse, onesided = bool(attr_int(node, "inverse", 0)), bool(attr_int(node, "onesided", 0))
-    axis = _dft_axis(node, rank)
-    if c_in not in (1, 2) or axis == rank - 1:
-        raise unsupported(
-            node, f"an input of shape {shape} with axis {axis} (the last axis must be 1 or 2 and not the DFT axis)"
-        )
-    n_in, k_out, c_out = shape[axis], y.shape[axis], y.shape[-1]
+def _dft_length(node: ir.Node, n_in: int, k_out: int, inverse: bool, onesided: bool) -> int:
     length = scalar_input(node, 1)
     if length is None and present(node, 1):
         if onesided and not inverse:
@@ -159,23 +147,71 @@ def dft(lw: Lowering, node: ir.Node) -> None:
                 "a run-time dft_length with onesided=1 (two lengths fit the output's size)",
                 "make dft_length a constant (an initializer).",
             )
-        length = k_out
-    elif length is None:
-        length = 2 * (n_in - 1) if inverse and onesided else n_in
-    if onesided and inverse and c_out != 1 or not (onesided and inverse) and c_out != 2:
-        raise unsupported(node, f"an output of shape {list(y.shape)} (its last dimension does not fit the DFT's kind)")
-    if k_out != (length // 2 + 1 if onesided and not inverse else length):
-        raise unsupported(node, f"an output of shape {list(y.shape)}, which does not fit a DFT of length {length}")
-    check_size(node, n_in * c_in, k_out * c_out)
+        return k_out
+    if length is None:
+        return 2 * (n_in - 1) if inverse and onesided else n_in
+    return length
+
+
+def _dft_along(rule: Rule, x: Tensor, axis: int, length: int, k_out: int, c_out: int, inverse: bool) -> Tensor:
+    """The DFT of ``x`` along ``axis``: FULLY_CONNECTED with its matrix, around RESHAPE/TRANSPOSE."""
+    shape = list(x.shape)
+    n_in, c_in = shape[axis], shape[-1]
+    check_size(rule.node, n_in * c_in, k_out * c_out)
     matrix = dft_matrix(n_in, c_in, length, k_out, c_out, inverse)
     pre = math.prod(shape[:axis])
     post = math.prod(shape[axis + 1 : -1])
     if post == 1:
         result = apply_matrix(rule, rule.reshape(x, [pre, n_in * c_in]), matrix)
-    else:
-        moved = rule.transpose(rule.reshape(x, [pre, n_in, post, c_in]), [0, 2, 1, 3])
-        product = apply_matrix(rule, rule.reshape(moved, [pre * post, n_in * c_in]), matrix)
-        result = rule.transpose(rule.reshape(product, [pre, post, k_out, c_out]), [0, 2, 1, 3])
+        return rule.reshape(result, [*shape[:axis], k_out, c_out])
+    moved = rule.transpose(rule.reshape(x, [pre, n_in, post, c_in]), [0, 2, 1, 3])
+    product = apply_matrix(rule, rule.reshape(moved, [pre * post, n_in * c_in]), matrix)
+    result = rule.transpose(rule.reshape(product, [pre, post, k_out, c_out]), [0, 2, 1, 3])
+    return rule.reshape(result, [*shape[:axis], k_out, *shape[axis + 1 : -1], c_out])
+
+
+def dft(lw: Lowering, node: ir.Node) -> None:
+    """DFT -> FULLY_CONNECTED with a constant cos/sin matrix, around RESHAPE/TRANSPOSE (module docstring).
+
+    A run-time axis lowers every axis the static shapes allow and selects one at run time.
+    """
+    rule = float_rule(lw, node)
+    x = rule.data(0)
+    shape, y = list(x.shape), rule.output()
+    rank, c_in, c_out = len(shape), shape[-1], y.shape[-1]
+    inverse, onesided = bool(attr_int(node, "inverse", 0)), bool(attr_int(node, "onesided", 0))
+    axes, run_time = _dft_axes(node, rank)
+    if c_in not in (1, 2) or axes == [rank - 1]:
+        raise unsupported(
+            node, f"an input of shape {shape} with axis {axes[0]} (the last axis must be 1 or 2 and not the DFT axis)"
+        )
+    if onesided and inverse and c_out != 1 or not (onesided and inverse) and c_out != 2:
+        raise unsupported(node, f"an output of shape {list(y.shape)} (its last dimension does not fit the DFT's kind)")
+    results = []
+    for axis in axes:
+        length = _dft_length(node, shape[axis], y.shape[axis], inverse, onesided)
+        k_out = length // 2 + 1 if onesided and not inverse else length
+        fits = list(y.shape) == [*shape[:axis], k_out, *shape[axis + 1 : -1], c_out]
+        if fits:
+            results.append((axis, _dft_along(rule, x, axis, length, k_out, c_out, inverse)))
+        elif not run_time:
+            raise unsupported(node, f"an output of shape {list(y.shape)}, which does not fit a DFT of length {length}")
+    if not results:
+        raise unsupported(node, f"a run-time axis with which no axis fits the output shape {list(y.shape)}")
+    result = results[0][1]
+    if len(results) > 1:
+        given = rule.reshape(rule.cast(lw.read(node.inputs[2], False), I32), [])
+        for axis, other in results[1:]:
+            chosen = rule.op(
+                "LOGICAL_OR",
+                [
+                    rule.op("EQUAL", [given, rule.const(np.array(axis, np.int32))], [], np.bool_),
+                    rule.op("EQUAL", [given, rule.const(np.array(axis - rank, np.int32))], [], np.bool_),
+                ],
+                [],
+                np.bool_,
+            )
+            result = rule.op("SELECT_V2", [chosen, other, result], result.shape, options="SelectV2Options")
     rule.finish(result)
 
 

@@ -74,6 +74,17 @@ def test_dft_matches_onnxruntime(name):
     assert "FULLY_CONNECTED" in _builtins(data)
 
 
+def test_dft_run_time_axis_selects_among_the_axes_that_fit():
+    model = _model("float[2,6,6,2] x, int64 a", "float[2,6,6,2] y", "y = DFT<inverse=1>(x, , a)", 20)
+    feed = {"x": _normal([2, 6, 6, 2]), "a": np.array(1, np.int64)}
+    result = qcc.compile(model, target="tflite", calibration=[feed], verify=False)
+    for axis in (1, 2, -2, -3):
+        feed["a"] = np.array(axis, np.int64)
+        for resolver in ("xnnpack", "builtin"):
+            got = run(interpreter(result.artifact.data, resolver), feed)[0]
+            np.testing.assert_allclose(got, run_ort(model, feed)[0], rtol=1e-4, atol=2e-5, err_msg=f"{axis}")
+
+
 def test_dft_opset17_axis_attribute_and_float64():
     model = _model("double[3,8,1] x", "double[3,8,2] y", "y = DFT<axis=1>(x)", 17)
     feed = {"x": _normal([3, 8, 1]).astype(np.float64)}
