@@ -190,6 +190,8 @@ def _bias(rule: Rule, node: ir.Node, s: int, length: int, past_length: int, size
             whole_rows = True
     if sized is not None and not present(node, _NONPAD) and (causal or left >= 0 or right >= 0):
         varying.append(_run_time_causal(rule, node, *sized, causal, left, right))
+        # With a constant mask, the two together may leave a row no key.
+        whole_rows = whole_rows or bool(np.isneginf(constant).any())
     elif nonpad is not None or not present(node, _NONPAD):
         offset = np.zeros((1,), np.int64) + past_length if nonpad is None else nonpad.reshape(-1) - s
         allowed = _allowed(offset, s, length, causal, left, right)
