@@ -79,6 +79,7 @@ def load(source: object, min_opset: int = MIN_OPSET) -> LoadedModel:
     proto, origin, base_dir = _to_proto(source)
     _check_structure(proto, origin)
     _dynamic_dims(proto.graph)
+    _explicit_defaults(proto.graph)
     external = _has_external_data(proto)
     if external and base_dir is None:
         raise ModelLoadError(
@@ -311,6 +312,19 @@ def _dynamic_dims(graph: onnx.GraphProto) -> None:
                 if dim.HasField("dim_value") and dim.dim_value <= 0:
                     dim.Clear()
                     dim.dim_param = f"{value.name}_dim{axis}"
+
+
+# Attribute defaults that ONNX's shape inference gets wrong when the attribute is absent: it takes
+# STFT's onesided as 0 (a two-sided spectrum), where the operator's default and ONNX Runtime are 1.
+_DEFAULTS = {"STFT": {"onesided": 1}}
+
+
+def _explicit_defaults(graph: onnx.GraphProto) -> None:
+    """Writes out the spec default of attributes listed in ``_DEFAULTS`` where a node omits them."""
+    for node in graph.node:
+        for name, value in _DEFAULTS.get(node.op_type, {}).items():
+            if node.domain in ("", "ai.onnx") and all(a.name != name for a in node.attribute):
+                node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
 _NO_KERNEL = re.compile(r"(?:implementation|kernel) for (\w+)\((\d+)\)(?: \(node:? ?'?([^' )]*))?")

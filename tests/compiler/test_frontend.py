@@ -275,3 +275,17 @@ def test_opset_upgrade_that_changes_an_input_rank_is_refused():
     )
     with pytest.raises(qcc.QccError, match="changes the rank"):
         frontend.load(model)
+
+
+def test_stft_without_onesided_is_one_sided_as_onnx_runtime_runs_it():
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[B,64,1] signal, int64 step, int64 length) => (float[B,3,9,2] y) {
+          y = STFT(signal, step, , length)
+        }
+        """
+    )
+    loaded = frontend.load(model)
+    stft = next(n for n in loaded.model.graph if n.op_type == "STFT")
+    assert stft.attributes["onesided"].as_int() == 1
