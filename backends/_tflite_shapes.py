@@ -7,9 +7,11 @@ RESHAPE or SLICE constant, an op chosen for one size only.
 
 qcc finds those without symbolic algebra, by *instantiation*. The model is prepared four times,
 with every dynamic input dimension (ONNX ``dim_param``, unknown or non-positive) at the first
-calibration sample's size ``s``, at ``2 s``, ``3 s`` and ``s + 1`` (``VARIANTS``; the last one
-probes the other residues that strided layers round differently, and is left out when the model
-does not take it, e.g. an image size that must divide by 32):
+calibration sample's size ``s``, at ``2 s``, at ``(3 + j) s`` and at ``s + 1 + 2 j``, where ``j``
+numbers the distinct dimensions (one per ``dim_param`` name; unnamed ones by axis) so that two
+of them never move together by accident (``VARIANTS``). The odd sizes probe the remainders that
+strided layers round differently; the last two instances are left out when the model does not
+take them (an image size that must divide by 32, a height that must equal the width):
 
 * a value folds to a constant only when it folds to the same array in every instance
   (``Shape(x)[1]`` of an image with static channels does; ``Shape(x)[0]`` of a dynamic batch
@@ -51,10 +53,13 @@ from qcc.passes.layout_nhwc import LAYOUT_KEY
 
 logger = logging.getLogger(__name__)
 
-# Instance sizes ``a * s + b`` of a dynamic dimension of sample size ``s``: multiples, so that a
-# size that only looks constant between two of them (ceil(b / 2) for b = 1 and 2) is still seen to
-# change, and ``s + 1`` for the sizes a stride rounds another way (TF SAME vs VALID at odd widths).
-VARIANTS = ((1, 0), (2, 0), (3, 0), (1, 1))
+# Instance sizes of the j-th dynamic dimension of sample size s: (a + j b) s + c + j d for each
+# (a, b, c, d). Multiples, so that a size that only looks constant between two of them
+# (ceil(n / 2) for n = 1 and 2) is still seen to change; distinct per dimension; and odd offsets
+# for the sizes a stride rounds another way (TF SAME vs VALID at odd widths).
+VARIANTS = ((1, 0, 0, 0), (2, 0, 0, 0), (3, 1, 0, 0), (1, 0, 1, 2))
+# The instances the artifact must agree with; the others are dropped when the model cannot take them.
+REQUIRED_VARIANTS = 2
 # Rounds of constant folding + shape inference (MiniLM's shape subgraphs need three).
 _MAX_FOLD_ROUNDS = 8
 # value.meta key: the value's signature (a tuple with -1 at dynamic dimensions), set when it has one.
@@ -62,6 +67,14 @@ SIGNATURE_KEY = "qcc.tflite.signature"
 # Prefix of the note a static artifact's description carries (``verify()`` reports it).
 STATIC_NOTE = "static shapes: "
 _CODE_NAMES = {code: name for name, code in vars(BuiltinOperator).items() if not name.startswith("_")}
+
+
+@dataclasses.dataclass
+class Instance:
+    """The model prepared at one set of input sizes (``inputs``: name -> shape)."""
+
+    model: ir.Model
+    inputs: dict[str, tuple[int, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +86,17 @@ class StaticReason:
 
 def input_sizes(
     model: ir.Model, feed: Feed | None, pinned: Mapping[str, Sequence[int]] | None = None
-) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[bool, ...]]]:
+) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[str | None, ...]]]:
     """The size of every graph input and which of its dimensions are dynamic.
 
     A dimension is dynamic when the ONNX model does not fix it (a ``dim_param``, an unknown
     dimension, a non-positive ``dim_value``); its size is the sample's. ``pinned`` shapes
     (``--input-shape``) fix every dimension of their input.
+
+    Returns:
+        ``sizes``: input name -> shape; ``dynamic``: input name -> per dimension, None when it is
+        static, else its symbol (the ``dim_param``, or ``#axis`` for an unnamed one: unnamed
+        dimensions on one axis of several inputs are taken to move together, as batches do).
 
     Raises:
         BackendError: a pinned shape names no input, has another rank, or contradicts a static
@@ -107,7 +125,7 @@ def input_sizes(
                     f"input shape {value.shape}.",
                     "give a size for every dimension, keeping the model's fixed ones.",
                 )
-            sizes[value.name], dynamic[value.name] = shape, (False,) * len(shape)
+            sizes[value.name], dynamic[value.name] = shape, (None,) * len(shape)
             continue
         sample = np.shape(feed[value.name]) if feed is not None and value.name in feed else None
         if declared is None and sample is None:
@@ -116,43 +134,51 @@ def input_sizes(
             if not all(isinstance(d, int) and d > 0 for d in declared):
                 continue
             sample = tuple(declared)
-        flags = tuple(
-            declared is None or i >= len(declared) or not (isinstance(declared[i], int) and declared[i] > 0)
-            for i in range(len(sample))
-        )
+        symbols = []
+        for i, size in enumerate(sample):
+            d = declared[i] if declared is not None and i < len(declared) else None
+            static = (isinstance(d, int) and d > 0) or size <= 0
+            named = d is not None and not isinstance(d, int) and getattr(d, "value", None)
+            symbols.append(None if static else (str(named) if named else f"#{i}"))
         sizes[value.name] = tuple(int(d) for d in sample)
-        dynamic[value.name] = tuple(f and s > 0 for f, s in zip(flags, sample, strict=True))
+        dynamic[value.name] = tuple(symbols)
     return sizes, dynamic
 
 
 def instances(
-    model: ir.Model, sizes: Mapping[str, tuple[int, ...]], dynamic: Mapping[str, tuple[bool, ...]]
-) -> list[ir.Model]:
-    """Clones of the model at each of ``VARIANTS``, shapes inferred, folded where all agree.
+    model: ir.Model, sizes: Mapping[str, tuple[int, ...]], dynamic: Mapping[str, tuple[str | None, ...]]
+) -> list[Instance]:
+    """The model at each of ``VARIANTS``: shapes inferred, folded where all instances agree.
 
     With no dynamic dimension, one instance, folded completely (a static artifact).
     """
-    variants = VARIANTS if any(any(flags) for flags in dynamic.values()) else VARIANTS[:1]
-    clones = []
-    for scale, offset in variants:
+    symbols = list(dict.fromkeys(d for dims in dynamic.values() for d in dims if d is not None))
+    variants = VARIANTS if symbols else VARIANTS[:1]
+    result = []
+    for a, b, c, d in variants:
         clone = model.clone()
+        inputs = {}
         for value in clone.graph.inputs:
             if value.name in sizes:
-                dims = zip(sizes[value.name], dynamic[value.name], strict=True)
-                shape = [s * scale + offset if d else s for s, d in dims]
+                shape = []
+                for size, symbol in zip(sizes[value.name], dynamic[value.name], strict=True):
+                    j = symbols.index(symbol) if symbol is not None else None
+                    shape.append(size if j is None else (a + j * b) * size + c + j * d)
                 value.shape = ir.Shape(shape)
+                inputs[value.name] = tuple(shape)
         infer_shapes(clone)
-        clones.append(clone)
-    folded = [_fold_completely(c.clone()) for c in clones]
-    constants = _agreed_constants(clones[0], folded)
-    for clone, full in zip(clones, folded, strict=True):
-        _fold(clone, constants)
-        _copy_shapes(clone, full)
-    return clones
+        result.append(Instance(clone, inputs))
+    folded = [_fold_completely(i.model.clone()) for i in result]
+    constants = _agreed_constants(result[0].model, folded)
+    for instance, full in zip(result, folded, strict=True):
+        _fold(instance.model, constants)
+        _copy_shapes(instance.model, full)
+    return result
 
 
-def mark_signatures(models: Sequence[ir.Model]) -> None:
+def mark_signatures(instances_: Sequence[Instance]) -> None:
     """Sets ``SIGNATURE_KEY`` on every value whose shape differs between the instances (-1 there)."""
+    models = [i.model for i in instances_]
     if len(models) < 2:
         return
     shapes = [_shapes_by_name(m.graph) for m in models]
@@ -236,15 +262,20 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
 
 
 def merge(
-    flats: Sequence[FlatModel],
-    variants: Sequence[tuple[int, int]] = VARIANTS,
-    nodes: Mapping[str, ir.Node] | None = None,
+    flats: Sequence[FlatModel], instances_: Sequence[Instance], nodes: Mapping[str, ir.Node] | None = None
 ) -> FlatModel | StaticReason:
     """The first flat model with ``shape_signature``s, if the instances' lowerings agree.
 
     Window ops written SAME where the model's ``nodes`` (by name) pad nothing are VALID (exact: the
     rules take SAME only where its pads are zero then). Repairs RESHAPE shapes and SLICE sizes that
-    hold a dynamic size (module docstring), then compares. Returns:
+    hold a dynamic size (module docstring), then compares.
+
+    Args:
+        flats: the lowering of each instance, the sample's first.
+        instances_: the instances, in the same order (their input sizes name a difference).
+        nodes: the model's nodes by name (the first instance's).
+
+    Returns:
         The first model, signatures set; or a :class:`StaticReason` naming the first operator
         whose lowering depends on a dynamic size.
     """
@@ -254,9 +285,9 @@ def merge(
     for flat in flats:
         _valid_padding(flat, nodes or {})
         if len(flat.ops) != len(first.ops) or len(flat.tensors) != len(first.tensors):
-            return _structure_reason(flats, variants)
+            return _structure_reason(flats, instances_)
     _repair(flats)
-    reason = _difference(flats, variants)
+    reason = _difference(flats, instances_)
     if reason is not None:
         return reason
     for index, tensor in enumerate(first.tensors):
@@ -522,12 +553,12 @@ def _valid_padding(flat: FlatModel, nodes: Mapping[str, ir.Node]) -> None:
             op.option_fields["padding"] = _VALID
 
 
-def _difference(flats: Sequence[FlatModel], variants: Sequence[tuple[int, int]]) -> StaticReason | None:
+def _difference(flats: Sequence[FlatModel], instances_: Sequence[Instance]) -> StaticReason | None:
     first = flats[0]
     if any(f.inputs != first.inputs or f.outputs != first.outputs for f in flats):
         return StaticReason("the model's inputs and outputs lower differently at other sizes")
     for position, op in enumerate(first.ops):
-        for flat, variant in zip(flats[1:], variants[1:], strict=True):
+        for flat, instance in zip(flats[1:], instances_[1:], strict=True):
             other = flat.ops[position]
             same = (
                 other.code == op.code
@@ -539,7 +570,7 @@ def _difference(flats: Sequence[FlatModel], variants: Sequence[tuple[int, int]])
                 and all(_same_tensor(flat.tensors[i], first.tensors[i]) for i in op.outputs)
             )
             if not same:
-                return _op_reason(op, variant)
+                return _op_reason(op, instances_[0], instance)
     return None
 
 
@@ -561,20 +592,20 @@ def _same_tensor(a: Tensor, b: Tensor) -> bool:
     return a.data is None or (a.data.shape == b.data.shape and np.array_equal(a.data, b.data))
 
 
-def _structure_reason(flats: Sequence[FlatModel], variants: Sequence[tuple[int, int]]) -> StaticReason:
+def _structure_reason(flats: Sequence[FlatModel], instances_: Sequence[Instance]) -> StaticReason:
     first = flats[0]
-    for flat, variant in zip(flats[1:], variants[1:], strict=True):
+    for flat, instance in zip(flats[1:], instances_[1:], strict=True):
         for position, op in enumerate(first.ops):
             other = flat.ops[position] if position < len(flat.ops) else None
             if other is None or other.code != op.code or other.source != op.source:
-                return _op_reason(op, variant)
+                return _op_reason(op, instances_[0], instance)
     return StaticReason("the lowering writes a different number of operators at other sizes")
 
 
-def _op_reason(op: Op, variant: tuple[int, int]) -> StaticReason:
-    scale, offset = variant
-    at = f"{scale}x the sample's" if not offset else f"the sample's + {offset}"
+def _op_reason(op: Op, sample: Instance, other: Instance) -> StaticReason:
+    changed = [name for name in sample.inputs if sample.inputs[name] != other.inputs.get(name)]
+    sizes = ", ".join(f"{name} {sample.inputs[name]} -> {other.inputs[name]}" for name in changed)
     return StaticReason(
         f"node {op.source!r} is lowered for one input size only (its {_CODE_NAMES.get(op.code, op.code)} "
-        f"differs when the dynamic dimensions are {at})"
+        f"differs at {sizes})"
     )

@@ -36,8 +36,8 @@ from qcc.backends._tflite_litert import compare_with_simulation
 from qcc.backends._tflite_lower import Lowering, absorb_activations
 from qcc.backends._tflite_ops import FAMILIES
 from qcc.backends._tflite_shapes import (
+    REQUIRED_VARIANTS,
     STATIC_NOTE,
-    VARIANTS,
     StaticReason,
     explicit_padding,
     input_sizes,
@@ -203,9 +203,9 @@ def write_tflite(model: ir.Model, ctx: PassContext, feed: Feed | None = None) ->
         if result is not None:
             logger.warning("the .tflite keeps the first sample's static input shapes: %s", result.message)
             description = f"qcc; {STATIC_NOTE}{result.message}"
-        static = {name: (False,) * len(shape) for name, shape in sizes.items()}
+        static = {name: (None,) * len(shape) for name, shape in sizes.items()}
         (clone,) = instances(model, sizes, static)
-        flat = _lower(clone, ctx, io_int8)
+        flat = _lower(clone.model, ctx, io_int8)
     stamp_versions(flat)
     validate(flat)
     return serialize(flat, description)
@@ -219,24 +219,25 @@ def _lower_dynamic(model: ir.Model, ctx: PassContext, sizes, dynamic) -> FlatMod
     """
     clones = instances(model, sizes, dynamic)
     for clone in clones:
-        _prepare(clone, ctx)
+        _prepare(clone.model, ctx)
     mark_signatures(clones)
     for clone in clones:
-        explicit_padding(clone)
+        explicit_padding(clone.model)
     io_int8 = ctx.options.io == IoType.INT8
     try:
-        flats = [Lowering(io_int8=io_int8).lower(clone.graph) for clone in clones[:-1]]
+        flats = [Lowering(io_int8=io_int8).lower(c.model.graph) for c in clones[:REQUIRED_VARIANTS]]
     except BackendError as exc:
         return StaticReason(f"with run-time shapes, {exc.problem}")
-    variants = list(VARIANTS)
-    try:
-        flats.append(Lowering(io_int8=io_int8).lower(clones[-1].graph))
-    except BackendError as exc:
-        # The model does not take the odd size (a stride chain that needs divisible sizes):
-        # the artifact is then checked at the multiples only.
-        logger.debug("not checking the dynamic artifact at the sample's size + 1: %s", exc.problem)
-        variants.pop()
-    return merge(flats, variants, {node.name: node for node in clones[0].graph})
+    checked = clones[:REQUIRED_VARIANTS]
+    for clone in clones[REQUIRED_VARIANTS:]:
+        try:
+            flats.append(Lowering(io_int8=io_int8).lower(clone.model.graph))
+            checked.append(clone)
+        except BackendError as exc:
+            # The model does not take these sizes (a stride chain that needs divisible sizes, a
+            # height that must equal the width): the artifact is checked at the others.
+            logger.debug("not checking the dynamic artifact at %s: %s", clone.inputs, exc.problem)
+    return merge(flats, checked, {node.name: node for node in clones[0].model.graph})
 
 
 def _lower(clone: ir.Model, ctx: PassContext, io_int8: bool) -> FlatModel:
