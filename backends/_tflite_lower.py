@@ -196,6 +196,8 @@ class Lowering:
                 raise BackendError(f"tensor {value.name!r} is read before it is written.", "this is a qcc bug.")
             if quantized:
                 tensor = self.model.tensor(f"{value.name}_int8", native.shape, np.int8, quant=self._quant_of(value))
+                if _may_be_infinite(value):
+                    native = self._saturated(native, tensor.quant, value.name)
                 self.op("QUANTIZE", [native], [tensor], source=value.name)
             else:
                 tensor = self.model.tensor(f"{value.name}_float", native.shape, np.float32)
@@ -210,6 +212,22 @@ class Lowering:
             if (id(value), quantized) in self._tensors:
                 return self._tensors[(id(value), quantized)]
         return self.read(value, False)
+
+    def _saturated(self, x: Tensor, quant: Quant, source: str) -> Tensor:
+        """``x`` clamped to the range ``quant`` represents (MINIMUM, MAXIMUM): what QUANTIZE saturates to.
+
+        LiteRT's builtin QUANTIZE converts an infinite value to an integer before it saturates
+        (``-inf`` came out as 127 on an attention mask), so an infinity is clamped in float first.
+        """
+        low = (-128 - float(quant.zero_point[0])) * float(quant.scale[0])
+        high = (127 - float(quant.zero_point[0])) * float(quant.scale[0])
+        below = self.model.tensor(f"{x.name}_below", x.shape, np.float32)
+        below.shape_signature = x.shape_signature
+        clamped = self.model.tensor(f"{x.name}_saturated", x.shape, np.float32)
+        clamped.shape_signature = x.shape_signature
+        self.op("MINIMUM", [x, self.constant(f"{x.name}_high", np.array(high, np.float32))], [below], source=source)
+        self.op("MAXIMUM", [below, self.constant(f"{x.name}_low", np.array(low, np.float32))], [clamped], source=source)
+        return clamped
 
     def input(self, node: ir.Node, index: int) -> Tensor:
         """Input ``index`` of the node, in the node's precision."""
@@ -327,6 +345,18 @@ class Lowering:
         return Quant(
             np.atleast_1d(quant.scale).astype(np.float32), np.atleast_1d(quant.zero_point).astype(np.int64), axis
         )
+
+
+def _may_be_infinite(value: ir.Value) -> bool:
+    """True if the value's producer reads a constant holding an infinity (a ``-inf`` attention mask)."""
+    producer = value.producer()
+    if producer is None:
+        return False
+    for v in producer.inputs:
+        array = const_array(v) if v is not None else None
+        if array is not None and array.dtype.kind == "f" and np.isinf(array).any():
+            return True
+    return False
 
 
 def _touches_dynamic(node: ir.Node) -> bool:

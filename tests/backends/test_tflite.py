@@ -14,6 +14,7 @@ import qcc
 from qcc.backends import get_backend
 from qcc.backends._tflite_litert import interpreter, run
 from qcc.errors import BackendError
+from qcc.runtime import session
 from tests.backends.test_tflite_ops import op_model
 from tests.conftest import build_model, random_feeds
 from tests.e2e.synthetic import synthetic_model
@@ -357,3 +358,29 @@ def test_the_bound_says_how_many_samples_the_artifact_ran():
     assert pinned["verify"]["samples"] == 2  # of the 4 verify samples, the two of the pinned shape
     assert pinned["verify"]["samples_skipped"] == 2 and not pinned["verify"]["shapes"]["dynamic"]
     assert pinned["mixed_precision"]["artifact_samples"] == 2
+
+
+def test_an_infinite_mask_saturates_when_quantized():
+    """``Where(keep, 0, -inf)`` quantized int8 (an attention mask): LiteRT's builtin QUANTIZE turns
+    -inf into the top of the range unless it is clamped in float first; both resolvers must agree
+    with the simulation, also on masks the calibration never saw."""
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[8,8] w, float[] zero, float[] minus_inf, bool[1,8] keep, float[1,8] x) => (float[1,8] y) {
+          m = MatMul(x, w)
+          bias = Where(keep, zero, minus_inf)
+          s = Add(m, bias)
+          y = Softmax<axis=-1>(s)
+        }
+        """,
+        constants={"zero": np.float32(0), "minus_inf": np.float32(-np.inf)},
+    )
+    rng = np.random.default_rng(0)
+    feeds = [{"keep": np.ones((1, 8), bool), "x": rng.normal(size=(1, 8)).astype(np.float32)} for _ in range(4)]
+    result = qcc.compile(model, target="tflite", calibration=feeds, tolerance=None)
+    masked = {"keep": np.array([[True] * 5 + [False] * 3]), "x": feeds[0]["x"]}
+    simulation = session(result.artifact.simulation, level="disable").run(None, masked)[0]
+    for resolver in ("xnnpack", "builtin"):
+        (got,) = run(interpreter(result.artifact.data, resolver), masked)
+        np.testing.assert_allclose(got, simulation, atol=1.5 / 256)
