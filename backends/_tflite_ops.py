@@ -130,35 +130,39 @@ def gelu(lw: Lowering, node: ir.Node) -> None:
 
 
 def clip(lw: Lowering, node: ir.Node) -> None:
-    """Standalone Clip -> RELU/RELU6/RELU_N1_TO_1/RELU_0_TO_1, or MAXIMUM + MINIMUM for other bounds."""
-    low = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    high = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    """Standalone Clip -> RELU/RELU6/RELU_N1_TO_1/RELU_0_TO_1, or MAXIMUM + MINIMUM for other bounds.
+
+    Bounds that are run-time tensors are read as they are (float only: an int8 bound would need
+    the input's parameters, which a run-time value does not have); no bounds is a copy.
+    """
+    given = [len(node.inputs) > i and node.inputs[i] is not None for i in (1, 2)]
+    arrays = [const_array(node.inputs[i]) if given[i - 1] else None for i in (1, 2)]
+    runtime = [g and a is None for g, a in zip(given, arrays, strict=True)]
     x = lw.input(node, 0)
-    bounds = (None if low is None else float(low), None if high is None else float(high))
+    if any(runtime) and x.quant is not None:
+        raise unsupported(node, "int8 Clip with run-time bounds (int8 bounds need the input's parameters)")
+    bounds = tuple(None if a is None else float(a) for a in arrays)
     named = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, None): "RELU", (0.0, 1.0): "RELU_0_TO_1"}
-    if bounds in named:
+    if not any(runtime) and bounds in named:
         lw.op(named[bounds], [x], [lw.output(node)], source=node.name)
         return
     y = lw.output(node)
-    if bounds == (None, None):  # no bounds: a copy (TFLite has no identity op)
+    steps = []
+    for op, index, bound, late in (("MAXIMUM", 1, bounds[0], runtime[0]), ("MINIMUM", 2, bounds[1], runtime[1])):
+        if late:
+            steps.append((op, lw.read(node.inputs[index], False)))
+        elif bound is not None:
+            value = np.array(bound, np.float32)
+            const = lw.constant(f"{node.name}_{op.lower()}", value) if x.quant is None else None
+            steps.append((op, const if const is not None else _quantized_scalar(lw, node, x, bound)))
+    if not steps:  # no bounds: a copy (TFLite has no identity op)
         lw.reshape(x, y, node.name)
         return
     current = x
-    for op, bound in (("MAXIMUM", bounds[0]), ("MINIMUM", bounds[1])):
-        if bound is None:
-            continue
-        value = np.array(bound, np.float32)
-        const = (
-            lw.constant(f"{node.name}_{op.lower()}", value)
-            if x.quant is None
-            else _quantized_scalar(lw, node, x, bound)
-        )
-        target = (
-            y
-            if (op == "MINIMUM" or bounds[1] is None)
-            else lw.model.tensor(f"{node.name}_max", x.shape, x.dtype, quant=x.quant)
-        )
-        lw.op(op, [current, const], [target], source=node.name)
+    for i, (op, bound_t) in enumerate(steps):
+        last = i == len(steps) - 1
+        target = y if last else lw.model.tensor(f"{node.name}_max", x.shape, x.dtype, quant=x.quant)
+        lw.op(op, [current, bound_t], [target], source=node.name)
         current = target
 
 
