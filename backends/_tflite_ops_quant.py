@@ -7,6 +7,10 @@ become exact float32 decompositions (a float island):
 * ``QuantizeLinear``: ``y = CAST(MINIMUM(MAXIMUM(ROUND(x / s) + z, lo), hi))``. LiteRT's ROUND
   (builtin and XNNPACK) rounds half to even, as ONNX does; ``x / s`` is a DIV, as ONNX writes it.
   ``round(x / s) + z`` is an integer below 2^24 for 8- and 16-bit outputs, so float32 holds it.
+* ``DynamicQuantizeLinear`` (uint8): ``s = (max(0, max x) - min(0, min x)) / 255`` (1 for an
+  all-zero ``x``, as ONNX Runtime writes it), ``z = ROUND(clamp(-min(0, min x) / s, 0, 255))``,
+  then ``y`` as QuantizeLinear computes it; REDUCE_MIN/REDUCE_MAX over every axis give the range
+  at run time.
 * ``DequantizeLinear``: ``y = (x - z) * s``; the difference is exact in float32 for 8/16-bit
   ``x`` and taken in int32 for int32 ``x``.
 * Scales and zero points are per tensor (one value), per axis (a 1-D ``[C]`` reshaped to
@@ -144,6 +148,33 @@ def quantize_linear(lw: Lowering, node: ir.Node) -> None:
     zero_point = _parameter(rule, 2, x.shape, axis, block)
     scaled = rule.op("DIV", [x, scale], x.shape, F32, "DivOptions")
     _requantize(rule, scaled, zero_point, dtype)
+
+
+def dynamic_quantize_linear(lw: Lowering, node: ir.Node) -> None:
+    """DynamicQuantizeLinear -> REDUCE_MIN/REDUCE_MAX for the range, then QuantizeLinear's chain (module docstring)."""
+    rule = Rule(lw, node)
+    x = rule.data(0)
+
+    def scalar(builtin: str, *inputs: Tensor, options: str | None = None, **fields) -> Tensor:
+        return rule.op(builtin, list(inputs), [], F32, options, **fields)
+
+    axes = rule.const(np.arange(len(x.shape), dtype=np.int32))
+    zero, levels = rule.const(np.float32(0)), rule.const(np.float32(255))
+    extreme = "MaximumMinimumOptions"
+    smallest = scalar("REDUCE_MIN", x, axes, options="ReducerOptions", keep_dims=False)
+    largest = scalar("REDUCE_MAX", x, axes, options="ReducerOptions", keep_dims=False)
+    low = scalar("MINIMUM", smallest, zero, options=extreme)
+    high = scalar("MAXIMUM", largest, zero, options=extreme)
+    span = scalar("SUB", high, low, options="SubOptions")
+    # An all-zero x has no range: ONNX Runtime then writes scale 1 (ONNX's reference writes 1/255).
+    empty = rule.cast(rule.op("EQUAL", [span, zero], [], np.dtype(np.bool_), "EqualOptions"), F32)
+    scale = scalar("ADD", scalar("DIV", span, levels, options="DivOptions"), empty, options="AddOptions")
+    shifted = scalar("DIV", scalar("NEG", low), scale, options="DivOptions")
+    clamped = scalar("MINIMUM", scalar("MAXIMUM", shifted, zero, options=extreme), levels, options=extreme)
+    zero_point = scalar("ROUND", clamped)
+    _requantize(rule, rule.op("DIV", [x, scale], x.shape, F32, "DivOptions"), zero_point, ir.DataType.UINT8)
+    rule.finish(scale, 1)
+    rule.finish(zero_point, 2)
 
 
 def dequantize_linear(lw: Lowering, node: ir.Node) -> None:
@@ -343,6 +374,7 @@ def bit_cast(lw: Lowering, node: ir.Node) -> None:
 
 LOWERINGS = {
     "QuantizeLinear": quantize_linear,
+    "DynamicQuantizeLinear": dynamic_quantize_linear,
     "DequantizeLinear": dequantize_linear,
     "QLinearMatMul": qlinear_matmul,
     "QLinearConv": qlinear_conv,

@@ -23,8 +23,8 @@ none, in the padding); SCATTER_ND writes into zeros and sums repeats, which is t
 the padding go to one extra row that a SLICE drops.
 
 The rules for GridSample and AffineGrid (sampling at computed coordinates) live in
-``_tflite_ops_sampling``, RoiAlign's in ``_tflite_ops_roi``, DeformConv's in ``_tflite_ops_deform``;
-this module collects them.
+``_tflite_ops_sampling``, RoiAlign's in ``_tflite_ops_roi``, DeformConv's in ``_tflite_ops_deform``,
+the windows' and MelWeightMatrix's in ``_tflite_ops_spectral``; this module collects them.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from qcc.backends import _tflite_ops_deform, _tflite_ops_roi, _tflite_ops_sampling
+from qcc.backends import _tflite_ops_deform, _tflite_ops_roi, _tflite_ops_sampling, _tflite_ops_spectral
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_rule import I32, Rule
 from qcc.backends._tflite_ops_sampling import refuse
@@ -379,6 +379,7 @@ LOWERINGS: dict = {
     **_tflite_ops_sampling.LOWERINGS,
     **_tflite_ops_roi.LOWERINGS,
     **_tflite_ops_deform.LOWERINGS,
+    **_tflite_ops_spectral.LOWERINGS,
 }
 INT8_OPS: frozenset[str] = frozenset()
 SHARED_SCALE_OPS: frozenset[str] = frozenset()

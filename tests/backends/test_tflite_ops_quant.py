@@ -60,6 +60,27 @@ CASES = {
         " z = Constant<value=uint8 {10}>()\n y = QuantizeLinear(x, s, z) }",
         {"x": _TIES},
     ),
+    "dynamic_quantize_ties_unit_scale": (
+        11,
+        "g (float[2,4] x) => (uint8[2,4] y, float s, uint8 z) { y, s, z = DynamicQuantizeLinear(x) }",
+        # min -128 and max 127 give scale 1 and zero point 128: every x.5 is a tie ROUND breaks to even.
+        {"x": np.array([[-128.0, 127.0, -0.5, 0.5], [3.5, -2.5, 1.5, -101.5]], np.float32)},
+    ),
+    "dynamic_quantize_positive_only": (
+        11,
+        "g (float[1,3,4,5] x) => (uint8[1,3,4,5] y, float s, uint8 z) { y, s, z = DynamicQuantizeLinear(x) }",
+        {"x": np.abs(_x(1, 3, 4, 5, scale=4))},
+    ),
+    "dynamic_quantize_negative_only": (
+        11,
+        "g (float[3,7] x) => (uint8[3,7] y, float s, uint8 z) { y, s, z = DynamicQuantizeLinear(x) }",
+        {"x": -np.abs(_x(3, 7, scale=0.01))},
+    ),
+    "dynamic_quantize_all_zero": (
+        11,
+        "g (float[5] x) => (uint8[5] y, float s, uint8 z) { y, s, z = DynamicQuantizeLinear(x) }",
+        {"x": np.zeros(5, np.float32)},
+    ),
     "quantize_int8_raw_output": (
         13,
         "g (float[1,8] x) => (int8[1,8] y) { s = Constant<value=float {0.5}>()\n"
