@@ -30,7 +30,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from qcc.annotations import Decision
+from qcc.annotations import Decision, get_decision, get_quant
 from qcc.backends._qdq import materialize_qdq
 from qcc.backends._tflite_litert import compare_with_simulation
 from qcc.backends._tflite_lower import Lowering, absorb_activations
@@ -88,6 +88,54 @@ class TfliteSpec(TargetSpec):
         # The plan asks float_reason only about compute ops; pending ops (Mul) get it here.
         reason = self.float_reason(node)
         return (Decision.FLOAT, reason) if reason is not None else None
+
+    def float_after_calibration(
+        self, graph: ir.Graph, rows: dict[str, int], ranges: dict[str, tuple[float, float]]
+    ) -> dict[str, str]:
+        """Keeps float a Concat whose inputs' calibrated ranges differ by more than ``CONCAT_RANGE_RATIO``.
+
+        TFLite's int8 CONCATENATION takes one scale for every input (TFLITE.md §7), so the
+        narrowest input keeps only ``256 / ratio`` levels: YOLOv8's head concatenates box
+        coordinates in pixels (0-640) with class probabilities (0-1), which int8 leaves at 0
+        (eval box F1 0.29 against 0.73 with the Concat float). A float Concat dequantizes each
+        input at its own scale.
+        """
+        found = {}
+        values = {v.name: v for v in (*graph.inputs, *(out for node in graph for out in node.outputs))}
+        for node in graph:
+            decision = get_decision(node)
+            if node.op_type != "Concat" or decision is None or decision.decision != Decision.INT8:
+                continue
+            widths = [_width(value.name, ranges, values) for value in node.inputs if value is not None]
+            widths = [w for w in widths if w is not None]
+            if len(widths) < 2 or min(widths) <= 0 or max(widths) / min(widths) <= CONCAT_RANGE_RATIO:
+                continue
+            ratio = max(widths) / min(widths)
+            found[node.name] = (
+                f"Concat of inputs whose ranges differ {ratio:.0f}x: TFLite's int8 CONCATENATION takes one scale "
+                f"for all of them, which would leave the narrowest {256 / ratio:.1f} levels"
+            )
+        return found
+
+
+# Above this ratio of widest to narrowest input range a Concat stays float: the narrowest input
+# would keep fewer than 16 of the 256 int8 levels.
+CONCAT_RANGE_RATIO = 16.0
+
+
+def _width(name: str, ranges: dict[str, tuple[float, float]], values: dict[str, ir.Value]) -> float | None:
+    """The calibrated range width of a value, through the values whose parameters it shares."""
+    seen = set()
+    while name not in ranges and name in values and name not in seen:
+        seen.add(name)
+        quant = get_quant(values[name])
+        if quant is None or quant.shared_with is None:
+            return None
+        name = quant.shared_with
+    if name not in ranges:
+        return None
+    low, high = ranges[name]
+    return float(high) - float(low)
 
 
 # Int8 ops and shared-scale ops that the op-family modules add (``_tflite_ops.FAMILIES``).
