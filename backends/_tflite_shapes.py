@@ -415,7 +415,7 @@ def _shapes_by_name(graph: ir.Graph) -> dict[str, tuple[int, ...]]:
 def _repair(flats: Sequence[FlatModel]) -> None:
     """Rewrites, in every instance alike, RESHAPE shapes and SLICE sizes that hold a dynamic size."""
     first = flats[0]
-    reshape, slice_ = builtin("RESHAPE"), builtin("SLICE")
+    reshape, slice_, transpose_conv = builtin("RESHAPE"), builtin("SLICE"), builtin("TRANSPOSE_CONV")
     for position in reversed(range(len(first.ops))):
         ops = [flat.ops[position] for flat in flats]
         if any(op.code != ops[0].code or len(op.inputs) != len(ops[0].inputs) for op in ops):
@@ -424,6 +424,8 @@ def _repair(flats: Sequence[FlatModel]) -> None:
             _repair_reshape(flats, position)
         elif ops[0].code == slice_:
             _repair_slice(flats, position)
+        elif ops[0].code == transpose_conv:
+            _repair_shape_input(flats, position, shape_slot=0, data_slot=2, may_infer=False)
 
 
 def _constant_rows(flats: Sequence[FlatModel], op_index: int, input_index: int) -> list[np.ndarray] | None:
@@ -448,40 +450,84 @@ def _repair_reshape(flats: Sequence[FlatModel], position: int) -> None:
             op.inputs[1] = flat.constant(f"{flat.tensors[op.inputs[1]].name}_dynamic", shape.astype(np.int32)).index
             op.option_fields["new_shape"] = [int(d) for d in shape]
         return
-    # Several sizes vary: each must be a dimension of the input (the same one in every instance),
-    # read at run time with SHAPE; one that is none may be the inferred -1.
-    sources: dict[int, int] = {}
+    _repair_shape_input(flats, position, shape_slot=1, data_slot=0, may_infer=True)
+
+
+def _repair_shape_input(flats: Sequence[FlatModel], position: int, shape_slot: int, data_slot: int, may_infer: bool):
+    """Computes a constant shape input that varies (RESHAPE's new shape, TRANSPOSE_CONV's output
+    shape) at run time: each varying size must be an affine function of one dimension of the data
+    input, the same in every instance (``_dimension_source``); with ``may_infer``, one that is none
+    may be RESHAPE's inferred -1."""
+    rows = _constant_rows(flats, position, shape_slot)
+    if rows is None:
+        return
+    varying = [i for i in range(len(rows[0])) if len({int(r[i]) for r in rows}) > 1]
+    inputs = [flat.tensors[flat.ops[position].inputs[data_slot]].shape for flat in flats]
+    sources: dict[int, tuple[int, int, int, int]] = {}
     inferred = None
     for i in varying:
-        axes = [
-            a
-            for a in range(len(flats[0].tensors[flats[0].ops[position].inputs[0]].shape))
-            if all(
-                flat.tensors[flat.ops[position].inputs[0]].shape[a] == row[i]
-                for flat, row in zip(flats, rows, strict=True)
-            )
-        ]
-        if axes:
-            sources[i] = min(axes, key=lambda a: abs(a - i))
-        elif inferred is None and -1 not in rows[0]:
+        source = _dimension_source([int(r[i]) for r in rows], inputs, i)
+        if source is not None:
+            sources[i] = source
+        elif may_infer and inferred is None and -1 not in rows[0]:
             inferred = i
         else:
             return
     for flat, row in zip(flats, rows, strict=True):
-        _runtime_shape(flat, position, row, sources, inferred)
+        _runtime_shape(flat, position, row, sources, inferred, shape_slot, data_slot)
 
 
-def _runtime_shape(flat: FlatModel, position: int, row: np.ndarray, sources: dict[int, int], inferred) -> None:
-    """Inserts SHAPE + GATHER before the RESHAPE at ``position``: its shape from the input's dims."""
+def _dimension_source(sizes: list[int], inputs: list[tuple[int, ...]], near: int) -> tuple[int, int, int, int] | None:
+    """``(axis, k, d, c)`` with ``size == input[axis] * k // d + c`` in every instance, or None.
+
+    Equal dimensions first, then multiples, fractions and affine ``k x + c`` (a transposed
+    convolution's ``(x - 1) s + k``); among several, the axis nearest ``near``.
+    """
+    rank = len(inputs[0])
+    for kind in ("equal", "multiple", "fraction", "affine"):
+        found = []
+        for axis in range(rank):
+            dims = [shape[axis] for shape in inputs]
+            pairs = list(zip(sizes, dims, strict=True))
+            if kind == "equal" and dims == sizes:
+                found.append((axis, 1, 1, 0))
+            elif kind == "multiple" and all(d > 0 and s % d == 0 for s, d in pairs):
+                ratios = {s // d for s, d in pairs}
+                if len(ratios) == 1:
+                    found.append((axis, ratios.pop(), 1, 0))
+            elif kind == "fraction" and all(s > 0 and d % s == 0 for s, d in pairs):
+                ratios = {d // s for s, d in pairs}
+                if len(ratios) == 1:
+                    found.append((axis, 1, ratios.pop(), 0))
+            elif kind == "affine" and len(set(dims)) > 1:
+                (s0, d0), (s1, d1) = pairs[0], next(p for p in pairs if p[1] != pairs[0][1])
+                if (s1 - s0) % (d1 - d0) == 0:
+                    k = (s1 - s0) // (d1 - d0)
+                    c = s0 - k * d0
+                    if k > 0 and all(s == d * k + c for s, d in pairs):
+                        found.append((axis, k, 1, c))
+        if found:
+            return min(found, key=lambda source: abs(source[0] - near))
+    return None
+
+
+def _runtime_shape(
+    flat: FlatModel, position: int, row: np.ndarray, sources: dict, inferred, shape_slot: int = 1, data_slot: int = 0
+) -> None:
+    """Inserts SHAPE, GATHER (and MUL/FLOOR_DIV/ADD for scaled sizes) before the op at ``position``.
+
+    ``sources`` maps output dimension -> (input axis, k, d, c): ``SHAPE(x)[axis] * k // d + c``,
+    ``x`` being the op's input ``data_slot``; the result replaces its input ``shape_slot``.
+    """
     op = flat.ops[position]
-    x = flat.tensors[op.inputs[0]]
+    x = flat.tensors[op.inputs[data_slot]]
     rank = len(x.shape)
     # The gathered table is [SHAPE(x)..., the static sizes...]: each output dim picks one entry.
     statics = [int(row[i]) if i != inferred else -1 for i in range(len(row)) if i not in sources]
     picks, k = [], 0
     for i in range(len(row)):
         if i in sources:
-            picks.append(sources[i])
+            picks.append(sources[i][0])
         else:
             picks.append(rank + k)
             k += 1
@@ -508,10 +554,33 @@ def _runtime_shape(flat: FlatModel, position: int, row: np.ndarray, sources: dic
             source=op.source,
         ),
     ]
-    op.inputs[1] = out.index
-    op.option_fields.pop("new_shape", None)
-    if not op.option_fields:
-        op.options = None
+
+    def column(j: int, neutral: int) -> np.ndarray:
+        return np.array([sources[i][j] if i in sources else neutral for i in range(len(row))], np.int32)
+
+    for arith, factors, neutral in (("MUL", column(1, 1), 1), ("FLOOR_DIV", column(2, 1), 1), ("ADD", column(3, 0), 0)):
+        if np.all(factors == neutral):
+            continue
+        scaled = flat.tensor(f"{name}_{arith.lower()}", (len(row),), np.int32)
+        options = (
+            (None, {}) if arith == "FLOOR_DIV" else (f"{arith.capitalize()}Options", {"fused_activation_function": 0})
+        )
+        new_ops.append(
+            Op(
+                builtin(arith),
+                [out.index, flat.constant(f"{name}_{arith.lower()}_by", factors).index],
+                [scaled.index],
+                options[0],
+                options[1],
+                source=op.source,
+            )
+        )
+        out = scaled
+    op.inputs[shape_slot] = out.index
+    if op.code == builtin("RESHAPE"):
+        op.option_fields.pop("new_shape", None)
+        if not op.option_fields:
+            op.options = None
     flat.ops[position:position] = new_ops
 
 

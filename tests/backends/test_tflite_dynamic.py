@@ -89,6 +89,27 @@ def conv_width(height: int = 8) -> onnx.ModelProto:
     return _model(nodes, [x], [y], inits)
 
 
+def upsample_image() -> onnx.ModelProto:
+    """Conv, nearest Resize x2 (CONCATENATION + RESHAPE) and a stride-2 ConvTranspose on a dynamic [N, 3, H, W]."""
+    _reseed()
+    nodes = [
+        oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        oh.make_node("Relu", ["c1"], ["r1"]),
+        oh.make_node("Resize", ["r1", "", "scales"], ["up"], mode="nearest"),
+        oh.make_node("ConvTranspose", ["up", "wt", "bt"], ["y"], strides=[2, 2]),
+    ]
+    inits = [
+        _const("w1", _weights(4, 3, 3, 3)),
+        _const("b1", _weights(4)),
+        _const("scales", np.array([1, 1, 2, 2], np.float32)),
+        _const("wt", _weights(4, 2, 2, 2)),
+        _const("bt", _weights(2)),
+    ]
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = oh.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return _model(nodes, [x], [y], inits)
+
+
 def encoder_sequence() -> onnx.ModelProto:
     """A one-head attention block over a dynamic [B, S] of token ids, as transformer exports write it.
 
@@ -188,6 +209,13 @@ CASES = {
         [(1, 3, 9, 17), (1, 3, 9, 40), (2, 3, 9, 13)],
         _images,
         {"x": [-1, 3, 9, -1]},
+    ),
+    "upsample": (
+        upsample_image,
+        [(1, 3, 6, 8), (2, 3, 5, 7)],
+        [(1, 3, 6, 8), (1, 3, 9, 4), (3, 3, 7, 11)],
+        _images,
+        {"x": [-1, 3, -1, -1]},
     ),
     "sequence": (encoder_sequence, [(1, 6), (4, 9)], [(1, 6), (1, 17), (3, 4)], _tokens, {"ids": [-1, -1]}),
 }
