@@ -1,7 +1,7 @@
 """A dynamic-shape ``.tflite`` against the static one, at the same shape: is the dynamic artifact as fast?
 
     .venv/bin/python models/bench_tflite_dynamic.py --out build/bench-tflite-dynamic \
-        [--models mobilenet_v2_imagenet ...] [--rounds 5]
+        [--models mobilenet_v2_imagenet ...] [--rounds 5] [--models-dir models/build]
 
 The zoo must be built first (``make -C models all``).
 
@@ -36,13 +36,13 @@ def _compile(model: Path, calib: dict, **options) -> bytes:
     return qcc.compile(str(model), target="tflite", calibration=calib, **options).artifact.data
 
 
-def bench(name: str, rounds: int) -> dict:
+def bench(name: str, rounds: int, models_dir: Path) -> dict:
     """Compiles one zoo model both ways and times both artifacts (see module docstring)."""
     from ai_edge_litert.interpreter import Interpreter
 
     from qcc.backends._tflite_litert import latency_ms
 
-    folder = h.HERE / "build" / name
+    folder = models_dir / name
     with np.load(folder / "calib.npz") as data:
         calib = {k: data[k] for k in data.files}
     first = {k: v[0] for k, v in calib.items()}
@@ -69,8 +69,9 @@ def main() -> int:
     parser.add_argument("--out", default="build/bench-tflite-dynamic")
     parser.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--models-dir", type=Path, default=h.HERE / "build", help="folder of zoo model folders")
     args = parser.parse_args()
-    rows = [bench(name, args.rounds) for name in args.models]
+    rows = [bench(name, args.rounds, args.models_dir) for name in args.models]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(rows, indent=2))
