@@ -34,6 +34,7 @@ from qcc.annotations import Decision, get_decision, get_quant
 from qcc.backends._qdq import materialize_qdq
 from qcc.backends._tflite_litert import compare_with_simulation
 from qcc.backends._tflite_lower import Lowering, absorb_activations
+from qcc.backends._tflite_merge import merge
 from qcc.backends._tflite_ops import FAMILIES
 from qcc.backends._tflite_shapes import (
     REQUIRED_VARIANTS,
@@ -43,7 +44,6 @@ from qcc.backends._tflite_shapes import (
     input_sizes,
     instances,
     mark_signatures,
-    merge,
 )
 from qcc.backends._tflite_sim import integer_exact
 from qcc.backends._tflite_validate import validate
