@@ -3,8 +3,10 @@
 Each rule reads its inputs through the :class:`~qcc.backends._tflite_lower.Lowering` in the
 node's precision (int8 or float) and writes its outputs the same way, so the same rule serves
 int8 ops and float islands. Element-wise, activation, axis and data-movement ops live here;
-weighted and windowed ops in ``_tflite_ops_window``; float-only decompositions in
-``_tflite_ops_float``. ``LOWERINGS`` maps ONNX op types to rules:
+convolutions in ``_tflite_ops_conv``, pooling in ``_tflite_ops_pool``, Gemm/MatMul in
+``_tflite_ops_matmul`` (their shared helpers and Resize in ``_tflite_ops_window``); float-only
+decompositions in ``_tflite_ops_float``; the other families in the ``_tflite_ops_*`` modules whose
+``LOWERINGS`` are merged below. ``LOWERINGS`` maps ONNX op types to rules:
 adding an op is one function and one entry (see docs/tflite.md).
 """
 
@@ -23,23 +25,14 @@ from qcc.backends import (
     _tflite_ops_signal,
 )
 from qcc.backends._tflite_lower import Lowering
+from qcc.backends._tflite_ops_conv import conv, conv_transpose
 from qcc.backends._tflite_ops_data import LOWERINGS as DATA_LOWERINGS
 from qcc.backends._tflite_ops_data import reduce_axes
 from qcc.backends._tflite_ops_float import erf, hard_sigmoid, layer_norm
+from qcc.backends._tflite_ops_matmul import gemm, matmul
+from qcc.backends._tflite_ops_pool import global_pool, pool
 from qcc.backends._tflite_ops_rnn import lstm
-from qcc.backends._tflite_ops_window import (
-    FUSABLE,
-    conv,
-    conv_transpose,
-    fused_code,
-    gemm,
-    global_pool,
-    int_list,
-    matmul,
-    pool,
-    resize,
-    unsupported,
-)
+from qcc.backends._tflite_ops_window import FUSABLE, fused_code, int_list, resize, unsupported
 from qcc.backends._tflite_writer import TENSOR_TYPES
 from qcc.irutils import attr_float, attr_int, const_array
 

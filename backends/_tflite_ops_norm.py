@@ -28,7 +28,7 @@ The maths, with ``m = mean``, ``v = mean((x - m)^2)`` over the op's axes (keepin
   their base lowering (int8 where the plan says) and gain the empty-axes cases.
 * LogSoftmax = LOG_SOFTMAX on the last axis, ``x - max - LOG(SUM(EXP(x - max)))`` on another;
   Hardmax = ONE_HOT(ARG_MAX(x, axis), axis) (ARG_MAX keeps the first of equal maxima, as ONNX).
-* LpPool = ``(sum_window |x|^p)^(1/p)``: ABS/MUL/POW, a sum pooling (``_tflite_ops_window.pool_2d``,
+* LpPool = ``(sum_window |x|^p)^(1/p)``: ABS/MUL/POW, a sum pooling (``_tflite_ops_pool.pool_2d``,
   zeros in the pads) on channels-last data (TRANSPOSEs around it unless the layout pass made the
   node channels-last; a 3-D window is summed tap by tap on channels-first data), then SQRT/POW;
   GlobalLpPool = the same with SUM over the spatial axes.

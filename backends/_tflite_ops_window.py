@@ -21,16 +21,11 @@ what they share, on NHWC data:
 
 Resize (2-D, NHWC) is lowered here too: RESIZE_BILINEAR or RESIZE_NEAREST_NEIGHBOR, and nearest
 upsampling by integer factors as CONCATENATION + RESHAPE.
-
-The family rules (``conv``, ``conv_transpose``, ``gemm``, ``matmul``, ``pool``, ``global_pool``) stay
-importable from here for ``_tflite_ops``; they are loaded on first use (:func:`__getattr__`) because
-their modules import the helpers above.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import numpy as np
 import onnx_ir as ir
@@ -285,28 +280,3 @@ def _replicate(lw: Lowering, node: ir.Node, x, y) -> None:
         current = lw.reshape(stacked, out, node.name)
     if current is x:
         lw.reshape(x, y, node.name)
-
-
-# The family rules moved out of this module, by name: where each now lives.
-_MOVED = {
-    "conv": "qcc.backends._tflite_ops_conv",
-    "conv_transpose": "qcc.backends._tflite_ops_conv",
-    "gemm": "qcc.backends._tflite_ops_matmul",
-    "matmul": "qcc.backends._tflite_ops_matmul",
-    "pool": "qcc.backends._tflite_ops_pool",
-    "global_pool": "qcc.backends._tflite_ops_pool",
-}
-
-
-def __getattr__(name: str):
-    """A family rule moved to its own module (``from _tflite_ops_window import conv`` keeps working).
-
-    Loaded on first use rather than imported at the top: those modules import this one's helpers,
-    so an eager import would fail whenever one of them is imported first.
-
-    Raises:
-        AttributeError: ``name`` is neither defined here nor a moved rule.
-    """
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
