@@ -159,3 +159,81 @@ def test_nhwc_io_removes_the_edge_transposes():
     assert [n for n in graph if n.op_type == "Transpose"] == []
     assert tuple(graph.inputs[0].shape) == (1, 8, 8, 4)
     assert tuple(graph.outputs[0].shape) == (1, 8, 8, 8)
+
+
+# Element-wise ops between two NHWC convs: the transpose passes through them, so only the two
+# edge transposes are left. Each entry is the op's expression on ``s`` = Sigmoid(conv) in (0, 1)
+# (inside every op's domain) and the opset it needs.
+_BETWEEN_CONVS = {
+    "Log": ("e = Log(s)", 17),
+    "Ceil": ("e = Ceil(s)", 17),
+    "Floor": ("e = Floor(s)", 17),
+    "Round": ("e = Round(s)", 17),
+    "Sign": ("e = Sign(s)", 17),
+    "Sin": ("e = Sin(s)", 17),
+    "Cos": ("e = Cos(s)", 17),
+    "Tan": ("e = Tan(s)", 17),
+    "Asin": ("e = Asin(s)", 17),
+    "Acos": ("e = Acos(s)", 17),
+    "Atan": ("e = Atan(s)", 17),
+    "Sinh": ("e = Sinh(s)", 17),
+    "Cosh": ("e = Cosh(s)", 17),
+    "Asinh": ("e = Asinh(s)", 17),
+    "Acosh": ("e = Acosh(s2)", 17),
+    "Atanh": ("e = Atanh(s)", 17),
+    "Selu": ("e = Selu(c)", 17),
+    "Celu": ("e = Celu(c)", 17),
+    "Softsign": ("e = Softsign(c)", 17),
+    "Mish": ("e = Mish(c)", 18),
+    "ThresholdedRelu": ("e = ThresholdedRelu<alpha=0.1>(c)", 17),
+    "Shrink": ("e = Shrink<lambd=0.2, bias=0.1>(c)", 17),
+    "Mod": ("e = Mod<fmod=1>(c, two)", 17),
+    "Sum": ("e = Sum(c, s, c)", 17),
+    "Mean": ("e = Mean(c, s)", 17),
+}
+
+
+def _between_convs(name: str):
+    expression, opset = _BETWEEN_CONVS[name]
+    text = f"""<ir_version: 8, opset_import: ["" : {opset}]>
+        g (float[8,4,3,3] w1, float[8,8,3,3] w2, float[1] one, float[1] two, float[1,4,8,8] x)
+          => (float[1,8,8,8] y) {{
+          c = Conv<pads=[1,1,1,1]>(x, w1)
+          s = Sigmoid(c)
+          s2 = Add(s, one)
+          {expression}
+          y = Conv<pads=[1,1,1,1]>(e, w2)
+        }}"""
+    return build_model(text, constants={"one": np.array([1.0], np.float32), "two": np.array([0.7], np.float32)})
+
+
+@pytest.mark.parametrize("name", sorted(_BETWEEN_CONVS))
+def test_elementwise_between_convs_adds_no_transpose(name):
+    model = _between_convs(name)
+    graph = _layout(model).graph
+    transposes = [n for n in graph if n.op_type == "Transpose"]
+    assert len(transposes) == 2, [(n.name, n.attributes["perm"].as_ints()) for n in transposes]
+    op = next(n for n in graph if n.op_type == name)
+    assert all(v.producer() is None or v.producer().op_type != "Transpose" for v in op.inputs if v is not None)
+    feed = random_feeds(model, 1, seed=4)[0]
+    expected = run_ort(model, feed)
+    data = float_tflite(model)
+    for resolver in ("xnnpack", "builtin"):
+        got = run(interpreter(data, resolver), feed, [np.shape(e) for e in expected])
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-4, err_msg=resolver)
+
+
+def test_isinf_follows_the_conv_layout():
+    model = build_model(
+        _HEAD
+        + """g (float[8,4,1,1] w1, float[1,4,8,8] x) => (bool[1,8,8,8] y) {
+          c = Conv(x, w1)
+          y = IsInf(c)
+        }"""
+    )
+    graph = _layout(model).graph
+    op = next(n for n in graph if n.op_type == "IsInf")
+    assert op.inputs[0].producer().op_type == "Conv"
+    feed = random_feeds(model, 1, seed=4)[0]
+    got = run(interpreter(float_tflite(model)), feed, [(1, 8, 8, 8)])
+    np.testing.assert_array_equal(got[0], run_ort(model, feed)[0])
