@@ -1,10 +1,12 @@
 """The validator: the TFLite int8 rules checked on the flat model before it is written.
 
 LiteRT checks only some of these and fails silently on the rest (TFLITE.md §8), so every emitted
-model is checked here: every int8 tensor has parameters (finite positive scales, zero points in
-[-128, 127]); weights are symmetric with a legal ``quantized_dimension`` and one scale per
-channel or one in all; int32 bias scales equal ``s_in * s_w``; ops that move integers carry the
-same parameters in and out; Softmax/Logistic/Tanh outputs hold their fixed parameters.
+model is checked here: every quantized int8 tensor has parameters (finite positive scales, zero
+points in [-128, 127]); plain integer int8 data (an ONNX ``Cast`` to INT8: written or read by
+CAST, and moved from there by ops that only move integers) has none and needs none; weights
+are symmetric with a legal ``quantized_dimension`` and one scale per channel or one in all;
+int32 bias scales equal ``s_in * s_w``; ops that move integers carry the same parameters in and
+out (SELECT_V2: both branches); Softmax/Logistic/Tanh outputs hold their fixed parameters.
 """
 
 from __future__ import annotations
@@ -34,8 +36,16 @@ _SAME_PARAMS = {
         "GATHER",
         "BROADCAST_TO",
         "MIRROR_PAD",
+        "TILE",
+        "DEPTH_TO_SPACE",
+        "SPACE_TO_DEPTH",
+        "GATHER_ND",
+        "SELECT_V2",
     )
 }
+# Where the moved data sits when it is not input 0: SPLIT leads with the axis, SELECT_V2 with the
+# condition (both branches are copied to the output unchanged, so both share its parameters).
+_MOVED_INPUTS = {builtin("SPLIT"): (1,), builtin("SELECT_V2"): (1, 2)}
 _FIXED = {builtin("SOFTMAX"): (1 / 256, -128), builtin("LOGISTIC"): (1 / 256, -128), builtin("TANH"): (1 / 128, 0)}
 _WEIGHT_DIM = {builtin("CONV_2D"): 0, builtin("DEPTHWISE_CONV_2D"): 3, builtin("FULLY_CONNECTED"): 0}
 # Where the data, weight and bias inputs sit (TRANSPOSE_CONV leads with the output shape).
@@ -49,8 +59,9 @@ def validate(model: FlatModel) -> None:
     Raises:
         BackendError: the first violation, naming the ONNX node it came from.
     """
-    for tensor in model.tensors:
-        if tensor.dtype == _INT8:
+    plain = _plain_integers(model)
+    for index, tensor in enumerate(model.tensors):
+        if tensor.dtype == _INT8 and not (tensor.quant is None and index in plain):
             _check_params(tensor)
     for op in model.ops:
         tensors = [model.tensors[i] if i >= 0 else None for i in op.inputs]
@@ -60,11 +71,12 @@ def validate(model: FlatModel) -> None:
             operands = [tensors[i] if i < len(tensors) else None for i in order]
             if operands[0].dtype == _INT8:
                 _check_weighted(op, operands)
-        if op.code in _SAME_PARAMS and tensors[0].dtype == _INT8:
+        data = [tensors[i] for i in _MOVED_INPUTS.get(op.code, (0,))]
+        if op.code in _SAME_PARAMS and data[0].dtype == _INT8:
             moved = (
                 [t for t in tensors if t is not None and t.data is None]
                 if op.code == builtin("CONCATENATION")
-                else [tensors[1] if op.code in (builtin("SPLIT"),) else tensors[0]]
+                else data
             )
             for source in moved:
                 for out in outputs:
@@ -75,6 +87,30 @@ def validate(model: FlatModel) -> None:
             quant = outputs[0].quant
             if abs(float(quant.scale[0]) - scale) > 1e-6 * scale or int(quant.zero_point[0]) != zero_point:
                 _fail(op, f"output {outputs[0].name!r} must be quantized with ({scale}, {zero_point})")
+
+
+def _plain_integers(model: FlatModel) -> set[int]:
+    """Indices of the int8 tensors that hold plain integers rather than quantized reals.
+
+    They are the tensors CAST writes or reads, and those reached from them through ops that only
+    move data (``_SAME_PARAMS``): an ONNX Cast to INT8 and the reshapes and gathers of its result.
+    """
+    cast = builtin("CAST")
+    plain = {i for op in model.ops if op.code == cast for i in (*op.inputs, *op.outputs) if i >= 0}
+    moving = [op for op in model.ops if op.code in _SAME_PARAMS]
+    grown = True
+    while grown:
+        grown = False
+        for op in moving:
+            linked = [
+                i
+                for i in (*op.inputs, *op.outputs)
+                if i >= 0 and model.tensors[i].dtype == _INT8 and model.tensors[i].quant is None
+            ]
+            if any(i in plain for i in linked) and not all(i in plain for i in linked):
+                plain.update(linked)
+                grown = True
+    return {i for i in plain if model.tensors[i].dtype == _INT8 and model.tensors[i].quant is None}
 
 
 def _check_params(tensor: Tensor) -> None:

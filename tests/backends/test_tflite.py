@@ -277,6 +277,78 @@ def test_validator_refuses_what_litert_would_run_silently_wrong():
         validate(_pool_model(0.2))
 
 
+
+def _q(scale: float):
+    from qcc.backends._tflite_writer import Quant
+
+    return Quant(np.array([scale]), np.array([0]))
+
+
+def test_validator_checks_select_both_branches_and_the_new_moving_ops():
+    from qcc.backends._tflite_validate import validate
+    from qcc.backends._tflite_writer import FlatModel, builtin
+
+    def select(b_scale: float) -> FlatModel:
+        model = FlatModel()
+        c = model.tensor("c", (4,), np.bool_)
+        a = model.tensor("a", (4,), np.int8, quant=_q(0.1))
+        b = model.tensor("b", (4,), np.int8, quant=_q(b_scale))
+        y = model.tensor("y", (4,), np.int8, quant=_q(0.1))
+        model.op(builtin("SELECT_V2"), [c, a, b], [y], "SelectV2Options", source="where")
+        return model
+
+    def tile(out_scale: float) -> FlatModel:
+        model = FlatModel()
+        x = model.tensor("x", (2,), np.int8, quant=_q(0.1))
+        m = model.tensor("m", (1,), np.int32, data=np.array([2], np.int32))
+        y = model.tensor("y", (4,), np.int8, quant=_q(out_scale))
+        model.op(builtin("TILE"), [x, m], [y], "TileOptions", source="tile")
+        return model
+
+    validate(select(0.1))
+    with pytest.raises(BackendError, match="'where'.*'b'.*share parameters"):
+        validate(select(0.2))
+    validate(tile(0.1))
+    with pytest.raises(BackendError, match="'tile'.*share parameters"):
+        validate(tile(0.2))
+
+
+def test_validator_takes_plain_int8_integers_from_a_cast_but_not_a_quantized_tensor_without_parameters():
+    from qcc.backends._tflite_validate import validate
+    from qcc.backends._tflite_writer import FlatModel, builtin
+
+    def cast_then(op: str) -> FlatModel:
+        model = FlatModel()
+        x = model.tensor("x", (4,), np.float32)
+        c = model.tensor("c", (4,), np.int8)
+        s = model.tensor("s", (2,), np.int32, data=np.array([2, 2], np.int32))
+        r = model.tensor("r", (2, 2), np.int8)
+        model.op(builtin("CAST"), [x], [c], "CastOptions", source="cast")
+        model.op(builtin(op), [c, s], [r], None, source="after")
+        return model
+
+    validate(cast_then("RESHAPE"))  # integers moved from the CAST: no parameters needed
+    with pytest.raises(BackendError, match="int8 tensor 'r' has no quantization parameters"):
+        validate(cast_then("ADD"))  # int8 arithmetic on a tensor without parameters: a qcc bug
+
+
+def test_cast_to_int8_compiles_and_matches_onnxruntime():
+    model = build_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,4,8,8] x) => (float[1,4,8,8] y) {
+          c = Cast<to=3>(x)
+          d = Cast<to=1>(c)
+          y = Add(d, x)
+        }"""
+    )
+    feed = {"x": np.linspace(-100, 100, 256, dtype=np.float32).reshape(1, 4, 8, 8)}
+    result = _compile(model)
+    assert result.report["verify"]["ok"], result.report["verify"]
+    expected = session(model).run(None, feed)[0]
+    for resolver in ("xnnpack", "builtin"):
+        got = run(interpreter(result.artifact.data, resolver), feed, [expected.shape])[0]
+        np.testing.assert_allclose(got, expected, atol=2 * float(np.abs(expected).max()) / 255, err_msg=resolver)
+
 @pytest.mark.parametrize(
     "name",
     [
