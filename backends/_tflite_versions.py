@@ -53,6 +53,13 @@ _INT8_VERSIONS = {
     "BROADCAST_TO": 3,
     "MIRROR_PAD": 2,
     "CAST": 3,
+    "TILE": 3,
+    "DEPTH_TO_SPACE": 2,
+    "SPACE_TO_DEPTH": 2,
+    "TOPK_V2": 2,
+    "ARG_MAX": 2,
+    "ARG_MIN": 2,
+    "REVERSE_V2": 3,
 }
 # Versions that follow from a non-int8 signature (op_version.cc): BROADCAST_TO has no version 1
 # (it was rolled back and renumbered), bool data raises GATHER and TRANSPOSE.
@@ -60,6 +67,8 @@ _FLOAT_VERSIONS = {"BROADCAST_TO": 2}
 _BOOL_VERSIONS = {"GATHER": 3, "TRANSPOSE": 3, "STRIDED_SLICE": 3}
 # int64 data raises these (op_version.cc): the run-time shape arithmetic of dynamic artifacts.
 _INT64_VERSIONS = {"RANGE": 2}
+# CAST from or to a 16- or 64-bit float is version 5 (op_version.cc).
+_WIDE_FLOATS = (np.dtype(np.float16), np.dtype(np.float64))
 _CODES = {builtin(name): name for name in {**_INT8_VERSIONS, **_FLOAT_VERSIONS, **_BOOL_VERSIONS, **_INT64_VERSIONS}}
 
 
@@ -76,8 +85,14 @@ def stamp_versions(model: FlatModel) -> None:
             version = max(version, _BOOL_VERSIONS.get(name, 1))
         if first is not None and first.dtype == np.dtype(np.int64):
             version = max(version, _INT64_VERSIONS.get(name, 1))
-        if name == "CAST" and any(model.tensors[i].dtype == np.dtype(np.int8) for i in op.outputs):
-            version = max(version, 3)
+        if name == "CAST":
+            dtypes = {model.tensors[i].dtype for i in (*op.inputs, *op.outputs) if i >= 0}
+            if np.dtype(np.int8) in dtypes:
+                version = max(version, 3)
+            if dtypes & set(_WIDE_FLOATS):
+                version = max(version, 5)
+        if name == "GATHER" and op.option_fields.get("batch_dims", 0) != 0:
+            version = max(version, 5)
         if name == "CONV_2D" and _grouped(model, op):
             version = max(version, 6)
         if name == "FULLY_CONNECTED" and op.option_fields.get("keep_num_dims"):

@@ -456,3 +456,36 @@ def test_an_infinite_mask_saturates_when_quantized():
     for resolver in ("xnnpack", "builtin"):
         (got,) = run(interpreter(result.artifact.data, resolver), masked)
         np.testing.assert_allclose(got, simulation, atol=1.5 / 256)
+
+
+@pytest.mark.parametrize(
+    ("op", "dtype", "fields", "version"),
+    [
+        ("TILE", np.int8, {}, 3),
+        ("DEPTH_TO_SPACE", np.int8, {}, 2),
+        ("SPACE_TO_DEPTH", np.int8, {}, 2),
+        ("TOPK_V2", np.int8, {}, 2),
+        ("ARG_MAX", np.int8, {}, 2),
+        ("ARG_MIN", np.int8, {}, 2),
+        ("REVERSE_V2", np.int8, {}, 3),
+        ("TILE", np.float32, {}, 1),
+        ("CAST", np.float16, {}, 5),
+        ("CAST", np.float64, {}, 5),
+        ("CAST", np.int8, {}, 3),
+        ("CAST", np.int32, {}, 1),
+        ("GATHER", np.float32, {"axis": 1, "batch_dims": 1}, 5),
+        ("GATHER", np.int8, {"axis": 1, "batch_dims": 0}, 2),
+    ],
+)
+def test_op_versions_follow_the_converter(op, dtype, fields, version):
+    from qcc.backends._tflite_versions import stamp_versions
+    from qcc.backends._tflite_writer import FlatModel, builtin
+
+    model = FlatModel()
+    quant = _q(0.1) if dtype == np.int8 and op != "CAST" else None
+    x = model.tensor("x", (2, 4), dtype, quant=quant)
+    other = model.tensor("i", (2, 1), np.int32)
+    y = model.tensor("y", (2, 4), np.float32 if op == "CAST" else dtype, quant=quant)
+    model.op(builtin(op), [x] if op == "CAST" else [x, other], [y], None, source=op, **fields)
+    stamp_versions(model)
+    assert model.ops[0].version == version
