@@ -104,6 +104,10 @@ def _rewrite(graph: ir.Graph, node: ir.Node, names: NameAllocator) -> None:
     w_q = const_array(w[0].inputs[0])
     if w_q is None or w_q.dtype != np.int8 or np.any(w[2]):
         return
+    # The rewrite models one requantization per output column of a 2-D weight (FULLY_CONNECTED):
+    # a 1-D or batched MatMul constant has no such column axis and keeps the QDQ simulation.
+    if node.op_type == "MatMul" and w_q.ndim != 2:
+        return
     bias = None
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         b = _dequantized(node.inputs[2])

@@ -98,3 +98,23 @@ g (float[1,8,6,6] x, float[8,8,1,1] w1, float[8,8,3,3] w2, float[8] b2) => (floa
         expected = _run_unoptimized(result.artifact.simulation, feed)
         got = run(interp, feed, [np.shape(e) for e in expected])
         np.testing.assert_array_equal(got[0], expected[0])
+
+
+@pytest.mark.parametrize(
+    ("weight", "output"),
+    [("float[8] w", "float[2,3]"), ("float[2,8,5] w", "float[2,3,5]")],
+    ids=["vector_weight", "batched_weight"],
+)
+def test_matmul_with_a_constant_that_is_not_2d_keeps_the_qdq_simulation(weight, output):
+    # Both crashed the rewrite: an IndexError on the 1-D weight's column axis, and a requantize Mul
+    # over the wrong axis of the batched one that ONNX Runtime refused to load.
+    model = build_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g ({weight}, float[2,3,8] x) => ({output} y) {{
+          y = MatMul(x, w)
+        }}"""
+    )
+    result = qcc.compile(model, target="tflite", calibration=random_feeds(model, 8))
+    assert "Mul" not in [n.op_type for n in result.artifact.simulation.graph.node]
+    for resolver, entry in result.report["verify"]["resolvers"].items():
+        assert entry["ok"] and entry["within_one_step"] >= 0.99, (resolver, entry)
