@@ -254,9 +254,29 @@ def write_tflite(model: ir.Model, ctx: PassContext, feed: Feed | None = None) ->
         static = {name: (None,) * len(shape) for name, shape in sizes.items()}
         (clone,) = instances(model, sizes, static)
         flat = _lower(clone.model, ctx, io_int8)
+    _refuse_empty_constant_outputs(flat)
     stamp_versions(flat)
     validate(flat)
     return serialize(flat, description)
+
+
+def _refuse_empty_constant_outputs(flat: FlatModel) -> None:
+    """Refuses a graph output that is a zero-size constant (``Shape`` with ``start > end``, ...).
+
+    LiteRT loads such a model but cannot read the output: its buffer is empty, the tensor has no
+    data pointer and ``get_tensor`` raises "Invalid tensor size" (measured, LiteRT 2.3.0).
+
+    Raises:
+        BackendError: naming the output.
+    """
+    for index, name in zip(flat.outputs, flat.output_names, strict=True):
+        tensor = flat.tensors[index]
+        if tensor.data is not None and tensor.data.size == 0:
+            raise BackendError(
+                f"graph output {name!r} is empty whatever the input (a constant of shape {tensor.shape}): LiteRT "
+                "cannot return a zero-size constant output (its interpreter raises 'Invalid tensor size').",
+                "drop the output from the model; it carries no values.",
+            )
 
 
 def _lower_dynamic(model: ir.Model, ctx: PassContext, sizes, dynamic) -> FlatModel | StaticReason:

@@ -489,3 +489,16 @@ def test_op_versions_follow_the_converter(op, dtype, fields, version):
     model.op(builtin(op), [x] if op == "CAST" else [x, other], [y], None, source=op, **fields)
     stamp_versions(model)
     assert model.ops[0].version == version
+
+
+def test_an_empty_constant_output_is_refused_with_the_reason():
+    # Shape with start > end is empty for every input: folded to a zero-size constant, which LiteRT
+    # loads but cannot return ("Invalid tensor size" from get_tensor).
+    model = build_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3,4] x) => (int64[0] y) {
+          y = Shape<start=2, end=1>(x)
+        }"""
+    )
+    with pytest.raises(BackendError, match="'y' is empty whatever the input.*Invalid tensor size"):
+        _compile(model)
