@@ -36,6 +36,7 @@ from qcc.backends._tflite_ops_rnn import gru, rnn
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.errors import BackendError
 from qcc.irutils import const_array
+from qcc.passes._folding import standalone_node
 from qcc.passes.canonicalize import fold_node
 from qcc.passes.layout_nhwc import defines_layout
 
@@ -184,12 +185,7 @@ def _infer_shapes(node: ir.Node, opset: int) -> None:
         return
     if any(v is not None and (_static(v) is None or v.dtype is None) for v in node.inputs):
         return
-    names = [f"in{i}" if v is not None else "" for i, v in enumerate(node.inputs)]
-    proto = ir.serde.serialize_node(node)
-    del proto.input[:]
-    proto.input.extend(names)
-    del proto.output[:]
-    proto.output.extend(f"out{i}" for i in range(len(node.outputs)))
+    proto, names = standalone_node(node)
     types = {n: onnx.helper.make_tensor_type_proto(v.dtype.value, list(_static(v)))
              for n, v in zip(names, node.inputs, strict=True) if n}
     data = {n: onnx.numpy_helper.from_array(const_array(v))

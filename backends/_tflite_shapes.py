@@ -43,6 +43,7 @@ from qcc.annotations import get_decision, get_quant, quantized_values, set_decis
 from qcc.data import Feed
 from qcc.errors import BackendError
 from qcc.irutils import NameAllocator, attr_int
+from qcc.passes._folding import replace_with_constant
 from qcc.passes.canonicalize import fold_constants
 from qcc.passes.layout_nhwc import LAYOUT_KEY
 
@@ -308,17 +309,7 @@ def _fold(model: ir.Model, constants: Mapping[str, np.ndarray]) -> None:
         outs = [o for o in node.outputs if o.name in constants]
         for out in outs:
             name = out.name
-            array = constants[name]
-            constant = ir.Value(
-                name=None,
-                shape=ir.Shape(array.shape),
-                type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                const_value=ir.tensor(array, name=name),
-            )
-            out.replace_all_uses_with(constant, replace_graph_outputs=True)
-            out.name = None
-            constant.name = name
-            graph.register_initializer(constant)
+            constant = replace_with_constant(graph, out, constants[name])
             if params.get(name) is not None:
                 set_quant(constant, params[name])
     _remove_dead(graph)
