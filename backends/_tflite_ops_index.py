@@ -21,9 +21,12 @@ The rules live by concept, each module stating its rewrites and their maths:
 * ``_tflite_ops_einsum``: Einsum.
 * ``_tflite_ops_rule``: the :class:`Rule` plumbing they share.
 
-This module holds the constants and shapes: static shapes decide some outputs, so Shape, Size,
-EyeLike and Constant are written as constants, ConstantOfShape is a FILL and Range a RANGE of
-the static output shape.
+This module holds the constants and shapes where every shape is static: Shape, Size, EyeLike and
+Constant are written as constants, ConstantOfShape is a FILL and Range a RANGE of the static
+output shape. Where a Shape, Size, Range or ConstantOfShape node reads or writes a value with a
+dynamic dimension (a dynamic artifact, ``_tflite_shapes``), ``Lowering.lower`` takes the
+run-time rules of ``_tflite_ops_shape`` instead (SHAPE, REDUCE_PROD of SHAPE, RANGE and FILL
+computed when the model runs), so the output follows the input's size.
 """
 
 from __future__ import annotations
