@@ -18,12 +18,15 @@ unrolling they share (the input projection of every step, the recurrent FULLY_CO
 time order of each direction, ``sequence_lens`` masks, ``layout`` and the outputs) is
 :class:`~qcc.backends._tflite_rnn_cell.Recurrent`, whose module states it.
 
-Why not UNIDIRECTIONAL_SEQUENCE_LSTM (or _RNN): its states are *variable* tensors that persist
-across invocations (an initial state cannot be fed per call as ONNX's ``initial_h``/``initial_c``),
-it has no final-cell-state output, there is no GRU builtin at all, and the XNNPACK delegate has no
-recurrent node, so it would run on the builtin kernel and split the delegated graph. The unrolled
-chain is stateless, exact to float32 and stays in one XNNPACK partition; it needs a static sequence
-length, which TFLite tensors have.
+Why unrolled, not UNIDIRECTIONAL_SEQUENCE_LSTM (or _RNN): the builtin's states are *variable*
+tensors that persist across invocations (an initial state has to be written into them by an op on
+every run), it returns only ``Y`` (``Y_c`` is read from the cell variable afterwards), there is no
+GRU builtin at all, and the XNNPACK delegate has no recurrent node, so it runs on the builtin
+kernel and splits the delegated graph. The unrolled chain is stateless, exact to float32 and stays
+in one XNNPACK partition; it needs a static sequence length. An LSTM whose sequence axis is
+dynamic (``-1`` in the signature of ``X``) is therefore lowered to UNIDIRECTIONAL_SEQUENCE_LSTM
+instead (:mod:`~qcc.backends._tflite_ops_seqlstm`); when that lowering refuses the node
+(``sequence_lens``, run-time weights), the emitter falls back to a static artifact of this one.
 
 The recurrent ops stay float (the plan keeps ops without an int8 kernel in ``TFLITE_SPEC`` float;
 TFLite's integer LSTM needs int16 cell states and per-gate intermediate scales qcc does not
@@ -37,6 +40,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
+from qcc.backends._tflite_ops_seqlstm import has_dynamic_sequence, sequence_lstm
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.backends._tflite_rnn_cell import INITIAL_C, INITIAL_H, P, R, Recurrent
 from qcc.backends._tflite_writer import Tensor
@@ -49,6 +53,10 @@ def lstm(lw: Lowering, node: ir.Node) -> None:
     Raises:
         BackendError: the node runs int8, has non-default activations, ``clip`` or ``input_forget``.
     """
+    if has_dynamic_sequence(lw, node):
+        # Unrolling bakes the length: LiteRT's builtin loops over any length (_tflite_ops_seqlstm).
+        sequence_lstm(lw, node)
+        return
     cell = Recurrent(lw, node, gates=4, defaults=("sigmoid", "tanh", "tanh"), clip_ok=False, fixed=True)
     if attr_int(node, "input_forget", 0):
         raise unsupported(node, "input_forget=1 (coupled input and forget gates)")

@@ -240,7 +240,7 @@ class Recurrent:
     def write_outputs(self, outputs_h: list[list[Tensor]], finals_h: list[Tensor], finals_c=None) -> None:
         """Y [S, dirs, B, H] (``layout=1``: [B, S, dirs, H]) and Y_h/Y_c [dirs, B, H] ([B, dirs, H])."""
         node = self.node
-        if _used(node, 0):
+        if used(node, 0):
             steps, (batch, hidden) = len(outputs_h[0]), outputs_h[0][0].shape
             stacked = [self._concatenate(pieces, 0) for pieces in outputs_h]
             joined = stacked[0]
@@ -250,7 +250,7 @@ class Recurrent:
                 joined = self._concatenate(rows, 1)
             self._write(0, joined, (steps, self.dirs, batch, hidden), (2, 0, 1, 3))
         for index, finals in ((1, finals_h), (2, finals_c)):
-            if finals is not None and _used(node, index):
+            if finals is not None and used(node, index):
                 batch, hidden = finals[0].shape
                 joined = finals[0] if len(finals) == 1 else self._concatenate(finals, 0)
                 self._write(index, joined, (self.dirs, batch, hidden), (1, 0, 2))
@@ -299,7 +299,8 @@ def _activations(node: ir.Node, defaults: tuple[str, ...], dirs: int, fixed: boo
     return [tuple(_ACTIVATIONS[a] for a in names[k * n : (k + 1) * n]) for k in range(dirs)]
 
 
-def _used(node: ir.Node, index: int) -> bool:
+def used(node: ir.Node, index: int) -> bool:
+    """True when output ``index`` of the node exists and is read (by a node or as a graph output)."""
     if len(node.outputs) <= index:
         return False
     value = node.outputs[index]

@@ -11,6 +11,8 @@ applied here once:
 * every operator code carries both ``builtin_code`` (int32) and ``deprecated_builtin_code``
   (``min(code, 127)``), and a version from ``_tflite_versions``;
 * options tables, strings and vectors are created before the table that holds them;
+* a tensor marked ``is_variable`` (the state of UNIDIRECTIONAL_SEQUENCE_LSTM) has the flag set and
+  no buffer;
 * a ``serving_default`` signature maps the model's input and output names to tensors.
 """
 
@@ -81,6 +83,8 @@ class Tensor:
     data: np.ndarray | None = None
     quant: Quant | None = None
     shape_signature: tuple[int, ...] | None = None
+    # A variable tensor (LSTM state): LiteRT keeps its contents across invocations, kernels update it in place.
+    is_variable: bool = False
 
     @property
     def signature(self) -> tuple[int, ...]:
@@ -231,6 +235,8 @@ def _tensor(b: flatbuffers.Builder, tensor: Tensor, buffer: int) -> int:
     TensorTable.AddName(b, name)
     if quant is not None:
         TensorTable.AddQuantization(b, quant)
+    if tensor.is_variable:
+        TensorTable.AddIsVariable(b, True)
     return TensorTable.End(b)
 
 
