@@ -38,7 +38,7 @@ from qcc.errors import BackendError
 from qcc.irutils import const_array
 from qcc.passes._folding import standalone_node
 from qcc.passes.canonicalize import fold_node
-from qcc.passes.layout_nhwc import defines_layout
+from qcc.passes.layout_nhwc import EITHER_LAYOUT_OPS, defines_layout
 
 _WHILE = (
     "LiteRT runs it only as a WHILE op with condition and body subgraphs, which qcc's TFLite writer does not "
@@ -162,7 +162,7 @@ def _lower_graph(lw: Lowering, node: ir.Node, key: str, graph: ir.Graph) -> None
                 f"node {inner.name!r} ({inner.op_type}) in {where} (If) has no TFLite lowering in qcc.",
                 "exclude the If from the model or add a lowering to backends/_tflite_ops.py (see docs/tflite.md).",
             )
-        if defines_layout(inner):
+        if defines_layout(inner) and inner.op_type not in EITHER_LAYOUT_OPS:
             raise BackendError(
                 f"node {inner.name!r} ({inner.op_type}) in {where} (If) is a channels-first image op; qcc's NHWC "
                 "layout pass does not rewrite If branches.",

@@ -50,8 +50,16 @@ LAYOUT_OPS = frozenset(
         "Resize",
         "DepthToSpace",
         "SpaceToDepth",
+        "LpPool",
+        "GlobalLpPool",
+        "LRN",
+        "InstanceNormalization",
+        "BatchNormalization",
     }
 )
+# Layout ops whose TFLite rules read either layout (they follow the mark; an unmarked node, e.g.
+# in an If branch this pass does not rewrite, is lowered channels-first).
+EITHER_LAYOUT_OPS = frozenset({"LpPool", "GlobalLpPool", "LRN", "InstanceNormalization", "BatchNormalization"})
 ELEMENTWISE = frozenset(
     {
         "Relu",
@@ -108,7 +116,9 @@ ELEMENTWISE = frozenset(
     }
 )
 # Layout ops that are also defined on rank 3 ([N, C, L]); the others are 2-D only.
-ONE_D_LAYOUT_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
+ONE_D_LAYOUT_OPS = frozenset(
+    {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"}
+)
 AXIS_OPS = frozenset(
     {"Concat", "Softmax", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "Split", "Slice", "Pad", "Squeeze"}
 )
@@ -310,6 +320,8 @@ def defines_layout(node: ir.Node) -> bool:
     """True if the node is a layout op this pass moves to channels last (4-D, or 3-D for 1-D ops)."""
     if node.domain != "" or node.op_type not in LAYOUT_OPS:
         return False
+    if node.op_type == "BatchNormalization" and any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
+        return False  # the running statistics of training mode are 1-D, not images
     rank = _rank(node.inputs[0])
     return rank == 4 or (rank == 3 and node.op_type in ONE_D_LAYOUT_OPS)
 

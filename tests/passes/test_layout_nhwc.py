@@ -237,3 +237,75 @@ def test_isinf_follows_the_conv_layout():
     feed = random_feeds(model, 1, seed=4)[0]
     got = run(interpreter(float_tflite(model)), feed, [(1, 8, 8, 8)])
     np.testing.assert_array_equal(got[0], run_ort(model, feed)[0])
+
+
+# Layout ops whose rules read either layout: between two convs they run NHWC themselves, so the
+# transposes around them cancel.
+_NORM_BETWEEN_CONVS = {
+    "LpPool": "e = LpPool<kernel_shape=[3,3], pads=[1,1,1,1], p=2>(c)",
+    "GlobalLpPool": "g = GlobalLpPool<p=3>(c)\n          e = Add(c, g)",
+    "LRN": "e = LRN<size=3, alpha=0.001, beta=0.75, bias=1.0>(c)",
+    "InstanceNormalization": "e = InstanceNormalization(c, gamma, beta)",
+    "BatchNormalization": "e = BatchNormalization(r, gamma, beta, mean, var)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_NORM_BETWEEN_CONVS))
+def test_norm_and_lp_pool_run_nhwc_between_convs(name):
+    model = build_model(
+        _HEAD
+        + f"""g (float[8,4,3,3] w1, float[8,8,3,3] w2, float[8] gamma, float[8] beta, float[8] mean, float[8] var,
+               float[1,4,8,8] x) => (float[1,8,8,8] y) {{
+          c = Conv<pads=[1,1,1,1]>(x, w1)
+          r = Relu(c)
+          {_NORM_BETWEEN_CONVS[name]}
+          y = Conv<pads=[1,1,1,1]>(e, w2)
+        }}"""
+    )
+    graph = _layout(model).graph
+    transposes = [n for n in graph if n.op_type == "Transpose"]
+    assert len(transposes) == 2, [(n.name, n.attributes["perm"].as_ints()) for n in transposes]
+    assert next(n for n in graph if n.op_type == name).meta.get(LAYOUT_KEY) == "NHWC"
+    feed = random_feeds(model, 1, seed=4)[0]
+    expected = run_ort(model, feed)
+    data = float_tflite(model)
+    for resolver in ("xnnpack", "builtin"):
+        got = run(interpreter(data, resolver), feed, [np.shape(e) for e in expected])
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-4, err_msg=resolver)
+    result = qcc.compile(model, target="tflite", calibration=random_feeds(model, 16, seed=1))
+    assert result.report["verify"]["ok"], result.report["verify"]
+
+
+def test_lp_pool_1d_runs_nlc():
+    model = build_model(
+        _HEAD
+        + """g (float[8,4,3] w1, float[1,4,16] x) => (float[1,8,8] y) {
+          c = Conv<pads=[1,1]>(x, w1)
+          y = LpPool<kernel_shape=[2], strides=[2], p=2>(c)
+        }"""
+    )
+    graph = _layout(model).graph
+    assert next(n for n in graph if n.op_type == "LpPool").meta.get(LAYOUT_KEY) == "NLC"
+    assert len([n for n in graph if n.op_type == "Transpose"]) == 2
+    feed = random_feeds(model, 1, seed=4)[0]
+    expected = run_ort(model, feed)
+    got = run(interpreter(float_tflite(model)), feed, [np.shape(e) for e in expected])
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-4)
+
+
+def test_training_batch_norm_with_running_statistics_stays_channels_first():
+    model = build_model(
+        """<ir_version: 8, opset_import: ["" : 15]>
+        g (float[8,4,1,1] w1, float[8] gamma, float[8] beta, float[8] mean, float[8] var, float[1,4,8,8] x)
+          => (float[1,8,8,8] y, float[8] m, float[8] v) {
+          c = Conv(x, w1)
+          y, m, v = BatchNormalization<training_mode=1>(c, gamma, beta, mean, var)
+        }"""
+    )
+    graph = _layout(model).graph
+    assert LAYOUT_KEY not in next(n for n in graph if n.op_type == "BatchNormalization").meta
+    feed = random_feeds(model, 1, seed=4)[0]
+    expected = run_ort(model, feed)
+    got = run(interpreter(float_tflite(model)), feed, [np.shape(e) for e in expected])
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
