@@ -207,20 +207,28 @@ def _between_convs(name: str):
     return build_model(text, constants={"one": np.array([1.0], np.float32), "two": np.array([0.7], np.float32)})
 
 
-@pytest.mark.parametrize("name", sorted(_BETWEEN_CONVS))
-def test_elementwise_between_convs_adds_no_transpose(name):
-    model = _between_convs(name)
-    graph = _layout(model).graph
+def _only_the_edge_transposes(graph) -> None:
     transposes = [n for n in graph if n.op_type == "Transpose"]
     assert len(transposes) == 2, [(n.name, n.attributes["perm"].as_ints()) for n in transposes]
-    op = next(n for n in graph if n.op_type == name)
-    assert all(v.producer() is None or v.producer().op_type != "Transpose" for v in op.inputs if v is not None)
+
+
+def _float_matches_onnxruntime_on_both_resolvers(model) -> None:
     feed = random_feeds(model, 1, seed=4)[0]
     expected = run_ort(model, feed)
     data = float_tflite(model)
     for resolver in ("xnnpack", "builtin"):
         got = run(interpreter(data, resolver), feed, [np.shape(e) for e in expected])
         np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-4, err_msg=resolver)
+
+
+@pytest.mark.parametrize("name", sorted(_BETWEEN_CONVS))
+def test_elementwise_between_convs_adds_no_transpose(name):
+    model = _between_convs(name)
+    graph = _layout(model).graph
+    _only_the_edge_transposes(graph)
+    op = next(n for n in graph if n.op_type == name)
+    assert all(v.producer() is None or v.producer().op_type != "Transpose" for v in op.inputs if v is not None)
+    _float_matches_onnxruntime_on_both_resolvers(model)
 
 
 def test_isinf_follows_the_conv_layout():
@@ -263,15 +271,9 @@ def test_norm_and_lp_pool_run_nhwc_between_convs(name):
         }}"""
     )
     graph = _layout(model).graph
-    transposes = [n for n in graph if n.op_type == "Transpose"]
-    assert len(transposes) == 2, [(n.name, n.attributes["perm"].as_ints()) for n in transposes]
+    _only_the_edge_transposes(graph)
     assert next(n for n in graph if n.op_type == name).meta.get(LAYOUT_KEY) == "NHWC"
-    feed = random_feeds(model, 1, seed=4)[0]
-    expected = run_ort(model, feed)
-    data = float_tflite(model)
-    for resolver in ("xnnpack", "builtin"):
-        got = run(interpreter(data, resolver), feed, [np.shape(e) for e in expected])
-        np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-4, err_msg=resolver)
+    _float_matches_onnxruntime_on_both_resolvers(model)
     result = qcc.compile(model, target="tflite", calibration=random_feeds(model, 16, seed=1))
     assert result.report["verify"]["ok"], result.report["verify"]
 
