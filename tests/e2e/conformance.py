@@ -369,9 +369,18 @@ def write_markdown(rows: list[dict], path: str) -> None:
         s = summary[target]
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(s["statuses"].items()))
         lines.append(f"| {target} | {s['operator_types']} | {s['matched_types']} | {s['clean_types']} | {statuses} |")
-    lines += ["", "Each cell: outcome counts, then how the node was compiled (int8, float, fused; for tflite the",
-              "builtins it became), or the first refusal or failure.", "",
-              "| operator | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
+    lines += [
+        "",
+        "Each cell: **int8** where the target has an int8 kernel for the operator (its spec: weighted, int8",
+        "or shared-scale ops; in a model it runs int8 next to other int8 nodes, while a single-node case",
+        "stays float because an isolated int8 op would only add conversions), then the outcome counts, how",
+        "the node was compiled here (int8, float, fused; for tflite the builtins it became), and the",
+        "first refusal or failure with its reason.",
+        "",
+        "| operator | " + " | ".join(targets) + " |",
+        "|---|" + "---|" * len(targets),
+    ]
+    int8 = {target: _int8_ops(target) for target in targets}
     by_op = collections.defaultdict(lambda: collections.defaultdict(list))
     for row in rows:
         by_op[row["op_type"]][row["target"]].append(row)
@@ -380,7 +389,7 @@ def write_markdown(rows: list[dict], path: str) -> None:
         for target in targets:
             mine = by_op[op].get(target, [])
             counts = collections.Counter(r["status"] for r in mine)
-            text = " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            text = ("**int8** " if op in int8[target] else "") + " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             lowered = sorted({r["lowered"] for r in mine if r["lowered"] and r["status"] == "matched"})
             bad = [r for r in mine if r["status"] != "matched"]
             if lowered:
@@ -391,6 +400,14 @@ def write_markdown(rows: list[dict], path: str) -> None:
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _int8_ops(target: str) -> frozenset[str]:
+    """The operators a target's spec runs int8 (weighted, int8-kernel and shared-scale ops)."""
+    from qcc.backends import get_backend
+
+    spec = get_backend(target).spec
+    return spec.compute_ops | spec.int8_ops | spec.shared_scale_ops | spec.fused_activations
 
 
 def main(argv: list[str] | None = None) -> int:
