@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 from qcc.context import Progress, no_progress
 from qcc.data import CalibrationSource
 from qcc.driver import CompileResult, compile_model
-from qcc.options import DEFAULT_TOLERANCE, CompileOptions
+from qcc.options import DEFAULT_TOLERANCE, CompileOptions, parse_tolerance
 
 
 def compile(  # noqa: A001 - the public name users expect
@@ -18,7 +19,7 @@ def compile(  # noqa: A001 - the public name users expect
     per_channel: bool = True,
     activation_type: str = "auto",
     method: str | None = None,
-    exclude: Sequence[str] = (),
+    exclude: str | Sequence[str] = (),
     verify_each: bool = False,
     verify: bool = True,
     max_calibration_samples: int | None = None,
@@ -27,7 +28,7 @@ def compile(  # noqa: A001 - the public name users expect
     io: str = "float",
     nhwc_io: bool = False,
     dynamic: bool = False,
-    tolerance: float | None = DEFAULT_TOLERANCE,
+    tolerance: float | str | None = DEFAULT_TOLERANCE,
     tolerance_metric: str = "cosine",
     bias_correction: bool = False,
     equalize: bool | None = None,
@@ -50,7 +51,8 @@ def compile(  # noqa: A001 - the public name users expect
         method: calibration method: ``"minmax"``, ``"meanmax"``, ``"percentile"``, ``"mse"``,
             ``"entropy"`` or ``"auto"``; None: the target's default (on ``trt`` minmax or meanmax,
             whichever is closer to fp32 on the calibration samples; minmax elsewhere).
-        exclude: node names or op types to keep in float.
+        exclude: node names or op types to keep in float (one string is one name); each must match
+            a node of the model.
         verify_each: check IR invariants after every pass (debugging).
         verify: run the artifact in its runtime and put the result in the report.
         max_calibration_samples: use at most this many samples.
@@ -63,7 +65,8 @@ def compile(  # noqa: A001 - the public name users expect
             ``calibration`` may then be None (it is only used to verify).
         tolerance: the largest output error allowed on the calibration samples; above it the
             nodes that hurt most are kept float until it holds (``report["mixed_precision"]``
-            lists them with their measured effect). None: quantize all the plan allows.
+            lists them with their measured effect). None: quantize all the plan allows. Also the
+            CLI's text form: ``"0.002"``, ``"relative:0.05"``, ``"off"``.
         tolerance_metric: ``"cosine"`` (1 - cosine similarity, per output) or ``"relative"``
             (relative L2 error).
         bias_correction: subtract each int8 Conv/Gemm's mean weight-rounding shift, measured on
@@ -97,12 +100,16 @@ def compile(  # noqa: A001 - the public name users expect
     Raises:
         QccError: with a message naming the problem and the fix.
     """
+    if isinstance(tolerance, str):  # the CLI's form: "0.002", "relative:0.05", "off"
+        parsed = parse_tolerance(tolerance)
+        tolerance = parsed["tolerance"]
+        tolerance_metric = parsed.get("tolerance_metric", tolerance_metric)
     options = CompileOptions(
         target=target,
         per_channel=per_channel,
         activation_type=activation_type,
         method=method,
-        exclude=tuple(exclude),
+        exclude=(exclude,) if isinstance(exclude, str) else tuple(exclude),
         verify_each=verify_each,
         verify=verify,
         max_calibration_samples=max_calibration_samples,
@@ -120,4 +127,6 @@ def compile(  # noqa: A001 - the public name users expect
         refit=refit,
         input_shapes={name: tuple(shape) for name, shape in (input_shapes or {}).items()},
     )
-    return compile_model(model, calibration, options, progress)
+    result = compile_model(model, calibration, options, progress)
+    result.inputs = tuple(os.fspath(p) for p in (model, calibration) if isinstance(p, (str, os.PathLike)))
+    return result

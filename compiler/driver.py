@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import json
 import logging
@@ -20,8 +21,8 @@ from qcc.backends import get_backend
 from qcc.backends.base import Artifact
 from qcc.context import PassContext, Progress, no_progress
 from qcc.data import CalibrationData, CalibrationSource, open_calibration, reiterable
-from qcc.errors import NonFiniteActivationsError, QccError, ReplanRequest
-from qcc.io import write_atomic
+from qcc.errors import NonFiniteActivationsError, OptionError, QccError, ReplanRequest
+from qcc.io import check_output_path, write_atomic
 from qcc.options import CalibrationMethod, CompileOptions, Precision, WeightRounding
 from qcc.pipeline import run_pipeline
 from qcc.report import build_report, mixed_precision_section
@@ -51,6 +52,8 @@ class CompileResult:
     # The plan's float nodes and clip methods (the replans' keep_float, tensor_methods): a compile
     # seeded with them skips the mixed-precision and clip searches.
     plan: tuple[dict[str, str], dict[str, str] | None] = dataclasses.field(default=({}, None), repr=False)
+    # The files the compile read (model, calibration data): save() never writes over them.
+    inputs: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def model(self) -> onnx.ModelProto | None:
@@ -65,8 +68,11 @@ class CompileResult:
         """Writes the artifact (and optionally the JSON report) atomically.
 
         Raises:
-            OutputError: a path cannot be written.
+            OutputError: a path cannot be written, or it is one of the compile's input files.
         """
+        check_output_path(path, inputs=self.inputs)
+        if report_path is not None:
+            check_output_path(report_path, inputs=(*self.inputs, path))
         self.artifact.save(path)
         if report_path is not None:
             write_atomic(report_path, json.dumps(self.report, indent=2).encode())
@@ -128,6 +134,7 @@ def _compile_planned(
     start = time.perf_counter()
     loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
     timings["load"] = time.perf_counter() - start
+    _check_excludes(loaded.model, options.exclude)
     if calibration is None and options.needs_calibration:
         raise QccError(
             "calibration data is required.",
@@ -418,3 +425,21 @@ def plan_model(model: object, options: CompileOptions) -> dict[str, Any]:
         loaded.model, loaded.proto, target=options.target, options=options,
         activation_dtype=ctx.activation_dtype, verify=None, timings={}, artifact_bytes=None,
     )
+
+
+def _check_excludes(model: ir.Model, exclude: tuple[str, ...]) -> None:
+    """Every ``--exclude`` entry names a node or an op type of the model.
+
+    Raises:
+        OptionError: an entry matches nothing; the message lists the nearest names.
+    """
+    names = {node.name for node in model.graph} | {node.op_type for node in model.graph}
+    for entry in exclude:
+        if entry in names:
+            continue
+        near = difflib.get_close_matches(entry, sorted(names), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(map(repr, near))}? " if near else ""
+        raise OptionError(
+            f"--exclude {entry!r} matches no node name or op type of the model.",
+            f"{hint}`qcc inspect model.onnx` lists the op types; node names are as in the model (Netron shows them).",
+        )

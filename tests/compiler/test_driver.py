@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import pytest
 
 import qcc
@@ -119,3 +120,45 @@ def test_the_rounding_selection_prefers_fewer_float_nodes_when_both_meet_the_bou
     assert best is candidates[chosen]
     assert best.report["rounding_selection"]["chosen"] == chosen
     assert best.report["rounding_selection"]["kept_float"] == {"gptq": gptq[1], "nearest": nearest[1]}
+
+
+# -- API mistakes that used to pass silently (issue #18) -----------------------------------------
+
+API_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[8,3,3,3] w, float[8] b, float[4,8] w2, float[1,3,8,8] x) => (float[1,4] y) {
+  c = Conv<pads=[1,1,1,1]>(x, w, b)
+  r = Relu(c)
+  p = GlobalAveragePool(r)
+  f = Flatten(p)
+  y = Gemm<transB=1>(f, w2)
+}
+"""
+
+
+def test_exclude_string_is_one_name_and_unknown_names_are_refused():
+    model = build_model(API_MODEL)
+    feeds = random_feeds(model, 4)
+    result = qcc.compile(model, calibration=feeds, exclude="Conv", tolerance=None)
+    assert {n["op_type"]: n["decision"] for n in result.report["nodes"]}["Conv"] == "float"
+    with pytest.raises(qcc.QccError, match="'Cnv' matches no node.*did you mean 'Conv'"):
+        qcc.compile(model, calibration=feeds, exclude=["Cnv"])
+
+
+def test_tolerance_takes_the_cli_text_form():
+    model = build_model(API_MODEL)
+    result = qcc.compile(model, calibration=random_feeds(model, 4), tolerance="relative:0.05")
+    assert result.report["mixed_precision"]["metric"] == "relative"
+    assert result.report["mixed_precision"]["bound"] == 0.05
+
+
+def test_save_never_overwrites_the_input_model(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(build_model(API_MODEL), path)
+    before = path.read_bytes()
+    result = qcc.compile(str(path), calibration=random_feeds(onnx.load(path), 4))
+    with pytest.raises(qcc.QccError, match="is an input file"):
+        result.save(str(path))
+    assert path.read_bytes() == before
+    result.save(tmp_path / "out.onnx")
+    assert (tmp_path / "out.onnx").stat().st_size > 0
