@@ -101,6 +101,11 @@ def _activation_code(node: ir.Node) -> int:
     return ACT_NONE
 
 
+def _planned_int8(node: ir.Node) -> bool:
+    decision = get_decision(node)
+    return decision is not None and decision.decision == Decision.INT8
+
+
 class Lowering:
     """Builds the flat model node by node (see module docstring)."""
 
@@ -144,6 +149,8 @@ class Lowering:
             if node.op_type in FLOAT_KERNELS and self.is_int8(node):
                 self._float_kernels.add(id(node))
             rule(self, node)
+            if id(node) in self._float_kernels:
+                self._round_for_float_readers(node)
         for value in graph.outputs:
             quantized = self.io_int8 and get_quant(value) is not None
             tensor = self.read(value, quantized)
@@ -157,6 +164,28 @@ class Lowering:
             self.model.outputs.append(tensor.index)
             self.model.output_names.append(value.name)
         return self.model
+
+    def _round_for_float_readers(self, node: ir.Node) -> None:
+        """Float readers of a ``FLOAT_KERNELS`` op's quantized output read it rounded to int8.
+
+        The op writes float32, and only its int8 readers used to get the QUANTIZE; a float reader
+        (MiniLM: the ``Where(IsNaN(p), 0, p)`` after each int8 Softmax) read the unrounded value,
+        while the simulation (DQ -> op -> Q -> DQ) rounds it to the output's parameters first. On
+        MiniLM every attention probability then differed from the simulation by a step of 1/256
+        and the XNNPACK output drifted from it from the first layer on. QUANTIZE -> DEQUANTIZE
+        gives such readers exactly the simulation's value (and int8 readers reuse the QUANTIZE).
+        """
+        for out in node.outputs:
+            # A graph output keeps its producer's tensor, which carries the output's name.
+            if out is None or out.is_graph_output() or get_quant(out) is None or (id(out), False) not in self._tensors:
+                continue
+            if not any(use.node.op_type in FLOAT_KERNELS or not _planned_int8(use.node) for use in out.uses()):
+                continue
+            rounded = self.read(out, True)
+            tensor = self.model.tensor(f"{out.name}_rounded", rounded.shape, np.float32)
+            tensor.shape_signature = rounded.shape_signature
+            self.op("DEQUANTIZE", [rounded], [tensor], source=out.name)
+            self._tensors[(id(out), False)] = tensor
 
     # -- tensors ---------------------------------------------------------------------------------
 
