@@ -37,3 +37,18 @@ def test_concat_of_very_different_ranges_stays_float(pixels, floated):
         (got,) = run_tflite(result.artifact.data, feed, "xnnpack")
         probs_error = np.abs(got[:, 4:] - want[:, 4:]).max()
         assert probs_error < 0.01, f"class probabilities off by {probs_error:.3f}"  # int8 alone: up to 2.5
+
+
+def test_a_zero_size_output_beside_another_verifies():
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[4,3] x, int64[1] starts, int64[1] ends, int64[1] axes) => (float[4,3] y, float[0,3] empty) {
+          y = Relu(x)
+          empty = Slice(x, starts, ends, axes)
+        }
+        """,
+        constants={"starts": np.array([2]), "ends": np.array([2]), "axes": np.array([0])},
+    )
+    result = qcc.compile(model, target="tflite", calibration=random_feeds(model, 4))
+    assert result.report["verify"]["ok"], result.report["verify"]
