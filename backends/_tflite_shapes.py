@@ -42,7 +42,7 @@ import onnx_ir.passes.common as common
 from qcc.annotations import get_decision, get_quant, quantized_values, set_decision, set_quant
 from qcc.data import Feed
 from qcc.errors import BackendError
-from qcc.irutils import NameAllocator, attr_int
+from qcc.irutils import NameAllocator, add_initializer, attr_int
 from qcc.passes._folding import replace_with_constant
 from qcc.passes.canonicalize import fold_constants
 from qcc.passes.layout_nhwc import LAYOUT_KEY
@@ -220,11 +220,11 @@ def explicit_padding(model: ir.Model) -> None:
             continue
         # NHWC / NLC pads: none on the batch and channel axes.
         begins, ends = [0, *pads[:spatial], 0], [0, *pads[spatial:], 0]
-        inputs = [x, _initializer(graph, names.new(f"{node.name}_pads"), np.array(begins + ends, np.int64))]
+        explicit = np.array(begins + ends, np.int64)
+        inputs = [x, add_initializer(graph, names.new(f"{node.name}_pads"), explicit, exact=True)]
         if node.op_type == "MaxPool":
-            lowest = _initializer(
-                graph, names.new(f"{node.name}_lowest"), np.array(np.finfo(np.float32).min, np.float32)
-            )
+            floor = np.array(np.finfo(np.float32).min, np.float32)
+            lowest = add_initializer(graph, names.new(f"{node.name}_lowest"), floor, exact=True)
             if get_quant(x) is not None:
                 set_quant(lowest, copy.copy(get_quant(x)))
             inputs.append(lowest)
@@ -243,17 +243,6 @@ def explicit_padding(model: ir.Model) -> None:
         graph.insert_before(node, pad)
         node.replace_input_with(0, padded)
         node.attributes["pads"] = ir.AttrInt64s("pads", [0] * len(pads))
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(
-        name=name,
-        shape=ir.Shape(array.shape),
-        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        const_value=ir.tensor(array, name=name),
-    )
-    graph.register_initializer(value)
-    return value
 
 
 def infer_shapes(model: ir.Model) -> None:
