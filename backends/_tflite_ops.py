@@ -27,7 +27,7 @@ from qcc.backends import (
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_conv import conv, conv_transpose
 from qcc.backends._tflite_ops_data import LOWERINGS as DATA_LOWERINGS
-from qcc.backends._tflite_ops_data import reduce_axes
+from qcc.backends._tflite_ops_data import gather_constant, reduce_axes
 from qcc.backends._tflite_ops_float import erf, hard_sigmoid, layer_norm
 from qcc.backends._tflite_ops_matmul import gemm, matmul
 from qcc.backends._tflite_ops_pool import global_pool, pool
@@ -398,15 +398,7 @@ def _slice_runtime(lw: Lowering, node: ir.Node, x, axes: list[int], steps: list[
         lw.op("CONCATENATION", [values, zero], [table], "ConcatenationOptions", source=node.name, axis=0)
         picks = [axes.index(a) if a in axes else t.shape[0] for a in range(rank)]
         placed = lw.model.tensor(f"{node.name}_{('begin', 'end')[k]}", (rank,), np.int32)
-        lw.op(
-            "GATHER",
-            [table, lw.constant(f"{node.name}_picks{k}", np.array(picks, np.int32))],
-            [placed],
-            "GatherOptions",
-            source=node.name,
-            axis=0,
-            batch_dims=0,
-        )
+        gather_constant(lw, table, f"{node.name}_picks{k}", np.array(picks, np.int32), placed, node.name)
         bounds.append(placed)
     stride = np.ones(rank, np.int32)
     stride[axes] = steps

@@ -54,15 +54,7 @@ def gather(lw: Lowering, node: ir.Node) -> None:
             modulus = lw.model.tensor(f"{node.name}_size", (), ids.dtype)
             dims = lw.shape_tensor(x, node.name)
             picked = lw.model.tensor(f"{node.name}_size_int32", (), np.int32)
-            lw.op(
-                "GATHER",
-                [dims, lw.constant(f"{node.name}_axis", np.array(axis, np.int32))],
-                [picked],
-                "GatherOptions",
-                source=node.name,
-                axis=0,
-                batch_dims=0,
-            )
+            gather_constant(lw, dims, f"{node.name}_axis", np.array(axis, np.int32), picked, node.name)
             lw.op(
                 "CAST",
                 [picked],
@@ -82,6 +74,28 @@ def gather(lw: Lowering, node: ir.Node) -> None:
         "GatherOptions",
         source=node.name,
         axis=axis,
+        batch_dims=0,
+    )
+
+
+def gather_constant(lw: Lowering, vector: Tensor, name: str, indices: np.ndarray, out: Tensor, source: str) -> None:
+    """Emits ``out = GATHER(vector, indices)`` on axis 0, ``indices`` a constant named ``name``.
+
+    Args:
+        lw: the lowering.
+        vector: the tensor whose entries (along axis 0) are picked, e.g. a SHAPE result.
+        name: the name of the indices' constant.
+        indices: the int32 positions (a scalar picks one entry, a vector several).
+        out: the result tensor.
+        source: the ONNX node name the op is attributed to.
+    """
+    lw.op(
+        "GATHER",
+        [vector, lw.constant(name, indices)],
+        [out],
+        "GatherOptions",
+        source=source,
+        axis=0,
         batch_dims=0,
     )
 
