@@ -406,14 +406,31 @@ def reduce_log_sum_exp(lw: Lowering, node: ir.Node) -> None:
         chain.finish()
         return
     keep = bool(attr_int(node, "keepdims", 1))
-    axes_t = _axes_const(chain, axes)
-    reduced = _reduced(x.shape, axes)
-    peak = chain.op("REDUCE_MAX", [x, axes_t], reduced, "ReducerOptions", keep_dims=True)
-    shifted = chain.op("EXP", [chain.op("SUB", [x, peak], x.shape, "SubOptions")], x.shape)
-    total = chain.op("SUM", [shifted, axes_t], y.shape, "ReducerOptions", keep_dims=keep)
-    log = chain.op("LOG", [total], y.shape)
+    peak, _, log = _shifted_log_sum_exp(chain, x, axes, y.shape, keep)
     chain.op("ADD", [log, chain.reshape(peak, y.shape)], y.shape, "AddOptions", out=y)
     chain.finish()
+
+
+def _shifted_log_sum_exp(
+    chain: FloatChain, x: Tensor, axes: list[int], shape: tuple[int, ...], keep: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Emits ``LOG(SUM(EXP(x - max)))`` over ``axes``, the max taken with kept dims so EXP cannot overflow.
+
+    Args:
+        chain: the node's float chain.
+        x: the input.
+        axes: the reduced axes (non-negative).
+        shape: the shape of the SUM and LOG results.
+        keep: whether SUM keeps the reduced axes.
+
+    Returns:
+        ``max`` (reduced axes kept as 1), ``x - max`` and ``LOG(SUM(EXP(x - max)))``.
+    """
+    axes_t = _axes_const(chain, axes)
+    peak = chain.op("REDUCE_MAX", [x, axes_t], _reduced(x.shape, axes), "ReducerOptions", keep_dims=True)
+    shifted = chain.op("SUB", [x, peak], x.shape, "SubOptions")
+    total = chain.op("SUM", [chain.op("EXP", [shifted], x.shape), axes_t], shape, "ReducerOptions", keep_dims=keep)
+    return peak, shifted, chain.op("LOG", [total], shape)
 
 
 def log_softmax(lw: Lowering, node: ir.Node) -> None:
@@ -427,12 +444,8 @@ def log_softmax(lw: Lowering, node: ir.Node) -> None:
         chain.op("LOG_SOFTMAX", [x], x.shape, "LogSoftmaxOptions", out=y)
         chain.finish()
         return
-    axes_t = _axes_const(chain, [axis])
-    reduced = _reduced(x.shape, [axis])
-    peak = chain.op("REDUCE_MAX", [x, axes_t], reduced, "ReducerOptions", keep_dims=True)
-    shifted = chain.op("SUB", [x, peak], x.shape, "SubOptions")
-    total = chain.op("SUM", [chain.op("EXP", [shifted], x.shape), axes_t], reduced, "ReducerOptions", keep_dims=True)
-    chain.op("SUB", [shifted, chain.op("LOG", [total], reduced)], x.shape, "SubOptions", out=y)
+    _, shifted, log = _shifted_log_sum_exp(chain, x, [axis], _reduced(x.shape, [axis]), True)
+    chain.op("SUB", [shifted, log], x.shape, "SubOptions", out=y)
     chain.finish()
 
 
