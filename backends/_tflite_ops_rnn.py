@@ -36,6 +36,8 @@ calibrate), so each is a float island: DEQUANTIZE before it and QUANTIZE after i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_ir as ir
 
@@ -86,14 +88,12 @@ def lstm(lw: Lowering, node: ir.Node) -> None:
                 c_new = cell.emit("ADD", [kept, c_new], state, "AddOptions")
             o = cell.activate(f, cell.peep(z_o, peep, 1, c_new))
             h_new = cell.emit("MUL", [o, cell.activate(h_act, c_new)], state, "MulOptions")
-            mask = cell.mask(t)
-            per_step[t] = cell.hold(mask, h_new, None)
-            h, c = cell.hold(mask, h_new, h), cell.hold(mask, c_new, c)
+            h, mask = _record_step(cell, per_step, t, h_new, h)
+            c = cell.hold(mask, c_new, c)
         finals_c.append(c)
         return per_step, h
 
-    outputs = [run(d) for d in range(cell.dirs)]
-    cell.write_outputs([o[0] for o in outputs], [o[1] for o in outputs], finals_c)
+    cell.write_outputs(*_run_directions(cell, run), finals_c)
 
 
 def gru(lw: Lowering, node: ir.Node) -> None:
@@ -148,13 +148,10 @@ def gru(lw: Lowering, node: ir.Node) -> None:
                 step = cell.emit("MUL", [z, cell.emit("SUB", [h, candidate], state, "SubOptions")], state,
                                  "MulOptions")
                 h_new = cell.emit("ADD", [candidate, step], state, "AddOptions")
-            mask = cell.mask(t)
-            per_step[t] = cell.hold(mask, h_new, None)
-            h = cell.hold(mask, h_new, h)
+            h, _ = _record_step(cell, per_step, t, h_new, h)
         return per_step, h
 
-    outputs = [run(d) for d in range(cell.dirs)]
-    cell.write_outputs([o[0] for o in outputs], [o[1] for o in outputs])
+    cell.write_outputs(*_run_directions(cell, run))
 
 
 def rnn(lw: Lowering, node: ir.Node) -> None:
@@ -176,13 +173,39 @@ def rnn(lw: Lowering, node: ir.Node) -> None:
             if h is not None:
                 pre = cell.emit("ADD", [pre, cell.fc(h, r)], pre.shape, "AddOptions")
             h_new = cell.activate(f, pre)
-            mask = cell.mask(t)
-            per_step[t] = cell.hold(mask, h_new, None)
-            h = cell.hold(mask, h_new, h)
+            h, _ = _record_step(cell, per_step, t, h_new, h)
         return per_step, h
 
+    cell.write_outputs(*_run_directions(cell, run))
+
+
+def _record_step(
+    cell: Recurrent, per_step: list[Tensor | None], t: int, h_new: Tensor, h: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """Stores step ``t``'s output in ``per_step`` and returns the hidden state carried to the next step.
+
+    Past a sequence's end (``sequence_lens``) the step's output is zero and the state is held.
+
+    Returns:
+        The carried hidden state and step ``t``'s mask (None without ``sequence_lens``), for the
+        other states to hold with.
+    """
+    mask = cell.mask(t)
+    per_step[t] = cell.hold(mask, h_new, None)
+    return cell.hold(mask, h_new, h), mask
+
+
+def _run_directions(
+    cell: Recurrent, run: Callable[[int], tuple[list[Tensor], Tensor]]
+) -> tuple[list[list[Tensor]], list[Tensor]]:
+    """Runs ``run`` (one direction's unrolled steps) for each direction, forward first.
+
+    Returns:
+        Every direction's per-step outputs and every direction's final hidden state, as
+        ``Recurrent.write_outputs`` takes them.
+    """
     outputs = [run(d) for d in range(cell.dirs)]
-    cell.write_outputs([o[0] for o in outputs], [o[1] for o in outputs])
+    return [o[0] for o in outputs], [o[1] for o in outputs]
 
 
 def _peepholes(cell: Recurrent, d: int) -> list[Tensor] | None:
