@@ -16,13 +16,13 @@ import dataclasses
 import numpy as np
 import onnx
 import pytest
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 import qcc
 from qcc.backends import _tflite_writer
 from qcc.backends._tflite_litert import interpreter, run
 from qcc.backends.tflite import TFLITE_SPEC, TfliteBackend
 from qcc.errors import QccError
+from tests.backends._tflite_helpers import body_model, builtin_ops
 from tests.conftest import build_model, random_feeds
 from tests.conftest import run as run_ort
 
@@ -70,14 +70,7 @@ UNARY = {
 
 
 def _model(body: str, inputs: str = _X, opset: int = 22, out: str = "float[2,3,4,5] y", constants=None):
-    text = f'<ir_version: 10, opset_import: ["" : {opset}]>\ng ({inputs}) => ({out}) {{\n {body}\n}}\n'
-    return build_model(text, constants=constants)
-
-
-def _builtins(data: bytes) -> set[str]:
-    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interp = Interpreter(model_content=data, experimental_op_resolver_type=resolver)
-    return {op["op_name"] for op in interp._get_ops_details()}  # noqa: SLF001 - no public op listing
+    return body_model(inputs, out, body, opset, constants)
 
 
 def _check_float(model, feed, calibration=None, rtol=2e-5, atol=2e-6) -> bytes:
@@ -97,7 +90,7 @@ def test_unary_op_matches_onnxruntime_on_both_resolvers(name):
     model = _model(body)
     feed = {"x": sample(np.random.default_rng(0), _SHAPE).astype(np.float32)}
     data = _check_float(model, feed)
-    assert builtins <= _builtins(data)
+    assert builtins <= builtin_ops(data)
 
 
 @pytest.mark.parametrize("name", sorted(UNARY))
@@ -247,7 +240,7 @@ def test_variadic_op_folds_every_input(op, count):
     data = _check_float(model, feed)
     if count > 1:
         folded = {"Sum": "ADD", "Mean": "ADD", "Max": "MAXIMUM", "Min": "MINIMUM"}[op]
-        assert folded in _builtins(data)
+        assert folded in builtin_ops(data)
 
 
 def test_max_of_integer_shapes_stays_integer():
@@ -289,7 +282,7 @@ def test_castlike():
     )
     feed = {"x": np.random.default_rng(3).normal(0, 5, _SHAPE).astype(np.float32)}
     data = _check_float(model, feed, atol=0)
-    assert "CAST" in _builtins(data)
+    assert "CAST" in builtin_ops(data)
 
 
 @pytest.mark.parametrize("direction", ["RIGHT", "LEFT"])
@@ -349,7 +342,7 @@ def test_int8_max_requantizes_its_inputs_to_the_output_parameters(monkeypatch):
     result = qcc.compile(model, target="tflite", calibration=random_feeds(model, 8))
     decisions = {node["name"]: node["decision"] for node in result.report["nodes"]}
     assert decisions["s"] == decisions["t"] == "int8"
-    assert "MAXIMUM" in _builtins(result.artifact.data)
+    assert "MAXIMUM" in builtin_ops(result.artifact.data)
     for resolver, entry in result.report["verify"]["resolvers"].items():
         assert entry["ok"], (resolver, entry)
         assert entry["within_one_step"] >= 0.99, (resolver, entry)
@@ -380,4 +373,4 @@ def test_float16_and_float64_run_in_float32_or_are_refused(dtype):
         got = interpreter(result.artifact.data, resolver).get_signature_runner()(**feed)["y"]
         assert got.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(got, expected)
-    assert "CAST" in _builtins(result.artifact.data)
+    assert "CAST" in builtin_ops(result.artifact.data)

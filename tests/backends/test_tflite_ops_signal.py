@@ -12,24 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 import qcc
 from qcc.backends._tflite_litert import interpreter, run
 from qcc.errors import QccError
+from tests.backends._tflite_helpers import body_model, builtin_ops
 from tests.conftest import build_model
 from tests.conftest import run as run_ort
-
-
-def _model(inputs: str, out: str, body: str, opset: int, constants=None):
-    text = f'<ir_version: 10, opset_import: ["" : {opset}]>\ng ({inputs}) => ({out}) {{\n {body}\n}}\n'
-    return build_model(text, constants=constants)
-
-
-def _builtins(data: bytes) -> set[str]:
-    resolver = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interp = Interpreter(model_content=data, experimental_op_resolver_type=resolver)
-    return {op["op_name"] for op in interp._get_ops_details()}  # noqa: SLF001 - no public op listing
 
 
 def _check(model, feed, atol=2e-5) -> bytes:
@@ -67,15 +56,15 @@ def test_dft_matches_onnxruntime(name):
     if length is not None:
         constants["n"] = np.array(length, np.int64)
     inputs = f"float[{dims}] x, int64 a" + (", int64 n" if length is not None else "")
-    model = _model(
+    model = body_model(
         inputs, f"float[{','.join(map(str, out))}] y", f"y = DFT{attrs}(x, {length_input}, a)", 20, constants
     )
     data = _check(model, {"x": _normal(shape)})
-    assert "FULLY_CONNECTED" in _builtins(data)
+    assert "FULLY_CONNECTED" in builtin_ops(data)
 
 
 def test_dft_run_time_axis_selects_among_the_axes_that_fit():
-    model = _model("float[2,6,6,2] x, int64 a", "float[2,6,6,2] y", "y = DFT<inverse=1>(x, , a)", 20)
+    model = body_model("float[2,6,6,2] x, int64 a", "float[2,6,6,2] y", "y = DFT<inverse=1>(x, , a)", 20)
     feed = {"x": _normal([2, 6, 6, 2]), "a": np.array(1, np.int64)}
     result = qcc.compile(model, target="tflite", calibration=[feed], verify=False)
     for axis in (1, 2, -2, -3):
@@ -86,7 +75,7 @@ def test_dft_run_time_axis_selects_among_the_axes_that_fit():
 
 
 def test_dft_opset17_axis_attribute_and_float64():
-    model = _model("double[3,8,1] x", "double[3,8,2] y", "y = DFT<axis=1>(x)", 17)
+    model = body_model("double[3,8,1] x", "double[3,8,2] y", "y = DFT<axis=1>(x)", 17)
     feed = {"x": _normal([3, 8, 1]).astype(np.float64)}
     result = qcc.compile(model, target="tflite", calibration=[feed], verify=False)
     got = run(interpreter(result.artifact.data, "builtin"), feed)[0]
@@ -94,7 +83,7 @@ def test_dft_opset17_axis_attribute_and_float64():
 
 
 def test_dft_run_time_length_with_onesided_is_refused():
-    model = _model("float[1,8,1] x, int64 n", "float[1,5,2] y", "y = DFT<onesided=1>(x, n)", 20)
+    model = body_model("float[1,8,1] x, int64 n", "float[1,5,2] y", "y = DFT<onesided=1>(x, n)", 20)
     feed = {"x": _normal([1, 8, 1]), "n": np.array(8, np.int64)}
     with pytest.raises(QccError, match="two lengths fit"):
         qcc.compile(model, target="tflite", calibration=[feed], verify=False)
@@ -109,14 +98,14 @@ def test_stft_matches_onnxruntime(constant, window):
     else:  # two-sided: the 10 bins fix a run-time frame_length
         body, inputs, out = "y = STFT<onesided=0>(x, s, , n)", "float[2,40,1] x, int64 s, int64 n", "float[2,8,10,2] y"
         consts = {"s": np.array(4, np.int64), "n": np.array(10, np.int64)}
-    model = _model(inputs, out, body, 17, consts if constant else {})
+    model = body_model(inputs, out, body, 17, consts if constant else {})
     feed = {"x": _normal([2, 40, 1])} if constant else {"x": _normal([2, 40, 1]), **consts}
     data = _check(model, feed)
-    assert {"GATHER", "FULLY_CONNECTED"} <= _builtins(data)
+    assert {"GATHER", "FULLY_CONNECTED"} <= builtin_ops(data)
 
 
 def test_stft_run_time_frame_length_the_shapes_leave_open_is_refused():
-    model = _model("float[2,40,1] x, int64 s, int64 n", "float[2,8,6,2] y", "y = STFT(x, s, , n)", 17)
+    model = body_model("float[2,40,1] x, int64 s, int64 n", "float[2,8,6,2] y", "y = STFT(x, s, , n)", 17)
     feed = {"x": _normal([2, 40, 1]), "s": np.array(4, np.int64), "n": np.array(10, np.int64)}
     with pytest.raises(QccError, match=r"lengths \[10, 11\] fit"):
         qcc.compile(model, target="tflite", calibration=[feed], verify=False)
@@ -135,7 +124,7 @@ def test_stft_with_a_dynamic_batch_and_no_onesided_attribute():
 
 
 def test_stft_complex_two_sided():
-    model = _model(
+    model = body_model(
         "float[1,32,2] x, int64 s, int64 n",
         "float[1,3,16,2] y",
         "y = STFT<onesided=0>(x, s, , n)",
@@ -159,7 +148,7 @@ def test_col2im_matches_onnxruntime(attrs, x_shape, block, constant):
     if constant:
         consts["k"] = np.array(block, np.int64)
     dims = ",".join(map(str, x_shape))
-    model = _model(
+    model = body_model(
         f"float[{dims}] x, int64[2] i, int64[2] k",
         f"float[{x_shape[0]},{channels},5,5] y",
         f"y = Col2Im{attrs}(x, i, k)",
@@ -170,7 +159,7 @@ def test_col2im_matches_onnxruntime(attrs, x_shape, block, constant):
     if not constant:
         feed["k"] = np.array(block, np.int64)
     data = _check(model, feed)
-    assert "SCATTER_ND" in _builtins(data)
+    assert "SCATTER_ND" in builtin_ops(data)
 
 
 @pytest.mark.parametrize("align", [0, 1])
@@ -178,7 +167,7 @@ def test_col2im_matches_onnxruntime(attrs, x_shape, block, constant):
 def test_affine_grid_matches_onnxruntime(align, size):
     dims = len(size) - 2
     out = ",".join(map(str, [3, *size[2:], dims]))
-    model = _model(
+    model = body_model(
         f"float[3,{dims},{dims + 1}] t, int64[{len(size)}] s",
         f"float[{out}] y",
         f"y = AffineGrid<align_corners={align}>(t, s)",
@@ -186,7 +175,7 @@ def test_affine_grid_matches_onnxruntime(align, size):
         {"s": np.array(size, np.int64)},
     )
     data = _check(model, {"t": _normal([3, dims, dims + 1])})
-    assert "BATCH_MATMUL" in _builtins(data)
+    assert "BATCH_MATMUL" in builtin_ops(data)
 
 
 @pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
@@ -195,7 +184,7 @@ def test_affine_grid_matches_onnxruntime(align, size):
 def test_grid_sample_matches_onnxruntime(mode, padding, align):
     rng = np.random.default_rng(3)
     attrs = f'<mode="{mode}", padding_mode="{padding}", align_corners={align}>'
-    model = _model("float[2,3,5,6] x, float[2,4,7,2] g", "float[2,3,4,7] y", f"y = GridSample{attrs}(x, g)", 20)
+    model = body_model("float[2,3,5,6] x, float[2,4,7,2] g", "float[2,3,4,7] y", f"y = GridSample{attrs}(x, g)", 20)
     # Points well outside the image, and none on ties of nearest rounding.
     grid = rng.uniform(-1.8, 1.8, (2, 4, 7, 2)).astype(np.float32)
     _check(model, {"x": _normal([2, 3, 5, 6]), "g": grid}, atol=1e-4)
@@ -203,14 +192,14 @@ def test_grid_sample_matches_onnxruntime(mode, padding, align):
 
 def test_grid_sample_volumetric_and_opset16_names():
     rng = np.random.default_rng(4)
-    model = _model(
+    model = body_model(
         "float[1,2,3,4,5] x, float[1,2,3,4,3] g",
         "float[1,2,2,3,4] y",
         'y = GridSample<mode="linear", padding_mode="border">(x, g)',
         20,
     )
     _check(model, {"x": _normal([1, 2, 3, 4, 5]), "g": rng.uniform(-1.3, 1.3, (1, 2, 3, 4, 3)).astype(np.float32)})
-    model = _model(
+    model = body_model(
         "float[1,2,4,4] x, float[1,3,3,2] g",
         "float[1,2,3,3] y",
         'y = GridSample<mode="bicubic", padding_mode="reflection">(x, g)',
@@ -231,14 +220,14 @@ def test_roi_align_matches_onnxruntime(mode, transform, constant):
         "sampling_ratio=2, spatial_scale=0.8>"
     )
     consts = {"r": _ROIS, "i": np.array([1, 0, 1], np.int64)} if constant else {}
-    model = _model(
+    model = body_model(
         "float[2,3,10,11] x, float[3,4] r, int64[3] i", "float[3,3,3,4] y", f"y = RoiAlign{attrs}(x, r, i)", 16, consts
     )
     feed = {"x": _normal([2, 3, 10, 11])}
     if not constant:
         feed.update(r=_ROIS, i=np.array([1, 0, 1], np.int64))
     data = _check(model, feed)
-    assert "BATCH_MATMUL" in _builtins(data)
+    assert "BATCH_MATMUL" in builtin_ops(data)
 
 
 @pytest.mark.parametrize("mode", ["avg", "max"])
@@ -257,7 +246,7 @@ def test_roi_align_adaptive_sampling(mode):
 
 
 def test_grid_sample_is_a_float_island_in_an_int8_model():
-    model = _model(
+    model = body_model(
         "float[1,3,8,8] x, float[4,3,3,3] w, float[4,4,3,3] w2, float[1,6,6,2] g",
         "float[1,4,4,4] y",
         "c = Conv(x, w)\n s = GridSample(c, g)\n y = Conv(s, w2)",
@@ -268,7 +257,7 @@ def test_grid_sample_is_a_float_island_in_an_int8_model():
         {"x": _normal([1, 3, 8, 8], k), "g": rng.uniform(-1, 1, (1, 6, 6, 2)).astype(np.float32)} for k in range(4)
     ]
     result = qcc.compile(model, target="tflite", calibration=feeds, verify=True)
-    assert {"CONV_2D", "GATHER"} <= _builtins(result.artifact.data)
+    assert {"CONV_2D", "GATHER"} <= builtin_ops(result.artifact.data)
 
 
 @pytest.mark.parametrize("extras", [False, True])
@@ -278,16 +267,16 @@ def test_deform_conv_matches_onnxruntime(extras):
         ", float[4] bias, float[2,6,4,5] m" if extras else ""
     )
     body = f"y = DeformConv{attrs}(x, w, off" + (", bias, m)" if extras else ")")
-    model = _model(inputs, "float[2,4,4,5] y", body, 19)
+    model = body_model(inputs, "float[2,4,4,5] y", body, 19)
     feed = {"x": _normal([2, 3, 7, 6]), "off": 2 * _normal([2, 12, 4, 5], 1)}
     if extras:
         feed.update(m=np.random.default_rng(3).uniform(0, 1, (2, 6, 4, 5)).astype(np.float32))
     data = _check(model, feed, atol=1e-4)
-    assert {"GATHER", "BATCH_MATMUL"} <= _builtins(data)
+    assert {"GATHER", "BATCH_MATMUL"} <= builtin_ops(data)
 
 
 def test_grouped_deform_conv_matches_onnxruntime():
-    model = _model(
+    model = body_model(
         "float[2,4,6,6] x, float[6,2,2,2] w, float[2,16,5,5] off, float[2,8,5,5] m",
         "float[2,6,5,5] y",
         "y = DeformConv<group=2, offset_group=2>(x, w, off, , m)",
