@@ -27,13 +27,12 @@ from qcc.backends import (
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_conv import conv, conv_transpose
 from qcc.backends._tflite_ops_data import LOWERINGS as DATA_LOWERINGS
-from qcc.backends._tflite_ops_data import gather_constant, reduce_axes
+from qcc.backends._tflite_ops_data import cast_from_int32, gather_constant, reduce_axes
 from qcc.backends._tflite_ops_float import erf, hard_sigmoid, layer_norm
 from qcc.backends._tflite_ops_matmul import gemm, matmul
 from qcc.backends._tflite_ops_pool import global_pool, pool
 from qcc.backends._tflite_ops_rnn import lstm
 from qcc.backends._tflite_ops_window import FUSABLE, fused_code, int_list, resize, unsupported
-from qcc.backends._tflite_writer import TENSOR_TYPES
 from qcc.irutils import attr_float, attr_int, const_array
 
 
@@ -61,15 +60,7 @@ def _integer_divide(lw: Lowering, node: ir.Node, a, b) -> None:
     quotient = y if y.dtype == np.dtype(np.int32) else lw.model.tensor(f"{node.name}_int32", y.shape, np.int32)
     lw.op("FLOOR_DIV", [lw.int32(a, node.name), lw.int32(b, node.name)], [quotient], source=node.name)
     if quotient is not y:
-        lw.op(
-            "CAST",
-            [quotient],
-            [y],
-            "CastOptions",
-            source=node.name,
-            in_data_type=TENSOR_TYPES[np.dtype(np.int32)],
-            out_data_type=TENSOR_TYPES[y.dtype],
-        )
+        cast_from_int32(lw, quotient, y, node.name)
 
 
 def unary(name: str, options: str | None = None, **fields):

@@ -55,15 +55,7 @@ def gather(lw: Lowering, node: ir.Node) -> None:
             dims = lw.shape_tensor(x, node.name)
             picked = lw.model.tensor(f"{node.name}_size_int32", (), np.int32)
             gather_constant(lw, dims, f"{node.name}_axis", np.array(axis, np.int32), picked, node.name)
-            lw.op(
-                "CAST",
-                [picked],
-                [modulus],
-                "CastOptions",
-                source=node.name,
-                in_data_type=TENSOR_TYPES[np.dtype(np.int32)],
-                out_data_type=TENSOR_TYPES[ids.dtype],
-            )
+            cast_from_int32(lw, picked, modulus, node.name)
         else:
             modulus = lw.constant(f"{node.name}_size", np.array(size, ids.dtype))
         lw.op("FLOOR_MOD", [ids, modulus], [positions], "FloorModOptions", source=node.name)
@@ -97,6 +89,26 @@ def gather_constant(lw: Lowering, vector: Tensor, name: str, indices: np.ndarray
         source=source,
         axis=0,
         batch_dims=0,
+    )
+
+
+def cast_from_int32(lw: Lowering, x: Tensor, out: Tensor, source: str) -> None:
+    """Emits ``out = CAST(x)`` from int32 to ``out``'s type (e.g. an int32 shape entry back to int64).
+
+    Args:
+        lw: the lowering.
+        x: the int32 tensor.
+        out: the result tensor, of the type wanted.
+        source: the ONNX node name the op is attributed to.
+    """
+    lw.op(
+        "CAST",
+        [x],
+        [out],
+        "CastOptions",
+        source=source,
+        in_data_type=TENSOR_TYPES[np.dtype(np.int32)],
+        out_data_type=TENSOR_TYPES[out.dtype],
     )
 
 
