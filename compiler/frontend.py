@@ -6,9 +6,10 @@ modified: the frontend always works on its own copy.
 
 Steps: parse -> non-positive declared dims (Paddle's ``-1`` batch) made dynamic -> check external
 data (locations must stay inside the model's folder) -> ONNX checker -> opset upgrade to 13 when
-older (the ONNX version converter) -> shape inference with data propagation (dynamic dims stay
-symbolic) -> onnx-ir -> ONNX Runtime loads the float model (an operator it has no kernel for is
-named before anything is quantized). External data is never copied into the
+older (the ONNX version converter) -> ONNX Runtime loads the float model (converted down to an
+older opset where it lacks a newer operator version; an operator it has no kernel for is named
+before anything is quantized) -> shape inference with data propagation (dynamic dims stay
+symbolic) -> onnx-ir. External data is never copied into the
 protobuf: for a model above protobuf's 2 GB limit the onnx-ir model refers to the files and reads
 a tensor (memory-mapped) when a pass needs it, so it loads like any other; a smaller model's
 tensors are read into memory. Every way this can fail is a
@@ -327,7 +328,8 @@ def _explicit_defaults(graph: onnx.GraphProto) -> None:
                 node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
-_NO_KERNEL = re.compile(r"(?:implementation|kernel) for (\w+)\((\d+)\)(?: \(node:? ?'?([^' )]*))?")
+# ONNX Runtime's "Could not find an implementation for X(N)" / "Failed to find kernel for X(N)".
+_NO_KERNEL = re.compile(r"(?:implementation|kernel) for (\w+)\((\d+)\)")
 
 
 def _fit_onnxruntime(proto: onnx.ModelProto, origin: str) -> onnx.ModelProto:
@@ -359,11 +361,11 @@ def _fit_onnxruntime(proto: onnx.ModelProto, origin: str) -> onnx.ModelProto:
             session(lower, level="disable", what=origin)
         except Exception:  # noqa: BLE001 - no way down, or still no kernel: try the next opset
             continue
-        logger.info("%s: ONNX Runtime has no %s-%s kernel; converted to opset %d", origin, *found.groups()[:2], target)
+        logger.info("%s: ONNX Runtime has no %s-%s kernel; converted to opset %d", origin, *found.groups(), target)
         return lower
     import onnxruntime
 
-    op_type, version = found.group(1), found.group(2)
+    op_type, version = found.groups()
     raise UnsupportedModelError(
         f"{origin} uses {op_type} (opset {version}), which ONNX Runtime {onnxruntime.__version__} has no CPU kernel "
         "for with these input types, also at older opsets; qcc runs the float model in ONNX Runtime to calibrate "
