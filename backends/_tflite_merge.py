@@ -26,7 +26,7 @@ import numpy as np
 import onnx_ir as ir
 from tflite.BuiltinOperator import BuiltinOperator
 
-from qcc.backends._tflite_shapes import Instance, StaticReason
+from qcc.backends._tflite_shapes import Instance, StaticReason, varying_signature
 from qcc.backends._tflite_writer import FlatModel, Op, Tensor, builtin
 
 _CODE_NAMES = {code: name for name, code in vars(BuiltinOperator).items() if not name.startswith("_")}
@@ -65,7 +65,7 @@ def merge(
         if tensor.data is not None:
             continue
         dims = [flat.tensors[index].shape for flat in flats]
-        signature = tuple(-1 if len({d[i] for d in dims}) > 1 else dims[0][i] for i in range(len(dims[0])))
+        signature = varying_signature(dims)
         if -1 in signature:
             tensor.shape_signature = signature
     return first

@@ -182,11 +182,16 @@ def mark_signatures(instances_: Sequence[Instance]) -> None:
         dims = [s.get(name) for s in shapes]
         if any(d is None or len(d) != len(dims[0]) for d in dims):
             continue
-        signature = tuple(-1 if len({d[i] for d in dims}) > 1 else dims[0][i] for i in range(len(dims[0])))
+        signature = varying_signature(dims)
         if -1 in signature:
             for by_name in values:
                 if name in by_name:
                     by_name[name].meta[SIGNATURE_KEY] = signature
+
+
+def varying_signature(shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """The first shape with ``-1`` at every dimension that differs between the (equal-rank) ``shapes``."""
+    return tuple(-1 if len({s[i] for s in shapes}) > 1 else shapes[0][i] for i in range(len(shapes[0])))
 
 
 def explicit_padding(model: ir.Model) -> None:
