@@ -34,6 +34,11 @@ logger = logging.getLogger(__name__)
 _MAX_UNROLLED_NODES = 1024
 
 
+def _onnx_nodes(graph: ir.Graph, op_type: str) -> list[ir.Node]:
+    """The graph's nodes of the default-domain ``op_type``, listed up front (the caller rewrites the graph)."""
+    return [node for node in graph if node.op_type == op_type and node.domain in ("", "ai.onnx")]
+
+
 def inline_constant_ifs(graph: ir.Graph, opset: int) -> bool:
     """Replaces every ``If`` of the graph whose condition is a constant by its taken branch.
 
@@ -42,9 +47,7 @@ def inline_constant_ifs(graph: ir.Graph, opset: int) -> bool:
     """
     inlined = False
     names = None
-    for node in list(graph):
-        if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
-            continue
+    for node in _onnx_nodes(graph, "If"):
         condition = const_array(node.inputs[0])
         if condition is None or condition.size != 1:
             continue
@@ -122,9 +125,7 @@ def unroll_constant_loops(graph: ir.Graph, opset: int) -> bool:
     """
     unrolled = False
     names = None
-    for node in list(graph):
-        if node.op_type != "Loop" or node.domain not in ("", "ai.onnx"):
-            continue
+    for node in _onnx_nodes(graph, "Loop"):
         body = node.attributes["body"].as_graph()
         trips = _unrollable_trips(node, body)
         if trips is None:
