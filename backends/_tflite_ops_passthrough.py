@@ -18,7 +18,7 @@ import onnx_ir as ir
 from tflite.TensorType import TensorType
 
 from qcc.backends._tflite_lower import Lowering
-from qcc.backends._tflite_ops_data import cast
+from qcc.backends._tflite_ops_data import cast, cast_from_int32
 from qcc.backends._tflite_ops_mathchain import MathChain
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.errors import BackendError
@@ -81,7 +81,7 @@ def bit_shift(lw: Lowering, node: ir.Node) -> None:
     u8, i32 = TensorType.UINT8, TensorType.INT32
     lw.op("CAST", [x], [inside], "CastOptions", source=node.name, in_data_type=u8, out_data_type=i32)
     lw.op("STABLEHLO_SHIFT_LEFT", [inside, amount], [shifted], source=node.name)
-    lw.op("CAST", [shifted], [y], "CastOptions", source=node.name, in_data_type=i32, out_data_type=u8)
+    cast_from_int32(lw, shifted, y, node.name)
 
 
 LOWERINGS = {
