@@ -132,7 +132,7 @@ def compare_with_simulation(
         "runtime": "LiteRT (ai-edge-litert)",
         "samples": len(samples),
         "samples_skipped": skipped,
-        "shapes": shape_summary(data),
+        "shapes": shape_summary(data, details),
         "simulation_cosine_vs_float_min": None if simulation_cosine is None else round(simulation_cosine, 6),
         "float_ops": float_ops(data),
         "resolvers": {},
@@ -195,9 +195,8 @@ def run_all(interp: Interpreter, samples: list[Feed], like: list[list[tuple[int,
     return outputs
 
 
-def shape_summary(data: bytes) -> dict[str, Any]:
-    """Whether the artifact's inputs are dynamic (their ``-1`` dims), or why it is static."""
-    details = _input_details(data)
+def shape_summary(data: bytes, details: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether the artifact's inputs (``details``: its input details) are dynamic (their ``-1`` dims), or why static."""
     dynamic = {d["name"]: [int(v) for v in d["shape_signature"]] for d in details if -1 in d["shape_signature"]}
     if dynamic:
         return {"dynamic": True, "inputs": dynamic}
