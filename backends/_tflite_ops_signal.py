@@ -39,6 +39,7 @@ from qcc.backends import _tflite_ops_deform, _tflite_ops_roi, _tflite_ops_sampli
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_rule import I32, Rule
 from qcc.backends._tflite_ops_sampling import refuse
+from qcc.backends._tflite_ops_state import present
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.backends._tflite_writer import Tensor
 from qcc.irutils import attr_int, const_array
@@ -60,11 +61,6 @@ def float_rule(lw: Lowering, node: ir.Node) -> Rule:
     if lw.is_int8(node):
         raise unsupported(node, f"int8 {node.op_type} (no int8 TFLite kernel; it runs as a float decomposition)")
     return Rule(lw, node)
-
-
-def present(node: ir.Node, index: int) -> bool:
-    """True when optional input ``index`` is given."""
-    return len(node.inputs) > index and node.inputs[index] is not None
 
 
 def scalar_input(node: ir.Node, index: int) -> int | None:
