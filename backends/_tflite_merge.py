@@ -96,11 +96,16 @@ def _constant_rows(flats: Sequence[FlatModel], op_index: int, input_index: int) 
     return None if all(np.array_equal(r, rows[0]) for r in rows) else rows
 
 
+def _varying(rows: Sequence[np.ndarray]) -> list[int]:
+    """The positions at which the instances' rows differ."""
+    return [i for i in range(len(rows[0])) if len({int(r[i]) for r in rows}) > 1]
+
+
 def _repair_reshape(flats: Sequence[FlatModel], position: int) -> None:
     rows = _constant_rows(flats, position, 1)
     if rows is None:
         return
-    varying = [i for i in range(len(rows[0])) if len({int(r[i]) for r in rows}) > 1]
+    varying = _varying(rows)
     if len(varying) == 1 and -1 not in rows[0]:
         shape = rows[0].copy()
         shape[varying[0]] = -1
@@ -120,7 +125,7 @@ def _repair_shape_input(flats: Sequence[FlatModel], position: int, shape_slot: i
     rows = _constant_rows(flats, position, shape_slot)
     if rows is None:
         return
-    varying = [i for i in range(len(rows[0])) if len({int(r[i]) for r in rows}) > 1]
+    varying = _varying(rows)
     inputs = [flat.tensors[flat.ops[position].inputs[data_slot]].shape for flat in flats]
     sources: dict[int, tuple[int, int, int, int]] = {}
     inferred = None
@@ -249,9 +254,7 @@ def _repair_slice(flats: Sequence[FlatModel], position: int) -> None:
     if rows is None or any(b is None for b in begins):
         return
     size = rows[0].copy()
-    for i in range(len(size)):
-        if len({int(r[i]) for r in rows}) == 1:
-            continue
+    for i in _varying(rows):
         # A size that varies must run to the end of its dimension: SLICE's -1.
         ends = [
             int(b[i]) + int(r[i]) == flat.tensors[flat.ops[position].inputs[0]].shape[i]
