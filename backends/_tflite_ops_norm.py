@@ -42,7 +42,7 @@ import onnx_ir as ir
 from qcc.backends._tflite_lower import Lowering, shape_of
 from qcc.backends._tflite_ops_float import FloatChain, wanted
 from qcc.backends._tflite_ops_pool import pool_2d, pool_channels_first
-from qcc.backends._tflite_ops_window import int_list, unsupported, window
+from qcc.backends._tflite_ops_window import int_list, same_quant, unsupported, window
 from qcc.backends._tflite_writer import TENSOR_TYPES, Tensor
 from qcc.irutils import attr_float, attr_int, const_array
 from qcc.passes.layout_nhwc import LAYOUT_KEY, channels_first, channels_last
@@ -343,11 +343,7 @@ def _fill(lw: Lowering, node: ir.Node, y: Tensor, value: float) -> None:
 
 def _copy(lw: Lowering, node: ir.Node, x: Tensor, y: Tensor) -> None:
     """``y = x``: a RESHAPE when both carry the same numbers, else a requantizing QUANTIZE from float."""
-    same = (x.quant is None) == (y.quant is None) and (
-        x.quant is None
-        or (np.array_equal(x.quant.scale, y.quant.scale) and np.array_equal(x.quant.zero_point, y.quant.zero_point))
-    )
-    if same:
+    if same_quant(x, y):
         lw.reshape(x, y, node.name)
     else:
         lw.op("QUANTIZE", [lw.read(node.inputs[0], False)], [y], source=node.name)

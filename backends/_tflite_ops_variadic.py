@@ -24,7 +24,7 @@ import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_mathchain import OPTIONS, MathChain, broadcast_shape
-from qcc.backends._tflite_ops_window import unsupported
+from qcc.backends._tflite_ops_window import same_quant, unsupported
 from qcc.backends._tflite_writer import Tensor
 
 
@@ -64,7 +64,7 @@ def _variadic_int8(lw: Lowering, node: ir.Node, name: str) -> None:
     inputs = []
     for i in range(len(node.inputs)):
         x = lw.input(node, i)
-        if not _same_params(x, y):
+        if not same_quant(x, y):
             # DEQUANTIZE the int8 input itself (not the float value): that is the simulation's DQ(Q(x)).
             real = lw.model.tensor(f"{node.name}_in{i}_float", x.shape, np.float32)
             moved = lw.model.tensor(f"{node.name}_in{i}", x.shape, np.int8, quant=y.quant)
@@ -81,15 +81,6 @@ def _variadic_int8(lw: Lowering, node: ir.Node, name: str) -> None:
         out = y if i == len(inputs) else lw.model.tensor(f"{node.name}_{i}", shape, np.int8, quant=y.quant)
         lw.op(name, [total, tensor], [out], OPTIONS[name], source=node.name)
         total = out
-
-
-def _same_params(a: Tensor, b: Tensor) -> bool:
-    return (
-        a.quant is not None
-        and b.quant is not None
-        and np.array_equal(a.quant.scale, b.quant.scale)
-        and np.array_equal(a.quant.zero_point, b.quant.zero_point)
-    )
 
 
 def mean(lw: Lowering, node: ir.Node) -> None:

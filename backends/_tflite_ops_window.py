@@ -178,6 +178,13 @@ def pad_image(lw: Lowering, node: ir.Node, x: Tensor, pads: PoolPads, lowest: bo
     return padded
 
 
+def same_quant(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` carry their numbers alike: both float, or int8 with equal scale and zero point."""
+    if a.quant is None or b.quant is None:
+        return a.quant is None and b.quant is None
+    return np.array_equal(a.quant.scale, b.quant.scale) and np.array_equal(a.quant.zero_point, b.quant.zero_point)
+
+
 def dequantized(lw: Lowering, node: ir.Node, index: int) -> Tensor:
     """Input ``index`` in float32: for an int8 node what the simulation reads, ``DQ(Q(input))``.
 
