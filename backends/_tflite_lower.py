@@ -191,10 +191,7 @@ class Lowering:
 
     def is_int8(self, node: ir.Node) -> bool:
         """True if the node is written as an int8 op (planned int8, not a ``FLOAT_KERNELS`` op)."""
-        if id(node) in self._float_kernels:
-            return False
-        decision = get_decision(node)
-        return decision is not None and decision.decision == Decision.INT8
+        return id(node) not in self._float_kernels and _planned_int8(node)
 
     def define(self, value: ir.Value, quantized: bool) -> Tensor:
         """Creates the native tensor of a value (a node output or a model input)."""
