@@ -24,17 +24,13 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
-from qcc.backends._tflite_ops_rule import BOOL, F32, I32, Rule
+from qcc.backends._tflite_ops_rule import BOOL, F32, I32, Rule, optional_input
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.backends._tflite_writer import Tensor
 from qcc.irutils import attr_int, const_array
 
 # (b, c) pairs each lowered to their own NON_MAX_SUPPRESSION_V4: beyond this many, refused.
 _MAX_PAIRS = 256
-
-
-def _optional(node: ir.Node, index: int) -> ir.Value | None:
-    return node.inputs[index] if len(node.inputs) > index else None
 
 
 def _scalar(rule: Rule, index: int, dtype) -> Tensor:
@@ -63,7 +59,7 @@ def _corners(rule: Rule, boxes: Tensor) -> Tensor:
 
 def _iou_threshold(rule: Rule) -> Tensor:
     """The threshold NON_MAX_SUPPRESSION_V4 compares with ``>=``: the float32 after ``max(t, 0)``."""
-    value = _optional(rule.node, 3)
+    value = optional_input(rule.node, 3)
     array = const_array(value) if value is not None else np.zeros(1, np.float32)
     if array is not None:
         limit = np.float32(max(float(np.ravel(array)[0]), 0.0))
@@ -95,7 +91,7 @@ def non_max_suppression(lw: Lowering, node: ir.Node) -> None:
         boxes = _corners(rule, boxes)
     width = min(count, rows_wanted)
     limit = None
-    max_value = _optional(node, 2)
+    max_value = optional_input(node, 2)
     max_array = const_array(max_value) if max_value is not None else np.zeros(1, np.int64)
     if max_array is not None:
         width = min(width, int(np.ravel(max_array)[0]))
@@ -104,7 +100,7 @@ def non_max_suppression(lw: Lowering, node: ir.Node) -> None:
     else:
         limit = _scalar(rule, 2, I32)
     iou = _iou_threshold(rule)
-    score_value = _optional(node, 4)
+    score_value = optional_input(node, 4)
     score_array = const_array(score_value) if score_value is not None else np.full(1, -np.inf, np.float32)
     if score_array is not None:
         score_limit = rule.const(np.float32(np.ravel(score_array)[0]))

@@ -39,7 +39,7 @@ import onnx_ir as ir
 
 from qcc.backends import _tflite_ops_linalg, _tflite_ops_loss, _tflite_ops_nms, _tflite_ops_textvec, _tflite_ops_unpool
 from qcc.backends._tflite_lower import Lowering
-from qcc.backends._tflite_ops_rule import F32, I32, Rule
+from qcc.backends._tflite_ops_rule import F32, I32, Rule, optional_input
 from qcc.backends._tflite_ops_window import VALID, nd_pads, unsupported, window
 from qcc.backends._tflite_writer import TENSOR_TYPES, Quant, Tensor
 from qcc.irutils import attr_int, const_array
@@ -65,10 +65,6 @@ def _raw(tensor: Tensor) -> Tensor:
     return tensor
 
 
-def _input(node: ir.Node, index: int) -> ir.Value | None:
-    return node.inputs[index] if len(node.inputs) > index else None
-
-
 def _check_type(node: ir.Node, dtype: ir.DataType | None, allowed) -> None:
     if dtype not in allowed:
         name = "unknown" if dtype is None else dtype.name.lower()
@@ -86,7 +82,7 @@ def _parameter(rule: Rule, index: int, x_shape, axis: int, block: int) -> Tensor
     One value broadcasts as it is; a 1-D ``[C]`` is reshaped to ``[1, .., C, .., 1]`` (``C`` on
     ``axis``); a blocked one is repeated ``block`` times along ``axis`` (a GATHER at run time).
     """
-    value = _input(rule.node, index)
+    value = optional_input(rule.node, index)
     if value is None:
         return None
     rank = len(x_shape)
@@ -203,7 +199,7 @@ def _centered(rule: Rule, index: int, zero_index: int) -> Tensor:
     node = rule.node
     _check_type(node, node.inputs[index].dtype, _RANGES)
     x = rule.cast(_raw(rule.lw.read(node.inputs[index], False)), F32)
-    zero = _parameter(rule, zero_index, x.shape, 0, 0) if _input(node, zero_index) is not None else None
+    zero = _parameter(rule, zero_index, x.shape, 0, 0) if optional_input(node, zero_index) is not None else None
     if zero is not None and zero.shape != ():
         raise unsupported(node, "a per-row or per-column zero point (qcc lowers one zero point per matrix)")
     return x if zero is None else rule.op("SUB", [x, zero], x.shape, F32, "SubOptions")
@@ -235,7 +231,7 @@ def qlinear_matmul(lw: Lowering, node: ir.Node) -> None:
         product = rule.op("MUL", scales[:2], [], F32, "MulOptions")
         multiplier = rule.op("DIV", [product, scales[2]], [], F32, "DivOptions")
     scaled = rule.op("MUL", [accumulated, multiplier], shape, F32, "MulOptions")
-    zero_point = _parameter(rule, 7, [1], 0, 0) if _input(node, 7) is not None else None
+    zero_point = _parameter(rule, 7, [1], 0, 0) if optional_input(node, 7) is not None else None
     _requantize(rule, scaled, zero_point, dtype)
 
 
@@ -243,7 +239,7 @@ def _filter(rule: Rule, depthwise: bool) -> Tensor:
     """QLinearConv's weight minus its zero point(s), float32, as a 2-D TFLite filter (OHWI, or [1, kh, kw, O])."""
     node = rule.node
     _check_type(node, node.inputs[3].dtype, _RANGES)
-    w_value, zero_value = node.inputs[3], _input(node, 5)
+    w_value, zero_value = node.inputs[3], optional_input(node, 5)
     shape = [int(d) for d in w_value.shape]
     image = [shape[0], shape[1], 1, shape[2]] if len(shape) == 3 else shape
     perm = (1, 2, 3, 0) if depthwise else (0, 2, 3, 1)
@@ -301,7 +297,7 @@ def qlinear_conv(lw: Lowering, node: ir.Node) -> None:
         paddings = np.array([[0, 0], [begin[0], end[0]], [begin[1], end[1]], [0, 0]], np.int32)
         padded = [x.shape[0], x.shape[1] + begin[0] + end[0], x.shape[2] + begin[1] + end[1], x.shape[3]]
         x = rule.op("PAD", [x, rule.const(paddings)], padded, F32, "PadOptions")
-    bias = _input(node, 8)
+    bias = optional_input(node, 8)
     if bias is None:
         b = rule.const(np.zeros(out_c, np.float32))
     elif const_array(bias) is not None:
@@ -326,7 +322,7 @@ def qlinear_conv(lw: Lowering, node: ir.Node) -> None:
     )
     scaled = rule.op("MUL", [accumulated, _output_scale(rule, out_c)], accumulated.shape, F32, "MulOptions")
     scaled = rule.reshape(rule.transpose(scaled, (0, 3, 1, 2)), out_shape)
-    zero_point = _parameter(rule, 7, [1], 0, 0) if _input(node, 7) is not None else None
+    zero_point = _parameter(rule, 7, [1], 0, 0) if optional_input(node, 7) is not None else None
     _requantize(rule, scaled, zero_point, dtype)
 
 

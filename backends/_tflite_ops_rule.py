@@ -158,6 +158,11 @@ def write_constant(lw: Lowering, node: ir.Node, array: np.ndarray, index: int = 
     rule.finish(rule.const(np.asarray(array).astype(y.dtype).reshape(y.shape)), index)
 
 
+def optional_input(node: ir.Node, index: int) -> ir.Value | None:
+    """Input ``index`` of ``node``, or None when the node has fewer inputs (or leaves it empty)."""
+    return node.inputs[index] if len(node.inputs) > index else None
+
+
 def static_rank(node: ir.Node, value: ir.Value) -> list[int]:
     if value.shape is None or not all(isinstance(d, int) for d in value.shape):
         raise unsupported(node, f"{value.name!r} has no static shape")
