@@ -69,7 +69,7 @@ class CanonicalizePass(QccPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model).modified
-        graph = model.graph
+        graph, opset = model.graph, default_opset(model)
         for node in list(graph):
             if node.op_type == "Identity" and node.domain == "":
                 remove_node_bypassing(graph, node)
@@ -80,13 +80,13 @@ class CanonicalizePass(QccPass):
         modified |= fold_constants(model)
         if self.ctx.options.target == "tflite":
             for _round in range(_MAX_INLINE_ROUNDS):
-                if not unroll_constant_loops(graph, default_opset(model)):
+                if not unroll_constant_loops(graph, opset):
                     break
                 modified = True
                 fold_constants(model)
         for node in list(graph):
             if node.op_type == "ReduceMean" and node.domain == "":
-                modified |= _spatial_mean_to_global_pool(graph, node, default_opset(model))
+                modified |= _spatial_mean_to_global_pool(graph, node, opset)
             elif node.op_type == "Pad" and node.domain == "":
                 modified |= _fold_pad_into_conv(graph, node)
             elif node.op_type == "Gemm" and node.domain == "":
