@@ -19,6 +19,7 @@ from tflite.TensorType import TensorType
 
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_data import cast, cast_from_int32
+from qcc.backends._tflite_ops_float import wanted
 from qcc.backends._tflite_ops_mathchain import MathChain
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.errors import BackendError
@@ -41,8 +42,7 @@ def dropout(lw: Lowering, node: ir.Node) -> None:
         )
     c = MathChain(lw, node)
     c.copy_to_output()
-    mask = node.outputs[1] if len(node.outputs) > 1 else None
-    if mask is not None and (mask.uses() or mask.is_graph_output()):
+    if wanted(node, 1):
         x = c.arg(0)
         # x < x is false everywhere (NaN included); its negation is the all-true keep mask.
         c.result("LOGICAL_NOT", c.compare("LESS", x, x), index=1)

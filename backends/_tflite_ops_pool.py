@@ -25,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.backends._tflite_lower import ACT_NONE, Lowering
+from qcc.backends._tflite_ops_float import wanted
 from qcc.backends._tflite_ops_window import (
     SAME,
     VALID,
@@ -54,8 +55,7 @@ def pool(lw: Lowering, node: ir.Node) -> None:
     is_max = node.op_type == "MaxPool"
     kind = "max" if is_max else "avg"
     include_pad = bool(attr_int(node, "count_include_pad", 0))
-    indices = node.outputs[1] if is_max and len(node.outputs) > 1 else None
-    with_indices = indices is not None and (bool(indices.uses()) or indices.is_graph_output())
+    with_indices = is_max and wanted(node, 1)
     if len(kernel) == 3 and node.meta.get(LAYOUT_KEY) is None:
         if with_indices:
             raise unsupported(node, "MaxPool Indices of a 3-D window")
