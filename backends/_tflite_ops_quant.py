@@ -39,7 +39,7 @@ import onnx_ir as ir
 
 from qcc.backends import _tflite_ops_linalg, _tflite_ops_loss, _tflite_ops_nms, _tflite_ops_textvec, _tflite_ops_unpool
 from qcc.backends._tflite_lower import Lowering
-from qcc.backends._tflite_ops_rule import F32, I32, Rule, optional_input
+from qcc.backends._tflite_ops_rule import F32, I32, Rule, optional_input, static_rank
 from qcc.backends._tflite_ops_window import VALID, nd_pads, unsupported, window
 from qcc.backends._tflite_writer import TENSOR_TYPES, Quant, Tensor
 from qcc.irutils import attr_int, const_array
@@ -87,9 +87,7 @@ def _parameter(rule: Rule, index: int, x_shape, axis: int, block: int) -> Tensor
         return None
     rank = len(x_shape)
     array = const_array(value)
-    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
-        raise unsupported(rule.node, f"{value.name!r} has no static shape")
-    shape = [int(d) for d in value.shape]
+    shape = static_rank(rule.node, value)
     size = int(np.prod(shape))
     if size == 1:
         if array is not None:
