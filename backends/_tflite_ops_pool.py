@@ -25,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.backends._tflite_lower import ACT_NONE, Lowering
+from qcc.backends._tflite_ops_data import cast_from_int32
 from qcc.backends._tflite_ops_float import wanted
 from qcc.backends._tflite_ops_window import (
     SAME,
@@ -41,7 +42,7 @@ from qcc.backends._tflite_ops_window import (
     unsupported,
     window,
 )
-from qcc.backends._tflite_writer import TENSOR_TYPES, Tensor
+from qcc.backends._tflite_writer import Tensor
 from qcc.irutils import attr_int
 from qcc.passes.layout_nhwc import LAYOUT_KEY
 
@@ -292,8 +293,7 @@ def _max_pool_with_indices(lw: Lowering, node: ir.Node, x: Tensor, out: Tensor, 
     lw.op("ADD", [best_index, offsets_t], [flat_index], "AddOptions", source=node.name)
     indices = lw.define(indices_value, False)
     image = indices if len(indices.shape) == 4 else lw.model.tensor(f"{indices.name}_2d", out.shape, indices.dtype)
-    lw.op("CAST", [flat_index], [image], "CastOptions", source=node.name,
-          in_data_type=TENSOR_TYPES[np.dtype(np.int32)], out_data_type=TENSOR_TYPES[indices.dtype])
+    cast_from_int32(lw, flat_index, image, node.name)
     finish_image(lw, node, image, indices)
 
 
