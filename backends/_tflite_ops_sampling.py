@@ -56,13 +56,22 @@ def refuse(node: ir.Node, problem: str, fix: str) -> BackendError:
     return BackendError(f"node {node.name!r} ({node.op_type}): {problem}.", fix)
 
 
+def float_rule(lw: Lowering, node: ir.Node) -> Rule:
+    """A :class:`Rule` for a float-only op (these ops have no int8 kernel; the plan keeps them float).
+
+    Raises:
+        BackendError: the node was planned int8.
+    """
+    if lw.is_int8(node):
+        raise unsupported(node, f"int8 {node.op_type} (no int8 TFLite kernel; it runs as a float decomposition)")
+    return Rule(lw, node)
+
+
 class Chain:
     """Element-wise float arithmetic on tensors and Python numbers (numbers become constants)."""
 
     def __init__(self, lw: Lowering, node: ir.Node) -> None:
-        if lw.is_int8(node):
-            raise unsupported(node, f"int8 {node.op_type} (no int8 TFLite kernel; it runs as a float decomposition)")
-        self.rule = Rule(lw, node)
+        self.rule = float_rule(lw, node)
 
     def tensor(self, value) -> Tensor:
         return value if isinstance(value, Tensor) else self.rule.const(np.array(value, np.float32))

@@ -38,7 +38,7 @@ import onnx_ir as ir
 from qcc.backends import _tflite_ops_deform, _tflite_ops_roi, _tflite_ops_sampling, _tflite_ops_spectral
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_rule import I32, Rule
-from qcc.backends._tflite_ops_sampling import refuse
+from qcc.backends._tflite_ops_sampling import float_rule, refuse
 from qcc.backends._tflite_ops_state import present
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.backends._tflite_writer import Tensor
@@ -50,17 +50,6 @@ MAX_MATRIX_ELEMENTS = 1 << 24
 # Col2Im with a run-time block_shape lowers every block shape the static shapes allow and selects
 # one at run time; beyond this many candidates it is refused.
 MAX_BLOCK_CANDIDATES = 4
-
-
-def float_rule(lw: Lowering, node: ir.Node) -> Rule:
-    """A :class:`Rule` for a float-only op (these ops have no int8 kernel; the plan keeps them float).
-
-    Raises:
-        BackendError: the node was planned int8.
-    """
-    if lw.is_int8(node):
-        raise unsupported(node, f"int8 {node.op_type} (no int8 TFLite kernel; it runs as a float decomposition)")
-    return Rule(lw, node)
 
 
 def scalar_input(node: ir.Node, index: int) -> int | None:
