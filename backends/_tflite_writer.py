@@ -119,25 +119,25 @@ class FlatModel:
 
     def tensor(self, name: str, shape, dtype, *, data: np.ndarray | None = None, quant: Quant | None = None) -> Tensor:
         """Adds a tensor under a unique name and returns it."""
-        base, i = name or "t", 0
-        unique = base
-        while unique in self._names:
-            i += 1
-            unique = f"{base}_{i}"
-        self._names.add(unique)
-        tensor = Tensor(len(self.tensors), unique, tuple(int(d) for d in shape), np.dtype(dtype), data, quant)
+        tensor = Tensor(
+            len(self.tensors), self._unique(name or "t"), tuple(int(d) for d in shape), np.dtype(dtype), data, quant
+        )
         self.tensors.append(tensor)
         return tensor
 
     def rename(self, tensor: Tensor, name: str) -> None:
         """Gives the tensor a new unique name (``name``, or ``name_<i>`` when taken), freeing its old one."""
         self._names.discard(tensor.name)
-        base, i, unique = name, 0, name
+        tensor.name = self._unique(name)
+
+    def _unique(self, name: str) -> str:
+        """Reserves ``name``, or ``name_<i>`` with the smallest free ``i`` when it is taken."""
+        unique, i = name, 0
         while unique in self._names:
             i += 1
-            unique = f"{base}_{i}"
+            unique = f"{name}_{i}"
         self._names.add(unique)
-        tensor.name = unique
+        return unique
 
     def constant(self, name: str, array: np.ndarray, quant: Quant | None = None) -> Tensor:
         """Adds a constant tensor (0-d arrays stay 0-d; see TFLITE.md §8 pitfall 22)."""
