@@ -24,6 +24,7 @@ import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_float import FloatChain
+from qcc.backends._tflite_ops_rule import type_names
 from qcc.backends._tflite_ops_window import int_list, unsupported
 from qcc.backends._tflite_writer import TENSOR_TYPES, Tensor
 from qcc.irutils import attr_int, const_array
@@ -163,7 +164,7 @@ def cast(lw: Lowering, node: ir.Node) -> None:
     y = lw.output(node)
     for tensor in (x, y):
         if tensor.dtype not in TENSOR_TYPES:
-            raise unsupported(node, f"a {tensor.dtype} tensor (TFLite CAST in qcc takes {_type_names()})")
+            raise unsupported(node, f"a {tensor.dtype} tensor (TFLite CAST in qcc takes {type_names()})")
     if x.dtype == y.dtype:
         _copy(lw, node, x, y)
         return
@@ -249,10 +250,6 @@ def _copy(lw: Lowering, node: ir.Node, x: Tensor, y: Tensor) -> None:
 def _check_broadcast(node: ir.Node, a: Tensor, b: Tensor) -> None:
     if a.shape != b.shape and max(len(a.shape), len(b.shape)) > _MAX_COMPARE_BROADCAST_RANK:
         raise unsupported(node, f"broadcasting {a.shape} with {b.shape} (TFLite compares up to 4-D)")
-
-
-def _type_names() -> str:
-    return ", ".join(sorted(str(t) for t in TENSOR_TYPES))
 
 
 LOWERINGS = {

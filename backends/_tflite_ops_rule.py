@@ -73,7 +73,7 @@ class Rule:
             return x
         for t in (x.dtype, dtype):
             if t not in TENSOR_TYPES:
-                raise unsupported(self.node, f"a {t} tensor (qcc's TFLite writer stores {_type_names()})")
+                raise unsupported(self.node, f"a {t} tensor (qcc's TFLite writer stores {type_names()})")
         if x.dtype == dtype:
             return self.lw.reshape(x, out, self.node.name)
         fields = {"in_data_type": TENSOR_TYPES[x.dtype], "out_data_type": TENSOR_TYPES[dtype]}
@@ -140,7 +140,8 @@ def _same_quant(a: Tensor, b: Tensor) -> bool:
     return bool(np.array_equal(a.quant.scale, b.quant.scale) and np.array_equal(a.quant.zero_point, b.quant.zero_point))
 
 
-def _type_names() -> str:
+def type_names() -> str:
+    """The tensor types qcc's TFLite writer stores, for error messages."""
     return ", ".join(sorted(str(t) for t in TENSOR_TYPES))
 
 
@@ -154,7 +155,7 @@ def write_constant(lw: Lowering, node: ir.Node, array: np.ndarray, index: int = 
     rule = Rule(lw, node)
     y = rule.output(index)
     if y.dtype not in TENSOR_TYPES:
-        raise unsupported(node, f"a {y.dtype} output (qcc's TFLite writer stores {_type_names()})")
+        raise unsupported(node, f"a {y.dtype} output (qcc's TFLite writer stores {type_names()})")
     rule.finish(rule.const(np.asarray(array).astype(y.dtype).reshape(y.shape)), index)
 
 
