@@ -163,12 +163,7 @@ def shrink(lw: Lowering, node: ir.Node) -> None:
     if x.dtype != np.dtype(np.float32):
         raise unsupported(node, f"{x.dtype} data (qcc lowers Shrink on float tensors)")
     lambd, bias = attr_float(node, "lambd", 0.5), attr_float(node, "bias", 0.0)
-    low = c.op(
-        "SELECT_V2",
-        [c.compare("LESS", x, c.const(-lambd)), c.f("ADD", x, c.const(bias)), c.const(0.0)],
-        x.shape,
-        "SelectV2Options",
-    )
+    low = c.f("SELECT_V2", c.compare("LESS", x, c.const(-lambd)), c.f("ADD", x, c.const(bias)), c.const(0.0))
     c.result("SELECT_V2", c.compare("GREATER", x, c.const(lambd)), c.f("SUB", x, c.const(bias)), low)
 
 
