@@ -132,8 +132,9 @@ class Lowering:
                 tensor = self.define(value, quantized)
             else:
                 # float16/float64 at the interface (under the input's name), float32 inside: CAST at the edge.
-                tensor = self.model.tensor(value.name, shape_of(value), edge)
-                tensor.shape_signature = value.meta.get(SIGNATURE_KEY)
+                tensor = self.model.tensor(
+                    value.name, shape_of(value), edge, shape_signature=value.meta.get(SIGNATURE_KEY)
+                )
                 self.op("CAST", [tensor], [self.define(value, False)], **_cast_fields(edge, np.float32))
             self.model.inputs.append(tensor.index)
             self.model.input_names.append(value.name)
@@ -157,8 +158,7 @@ class Lowering:
             edge = _EDGE_TYPES.get(value.dtype) if not quantized else None
             if edge is not None and tensor.dtype == np.float32:
                 self.model.rename(tensor, f"{value.name}_float32")  # the output's name goes to the interface
-                out = self.model.tensor(value.name, tensor.shape, edge)
-                out.shape_signature = tensor.shape_signature
+                out = self.model.tensor(value.name, tensor.shape, edge, shape_signature=tensor.shape_signature)
                 self.op("CAST", [tensor], [out], **_cast_fields(np.float32, edge))
                 tensor = out
             self.model.outputs.append(tensor.index)
@@ -182,8 +182,9 @@ class Lowering:
             if not any(use.node.op_type in FLOAT_KERNELS or not _planned_int8(use.node) for use in out.uses()):
                 continue
             rounded = self.read(out, True)
-            tensor = self.model.tensor(f"{out.name}_rounded", rounded.shape, np.float32)
-            tensor.shape_signature = rounded.shape_signature
+            tensor = self.model.tensor(
+                f"{out.name}_rounded", rounded.shape, np.float32, shape_signature=rounded.shape_signature
+            )
             self.op("DEQUANTIZE", [rounded], [tensor], source=out.name)
             self._tensors[(id(out), False)] = tensor
 
@@ -247,10 +248,8 @@ class Lowering:
         """
         low = (-128 - float(quant.zero_point[0])) * float(quant.scale[0])
         high = (127 - float(quant.zero_point[0])) * float(quant.scale[0])
-        below = self.model.tensor(f"{x.name}_below", x.shape, np.float32)
-        below.shape_signature = x.shape_signature
-        clamped = self.model.tensor(f"{x.name}_saturated", x.shape, np.float32)
-        clamped.shape_signature = x.shape_signature
+        below = self.model.tensor(f"{x.name}_below", x.shape, np.float32, shape_signature=x.shape_signature)
+        clamped = self.model.tensor(f"{x.name}_saturated", x.shape, np.float32, shape_signature=x.shape_signature)
         self.op("MINIMUM", [x, self.constant(f"{x.name}_high", np.array(high, np.float32))], [below], source=source)
         self.op("MAXIMUM", [below, self.constant(f"{x.name}_low", np.array(low, np.float32))], [clamped], source=source)
         return clamped
@@ -296,8 +295,9 @@ class Lowering:
             if tensor.data is not None:
                 self._casts[key] = self.constant(f"{tensor.name}_int32", tensor.data.astype(np.int32))
             else:
-                cast = self.model.tensor(f"{tensor.name}_int32", tensor.shape, np.int32)
-                cast.shape_signature = tensor.shape_signature
+                cast = self.model.tensor(
+                    f"{tensor.name}_int32", tensor.shape, np.int32, shape_signature=tensor.shape_signature
+                )
                 self.op("CAST", [tensor], [cast], source=source, **_cast_fields(tensor.dtype, np.int32))
                 self._casts[key] = cast
         return self._casts[key]

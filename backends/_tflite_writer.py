@@ -117,10 +117,25 @@ class FlatModel:
     output_names: list[str] = dataclasses.field(default_factory=list)
     _names: set[str] = dataclasses.field(default_factory=set)
 
-    def tensor(self, name: str, shape, dtype, *, data: np.ndarray | None = None, quant: Quant | None = None) -> Tensor:
+    def tensor(
+        self,
+        name: str,
+        shape,
+        dtype,
+        *,
+        data: np.ndarray | None = None,
+        quant: Quant | None = None,
+        shape_signature: tuple[int, ...] | None = None,
+    ) -> Tensor:
         """Adds a tensor under a unique name and returns it."""
         tensor = Tensor(
-            len(self.tensors), self._unique(name or "t"), tuple(int(d) for d in shape), np.dtype(dtype), data, quant
+            len(self.tensors),
+            self._unique(name or "t"),
+            tuple(int(d) for d in shape),
+            np.dtype(dtype),
+            data,
+            quant,
+            shape_signature,
         )
         self.tensors.append(tensor)
         return tensor
