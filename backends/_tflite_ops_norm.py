@@ -379,12 +379,8 @@ def float_reduce(lw: Lowering, node: ir.Node) -> None:
     if after is not None:
         chain.op(after, [current], y.shape, out=y)
     elif axes is None:
-        _float_copy(chain, current, y)
+        lw.reshape(current, y, node.name)
     chain.finish()
-
-
-def _float_copy(chain: FloatChain, x: Tensor, y: Tensor) -> None:
-    chain.lw.reshape(x, y, chain.node.name)
 
 
 def reduce_log_sum_exp(lw: Lowering, node: ir.Node) -> None:
@@ -394,7 +390,7 @@ def reduce_log_sum_exp(lw: Lowering, node: ir.Node) -> None:
     axes = reduce_axes(node, len(x.shape))
     y = chain.output()
     if axes is None:  # log(exp(x)) = x
-        _float_copy(chain, x, y)
+        lw.reshape(x, y, node.name)
         chain.finish()
         return
     if any(x.shape[a] == 0 for a in axes):
