@@ -32,6 +32,7 @@ from qcc.backends._tflite_ops_float import erf, hard_sigmoid, layer_norm
 from qcc.backends._tflite_ops_matmul import gemm, matmul
 from qcc.backends._tflite_ops_pool import global_pool, pool
 from qcc.backends._tflite_ops_rnn import lstm
+from qcc.backends._tflite_ops_rule import optional_input
 from qcc.backends._tflite_ops_window import FUSABLE, fused_code, int_list, resize, unsupported
 from qcc.irutils import attr_float, attr_int, const_array
 
@@ -119,7 +120,7 @@ def clip(lw: Lowering, node: ir.Node) -> None:
     Bounds that are run-time tensors are read as they are (float only: an int8 bound would need
     the input's parameters, which a run-time value does not have); no bounds is a copy.
     """
-    given = [len(node.inputs) > i and node.inputs[i] is not None for i in (1, 2)]
+    given = [optional_input(node, i) is not None for i in (1, 2)]
     arrays = [const_array(node.inputs[i]) if given[i - 1] else None for i in (1, 2)]
     runtime = [g and a is None for g, a in zip(given, arrays, strict=True)]
     x = lw.input(node, 0)
@@ -307,14 +308,14 @@ def slice_(lw: Lowering, node: ir.Node) -> None:
     x = lw.input(node, 0)
     rank = len(x.shape)
     arrays = [const_array(v) if v is not None else None for v in node.inputs[1:5]]
-    axes_given = len(node.inputs) > 3 and node.inputs[3] is not None
+    axes_given = optional_input(node, 3) is not None
     if axes_given and arrays[2] is None:
         raise unsupported(node, "axes that are not constant")
     runtime = arrays[0] is None or arrays[1] is None
     count = len(arrays[0]) if arrays[0] is not None else lw.read(node.inputs[1], False).shape[0]
     axes = [int(a) % rank for a in (arrays[2] if axes_given else np.arange(count))]
     steps = arrays[3] if len(arrays) > 3 and arrays[3] is not None else np.ones(len(axes), np.int64)
-    if len(node.inputs) > 4 and node.inputs[4] is not None and arrays[3] is None:
+    if optional_input(node, 4) is not None and arrays[3] is None:
         raise unsupported(node, "steps that are not constant")
     if np.any(np.asarray(steps) < 0):
         raise unsupported(node, "negative Slice steps")

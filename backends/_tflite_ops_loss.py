@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
-from qcc.backends._tflite_ops_rule import BOOL, F32, I32, Rule, attr_str
+from qcc.backends._tflite_ops_rule import BOOL, F32, I32, Rule, attr_str, optional_input
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.backends._tflite_writer import Tensor
 from qcc.irutils import const_array
@@ -62,7 +62,7 @@ def _negative_log_likelihood(rule: Rule, log_prob: Tensor, reduced) -> None:
         raise unsupported(node, f"reduction {reduction!r}")
     shape = list(log_prob.shape)
     picked = _one_hot_targets(rule, shape)
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
+    if optional_input(node, 2) is not None:
         broadcast = [1, shape[1], 1]
         weights = const_array(node.inputs[2])
         if weights is not None:

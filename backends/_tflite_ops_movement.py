@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
-from qcc.backends._tflite_ops_rule import BOOL, F32, I32, Rule, attr_str, slice_row
+from qcc.backends._tflite_ops_rule import BOOL, F32, I32, Rule, attr_str, optional_input, slice_row
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.backends._tflite_writer import Tensor
 from qcc.irutils import attr_int, const_array
@@ -136,7 +136,7 @@ def trilu(lw: Lowering, node: ir.Node) -> None:
     x = rule.reshape(x, [int(np.prod(x.shape[:-2])), rows, cols])
     offset = np.arange(cols)[None, :] - np.arange(rows)[:, None]
     upper = attr_int(node, "upper", 1)
-    has_k = len(node.inputs) > 1 and node.inputs[1] is not None
+    has_k = optional_input(node, 1) is not None
     k_array = const_array(node.inputs[1]) if has_k else np.array(0)
     if k_array is not None:
         k = int(np.ravel(k_array)[0]) if np.size(k_array) else 0
