@@ -244,7 +244,7 @@ def write_tflite(model: ir.Model, ctx: PassContext, feed: Feed | None = None) ->
     description = "qcc"
     result: FlatModel | StaticReason | None = None
     if any(any(flags) for flags in dynamic.values()):
-        result = _lower_dynamic(model, ctx, sizes, dynamic)
+        result = _lower_dynamic(model, ctx, io_int8, sizes, dynamic)
     if isinstance(result, FlatModel):
         flat = result
     else:
@@ -279,7 +279,7 @@ def _refuse_empty_constant_outputs(flat: FlatModel) -> None:
             )
 
 
-def _lower_dynamic(model: ir.Model, ctx: PassContext, sizes, dynamic) -> FlatModel | StaticReason:
+def _lower_dynamic(model: ir.Model, ctx: PassContext, io_int8: bool, sizes, dynamic) -> FlatModel | StaticReason:
     """The model lowered at the ``VARIANTS`` sizes and merged (``_tflite_shapes``), or why it stays static.
 
     A node the lowering cannot write with run-time shapes (one that needs a constant the static
@@ -291,20 +291,18 @@ def _lower_dynamic(model: ir.Model, ctx: PassContext, sizes, dynamic) -> FlatMod
     mark_signatures(clones)
     for clone in clones:
         explicit_padding(clone.model)
-    io_int8 = ctx.options.io == IoType.INT8
-    try:
-        flats = [Lowering(io_int8=io_int8).lower(c.model.graph) for c in clones[:REQUIRED_VARIANTS]]
-    except BackendError as exc:
-        return StaticReason(f"with run-time shapes, {exc.problem}")
-    checked = clones[:REQUIRED_VARIANTS]
-    for clone in clones[REQUIRED_VARIANTS:]:
+    flats, checked = [], []
+    for position, clone in enumerate(clones):
         try:
             flats.append(Lowering(io_int8=io_int8).lower(clone.model.graph))
-            checked.append(clone)
         except BackendError as exc:
+            if position < REQUIRED_VARIANTS:
+                return StaticReason(f"with run-time shapes, {exc.problem}")
             # The model does not take these sizes (a stride chain that needs divisible sizes, a
             # height that must equal the width): the artifact is checked at the others.
             logger.debug("not checking the dynamic artifact at %s: %s", clone.inputs, exc.problem)
+            continue
+        checked.append(clone)
     return merge(flats, checked, {node.name: node for node in clones[0].model.graph})
 
 
