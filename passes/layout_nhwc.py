@@ -39,27 +39,25 @@ TO_NHWC = (0, 2, 3, 1)
 TO_NCHW = (0, 3, 1, 2)
 # The meta["qcc.layout"] value of a layout op, by rank.
 LAYOUT_NAMES = {3: "NLC", 4: "NHWC"}
-LAYOUT_OPS = frozenset(
-    {
-        "Conv",
-        "ConvTranspose",
-        "MaxPool",
-        "AveragePool",
-        "GlobalAveragePool",
-        "GlobalMaxPool",
-        "Resize",
-        "DepthToSpace",
-        "SpaceToDepth",
-        "LpPool",
-        "GlobalLpPool",
-        "LRN",
-        "InstanceNormalization",
-        "BatchNormalization",
-    }
-)
 # Layout ops whose TFLite rules read either layout (they follow the mark; an unmarked node, e.g.
 # in an If branch this pass does not rewrite, is lowered channels-first).
 EITHER_LAYOUT_OPS = frozenset({"LpPool", "GlobalLpPool", "LRN", "InstanceNormalization", "BatchNormalization"})
+LAYOUT_OPS = (
+    frozenset(
+        {
+            "Conv",
+            "ConvTranspose",
+            "MaxPool",
+            "AveragePool",
+            "GlobalAveragePool",
+            "GlobalMaxPool",
+            "Resize",
+            "DepthToSpace",
+            "SpaceToDepth",
+        }
+    )
+    | EITHER_LAYOUT_OPS
+)
 ELEMENTWISE = frozenset(
     {
         "Relu",
