@@ -21,6 +21,7 @@ from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_data import cast, cast_from_int32
 from qcc.backends._tflite_ops_float import wanted
 from qcc.backends._tflite_ops_mathchain import MathChain
+from qcc.backends._tflite_ops_rule import raw_int8
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.errors import BackendError
 from qcc.irutils import const_array
@@ -59,20 +60,25 @@ def bit_shift(lw: Lowering, node: ir.Node) -> None:
     """
     direction = node.attributes.get("direction")
     left = direction is not None and direction.as_string() == "LEFT"
-    x = lw.read(node.inputs[0], False)
+    x = raw_int8(lw.read(node.inputs[0], False))
     shift = const_array(node.inputs[1])
     bits = 8 * x.dtype.itemsize
     if x.dtype not in _SHIFTED:
         raise unsupported(node, f"{x.dtype} data (qcc shifts {', '.join(map(str, _SHIFTED))} on TFLite)")
     if shift is None or np.any(shift < 0) or np.any(shift >= bits):
         raise unsupported(node, f"shift amounts that are not constants in [0, {bits})")
-    y = lw.output(node)
+    y = raw_int8(lw.output(node))
     if not left:
-        amount = lw.constant(f"{node.name}_shift", np.asarray(shift).astype(x.dtype))
+        amount = raw_int8(lw.constant(f"{node.name}_shift", np.asarray(shift).astype(x.dtype)))
         lw.op("RIGHT_SHIFT", [x, amount], [y], "RightShiftOptions", source=node.name)
         return
+    # STABLEHLO_SHIFT_LEFT does not broadcast: the shift amounts take x's (static) shape.
+    if np.shape(shift) != tuple(x.shape):
+        if -1 in x.signature:
+            raise unsupported(node, "a left shift whose amounts broadcast over a dynamic dimension")
+        shift = np.broadcast_to(shift, x.shape)
     wide = np.dtype(np.int32) if x.dtype == np.dtype(np.uint8) else x.dtype
-    amount = lw.constant(f"{node.name}_shift", np.asarray(shift).astype(wide))
+    amount = raw_int8(lw.constant(f"{node.name}_shift", np.asarray(shift).astype(wide)))
     if wide == x.dtype:
         lw.op("STABLEHLO_SHIFT_LEFT", [x, amount], [y], source=node.name)
         return

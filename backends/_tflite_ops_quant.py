@@ -39,9 +39,9 @@ import onnx_ir as ir
 
 from qcc.backends import _tflite_ops_linalg, _tflite_ops_loss, _tflite_ops_nms, _tflite_ops_textvec, _tflite_ops_unpool
 from qcc.backends._tflite_lower import Lowering
-from qcc.backends._tflite_ops_rule import F32, I32, Rule, optional_input, static_rank
+from qcc.backends._tflite_ops_rule import F32, I32, Rule, optional_input, raw_int8, static_rank
 from qcc.backends._tflite_ops_window import VALID, nd_pads, unsupported, window
-from qcc.backends._tflite_writer import TENSOR_TYPES, Quant, Tensor
+from qcc.backends._tflite_writer import TENSOR_TYPES, Tensor
 from qcc.irutils import attr_int, const_array
 
 # Integer types a float island can write or read, with their saturation range.
@@ -52,17 +52,6 @@ _RANGES = {
 }
 # Integer types DequantizeLinear reads: the quantized ones and int32 (biases).
 _DEQUANTIZABLE = (*_RANGES, ir.DataType.INT32)
-
-
-def _raw(tensor: Tensor) -> Tensor:
-    """Marks an int8 tensor the island reads or writes as integers with parameters (1, 0).
-
-    LiteRT reads an int8 tensor through its parameters, and qcc requires them on every int8
-    tensor; scale 1 and zero point 0 say its value is the integer itself, which it is here.
-    """
-    if tensor.dtype == np.dtype(np.int8) and tensor.quant is None:
-        tensor.quant = Quant(np.ones(1, np.float32), np.zeros(1, np.int64), 0)
-    return tensor
 
 
 def _check_type(node: ir.Node, dtype: ir.DataType | None, allowed) -> None:
@@ -92,14 +81,14 @@ def _parameter(rule: Rule, index: int, x_shape, axis: int, block: int) -> Tensor
     if size == 1:
         if array is not None:
             return rule.const(np.float32(array.reshape(())))
-        return rule.reshape(rule.cast(_raw(rule.lw.read(value, False)), F32), [])
+        return rule.reshape(rule.cast(raw_int8(rule.lw.read(value, False)), F32), [])
     if block > 0:
         if len(shape) != rank:
             raise unsupported(rule.node, f"a blocked parameter of rank {len(shape)} for data of rank {rank}")
         repeat = np.arange(x_shape[axis]) // block
         if array is not None:
             return rule.const(np.take(array.astype(np.float32), repeat, axis=axis))
-        source = rule.cast(_raw(rule.lw.read(value, False)), F32)
+        source = rule.cast(raw_int8(rule.lw.read(value, False)), F32)
         gathered = [*shape[:axis], x_shape[axis], *shape[axis + 1 :]]
         indices = rule.const(repeat.astype(np.int32))
         return rule.op("GATHER", [source, indices], gathered, F32, "GatherOptions", axis=axis, batch_dims=0)
@@ -109,7 +98,7 @@ def _parameter(rule: Rule, index: int, x_shape, axis: int, block: int) -> Tensor
     broadcast[axis] = shape[0]
     if array is not None:
         return rule.const(array.astype(np.float32).reshape(broadcast))
-    return rule.reshape(rule.cast(_raw(rule.lw.read(value, False)), F32), broadcast)
+    return rule.reshape(rule.cast(raw_int8(rule.lw.read(value, False)), F32), broadcast)
 
 
 def _axis_and_block(node: ir.Node, rank: int) -> tuple[int, int]:
@@ -127,7 +116,7 @@ def _requantize(rule: Rule, scaled: Tensor, zero_point: Tensor | None, dtype: ir
         rounded = rule.op("ADD", [rounded, zero_point], shape, F32, "AddOptions")
     clamped = rule.op("MAXIMUM", [rounded, rule.const(np.float32(low))], shape, F32, "MaximumMinimumOptions")
     clamped = rule.op("MINIMUM", [clamped, rule.const(np.float32(high))], shape, F32, "MaximumMinimumOptions")
-    _raw(rule.output())
+    raw_int8(rule.output())
     rule.finish(clamped)
 
 
@@ -175,7 +164,7 @@ def dequantize_linear(lw: Lowering, node: ir.Node) -> None:
     """DequantizeLinear -> CAST, SUB, MUL (module docstring); int32 data is centred in int32."""
     rule = Rule(lw, node)
     _check_type(node, node.inputs[0].dtype, _DEQUANTIZABLE)
-    x = _raw(lw.read(node.inputs[0], False))
+    x = raw_int8(lw.read(node.inputs[0], False))
     axis, block = _axis_and_block(node, len(x.shape))
     scale = _parameter(rule, 1, x.shape, axis, block)
     zero_point = _parameter(rule, 2, x.shape, axis, block)
@@ -196,7 +185,7 @@ def _centered(rule: Rule, index: int, zero_index: int) -> Tensor:
     """Integer input ``index`` minus its zero point (input ``zero_index``, one value), as float32."""
     node = rule.node
     _check_type(node, node.inputs[index].dtype, _RANGES)
-    x = rule.cast(_raw(rule.lw.read(node.inputs[index], False)), F32)
+    x = rule.cast(raw_int8(rule.lw.read(node.inputs[index], False)), F32)
     zero = _parameter(rule, zero_index, x.shape, 0, 0) if optional_input(node, zero_index) is not None else None
     if zero is not None and zero.shape != ():
         raise unsupported(node, "a per-row or per-column zero point (qcc lowers one zero point per matrix)")
@@ -245,7 +234,7 @@ def _filter(rule: Rule, depthwise: bool) -> Tensor:
     if w is not None and zero is not None:
         centered = w.astype(np.float32).reshape(image) - zero.astype(np.float32).reshape(-1, 1, 1, 1)
         return rule.const(centered.transpose(perm))
-    w = rule.reshape(rule.cast(_raw(rule.lw.read(w_value, False)), F32), image)
+    w = rule.reshape(rule.cast(raw_int8(rule.lw.read(w_value, False)), F32), image)
     if zero_value is not None:
         size = int(np.prod(zero_value.shape or [1]))
         zero = _parameter(rule, 5, image, 0, 0) if size > 1 else _parameter(rule, 5, [1], 0, 0)
@@ -345,7 +334,7 @@ def bit_cast(lw: Lowering, node: ir.Node) -> None:
     for kind in (source_type, target_type):
         if kind not in TENSOR_TYPES:
             raise unsupported(node, f"a {kind} tensor: qcc's TFLite writer has no such tensor type")
-    x = _raw(lw.read(node.inputs[0], False))
+    x = raw_int8(lw.read(node.inputs[0], False))
     if source_type == np.float64:
         # The float64 bits are gone once the value is float32 inside the artifact: only a model input has them.
         x = _model_input(lw, node.inputs[0])
@@ -358,7 +347,7 @@ def bit_cast(lw: Lowering, node: ir.Node) -> None:
             )
     elif x.dtype != source_type:
         x = rule.cast(x, source_type)  # float16 data: float32 inside, exactly float16 again
-    y = _raw(lw.output(node))
+    y = raw_int8(lw.output(node))
     if y.dtype == target_type:
         lw.op("BITCAST", [x], [y], source=node.name)
         return

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from qcc.backends._tflite_lower import Lowering
 from qcc.backends._tflite_ops_window import unsupported
-from qcc.backends._tflite_writer import TENSOR_TYPES, Tensor
+from qcc.backends._tflite_writer import TENSOR_TYPES, Quant, Tensor
 from qcc.irutils import const_array
 
 F32 = np.dtype(np.float32)
@@ -176,3 +176,14 @@ def slice_row(rule: Rule, x: Tensor, i: int) -> Tensor:
     begin = rule.const([i] + [0] * (len(x.shape) - 1), np.int32)
     size = rule.const([1, *x.shape[1:]], np.int32)
     return rule.op("SLICE", [x, begin, size], [1, *x.shape[1:]], x.dtype, "SliceOptions")
+
+
+def raw_int8(tensor: Tensor) -> Tensor:
+    """Marks an int8 tensor the island reads or writes as integers with parameters (1, 0).
+
+    LiteRT reads an int8 tensor through its parameters, and qcc requires them on every int8
+    tensor; scale 1 and zero point 0 say its value is the integer itself, which it is here.
+    """
+    if tensor.dtype == np.dtype(np.int8) and tensor.quant is None:
+        tensor.quant = Quant(np.ones(1, np.float32), np.zeros(1, np.int64), 0)
+    return tensor

@@ -374,3 +374,24 @@ def test_float16_and_float64_run_in_float32_or_are_refused(dtype):
         assert got.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(got, expected)
     assert "CAST" in builtin_ops(result.artifact.data)
+
+
+@pytest.mark.parametrize("direction", ["LEFT", "RIGHT"])
+def test_signed_int8_bit_shift_with_a_broadcast_amount(direction):
+    from tests.e2e.conformance import run_onnx, run_tflite
+
+    model = onnx.parser.parse_model(
+        f"""
+        <ir_version: 10, opset_import: ["" : 28]>
+        g (int8[4] x, float[4] f) => (int8[4] y, float[4] g2) {{
+          s = Constant<value=int8[1] {{2}}>()
+          y = BitShift<direction="{direction}">(x, s)
+          g2 = Relu(f)
+        }}
+        """
+    )
+    feed = {"x": np.array([1, 2, 3, -4], np.int8), "f": np.ones(4, np.float32)}
+    result = qcc.compile(model, target="tflite", calibration=[feed])
+    want = run_onnx(model.SerializeToString(), feed)[0]
+    for resolver in ("xnnpack", "builtin"):
+        np.testing.assert_array_equal(run_tflite(result.artifact.data, feed, resolver)[0], want)
