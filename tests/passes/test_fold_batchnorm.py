@@ -80,14 +80,17 @@ def _check_folded(model, op_type):
     ("add_shape", "mul_shape", "folded"),
     [("1,6,1,1", "", True), ("6,1,1", "6,1,1", True), ("1", "1,6,1,1", True), ("1,6,8,8", "", False)],
 )
-def test_constant_channel_affine_folds_into_conv(add_shape, mul_shape, folded):
+@pytest.mark.parametrize("constant_first", [False, True])
+def test_constant_channel_affine_folds_into_conv(add_shape, mul_shape, folded, constant_first):
+    """Paddle writes the constant first (``Mul(scale, x)``): Mul and Add commute, so it folds too."""
+    add, mul = ("Add(bias, c)", "Mul(wm, a)") if constant_first else ("Add(c, bias)", "Mul(a, wm)")
     mul_decl = f", float[{mul_shape}] wm" if mul_shape else ", float[] wm"
     text = f"""
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[6,4,3,3] w, float[{add_shape}] bias{mul_decl}, float[1,4,8,8] x) => (float[1,6,8,8] y) {{
       c = Conv<pads=[1,1,1,1]>(x, w)
-      a = Add(c, bias)
-      y = Mul(a, wm)
+      a = {add}
+      y = {mul}
     }}
     """
     model = build_model(text)
@@ -95,3 +98,42 @@ def test_constant_channel_affine_folds_into_conv(add_shape, mul_shape, folded):
     assert op_types(result) == (["Conv"] if folded else ["Conv", "Add", "Mul"])
     for feed in random_feeds(model, 2):
         np.testing.assert_allclose(run(to_proto(result), feed)[0], run(model, feed)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("pads", "group", "add_shape", "folded_ops"),
+    [
+        ("0,0,0,0", 1, "1,4,1,1", ["Conv"]),  # no padding: the shift folds into the bias
+        ("1,1,1,1", 1, "1,4,1,1", ["Add", "Conv"]),  # padded border reads zeros: only the Mul folds
+        ("0,0,0,0", 2, "1", ["Conv"]),
+        ("0,0,0,0", 4, "4,1,1", ["Conv"]),  # depthwise
+    ],
+)
+def test_affine_ahead_of_a_conv_folds_into_it(pads, group, add_shape, folded_ops):
+    """An activation's learnable affine block (Paddle: HardSwish -> Mul(scale, x) -> Add) folds into the next Conv."""
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[8,{4 // group},3,3] w, float[8] b, float[1,4,1,1] wscale, float[{add_shape}] bshift, float[1,4,8,8] x)
+        => (float y) {{
+      h = HardSwish(x)
+      m = Mul(wscale, h)
+      a = Add(m, bshift)
+      y = Conv<pads=[{pads}], group={group}>(a, w, b)
+    }}
+    """
+    model = build_model(text)
+    result = float_passes(model, CanonicalizePass, FoldBatchNormPass)
+    assert op_types(result) == ["HardSwish", *folded_ops]
+    for feed in random_feeds(model, 2):
+        np.testing.assert_allclose(run(to_proto(result), feed)[0], run(model, feed)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_affine_that_broadcasts_channels_is_not_folded_into_the_conv():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[8,4,1,1] w, float[1,4,1,1] wscale, float[1,1,8,8] x) => (float y) {
+      m = Mul(x, wscale)
+      y = Conv(m, w)
+    }
+    """
+    assert op_types(float_passes(build_model(text), CanonicalizePass, FoldBatchNormPass)) == ["Mul", "Conv"]
