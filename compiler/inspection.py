@@ -1,0 +1,642 @@
+"""Read a quantized artifact and say, per node, whether it runs in integers or float.
+
+``qcc inspect`` on a model that is already quantized (qcc's own artifacts or anyone else's: ONNX
+Runtime's ``quantize_static`` output, a ModelOpt or QAT export, a LiteRT ``.tflite``) reports what
+the file itself says, without compiling anything:
+
+* **QDQ ONNX** (``QuantizeLinear``/``DequantizeLinear`` around float ops). A runtime fuses
+  DQ -> op -> Q into an integer kernel, so a compute node is int8 when its data inputs come from
+  ``DequantizeLinear`` (for Conv/MatMul/Gemm the weight too). TensorRT and ModelOpt graphs put Q/DQ
+  on layer inputs only: a weighted op's output may stay float and a Relu/Clip/residual Add right
+  after it is fused into its epilogue, so those count as int8 with the reason saying so. Data
+  movement (Reshape, Transpose, MaxPool, ...) on dequantized values is exact in int8: runtimes move
+  the Q/DQ past it. Any other op with quantized inputs is int8 only when its output is requantized.
+* **QOperator ONNX** (``QLinearConv``, ``MatMulInteger``, ...): those ops are integer kernels, and
+  data movement on their integer outputs stays integer.
+* **TFLite**: an op runs in int8 (int16) when its main inputs are int8/uint8 (int16) tensors;
+  ``QUANTIZE``/``DEQUANTIZE`` convert.
+
+Per tensor the report gives the integer tensor's dtype, scale, zero point and channel axis: in ONNX
+the tensor that holds the integers (a Q's output, a DQ's input), in TFLite every tensor that carries
+quantization parameters. Nodes inside ONNX control-flow subgraphs are not listed.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from qcc.errors import ModelLoadError
+
+SCHEMA_VERSION = 1
+TFLITE_MAGIC = b"TFL3"
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+# Integer kernels of the QOperator format: (input, scale, zero point) positions of the quantized
+# inputs, then of the quantized output (None: a float output).
+_QOPERATORS: dict[str, tuple[tuple[tuple[int, int | None, int | None], ...], tuple[int, int, int] | None]] = {
+    "QLinearConv": (((0, 1, 2), (3, 4, 5)), (0, 6, 7)),
+    "QLinearConvTranspose": (((0, 1, 2), (3, 4, 5)), (0, 6, 7)),
+    "QLinearMatMul": (((0, 1, 2), (3, 4, 5)), (0, 6, 7)),
+    "QLinearAdd": (((0, 1, 2), (3, 4, 5)), (0, 6, 7)),
+    "QLinearMul": (((0, 1, 2), (3, 4, 5)), (0, 6, 7)),
+    "QGemm": (((0, 1, 2), (3, 4, 5)), (0, 7, 8)),
+    "QLinearSigmoid": (((0, 1, 2),), (0, 3, 4)),
+    "QLinearLeakyRelu": (((0, 1, 2),), (0, 3, 4)),
+    "QLinearSoftmax": (((0, 1, 2),), (0, 3, 4)),
+    "QLinearAveragePool": (((0, 1, 2),), (0, 3, 4)),
+    "QLinearGlobalAveragePool": (((0, 1, 2),), (0, 3, 4)),
+    "QLinearReduceMean": (((0, 1, 2),), (0, 3, 4)),
+    "QLinearWhere": (((1, 2, 3), (4, 5, 6)), (0, 7, 8)),
+    "MatMulIntegerToFloat": (((0, 2, 4), (1, 3, 5)), None),
+    "DynamicQuantizeMatMul": (((1, 2, 3),), None),
+    "ConvInteger": (((0, None, 2), (1, None, 3)), None),
+    "MatMulInteger": (((0, None, 2), (1, None, 3)), None),
+}
+# Integer kernels whose inputs are not laid out as above (attention, concat): int8, no tensors read.
+_OTHER_QOPERATORS = frozenset({"QLinearConcat", "QAttention", "QEmbedLayerNormalization", "QOrderedMatMul"})
+WEIGHTED = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+# Exact on integers (they only move or select values): runtimes move the Q/DQ past them.
+MOVEMENT = frozenset(
+    {
+        "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Slice", "Identity", "Split",
+        "Gather", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
+    }
+)  # fmt: skip
+# Pointwise ops TensorRT and ONNX Runtime fuse into a weighted op's epilogue.
+EPILOGUE = frozenset({"Relu", "Clip", "LeakyRelu", "Add", "BatchNormalization"})
+# Inputs that carry data (the rest are parameters: shapes, axes, clip bounds, scales).
+_DATA_INPUTS = {
+    "Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1), "Where": (1, 2),
+    "ScatterND": (0, 2), "ScatterElements": (0, 2),
+}  # fmt: skip
+_FIRST_INPUT_ONLY = frozenset(
+    {
+        "Clip", "Reshape", "Expand", "Tile", "Slice", "Pad", "Resize", "Upsample", "Gather", "GatherElements",
+        "GatherND", "Split", "Squeeze", "Unsqueeze", "TopK", "BatchNormalization", "InstanceNormalization",
+        "LayerNormalization", "GroupNormalization", "CumSum", "Dropout",
+    }
+)  # fmt: skip
+_INT64_OUTPUT = frozenset({"Shape", "Size", "ArgMax", "ArgMin", "NonZero"})
+_TFLITE_WEIGHTED = {"CONV_2D": (0, 1), "DEPTHWISE_CONV_2D": (0, 1), "FULLY_CONNECTED": (0, 1), "TRANSPOSE_CONV": (2, 1)}
+
+
+def is_quantized_artifact(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a quantized artifact: any ``.tflite`` flatbuffer, or an ONNX model
+    holding Q/DQ, QOperator or integer ops.
+
+    The ONNX file is parsed without its external data. An unreadable file is not an artifact:
+    returns False, so that the caller's own loading reports the problem.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except OSError:
+        return False
+    if head[4:8] == TFLITE_MAGIC:
+        return True
+    try:
+        model = _load_onnx(Path(path))
+    except ModelLoadError:
+        return False
+    return _onnx_kind(model) != "float-onnx"
+
+
+def inspect_artifact(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a QDQ/QOperator ONNX model or a ``.tflite`` file and describes its quantization.
+
+    Returns:
+        A JSON-able dict: ``schema_version``, ``kind`` (``qdq-onnx``, ``qoperator-onnx``,
+        ``tflite``; ``float-onnx`` for an ONNX model with no quantization at all), ``path``,
+        ``nodes`` (``name``, ``op``, ``precision``: ``int8``, ``int16``, ``fp8``, ``weight-only``,
+        ``float``, ``conversion`` or ``shape``, and ``why``), ``tensors`` (integer tensor name ->
+        ``dtype``, ``scale``, ``zero_point``, ``axis``, and in ONNX ``float``: the float tensor
+        it stands for) and ``totals`` (count per precision, ``nodes``, ``by_op``).
+
+    Raises:
+        ModelLoadError: the file is missing or is neither an ONNX model nor a TFLite flatbuffer.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model file {path} does not exist.", "check the path.")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder, not a model file.", "pass the .onnx or .tflite file itself.")
+    try:
+        with path.open("rb") as file:
+            head = file.read(8)
+    except OSError as error:
+        raise ModelLoadError(f"cannot read {path}: {error.strerror}.", "check the file's permissions.") from None
+    if not head:
+        raise ModelLoadError(f"{str(path)!r} is empty.", "pass a complete .onnx or .tflite file.")
+    if head[4:8] == TFLITE_MAGIC:
+        kind, nodes, tensors = "tflite", *_inspect_tflite(path)
+    else:
+        model = _load_onnx(path)
+        kind = _onnx_kind(model)
+        nodes, tensors = _OnnxInspector(model, path.parent).run()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "path": str(path),
+        "nodes": nodes,
+        "tensors": tensors,
+        "totals": _totals(nodes),
+    }
+
+
+def render_inspection(info: dict[str, Any], console: Any, limit: int = 20) -> None:
+    """Prints ``inspect_artifact``'s result to a rich ``console``: totals, a per-op table, the
+    float nodes with their reasons and the scales of the first ``limit`` tensors."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    totals = info["totals"]
+    counts = ", ".join(f"{n} {p}" for p, n in totals.items() if isinstance(n, int) and p != "nodes" and n)
+    console.print(f"[bold]{escape(info['path'])}[/]  {info['kind']}, {totals['nodes']} nodes: {counts or 'none'}")
+    precisions = [p for p in _PRECISIONS if any(p in c for c in totals["by_op"].values())]
+    table = Table(title="nodes per op and precision")
+    table.add_column("op")
+    for precision in precisions:
+        table.add_column(precision, justify="right")
+    for op, by_precision in sorted(totals["by_op"].items(), key=lambda item: -sum(item[1].values())):
+        table.add_row(op, *(str(by_precision.get(p, "")) for p in precisions))
+    console.print(table)
+    floats = [n for n in info["nodes"] if n["precision"] in ("float", "weight-only")]
+    if floats:
+        console.print(f"[bold]float nodes[/] ({len(floats)}):")
+        for node in floats[:limit]:
+            console.print(f"  {escape(node['name'])} ({node['op']}): {escape(node['why'])}", highlight=False)
+        if len(floats) > limit:
+            console.print(f"  ... and {len(floats) - limit} more (--json lists every node)")
+    else:
+        console.print("no float nodes")
+    if info["tensors"]:
+        table = Table(title=f"quantized tensors (first {min(limit, len(info['tensors']))} of {len(info['tensors'])})")
+        for column in ("tensor", "dtype", "scale", "zero point", "axis"):
+            table.add_column(column, overflow="fold")
+        for name, tensor in list(info["tensors"].items())[:limit]:
+            axis = "" if tensor["axis"] is None else str(tensor["axis"])
+            scale = "run time" if tensor.get("dynamic") else _short(tensor["scale"])
+            table.add_row(escape(name), tensor["dtype"], scale, _short(tensor["zero_point"]), axis)
+        console.print(table)
+
+
+_PRECISIONS = ("int8", "int16", "int4", "fp8", "weight-only", "float", "conversion", "shape")
+
+
+def _totals(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    counts = collections.Counter(n["precision"] for n in nodes)
+    by_op: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for node in nodes:
+        by_op[node["op"]][node["precision"]] += 1
+    totals: dict[str, Any] = {"nodes": len(nodes)}
+    totals.update({p: counts[p] for p in _PRECISIONS if p in ("int8", "float", "conversion") or counts[p]})
+    totals.update({p: n for p, n in counts.items() if p not in totals})
+    totals["by_op"] = {op: dict(c) for op, c in sorted(by_op.items())}
+    return totals
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        if len(set(value)) == 1:
+            return f"{_short(value[0])} (x{len(value)})"
+        return f"{len(value)} values, {_short(min(value))}..{_short(max(value))}"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _plain(array: Any) -> float | int | list | None:
+    """A scale or zero point as JSON: a number when it is a scalar, else a flat list."""
+    import numpy as np
+
+    if array is None:
+        return None
+    array = np.asarray(array)
+    if array.dtype.kind not in "iuf":  # int4 and float8 types from ml_dtypes
+        array = array.astype(np.int32 if "int" in array.dtype.name else np.float32)
+    values = array.reshape(-1).tolist()
+    return values[0] if array.ndim == 0 else values
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+def _load_onnx(path: Path) -> Any:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError as error:
+        raise ModelLoadError(f"{str(path)!r} does not exist.", "check the path.") from error
+    except (DecodeError, ValueError, OSError, RuntimeError) as error:
+        raise ModelLoadError(
+            f"{str(path)!r} is neither an ONNX model nor a TFLite flatbuffer ({type(error).__name__}).",
+            "pass an .onnx model or a .tflite file; if it was copied or downloaded, check that it is complete.",
+        ) from error
+    if not model.graph.node:
+        raise ModelLoadError(
+            f"{str(path)!r} has no graph nodes: it is not an ONNX model (or an empty one).",
+            "pass an .onnx model or a .tflite file.",
+        )
+    return model
+
+
+def _onnx_kind(model: Any) -> str:
+    ops = {node.op_type for node in model.graph.node}
+    if ops & (set(_QOPERATORS) | _OTHER_QOPERATORS) or "MatMulNBits" in ops:
+        return "qoperator-onnx"
+    return "qdq-onnx" if ops & QDQ_OPS else "float-onnx"
+
+
+def _dtype_name(elem_type: int | None) -> str:
+    import onnx
+
+    return onnx.TensorProto.DataType.Name(elem_type).lower() if elem_type else "unknown"
+
+
+def _bits(elem_type: int | None) -> str | None:
+    """The precision an integer (or fp8) tensor of this ONNX type computes in; None for others."""
+    import onnx
+
+    names = {
+        onnx.TensorProto.INT8: "int8",
+        onnx.TensorProto.UINT8: "int8",
+        onnx.TensorProto.INT16: "int16",
+        onnx.TensorProto.UINT16: "int16",
+        onnx.TensorProto.FLOAT8E4M3FN: "fp8",
+        onnx.TensorProto.FLOAT8E5M2: "fp8",
+    }
+    for name in ("INT4", "UINT4"):
+        if hasattr(onnx.TensorProto, name):
+            names[getattr(onnx.TensorProto, name)] = "int4"
+    return names.get(elem_type)
+
+
+_FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+class _OnnxInspector:
+    """One walk over an ONNX graph in topological order (see module docstring for the rules)."""
+
+    def __init__(self, model: Any, base_dir: Path) -> None:
+        self.graph = model.graph
+        self.base_dir = base_dir
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.constants = {
+            node.output[0]: node.attribute[0].t
+            for node in self.graph.node
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"
+        }
+        self.types: dict[str, int] = {}
+        for value in (*self.graph.input, *self.graph.output, *self.graph.value_info):
+            if value.type.tensor_type.elem_type:
+                self.types[value.name] = value.type.tensor_type.elem_type
+        for name, tensor in (*self.initializers.items(), *self.constants.items()):
+            self.types[name] = tensor.data_type
+        self.consumers: dict[str, list[Any]] = collections.defaultdict(list)
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumers[name].append(node)
+        # Float tensors that stand for integers: name -> precision (DQ outputs, moved int8 data).
+        self.dequantized: dict[str, str] = {}
+        self.stored: dict[str, str] = {}  # a DQ output -> the integer tensor it dequantizes
+        # Float outputs of int8 weighted ops (and of epilogues fused into them) -> the weighted op.
+        self.int8_accumulator: dict[str, str] = {}
+        self.integer_outputs: set[str] = set()  # outputs of integer kernels (int32 accumulators)
+        self.tensors: dict[str, dict[str, Any]] = {}
+
+    def run(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        nodes = []
+        for index, node in enumerate(self.graph.node):
+            precision, why = self._classify(node)
+            self._propagate_types(node, precision)
+            nodes.append({"name": node.name or f"{node.op_type}_{index}", "op": node.op_type, "precision": precision,
+                          "why": why})  # fmt: skip
+        return nodes, self.tensors
+
+    # -- values
+
+    def _array(self, name: str) -> Any:
+        """A constant's value (None for an activation or a missing optional input)."""
+        import onnx
+        from onnx import numpy_helper
+
+        tensor = self.initializers.get(name) or self.constants.get(name)
+        if tensor is None:
+            return None
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            tensor = onnx.TensorProto.FromString(tensor.SerializeToString())
+            try:
+                onnx.external_data_helper.load_external_data_for_tensor(tensor, str(self.base_dir))
+            except (OSError, onnx.checker.ValidationError) as error:
+                raise ModelLoadError(
+                    f"the external data of tensor {name!r} cannot be read ({error}).",
+                    "keep the model's .data file next to it, under the name the model records.",
+                ) from error
+        return numpy_helper.to_array(tensor)
+
+    def _record(self, name: str, of: str | None, scale: str | None, zero_point: str | None, axis: int | None,
+                elem_type: int | None) -> None:  # fmt: skip
+        """Adds an integer tensor's parameters; ``scale``/``zero_point`` name constants or activations."""
+        import numpy as np
+
+        if scale is None and name in self.tensors:
+            return  # ConvInteger/MatMulInteger carry zero points only: keep what a Q/DQ said
+        scale_array = self._array(scale) if scale else None
+        zp_array = self._array(zero_point) if zero_point else None
+        entry = {
+            "dtype": _dtype_name(elem_type),
+            "scale": _plain(scale_array),
+            "zero_point": _plain(zp_array) if zp_array is not None else (0 if scale_array is not None else None),
+            "axis": axis if scale_array is not None and np.asarray(scale_array).size > 1 else None,
+            "float": of,
+        }
+        if scale and scale_array is None:
+            entry["dynamic"] = True  # the scale is computed at run time (DynamicQuantizeLinear)
+        self.tensors[name] = entry
+
+    def _elem_type_of_q(self, node: Any) -> int:
+        import onnx
+
+        for attr in node.attribute:
+            if attr.name == "output_dtype" and attr.i:
+                return attr.i
+        if len(node.input) > 2 and node.input[2]:
+            return self.types.get(node.input[2], onnx.TensorProto.UINT8)
+        return onnx.TensorProto.UINT8
+
+    def _data_inputs(self, node: Any) -> list[str]:
+        if node.op_type in _DATA_INPUTS:
+            positions = _DATA_INPUTS[node.op_type]
+        elif node.op_type in _FIRST_INPUT_ONLY or node.op_type.startswith("Reduce"):
+            positions = (0,)
+        else:
+            positions = tuple(range(len(node.input)))
+        return [node.input[i] for i in positions if i < len(node.input) and node.input[i]]
+
+    # -- classification
+
+    def _classify(self, node: Any) -> tuple[str, str]:
+        op = node.op_type
+        if op in QDQ_OPS:
+            return "conversion", self._conversion(node)
+        if op in _QOPERATORS or op in _OTHER_QOPERATORS:
+            return self._qoperator(node)
+        if op == "MatMulNBits":
+            return "weight-only", "int4 weight blocks dequantized in the kernel; the input is float"
+        if op == "Constant":
+            return "shape", "a constant"
+        if op == "Cast" and node.input[0] in self.integer_outputs:
+            return "conversion", f"integer accumulator {node.input[0]!r} to float"
+        quantized, floats = [], []
+        for name in self._data_inputs(node):
+            elem_type = self.types.get(name)
+            if name in self.dequantized:
+                quantized.append((name, self.dequantized[name]))
+            elif elem_type is not None and _bits(elem_type):
+                quantized.append((name, _bits(elem_type)))  # QOperator integer data, moved as is
+            elif elem_type is None or elem_type in _FLOAT_TYPES:
+                floats.append(name)
+            # Other integer inputs are indices or shapes.
+        if not quantized and not floats:
+            return "shape", "integer (shape) arithmetic only"
+        epilogue = self._epilogue(node, floats, quantized)
+        if epilogue:
+            return "int8", epilogue
+        if op in WEIGHTED:
+            return self._weighted(node, quantized, floats)
+        if floats:
+            return "float", self._float_why(floats[0])
+        precision = quantized[0][1]
+        if op in MOVEMENT:
+            for out in node.output:
+                self.dequantized[out] = precision
+            return precision, "moves integer data: the runtime keeps the values quantized through it"
+        requantized = [q.name or q.output[0] for out in node.output for q in self.consumers[out]
+                       if q.op_type == "QuantizeLinear"]  # fmt: skip
+        if requantized:
+            return precision, f"{precision} inputs, output requantized by {requantized[0]!r}"
+        return "float", f"inputs are dequantized but output {node.output[0]!r} is not requantized: it runs float"
+
+    def _float_why(self, name: str) -> str:
+        if name in self.initializers or name in self.constants:
+            return f"input {name!r} is a float constant"
+        return f"input {name!r} is float"
+
+    def _conversion(self, node: Any) -> str:
+        if node.op_type == "DynamicQuantizeLinear":
+            self._record(node.output[0], node.input[0], node.output[1], node.output[2], None,
+                         self.types.get(node.output[2], 2))  # fmt: skip
+            return f"quantizes {node.input[0]!r} at run time"
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        scale = node.input[1] if len(node.input) > 1 else None
+        zero_point = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if node.op_type == "QuantizeLinear":
+            elem_type = self._elem_type_of_q(node)
+            self._record(node.output[0], node.input[0], scale, zero_point, axis, elem_type)
+            return f"quantizes {node.input[0]!r} to {_dtype_name(elem_type)}"
+        elem_type = self.types.get(node.input[0])
+        if elem_type is None and zero_point:
+            elem_type = self.types.get(zero_point)
+        # The float tensor it stands for: the quantizing Q's input, if there is one.
+        of = self.tensors.get(node.input[0], {}).get("float") or node.output[0]
+        self._record(node.input[0], of, scale, zero_point, axis, elem_type)
+        bits = _bits(elem_type)
+        if bits:
+            self.dequantized[node.output[0]] = bits
+            self.stored[node.output[0]] = node.input[0]
+        return f"dequantizes {node.input[0]!r} ({_dtype_name(elem_type)})"
+
+    def _qoperator(self, node: Any) -> tuple[str, str]:
+        inputs, output = _QOPERATORS.get(node.op_type, ((), None))
+        bits = []
+        for position, (tensor, scale, zero_point) in enumerate(inputs):
+            if tensor >= len(node.input) or not node.input[tensor]:
+                continue
+            name = node.input[tensor]
+            elem_type = self.types.get(name)
+            if elem_type is None and zero_point is not None and zero_point < len(node.input):
+                elem_type = self.types.get(node.input[zero_point])
+            bits.append(_bits(elem_type))
+            scale_name = node.input[scale] if scale is not None and scale < len(node.input) else None
+            zp_name = node.input[zero_point] if zero_point is not None and zero_point < len(node.input) else None
+            weight = position == 1 or node.op_type == "DynamicQuantizeMatMul"
+            self._record(name, None, scale_name, zp_name, self._weight_axis(node, name) if weight else None, elem_type)
+        if output is not None and output[1] < len(node.input) and node.input[output[1]]:
+            _, scale, zero_point = output
+            zp_name = node.input[zero_point] if zero_point < len(node.input) and node.input[zero_point] else None
+            elem_type = self.types.get(zp_name) if zp_name else 2
+            self.types[node.output[0]] = elem_type
+            self._record(node.output[0], None, node.input[scale], zp_name, None, elem_type)
+        elif node.op_type in ("ConvInteger", "MatMulInteger"):
+            self.integer_outputs.add(node.output[0])
+        precision = next((b for b in bits if b), "int8")
+        if node.op_type == "DynamicQuantizeMatMul":
+            return precision, f"{precision} weight {node.input[1]!r}; input {node.input[0]!r} quantized at run time"
+        return precision, "integer kernel (QOperator)"
+
+    def _weight_axis(self, node: Any, weight: str) -> int:
+        """The output-channel axis of a QOperator kernel's weight (where per-channel scales run)."""
+        if node.op_type in ("QLinearConv", "ConvInteger"):
+            return 0
+        if node.op_type == "QLinearConvTranspose":
+            return 1
+        if node.op_type == "QGemm":
+            return 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+        tensor = self.initializers.get(weight)
+        return len(tensor.dims) - 1 if tensor is not None else -1  # MatMul: the weight's last axis
+
+    def _weighted(self, node: Any, quantized: list[tuple[str, str]], floats: list[str]) -> tuple[str, str]:
+        x, weight = node.input[0], node.input[1]
+        names = dict(quantized)
+        if x in floats and weight in names:
+            stored = self.stored.get(weight, weight)
+            return "weight-only", f"{names[weight]} weight {stored!r} dequantized in the kernel; input {x!r} is float"
+        if floats:
+            role = "weight" if floats[0] == weight else "input"
+            return "float", f"{role} {floats[0]!r} is float"
+        precision = names[x]
+        out = node.output[0]
+        readers = self.consumers[out]
+        if any(r.op_type == "QuantizeLinear" for r in readers):
+            return precision, f"{precision} inputs, output requantized"
+        self.int8_accumulator[out] = node.name or out
+        if len(readers) == 1 and readers[0].op_type in EPILOGUE and out not in self._graph_outputs():
+            return precision, f"{precision} inputs; {readers[0].op_type} {readers[0].name!r} fused into its epilogue"
+        why = f"{precision} inputs, float output"
+        if node.op_type in ("Conv", "ConvTranspose"):
+            why += " (TensorRT runs it int8; ONNX Runtime's CPU EP fuses a Conv only with a QuantizeLinear after it)"
+        return precision, why
+
+    def _epilogue(self, node: Any, floats: list[str], quantized: list[tuple[str, str]]) -> str | None:
+        """The reason a pointwise op is fused into the int8 weighted op before it, or None."""
+        if node.op_type not in EPILOGUE:
+            return None
+        main = [name for name in floats if name in self.int8_accumulator]
+        if len(main) != 1 or len(floats) != 1:
+            return None  # the other inputs must be quantized (a residual's skip input) or parameters
+        if node.op_type == "Add" and not quantized:
+            return None
+        root = self.int8_accumulator[main[0]]
+        out = node.output[0]
+        readers = self.consumers[out]
+        if len(readers) == 1 and readers[0].op_type in EPILOGUE and out not in self._graph_outputs():
+            self.int8_accumulator[out] = root
+        return f"fused into {root!r} (the epilogue of its int8 kernel)"
+
+    def _graph_outputs(self) -> set[str]:
+        return {value.name for value in self.graph.output}
+
+    def _propagate_types(self, node: Any, precision: str) -> None:
+        """Records the output types the rules need where the model's value_info does not say."""
+        import onnx
+
+        outputs = [o for o in node.output if o]
+        if node.op_type == "QuantizeLinear":
+            self.types[outputs[0]] = self._elem_type_of_q(node)
+        elif node.op_type == "DequantizeLinear":
+            self.types[outputs[0]] = self.types.get(node.input[1], onnx.TensorProto.FLOAT)
+        elif node.op_type == "DynamicQuantizeLinear":
+            self.types.update(
+                zip(outputs, (onnx.TensorProto.UINT8, onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8), strict=False)
+            )
+        elif node.op_type in ("ConvInteger", "MatMulInteger"):
+            self.types[outputs[0]] = onnx.TensorProto.INT32
+        elif node.op_type in _INT64_OUTPUT:
+            self.types.update(dict.fromkeys(outputs, onnx.TensorProto.INT64))
+        elif node.op_type == "Cast":
+            self.types[outputs[0]] = next(a.i for a in node.attribute if a.name == "to")
+        for out in outputs:
+            if out in self.types:
+                continue
+            if node.op_type in MOVEMENT and node.input and node.input[0] in self.types:
+                self.types[out] = self.types[node.input[0]]
+            else:
+                self.types[out] = onnx.TensorProto.INT64 if precision == "shape" else onnx.TensorProto.FLOAT
+
+
+# -------------------------------------------------------------------------------------------- TFLite
+
+
+def _inspect_tflite(path: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    import tflite
+    from tflite.Model import Model
+
+    op_names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    type_names = {v: k.lower() for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
+    data = path.read_bytes()
+    try:
+        model = Model.GetRootAs(data, 0)
+        subgraphs = [model.Subgraphs(i) for i in range(model.SubgraphsLength())]
+        if not subgraphs:
+            raise ValueError("no subgraphs")
+        codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+        nodes: list[dict[str, Any]] = []
+        tensors: dict[str, dict[str, Any]] = {}
+        for index, graph in enumerate(subgraphs):
+            prefix = "" if index == 0 else f"subgraph{index}/"
+            details = []
+            for t in range(graph.TensorsLength()):
+                tensor = graph.Tensors(t)
+                name = prefix + (tensor.Name() or b"").decode(errors="replace")
+                details.append((name, type_names.get(tensor.Type(), "unknown")))
+                quantization = tensor.Quantization()
+                if quantization is not None and quantization.ScaleLength() > 0:
+                    scale, zero_point = quantization.ScaleAsNumpy(), quantization.ZeroPointAsNumpy()
+                    per_channel = quantization.ScaleLength() > 1
+                    tensors[name] = {
+                        "dtype": details[-1][1],
+                        "scale": _plain(scale if per_channel else scale[0]),
+                        "zero_point": _plain(zero_point if per_channel else zero_point[0])
+                        if quantization.ZeroPointLength()
+                        else 0,
+                        "axis": quantization.QuantizedDimension() if per_channel else None,
+                    }
+            for i in range(graph.OperatorsLength()):
+                operator = graph.Operators(i)
+                code = codes[operator.OpcodeIndex()]
+                builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+                op = op_names.get(builtin, str(builtin))
+                if op == "CUSTOM":
+                    op = (code.CustomCode() or b"CUSTOM").decode(errors="replace")
+                inputs = [details[t] if t >= 0 else None for t in operator.InputsAsNumpy()]
+                outputs = [details[t] for t in operator.OutputsAsNumpy() if t >= 0]
+                name = outputs[0][0] if outputs else f"{prefix}{op}_{i}"
+                precision, why = _tflite_precision(op, inputs, outputs)
+                nodes.append({"name": name, "op": op, "precision": precision, "why": why})
+    except (IndexError, ValueError, TypeError, AttributeError, struct.error) as error:
+        # The tflite package reads offsets without checking them: a truncated file fails here.
+        raise ModelLoadError(
+            f"{str(path)!r} starts like a TFLite flatbuffer but cannot be read ({type(error).__name__}: {error}).",
+            "check that the file is complete (re-export or copy it again).",
+        ) from error
+    return nodes, tensors
+
+
+_TFLITE_INTEGER = {"int8": "int8", "uint8": "int8", "int16": "int16"}
+_TFLITE_DATA = frozenset({"float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16"})
+
+
+def _tflite_precision(op: str, inputs: list[tuple[str, str] | None], outputs: list[tuple[str, str]]) -> tuple[str, str]:
+    """int8 (int16) when the op's main inputs are int8/uint8 (int16) tensors; see module docstring."""
+    if op in ("QUANTIZE", "DEQUANTIZE"):
+        source, target = inputs[0], outputs[0]
+        return "conversion", f"{source[0]!r} ({source[1]}) to {target[1]}"
+    if op in _TFLITE_WEIGHTED:
+        main = [inputs[i] for i in _TFLITE_WEIGHTED[op] if i < len(inputs) and inputs[i] is not None]
+    else:
+        main = [t for t in inputs if t is not None and t[1] in _TFLITE_DATA]
+    if not main:
+        return "shape", "integer (shape) arithmetic only"
+    floats = [t for t in main if t[1] not in _TFLITE_INTEGER]
+    if not floats:
+        precision = _TFLITE_INTEGER[main[0][1]]
+        return precision, f"{main[0][1]} inputs"
+    if op in _TFLITE_WEIGHTED and len(main) == 2 and main[1][1] in _TFLITE_INTEGER and floats == [main[0]]:
+        return "int8", f"hybrid: float input {main[0][0]!r} quantized at run time, {main[1][1]} weight {main[1][0]!r}"
+    return "float", f"input {floats[0][0]!r} is {floats[0][1]}"
