@@ -309,6 +309,10 @@ class _OnnxInspector:
         self.int8_accumulator: dict[str, str] = {}
         self.integer_outputs: set[str] = set()  # outputs of integer kernels (int32 accumulators)
         self.tensors: dict[str, dict[str, Any]] = {}
+        from qcc.backends.tensorrt import TRT_SPEC
+
+        # Ops TensorRT runs int8 from dequantized inputs even when their output is not requantized.
+        self.trt_int8_ops = TRT_SPEC.int8_ops
 
     def run(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         nodes = []
@@ -391,8 +395,10 @@ class _OnnxInspector:
             return "weight-only", "int4 weight blocks dequantized in the kernel; the input is float"
         if op == "Constant":
             return "shape", "a constant"
-        if op == "Cast" and node.input[0] in self.integer_outputs:
-            return "conversion", f"integer accumulator {node.input[0]!r} to float"
+        if op in ("Shape", "Size"):
+            return "shape", "reads only the tensor's shape"
+        if op == "Cast":
+            return self._cast(node)
         quantized, floats = [], []
         for name in self._data_inputs(node):
             elem_type = self.types.get(name)
@@ -421,7 +427,29 @@ class _OnnxInspector:
                        if q.op_type == "QuantizeLinear"]  # fmt: skip
         if requantized:
             return precision, f"{precision} inputs, output requantized by {requantized[0]!r}"
-        return "float", f"inputs are dequantized but output {node.output[0]!r} is not requantized: it runs float"
+        if op in self.trt_int8_ops:
+            return precision, (
+                f"{precision} inputs, float output (TensorRT runs it int8; ONNX Runtime fuses only "
+                "DequantizeLinear -> op -> QuantizeLinear)"
+            )
+        return "float", (
+            f"no QuantizeLinear on its output {node.output[0]!r}: it runs float on dequantized inputs "
+            "(ONNX Runtime fuses only DequantizeLinear -> op -> QuantizeLinear)"
+        )
+
+    def _cast(self, node: Any) -> tuple[str, str]:
+        source = self.types.get(node.input[0])
+        target = next(a.i for a in node.attribute if a.name == "to")
+        if node.input[0] in self.integer_outputs:
+            return "conversion", f"integer accumulator {node.input[0]!r} to float"
+        what = f"casts {node.input[0]!r} ({_dtype_name(source)}) to {_dtype_name(target)}"
+        if _bits(source) or _bits(target):
+            return "conversion", what
+        if target in _FLOAT_TYPES:
+            return "float", what
+        if source is None or source in _FLOAT_TYPES:
+            return "float", f"input {node.input[0]!r} is float"
+        return "shape", "integer (shape) arithmetic only"
 
     def _float_why(self, name: str) -> str:
         if name in self.initializers or name in self.constants:
@@ -624,6 +652,8 @@ _TFLITE_DATA = frozenset({"float32", "float16", "float64", "bfloat16", "int8", "
 
 def _tflite_precision(op: str, inputs: list[tuple[str, str] | None], outputs: list[tuple[str, str]]) -> tuple[str, str]:
     """int8 (int16) when the op's main inputs are int8/uint8 (int16) tensors; see module docstring."""
+    if op in ("SHAPE", "RANK"):
+        return "shape", "reads only the tensor's shape"
     if op in ("QUANTIZE", "DEQUANTIZE"):
         source, target = inputs[0], outputs[0]
         return "conversion", f"{source[0]!r} ({source[1]}) to {target[1]}"

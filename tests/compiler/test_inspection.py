@@ -202,7 +202,7 @@ def test_onnxruntime_quantize_static_output(quant_format, float_model, float_pat
 def _modelopt_style() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """What ModelOpt exports for TensorRT: symmetric int8 Q/DQ pairs on activations, DQ on int8
     weight initializers (per channel, axis 0), Q/DQ only on layer inputs, a residual Add whose skip
-    input is quantized, float Softmax at the end."""
+    input is quantized, a pooling layer with a float output, float Softmax at the end."""
     rng = np.random.default_rng(3)
     consts: dict[str, np.ndarray] = {}
 
@@ -237,7 +237,8 @@ def _modelopt_style() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         helper.make_node("Conv", ["r1_dq", "w2_dq"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
         helper.make_node("Add", ["c2", "x_dq"], ["s"], name="residual"),
         helper.make_node("Relu", ["s"], ["r2"], name="relu2"),
-        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+        *q_dq("r2", 0.02),
+        helper.make_node("GlobalAveragePool", ["r2_dq"], ["p"], name="pool"),
         helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
         *q_dq("f", 0.01),
         weight("wg", (10, 16)),
@@ -272,7 +273,7 @@ def test_modelopt_style_qdq_graph(tmp_path):
         "conv2": "int8",
         "residual": "int8",
         "relu2": "int8",
-        "pool": "float",
+        "pool": "int8",
         "flatten": "float",
         "fc": "int8",
         "softmax": "float",
@@ -280,14 +281,15 @@ def test_modelopt_style_qdq_graph(tmp_path):
     nodes = _by_name(info)
     assert nodes["residual"]["why"] == "fused into 'conv2' (the epilogue of its int8 kernel)"
     assert nodes["relu2"]["why"] == nodes["residual"]["why"]
-    assert nodes["pool"]["why"] == "input 'r2' is float" and nodes["softmax"]["why"] == "input 'logits' is float"
-    assert info["totals"]["int8"] == 6 and info["totals"]["conversion"] == 9 and info["totals"]["float"] == 3
+    assert nodes["pool"]["why"].startswith("int8 inputs, float output (TensorRT runs it int8")
+    assert nodes["flatten"]["why"] == "input 'p' is float" and nodes["softmax"]["why"] == "input 'logits' is float"
+    assert info["totals"]["int8"] == 7 and info["totals"]["conversion"] == 11 and info["totals"]["float"] == 2
     for name in ("w1", "w2", "wg"):
         tensor = info["tensors"][f"{name}_int8"]
         assert tensor["dtype"] == "int8" and tensor["axis"] == 0 and tensor["float"] == f"{name}_dq"
         np.testing.assert_array_equal(np.float32(tensor["scale"]), consts[f"{name}_scale"])
         assert tensor["zero_point"] == [0] * len(consts[f"{name}_scale"])
-    for name in ("x", "r1", "f"):
+    for name in ("x", "r1", "r2", "f"):
         assert info["tensors"][f"{name}_q"] == {
             "dtype": "int8",
             "scale": float(consts[f"{name}_scale"]),
@@ -342,7 +344,7 @@ def test_render_prints_totals_ops_float_nodes_and_scales(tmp_path):
     console = Console(record=True, width=140)
     render_inspection(inspect_artifact(tmp_path / "m.onnx"), console, limit=3)
     text = console.export_text()
-    assert "qdq-onnx, 18 nodes: 6 int8, 3 float, 9 conversion" in text
+    assert "qdq-onnx, 20 nodes: 7 int8, 2 float, 11 conversion" in text
     assert "GlobalAveragePool" in text and "Softmax" in text
     assert "softmax (Softmax): input 'logits' is float" in text
-    assert "quantized tensors (first 3 of 6)" in text and "x_q" in text
+    assert "quantized tensors (first 3 of 7)" in text and "x_q" in text
