@@ -166,21 +166,29 @@ class _Reader:
         return next(self.feeds, None)
 
 
-@pytest.mark.parametrize("quant_format", ["QDQ", "QOperator"])
-def test_onnxruntime_quantize_static_output(quant_format, float_model, float_path, tmp_path):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+@pytest.mark.parametrize(("quant_format", "activations"), [("QDQ", "int8"), ("QOperator", "int8"), ("QDQ", "int16")])
+def test_onnxruntime_quantize_static_output(quant_format, activations, float_model, float_path, tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     reader = type("Reader", (_Reader, CalibrationDataReader), {})(float_model)
     path = str(tmp_path / f"{quant_format}.onnx")
-    quantize_static(float_path, path, reader, quant_format=getattr(QuantFormat, quant_format), per_channel=True)
+    activation_type = QuantType.QInt16 if activations == "int16" else QuantType.QInt8
+    quantize_static(
+        float_path,
+        path,
+        reader,
+        quant_format=getattr(QuantFormat, quant_format),
+        per_channel=True,
+        activation_type=activation_type,
+    )
     model = onnx.load(path)
     assert is_quantized_artifact(path)
     info = inspect_artifact(path)
     ops = {n.name: n.op_type for n in model.graph.node}
     precision = {n["name"]: n["precision"] for n in info["nodes"]}
     compute = [name for name, op in ops.items() if op not in QDQ]
-    assert all(precision[name] == "int8" for name in compute) and len(compute) == 3
-    assert info["totals"]["int8"] == 3 and info["totals"]["float"] == 0
+    assert all(precision[name] == activations for name in compute) and len(compute) == 3
+    assert info["totals"][activations] == 3 and info["totals"]["float"] == 0
     if quant_format == "QDQ":
         assert info["kind"] == "qdq-onnx"
         _assert_params_match_qdq_nodes(info, model)
