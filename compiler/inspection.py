@@ -18,7 +18,8 @@ the file itself says, without compiling anything:
 
 Per tensor the report gives the integer tensor's dtype, scale, zero point and channel axis: in ONNX
 the tensor that holds the integers (a Q's output, a DQ's input), in TFLite every tensor that carries
-quantization parameters. Nodes inside ONNX control-flow subgraphs are not listed.
+quantization parameters. The nodes of ONNX control-flow subgraphs (If, Loop, Scan) follow their
+node, named ``node/attribute/name``.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def inspect_artifact(path: str | os.PathLike) -> dict[str, Any]:
     except OSError as error:
         raise ModelLoadError(f"cannot read {path}: {error.strerror}.", "check the file's permissions.") from None
     if not head:
-        raise ModelLoadError(f"{str(path)!r} is empty.", "pass a complete .onnx or .tflite file.")
+        raise ModelLoadError(f"{path} is empty.", "pass a complete .onnx or .tflite file.")
     if head[4:8] == TFLITE_MAGIC:
         kind, nodes, tensors = "tflite", *_inspect_tflite(path)
     else:
@@ -231,16 +232,14 @@ def _load_onnx(path: Path) -> Any:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError as error:
-        raise ModelLoadError(f"{str(path)!r} does not exist.", "check the path.") from error
     except (DecodeError, ValueError, OSError, RuntimeError) as error:
         raise ModelLoadError(
-            f"{str(path)!r} is neither an ONNX model nor a TFLite flatbuffer ({type(error).__name__}).",
+            f"{path} is neither an ONNX model nor a TFLite flatbuffer ({type(error).__name__}).",
             "pass an .onnx model or a .tflite file; if it was copied or downloaded, check that it is complete.",
         ) from error
     if not model.graph.node:
         raise ModelLoadError(
-            f"{str(path)!r} has no graph nodes: it is not an ONNX model (or an empty one).",
+            f"{path} has no graph nodes: it is not an ONNX model (or an empty one).",
             "pass an .onnx model or a .tflite file.",
         )
     return model
@@ -280,28 +279,28 @@ def _bits(elem_type: int | None) -> str | None:
 _FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
+def _subgraphs(node: Any) -> list[Any]:
+    """The bodies of a control-flow node (If's branches, Loop's and Scan's body)."""
+    found = []
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            found.append(attribute.g)
+        found.extend(attribute.graphs)
+    return found
+
+
 class _OnnxInspector:
     """One walk over an ONNX graph in topological order (see module docstring for the rules)."""
 
     def __init__(self, model: Any, base_dir: Path) -> None:
         self.graph = model.graph
         self.base_dir = base_dir
-        self.initializers = {t.name: t for t in self.graph.initializer}
-        self.constants = {
-            node.output[0]: node.attribute[0].t
-            for node in self.graph.node
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"
-        }
+        self.initializers: dict[str, Any] = {}
+        self.constants: dict[str, Any] = {}
         self.types: dict[str, int] = {}
-        for value in (*self.graph.input, *self.graph.output, *self.graph.value_info):
-            if value.type.tensor_type.elem_type:
-                self.types[value.name] = value.type.tensor_type.elem_type
-        for name, tensor in (*self.initializers.items(), *self.constants.items()):
-            self.types[name] = tensor.data_type
         self.consumers: dict[str, list[Any]] = collections.defaultdict(list)
-        for node in self.graph.node:
-            for name in node.input:
-                self.consumers[name].append(node)
+        self.graph_outputs: set[str] = set()
+        self._index(self.graph)
         # Float tensors that stand for integers: name -> precision (DQ outputs, moved int8 data).
         self.dequantized: dict[str, str] = {}
         self.stored: dict[str, str] = {}  # a DQ output -> the integer tensor it dequantizes
@@ -314,14 +313,43 @@ class _OnnxInspector:
         # Ops TensorRT runs int8 from dequantized inputs even when their output is not requantized.
         self.trt_int8_ops = TRT_SPEC.int8_ops
 
+    def _index(self, graph: Any) -> None:
+        """Registers a graph's constants, known types and consumers, and those of its subgraphs
+        (which may read the outer graph's values by name)."""
+        self.initializers.update((t.name, t) for t in graph.initializer)
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            if value.type.tensor_type.elem_type:
+                self.types[value.name] = value.type.tensor_type.elem_type
+        self.graph_outputs.update(value.name for value in graph.output)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                self.constants[node.output[0]] = node.attribute[0].t
+            for name in node.input:
+                self.consumers[name].append(node)
+            for subgraph in _subgraphs(node):
+                self._index(subgraph)
+        for name, tensor in (*self.initializers.items(), *self.constants.items()):
+            self.types[name] = tensor.data_type
+
     def run(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        nodes = []
-        for index, node in enumerate(self.graph.node):
-            precision, why = self._classify(node)
-            self._propagate_types(node, precision)
-            nodes.append({"name": node.name or f"{node.op_type}_{index}", "op": node.op_type, "precision": precision,
-                          "why": why})  # fmt: skip
+        nodes: list[dict[str, Any]] = []
+        self._walk(self.graph, "", nodes)
         return nodes, self.tensors
+
+    def _walk(self, graph: Any, prefix: str, nodes: list[dict[str, Any]]) -> None:
+        for index, node in enumerate(graph.node):
+            name = prefix + (node.name or f"{node.op_type}_{index}")
+            subgraphs = list(_subgraphs(node))
+            if subgraphs:
+                precision, why = "shape", "control flow: the nodes of its subgraphs follow it"
+            else:
+                precision, why = self._classify(node)
+            self._propagate_types(node, precision)
+            nodes.append({"name": name, "op": node.op_type, "precision": precision, "why": why})
+            for attribute in node.attribute:
+                for position, subgraph in enumerate([attribute.g] if attribute.HasField("g") else attribute.graphs):
+                    suffix = f"[{position}]" if not attribute.HasField("g") else ""
+                    self._walk(subgraph, f"{name}/{attribute.name}{suffix}/", nodes)
 
     # -- values
 
@@ -534,7 +562,7 @@ class _OnnxInspector:
         if any(r.op_type == "QuantizeLinear" for r in readers):
             return precision, f"{precision} inputs, output requantized"
         self.int8_accumulator[out] = node.name or out
-        if len(readers) == 1 and readers[0].op_type in EPILOGUE and out not in self._graph_outputs():
+        if len(readers) == 1 and readers[0].op_type in EPILOGUE and out not in self.graph_outputs:
             return precision, f"{precision} inputs; {readers[0].op_type} {readers[0].name!r} fused into its epilogue"
         why = f"{precision} inputs, float output"
         if node.op_type in ("Conv", "ConvTranspose"):
@@ -553,12 +581,9 @@ class _OnnxInspector:
         root = self.int8_accumulator[main[0]]
         out = node.output[0]
         readers = self.consumers[out]
-        if len(readers) == 1 and readers[0].op_type in EPILOGUE and out not in self._graph_outputs():
+        if len(readers) == 1 and readers[0].op_type in EPILOGUE and out not in self.graph_outputs:
             self.int8_accumulator[out] = root
         return f"fused into {root!r} (the epilogue of its int8 kernel)"
-
-    def _graph_outputs(self) -> set[str]:
-        return {value.name for value in self.graph.output}
 
     def _propagate_types(self, node: Any, precision: str) -> None:
         """Records the output types the rules need where the model's value_info does not say."""
@@ -640,8 +665,8 @@ def _inspect_tflite(path: Path) -> tuple[list[dict[str, Any]], dict[str, dict[st
     except (IndexError, ValueError, TypeError, AttributeError, struct.error) as error:
         # The tflite package reads offsets without checking them: a truncated file fails here.
         raise ModelLoadError(
-            f"{str(path)!r} starts like a TFLite flatbuffer but cannot be read ({type(error).__name__}: {error}).",
-            "check that the file is complete (re-export or copy it again).",
+            f"{path} has the TFLite signature but its flatbuffer cannot be read: it is truncated or corrupt ({error}).",
+            "check that the file is complete (export or copy it again).",
         ) from error
     return nodes, tensors
 

@@ -307,6 +307,71 @@ def test_modelopt_style_qdq_graph(tmp_path):
         }
 
 
+def test_nodes_inside_control_flow_are_inspected(tmp_path):
+    rng = np.random.default_rng(2)
+    then_branch = helper.make_graph(
+        [
+            helper.make_node("DequantizeLinear", ["w_int8", "w_scale"], ["w_dq"], name="w_DQ", axis=1),
+            helper.make_node("MatMul", ["x_dq", "w_dq"], ["m"], name="mm"),
+            helper.make_node("QuantizeLinear", ["m", "m_scale", "m_zp"], ["m_q"], name="m_Q"),
+            helper.make_node("DequantizeLinear", ["m_q", "m_scale", "m_zp"], ["then_y"], name="m_DQ"),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_y", TensorProto.FLOAT, [1, 4])],
+        [
+            numpy_helper.from_array(rng.integers(-127, 128, (4, 4)).astype(np.int8), "w_int8"),
+            numpy_helper.from_array(np.full(4, 0.01, np.float32), "w_scale"),
+        ],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Sigmoid", ["x_dq"], ["else_y"], name="sigmoid")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_y", TensorProto.FLOAT, [1, 4])],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"], name="x_Q"),
+            helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="x_DQ"),
+            helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch),
+        ],
+        "control_flow",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [
+            numpy_helper.from_array(np.float32(0.02), "x_scale"),
+            numpy_helper.from_array(np.int8(0), "x_zp"),
+            numpy_helper.from_array(np.float32(0.05), "m_scale"),
+            numpy_helper.from_array(np.int8(0), "m_zp"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    for cond in (True, False):
+        session(model).run(None, {"x": np.ones((1, 4), np.float32), "cond": np.array(cond)})
+    onnx.save(model, tmp_path / "if.onnx")
+    info = inspect_artifact(tmp_path / "if.onnx")
+    precision = {n["name"]: n["precision"] for n in info["nodes"]}
+    assert precision == {
+        "x_Q": "conversion",
+        "x_DQ": "conversion",
+        "branch": "shape",
+        "branch/then_branch/w_DQ": "conversion",
+        "branch/then_branch/mm": "int8",
+        "branch/then_branch/m_Q": "conversion",
+        "branch/then_branch/m_DQ": "conversion",
+        "branch/else_branch/sigmoid": "float",
+    }
+    assert info["tensors"]["w_int8"]["axis"] == 1
+    np.testing.assert_array_equal(np.float32(info["tensors"]["w_int8"]["scale"]), np.full(4, 0.01, np.float32))
+    sigmoid = _by_name(info)["branch/else_branch/sigmoid"]
+    assert sigmoid["why"].startswith("no QuantizeLinear on its output 'else_y'")
+
+
 def test_external_data_scales_are_read_from_the_data_file(float_model, tmp_path):
     result = qcc.compile(float_model, target="ort", calibration=random_feeds(float_model, 8, batch=2))
     path = tmp_path / "big.onnx"
@@ -333,7 +398,7 @@ def test_float_onnx_model_is_not_a_quantized_artifact(float_path):
     [
         (b"this is not a model", "is neither an ONNX model nor a TFLite flatbuffer"),
         (b"", "is empty"),
-        (b"\x1c\x00\x00\x00TFL3" + b"\xff" * 40, "starts like a TFLite flatbuffer but cannot be read"),
+        (b"\x1c\x00\x00\x00TFL3" + b"\xff" * 40, "has the TFLite signature but its flatbuffer cannot be read"),
         (None, "does not exist"),
     ],
 )
