@@ -1,4 +1,8 @@
-"""Writing outputs atomically, and refusing to overwrite the input."""
+"""Writing outputs atomically, refusing to overwrite the input, and naming artifacts by what they hold.
+
+Light on purpose (the standard library and ``qcc.errors`` only): the CLI runs these checks before it
+imports onnx, so a bad output path fails in a fraction of a second.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +42,35 @@ def check_output_path(path: str | os.PathLike, *, inputs: tuple[str | os.PathLik
     if not os.access(folder, os.W_OK):
         raise OutputError(f"output folder {folder} is not writable.", "choose a folder you can write to.")
     return path
+
+
+# The file suffix of each target's artifact: ONNX Runtime and TensorRT read ONNX, LiteRT a flatbuffer.
+ARTIFACT_SUFFIXES = {"ort": ".onnx", "trt": ".onnx", "tflite": ".tflite"}
+
+
+def check_output_suffix(path: str | os.PathLike, target: str) -> None:
+    """Checks that ``path`` does not name the artifact as another target's kind of file.
+
+    A ``.tflite`` flatbuffer named ``.onnx`` (or an ONNX model named ``.tflite``) would fail later, in
+    whatever tool opens it, far from the mistake. Only the known artifact suffixes are compared: an
+    output with any other suffix (``model.int8``, ``model.bin``) is the user's choice.
+
+    Args:
+        path: the artifact's output path.
+        target: the target name (``ort``, ``trt``, ``tflite``); an unknown name is not checked here.
+
+    Raises:
+        OutputError: the suffix is another target's artifact suffix (case-insensitive).
+    """
+    wanted = ARTIFACT_SUFFIXES.get(target)
+    path = os.fspath(path)
+    stem, suffix = os.path.splitext(path)
+    if wanted is None or suffix.lower() == wanted or suffix.lower() not in set(ARTIFACT_SUFFIXES.values()):
+        return
+    kind = "a TFLite flatbuffer" if wanted == ".tflite" else "an ONNX model"
+    raise OutputError(
+        f"output {path} ends in {suffix} but target {target} writes {kind}.", f"name the output {stem}{wanted}."
+    )
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
