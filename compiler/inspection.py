@@ -114,8 +114,10 @@ def inspect_artifact(path: str | os.PathLike) -> dict[str, Any]:
         ``tflite``; ``float-onnx`` for an ONNX model with no quantization at all), ``path``,
         ``nodes`` (``name``, ``op``, ``precision``: ``int8``, ``int16``, ``fp8``, ``weight-only``,
         ``float``, ``conversion`` or ``shape``, and ``why``), ``tensors`` (integer tensor name ->
-        ``dtype``, ``scale``, ``zero_point``, ``axis``, and in ONNX ``float``: the float tensor
-        it stands for) and ``totals`` (count per precision, ``nodes``, ``by_op``).
+        ``dtype``, ``scale``, ``zero_point``, ``axis`` (None: per tensor); in ONNX also ``float``,
+        the float tensor it stands for, ``block_size`` for blocked scales and ``dynamic: True``
+        where the scale is computed at run time, with ``scale`` None) and ``totals`` (count per
+        precision, ``nodes``, ``by_op``).
 
     Raises:
         ModelLoadError: the file is missing or is neither an ONNX model nor a TFLite flatbuffer.
@@ -167,7 +169,9 @@ def render_inspection(info: dict[str, Any], console: Any, limit: int = 20) -> No
     console.print(table)
     floats = [n for n in info["nodes"] if n["precision"] in ("float", "weight-only")]
     if floats:
-        console.print(f"[bold]float nodes[/] ({len(floats)}):")
+        weight_only = sum(n["precision"] == "weight-only" for n in floats)
+        note = f", {weight_only} of them weight-only" if weight_only else ""
+        console.print(f"[bold]float nodes[/] ({len(floats)}{note}):")
         for node in floats[:limit]:
             console.print(f"  {escape(node['name'])} ({node['op']}): {escape(node['why'])}", highlight=False)
         if len(floats) > limit:
@@ -204,6 +208,8 @@ def _short(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, list):
+        while any(isinstance(v, list) for v in value):  # blocked scales: one row per block
+            value = [v for row in value for v in (row if isinstance(row, list) else [row])]
         if len(set(value)) == 1:
             return f"{_short(value[0])} (x{len(value)})"
         return f"{len(value)} values, {_short(min(value))}..{_short(max(value))}"
@@ -211,7 +217,7 @@ def _short(value: Any) -> str:
 
 
 def _plain(array: Any) -> float | int | list | None:
-    """A scale or zero point as JSON: a number when it is a scalar, else a flat list."""
+    """A scale or zero point as JSON: a number when it is a scalar, else a (nested, for blocks) list."""
     import numpy as np
 
     if array is None:
@@ -219,8 +225,7 @@ def _plain(array: Any) -> float | int | list | None:
     array = np.asarray(array)
     if array.dtype.kind not in "iuf":  # int4 and float8 types from ml_dtypes
         array = array.astype(np.int32 if "int" in array.dtype.name else np.float32)
-    values = array.reshape(-1).tolist()
-    return values[0] if array.ndim == 0 else values
+    return array.tolist()
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
@@ -373,7 +378,7 @@ class _OnnxInspector:
         return numpy_helper.to_array(tensor)
 
     def _record(self, name: str, of: str | None, scale: str | None, zero_point: str | None, axis: int | None,
-                elem_type: int | None) -> None:  # fmt: skip
+                elem_type: int | None, block_size: int = 0) -> None:  # fmt: skip
         """Adds an integer tensor's parameters; ``scale``/``zero_point`` name constants or activations."""
         import numpy as np
 
@@ -390,6 +395,8 @@ class _OnnxInspector:
         }
         if scale and scale_array is None:
             entry["dynamic"] = True  # the scale is computed at run time (DynamicQuantizeLinear)
+        if block_size:
+            entry["block_size"] = block_size
         self.tensors[name] = entry
 
     def _elem_type_of_q(self, node: Any) -> int:
@@ -490,18 +497,19 @@ class _OnnxInspector:
                          self.types.get(node.output[2], 2))  # fmt: skip
             return f"quantizes {node.input[0]!r} at run time"
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        block_size = next((a.i for a in node.attribute if a.name == "block_size"), 0)
         scale = node.input[1] if len(node.input) > 1 else None
         zero_point = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if node.op_type == "QuantizeLinear":
             elem_type = self._elem_type_of_q(node)
-            self._record(node.output[0], node.input[0], scale, zero_point, axis, elem_type)
+            self._record(node.output[0], node.input[0], scale, zero_point, axis, elem_type, block_size)
             return f"quantizes {node.input[0]!r} to {_dtype_name(elem_type)}"
         elem_type = self.types.get(node.input[0])
         if elem_type is None and zero_point:
             elem_type = self.types.get(zero_point)
         # The float tensor it stands for: the quantizing Q's input, if there is one.
         of = self.tensors.get(node.input[0], {}).get("float") or node.output[0]
-        self._record(node.input[0], of, scale, zero_point, axis, elem_type)
+        self._record(node.input[0], of, scale, zero_point, axis, elem_type, block_size)
         bits = _bits(elem_type)
         if bits:
             self.dequantized[node.output[0]] = bits

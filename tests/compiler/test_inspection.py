@@ -122,6 +122,37 @@ def test_qcc_onnx_artifact_names_the_float_node_and_why(float_model, tmp_path):
     assert info["totals"]["by_op"]["MatMul"] == {"float": 1}
 
 
+@pytest.mark.parametrize(
+    ("options", "kind", "matmul"),
+    [
+        ({"precision": "int4"}, "qdq-onnx", {"name": "matmul", "precision": "weight-only"}),
+        ({"dynamic": True}, "qoperator-onnx", {"op": "MatMulInteger", "precision": "int8"}),
+    ],
+)
+def test_qcc_weight_only_and_dynamic_artifacts(options, kind, matmul, float_model, tmp_path):
+    result = qcc.compile(float_model, target="ort", **options)
+    result.save(tmp_path / "m.onnx")
+    info = inspect_artifact(tmp_path / "m.onnx")
+    assert info["kind"] == kind
+    (node,) = [n for n in info["nodes"] if all(n[k] == v for k, v in matmul.items())]
+    planned = result.report["totals"]["by_op"]["MatMul"]
+    assert planned == {node["precision"]: 1}
+    for name in ("conv", "relu", "flatten"):
+        assert _by_name(info)[name]["precision"] == "float"
+    if "dynamic" in options:
+        (dynamic,) = [t for t in info["tensors"].values() if t.get("dynamic")]
+        assert dynamic["scale"] is None and dynamic["float"] == "f"
+    else:
+        assert node["why"] == "int4 weight 'wm_quantized' dequantized in the kernel; input 'f' is float"
+        tensor = info["tensors"]["wm_quantized"]
+        assert tensor["dtype"] == "int4" and tensor["axis"] == 0 and tensor["block_size"] == 64
+        np.testing.assert_array_equal(np.float32(tensor["scale"]), _constant(result.model, "wm_scale"))
+        console = Console(record=True, width=160)
+        render_inspection(info, console)  # blocked scales render too
+        text = console.export_text()
+        assert "float nodes (4, 1 of them weight-only):" in text and "144 values" in text
+
+
 @pytest.mark.parametrize("exclude", [(), ("matmul",)])
 def test_qcc_tflite_artifact_precision_and_scales_match_litert(exclude, float_model, tmp_path):
     result = qcc.compile(
