@@ -281,16 +281,17 @@ def _bits(elem_type: int | None) -> str | None:
     return names.get(elem_type)
 
 
-_FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+_FLOAT = 1  # onnx.TensorProto.FLOAT (onnx is imported only when a model is read)
+_FLOAT_TYPES = frozenset({_FLOAT, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
-def _subgraphs(node: Any) -> list[Any]:
-    """The bodies of a control-flow node (If's branches, Loop's and Scan's body)."""
+def _subgraphs(node: Any) -> list[tuple[str, Any]]:
+    """The bodies of a control-flow node (If's branches, Loop's and Scan's body), with their labels."""
     found = []
     for attribute in node.attribute:
         if attribute.HasField("g"):
-            found.append(attribute.g)
-        found.extend(attribute.graphs)
+            found.append((attribute.name, attribute.g))
+        found.extend((f"{attribute.name}[{i}]", graph) for i, graph in enumerate(attribute.graphs))
     return found
 
 
@@ -331,7 +332,7 @@ class _OnnxInspector:
                 self.constants[node.output[0]] = node.attribute[0].t
             for name in node.input:
                 self.consumers[name].append(node)
-            for subgraph in _subgraphs(node):
+            for _, subgraph in _subgraphs(node):
                 self._index(subgraph)
         for name, tensor in (*self.initializers.items(), *self.constants.items()):
             self.types[name] = tensor.data_type
@@ -344,17 +345,20 @@ class _OnnxInspector:
     def _walk(self, graph: Any, prefix: str, nodes: list[dict[str, Any]]) -> None:
         for index, node in enumerate(graph.node):
             name = prefix + (node.name or f"{node.op_type}_{index}")
-            subgraphs = list(_subgraphs(node))
-            if subgraphs:
-                precision, why = "shape", "control flow: the nodes of its subgraphs follow it"
-            else:
+            subgraphs = _subgraphs(node)
+            if not subgraphs:
                 precision, why = self._classify(node)
-            self._propagate_types(node, precision)
-            nodes.append({"name": name, "op": node.op_type, "precision": precision, "why": why})
-            for attribute in node.attribute:
-                for position, subgraph in enumerate([attribute.g] if attribute.HasField("g") else attribute.graphs):
-                    suffix = f"[{position}]" if not attribute.HasField("g") else ""
-                    self._walk(subgraph, f"{name}/{attribute.name}{suffix}/", nodes)
+                self._propagate_types(node, precision)
+                nodes.append({"name": name, "op": node.op_type, "precision": precision, "why": why})
+                continue
+            nodes.append({"name": name, "op": node.op_type, "precision": "shape", "why": "control flow: the nodes of "
+                          "its subgraphs follow it"})  # fmt: skip
+            for label, subgraph in subgraphs:
+                self._walk(subgraph, f"{name}/{label}/", nodes)
+            # Its outputs are its body's (Loop's body also returns the loop condition first).
+            body = subgraphs[0][1].output[1:] if node.op_type == "Loop" else subgraphs[0][1].output
+            for out, value in zip(node.output, body, strict=False):
+                self.types.setdefault(out, self.types.get(value.name, _FLOAT))
 
     # -- values
 

@@ -365,7 +365,8 @@ def test_nodes_inside_control_flow_are_inspected(tmp_path):
         [
             helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"], name="x_Q"),
             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="x_DQ"),
-            helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_branch, else_branch=else_branch),
+            helper.make_node("If", ["cond"], ["b"], name="branch", then_branch=then_branch, else_branch=else_branch),
+            helper.make_node("Relu", ["b"], ["y"], name="relu"),
         ],
         "control_flow",
         [
@@ -396,7 +397,9 @@ def test_nodes_inside_control_flow_are_inspected(tmp_path):
         "branch/then_branch/m_Q": "conversion",
         "branch/then_branch/m_DQ": "conversion",
         "branch/else_branch/sigmoid": "float",
+        "relu": "float",
     }
+    assert _by_name(info)["relu"]["why"] == "input 'b' is float"
     assert info["tensors"]["w_int8"]["axis"] == 1
     np.testing.assert_array_equal(np.float32(info["tensors"]["w_int8"]["scale"]), np.full(4, 0.01, np.float32))
     sigmoid = _by_name(info)["branch/else_branch/sigmoid"]
