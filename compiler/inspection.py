@@ -251,7 +251,13 @@ def _load_onnx(path: Path) -> Any:
 
 
 def _onnx_kind(model: Any) -> str:
-    ops = {node.op_type for node in model.graph.node}
+    ops: set[str] = set()
+    graphs = [model.graph]
+    while graphs:  # control-flow bodies too
+        graph = graphs.pop()
+        for node in graph.node:
+            ops.add(node.op_type)
+            graphs.extend(subgraph for _, subgraph in _subgraphs(node))
     if ops & (set(_QOPERATORS) | _OTHER_QOPERATORS) or "MatMulNBits" in ops:
         return "qoperator-onnx"
     return "qdq-onnx" if ops & QDQ_OPS else "float-onnx"
@@ -281,7 +287,8 @@ def _bits(elem_type: int | None) -> str | None:
     return names.get(elem_type)
 
 
-_FLOAT = 1  # onnx.TensorProto.FLOAT (onnx is imported only when a model is read)
+# onnx.TensorProto's FLOAT and UINT8 (onnx is imported only when a model is read).
+_FLOAT, _UINT8 = 1, 2
 _FLOAT_TYPES = frozenset({_FLOAT, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
@@ -498,7 +505,7 @@ class _OnnxInspector:
     def _conversion(self, node: Any) -> str:
         if node.op_type == "DynamicQuantizeLinear":
             self._record(node.output[0], node.input[0], node.output[1], node.output[2], None,
-                         self.types.get(node.output[2], 2))  # fmt: skip
+                         self.types.get(node.output[2], _UINT8))  # fmt: skip
             return f"quantizes {node.input[0]!r} at run time"
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         block_size = next((a.i for a in node.attribute if a.name == "block_size"), 0)
@@ -538,7 +545,7 @@ class _OnnxInspector:
         if output is not None and output[1] < len(node.input) and node.input[output[1]]:
             _, scale, zero_point = output
             zp_name = node.input[zero_point] if zero_point < len(node.input) and node.input[zero_point] else None
-            elem_type = self.types.get(zp_name) if zp_name else 2
+            elem_type = self.types.get(zp_name, _UINT8) if zp_name else _UINT8
             self.types[node.output[0]] = elem_type
             self._record(node.output[0], None, node.input[scale], zp_name, None, elem_type)
         elif node.op_type in ("ConvInteger", "MatMulInteger"):

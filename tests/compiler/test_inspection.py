@@ -386,6 +386,7 @@ def test_nodes_inside_control_flow_are_inspected(tmp_path):
     for cond in (True, False):
         session(model).run(None, {"x": np.ones((1, 4), np.float32), "cond": np.array(cond)})
     onnx.save(model, tmp_path / "if.onnx")
+    assert is_quantized_artifact(tmp_path / "if.onnx")
     info = inspect_artifact(tmp_path / "if.onnx")
     precision = {n["name"]: n["precision"] for n in info["nodes"]}
     assert precision == {
