@@ -337,7 +337,7 @@ class _ArraySamples:
             raise CalibrationDataError(
                 f"{origin} has shape {array.shape} (rank {array.ndim}); input {spec.name!r} has shape {shape}, so "
                 f"an array must be one sample (rank {rank}) or a stack of samples (rank {rank + 1}, samples first).",
-                f"reshape it to (samples, *{shape}), e.g. with array.reshape.",
+                f"reshape it to (samples, {shape[1:-1]}) for a stack, or ({shape[1:-1]}) for one sample.",
             )
 
     def __len__(self) -> int:

@@ -188,7 +188,7 @@ def test_npy_and_bare_array_rule(tmp_path):
     one = open_calibration(stack[2], SINGLE)  # the input's own rank: one sample
     assert _values(one) == [2] and len(one) == 1
     for bad, message in (
-        (stack[0, 0], r"shape \(3, 4\) \(rank 2\).*\[1, 3, 4\].*reshape it"),
+        (stack[0, 0], r"shape \(3, 4\) \(rank 2\).*\[1, 3, 4\].*reshape it to \(samples, 1, 3, 4\)"),
         (stack[:, 0], r"shape \(4, 3, 4\).*array\[:, None\]"),
     ):
         with pytest.raises(qcc.CalibrationDataError, match=message) as info:
