@@ -436,6 +436,7 @@ def test_float_onnx_model_is_not_a_quantized_artifact(float_path):
         (b"\x1c\x00\x00\x00TFL3" + b"\xff" * 40, "has the TFLite signature but its flatbuffer cannot be read"),
         (None, "does not exist"),
     ],
+    ids=["not-a-model", "empty", "corrupt-tflite", "missing"],
 )
 def test_unreadable_files_raise_model_load_error(content, message, tmp_path):
     path = tmp_path / "broken.onnx"
