@@ -926,8 +926,9 @@ def suggest(value: str, choices: Sequence[str]) -> str | None:
 def _command_path(ctx: Any, args: Sequence[str]) -> str:
     if ctx is not None and ctx.command_path != "qcc":
         return ctx.command_path
+    # Some errors (an option missing its value) carry no context: the command is the first word.
     command = next((a for a in args if not a.startswith("-")), None)
-    names = {c.name for c in Target} | {"compile", "inspect", "analyze", "check", "targets"}
+    names = {info.name or info.callback.__name__ for info in app.registered_commands if info.callback}
     return f"qcc {command}" if command in names else "qcc"
 
 
