@@ -270,3 +270,11 @@ def test_compile_from_a_one_shot_reader_equals_a_one_shot_iterator(conv_model, f
     reader = _Reader([{"x": sample} for sample in stack], rewind=False)
     _same(_compile(conv_model, reader), _compile(conv_model, iter([{"x": sample} for sample in stack])))
     assert reader.reads == len(stack)  # read once
+
+
+def test_one_pass_gathers_a_reader_without_iter():
+    from qcc.data import one_pass
+
+    feeds = _ones(3)
+    assert [int(f["x"].flat[0]) for f in one_pass(_Reader(feeds, rewind=False))] == [0, 1, 2]
+    assert list(one_pass(iter(feeds))) == feeds
