@@ -36,6 +36,7 @@ def compile(  # noqa: A001 - the public name users expect
     smoothquant: bool = True,
     refit: bool = True,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    strict: bool = False,
     progress: Progress = no_progress,
 ) -> CompileResult:
     """Compiles a float ONNX model into an int8 model for one runtime.
@@ -91,14 +92,20 @@ def compile(  # noqa: A001 - the public name users expect
             model's dynamic dimensions stay dynamic in the ``.tflite`` (``-1`` in its
             ``shape_signature``; resize the inputs in LiteRT before running another size).
             ``ort`` and ``trt`` keep the model's shapes.
+        strict: after compiling, raise :class:`~qcc.errors.StrictError` (``exit_code`` 3, the
+            result attached as ``.result``) if the compile missed ``tolerance``, quantized nothing,
+            kept nodes it could quantize float, or failed verification (the warnings in
+            ``qcc.report.STRICT_WARNINGS``). Without it those are only ``result.warnings``, also
+            logged on the ``qcc`` logger.
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
         A :class:`CompileResult` with ``.model`` (int8 ``onnx.ModelProto`` for ONNX targets),
-        ``.report`` and ``.save(path)``.
+        ``.report``, ``.warnings`` and ``.save(path)``.
 
     Raises:
         QccError: with a message naming the problem and the fix.
+        StrictError: with ``strict``, the compile has a warning ``strict`` does not accept.
     """
     if isinstance(tolerance, str):  # the CLI's form: "0.002", "relative:0.05", "off"
         parsed = parse_tolerance(tolerance)
@@ -129,4 +136,6 @@ def compile(  # noqa: A001 - the public name users expect
     )
     result = compile_model(model, calibration, options, progress)
     result.inputs = tuple(os.fspath(p) for p in (model, calibration) if isinstance(p, (str, os.PathLike)))
+    if strict:
+        result.check_strict()
     return result

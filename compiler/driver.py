@@ -18,16 +18,32 @@ import onnx_ir as ir
 from qcc import frontend
 from qcc.annotations import Decision, get_decision
 from qcc.backends import get_backend
-from qcc.backends.base import Artifact
+from qcc.backends.base import Artifact, TargetSpec
 from qcc.context import PassContext, Progress, no_progress
 from qcc.data import CalibrationData, CalibrationSource, open_calibration, reiterable
-from qcc.errors import NonFiniteActivationsError, OptionError, QccError, ReplanRequest
-from qcc.io import check_output_path, write_atomic
+from qcc.errors import (
+    NonFiniteActivationsError,
+    OptionError,
+    QccError,
+    ReplanRequest,
+    StrictError,
+    UnsupportedModelError,
+)
+from qcc.frontend import OwnQuantization
+from qcc.io import check_output_path, check_output_suffix, write_atomic
 from qcc.options import CalibrationMethod, CompileOptions, Precision, WeightRounding
 from qcc.pipeline import run_pipeline
-from qcc.report import build_report, mixed_precision_section
+from qcc.report import (
+    ALREADY_QUANTIZED_REASON,
+    STRICT_WARNINGS,
+    build_report,
+    compile_warnings,
+    mixed_precision_section,
+)
 
 logger = logging.getLogger(__name__)
+# The report's warnings go to the package's logger, which users configure (``logging.getLogger("qcc")``).
+_user_log = logging.getLogger("qcc")
 
 VERIFY_SAMPLES = 4
 # Re-plans after calibration finds non-finite tensors; each one widens the float region.
@@ -64,12 +80,30 @@ class CompileResult:
         """
         return self.artifact.proto
 
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """``report["warnings"]``: ``[{"code": ..., "message": ...}]``, what the compile did not do as
+        asked (codes: ``qcc.report.WARNING_CODES``)."""
+        return self.report.get("warnings", [])
+
+    def check_strict(self) -> None:
+        """Refuses the warnings ``strict`` does not accept (``qcc.report.STRICT_WARNINGS``).
+
+        Raises:
+            StrictError: with this result attached and ``exit_code`` 3.
+        """
+        refused = [w for w in self.warnings if w["code"] in STRICT_WARNINGS]
+        if refused:
+            raise StrictError(self, refused)
+
     def save(self, path: str | os.PathLike, report_path: str | os.PathLike | None = None) -> None:
         """Writes the artifact (and optionally the JSON report) atomically.
 
         Raises:
-            OutputError: a path cannot be written, or it is one of the compile's input files.
+            OutputError: a path cannot be written, it is one of the compile's input files, or its
+                suffix is another target's artifact suffix (a ``.tflite`` named ``.onnx``).
         """
+        check_output_suffix(path, self.report["target"])
         check_output_path(path, inputs=self.inputs)
         if report_path is not None:
             check_output_path(report_path, inputs=(*self.inputs, path))
@@ -83,22 +117,52 @@ def compile_model(
     calibration: CalibrationSource | None,
     options: CompileOptions,
     progress: Progress = no_progress,
-    statistics: dict | None = None,
 ) -> CompileResult:
     """Compiles a float model for ``options.target``.
+
+    The report's ``warnings`` say what the user must not miss though the compile succeeded (a missed
+    ``tolerance``, nothing quantized, nodes kept float, an already-quantized model); each is also
+    logged as a warning on the ``qcc`` logger.
 
     Args:
         model: path, bytes, onnx.ModelProto, onnx_ir.Model or graphsurgeon Graph (not modified).
         calibration: calibration data (see ``qcc.data``).
         options: compile options.
         progress: progress callback for long stages.
-        statistics: a calibration-statistics cache shared by the compiles of one method selection.
 
     Returns:
         The artifact and its report.
 
     Raises:
         QccError: any problem with the model, the data, the options or the output.
+    """
+    result = _compile(model, calibration, options, progress)
+    # The plan's float nodes that the target could run int8 (a Log next to a non-finite tensor could not).
+    spec = get_backend(options.target).spec
+    int8_capable = spec.compute_ops | spec.int8_ops | spec.shared_scale_ops | spec.fused_activations | spec.rule_ops
+    op_types = {node["name"]: node["op_type"] for node in result.report["nodes"]}
+    kept = {
+        name: reason
+        for name, reason in result.plan[0].items()
+        if op_types.get(name) in int8_capable and reason != ALREADY_QUANTIZED_REASON
+    }
+    result.report["warnings"] = compile_warnings(result.report, kept)
+    for warning in result.report["warnings"]:
+        _user_log.warning("%s: %s", warning["code"], warning["message"])
+    return result
+
+
+def _compile(
+    model: object,
+    calibration: CalibrationSource | None,
+    options: CompileOptions,
+    progress: Progress = no_progress,
+    statistics: dict | None = None,
+) -> CompileResult:
+    """:func:`compile_model` without the warnings; the selections compile their candidates with it.
+
+    Args:
+        statistics: a calibration-statistics cache shared by the compiles of one selection.
     """
     backend = get_backend(options.target)
     backend.spec.check_options(options)
@@ -144,13 +208,23 @@ def _compile_planned(
     if calibration is not None:
         data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
     keep_float: dict[str, str] = dict(plan[0]) if plan is not None else {}
+    own = loaded.own_quantization
+    if own is not None:
+        _check_takes_own_quantization(backend.spec, own, loaded.source)
+        keep_float.update(dict.fromkeys(own.nodes, ALREADY_QUANTIZED_REASON))
     tensor_methods: dict[str, str] | None = (plan[1] or {}) if plan is not None else None
     statistics = {} if statistics is None else statistics
     pristine = loaded.model.clone()
     for _attempt in range(MAX_REPLANS + 1):
         ctx = PassContext(
-            options, backend.spec, data, progress, keep_float=dict(keep_float), statistics=statistics,
-            tensor_methods=tensor_methods, settled=plan is not None,
+            options,
+            backend.spec,
+            data,
+            progress,
+            keep_float=dict(keep_float),
+            statistics=statistics,
+            tensor_methods=tensor_methods,
+            settled=plan is not None,
         )
         try:
             timings.update(run_pipeline(loaded.model, ctx))
@@ -175,7 +249,8 @@ def _compile_planned(
         stamp = time.perf_counter()
         progress("verify", 0, 1)
         planned = frozenset(
-            n.name for n in loaded.model.graph
+            n.name
+            for n in loaded.model.graph
             if n.op_type in backend.spec.compute_ops
             and getattr(get_decision(n), "decision", None) in (Decision.INT8, Decision.WEIGHT_ONLY)
         )
@@ -193,6 +268,7 @@ def _compile_planned(
         verify=verify,
         timings=timings,
         artifact_bytes=artifact.size,
+        already_quantized=own.summary() if own is not None else None,
     )
     report["model"]["source"] = loaded.source
     if options.method == CalibrationMethod.AUTO and options.tolerance is not None:
@@ -216,22 +292,32 @@ def _refit_after_rounding(options: CompileOptions, calibration: CalibrationSourc
     are then compared without the refit. A one-shot iterator of feeds is not gathered into memory
     for it: that compile refits whichever candidate it makes."""
     return (
-        options.refit and options.weight_rounding == WeightRounding.AUTO and options.precision == Precision.INT8
-        and options.needs_calibration and not options.dynamic and options.verify
-        and options.tolerance is not None and reiterable(calibration)
+        options.refit
+        and options.weight_rounding == WeightRounding.AUTO
+        and options.precision == Precision.INT8
+        and options.needs_calibration
+        and not options.dynamic
+        and options.verify
+        and options.tolerance is not None
+        and reiterable(calibration)
     )
 
 
 def _round_then_refit(
-    model: object, calibration: CalibrationSource | None, options: CompileOptions, progress: Progress,
-    statistics: dict | None, select_mode: bool,
+    model: object,
+    calibration: CalibrationSource | None,
+    options: CompileOptions,
+    progress: Progress,
+    statistics: dict | None,
+    select_mode: bool,
 ) -> CompileResult:
     """Compiles without the refit (the slowest pass) to settle the rounding, the float nodes, the clip
     methods and static vs ``--dynamic``; then compiles that plan once more with the refit, instead of
     refitting every candidate. The report's selections are those of the compiles without the refit."""
     statistics = {} if statistics is None else statistics
-    unfitted = _compile_planned(model, calibration, dataclasses.replace(options, refit=False), progress, statistics,
-                                select_mode)
+    unfitted = _compile_planned(
+        model, calibration, dataclasses.replace(options, refit=False), progress, statistics, select_mode
+    )
     if unfitted.report["options"].get("dynamic"):  # --dynamic won: no fixed ranges to refit to
         unfitted.report["mode_selection"]["compared"] = "without the refit"
         unfitted.report["options"]["refit"] = options.refit
@@ -240,8 +326,12 @@ def _round_then_refit(
 
 
 def _refit_plan(
-    model: object, calibration: CalibrationSource | None, options: CompileOptions, progress: Progress,
-    statistics: dict, unfitted: CompileResult,
+    model: object,
+    calibration: CalibrationSource | None,
+    options: CompileOptions,
+    progress: Progress,
+    statistics: dict,
+    unfitted: CompileResult,
 ) -> CompileResult:
     """Compiles ``unfitted``'s plan (rounding, float nodes, clip methods) again, with the refit; the
     report keeps ``unfitted``'s selections and counts its time under ``timings["selection"]``."""
@@ -274,7 +364,11 @@ def _nearest_may_be_closer(report: dict[str, Any]) -> bool:
 
 
 def _gptq_or_nearest(
-    model: object, data: CalibrationData | None, options: CompileOptions, progress: Progress, statistics: dict,
+    model: object,
+    data: CalibrationData | None,
+    options: CompileOptions,
+    progress: Progress,
+    statistics: dict,
     gptq: CompileResult,
 ) -> CompileResult:
     """Compiles with nearest rounding too (the calibration statistics are reused) and keeps the one
@@ -282,8 +376,9 @@ def _gptq_or_nearest(
     EfficientNet-Lite0 kept 22 nodes float with nearest rounding, 1.26x faster than fp32, against
     GPTQ's 5, 1.76x), else whichever artifact is closer to fp32 on the calibration samples
     (GPTQ's on a tie)."""
-    nearest = compile_model(model, data, dataclasses.replace(options, weight_rounding=WeightRounding.NEAREST),
-                            progress, statistics)
+    nearest = _compile(
+        model, data, dataclasses.replace(options, weight_rounding=WeightRounding.NEAREST), progress, statistics
+    )
     why = "the GPTQ compile needed nodes kept float for --tolerance, so nearest rounding was tried"
     best = _keep_closer(options, "rounding_selection", {"gptq": gptq, "nearest": nearest}, why, fewer_float=True)
     best.report["options"]["weight_rounding"] = best.report["rounding_selection"]["chosen"]  # what made it
@@ -305,22 +400,32 @@ def _dynamic_may_be_closer(model, options: CompileOptions, report: dict[str, Any
 
 
 def _static_or_dynamic(
-    model: object, calibration: CalibrationSource | None, options: CompileOptions, progress: Progress,
-    statistics: dict, static: CompileResult,
+    model: object,
+    calibration: CalibrationSource | None,
+    options: CompileOptions,
+    progress: Progress,
+    statistics: dict,
+    static: CompileResult,
 ) -> CompileResult:
     """Compiles with ``--dynamic`` too and keeps whichever artifact is closer to fp32 on the same
     calibration samples (the static one on a tie); the report's ``mode_selection`` says why."""
-    dynamic = compile_model(
+    dynamic = _compile(
         model, calibration, dataclasses.replace(options, dynamic=True, method=None), progress, statistics
     )
     missed = static.report["mixed_precision"]["met"] is False
-    why = (f"the static compile {'missed --tolerance' if missed else 'met --tolerance only with nodes kept float'}"
-           " on a model without convolutions, so --dynamic was tried")
+    why = (
+        f"the static compile {'missed --tolerance' if missed else 'met --tolerance only with nodes kept float'}"
+        " on a model without convolutions, so --dynamic was tried"
+    )
     return _keep_closer(options, "mode_selection", {"static": static, "dynamic": dynamic}, why)
 
 
 def _keep_closer(
-    options: CompileOptions, section: str, candidates: dict[str, CompileResult], why: str, *,
+    options: CompileOptions,
+    section: str,
+    candidates: dict[str, CompileResult],
+    why: str,
+    *,
     fewer_float: bool = False,
 ) -> CompileResult:
     """Of two compiles, the one whose artifact is closer to fp32 on the calibration samples (by the
@@ -344,8 +449,12 @@ def _keep_closer(
         chosen, rule = closer, "closer to fp32"
     best = candidates[chosen]
     best.report[section] = {
-        "chosen": chosen, "metric": options.tolerance_metric.value, "artifact_error": errors,
-        "kept_float": floats, "rule": rule, "why": why,
+        "chosen": chosen,
+        "metric": options.tolerance_metric.value,
+        "artifact_error": errors,
+        "kept_float": floats,
+        "rule": rule,
+        "why": why,
     }
     return best
 
@@ -377,7 +486,7 @@ def _compile_auto(
         # Mixed precision searches once, for the chosen method, and only if it misses the bound; the
         # refit too (the slowest pass) runs only on the chosen method's compile.
         candidate = dataclasses.replace(options, method=method, verify=True, tolerance=None, refit=False)
-        result = compile_model(model, calibration, candidate, progress, statistics)
+        result = _compile(model, calibration, candidate, progress, statistics)
         outputs = result.report["verify"]["fidelity"]["outputs"]
         scores[method.value] = float(np.mean([o["cosine_mean"] for o in outputs.values()])) if outputs else 0.0
         if best is None or scores[method.value] > max(scores[m] for m in scores if m != method.value) + AUTO_MARGIN:
@@ -389,7 +498,7 @@ def _compile_auto(
     if section is not None and section["met"] and _refit_after_rounding(final, calibration):
         best = _refit_plan(model, calibration, final, progress, statistics, best)  # the plan stands: refit it
     elif options.refit or (section is not None and not section["met"]):
-        best = compile_model(model, calibration, final, progress, statistics)
+        best = _compile(model, calibration, final, progress, statistics)
     elif section is not None:
         best.report["options"]["tolerance"] = options.tolerance
         best.report["mixed_precision"] = section
@@ -422,8 +531,14 @@ def plan_model(model: object, options: CompileOptions) -> dict[str, Any]:
     run_pipeline(loaded.model, ctx, float_only=True)
     PlanPass(ctx)(loaded.model)
     return build_report(
-        loaded.model, loaded.proto, target=options.target, options=options,
-        activation_dtype=ctx.activation_dtype, verify=None, timings={}, artifact_bytes=None,
+        loaded.model,
+        loaded.proto,
+        target=options.target,
+        options=options,
+        activation_dtype=ctx.activation_dtype,
+        verify=None,
+        timings={},
+        artifact_bytes=None,
     )
 
 
@@ -443,3 +558,22 @@ def _check_excludes(model: ir.Model, exclude: tuple[str, ...]) -> None:
             f"--exclude {entry!r} matches no node name or op type of the model.",
             f"{hint}`qcc inspect model.onnx` lists the op types; node names are as in the model (Netron shows them).",
         )
+
+
+def _check_takes_own_quantization(spec: TargetSpec, own: OwnQuantization, origin: str) -> None:
+    """An ONNX artifact keeps an already-quantized model's Q/DQ nodes, and their scales, as they are
+    (the runtime fuses them like qcc's own). A ``.tflite`` cannot: qcc's TFLite writer gives int8
+    tensors the parameters qcc calibrated and would run the model's Q/DQ as float arithmetic, a
+    float model with extra rounding.
+
+    Raises:
+        UnsupportedModelError: the target cannot keep the model's own Q/DQ.
+    """
+    if spec.artifact_suffix == ".onnx":
+        return
+    raise UnsupportedModelError(
+        f"{origin} is already quantized (QDQ: {len(own.tensors)} tensors behind its own DequantizeLinear); "
+        f"qcc's {spec.name} backend takes float models and cannot keep a model's own Q/DQ scales.",
+        f"pass the float model it came from (qcc calibrates it for {spec.name}), or compile this one for ort or "
+        "trt, which keep its Q/DQ and scales.",
+    )

@@ -2,11 +2,13 @@
 
 Every error a user can cause (a bad model, bad calibration data, a bad option, an output that
 cannot be written) is a :class:`QccError` whose message names the offending element and says how
-to fix it. The CLI prints ``str(error)`` on one line and exits with code 2; anything else that
-escapes is a bug in qcc.
+to fix it. The CLI prints ``str(error)`` on one line and exits with code 2 (:class:`StrictError`: 3); anything
+else that escapes is a bug in qcc.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class QccError(Exception):
@@ -45,6 +47,29 @@ class OutputError(QccError):
 
 class BackendError(QccError):
     """A target cannot express part of the model (the message names the node)."""
+
+
+class StrictError(QccError):
+    """A compile succeeded with warnings that ``strict=True`` (``--strict``) does not accept.
+
+    Raised after compiling, so nothing is lost: ``result`` holds the artifact and its report.
+
+    Attributes:
+        result: the :class:`~qcc.driver.CompileResult`, whose ``warnings`` say what was missed.
+        warnings: the refused warnings, ``{"code": ..., "message": ...}``.
+        exit_code: the CLI's exit code for it, 3 (2 is a user error, 1 a crash).
+    """
+
+    exit_code = 3
+
+    def __init__(self, result: Any, warnings: list[dict[str, str]]) -> None:
+        self.result = result
+        self.warnings = warnings
+        codes = ", ".join(w["code"] for w in warnings)
+        super().__init__(
+            f"strict: the compile has {len(warnings)} warning(s) ({codes}): {warnings[0]['message']}",
+            "follow the warning's advice, or compile without strict (--strict) to accept this artifact.",
+        )
 
 
 class ReplanRequest(QccError):

@@ -4,12 +4,13 @@ Accepted inputs: a path, raw bytes, an ``onnx.ModelProto``, an ``onnx_ir.Model``
 onnx-graphsurgeon is installed) a graphsurgeon ``Graph``. The caller's object or file is never
 modified: the frontend always works on its own copy.
 
-Steps: parse -> non-positive declared dims (Paddle's ``-1`` batch) made dynamic -> check external
-data (locations must stay inside the model's folder) -> ONNX checker -> opset upgrade to 13 when
-older (the ONNX version converter) -> ONNX Runtime loads the float model (converted down to an
-older opset where it lacks a newer operator version; an operator it has no kernel for is named
-before anything is quantized) -> shape inference with data propagation (dynamic dims stay
-symbolic) -> onnx-ir. External data is never copied into the
+Steps: parse -> already-quantized models (ONNX Runtime's QOperator format is refused) ->
+non-positive declared dims (Paddle's ``-1`` batch) made dynamic -> check external data (locations
+must stay inside the model's folder) -> ONNX checker -> opset upgrade to 13 when older (the ONNX
+version converter) -> ONNX Runtime loads the float model (converted down to an older opset where
+it lacks a newer operator version; an operator it has no kernel for is named before anything is
+quantized) -> shape inference with data propagation (dynamic dims stay symbolic) -> onnx-ir; a QDQ
+model's own Q/DQ are recorded (:class:`OwnQuantization`). External data is never copied into the
 protobuf: for a model above protobuf's 2 GB limit the onnx-ir model refers to the files and reads
 a tensor (memory-mapped) when a pass needs it, so it loads like any other; a smaller model's
 tensors are read into memory. Every way this can fail is a
@@ -19,6 +20,7 @@ problem and the fix.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -50,16 +52,38 @@ class LoadedModel:
             for the report.
         source: a short description of where it came from (path or object type).
         original_opset: the default-domain opset before any upgrade.
+        own_quantization: the Q/DQ of an already-quantized (QDQ) model; None for a float model.
     """
 
     model: ir.Model
     proto: onnx.ModelProto
     source: str
     original_opset: int
+    own_quantization: OwnQuantization | None = None
 
     def input_specs(self) -> list[InputSpec]:
         """Returns the model's real inputs (not initializers) as :class:`InputSpec`."""
         return input_specs(self.model)
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnQuantization:
+    """The quantization a QDQ model already carries (ONNX Runtime's ``quantize_static``, ModelOpt, a
+    QAT export): weights behind DequantizeLinear, activations between QuantizeLinear/DequantizeLinear.
+
+    Attributes:
+        tensors: the DequantizeLinear outputs that carry the model's own scales.
+        nodes: the model's Q/DQ nodes and the nodes that read or write the tensors between them:
+            quantized with the model's own scales, so qcc leaves them as they are (quantizing them
+            again would put a second, different rounding on the same tensor).
+    """
+
+    tensors: tuple[str, ...]
+    nodes: tuple[str, ...]
+
+    def summary(self) -> dict[str, object]:
+        """The report's ``already_quantized`` section."""
+        return {"format": "qdq", "tensors": len(self.tensors), "nodes": list(self.nodes)}
 
 
 def load(source: object, min_opset: int = MIN_OPSET) -> LoadedModel:
@@ -75,10 +99,12 @@ def load(source: object, min_opset: int = MIN_OPSET) -> LoadedModel:
 
     Raises:
         ModelLoadError: the input cannot be read as a valid ONNX model.
-        UnsupportedModelError: it is valid ONNX that qcc cannot quantize.
+        UnsupportedModelError: it is valid ONNX that qcc cannot quantize, such as an already-quantized
+            QOperator model.
     """
     proto, origin, base_dir = _to_proto(source)
     _check_structure(proto, origin)
+    _check_not_qoperator(proto, origin)
     _dynamic_dims(proto.graph)
     _explicit_defaults(proto.graph)
     external = _has_external_data(proto)
@@ -106,7 +132,116 @@ def load(source: object, min_opset: int = MIN_OPSET) -> LoadedModel:
             ir.external_data.load_to_model(model)
     _check_quantizable(model, origin)
     _check_no_nan_constants(model, origin)
-    return LoadedModel(model=model, proto=proto, source=origin, original_opset=original_opset)
+    return LoadedModel(
+        model=model,
+        proto=proto,
+        source=origin,
+        original_opset=original_opset,
+        own_quantization=own_quantization(proto.graph),
+    )
+
+
+# ONNX Runtime's QOperator format: ops computing on integers, with the quantization parameters as
+# operands, and the positions of their integer data operands.
+_QOPERATOR_DATA = {"QLinearConv": (0, 3), "QLinearMatMul": (0, 3), "ConvInteger": (0, 1), "MatMulInteger": (0, 1)}
+# ONNX Runtime's contrib ops that only its quantizer writes (besides every QLinear* op).
+_MS_QUANTIZED = frozenset(
+    {
+        "QGemm",
+        "QAttention",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "MatMulNBits",
+        "DynamicQuantizeLSTM",
+        "QEmbedLayerNormalization",
+        "QOrderedMatMul",
+        "QOrderedAttention",
+        "QOrderedLayerNormalization",
+    }
+)
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _check_not_qoperator(proto: onnx.ModelProto, origin: str) -> None:
+    """Refuses a model quantized in ONNX Runtime's QOperator format (QLinearConv, QGemm, ...).
+
+    Its weights are integers inside integer ops: there is no float model left for qcc to quantize,
+    and the scales it would choose could not replace the model's. A QLinear op whose integer operands
+    are all graph inputs is an integer operator like any other (ONNX's conformance cases), not a
+    quantized model: only ops with a constant integer operand (a weight) count.
+
+    Raises:
+        UnsupportedModelError: naming the QOperator ops and how many of each.
+    """
+    constants = _constant_names(proto.graph)
+    found: collections.Counter = collections.Counter()
+    for node in proto.graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type in _QOPERATOR_DATA:
+            if any(i < len(node.input) and node.input[i] in constants for i in _QOPERATOR_DATA[node.op_type]):
+                found[node.op_type] += 1
+        elif node.domain == "com.microsoft" and (node.op_type.startswith("QLinear") or node.op_type in _MS_QUANTIZED):
+            found[node.op_type] += 1
+    if found:
+        ops = ", ".join(f"{op} x{count}" for op, count in found.most_common())
+        raise UnsupportedModelError(
+            f"{origin} is already quantized (QOperator: {ops}); qcc quantizes float models and cannot take over "
+            "the scales of integer operators.",
+            "pass the float model it came from.",
+        )
+
+
+def own_quantization(graph: onnx.GraphProto) -> OwnQuantization | None:
+    """The quantization of a QDQ model, or None when the model is not one.
+
+    A model is already quantized when a DequantizeLinear reads a constant (an integer weight) or the
+    QuantizeLinear of one (a float weight behind Q/DQ, ModelOpt's and QAT exports' form) and feeds
+    another op. A lone Q/DQ pair on an activation of a float model is a float island the model
+    computes with (a fake-quant left in), not its quantization; it is compiled like any other op.
+    """
+    producer = {o: n for n in graph.node for o in n.output}
+    constants = _constant_names(graph)
+
+    def is_qdq(node: onnx.NodeProto | None, op_type: str) -> bool:
+        return node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx", "com.microsoft")
+
+    def quantized_input(dq: onnx.NodeProto) -> str | None:
+        """``constant`` or ``quantized`` for a DQ that carries the model's quantization, else None."""
+        data = dq.input[0]
+        if data in constants:
+            return "constant"
+        q = producer.get(data)
+        if is_qdq(q, "QuantizeLinear"):
+            return "constant" if q.input[0] in constants else "quantized"
+        return None
+
+    readers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    dqs = [n for n in graph.node if is_qdq(n, "DequantizeLinear") and quantized_input(n) is not None]
+    weights = [
+        dq
+        for dq in dqs
+        if quantized_input(dq) == "constant" and any(r.op_type not in _QDQ for r in readers[dq.output[0]])
+    ]
+    if not weights:
+        return None
+    nodes: dict[str, None] = {}  # ordered set
+    for dq in dqs:
+        nodes[dq.name] = None
+        q = producer.get(dq.input[0])
+        if is_qdq(q, "QuantizeLinear"):
+            nodes[q.name] = None
+            writer = producer.get(q.input[0])
+            if writer is not None and writer.op_type != "Constant":
+                nodes[writer.name] = None
+        for reader in readers[dq.output[0]]:
+            nodes[reader.name] = None
+    return OwnQuantization(tensors=tuple(dq.output[0] for dq in dqs), nodes=tuple(nodes))
+
+
+def _constant_names(graph: onnx.GraphProto) -> set[str]:
+    return {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
 
 
 def read_model_file(path: str) -> onnx.ModelProto:
@@ -203,9 +338,7 @@ def _check_structure(proto: onnx.ModelProto, origin: str) -> None:
 
 
 def _has_external_data(proto: onnx.ModelProto) -> bool:
-    return any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto)
-    )
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto))
 
 
 def _check_external_data(proto: onnx.ModelProto, base_dir: str, origin: str) -> None:

@@ -1,10 +1,24 @@
 """The compile report: what was quantized, what stayed float and why, and what the runtime did.
 
 The report is plain JSON-serializable data, the same from the API, the CLI (``--report``) and the
-zoo. Sections: ``model`` (inputs, outputs, opset, op histogram before and after the float
-rewrites), ``options``, ``nodes`` (per node: op, decision, reason), ``tensors`` (per quantized
-tensor: role, dtype, axis, scale, zero point), ``totals``, ``verify`` (the backend's run of the
-artifact) and ``timings``.
+zoo. Sections: ``schema_version``, ``model`` (inputs, outputs, opset, op histogram before and after
+the float rewrites), ``options``, ``nodes`` (per node: op, decision, reason), ``tensors`` (per
+quantized tensor: role, dtype, axis, scale, zero point), ``totals``, ``verify`` (the backend's run
+of the artifact), ``already_quantized`` (the model's own Q/DQ, for a QDQ input), ``warnings`` and
+``timings``.
+
+``schema_version`` (an integer, now ``SCHEMA_VERSION``) versions the layout of this dict: the
+names, types and meaning of the top-level keys and of the fields inside ``model``, ``totals``,
+``nodes``, ``tensors``, ``mixed_precision`` and ``warnings``. It goes up when a key a script may
+read is renamed, removed or changes meaning; new keys may appear without a change. It does not
+version ``options`` (the compile options, as the installed qcc names them), ``verify`` (each
+backend's own findings) or the selection sections, nor qcc's numbers: ``qcc_version`` says which
+qcc made the report.
+
+``warnings`` lists what a user must not miss though the compile succeeded, each as ``{"code":
+str, "message": str}`` (:func:`compile_warnings`; the codes are ``WARNING_CODES``). They are also
+logged on the ``qcc`` logger, and ``strict`` (``--strict``) turns those in ``STRICT_WARNINGS``
+into an error.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -32,6 +47,20 @@ from qcc.annotations import (
 )
 from qcc.irutils import default_opset
 
+# The version of this report's layout (see the module docstring).
+SCHEMA_VERSION = 1
+# The reason of every node left as an already-quantized (QDQ) model quantized it.
+ALREADY_QUANTIZED_REASON = "already quantized: kept with the model's own Q/DQ and scales"
+WARNING_CODES = (
+    "tolerance_missed",  # the artifact misses --tolerance on the calibration samples
+    "nothing_quantized",  # no node runs int8 (or int4): the artifact is the float model
+    "kept_float",  # nodes qcc could quantize stay float (mixed precision, calibration rules, runtime fallbacks)
+    "verify_failed",  # the artifact ran in its runtime and did not pass the backend's checks
+    "already_quantized",  # a QDQ model: its own Q/DQ and scales are kept
+)
+# The warnings ``strict=True`` (``--strict``) turns into a StrictError: the artifact is not what was asked.
+STRICT_WARNINGS = frozenset({"tolerance_missed", "nothing_quantized", "kept_float", "verify_failed"})
+
 
 def build_report(
     model: ir.Model,
@@ -43,8 +72,10 @@ def build_report(
     verify: dict[str, Any] | None,
     timings: dict[str, float],
     artifact_bytes: int | None,
+    already_quantized: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Builds the report of one compile (see module docstring)."""
+    """Builds the report of one compile (see module docstring); ``warnings`` is left empty (the driver
+    fills it once the compile is chosen: :func:`compile_warnings`)."""
     nodes = []
     by_op: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     reasons: collections.Counter = collections.Counter()
@@ -70,6 +101,7 @@ def build_report(
     counts = collections.Counter(n["decision"] for n in nodes)
     initializers = {i.name for i in original.graph.initializer}
     return {
+        "schema_version": SCHEMA_VERSION,
         "qcc_version": qcc.__version__,
         "target": target,
         "activation_dtype": activation_dtype.name.lower() if activation_dtype is not None else None,
@@ -99,6 +131,8 @@ def build_report(
         "weight_rounding": weight_rounding_section(model),
         "smoothing": smoothing_section(model),
         "refit": refit_section(model),
+        "already_quantized": already_quantized,
+        "warnings": [],
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
 
@@ -116,10 +150,13 @@ def weight_rounding_section(model: ir.Model) -> dict[str, Any] | None:
         "nearest_layers": len(rounded) - len(gptq),
         # Geometric mean over the GPTQ layers of output error / nearest rounding's (< 1: closer).
         "output_error_vs_nearest": float(np.exp(np.mean([np.log(r.error / r.nearest) for r in gptq if r.nearest > 0])))
-        if any(r.nearest > 0 for r in gptq) else None,
+        if any(r.nearest > 0 for r in gptq)
+        else None,
         "nearest_reasons": dict(collections.Counter(r.reason for _, r in rounded if r.method != "gptq").most_common()),
-        "layers": {name: {"method": r.method, "error_vs_nearest": r.error / r.nearest if r.nearest else 1.0}
-                   for name, r in rounded},
+        "layers": {
+            name: {"method": r.method, "error_vs_nearest": r.error / r.nearest if r.nearest else 1.0}
+            for name, r in rounded
+        },
     }
 
 
@@ -136,8 +173,10 @@ def refit_section(model: ir.Model) -> dict[str, Any] | None:
         "kept_layers": sum(1 for _, r in refits if r.choice == "kept"),
         "error_vs_kept": float(np.exp(np.mean([np.log(r.error / r.kept_error) for r in fitted]))) if fitted else None,
         "kept_reasons": dict(collections.Counter(r.reason for _, r in refits if r.choice == "kept").most_common()),
-        "layers": {name: {"choice": r.choice, "error_vs_kept": r.error / r.kept_error if r.kept_error else 1.0}
-                   for name, r in refits},
+        "layers": {
+            name: {"choice": r.choice, "error_vs_kept": r.error / r.kept_error if r.kept_error else 1.0}
+            for name, r in refits
+        },
     }
 
 
@@ -178,9 +217,7 @@ def mixed_precision_section(
     key = "relative_error_mean" if metric == "relative" else "cosine_mean"
     fidelity = (verify or {}).get("fidelity", {})
     outputs = fidelity.get("outputs", {})
-    artifact = {
-        name: (o[key] if metric == "relative" else 1.0 - o[key]) for name, o in outputs.items()
-    }
+    artifact = {name: (o[key] if metric == "relative" else 1.0 - o[key]) for name, o in outputs.items()}
     worst = max(artifact.values()) if artifact else None
     measured = get_mixed_precision(model.graph) if model is not None else None
     kept = [
@@ -200,6 +237,92 @@ def mixed_precision_section(
         "samples": measured.samples if measured else None,
         "kept_float": kept,
     }
+
+
+def compile_warnings(report: dict[str, Any], kept_float: Mapping[str, str]) -> list[dict[str, str]]:
+    """The report's ``warnings``: what the user must not miss though the compile succeeded.
+
+    Args:
+        report: the finished report of the compile that was kept.
+        kept_float: node name -> reason, for the nodes the plan would quantize that a later stage
+            kept float (mixed precision, a target rule that needed calibration data, non-finite
+            tensors): the compile's plan, ``CompileResult.plan``.
+
+    Returns:
+        ``[{"code": ..., "message": ...}]`` in the order of ``WARNING_CODES``; each message says
+        what was measured and what to try.
+    """
+    found: list[dict[str, str]] = []
+
+    def warn(code: str, message: str) -> None:
+        found.append({"code": code, "message": message})
+
+    target = report["target"]
+    nodes = report["nodes"]
+    mixed = report.get("mixed_precision") or {}
+    if mixed.get("met") is False:
+        what = "1 - cosine" if mixed["metric"] == "cosine" else "relative error"
+        warn(
+            "tolerance_missed",
+            f"the artifact misses --tolerance: output {what} {mixed['artifact_error']:.4g} > bound {mixed['bound']:g} "
+            f"on {mixed.get('artifact_samples')} calibration samples, with {len(mixed['kept_float'])} nodes kept "
+            "float. "
+            "Try --method mse or entropy, more representative calibration data, --exclude the layers `qcc analyze` "
+            "ranks worst, or a looser --tolerance.",
+        )
+    own = report.get("already_quantized")
+    quantized = [n for n in nodes if n["decision"] != Decision.FLOAT.value]
+    if not quantized and own is None:
+        warn("nothing_quantized", f"nothing runs int8 on {target}: {_why_all_float(nodes, target)}.")
+    kept = collections.Counter(
+        _short_reason(n["reason"]) for n in nodes if n["decision"] == Decision.FLOAT.value and n["name"] in kept_float
+    )
+    unfused = list((report.get("verify") or {}).get("quantized_but_float") or [])
+    if kept or unfused:
+        parts = [f"x{count} {reason}" for reason, count in kept.most_common(3)]
+        if unfused:
+            parts.append(f"x{len(unfused)} planned int8 but run float in the runtime ({', '.join(unfused[:3])})")
+        advice = " A looser --tolerance keeps fewer float." if any(r.startswith(MIXED_REASON) for r in kept) else ""
+        warn(
+            "kept_float",
+            f"{sum(kept.values()) + len(unfused)} node(s) qcc could quantize stay float: {'; '.join(parts)}. "
+            f"report['nodes'] gives each one's reason.{advice}",
+        )
+    verify = report.get("verify")
+    if verify is not None and verify.get("ok") is False and not unfused:
+        detail = verify.get("error") or "report['verify'] gives each check"
+        warn("verify_failed", f"the artifact did not pass verification in {verify.get('runtime')}: {detail}.")
+    if own is not None:
+        others = len(quantized)
+        warn(
+            "already_quantized",
+            f"already quantized: {own['tensors']} tensors keep the model's own scales (its QuantizeLinear/"
+            f"DequantizeLinear stay as they are); qcc quantized {others} other node(s). To let qcc choose every "
+            f"scale for {target}, pass the float model it came from.",
+        )
+    return found
+
+
+def _why_all_float(nodes: list[dict[str, Any]], target: str) -> str:
+    """Why no node was quantized, from the float reasons: the operators without an int8 kernel when
+    that is all, else the commonest reasons."""
+    no_kernel = f"has no int8 kernel on {target}"
+    without = sorted({n["op_type"] for n in nodes if n["reason"].endswith(no_kernel)})
+    reasons = collections.Counter(_short_reason(n["reason"]) for n in nodes if not n["reason"].endswith(no_kernel))
+    if without and not reasons:
+        return (
+            f"none of the model's operators ({', '.join(without)}) has an int8 kernel on {target}; the artifact is "
+            "the float model. `qcc inspect model.onnx` shows what each target would quantize"
+        )
+    parts = [f"float x{count}: {reason}" for reason, count in reasons.most_common(3)]
+    if without:
+        parts.append(f"no int8 kernel for {', '.join(without)}")
+    return "; ".join(parts) + "; the artifact is the float model"
+
+
+def _short_reason(reason: str) -> str:
+    """A float reason without the per-node detail after its first colon (mixed precision's measurement)."""
+    return MIXED_REASON if reason.startswith(MIXED_REASON) else reason
 
 
 def _io(value: onnx.ValueInfoProto) -> dict[str, Any]:

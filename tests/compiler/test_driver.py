@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import tempfile
 from types import SimpleNamespace
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 
 import qcc
 from qcc import driver
+from qcc.errors import StrictError
 from qcc.options import CompileOptions
-from tests.conftest import build_model, fidelity, random_feeds
+from qcc.report import compile_warnings
+from tests.bad_inputs import ort_quantized
+from tests.conftest import build_model, fidelity, random_feeds, run
 
 
 def test_constant_mask_stays_float_with_reason():
@@ -98,10 +105,12 @@ def test_trt_method_selection_reads_a_one_shot_iterator_once_for_every_compile()
 def _candidate(error: float, kept_float: int) -> SimpleNamespace:
     """A compile result as far as the rounding selection reads it: the artifact's output error
     (1 - cosine) and how many nodes mixed precision kept float."""
-    return SimpleNamespace(report={
-        "verify": {"fidelity": {"outputs": {"y": {"cosine_mean": 1.0 - error}}}},
-        "mixed_precision": {"kept_float": [{"node": f"n{i}"} for i in range(kept_float)]},
-    })
+    return SimpleNamespace(
+        report={
+            "verify": {"fidelity": {"outputs": {"y": {"cosine_mean": 1.0 - error}}}},
+            "mixed_precision": {"kept_float": [{"node": f"n{i}"} for i in range(kept_float)]},
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -162,3 +171,203 @@ def test_save_never_overwrites_the_input_model(tmp_path):
     assert path.read_bytes() == before
     result.save(tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx").stat().st_size > 0
+
+
+# -- Mistakes that passed silently: warnings, strict, already-quantized models (issue #18) -------
+
+CHAIN_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[16,16] w1, float[16,16] w2, float[16,16] w3, float[16,16] w4, float[1,16] x) => (float[1,16] y) {
+  a = MatMul(x, w1)
+  b = MatMul(a, w2)
+  c = MatMul(b, w3)
+  y = MatMul(c, w4)
+}
+"""
+
+
+def _codes(result) -> list[str]:
+    return [w["code"] for w in result.warnings]
+
+
+def test_the_report_states_its_schema_version():
+    model = build_model(API_MODEL)
+    report = qcc.compile(model, calibration=random_feeds(model, 4)).report
+    assert report["schema_version"] == 1 and isinstance(report["schema_version"], int)
+    assert report["warnings"] == []  # a clean compile raises no false alarm
+    json.dumps(report)  # still plain JSON
+
+
+def test_a_missed_tolerance_is_a_logged_warning_and_strict_raises(caplog):
+    model = build_model(CHAIN_MODEL)
+    feeds = random_feeds(model, 4)
+    # A bound of 0 is out of reach: mixed precision floats at most 40% of the nodes, and misses it.
+    with caplog.at_level(logging.WARNING, logger="qcc"):
+        result = qcc.compile(model, target="ort", calibration=feeds, tolerance=0.0)
+    assert result.report["mixed_precision"]["met"] is False
+    assert _codes(result) == ["tolerance_missed", "kept_float"]
+    missed = result.warnings[0]["message"]
+    assert "misses --tolerance" in missed and "> bound 0" in missed and "looser --tolerance" in missed
+    assert "2 node(s) qcc could quantize stay float" in result.warnings[1]["message"]
+    logged = [r for r in caplog.records if r.name == "qcc" and r.levelno == logging.WARNING]
+    assert [r.getMessage().split(":")[0] for r in logged] == ["tolerance_missed", "kept_float"]
+    with pytest.raises(StrictError) as error:
+        qcc.compile(model, target="ort", calibration=feeds, tolerance=0.0, strict=True)
+    assert isinstance(error.value, qcc.QccError) and error.value.exit_code == 3
+    assert error.value.result.report["mixed_precision"]["met"] is False  # the compile is not lost
+    assert "tolerance_missed" in str(error.value) and "Fix:" in str(error.value)
+    qcc.compile(model, target="ort", calibration=feeds, strict=True)  # within the default bound: no error
+
+
+@pytest.mark.parametrize("target", ["ort", "trt", "tflite"])
+def test_a_compile_that_quantizes_nothing_says_why(target):
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,8] x) => (float[1,8] y) {
+          s = Sin(x)
+          y = Exp(s)
+        }
+        """
+    )
+    feeds = random_feeds(model, 4)
+    result = qcc.compile(model, target=target, calibration=feeds)
+    assert result.warnings == [
+        {
+            "code": "nothing_quantized",
+            "message": f"nothing runs int8 on {target}: none of the model's operators (Exp, Sin) has an int8 kernel "
+            f"on {target}; the artifact is the float model. `qcc inspect model.onnx` shows what each target would "
+            "quantize.",
+        }
+    ]
+    with pytest.raises(StrictError, match="nothing_quantized"):
+        qcc.compile(model, target=target, calibration=feeds, strict=True)
+
+
+def test_nodes_kept_float_after_calibration_are_a_warning():
+    # Log(Relu(x)) is -inf wherever x <= 0: the MatMul reading it is replanned float.
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[8,8] w1, float[8,8] w2, float[1,8] x) => (float[1,8] y) {
+          h = MatMul(x, w1)
+          r = Relu(h)
+          l = Log(r)
+          y = MatMul(l, w2)
+        }
+        """
+    )
+    result = qcc.compile(model, calibration=random_feeds(model, 8), tolerance=None)
+    assert _codes(result) == ["kept_float"]
+    assert "1 node(s) qcc could quantize stay float: x1 reads or writes 'l'" in result.warnings[0]["message"]
+
+
+def test_a_failed_verification_is_a_warning():
+    model = build_model(API_MODEL)
+    result = qcc.compile(model, calibration=random_feeds(model, 4))
+    report = {**result.report, "verify": {**result.report["verify"], "ok": False, "error": "outputs differ"}}
+    assert compile_warnings(report, {}) == [
+        {
+            "code": "verify_failed",
+            "message": "the artifact did not pass verification in onnxruntime CPUExecutionProvider: outputs differ.",
+        }
+    ]
+
+
+def _float_cnn() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w")
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 8, 8])
+    conv = onnx.helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([conv], "g", [x], [y], [w]), opset_imports=[onnx.helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    return model
+
+
+def _qdq_params(model: onnx.ModelProto) -> list[tuple[str, list, list]]:
+    """Every Q/DQ node's op type with its scale and zero point values, in graph order."""
+    values = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in model.graph.initializer}
+    return [
+        (n.op_type, values[n.input[1]], values.get(n.input[2]) if len(n.input) > 2 else None)
+        for n in model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+    ]
+
+
+@pytest.mark.parametrize("target", ["ort", "trt"])
+def test_a_qdq_model_keeps_its_own_scales_on_onnx_targets(target):
+    quantized = ort_quantized(_float_cnn(), symmetric=True)  # symmetric int8: TensorRT's rules hold
+    feeds = random_feeds(quantized, 4)
+    result = qcc.compile(quantized, target=target, calibration=feeds)
+    # Not quantized twice: the artifact has exactly the model's own Q/DQ, with the same parameters.
+    assert _qdq_params(result.model) == _qdq_params(quantized)
+    for feed in feeds:
+        np.testing.assert_array_equal(run(result.model, feed)[0], run(quantized, feed)[0])
+    assert result.report["already_quantized"]["tensors"] == 3  # the weight, the input and the output
+    assert _codes(result) == ["already_quantized"]
+    assert result.warnings[0]["message"].startswith("already quantized: 3 tensors keep the model's own scales")
+    qcc.compile(quantized, target=target, calibration=feeds, strict=True)  # nothing strict refuses
+
+
+def test_a_partly_quantized_model_gets_the_rest_quantized_by_qcc():
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    model = build_model(API_MODEL)
+    feeds = random_feeds(model, 8)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    path = f"{tempfile.mkdtemp()}/partly.onnx"
+    quantize_static(model, path, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"])
+    partly = onnx.load(path)
+    result = qcc.compile(partly, target="ort", calibration=feeds)
+    decisions = {n["op_type"]: n["decision"] for n in result.report["nodes"]}
+    assert decisions["Conv"] == "float" and decisions["Gemm"] == "int8"
+    own = result.report["already_quantized"]
+    dq_outputs = {n.output[0] for n in result.model.graph.node if n.op_type == "DequantizeLinear"}
+    assert all(n.input[0] not in dq_outputs for n in result.model.graph.node if n.op_type == "QuantizeLinear"), (
+        "a tensor between the model's own Q/DQ was quantized again"
+    )
+    assert "qcc quantized 2 other node(s)" in result.warnings[0]["message"] and own["tensors"] == 4
+
+
+def test_a_qdq_model_is_refused_on_tflite_with_the_reason_and_the_fix():
+    quantized = ort_quantized(_float_cnn())
+    with pytest.raises(
+        qcc.UnsupportedModelError,
+        match=r"already quantized \(QDQ: 3 tensors.*Fix: pass the float "
+        r"model it came from .*or compile this one for ort or trt",
+    ):
+        qcc.compile(quantized, target="tflite", calibration=random_feeds(quantized, 2))
+
+
+@pytest.mark.parametrize("target", ["ort", "trt", "tflite"])
+def test_a_qoperator_model_is_refused_on_every_target(target):
+    quantized = ort_quantized(build_model(API_MODEL), "qoperator")
+    with pytest.raises(
+        qcc.UnsupportedModelError,
+        match=r"already quantized \(QOperator: .*QLinearConv x1.*QGemm x1.*"
+        "Fix: pass the float model it came from",
+    ):
+        qcc.compile(quantized, target=target, calibration=random_feeds(quantized, 2))
+
+
+@pytest.mark.parametrize(
+    ("target", "wrong", "right"), [("tflite", "m.onnx", "m.tflite"), ("ort", "m.tflite", "m.onnx")]
+)
+def test_save_refuses_another_targets_suffix(tmp_path, target, wrong, right):
+    model = build_model(API_MODEL)
+    result = qcc.compile(model, target=target, calibration=random_feeds(model, 4), tolerance=None)
+    with pytest.raises(qcc.OutputError, match=f"ends in {wrong[1:]} but target {target}"):
+        result.save(tmp_path / wrong)
+    assert not (tmp_path / wrong).exists()
+    result.save(tmp_path / right)
+    assert (tmp_path / right).stat().st_size > 0

@@ -84,8 +84,14 @@ def test_unreadable_files_are_model_load_errors(tmp_path, make, message):
 
 def test_missing_external_data_is_named(tmp_path):
     model = tiny()
-    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-              location="weights.bin", size_threshold=0)
+    onnx.save(
+        model,
+        tmp_path / "m.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     (tmp_path / "weights.bin").unlink()
     with pytest.raises(qcc.ModelLoadError, match="weights.bin"):
         frontend.load(str(tmp_path / "m.onnx"))
@@ -241,15 +247,23 @@ def _one_input_model(value: onnx.ValueInfoProto, node: onnx.NodeProto, output: o
 
 def test_inputs_qcc_cannot_feed_are_refused_truthfully():
     bf16 = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.BFLOAT16, [4])
-    relu = _one_input_model(bf16, onnx.helper.make_node("Relu", ["x"], ["y"]),
-                            onnx.helper.make_tensor_value_info("y", onnx.TensorProto.BFLOAT16, [4]), 17)
+    relu = _one_input_model(
+        bf16,
+        onnx.helper.make_node("Relu", ["x"], ["y"]),
+        onnx.helper.make_tensor_value_info("y", onnx.TensorProto.BFLOAT16, [4]),
+        17,
+    )
     with pytest.raises(qcc.QccError, match="'x' .* is bfloat16"):
         frontend.load(relu)
     optional = onnx.helper.make_value_info(
         "x", onnx.helper.make_optional_type_proto(onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [4]))
     )
-    has = _one_input_model(optional, onnx.helper.make_node("OptionalHasElement", ["x"], ["y"]),
-                           onnx.helper.make_tensor_value_info("y", onnx.TensorProto.BOOL, []), 18)
+    has = _one_input_model(
+        optional,
+        onnx.helper.make_node("OptionalHasElement", ["x"], ["y"]),
+        onnx.helper.make_tensor_value_info("y", onnx.TensorProto.BOOL, []),
+        18,
+    )
     with pytest.raises(qcc.QccError, match="'x' .* is of type optional"):
         frontend.load(has)
 
@@ -266,10 +280,14 @@ def test_opset_upgrade_that_changes_an_input_rank_is_refused():
         onnx.helper.make_graph(
             [scan],
             "g",
-            [onnx.helper.make_tensor_value_info("init", onnx.TensorProto.FLOAT, [1, 2]),
-             onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 2])],
-            [onnx.helper.make_tensor_value_info("final", onnx.TensorProto.FLOAT, [1, 2]),
-             onnx.helper.make_tensor_value_info("ys", onnx.TensorProto.FLOAT, [1, 3, 2])],
+            [
+                onnx.helper.make_tensor_value_info("init", onnx.TensorProto.FLOAT, [1, 2]),
+                onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 2]),
+            ],
+            [
+                onnx.helper.make_tensor_value_info("final", onnx.TensorProto.FLOAT, [1, 2]),
+                onnx.helper.make_tensor_value_info("ys", onnx.TensorProto.FLOAT, [1, 3, 2]),
+            ],
         ),
         opset_imports=[onnx.helper.make_opsetid("", 8)],
     )
@@ -289,3 +307,72 @@ def test_stft_without_onesided_is_one_sided_as_onnx_runtime_runs_it():
     loaded = frontend.load(model)
     stft = next(n for n in loaded.model.graph if n.op_type == "STFT")
     assert stft.attributes["onesided"].as_int() == 1
+
+
+# -- Already-quantized models (issue #18) ----------------------------------------------------------
+
+_QDQ_WEIGHT = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[4,4,1,1] w, float[1,4,6,6] x) => (float[1,4,6,6] y) {
+  s = Constant<value=float {0.05}>()
+  z = Constant<value=int8 {0}>()
+  wq = QuantizeLinear(w, s, z)
+  wd = DequantizeLinear(wq, s, z)
+  xq = QuantizeLinear(x, s, z)
+  xd = DequantizeLinear(xq, s, z)
+  y = Conv(xd, wd)
+}
+"""
+_FLOAT_ISLAND = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[4,4,1,1] w1, float[4,4,1,1] w2, float[1,4,6,6] x) => (float[1,4,6,6] y) {
+  c = Conv(x, w1)
+  s = Constant<value=float {0.05}>()
+  z = Constant<value=uint8 {128}>()
+  q = QuantizeLinear(c, s, z)
+  d = DequantizeLinear(q, s, z)
+  y = Conv(d, w2)
+}
+"""
+_LONE_DQ = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (int8[4] x, float s) => (float[4] y) {
+  y = DequantizeLinear(x, s)
+}
+"""
+
+
+def test_a_model_with_its_weights_behind_qdq_is_recognised_as_already_quantized():
+    own = frontend.load(build_model(_QDQ_WEIGHT)).own_quantization  # ModelOpt's form: float weight -> Q -> DQ
+    assert own is not None and set(own.tensors) == {"wd", "xd"}
+    names = {n.name: n.op_type for n in frontend.load(build_model(_QDQ_WEIGHT)).model.graph}
+    assert sorted(names[n] for n in own.nodes) == [
+        "Conv",
+        "DequantizeLinear",
+        "DequantizeLinear",
+        "QuantizeLinear",
+        "QuantizeLinear",
+    ]
+
+
+@pytest.mark.parametrize("text", [_FLOAT_ISLAND, _LONE_DQ], ids=["float_island", "lone_dequantize"])
+def test_a_q_dq_op_in_a_float_model_is_not_its_quantization(text):
+    # A fake-quant pair between float Convs, or a DequantizeLinear of a graph input, is an op the float
+    # model computes with (ONNX's conformance cases): compiled like any other.
+    assert frontend.load(build_model(text)).own_quantization is None
+
+
+_QLINEAR_MATMUL = """
+<ir_version: 8, opset_import: ["" : 21]>
+g (int8[2,4] a, float sa, int8 za, int8[4,5] b, float sb, int8 zb, float sy, int8 zy) => (int8[2,5] y) {
+  y = QLinearMatMul(a, sa, za, b, sb, zb, sy, zy)
+}
+"""
+
+
+def test_a_qoperator_model_is_refused_but_an_integer_operator_on_inputs_is_not():
+    on_inputs = onnx.parser.parse_model(_QLINEAR_MATMUL)
+    assert frontend.load(on_inputs).own_quantization is None  # an integer op the model computes with
+    weights = build_model(_QLINEAR_MATMUL, constants={"b": np.ones((4, 5), np.int8)})
+    with pytest.raises(qcc.UnsupportedModelError, match=r"already quantized \(QOperator: QLinearMatMul x1\)"):
+        frontend.load(weights)

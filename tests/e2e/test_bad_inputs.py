@@ -1,8 +1,9 @@
-"""Every case of the bad-input corpus, through the CLI, for every target (issue 7)."""
+"""Every case of the bad-input corpus, through the CLI, for every target (issues 7 and 18)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,10 @@ CASES = [
     "future_opset",
     "empty_graph",
     "constant_activation",
+    "qdq_model",
+    "qdq_model_symmetric",
+    "qoperator_model",
+    "nothing_quantizable",
     "calib_zero_samples",
     "calib_wrong_rank",
     "calib_int_dtype",
@@ -48,10 +53,13 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_gets_a_clear_answer_and_loses_nothing(corpus, tmp_path, case, target):
     model, data, outcome = corpus[case]
+    outcome = outcome[target] if isinstance(outcome, dict) else outcome
     before = (_digest(model), _digest(data))
-    out = tmp_path / f"out.{target}"
+    out = tmp_path / ("out.tflite" if target == "tflite" else f"out.{target}.onnx")
+    report = tmp_path / "report.json"
+    command = ["compile", str(model), "-t", target, "-c", str(data), "-o", str(out), "--report", str(report)]
     proc = subprocess.run(
-        [sys.executable, "-m", "qcc.cli", "compile", str(model), "-t", target, "-c", str(data), "-o", str(out)],
+        [sys.executable, "-m", "qcc.cli", *command],
         capture_output=True,
         text=True,
         timeout=120,
@@ -65,5 +73,10 @@ def test_bad_input_gets_a_clear_answer_and_loses_nothing(corpus, tmp_path, case,
     else:
         assert proc.returncode == 0, proc.stderr
         assert out.stat().st_size > 0
+        warnings = json.loads(report.read_text())["warnings"]
+        expected = outcome.removeprefix("warn:").split(",") if outcome.startswith("warn:") else []
+        assert [w["code"] for w in warnings] == expected
+        for warning in warnings:  # the mistake is named where the user looks, not passed silently
+            assert warning["message"] in " ".join(proc.stderr.split()), proc.stderr
     assert (_digest(model), _digest(data)) == before
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
