@@ -163,21 +163,29 @@ _QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 def _check_not_qoperator(proto: onnx.ModelProto, origin: str) -> None:
-    """Refuses a model quantized in ONNX Runtime's QOperator format (QLinearConv, QGemm, ...).
+    """Refuses a float model converted to ONNX Runtime's QOperator format (QLinearConv, QGemm, ...).
 
-    Its weights are integers inside integer ops: there is no float model left for qcc to quantize,
-    and the scales it would choose could not replace the model's. A QLinear op whose integer operands
-    are all graph inputs is an integer operator like any other (ONNX's conformance cases), not a
-    quantized model: only ops with a constant integer operand (a weight) count.
+    Its weights are integers inside integer ops: there is no float layer left for qcc to quantize,
+    and the scales it would choose could not replace the model's. Such a model quantizes its float
+    activations itself (QuantizeLinear, or DynamicQuantizeLinear for ``quantize_dynamic``) and feeds
+    integer ops with constant integer weights; ONNX Runtime's ``com.microsoft`` quantized ops (QGemm,
+    QLinearAdd, ...) are written only by its quantizer. A QLinear op on a model's integer inputs, with
+    nothing float quantized in the graph, is an integer operator like any other (ONNX's conformance
+    cases; TFLite lowers it in float), not a quantized float model.
 
     Raises:
         UnsupportedModelError: naming the QOperator ops and how many of each.
     """
     constants = _constant_names(proto.graph)
+    quantizes_activations = any(
+        node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") and node.input[0] not in constants
+        for node in proto.graph.node
+    )
     found: collections.Counter = collections.Counter()
     for node in proto.graph.node:
         if node.domain in ("", "ai.onnx") and node.op_type in _QOPERATOR_DATA:
-            if any(i < len(node.input) and node.input[i] in constants for i in _QOPERATOR_DATA[node.op_type]):
+            weighted = any(i < len(node.input) and node.input[i] in constants for i in _QOPERATOR_DATA[node.op_type])
+            if weighted and quantizes_activations:
                 found[node.op_type] += 1
         elif node.domain == "com.microsoft" and (node.op_type.startswith("QLinear") or node.op_type in _MS_QUANTIZED):
             found[node.op_type] += 1

@@ -368,11 +368,21 @@ g (int8[2,4] a, float sa, int8 za, int8[4,5] b, float sb, int8 zb, float sy, int
   y = QLinearMatMul(a, sa, za, b, sb, zb, sy, zy)
 }
 """
+_QOPERATOR_MODEL = """
+<ir_version: 8, opset_import: ["" : 21]>
+g (float[2,4] x, float sa, int8 za, int8[4,5] b, float sb, int8 zb, float sy, int8 zy) => (float[2,5] y) {
+  a = QuantizeLinear(x, sa, za)
+  q = QLinearMatMul(a, sa, za, b, sb, zb, sy, zy)
+  y = DequantizeLinear(q, sy, zy)
+}
+"""
 
 
-def test_a_qoperator_model_is_refused_but_an_integer_operator_on_inputs_is_not():
-    on_inputs = onnx.parser.parse_model(_QLINEAR_MATMUL)
-    assert frontend.load(on_inputs).own_quantization is None  # an integer op the model computes with
-    weights = build_model(_QLINEAR_MATMUL, constants={"b": np.ones((4, 5), np.int8)})
+def test_a_qoperator_model_is_refused_but_an_integer_operator_is_not():
+    # An integer op on the model's integer inputs, with or without constant operands, is an op it computes with.
+    assert frontend.load(onnx.parser.parse_model(_QLINEAR_MATMUL)).own_quantization is None
+    assert frontend.load(build_model(_QLINEAR_MATMUL, constants={"b": np.ones((4, 5), np.int8)})) is not None
+    # A float model whose activations are quantized into an integer op with an integer weight is quantized.
+    quantized = build_model(_QOPERATOR_MODEL, constants={"b": np.ones((4, 5), np.int8)})
     with pytest.raises(qcc.UnsupportedModelError, match=r"already quantized \(QOperator: QLinearMatMul x1\)"):
-        frontend.load(weights)
+        frontend.load(quantized)
