@@ -53,7 +53,7 @@ from qcc.backends.base import Artifact, Backend, TargetSpec
 from qcc.context import PassContext
 from qcc.data import Feed
 from qcc.errors import BackendError
-from qcc.options import IoType
+from qcc.options import ActivationType, CalibrationMethod, CompileOptions, IoType
 from qcc.passes.layout_nhwc import LayoutNhwcPass
 from qcc.runtime import MAX_ORT_IR_VERSION
 
@@ -83,6 +83,15 @@ class TfliteSpec(TargetSpec):
         if not reductions:
             return None
         return f"square Mul(x, x) feeding {', '.join(reductions)} (a variance): int8 squares lose the small values"
+
+    def default_methods(self, options: CompileOptions) -> tuple[CalibrationMethod, ...]:
+        """int8: minmax or meanmax, whichever is closer to fp32, as on ``trt`` (graph outputs keep
+        minmax: passes/calibrate.py). Every TFLite int8 op requantizes its output, so one outlier
+        in one calibration sample stretches a step for every later value; meanmax damps it.
+        int16 activations have the steps to spare: minmax."""
+        if options.activation_type in (ActivationType.AUTO, ActivationType.INT8):
+            return (CalibrationMethod.MINMAX, CalibrationMethod.MEANMAX)
+        return (CalibrationMethod.MINMAX,)
 
     def decide(self, node: ir.Node) -> tuple[Decision, str] | None:
         # The plan asks float_reason only about compute ops; pending ops (Mul) get it here.

@@ -198,7 +198,10 @@ class CalibratePass(QccPass):
         for value, hist in zip(targets, stats.histograms, strict=True):
             quant = get_quant(value)
             levels = 255 if quant.symmetric else 256
-            ranges[value.name] = clip_range(hist, chosen.get(value.name, start.value), levels, quant.symmetric)
+            tensor_method = chosen.get(value.name, start.value)
+            if value.is_graph_output():
+                tensor_method = CalibrationMethod.MINMAX.value  # a clipped result is wrong outright
+            ranges[value.name] = clip_range(hist, tensor_method, levels, quant.symmetric)
         keep_float = self.ctx.target.float_after_calibration(model.graph, rows, ranges)
         keep_float = {k: v for k, v in keep_float.items() if k not in self.ctx.keep_float}
         if keep_float:

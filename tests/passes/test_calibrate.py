@@ -73,3 +73,26 @@ def test_what_is_held_does_not_grow_with_samples():
         assert stats.moments  # the weight rounding's input moments are held too
         held.append((stats.held_bytes(), len(stream._head)))
     assert held[0] == held[1]
+
+
+def test_meanmax_never_clips_a_graph_output():
+    """meanmax averages each sample's range, so an outlier sample is clipped inside the model; a
+    graph output keeps its whole observed range (a clipped result is wrong outright)."""
+    model = synthetic_model("residual_cnn")
+    planned = float_passes(model, CanonicalizePass, PlanPass)
+    feeds = random_feeds(model, 6, seed=5)
+    feeds[2] = {name: array * 8 for name, array in feeds[2].items()}  # one outlier sample
+    stream = open_calibration(iter(feeds), input_specs(planned))
+    CalibratePass(PassContext(CompileOptions(method="meanmax"), get_backend("ort").spec, stream))(planned)
+    from qcc.runtime import session
+
+    proto = to_proto(planned)
+    observed = {}
+    for value in quantized_values(planned.graph):
+        if get_range(value) is None or not value.is_graph_output():
+            continue
+        index = [o.name for o in proto.graph.output].index(value.name)
+        outputs = [session(proto).run(None, feed)[index] for feed in feeds]
+        observed[value.name] = max(float(o.max()) for o in outputs)
+        assert get_range(value).max == pytest.approx(observed[value.name], rel=1e-5)
+    assert observed, "the model's outputs are quantized on ort"
