@@ -371,3 +371,24 @@ def test_save_refuses_another_targets_suffix(tmp_path, target, wrong, right):
     assert not (tmp_path / wrong).exists()
     result.save(tmp_path / right)
     assert (tmp_path / right).stat().st_size > 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the fix text is made in backends/_tflite_lower.py, which this test's owner does not own; the lead "
+    "applies the change of issue #18 there and then removes this mark",
+)
+def test_an_operator_without_a_tflite_lowering_says_what_to_do():
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+        g (float[1,8] x) => (float[1,8] y) {
+          y = com.microsoft.Gelu(x)
+        }
+        """
+    )
+    with pytest.raises(qcc.BackendError, match=r"'y' \(Gelu\) has no TFLite lowering") as error:
+        qcc.compile(model, target="tflite", calibration=random_feeds(model, 2))
+    fix = error.value.fix
+    assert "onnx.utils.extract_model" in fix and "ort or trt" in fix, fix
+    assert "backends/" not in fix and ".py" not in fix, fix  # not a pointer into qcc's sources
