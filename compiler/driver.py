@@ -140,7 +140,7 @@ def compile_model(
     # The plan's float nodes that the target could run int8 (a Log next to a non-finite tensor could not).
     spec = get_backend(options.target).spec
     int8_capable = spec.compute_ops | spec.int8_ops | spec.shared_scale_ops | spec.fused_activations | spec.rule_ops
-    op_types = {node["name"]: node["op_type"] for node in result.report["nodes"]}
+    op_types = {node.name: node.op_type for node in result.annotated.graph}
     kept = {
         name: reason
         for name, reason in result.plan[0].items()
