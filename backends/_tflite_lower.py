@@ -50,6 +50,31 @@ ACT_NONE, ACT_RELU, ACT_RELU_N1_TO_1, ACT_RELU6 = 0, 1, 2, 3
 _FLOAT_FUSABLE = frozenset({"Conv", "Gemm", "Add", "Sub", "Mul"})
 
 
+def cut_graph_fix(node: ir.Node, reads: str | None = None) -> str:
+    """Returns the fix for a node qcc cannot write to TFLite at all: run the model up to it (or from
+    after it) as TFLite and the rest elsewhere, or choose an ONNX target (which keeps any op in float).
+
+    Args:
+        node: the node to cut at.
+        reads: the tensors the rest of the model reads, when they are not just the node's inputs
+            (an If's branches read outer values too); the cut is then always before the node.
+    """
+    other_targets = "or compile for ort or trt, whose ONNX artifact keeps the op in float."
+    if reads is None and all(v is None or v.producer() is None for v in node.inputs):
+        # It reads only graph inputs and constants: nothing before it to keep, so the cut goes after it.
+        return (
+            f"cut the graph after node {node.name!r} with onnx.utils.extract_model(model_path, 'part.onnx', "
+            "input_names=[...], output_names=[...]) (the names of that node's outputs and of the graph outputs), "
+            f"compile that part for tflite and compute {node.op_type} ahead of it in your own code, {other_targets}"
+        )
+    reads = reads or "that node's inputs"
+    return (
+        f"cut the graph before node {node.name!r} with onnx.utils.extract_model(model_path, 'part.onnx', "
+        f"input_names=[...], output_names=[...]) (the names of the graph inputs and of {reads}) and run the rest "
+        f"separately, {other_targets}"
+    )
+
+
 def absorb_activations(graph: ir.Graph) -> None:
     """Removes FUSED Relu/Clip nodes, recording their activation on the producer (see docstring).
 
@@ -144,8 +169,8 @@ class Lowering:
                 rule = RUNTIME_LOWERINGS[node.op_type]
             if rule is None:
                 raise BackendError(
-                    f"node {node.name!r} ({node.op_type}) has no TFLite lowering in qcc.",
-                    "exclude it from the model or add a lowering to backends/_tflite_ops.py (see docs/tflite.md).",
+                    f"node {node.name!r} ({node.op_type}) has no TFLite lowering in qcc, int8 or float.",
+                    cut_graph_fix(node),
                 )
             if node.op_type in FLOAT_KERNELS and self.is_int8(node):
                 self._float_kernels.add(id(node))

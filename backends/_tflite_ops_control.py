@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from qcc.backends._tflite_lower import Lowering
+from qcc.backends._tflite_lower import Lowering, cut_graph_fix
 from qcc.backends._tflite_ops_rnn import gru, rnn
 from qcc.backends._tflite_ops_window import unsupported
 from qcc.errors import BackendError
@@ -119,9 +119,9 @@ def _check_same_signature(node: ir.Node, outputs, known: bool) -> None:
                 f"node {node.name!r} (If): output {index} is {described[0]} in then_branch and {described[1]} "
                 "in else_branch; qcc computes both branches and selects with SELECT_V2, which needs one static "
                 "shape and type, and TFLite's IF op needs branch subgraphs qcc's writer does not write yet.",
-                "fix the condition before compiling (make the input it depends on, such as a sample-rate "
-                "flag, an initializer) so qcc inlines the taken branch, or make both branches return the "
-                "same static shape.",
+                "make the If's condition a constant (an initializer; it often depends on an input such as a "
+                "sample-rate flag) so qcc inlines the taken branch, or make both branches return the same "
+                "static shape.",
             )
 
 
@@ -159,15 +159,17 @@ def _lower_graph(lw: Lowering, node: ir.Node, key: str, graph: ir.Graph) -> None
         rule = LOWERINGS.get(inner.op_type) if inner.domain in ("", "ai.onnx") else None
         if rule is None:
             raise BackendError(
-                f"node {inner.name!r} ({inner.op_type}) in {where} (If) has no TFLite lowering in qcc.",
-                "exclude the If from the model or add a lowering to backends/_tflite_ops.py (see docs/tflite.md).",
+                f"node {inner.name!r} ({inner.op_type}) in {where} (If, run-time condition) has no TFLite lowering "
+                "in qcc, int8 or float.",
+                f"make the If's condition a constant (an initializer) so qcc inlines the taken branch, or "
+                f"{cut_graph_fix(node, 'the tensors the If and its branches read')}",
             )
         if defines_layout(inner) and inner.op_type not in EITHER_LAYOUT_OPS:
             raise BackendError(
                 f"node {inner.name!r} ({inner.op_type}) in {where} (If) is a channels-first image op; qcc's NHWC "
                 "layout pass does not rewrite If branches.",
-                "fix the condition before compiling (make the input it depends on an initializer) so qcc inlines "
-                "the taken branch, or move the op out of the branch.",
+                "make the If's condition a constant (an initializer) so qcc inlines the taken branch, or move "
+                "the op out of the branch.",
             )
         try:
             rule(lw, inner)

@@ -28,7 +28,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from qcc.annotations import Decision, get_decision
+from qcc.annotations import ALREADY_QUANTIZED_REASON, Decision, get_decision
 from qcc.backends._qdq import materialize_qdq, onnx_artifact
 from qcc.backends._trt_rules import check_tensorrt_rules, summarize
 from qcc.backends.base import Artifact, Backend, TargetSpec
@@ -174,15 +174,22 @@ class TrtBackend(Backend):
         qdq = materialize_qdq(model, keep_fused_activations=True, float_weights=float_weights)
         artifact = onnx_artifact(qdq, self.spec.name, self.spec.artifact_suffix)
         errors = [v for v in check_tensorrt_rules(artifact.proto) if v.severity == "error"]
-        own = {n.name: n.op_type for n in model.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+        # The input model's own quantization, not qcc's: its Q/DQ nodes, and the nodes between them that
+        # qcc left as the model quantized them (a rule names the Conv for a Q/DQ between it and its Relu).
+        own = {
+            n.name: n.op_type
+            for n in model.graph
+            if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            or getattr(get_decision(n), "reason", None) == ALREADY_QUANTIZED_REASON
+        }
         theirs = [v for v in errors if v.node in own]
-        if theirs:  # Q/DQ the input model already had: its own quantization, not qcc's
+        if theirs:
             first = theirs[0]
             raise BackendError(
                 f"the model's own {own[first.node]} {first.node!r} breaks TensorRT's explicit-quantization rule "
                 f"{first.rule!r}: {first.message}.",
-                "pass the float model (qcc quantizes it), or give the model's Q/DQ int8 zero points and constant "
-                "scales, as TensorRT requires.",
+                "pass the float model (qcc places Q/DQ by TensorRT's rules), or fix the model's Q/DQ where the "
+                "rule says (`qcc check --target trt model.onnx` lists every violation).",
             )
         if errors:
             first = errors[0]

@@ -34,6 +34,8 @@ _SMOOTHING_KEY = "qcc.smoothing"
 _REFIT_KEY = "qcc.refit"
 # The reason every node kept float by the mixed-precision pass starts with.
 MIXED_REASON = "kept float by mixed precision (--tolerance)"
+# The reason of every node left as an already-quantized (QDQ) model quantized it.
+ALREADY_QUANTIZED_REASON = "already quantized: kept with the model's own Q/DQ and scales"
 
 
 class Role(str, enum.Enum):

@@ -44,14 +44,17 @@ def compile(  # noqa: A001 - the public name users expect
     Args:
         model: path, bytes, ``onnx.ModelProto``, ``onnx_ir.Model`` or graphsurgeon ``Graph``;
             never modified.
-        target: ``"ort"`` (ONNX Runtime CPU) or ``"trt"`` (TensorRT). See ``qcc.targets()``.
-        calibration: path to an ``.npz``, a dict ``{input: array with a sample axis}``, or an
-            iterable of feed dicts (see ``qcc.data``).
+        target: ``"ort"`` (ONNX Runtime CPU), ``"trt"`` (TensorRT) or ``"tflite"`` (LiteRT).
+            See ``qcc.targets()``.
+        calibration: path to an ``.npz`` or ``.npy`` file or a folder of them, a numpy array
+            (single-input model), a dict ``{input: array with a sample axis}``, an iterable of feed
+            dicts, or an onnxruntime ``CalibrationDataReader`` (see ``qcc.data``).
         per_channel: per-output-channel weight scales (default) or one per tensor.
         activation_type: ``"auto"``, ``"uint8"`` or ``"int8"``.
         method: calibration method: ``"minmax"``, ``"meanmax"``, ``"percentile"``, ``"mse"``,
-            ``"entropy"`` or ``"auto"``; None: the target's default (on ``trt`` minmax or meanmax,
-            whichever is closer to fp32 on the calibration samples; minmax elsewhere).
+            ``"entropy"`` or ``"auto"``; None: the target's default (on ``trt`` and int8 ``tflite``
+            minmax or meanmax, whichever is closer to fp32 on the calibration samples; minmax
+            elsewhere).
         exclude: node names or op types to keep in float (one string is one name); each must match
             a node of the model.
         verify_each: check IR invariants after every pass (debugging).

@@ -16,11 +16,11 @@ import onnx
 import onnx_ir as ir
 
 from qcc import frontend
-from qcc.annotations import Decision, get_decision
+from qcc.annotations import ALREADY_QUANTIZED_REASON, Decision, get_decision
 from qcc.backends import get_backend
 from qcc.backends.base import Artifact, TargetSpec
 from qcc.context import PassContext, Progress, no_progress
-from qcc.data import CalibrationData, CalibrationSource, open_calibration, reiterable
+from qcc.data import CalibrationData, CalibrationSource, one_pass, open_calibration, reiterable
 from qcc.errors import (
     NonFiniteActivationsError,
     OptionError,
@@ -34,7 +34,6 @@ from qcc.io import check_output_path, check_output_suffix, write_atomic
 from qcc.options import CalibrationMethod, CompileOptions, Precision, WeightRounding
 from qcc.pipeline import run_pipeline
 from qcc.report import (
-    ALREADY_QUANTIZED_REASON,
     STRICT_WARNINGS,
     build_report,
     compile_warnings,
@@ -472,13 +471,14 @@ def _compile_auto(
     methods: tuple[CalibrationMethod, ...],
 ) -> CompileResult:
     """One compile per calibration method; keeps the artifact whose outputs are closest to the
-    float model (mean output cosine) on the calibration samples: the ``trt`` default, minmax or
-    meanmax for the whole model (``TensorrtSpec.default_methods``). (``--method auto`` chooses per
-    tensor instead, inside one compile: ``passes/_clip_search.py``.)
+    float model (mean output cosine) on the calibration samples: the ``trt`` and ``tflite`` int8
+    default, minmax or meanmax for the whole model (``TargetSpec.default_methods``). (``--method
+    auto`` chooses per tensor instead, inside one compile: ``passes/_clip_search.py``.)
     """
     if calibration is not None and not reiterable(calibration):
-        # A one-shot iterator of feeds: each compile reads it again (up to the samples it uses).
-        calibration = list(itertools.islice(calibration, options.max_calibration_samples))
+        # A one-shot iterator of feeds or a reader without rewind(): each compile reads it again
+        # (up to the samples it uses).
+        calibration = list(itertools.islice(one_pass(calibration), options.max_calibration_samples))
     scores: dict[str, float] = {}
     best: CompileResult | None = None
     statistics: dict = {}  # the float model runs over the calibration data once per kind of statistics

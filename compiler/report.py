@@ -49,8 +49,6 @@ from qcc.irutils import default_opset
 
 # The version of this report's layout (see the module docstring).
 SCHEMA_VERSION = 1
-# The reason of every node left as an already-quantized (QDQ) model quantized it.
-ALREADY_QUANTIZED_REASON = "already quantized: kept with the model's own Q/DQ and scales"
 WARNING_CODES = (
     "tolerance_missed",  # the artifact misses --tolerance on the calibration samples
     "nothing_quantized",  # no node runs int8 (or int4): the artifact is the float model

@@ -276,3 +276,12 @@ def test_the_models_own_qdq_breaking_tensorrt_rules_is_named_as_the_models():
     with pytest.raises(qcc.QccError, match="the model's own QuantizeLinear .* rule 'scale'") as error:
         qcc.compile(model, target="trt", calibration=[feed])
     assert "qcc bug" not in str(error.value)
+
+
+def test_a_qdq_models_own_qdq_between_conv_and_relu_is_named_as_the_models():
+    model = _violating("qdq_before_relu")  # the model's own Q/DQ on the Conv's output block its Relu fusion
+    calibration = [{"x": np.random.default_rng(i).random((1, 3, 4, 4), np.float32)} for i in range(2)]
+    with pytest.raises(qcc.BackendError, match=r"the model's own Conv 'conv' breaks .* rule 'epilogue'") as error:
+        qcc.compile(model, target="trt", calibration=calibration)
+    assert "qcc bug" not in str(error.value)
+    assert "qcc check --target trt" in error.value.fix
