@@ -19,10 +19,10 @@ import onnx_ir as ir
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from tflite.Model import Model
 
-from qcc.backends._fidelity import OutputFidelity, cosine
 from qcc.backends._tflite_shapes import STATIC_NOTE
 from qcc.data import Feed
 from qcc.errors import BackendError
+from qcc.metrics import OutputFidelity, cosine
 from qcc.runtime import session
 
 RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}

@@ -23,12 +23,12 @@ import onnx
 import onnx_ir as ir
 
 from qcc.backends._dynamic import materialize_dynamic
-from qcc.backends._fidelity import OutputFidelity
 from qcc.backends._qdq import materialize_qdq, onnx_artifact
 from qcc.backends.base import Artifact, Backend, TargetSpec
 from qcc.context import PassContext
 from qcc.data import Feed
 from qcc.irutils import attr_float, attr_int
+from qcc.metrics import OutputFidelity
 from qcc.options import CompileOptions, Precision, WeightStorage, host_is_arm
 from qcc.runtime import session
 

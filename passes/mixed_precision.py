@@ -57,8 +57,8 @@ from qcc.annotations import (
     quantized_values,
     set_mixed_precision,
 )
-from qcc.backends._fidelity import cosine, relative_error
 from qcc.errors import ReplanRequest, UnsupportedModelError
+from qcc.metrics import cosine, relative_error
 from qcc.options import CalibrationMethod, ToleranceMetric
 from qcc.passes._base import QccPass
 from qcc.passes._clip_search import search_clip_ranges
