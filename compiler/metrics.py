@@ -1,4 +1,8 @@
-"""Output fidelity of an artifact against the float model, in the one shape every verify() reports."""
+"""Output fidelity of an artifact against the float model, in the one shape every verify() reports.
+
+Core, like annotations and Q/DQ materialization: the mixed-precision pass scores its simulations
+with it and every backend's verify() reports with it, so it imports no pass and no backend.
+"""
 
 from __future__ import annotations
 
