@@ -14,7 +14,7 @@ the file itself says, without compiling anything:
 * **QOperator ONNX** (``QLinearConv``, ``MatMulInteger``, ...): those ops are integer kernels, and
   data movement on their integer outputs stays integer.
 * **TFLite**: an op runs in int8 (int16) when its main inputs are int8/uint8 (int16) tensors;
-  ``QUANTIZE``/``DEQUANTIZE`` convert.
+  ``QUANTIZE``/``DEQUANTIZE`` convert (the reader is ``_inspection_tflite``).
 
 Per tensor the report gives the integer tensor's dtype, scale, zero point and channel axis: in ONNX
 the tensor that holds the integers (a Q's output, a DQ's input), in TFLite every tensor that carries
@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import collections
 import os
-import struct
 from pathlib import Path
 from typing import Any
 
+from qcc._inspection_tflite import TFLITE_MAGIC, inspect_tflite
 from qcc.errors import ModelLoadError
 
 SCHEMA_VERSION = 1
-TFLITE_MAGIC = b"TFL3"
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 # Integer kernels of the QOperator format: (input, scale, zero point) positions of the quantized
@@ -82,7 +81,6 @@ _FIRST_INPUT_ONLY = frozenset(
     }
 )  # fmt: skip
 _INT64_OUTPUT = frozenset({"Shape", "Size", "ArgMax", "ArgMin", "NonZero"})
-_TFLITE_WEIGHTED = {"CONV_2D": (0, 1), "DEPTHWISE_CONV_2D": (0, 1), "FULLY_CONNECTED": (0, 1), "TRANSPOSE_CONV": (2, 1)}
 
 
 def is_quantized_artifact(path: str | os.PathLike) -> bool:
@@ -135,7 +133,7 @@ def inspect_artifact(path: str | os.PathLike) -> dict[str, Any]:
     if not head:
         raise ModelLoadError(f"{path} is empty.", "pass a complete .onnx or .tflite file.")
     if head[4:8] == TFLITE_MAGIC:
-        kind, nodes, tensors = "tflite", *_inspect_tflite(path)
+        kind, nodes, tensors = "tflite", *inspect_tflite(path)
     else:
         model = _load_onnx(path)
         kind = _onnx_kind(model)
@@ -630,87 +628,3 @@ class _OnnxInspector:
                 self.types[out] = self.types[node.input[0]]
             else:
                 self.types[out] = onnx.TensorProto.INT64 if precision == "shape" else onnx.TensorProto.FLOAT
-
-
-# -------------------------------------------------------------------------------------------- TFLite
-
-
-def _inspect_tflite(path: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    import tflite
-    from tflite.Model import Model
-
-    op_names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
-    type_names = {v: k.lower() for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
-    data = path.read_bytes()
-    try:
-        model = Model.GetRootAs(data, 0)
-        subgraphs = [model.Subgraphs(i) for i in range(model.SubgraphsLength())]
-        if not subgraphs:
-            raise ValueError("no subgraphs")
-        codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
-        nodes: list[dict[str, Any]] = []
-        tensors: dict[str, dict[str, Any]] = {}
-        for index, graph in enumerate(subgraphs):
-            prefix = "" if index == 0 else f"subgraph{index}/"
-            details = []
-            for t in range(graph.TensorsLength()):
-                tensor = graph.Tensors(t)
-                name = prefix + (tensor.Name() or b"").decode(errors="replace")
-                details.append((name, type_names.get(tensor.Type(), "unknown")))
-                quantization = tensor.Quantization()
-                if quantization is not None and quantization.ScaleLength() > 0:
-                    scale, zero_point = quantization.ScaleAsNumpy(), quantization.ZeroPointAsNumpy()
-                    per_channel = quantization.ScaleLength() > 1
-                    tensors[name] = {
-                        "dtype": details[-1][1],
-                        "scale": _plain(scale if per_channel else scale[0]),
-                        "zero_point": _plain(zero_point if per_channel else zero_point[0])
-                        if quantization.ZeroPointLength()
-                        else 0,
-                        "axis": quantization.QuantizedDimension() if per_channel else None,
-                    }
-            for i in range(graph.OperatorsLength()):
-                operator = graph.Operators(i)
-                code = codes[operator.OpcodeIndex()]
-                builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-                op = op_names.get(builtin, str(builtin))
-                if op == "CUSTOM":
-                    op = (code.CustomCode() or b"CUSTOM").decode(errors="replace")
-                inputs = [details[t] if t >= 0 else None for t in operator.InputsAsNumpy()]
-                outputs = [details[t] for t in operator.OutputsAsNumpy() if t >= 0]
-                name = outputs[0][0] if outputs else f"{prefix}{op}_{i}"
-                precision, why = _tflite_precision(op, inputs, outputs)
-                nodes.append({"name": name, "op": op, "precision": precision, "why": why})
-    except (IndexError, ValueError, TypeError, AttributeError, struct.error) as error:
-        # The tflite package reads offsets without checking them: a truncated file fails here.
-        raise ModelLoadError(
-            f"{path} has the TFLite signature but its flatbuffer cannot be read: it is truncated or corrupt ({error}).",
-            "check that the file is complete (export or copy it again).",
-        ) from error
-    return nodes, tensors
-
-
-_TFLITE_INTEGER = {"int8": "int8", "uint8": "int8", "int16": "int16"}
-_TFLITE_DATA = frozenset({"float32", "float16", "float64", "bfloat16", "int8", "uint8", "int16"})
-
-
-def _tflite_precision(op: str, inputs: list[tuple[str, str] | None], outputs: list[tuple[str, str]]) -> tuple[str, str]:
-    """int8 (int16) when the op's main inputs are int8/uint8 (int16) tensors; see module docstring."""
-    if op in ("SHAPE", "RANK"):
-        return "shape", "reads only the tensor's shape"
-    if op in ("QUANTIZE", "DEQUANTIZE"):
-        source, target = inputs[0], outputs[0]
-        return "conversion", f"{source[0]!r} ({source[1]}) to {target[1]}"
-    if op in _TFLITE_WEIGHTED:
-        main = [inputs[i] for i in _TFLITE_WEIGHTED[op] if i < len(inputs) and inputs[i] is not None]
-    else:
-        main = [t for t in inputs if t is not None and t[1] in _TFLITE_DATA]
-    if not main:
-        return "shape", "integer (shape) arithmetic only"
-    floats = [t for t in main if t[1] not in _TFLITE_INTEGER]
-    if not floats:
-        precision = _TFLITE_INTEGER[main[0][1]]
-        return precision, f"{main[0][1]} inputs"
-    if op in _TFLITE_WEIGHTED and len(main) == 2 and main[1][1] in _TFLITE_INTEGER and floats == [main[0]]:
-        return "int8", f"hybrid: float input {main[0][0]!r} quantized at run time, {main[1][1]} weight {main[1][0]!r}"
-    return "float", f"input {floats[0][0]!r} is {floats[0][1]}"
