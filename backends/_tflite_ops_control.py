@@ -41,8 +41,7 @@ from qcc.passes.canonicalize import fold_node
 from qcc.passes.layout_nhwc import EITHER_LAYOUT_OPS, defines_layout
 
 _WHILE = (
-    "LiteRT runs it only as a WHILE op with condition and body subgraphs, which qcc's TFLite writer does not "
-    "write yet"
+    "LiteRT runs it only as a WHILE op with condition and body subgraphs, which qcc's TFLite writer does not write yet"
 )
 
 
@@ -77,12 +76,19 @@ def if_(lw: Lowering, node: ir.Node) -> None:
         return
     # Shapes known before lowering are checked first: a mismatch is then reported as such rather
     # than as whatever in a branch cannot be lowered.
-    _check_same_signature(node, [(_static(a), _static(b), a.dtype, b.dtype)
-                                 for a, b in zip(then_graph.outputs, else_graph.outputs, strict=True)], known=True)
+    _check_same_signature(
+        node,
+        [
+            (_static(a), _static(b), a.dtype, b.dtype)
+            for a, b in zip(then_graph.outputs, else_graph.outputs, strict=True)
+        ],
+        known=True,
+    )
     condition = lw.read(node.inputs[0], False)
     if condition.dtype != np.bool_ or int(np.prod(condition.shape)) != 1:
-        raise unsupported(node, f"condition of type {condition.dtype} and shape {list(condition.shape)} (If takes "
-                                "one bool)")
+        raise unsupported(
+            node, f"condition of type {condition.dtype} and shape {list(condition.shape)} (If takes one bool)"
+        )
     if condition.shape:
         # A scalar condition broadcasts to any output shape, scalar outputs included.
         scalar = lw.model.tensor(f"{node.name}_cond", (), np.bool_)
@@ -97,8 +103,11 @@ def if_(lw: Lowering, node: ir.Node) -> None:
             node.outputs[index].shape = ir.Shape(a.shape)  # known once the branches were lowered
         out = lw.output(node, index)
         if a.dtype != out.dtype or a.shape != out.shape:
-            raise unsupported(node, f"output {index} is {a.dtype}{list(a.shape)} in the branches, "
-                                    f"{out.dtype}{list(out.shape)} in the graph")
+            raise unsupported(
+                node,
+                f"output {index} is {a.dtype}{list(a.shape)} in the branches, "
+                f"{out.dtype}{list(out.shape)} in the graph",
+            )
         lw.op("SELECT_V2", [condition, a, b], [out], "SelectV2Options", source=node.name)
 
 
@@ -188,10 +197,16 @@ def _infer_shapes(node: ir.Node, opset: int) -> None:
     if any(v is not None and (_static(v) is None or v.dtype is None) for v in node.inputs):
         return
     proto, names = standalone_node(node)
-    types = {n: onnx.helper.make_tensor_type_proto(v.dtype.value, list(_static(v)))
-             for n, v in zip(names, node.inputs, strict=True) if n}
-    data = {n: onnx.numpy_helper.from_array(const_array(v))
-            for n, v in zip(names, node.inputs, strict=True) if n and const_array(v) is not None}
+    types = {
+        n: onnx.helper.make_tensor_type_proto(v.dtype.value, list(_static(v)))
+        for n, v in zip(names, node.inputs, strict=True)
+        if n
+    }
+    data = {
+        n: onnx.numpy_helper.from_array(const_array(v))
+        for n, v in zip(names, node.inputs, strict=True)
+        if n and const_array(v) is not None
+    }
     try:
         schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
         inferred = onnx.shape_inference.infer_node_outputs(schema, proto, types, data)

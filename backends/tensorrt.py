@@ -136,7 +136,6 @@ class TrtSpec(TargetSpec):
         return Decision.FLOAT, "not a residual Add after a weighted op; TensorRT runs it in float"
 
 
-
 def _few(channels: int) -> bool:
     return channels < 16 and channels % 8 != 0
 

@@ -111,12 +111,18 @@ def _violating(case: str) -> onnx.ModelProto:
     h, arr = onnx.helper, onnx.numpy_helper.from_array
     zp = np.array(3 if case == "nonzero_zp" else 0, np.uint8 if case == "uint8" else np.int8)
     inits = [
-        arr(np.array(0.1, np.float32), "sx"), arr(zp, "zx"), arr(np.array(0.2, np.float32), "sy"),
-        arr(np.full(3, 0.1, np.float32), "sx3"), arr(np.zeros(3, np.int8), "zx3"),
+        arr(np.array(0.1, np.float32), "sx"),
+        arr(zp, "zx"),
+        arr(np.array(0.2, np.float32), "sy"),
+        arr(np.full(3, 0.1, np.float32), "sx3"),
+        arr(np.zeros(3, np.int8), "zx3"),
         arr(np.arange(6, dtype=np.float32).reshape(2, 3, 1, 1), "w"),
         arr(np.arange(12, dtype=np.float32).reshape(2, 6, 1, 1), "w2"),
-        arr(np.full(2, 0.1, np.float32), "ws"), arr(np.zeros(2, np.int8), "wz"),
-        arr(np.array([1, 2], np.float32), "b"), arr(np.array(0.01, np.float32), "sb"), arr(np.array(0, np.int32), "zb"),
+        arr(np.full(2, 0.1, np.float32), "ws"),
+        arr(np.zeros(2, np.int8), "wz"),
+        arr(np.array([1, 2], np.float32), "b"),
+        arr(np.array(0.01, np.float32), "sb"),
+        arr(np.array(0, np.int32), "zb"),
     ]
     nodes = [
         h.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"], axis=0, name="wq"),
@@ -125,30 +131,43 @@ def _violating(case: str) -> onnx.ModelProto:
         h.make_node("DequantizeLinear", ["wq2", "ws", "wz"], ["wd2"], axis=0, name="wd2"),
     ]
     if case == "per_channel_activation":
-        nodes += [h.make_node("QuantizeLinear", ["x", "sx3", "zx3"], ["xq"], axis=1, name="xq"),
-                  h.make_node("DequantizeLinear", ["xq", "sx3", "zx3"], ["xd"], axis=1, name="xd")]
+        nodes += [
+            h.make_node("QuantizeLinear", ["x", "sx3", "zx3"], ["xq"], axis=1, name="xq"),
+            h.make_node("DequantizeLinear", ["xq", "sx3", "zx3"], ["xd"], axis=1, name="xd"),
+        ]
     else:
-        nodes += [h.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"], name="xq"),
-                  h.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"], name="xd")]
+        nodes += [
+            h.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"], name="xq"),
+            h.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"], name="xd"),
+        ]
     if case == "bias_qdq":
-        nodes += [h.make_node("QuantizeLinear", ["b", "sb", "zb"], ["bq"], name="bq"),
-                  h.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["bd"], name="bd"),
-                  h.make_node("Conv", ["xd", "wd", "bd"], ["y"], name="conv")]
+        nodes += [
+            h.make_node("QuantizeLinear", ["b", "sb", "zb"], ["bq"], name="bq"),
+            h.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["bd"], name="bd"),
+            h.make_node("Conv", ["xd", "wd", "bd"], ["y"], name="conv"),
+        ]
     elif case == "concat_scales":
-        nodes += [h.make_node("QuantizeLinear", ["x", "sy", "zx"], ["yq"], name="yq"),
-                  h.make_node("DequantizeLinear", ["yq", "sy", "zx"], ["yd"], name="yd"),
-                  h.make_node("Concat", ["xd", "yd"], ["cat"], axis=1, name="cat"),
-                  h.make_node("Conv", ["cat", "wd2"], ["y"], name="conv")]
+        nodes += [
+            h.make_node("QuantizeLinear", ["x", "sy", "zx"], ["yq"], name="yq"),
+            h.make_node("DequantizeLinear", ["yq", "sy", "zx"], ["yd"], name="yd"),
+            h.make_node("Concat", ["xd", "yd"], ["cat"], axis=1, name="cat"),
+            h.make_node("Conv", ["cat", "wd2"], ["y"], name="conv"),
+        ]
     elif case == "qdq_before_relu":
-        nodes += [h.make_node("Conv", ["xd", "wd"], ["c"], name="conv"),
-                  h.make_node("QuantizeLinear", ["c", "sx", "zx"], ["cq"], name="cq"),
-                  h.make_node("DequantizeLinear", ["cq", "sx", "zx"], ["cd"], name="cd"),
-                  h.make_node("Relu", ["cd"], ["y"], name="relu")]
+        nodes += [
+            h.make_node("Conv", ["xd", "wd"], ["c"], name="conv"),
+            h.make_node("QuantizeLinear", ["c", "sx", "zx"], ["cq"], name="cq"),
+            h.make_node("DequantizeLinear", ["cq", "sx", "zx"], ["cd"], name="cd"),
+            h.make_node("Relu", ["cd"], ["y"], name="relu"),
+        ]
     else:
         nodes.append(h.make_node("Conv", ["xd", "wd"], ["y"], name="conv"))
     graph = h.make_graph(
-        nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
-        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits,
+        nodes,
+        "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        inits,
     )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
     model.ir_version = 8
