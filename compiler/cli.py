@@ -19,10 +19,8 @@ backends are imported inside the commands, after the arguments and the input pat
 
 from __future__ import annotations
 
-import difflib
 import enum
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -30,10 +28,28 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from qcc import __version__
+from qcc._cli_errors import UsageError, usage_error
+from qcc._cli_output import (
+    EXIT_OK,
+    EXIT_USER_ERROR,
+    JSON_SCHEMA_VERSION,
+    ProgressBar,
+    emit_json,
+    err,
+    external_data,
+    fail,
+    finish_check,
+    finish_compile,
+    note,
+    out,
+    print_analysis,
+    print_files,
+    print_plans,
+    setup_logging,
+)
 from qcc.errors import CalibrationDataError, ModelLoadError, OptionError, QccError
 from qcc.io import ARTIFACT_SUFFIXES, check_output_path, check_output_suffix, write_atomic
 from qcc.options import (
@@ -49,19 +65,6 @@ from qcc.options import (
     parse_tolerance,
 )
 
-try:  # typer >= 0.17 vendors click; older versions use the click package
-    from typer._click.exceptions import UsageError
-except ImportError:  # pragma: no cover - depends on the installed typer
-    from click.exceptions import UsageError
-
-EXIT_OK = 0
-EXIT_CHECK_FAILED = 1
-EXIT_USER_ERROR = 2
-EXIT_STRICT = 3
-
-# Version of the JSON objects the commands print with --json (the compile report inside carries its own).
-JSON_SCHEMA_VERSION = 1
-
 
 class Target(str, enum.Enum):
     """The targets qcc compiles for: a light copy of ``qcc.backends.target_names()`` (a test keeps
@@ -72,41 +75,6 @@ class Target(str, enum.Enum):
     TFLITE = "tflite"
 
 
-# What users type for a choice, by what they know it as -> qcc's name (only offered where it is a
-# valid choice of the option at hand). Keys are lower case with '_' written '-'.
-ALIASES = {
-    "tensorrt": "trt",
-    "tensor-rt": "trt",
-    "nvidia": "trt",
-    "modelopt": "trt",
-    "onnxruntime": "ort",
-    "onnx-runtime": "ort",
-    "onnx": "ort",
-    "litert": "tflite",
-    "lite-rt": "tflite",
-    "lite": "tflite",
-    "tf-lite": "tflite",
-    "tensorflow-lite": "tflite",
-    "tensorflowlite": "tflite",
-    "kl": "entropy",
-    "kl-divergence": "entropy",
-    "kld": "entropy",
-    "min-max": "minmax",
-    "max": "minmax",
-    "absmax": "minmax",
-    "mean-max": "meanmax",
-    "float8": "fp8",
-    "e4m3": "fp8",
-    "fp8-e4m3": "fp8",
-    "i8": "int8",
-    "s8": "int8",
-    "qint8": "int8",
-    "u8": "uint8",
-    "quint8": "uint8",
-    "float32": "float",
-    "fp32": "float",
-}
-
 app = typer.Typer(
     name="qcc",
     help=(
@@ -114,7 +82,8 @@ app = typer.Typer(
         "Example:\n\n"
         "  qcc compile model.onnx --target ort --calib calib.npz -o model.int8.onnx --report report.json\n\n"
         "Calibration data is an .npz whose keys are input names (arrays with a leading sample axis) "
-        "or '<index>/<input name>' (one feed per sample).\n\n"
+        "or '<index>/<input name>' (one feed per sample), an .npy (single-input model: samples along axis 0), "
+        "or a folder of .npz/.npy files read in name order.\n\n"
         "Errors print one line, 'error: <problem> Fix: <remedy>', on stderr. Exit codes: 0 done; 1 "
         "`qcc check` found rule errors; 2 a usage or input error (nothing written); 3 `compile --strict` "
         "wrote the artifact but refuses a warning.\n\n"
@@ -125,13 +94,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-_err = Console(stderr=True)
-_out = Console()
 
 
 def _print_version(value: bool) -> None:
     if value:
-        _out.print(f"qcc {__version__}", highlight=False)
+        out.print(f"qcc {__version__}", highlight=False)
         raise typer.Exit()
 
 
@@ -145,54 +112,11 @@ def _options(
     """Options before the command."""
 
 
-def _emit_json(data: dict[str, Any]) -> None:
-    # Plain json, not rich: rich would wrap long strings to the terminal's width.
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-    sys.stdout.flush()
-
-
-def _fail(error: QccError, as_json: bool = False) -> None:
-    """Prints ``error`` as qcc's one line (and with ``--json`` as a JSON object) and exits with 2."""
-    _err.print(Text.assemble(("error:", "bold red"), " ", str(error)), soft_wrap=True, highlight=False)
-    if as_json:
-        _emit_json({"error": error.problem, "fix": error.fix, "exit_code": EXIT_USER_ERROR})
-    raise typer.Exit(EXIT_USER_ERROR)
-
-
-def _warn(message: str) -> None:
-    _err.print(Text.assemble(("warning:", "bold yellow"), " ", message), soft_wrap=True, highlight=False)
-
-
 def _require_file(path: Path, error: type[QccError], what: str) -> None:
     """Checks that an input exists before the command imports onnx (seconds) to read it; the
     readers give the same message, so the error does not depend on where it is found."""
     if not os.path.exists(path):
         raise error(f"{what} {path} does not exist.", "check the path.")
-
-
-def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    handler = RichHandler(console=_err, show_path=False)
-    # The driver logs the report's warnings on the package logger "qcc" for API users; the CLI prints
-    # them from the report as `warning: <message>` lines instead, so they are not shown twice.
-    handler.addFilter(lambda record: record.name != "qcc")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s", handlers=[handler], force=True
-    )
-
-
-class _ProgressBar:
-    """Adapts qcc's progress callback to a rich progress bar."""
-
-    def __init__(self, progress: Any) -> None:
-        self.progress = progress
-        self.tasks: dict[str, int] = {}
-
-    def __call__(self, stage: str, done: int, total: Optional[int]) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total)
-        self.progress.update(self.tasks[stage], completed=done, total=total)
 
 
 @app.command()
@@ -210,7 +134,11 @@ def compile(  # noqa: A001 - the subcommand's name
     calib: Annotated[
         Optional[Path],
         typer.Option(
-            "--calib", "-c", help="Calibration data (.npz, see `qcc --help`); --dynamic needs none.", show_default=False
+            "--calib",
+            "-c",
+            help="Calibration data: an .npz, an .npy (single-input model: samples along axis 0), or a folder of "
+            ".npz/.npy files read in name order (see `qcc --help`); --dynamic needs none.",
+            show_default=False,
         ),
     ] = None,
     target: Annotated[
@@ -244,9 +172,11 @@ def compile(  # noqa: A001 - the subcommand's name
         typer.Option(
             "--method",
             "-m",
-            help="Activation clip ranges: minmax never clips (ort, tflite default); meanmax averages each sample's "
-            "range (trt picks minmax or meanmax by default); percentile/mse/entropy clip outliers (entropy is "
-            "TensorRT's KL divergence); auto picks per tensor when the output misses --tolerance.",
+            help="Activation clip ranges: minmax never clips (ort default); meanmax averages each sample's "
+            "range (trt and int8 tflite pick minmax or meanmax by default, whichever output is closer to fp32 on the "
+            "calibration samples); percentile/mse/entropy clip outliers (entropy is TensorRT's KL divergence); "
+            "auto picks per tensor when the output misses --tolerance. A graph output always keeps its observed "
+            "range.",
             show_default=False,
         ),
     ] = None,
@@ -384,7 +314,7 @@ def compile(  # noqa: A001 - the subcommand's name
 
       qcc compile resnet.onnx -t ort -c calib.npz -o resnet.int8.onnx --strict --json > result.json
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     try:
         # Every check that needs no onnx comes first: a mistake here costs a fraction of a second.
         check_output_suffix(output, target.value)
@@ -433,13 +363,13 @@ def compile(  # noqa: A001 - the subcommand's name
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=_err,
+            console=err,
             transient=True,
         ) as bar:
             source = None if calib is None else str(calib)
-            result = compile_model(str(model), source, options, progress=_ProgressBar(bar))
+            result = compile_model(str(model), source, options, progress=ProgressBar(bar))
         result.save(output, report)
-        files = [str(output), *_external_data(result.report, output), *([str(report)] if report else [])]
+        files = [str(output), *external_data(result.report, output), *([str(report)] if report else [])]
         notes: list[str] = []
         folder_files: list[str] = []
         if report_dir is not None:
@@ -451,47 +381,9 @@ def compile(  # noqa: A001 - the subcommand's name
             write_atomic(calib_cache, calibration_cache(result.report).encode())
             files.append(str(calib_cache))
     except QccError as error:
-        _fail(error, as_json)
+        fail(error, as_json)
         return
-    from qcc.report import STRICT_WARNINGS  # the codes --strict refuses, defined with the warnings
-
-    warnings = [w for w in result.report.get("warnings", []) if isinstance(w, dict)]
-    refused = sorted({w.get("code") for w in warnings} & STRICT_WARNINGS) if strict else []
-    code = EXIT_STRICT if refused else EXIT_OK
-    if as_json:
-        _emit_json(
-            {
-                "schema_version": JSON_SCHEMA_VERSION,
-                "output": str(output),
-                "files": files,
-                "report": result.report,
-                "warnings": warnings,
-                "notes": notes,
-                "exit_code": code,
-            }
-        )
-    else:
-        _print_summary(result.report, output)
-        if report_dir is not None:
-            _print_files(report_dir, folder_files)
-    for note in notes:
-        _err.print(f"note: {note}", highlight=False, soft_wrap=True)
-    for w in warnings:
-        _warn(str(w.get("message", w.get("code"))))
-    if refused:
-        _err.print(
-            f"--strict: exit code {EXIT_STRICT} for {', '.join(refused)} (the artifact is written).",
-            highlight=False,
-            soft_wrap=True,
-        )
-    raise typer.Exit(code)
-
-
-def _external_data(report: dict, output: Path) -> list[str]:
-    """The ``.data`` file written next to an artifact over protobuf's 2 GB limit, if any."""
-    if (report["totals"].get("artifact_bytes") or 0) > os.path.getsize(output):
-        return [f"{output}.data"]
-    return []
+    raise typer.Exit(finish_compile(result.report, output, files, notes, report_dir, folder_files, strict, as_json))
 
 
 def _write_report_dir(
@@ -510,61 +402,8 @@ def _write_report_dir(
             analysis = analyze_model(model, calib, options, result=result)
         except QccError as error:  # e.g. nothing quantized, or an artifact over 2 GB
             notes.append(f"no per-layer analysis: {error}")
-    written, more = write_report_dir(folder, analysis, None if result is None else result.report)
+    written, more = write_report_dir(folder, analysis, result.report, command="compile")
     return list(written), notes + list(more)
-
-
-def _print_files(folder: Path, files: list[str]) -> None:
-    _out.print(f"report folder {folder}: " + ", ".join(os.path.basename(f) for f in files), highlight=False)
-
-
-def _print_summary(report: dict, output: Path) -> None:
-    from rich.table import Table
-
-    totals = report["totals"]
-    table = Table(title=f"qcc -> {report['target']} ({report['activation_dtype']} activations)", show_edge=False)
-    for column in ("op type", "int8", "fused", "float"):
-        table.add_column(column, justify="left" if column == "op type" else "right")
-    for op, counts in totals["by_op"].items():
-        # Weight-only (int4) nodes count as quantized: their weights are.
-        quantized = counts.get("int8", 0) + counts.get("weight-only", 0)
-        table.add_row(op, str(quantized or ""), str(counts.get("fused", "")), str(counts.get("float", "")))
-    _out.print(table)
-    for reason, count in totals["float_reasons"].items():
-        _out.print(f"  float x{count}: {reason}")
-    verify = report.get("verify")
-    if verify:
-        cosines = [o["cosine_min"] for o in verify["fidelity"]["outputs"].values()]
-        status = "[green]ok[/]" if verify["ok"] else "[red]FAILED[/]"
-        facts = []
-        if "integer_kernels" in verify:
-            facts.append(f"{verify['integer_kernels']} integer kernels")
-            facts.append(f"{len(verify['quantized_but_float'])} quantized nodes left in float")
-        if "tensorrt_rules" in verify:
-            facts.append(f"{verify['tensorrt_rules']['errors']} TensorRT rule errors")
-        if cosines:
-            facts.append(f"output cosine >= {min(cosines):.4f} on {verify['fidelity']['samples']} samples")
-        else:
-            facts.append("outputs not compared (no calibration samples)")
-        _out.print(f"verify {status} in {verify['runtime']}: " + ", ".join(facts))
-    mixed = report.get("mixed_precision")
-    if mixed and mixed["met"] is not None:
-        what = "1 - cosine" if mixed["metric"] == "cosine" else "relative error"
-        verdict = "[green]within[/]" if mixed["met"] else "[yellow]above[/]"
-        _out.print(
-            f"tolerance: output {what} {mixed['artifact_error']:.4g} {verdict} the bound {mixed['bound']:g}; "
-            f"{len(mixed['kept_float'])} nodes kept float for it"
-        )
-    selection = report.get("mode_selection")
-    if selection:
-        errors = selection["artifact_error"]
-        _out.print(
-            f"mode: {selection['chosen']} kept (output error static {errors['static']:.4g}, dynamic "
-            f"{errors['dynamic']:.4g}): {selection['why']}"
-        )
-    size = totals["artifact_bytes"] / 1e6
-    external = f" + {output}.data (external data)" if _external_data(report, output) else ""
-    _out.print(f"wrote {output}{external} ({size:.2f} MB) in {report['timings']['total']:.1f} s")
 
 
 @app.command()
@@ -600,7 +439,7 @@ def inspect(
 
       qcc inspect model.int8.onnx --json
     """
-    _setup_logging(False)
+    setup_logging(False)
     try:
         _require_file(model, ModelLoadError, "model file")
         inspection = _inspection_module()
@@ -615,17 +454,17 @@ def inspect(
             info = None
             plans = _float_plans(model)
     except QccError as error:
-        _fail(error, as_json)
+        fail(error, as_json)
         return
     if info is not None:
         if as_json:
-            _emit_json(info)
+            emit_json(info)
         else:
-            inspection.render_inspection(info, _out)
+            inspection.render_inspection(info, out)
         return
     first = next(iter(plans.values()))["model"]
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "schema_version": JSON_SCHEMA_VERSION,
                 "kind": "float-onnx",
@@ -634,7 +473,7 @@ def inspect(
             }
         )
         return
-    _print_plans(model, first, plans)
+    print_plans(model, first, plans)
 
 
 def _inspection_module() -> Any:
@@ -654,27 +493,18 @@ def _float_plans(model: Path) -> dict[str, dict]:
     return {target.value: plan_model(str(model), CompileOptions(target=target.value)) for target in Target}
 
 
-def _print_plans(model: Path, first: dict, plans: dict[str, dict]) -> None:
-    import collections
-
-    _out.print(Text.assemble((str(model), "bold"), f"  opset {first['opset']}, {first['nodes_before']} nodes"))
-    for kind in ("inputs", "outputs"):
-        for io in first[kind]:
-            _out.print(f"  {kind[:-1]:<6} {io['name']}: {io['dtype']} {io['shape']}", highlight=False, markup=False)
-    ops = collections.Counter(first["ops_before"])
-    _out.print("  ops    " + ", ".join(f"{op} {n}" for op, n in ops.most_common()), highlight=False)
-    for name, plan in plans.items():
-        totals = plan["totals"]
-        _out.print(f"[bold]{name}[/]: {totals['int8']} int8, {totals['fused']} fused, {totals['float']} float")
-        for reason, count in totals["float_reasons"].items():
-            _out.print(f"  float x{count}: {reason}", highlight=False, markup=False)
-
-
 @app.command()
 def analyze(
     model: Annotated[Path, typer.Argument(help="Float ONNX model to quantize and analyze.", show_default=False)],
     calib: Annotated[
-        Path, typer.Option("--calib", "-c", help="Calibration data (.npz, see `qcc --help`).", show_default=False)
+        Path,
+        typer.Option(
+            "--calib",
+            "-c",
+            help="Calibration data: an .npz, an .npy (single-input model: samples along axis 0), or a folder of "
+            ".npz/.npy files read in name order (see `qcc --help`).",
+            show_default=False,
+        ),
     ],
     target: Annotated[
         Target, typer.Option("--target", "-t", help="Runtime to compile for (see `qcc targets`).")
@@ -715,7 +545,7 @@ def analyze(
 
       qcc analyze model.onnx -t ort -c calib.npz --json-out tensors.json
     """
-    _setup_logging(False)
+    setup_logging(False)
     try:
         if json_out is not None:
             check_output_path(json_out, inputs=(model, calib))
@@ -732,35 +562,19 @@ def analyze(
         if report_dir is not None:
             from qcc.plots import write_report_dir
 
-            written, notes = write_report_dir(report_dir, report, None)
+            written, notes = write_report_dir(report_dir, report, None, command="analyze")
             files += written
     except QccError as error:
-        _fail(error, as_json)
+        fail(error, as_json)
         return
-    for note in notes:
-        _err.print(f"note: {note}", highlight=False, soft_wrap=True)
+    for text in notes:
+        note(text)
     if as_json:
-        _emit_json({"schema_version": JSON_SCHEMA_VERSION, **report, "files": files})
+        emit_json({"schema_version": JSON_SCHEMA_VERSION, **report, "files": files})
         return
-    _print_analysis(report, target.value, top)
+    print_analysis(report, target.value, top)
     if report_dir is not None:
-        _print_files(report_dir, files[1:] if json_out is not None else files)
-
-
-def _print_analysis(report: dict, target: str, top: int) -> None:
-    from rich.table import Table
-
-    ranked = sorted(report["tensors"], key=lambda t: -(t["drop_db"] if t["drop_db"] is not None else -1e9))
-    table = Table(title=f"qcc analyze -> {target}: worst {min(top, len(ranked))} of {len(ranked)} quantized tensors")
-    # The node is what --exclude takes; the tensor names are in --json.
-    for column in ("node (its output tensor)", "op", "SQNR dB", "drop dB"):
-        table.add_column(column, justify="right" if "dB" in column else "left", overflow="fold")
-    for t in ranked[:top]:
-        drop = "" if t["drop_db"] is None else f"{t['drop_db']:.1f}"
-        table.add_row(t["producer"] or t["name"], t["op_type"], f"{t['sqnr_db']:.1f}", drop)
-    _out.print(table)
-    for name, value in report["output_sqnr_db"].items():
-        _out.print(f"output {name}: SQNR {value:.1f} dB on {report['samples']} samples")
+        print_files(report_dir, files[1:] if json_out is not None else files)
 
 
 @app.command()
@@ -782,7 +596,7 @@ def check(
 
       qcc check --target trt model.qdq.onnx
     """
-    _setup_logging(False)
+    setup_logging(False)
     try:
         if target != Target.TRT:
             raise OptionError(f"qcc check knows the rules of trt, not {target.value!r}.", "use --target trt.")
@@ -792,31 +606,9 @@ def check(
 
         violations = check_tensorrt_rules(read_model_file(str(model)))
     except QccError as error:
-        _fail(error, as_json)
+        fail(error, as_json)
         return
-    errors = sum(v.severity == "error" for v in violations)
-    code = EXIT_CHECK_FAILED if errors else EXIT_OK
-    if as_json:
-        found = [{"severity": v.severity, "rule": v.rule, "node": v.node, "message": v.message} for v in violations]
-        _emit_json(
-            {
-                "schema_version": JSON_SCHEMA_VERSION,
-                "model": str(model),
-                "target": target.value,
-                "violations": found,
-                "errors": errors,
-                "warnings": len(violations) - errors,
-                "exit_code": code,
-            }
-        )
-        raise typer.Exit(code)
-    for v in violations:
-        colour = "red" if v.severity == "error" else "yellow"
-        _out.print(
-            Text.assemble((v.severity, colour), f" {v.rule} at {v.node}: {v.message}"), highlight=False, soft_wrap=True
-        )
-    _out.print(f"{errors} error(s), {len(violations) - errors} warning(s)")
-    raise typer.Exit(code)
+    raise typer.Exit(finish_check(violations, str(model), target.value, as_json))
 
 
 @app.command()
@@ -838,13 +630,13 @@ def targets(
         for name in target_names()
     ]
     if as_json:
-        _emit_json({"schema_version": JSON_SCHEMA_VERSION, "targets": found})
+        emit_json({"schema_version": JSON_SCHEMA_VERSION, "targets": found})
         return
     for t in found:
-        _out.print(Text.assemble((t["name"], "bold"), f"  {t['description']}"))
+        out.print(Text.assemble((t["name"], "bold"), f"  {t['description']}"))
 
 
-# --- the parser's errors, in qcc's one style -------------------------------------------------------
+# --- the parser's errors, in qcc's one style (qcc._cli_errors) ---------------------------------------
 
 # The commands' enum options by parameter name, whose valid values a bad choice is matched against.
 _CHOICE_OPTIONS: dict[str, type[enum.Enum]] = {
@@ -858,110 +650,8 @@ _CHOICE_OPTIONS: dict[str, type[enum.Enum]] = {
 }
 
 
-def usage_error(exc: UsageError, args: Sequence[str]) -> OptionError:
-    """Rewrites an option parser error (typer/click) as qcc's problem and fix.
-
-    Args:
-        exc: the parser's error.
-        args: the command line arguments (without the program name): where the bad value is read.
-
-    Returns:
-        An :class:`OptionError` whose fix names the alias or the nearest valid spelling, if any.
-    """
-    ctx = getattr(exc, "ctx", None)
-    where = _command_path(ctx, args)
-    see = f"`{where} --help` lists every option."
-    param = getattr(exc, "param", None)
-    kind = type(exc).__name__
-    if kind == "MissingParameter" and param is not None:
-        label = _param_label(param)
-        what = (getattr(param, "help", None) or "").rstrip(".")
-        problem = f"{where} needs {label}" + (f": {what[:1].lower()}{what[1:]}." if what else ".")
-        if getattr(param, "param_type_name", "") == "argument":
-            return OptionError(problem, f"give it after the command, e.g. {where} {label} ...; {see}")
-        return OptionError(problem, f"add {param.opts[0]} <value>; {see}")
-    if kind == "BadParameter" and param is not None:
-        label = _param_label(param)
-        choices = _choices(param)
-        value = _given_value(param, args, choices)
-        if choices and value is not None:
-            near = suggest(value, choices)
-            name = param.opts[0]
-            problem = f"{name} {value!r} is not a valid choice."
-            if near:
-                return OptionError(problem, f"use {name} {near} (choices: {', '.join(choices)}).")
-            return OptionError(problem, f"use one of: {', '.join(choices)}.")
-        detail = exc.format_message().split(": ", 1)[-1].removeprefix("Value error, ")
-        return OptionError(f"invalid value for {label}: {detail.rstrip('.')}.", see)
-    if kind == "NoSuchOption":
-        option = getattr(exc, "option_name", "") or exc.format_message()
-        known = _option_names(ctx)
-        near = difflib.get_close_matches(option, known, n=1, cutoff=0.6)
-        fix = f"did you mean {near[0]}? {see}" if near else see
-        return OptionError(f"{where} has no option {option}.", fix)
-    message = exc.format_message()
-    if message.startswith("No such command") and ctx is not None:
-        commands = list(ctx.command.list_commands(ctx))
-        typed = next((a for a in args if not a.startswith("-")), "")
-        near = suggest(typed, commands)
-        fix = f"did you mean {near}? " if near else ""
-        return OptionError(f"qcc has no command {typed!r}.", f"{fix}Commands: {', '.join(commands)}.")
-    if kind == "BadOptionUsage" and "requires an argument" in message:
-        return OptionError(f"option {getattr(exc, 'option_name', '')} needs a value.", see)
-    return OptionError(f"{where}: {message[:1].lower()}{message[1:].rstrip('.')}.", see)
-
-
-def suggest(value: str, choices: Sequence[str]) -> str | None:
-    """Returns the choice a mistyped ``value`` most likely means: itself in another case or
-    spelling, its alias (``tensorrt`` -> ``trt``), or the nearest choice by spelling; None if no
-    choice is near."""
-    key = value.strip().lower().replace("_", "-")
-    for candidate in (key, key.replace("-", ""), ALIASES.get(key), ALIASES.get(key.replace("-", ""))):
-        if candidate in choices:
-            return candidate
-    near = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
-    return near[0] if near else None
-
-
-def _command_path(ctx: Any, args: Sequence[str]) -> str:
-    if ctx is not None and ctx.command_path != "qcc":
-        return ctx.command_path
-    # Some errors (an option missing its value) carry no context: the command is the first word.
-    command = next((a for a in args if not a.startswith("-")), None)
-    names = {info.name or info.callback.__name__ for info in app.registered_commands if info.callback}
-    return f"qcc {command}" if command in names else "qcc"
-
-
-def _param_label(param: Any) -> str:
-    if getattr(param, "param_type_name", "") == "argument":
-        return (param.name or "").upper()
-    return "/".join(param.opts)
-
-
-def _choices(param: Any) -> list[str]:
-    """The valid values of ``param`` when it is a choice (an enum option), else []."""
-    kind = _CHOICE_OPTIONS.get(getattr(param, "name", None))
-    return [k.value for k in kind] if kind else []
-
-
-def _given_value(param: Any, args: Sequence[str], choices: Sequence[str]) -> str | None:
-    """The value the user gave ``param`` on the command line (the first that is not a choice)."""
-    given = []
-    for i, arg in enumerate(args):
-        for opt in param.opts:
-            if arg == opt and i + 1 < len(args):
-                given.append(args[i + 1])
-            elif opt.startswith("--") and arg.startswith(opt + "="):
-                given.append(arg[len(opt) + 1 :])
-            elif not opt.startswith("--") and arg.startswith(opt) and len(arg) > len(opt) and arg[1] != "-":
-                given.append(arg[len(opt) :])
-    return next((v for v in given if v not in choices), None)
-
-
-def _option_names(ctx: Any) -> list[str]:
-    if ctx is None:
-        return []
-    return [o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")]
+def _command_names() -> list[str]:
+    return [info.name or info.callback.__name__ for info in app.registered_commands if info.callback]
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -978,11 +668,11 @@ def main(args: Sequence[str] | None = None) -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `qcc`: the help is already printed
             sys.exit(EXIT_USER_ERROR)
         try:
-            _fail(usage_error(exc, args), as_json)
+            fail(usage_error(exc, args, _CHOICE_OPTIONS, _command_names()), as_json)
         except typer.Exit as done:
             code = done.exit_code
     except typer.Abort:
-        _err.print("aborted.")
+        err.print("aborted.")
         code = 1
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 

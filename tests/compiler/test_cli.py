@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -428,6 +429,17 @@ def test_analyze_json_is_a_flag_and_json_out_a_file(compiled, tmp_path):
     data = json.loads(proc.stdout)
     assert data["schema_version"] == 1 and data["files"] == [str(out)] and data["tensors"]
     assert json.loads(out.read_text())["tensors"] == data["tensors"]
+
+
+def test_analyze_table_ranks_no_excluded_node_and_lists_it_apart(compiled):
+    folder, _, _ = compiled
+    proc = qcc_run("analyze", str(folder / "m.onnx"), "-c", str(folder / "calib.npz"), "-x", "MaxPool", "--top", "20")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    # the MaxPool "p" is float: listed on a line of its own, not among the ranked rows
+    excluded = [line for line in lines if line.startswith("excluded")]
+    assert len(excluded) == 1 and re.fullmatch(r"excluded \(--exclude\), not ranked: p drop -?\d+\.\d dB", excluded[0])
+    assert not any(re.match(r"\W+p\s+\W+\s*MaxPool", line) for line in lines)
 
 
 @pytest.fixture
