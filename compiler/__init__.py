@@ -6,7 +6,7 @@ shell. Every deliberate error is a :class:`QccError` naming the problem and the 
 The heavy names (``compile``, ``CompileResult``, ``CompileOptions``, ``targets``) load on first
 use (PEP 562): importing them pulls in onnx, onnx-ir, ONNX Runtime and numpy, about 1 s, which
 ``qcc --help``, ``qcc --version`` and every early CLI error would otherwise pay. The error classes
-are light and load at once.
+(``QccError`` and its subclasses, ``StrictError`` among them) are light and load at once.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from qcc.errors import (
     OptionError,
     OutputError,
     QccError,
+    StrictError,
     UnsupportedModelError,
 )
 
@@ -68,6 +69,7 @@ __all__ = [
     "OptionError",
     "OutputError",
     "QccError",
+    "StrictError",
     "UnsupportedModelError",
     "__version__",
     "compile",

@@ -57,7 +57,9 @@ class StrictError(QccError):
     Attributes:
         result: the :class:`~qcc.driver.CompileResult`, whose ``warnings`` say what was missed.
         warnings: the refused warnings, ``{"code": ..., "message": ...}``.
-        exit_code: the CLI's exit code for it, 3 (2 is a user error, 1 a crash).
+        exit_code: the CLI's exit code for it, 3. The CLI's codes: 0 done; 1 ``qcc check`` found
+            rule errors (or an uncaught exception: a qcc bug); 2 a usage or input error (nothing
+            written); 3 this, with the artifact written.
     """
 
     exit_code = 3

@@ -254,6 +254,8 @@ def test_import_qcc_is_lazy_but_complete():
         "from qcc import CompileOptions, CompileResult, QccError, compile, targets\n"
         "assert qcc.compile is compile and callable(compile) and CompileResult.__name__ == 'CompileResult'\n"
         "assert CompileOptions(target='trt').target == 'trt' and issubclass(qcc.OptionError, QccError)\n"
+        "from qcc import StrictError\n"
+        "assert issubclass(StrictError, QccError) and StrictError.exit_code == 3 and 'StrictError' in qcc.__all__\n"
         "print(','.join(targets()))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
