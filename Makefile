@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) models/bench_calib.py --out build/bench-calib
 	$(PY) models/bench_large.py --out build/bench-large
 	$(PY) models/bench_tflite_dynamic.py --out build/bench-tflite-dynamic
+	$(PY) models/bench_startup.py --out build/bench-startup
 
 # A 2.47 GB model (external data) compiled for ort and trt: peak memory and external data out.
 bench-large: $(STAMP)
