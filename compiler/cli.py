@@ -5,7 +5,10 @@ option parser does (a bad choice such as ``-t tensorrt``, an unknown option, a m
 prints one line ``error: <problem> Fix: <remedy>`` on stderr and exits with code 2. Parser errors
 are converted in :func:`main`, which runs the typer app with ``standalone_mode=False``; a bad choice
 or option name is answered with its known alias (``tensorrt`` -> ``trt``, ``kl`` -> ``entropy``) or
-its nearest valid spelling.
+its nearest valid spelling (:mod:`qcc._cli_errors`).
+
+This module declares the commands and their options and runs them; what they print, tables or one
+JSON object, is rendered by :mod:`qcc._cli_output`.
 
 Exit codes: 0 done; 1 ``qcc check`` found rule errors; 2 a usage or input error (nothing written);
 3 ``compile --strict`` wrote the artifact but the report has a warning that ``--strict`` refuses.
@@ -382,7 +385,6 @@ def compile(  # noqa: A001 - the subcommand's name
             files.append(str(calib_cache))
     except QccError as error:
         fail(error, as_json)
-        return
     raise typer.Exit(finish_compile(result.report, output, files, notes, report_dir, folder_files, strict, as_json))
 
 
@@ -455,7 +457,6 @@ def inspect(
             plans = _float_plans(model)
     except QccError as error:
         fail(error, as_json)
-        return
     if info is not None:
         if as_json:
             emit_json(info)
@@ -566,7 +567,6 @@ def analyze(
             files += written
     except QccError as error:
         fail(error, as_json)
-        return
     for text in notes:
         note(text)
     if as_json:
@@ -607,7 +607,6 @@ def check(
         violations = check_tensorrt_rules(read_model_file(str(model)))
     except QccError as error:
         fail(error, as_json)
-        return
     raise typer.Exit(finish_check(violations, str(model), target.value, as_json))
 
 
