@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from qcc.backends.base import Artifact, Backend, TargetSpec
+from qcc.backends.base import Artifact, Backend
 from qcc.errors import OptionError
+from qcc.target import TargetSpec
 
 
 def _registry() -> dict[str, type[Backend]]:

@@ -23,14 +23,16 @@ import onnx
 import onnx_ir as ir
 
 from qcc.backends._dynamic import materialize_dynamic
-from qcc.backends._qdq import materialize_qdq, onnx_artifact
-from qcc.backends.base import Artifact, Backend, TargetSpec
+from qcc.backends._onnx_artifact import onnx_artifact
+from qcc.backends.base import Artifact, Backend
 from qcc.context import PassContext
 from qcc.data import Feed
 from qcc.irutils import attr_float, attr_int
 from qcc.metrics import OutputFidelity
 from qcc.options import CompileOptions, Precision, WeightStorage, host_is_arm
+from qcc.qdq import materialize_qdq
 from qcc.runtime import session
+from qcc.target import TargetSpec
 
 INTEGER_KERNELS = frozenset(
     {"QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger",

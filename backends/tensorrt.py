@@ -29,15 +29,17 @@ import onnx
 import onnx_ir as ir
 
 from qcc.annotations import ALREADY_QUANTIZED_REASON, Decision, get_decision
-from qcc.backends._qdq import materialize_qdq, onnx_artifact
+from qcc.backends._onnx_artifact import onnx_artifact
 from qcc.backends._trt_rules import check_tensorrt_rules, summarize
-from qcc.backends.base import Artifact, Backend, TargetSpec
+from qcc.backends.base import Artifact, Backend
 from qcc.backends.onnxruntime import compare_outputs
 from qcc.context import PassContext
 from qcc.data import Feed
 from qcc.errors import BackendError
 from qcc.irutils import attr_int, const_array
 from qcc.options import CalibrationMethod, CompileOptions, Precision, WeightStorage
+from qcc.qdq import materialize_qdq
+from qcc.target import TargetSpec
 
 _MIN_GEMM_DIM = 16
 # Opsets the low-bit formats need: FP8 Q/DQ (19), DequantizeLinear with block_size and INT4 (21).

@@ -31,7 +31,6 @@ from typing import Any
 import onnx_ir as ir
 
 from qcc.annotations import Decision, get_decision, get_quant
-from qcc.backends._qdq import materialize_qdq
 from qcc.backends._tflite_litert import compare_with_simulation
 from qcc.backends._tflite_lower import Lowering, absorb_activations
 from qcc.backends._tflite_merge import merge
@@ -49,13 +48,15 @@ from qcc.backends._tflite_sim import integer_exact
 from qcc.backends._tflite_validate import validate
 from qcc.backends._tflite_versions import stamp_versions
 from qcc.backends._tflite_writer import FlatModel, serialize
-from qcc.backends.base import Artifact, Backend, TargetSpec
+from qcc.backends.base import Artifact, Backend
 from qcc.context import PassContext
 from qcc.data import Feed
 from qcc.errors import BackendError
 from qcc.options import ActivationType, CalibrationMethod, CompileOptions, IoType
 from qcc.passes.layout_nhwc import LayoutNhwcPass
+from qcc.qdq import materialize_qdq
 from qcc.runtime import MAX_ORT_IR_VERSION
+from qcc.target import TargetSpec
 
 logger = logging.getLogger(__name__)
 

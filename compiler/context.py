@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping
 
 import onnx_ir as ir
 
-from qcc.backends.base import TargetSpec
 from qcc.data import CalibrationData
 from qcc.options import CalibrationMethod, CompileOptions
+from qcc.target import TargetSpec
 
 # progress(stage, done, total): total is None when unknown. Library code reports; the CLI draws.
 Progress = Callable[[str, int, "int | None"], None]

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from qcc import frontend
 from qcc.annotations import ALREADY_QUANTIZED_REASON, Decision, get_decision
 from qcc.backends import get_backend
-from qcc.backends.base import Artifact, TargetSpec
+from qcc.backends.base import Artifact
 from qcc.context import PassContext, Progress, no_progress
 from qcc.data import CalibrationData, CalibrationSource, one_pass, open_calibration, reiterable
 from qcc.errors import (
@@ -39,6 +39,7 @@ from qcc.report import (
     compile_warnings,
     mixed_precision_section,
 )
+from qcc.target import TargetSpec
 
 logger = logging.getLogger(__name__)
 # The report's warnings go to the package's logger, which users configure (``logging.getLogger("qcc")``).
@@ -502,7 +503,45 @@ def _compile_auto(
     elif section is not None:
         best.report["options"]["tolerance"] = options.tolerance
         best.report["mixed_precision"] = section
-    best.report["method_selection"] = {"chosen": chosen, "output_cosine": scores}
+    selection: dict[str, Any] = {"chosen": chosen, "output_cosine": scores}
+    best = _other_methods_if_missed(model, calibration, options, progress, statistics, best, scores, selection)
+    best.report["method_selection"] = selection
+    return best
+
+
+def _other_methods_if_missed(
+    model: object,
+    calibration: CalibrationSource | None,
+    options: CompileOptions,
+    progress: Progress,
+    statistics: dict,
+    best: CompileResult,
+    scores: dict[str, float],
+    selection: dict[str, Any],
+) -> CompileResult:
+    """When the chosen method's compile misses ``--tolerance``, compiles with the other methods too.
+
+    The choice above compares all-int8 artifacts, but what the user asked for is the bound after
+    mixed precision, and the two can disagree: a method that clips ranges scores better all-int8,
+    yet a clipped tensor next to a node kept float can hold the error above the bound, where
+    minmax's unclipped ranges let the same float nodes reach it. Keeps the first method (by
+    all-int8 score) that meets the bound, else the one with the smallest error.
+    """
+    section = best.report.get("mixed_precision")
+    if section is None or section["met"]:
+        return best
+    errors = {selection["chosen"]: section["artifact_error"]}
+    for method in sorted((m for m in scores if m != selection["chosen"]), key=lambda m: -scores[m]):
+        candidate = dataclasses.replace(options, method=CalibrationMethod(method))
+        result = _compile(model, calibration, candidate, progress, statistics)
+        found = result.report["mixed_precision"]
+        errors[method] = found["artifact_error"]
+        if found["met"] or found["artifact_error"] < best.report["mixed_precision"]["artifact_error"]:
+            best = result
+            selection["chosen"] = method
+        if found["met"]:
+            break
+    selection["error_after_mixed_precision"] = errors
     return best
 
 

@@ -23,9 +23,9 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.annotations import get_float_value
-from qcc.backends._qdq import materialize_qdq
 from qcc.data import Feed
 from qcc.irutils import NameAllocator, add_initializer
+from qcc.qdq import materialize_qdq
 from qcc.quantmath import fake_quantize
 from qcc.runtime import session
 

@@ -25,11 +25,11 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.annotations import Decision, Role, TensorQuant, get_decision, is_quantized, set_decision, set_quant
-from qcc.backends.base import TargetSpec
 from qcc.irutils import attr_float, attr_int, const_array, is_float
 from qcc.optable import BIAS_INPUT, WEIGHT_INPUT, quantizable_inputs, weight_axis
 from qcc.options import Precision
 from qcc.passes._base import QccPass
+from qcc.target import TargetSpec
 
 logger = logging.getLogger(__name__)
 

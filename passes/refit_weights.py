@@ -40,7 +40,6 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from qcc.annotations import Refit, float_twin, get_float_value, get_quant, set_float_value, set_refit
-from qcc.backends._qdq import materialize_qdq
 from qcc.irutils import NameAllocator, const_array
 from qcc.optable import WEIGHT_INPUT
 from qcc.options import Precision
@@ -48,6 +47,7 @@ from qcc.passes._base import QccPass
 from qcc.passes._input_moments import Layer, layers
 from qcc.passes.calibrate import run_float
 from qcc.passes.weight_rounding import as_rows, gptq, level_range, levels_of, values_of
+from qcc.qdq import materialize_qdq
 from qcc.runtime import session
 
 logger = logging.getLogger(__name__)
