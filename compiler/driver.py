@@ -525,18 +525,22 @@ def _other_methods_if_missed(
     mixed precision, and the two can disagree: a method that clips ranges scores better all-int8,
     yet a clipped tensor next to a node kept float can hold the error above the bound, where
     minmax's unclipped ranges let the same float nodes reach it. Keeps the first method (by
-    all-int8 score) that meets the bound, else the one with the smallest error.
+    all-int8 score) that meets the bound, else the one with the smallest error; candidates compile
+    without the refit, and the one kept is refit (``errors`` are before its refit).
     """
     section = best.report.get("mixed_precision")
     if section is None or section["met"]:
         return best
     errors = {selection["chosen"]: section["artifact_error"]}
     for method in sorted((m for m in scores if m != selection["chosen"]), key=lambda m: -scores[m]):
-        candidate = dataclasses.replace(options, method=CalibrationMethod(method))
-        result = _compile(model, calibration, candidate, progress, statistics)
+        final = dataclasses.replace(options, method=CalibrationMethod(method))
+        # Without the refit (the slowest pass); a candidate that already beats the refit one is refit.
+        result = _compile(model, calibration, dataclasses.replace(final, refit=False), progress, statistics)
         found = result.report["mixed_precision"]
         errors[method] = found["artifact_error"]
         if found["met"] or found["artifact_error"] < best.report["mixed_precision"]["artifact_error"]:
+            if _refit_after_rounding(final, calibration):
+                result = _refit_plan(model, calibration, final, progress, statistics, result)
             best = result
             selection["chosen"] = method
         if found["met"]:
