@@ -53,20 +53,21 @@ def test_weighted_op_with_non_finite_bias_stays_float():
     assert gemm["decision"] == "float" and "NaN or Inf" in gemm["reason"]
 
 
+# Log(Relu(x)) is -inf wherever x <= 0: the MatMul reading it is replanned float.
+LOG_OF_RELU = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[8,8] w1, float[8,8] w2, float[1,8] x) => (float[1,8] y) {
+  h = MatMul(x, w1)
+  r = Relu(h)
+  l = Log(r)
+  y = MatMul(l, w2)
+}
+"""
+
+
 def test_tensors_that_calibrate_to_inf_are_replanned_float():
     # Log(Relu(x)) is -inf wherever x <= 0: the MatMul reading it cannot be int8.
-    model = build_model(
-        """
-        <ir_version: 8, opset_import: ["" : 17]>
-        g (float[8,8] w1, float[8,8] w2, float[1,8] x) => (float[1,8] y) {
-          h = MatMul(x, w1)
-          r = Relu(h)
-          l = Log(r)
-          e = Exp(l)
-          y = MatMul(l, w2)
-        }
-        """
-    )
+    model = build_model(LOG_OF_RELU)
     result = qcc.compile(model, calibration=random_feeds(model, 8))
     by_name = {n["name"]: n for n in result.report["nodes"]}
     assert by_name["y"]["decision"] == "float" and "non-finite" in by_name["y"]["reason"]
@@ -268,18 +269,7 @@ def test_a_compile_that_quantizes_nothing_says_why(target):
 
 
 def test_nodes_kept_float_after_calibration_are_a_warning():
-    # Log(Relu(x)) is -inf wherever x <= 0: the MatMul reading it is replanned float.
-    model = build_model(
-        """
-        <ir_version: 8, opset_import: ["" : 17]>
-        g (float[8,8] w1, float[8,8] w2, float[1,8] x) => (float[1,8] y) {
-          h = MatMul(x, w1)
-          r = Relu(h)
-          l = Log(r)
-          y = MatMul(l, w2)
-        }
-        """
-    )
+    model = build_model(LOG_OF_RELU)
     result = qcc.compile(model, calibration=random_feeds(model, 8), tolerance=None)
     assert _codes(result) == ["kept_float"]
     assert "1 node(s) qcc could quantize stay float: x1 reads or writes 'l'" in result.warnings[0]["message"]
