@@ -24,6 +24,7 @@ TOP = {
     "plots",
     "pipeline",
     "inspection",
+    "_inspection_onnx",
     "_inspection_tflite",
 }
 LAYERS = {"core": 0, "passes": 1, "backends": 2, "top": 3}
