@@ -37,6 +37,7 @@ from qcc.report import (
     STRICT_WARNINGS,
     build_report,
     compile_warnings,
+    inspect_command,
     mixed_precision_section,
 )
 from qcc.target import TargetSpec
@@ -198,7 +199,7 @@ def _compile_planned(
     start = time.perf_counter()
     loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
     timings["load"] = time.perf_counter() - start
-    _check_excludes(loaded.model, options.exclude)
+    _check_excludes(loaded.model, options.exclude, loaded.source)
     if calibration is None and options.needs_calibration:
         raise QccError(
             "calibration data is required.",
@@ -585,8 +586,8 @@ def plan_model(model: object, options: CompileOptions) -> dict[str, Any]:
     )
 
 
-def _check_excludes(model: ir.Model, exclude: tuple[str, ...]) -> None:
-    """Every ``--exclude`` entry names a node or an op type of the model.
+def _check_excludes(model: ir.Model, exclude: tuple[str, ...], source: str) -> None:
+    """Every ``--exclude`` entry names a node or an op type of the model (loaded from ``source``).
 
     Raises:
         OptionError: an entry matches nothing; the message lists the nearest names.
@@ -599,7 +600,8 @@ def _check_excludes(model: ir.Model, exclude: tuple[str, ...]) -> None:
         hint = f"did you mean {', '.join(map(repr, near))}? " if near else ""
         raise OptionError(
             f"--exclude {entry!r} matches no node name or op type of the model.",
-            f"{hint}`qcc inspect model.onnx` lists the op types; node names are as in the model (Netron shows them).",
+            f"{hint}`{inspect_command(source)}` lists the op types; node names are as in the model (Netron shows "
+            "them).",
         )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -271,7 +272,8 @@ def compile_warnings(report: dict[str, Any], kept_float: Mapping[str, str]) -> l
     own = report.get("already_quantized")
     quantized = [n for n in nodes if n["decision"] != Decision.FLOAT.value]
     if not quantized and own is None:
-        warn("nothing_quantized", f"nothing runs int8 on {target}: {_why_all_float(nodes, target)}.")
+        source = report["model"].get("source")
+        warn("nothing_quantized", f"nothing runs int8 on {target}: {_why_all_float(nodes, target, source)}.")
     kept = collections.Counter(
         _short_reason(n["reason"]) for n in nodes if n["decision"] == Decision.FLOAT.value and n["name"] in kept_float
     )
@@ -301,16 +303,24 @@ def compile_warnings(report: dict[str, Any], kept_float: Mapping[str, str]) -> l
     return found
 
 
-def _why_all_float(nodes: list[dict[str, Any]], target: str) -> str:
+def inspect_command(source: str | None) -> str:
+    """The ``qcc inspect`` command line for a model: its path (shell-quoted) when it was loaded from
+    a file, else a placeholder (``source`` is ``<bytes>``, ``<onnx.ModelProto>``, ... or None)."""
+    if not source or source.startswith("<"):
+        return "qcc inspect <model>"
+    return f"qcc inspect {shlex.quote(source)}"
+
+
+def _why_all_float(nodes: list[dict[str, Any]], target: str, source: str | None) -> str:
     """Why no node was quantized, from the float reasons: the operators without an int8 kernel when
-    that is all, else the commonest reasons."""
+    that is all, else the commonest reasons. ``source`` is the model's path, for the command to run."""
     no_kernel = f"has no int8 kernel on {target}"
     without = sorted({n["op_type"] for n in nodes if n["reason"].endswith(no_kernel)})
     reasons = collections.Counter(_short_reason(n["reason"]) for n in nodes if not n["reason"].endswith(no_kernel))
     if without and not reasons:
         return (
             f"none of the model's operators ({', '.join(without)}) has an int8 kernel on {target}; the artifact is "
-            "the float model. `qcc inspect model.onnx` shows what each target would quantize"
+            f"the float model. `{inspect_command(source)}` shows what each target would quantize"
         )
     parts = [f"float x{count}: {reason}" for reason, count in reasons.most_common(3)]
     if without:

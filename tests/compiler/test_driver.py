@@ -243,29 +243,46 @@ def test_a_missed_tolerance_is_a_logged_warning_and_strict_raises(caplog):
     qcc.compile(model, target="ort", calibration=feeds, strict=True)  # within the default bound: no error
 
 
+NO_INT8_KERNEL_MODEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,8] x) => (float[1,8] y) {
+  s = Sin(x)
+  y = Exp(s)
+}
+"""
+
+
 @pytest.mark.parametrize("target", ["ort", "trt", "tflite"])
 def test_a_compile_that_quantizes_nothing_says_why(target):
-    model = build_model(
-        """
-        <ir_version: 8, opset_import: ["" : 17]>
-        g (float[1,8] x) => (float[1,8] y) {
-          s = Sin(x)
-          y = Exp(s)
-        }
-        """
-    )
+    model = build_model(NO_INT8_KERNEL_MODEL)
     feeds = random_feeds(model, 4)
     result = qcc.compile(model, target=target, calibration=feeds)
     assert result.warnings == [
         {
             "code": "nothing_quantized",
             "message": f"nothing runs int8 on {target}: none of the model's operators (Exp, Sin) has an int8 kernel "
-            f"on {target}; the artifact is the float model. `qcc inspect model.onnx` shows what each target would "
+            f"on {target}; the artifact is the float model. `qcc inspect <model>` shows what each target would "
             "quantize.",
         }
     ]
     with pytest.raises(StrictError, match="nothing_quantized"):
         qcc.compile(model, target=target, calibration=feeds, strict=True)
+
+
+def test_inspect_hints_name_the_model_file_when_there_is_one(tmp_path):
+    model = build_model(NO_INT8_KERNEL_MODEL)
+    path = tmp_path / "sin exp.onnx"
+    onnx.save(model, path)
+    feeds = random_feeds(model, 4)
+    command = f"`qcc inspect '{path}'`"  # quoted for the shell: the name has a space
+    (warning,) = qcc.compile(path, target="ort", calibration=feeds).warnings
+    assert warning["code"] == "nothing_quantized" and command in warning["message"]
+    with pytest.raises(qcc.QccError, match="'Sine' matches no node") as error:
+        qcc.compile(path, calibration=feeds, exclude=["Sine"])
+    assert command in str(error.value)
+    with pytest.raises(qcc.QccError, match="'Sine' matches no node") as error:
+        qcc.compile(model, calibration=feeds, exclude=["Sine"])  # in memory: no file to name
+    assert "`qcc inspect <model>`" in str(error.value)
 
 
 def test_nodes_kept_float_after_calibration_are_a_warning():
