@@ -30,8 +30,8 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from qcc.annotations import get_quant
-from qcc.backends._tflite_lower import ACT_NONE, FUSED_KEY, Lowering
+from qcc.annotations import Decision, get_decision, get_quant
+from qcc.backends._tflite_lower import ACT_NONE, FUSED_KEY, Lowering, cut_graph_fix
 from qcc.backends._tflite_writer import Tensor
 from qcc.errors import BackendError
 from qcc.irutils import const_array
@@ -64,8 +64,20 @@ def int_list(node: ir.Node, name: str, default) -> list[int]:
 
 
 def unsupported(node: ir.Node, why: str) -> BackendError:
-    """The error for a node qcc cannot lower, naming it and why."""
-    return BackendError(f"node {node.name!r} ({node.op_type}): {why}.", "--exclude it or rewrite the model.")
+    """The error for a node qcc cannot lower, naming it, why, and a fix that works.
+
+    ``--exclude`` is the fix only where the refusal is of the int8 form of an int8 node: the
+    excluded node stays float, and float still needs a TFLite lowering. The rules that refuse the
+    int8 form only start their reason with "int8 ..." or "an int8 ..."; any other reason holds for
+    the float node too, so the fix is to rewrite the model, cut the graph around the node, or
+    choose an ONNX target.
+    """
+    decision = get_decision(node)
+    if why.startswith(("int8 ", "an int8 ")) and decision is not None and decision.decision == Decision.INT8:
+        fix = "--exclude the node: it then runs float, which qcc lowers to TFLite."
+    else:
+        fix = f"rewrite the model so that it does not need this, {cut_graph_fix(node)}"
+    return BackendError(f"node {node.name!r} ({node.op_type}): {why}.", fix)
 
 
 @dataclasses.dataclass(frozen=True)

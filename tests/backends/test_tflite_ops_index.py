@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 import qcc
 from qcc import optable
+from qcc.annotations import Decision, set_decision
 from qcc.backends._tflite_litert import interpreter, run
+from qcc.backends._tflite_ops_window import unsupported
 from qcc.errors import QccError
 from tests.backends.test_tflite_ops import float_tflite
 from tests.conftest import build_model, random_feeds
@@ -371,5 +374,26 @@ def test_int8_data_movement_matches_the_simulation(name, monkeypatch):
 def test_refusals_name_the_reason(text, feed, message):
     model = onnx.parser.parse_model(_head(12 if "Einsum" in text else 11) + text)
     feed = feed or random_feeds(model, 1)[0]
-    with pytest.raises(QccError, match=message):
+    with pytest.raises(QccError, match=message) as error:
         qcc.compile(model, target="tflite", calibration=[feed], verify=False)
+    # The float node is refused too, so --exclude (which keeps a node float) cannot be the fix.
+    assert "--exclude" not in error.value.fix and "onnx.utils.extract_model" in error.value.fix
+    assert "compile for ort or trt" in error.value.fix
+
+
+@pytest.mark.parametrize(
+    ("decision", "why", "excludes"),
+    [
+        (Decision.INT8, "int8 Sum", True),
+        (Decision.INT8, "an int8 average pooling of a 3-D window (run it float)", True),
+        (Decision.FLOAT, "int8 Sum", False),  # a float node: --exclude changes nothing
+        (Decision.INT8, "Resize mode 'cubic'", False),  # the float Resize is refused too
+    ],
+)
+def test_only_an_int8_only_refusal_suggests_exclude(decision, why, excludes):
+    x, y = ir.Value(name="x"), ir.Value(name="y")
+    node = ir.Node("", "Sum", [x, x], outputs=[y], name="s")
+    set_decision(node, decision, "planned")
+    fix = unsupported(node, why).fix
+    assert ("--exclude" in fix) is excludes
+    assert ("onnx.utils.extract_model" in fix) is not excludes
