@@ -39,7 +39,8 @@ def dropout(lw: Lowering, node: ir.Node) -> None:
         raise BackendError(
             f"node {node.name!r} (Dropout) may run in training mode, which drops random elements; "
             "a TFLite artifact runs inference only.",
-            "export the model in eval mode (training_mode false), or --exclude the node.",
+            "export the model in eval mode (training_mode false), "
+            "or make the Dropout's training_mode input a constant false.",
         )
     c = MathChain(lw, node)
     c.copy_to_output()
