@@ -7,8 +7,12 @@ are converted in :func:`main`, which runs the typer app with ``standalone_mode=F
 or option name is answered with its known alias (``tensorrt`` -> ``trt``, ``kl`` -> ``entropy``) or
 its nearest valid spelling (:mod:`qcc._cli_errors`).
 
-This module declares the commands and their options and runs them; what they print, tables or one
-JSON object, is rendered by :mod:`qcc._cli_output`.
+This module declares the commands and runs them; what they print, tables or one JSON object, is
+rendered by :mod:`qcc._cli_output`. The compile options (``compile``'s, and those ``analyze``
+shares) are not declared here: :func:`_takes_options` builds each command's typer options from the
+fields of :class:`~qcc.options.CompileOptions` (their flags, help, types and defaults), and the
+command reads them back with :meth:`~qcc.options.CompileOptions.from_cli`. Here are only the
+options that are not compile options (where to write, ``--json``, ``--strict``, ...).
 
 Exit codes: 0 done; 1 ``qcc check`` found rule errors; 2 a usage or input error (nothing written);
 3 ``compile --strict`` wrote the artifact but the report has a warning that ``--strict`` refuses.
@@ -22,13 +26,17 @@ backends are imported inside the commands, after the arguments and the input pat
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import os
 import sys
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Callable, Sequence
+from inspect import Parameter, signature
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.text import Text
@@ -55,27 +63,9 @@ from qcc._cli_output import (
 )
 from qcc.errors import CalibrationDataError, ModelLoadError, OptionError, QccError
 from qcc.io import ARTIFACT_SUFFIXES, check_output_path, check_output_suffix, write_atomic
-from qcc.options import (
-    DEFAULT_TOLERANCE,
-    ActivationType,
-    CalibrationMethod,
-    CompileOptions,
-    IoType,
-    Precision,
-    WeightRounding,
-    WeightStorage,
-    parse_input_shape,
-    parse_tolerance,
-)
+from qcc.options import FIELD_DEFAULT, CompileOptions, Precision, Target, cli_flags, field_default
 
-
-class Target(str, enum.Enum):
-    """The targets qcc compiles for: a light copy of ``qcc.backends.target_names()`` (a test keeps
-    them equal), so that parsing and ``--help`` need not import the backends and onnx."""
-
-    ORT = "ort"
-    TRT = "trt"
-    TFLITE = "tflite"
+__all__ = ["Target", "app", "main"]
 
 
 app = typer.Typer(
@@ -122,7 +112,50 @@ def _require_file(path: Path, error: type[QccError], what: str) -> None:
         raise error(f"{what} {path} does not exist.", "check the path.")
 
 
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def _takes_options(command: str, after: str) -> Callable[[_Command], _Command]:
+    """Gives a command the compile options ``command`` takes (``qcc.options.cli_flags``) as typer
+    options, inserted after its parameter ``after``; the command receives them in ``**options``.
+
+    typer reads a command's options from its signature, so the signature is rebuilt here from the
+    fields' metadata: each option's flags, help, type and default are those ``qcc.options`` defines.
+    """
+
+    def add_options(func: _Command) -> _Command:
+        declared = signature(func, eval_str=True)  # typer reads the Annotated options, not strings
+        own = [p for p in declared.parameters.values() if p.kind != Parameter.VAR_KEYWORD]
+        at = next(i for i, p in enumerate(own) if p.name == after) + 1
+        func.__signature__ = declared.replace(parameters=[*own[:at], *_option_parameters(command), *own[at:]])
+        return func
+
+    return add_options
+
+
+def _option_parameters(command: str) -> list[Parameter]:
+    """The typer parameters of the compile options ``command`` takes, in field order."""
+    hints = typing.get_type_hints(CompileOptions)
+    parameters = []
+    for name, (field, flag) in cli_flags(command).items():
+        default = field_default(field) if flag.default is FIELD_DEFAULT else flag.default
+        option = typer.Option(*flag.flags, help=flag.help, show_default=flag.show_default)
+        kind = _typer_type(flag.type if flag.type is not None else hints[field])
+        parameters.append(
+            Parameter(name, Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=Annotated[kind, option])
+        )
+    return parameters
+
+
+def _typer_type(kind: Any) -> Any:
+    """``X | None`` as ``Optional[X]``, which typer needs on Python 3.10."""
+    if isinstance(kind, types.UnionType):
+        return typing.Union[typing.get_args(kind)]  # noqa: UP007
+    return kind
+
+
 @app.command()
+@_takes_options("compile", after="calib")
 def compile(  # noqa: A001 - the subcommand's name
     model: Annotated[Path, typer.Argument(help="Float ONNX model to quantize (never modified).", show_default=False)],
     output: Annotated[
@@ -144,9 +177,6 @@ def compile(  # noqa: A001 - the subcommand's name
             show_default=False,
         ),
     ] = None,
-    target: Annotated[
-        Target, typer.Option("--target", "-t", help="Runtime to compile for (see `qcc targets`).")
-    ] = Target.ORT,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the JSON report here.")] = None,
     report_dir: Annotated[
         Optional[Path],
@@ -156,57 +186,6 @@ def compile(  # noqa: A001 - the subcommand's name
             "the worst layers, mixed-precision decisions) into this folder.",
         ),
     ] = None,
-    exclude: Annotated[
-        Optional[list[str]],
-        typer.Option("--exclude", "-x", help="Keep a node (by name) or every node of an op type in float. Repeatable."),
-    ] = None,
-    per_tensor: Annotated[
-        bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per channel.")
-    ] = False,
-    activation_type: Annotated[
-        ActivationType,
-        typer.Option("--activation-type", help="Activation integer type; auto picks the fastest for the target."),
-    ] = ActivationType.AUTO,
-    max_samples: Annotated[
-        Optional[int], typer.Option("--max-samples", help="Use at most this many calibration samples.")
-    ] = None,
-    method: Annotated[
-        Optional[CalibrationMethod],
-        typer.Option(
-            "--method",
-            "-m",
-            help="Activation clip ranges: minmax never clips (ort default); meanmax averages each sample's "
-            "range (trt and int8 tflite pick minmax or meanmax by default, whichever output is closer to fp32 on the "
-            "calibration samples); percentile/mse/entropy clip outliers (entropy is TensorRT's KL divergence); "
-            "auto picks per tensor when the output misses --tolerance. A graph output always keeps its observed "
-            "range.",
-            show_default=False,
-        ),
-    ] = None,
-    weights: Annotated[
-        WeightStorage,
-        typer.Option(
-            "--weights", help="Weight storage: int8 initializers (small) or float behind Q/DQ; auto per target."
-        ),
-    ] = WeightStorage.AUTO,
-    precision: Annotated[
-        Precision,
-        typer.Option("--precision", help="int8; fp8 (E4M3, opset 19; trt); int4 (weight-only MatMul/Gemm; trt, ort)."),
-    ] = Precision.INT8,
-    dynamic: Annotated[
-        bool,
-        typer.Option(
-            "--dynamic", help="ort: int8 MatMul/Gemm weights, activations quantized at run time (transformers)."
-        ),
-    ] = False,
-    tolerance: Annotated[
-        str,
-        typer.Option(
-            "--tolerance",
-            help="Largest output error allowed on calibration samples, as 1 - cosine (e.g. 0.002) or relative:0.05; "
-            "above it the most harmful nodes stay float until it holds (the report lists them). 'off': none.",
-        ),
-    ] = str(DEFAULT_TOLERANCE),
     strict: Annotated[
         bool,
         typer.Option(
@@ -215,75 +194,12 @@ def compile(  # noqa: A001 - the subcommand's name
             "nothing, left a quantizable node float or failed verification. Warnings are printed either way.",
         ),
     ] = False,
-    bias_correction: Annotated[
-        bool,
-        typer.Option(
-            "--bias-correction", help="Cancel weight rounding's mean output shift in each Conv/Gemm bias (opt-in)."
-        ),
-    ] = False,
-    equalize: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--equalize/--no-equalize",
-            help="Equalize channel ranges across consecutive convolutions and linear residual streams; "
-            "default: residual streams (with calibration data), consecutive convolutions only with --per-tensor.",
-            show_default=False,
-        ),
-    ] = None,
-    weight_rounding: Annotated[
-        WeightRounding,
-        typer.Option(
-            "--weight-rounding",
-            help="gptq: round each layer's weights so its output on the calibration data moves least "
-            "(each rounding error compensated in the weights not yet rounded); nearest: plain rounding; "
-            "auto: gptq, and nearest too when --tolerance needs nodes kept float (if both meet it, the one with "
-            "fewer nodes float is kept, else the closer one).",
-        ),
-    ] = WeightRounding.AUTO,
-    smoothquant: Annotated[
-        bool,
-        typer.Option(
-            "--smoothquant/--no-smoothquant",
-            help="Divide MatMul/Gemm input channels with outliers (transformers' LayerNorm/GELU outputs) by "
-            "factors moved into the weights, where that lowers the layer's int8 error on the calibration data.",
-        ),
-    ] = True,
-    refit: Annotated[
-        bool,
-        typer.Option(
-            "--refit/--no-refit",
-            help="Refit each int8 layer's weights, in graph order, so that on the quantized model's own inputs "
-            "it reproduces the float model's output (undoing part of the upstream rounding); kept per layer "
-            "only where held-out calibration samples agree.",
-        ),
-    ] = True,
     calib_cache: Annotated[
         Optional[Path],
         typer.Option(
             "--calib-cache",
             help="trt only: also write TensorRT's implicit-INT8 calibration cache here "
             "(turns --smoothquant off: the cache describes the original network's tensors).",
-        ),
-    ] = None,
-    verify_each: Annotated[
-        bool, typer.Option("--verify-each", help="Check IR invariants after every pass (debugging).")
-    ] = False,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip running the artifact in its runtime.")] = False,
-    io: Annotated[
-        IoType, typer.Option("--io", help="tflite: float32 or int8 model inputs and outputs.")
-    ] = IoType.FLOAT,
-    nhwc_io: Annotated[
-        bool, typer.Option("--nhwc-io", help="tflite: NHWC 4-D inputs and outputs instead of the model's NCHW.")
-    ] = False,
-    input_shape: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--input-shape",
-            help="tflite: pin input NAME to one shape, e.g. --input-shape x=1,3,48,320 (repeat it per input), "
-            "for a static .tflite. Without it the model's dynamic dimensions (batch, sequence length, image "
-            "size) stay dynamic: -1 in the tensors' shape_signature, run other sizes after "
-            "interpreter.resize_tensor_input(). ort and trt keep the model's shapes.",
-            show_default=False,
         ),
     ] = None,
     as_json: Annotated[
@@ -296,6 +212,7 @@ def compile(  # noqa: A001 - the subcommand's name
         ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every pass.")] = False,
+    **options: Any,
 ) -> None:
     """Quantize MODEL for one runtime and write the artifact atomically.
 
@@ -320,39 +237,20 @@ def compile(  # noqa: A001 - the subcommand's name
     setup_logging(verbose)
     try:
         # Every check that needs no onnx comes first: a mistake here costs a fraction of a second.
-        check_output_suffix(output, target.value)
+        compile_options = CompileOptions.from_cli(options)
+        check_output_suffix(output, compile_options.target)
         inputs = (model,) if calib is None else (model, calib)
         check_output_path(output, inputs=inputs)
         if report is not None:
             check_output_path(report, inputs=(*inputs, output))
         if calib_cache is not None:
-            if target != Target.TRT or precision != Precision.INT8:
+            if compile_options.target != Target.TRT.value or compile_options.precision != Precision.INT8:
                 raise OptionError(
                     "--calib-cache is TensorRT's implicit-INT8 calibration cache.", "use it with --target trt, int8."
                 )
             check_output_path(calib_cache, inputs=(*inputs, output))
-        options = CompileOptions(
-            target=target.value,
-            per_channel=not per_tensor,
-            activation_type=activation_type,
-            exclude=tuple(exclude or ()),
-            verify_each=verify_each,
-            verify=not no_verify,
-            max_calibration_samples=max_samples,
-            weights=weights,
-            precision=precision,
-            method=method,
-            io=io,
-            nhwc_io=nhwc_io,
-            dynamic=dynamic,
-            **parse_tolerance(tolerance),
-            bias_correction=bias_correction,
-            equalize=equalize,
-            weight_rounding=weight_rounding,
-            smoothquant=smoothquant and calib_cache is None,
-            refit=refit,
-            input_shapes=parse_input_shape(input_shape or ()),
-        )
+            # The cache describes the original network's tensors, which smoothing would rescale.
+            compile_options = dataclasses.replace(compile_options, smoothquant=False)
         _require_file(model, ModelLoadError, "model file")
         if calib is not None:
             _require_file(calib, CalibrationDataError, "calibration file")
@@ -370,13 +268,13 @@ def compile(  # noqa: A001 - the subcommand's name
             transient=True,
         ) as bar:
             source = None if calib is None else str(calib)
-            result = compile_model(str(model), source, options, progress=ProgressBar(bar))
+            result = compile_model(str(model), source, compile_options, progress=ProgressBar(bar))
         result.save(output, report)
         files = [str(output), *external_data(result.report, output), *([str(report)] if report else [])]
         notes: list[str] = []
         folder_files: list[str] = []
         if report_dir is not None:
-            folder_files, notes = _write_report_dir(report_dir, str(model), source, options, result)
+            folder_files, notes = _write_report_dir(report_dir, str(model), source, compile_options, result)
             files += folder_files
         if calib_cache is not None:
             from qcc.backends.tensorrt import calibration_cache
@@ -495,6 +393,7 @@ def _float_plans(model: Path) -> dict[str, dict]:
 
 
 @app.command()
+@_takes_options("analyze", after="calib")
 def analyze(
     model: Annotated[Path, typer.Argument(help="Float ONNX model to quantize and analyze.", show_default=False)],
     calib: Annotated[
@@ -507,15 +406,6 @@ def analyze(
             show_default=False,
         ),
     ],
-    target: Annotated[
-        Target, typer.Option("--target", "-t", help="Runtime to compile for (see `qcc targets`).")
-    ] = Target.ORT,
-    method: Annotated[
-        Optional[CalibrationMethod], typer.Option("--method", "-m", help="As for compile.", show_default=False)
-    ] = None,
-    exclude: Annotated[
-        Optional[list[str]], typer.Option("--exclude", "-x", help="As for compile: keep nodes in float.")
-    ] = None,
     samples: Annotated[int, typer.Option("--samples", help="Calibration samples to measure on.")] = 4,
     top: Annotated[int, typer.Option("--top", help="Rows to show, worst first.")] = 15,
     json_out: Annotated[
@@ -534,6 +424,7 @@ def analyze(
             '{output: dB}, "files": [files written]}; on error {"error", "fix", "exit_code": 2}.',
         ),
     ] = False,
+    **options: Any,
 ) -> None:
     """Compile MODEL and show where quantization loses: per quantized tensor, SQNR against the
     float model and the drop its producer adds (worst first).
@@ -550,12 +441,12 @@ def analyze(
     try:
         if json_out is not None:
             check_output_path(json_out, inputs=(model, calib))
-        options = CompileOptions(target=target.value, method=method, exclude=tuple(exclude or ()))
+        compile_options = CompileOptions.from_cli(options)
         _require_file(model, ModelLoadError, "model file")
         _require_file(calib, CalibrationDataError, "calibration file")
         from qcc.analyze import analyze_model
 
-        report = analyze_model(str(model), str(calib), options, samples=samples)
+        report = analyze_model(str(model), str(calib), compile_options, samples=samples)
         files, notes = [], []
         if json_out is not None:
             write_atomic(json_out, json.dumps(report, indent=2).encode())
@@ -572,7 +463,7 @@ def analyze(
     if as_json:
         emit_json({"schema_version": JSON_SCHEMA_VERSION, **report, "files": files})
         return
-    print_analysis(report, target.value, top)
+    print_analysis(report, compile_options.target, top)
     if report_dir is not None:
         print_files(report_dir, files[1:] if json_out is not None else files)
 
@@ -637,16 +528,18 @@ def targets(
 
 # --- the parser's errors, in qcc's one style (qcc._cli_errors) ---------------------------------------
 
-# The commands' enum options by parameter name, whose valid values a bad choice is matched against.
-_CHOICE_OPTIONS: dict[str, type[enum.Enum]] = {
-    "target": Target,
-    "activation_type": ActivationType,
-    "method": CalibrationMethod,
-    "weights": WeightStorage,
-    "precision": Precision,
-    "weight_rounding": WeightRounding,
-    "io": IoType,
-}
+
+def _choice_options() -> dict[str, type[enum.Enum]]:
+    """The commands' enum options by parameter name, whose valid values a bad choice is matched
+    against: every compile option whose value is an enum (``check --target`` is a Target too)."""
+    hints = typing.get_type_hints(CompileOptions)
+    choices: dict[str, type[enum.Enum]] = {"target": Target}
+    for name, (field, flag) in cli_flags().items():
+        kind = flag.type if flag.type is not None else hints[field]
+        kind = next((k for k in typing.get_args(kind) if k is not type(None)), kind)  # X | None -> X
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            choices[name] = kind
+    return choices
 
 
 def _command_names() -> list[str]:
@@ -667,7 +560,7 @@ def main(args: Sequence[str] | None = None) -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `qcc`: the help is already printed
             sys.exit(EXIT_USER_ERROR)
         try:
-            fail(usage_error(exc, args, _CHOICE_OPTIONS, _command_names()), as_json)
+            fail(usage_error(exc, args, _choice_options(), _command_names()), as_json)
         except typer.Exit as done:
             code = done.exit_code
     except typer.Abort:
