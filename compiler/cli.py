@@ -63,7 +63,7 @@ from qcc._cli_output import (
 )
 from qcc.errors import CalibrationDataError, ModelLoadError, OptionError, QccError
 from qcc.io import ARTIFACT_SUFFIXES, check_output_path, check_output_suffix, write_atomic
-from qcc.options import FIELD_DEFAULT, CompileOptions, Precision, Target, cli_flags, field_default
+from qcc.options import FIELD_DEFAULT, CompileOptions, Precision, Target, choice_type, cli_flags, field_default
 
 __all__ = ["Target", "app", "main"]
 
@@ -535,10 +535,9 @@ def _choice_options() -> dict[str, type[enum.Enum]]:
     hints = typing.get_type_hints(CompileOptions)
     choices: dict[str, type[enum.Enum]] = {"target": Target}
     for name, (field, flag) in cli_flags().items():
-        kind = flag.type if flag.type is not None else hints[field]
-        kind = next((k for k in typing.get_args(kind) if k is not type(None)), kind)  # X | None -> X
-        if isinstance(kind, type) and issubclass(kind, enum.Enum):
-            choices[name] = kind
+        choice = choice_type(flag.type if flag.type is not None else hints[field])
+        if choice is not None:
+            choices[name] = choice
     return choices
 
 

@@ -23,6 +23,7 @@ import difflib
 import enum
 import platform
 import textwrap
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -433,9 +434,9 @@ class CompileOptions:
     def __post_init__(self) -> None:
         # A Target (the CLI's choice) is stored as its name: every reader compares strings.
         object.__setattr__(self, "target", getattr(self.target, "value", self.target))
-        for name, kind in _ENUM_FIELDS.items():
+        for name, (kind, optional) in _ENUM_FIELDS.items():
             value = getattr(self, name)
-            if value is None and name == "method":
+            if value is None and optional:
                 continue
             try:
                 object.__setattr__(self, name, kind(value))
@@ -506,14 +507,20 @@ class CompileOptions:
         return cls(**fields)  # type: ignore[arg-type]
 
 
+def choice_type(kind: Any) -> type[enum.Enum] | None:
+    """The enum whose values a field or flag of type ``kind`` takes (``X | None``: X's); None if
+    it takes no enum."""
+    for candidate in (kind, *typing.get_args(kind)):
+        if isinstance(candidate, type) and issubclass(candidate, enum.Enum):
+            return candidate
+    return None
+
+
+# The fields whose value is an enum, read from their types: name -> (the enum, None allowed).
 _ENUM_FIELDS = {
-    "activation_type": ActivationType,
-    "method": CalibrationMethod,
-    "weights": WeightStorage,
-    "io": IoType,
-    "precision": Precision,
-    "tolerance_metric": ToleranceMetric,
-    "weight_rounding": WeightRounding,
+    name: (choice, type(None) in typing.get_args(hint))
+    for name, hint in typing.get_type_hints(CompileOptions).items()
+    if (choice := choice_type(hint)) is not None
 }
 
 

@@ -102,6 +102,9 @@ def test_from_kwargs_reads_every_form_a_python_user_writes():
         CompileOptions.from_kwargs(precision="int3")
     with pytest.raises(OptionError, match="is not a bound"):
         CompileOptions.from_kwargs(tolerance="loose")
+    assert CompileOptions.from_kwargs(method=None).method is None  # the target's default methods
+    with pytest.raises(OptionError, match="weights=None is not valid"):  # None is no storage
+        CompileOptions.from_kwargs(weights=None)
 
 
 def test_from_cli_reads_the_flags_values():
