@@ -193,12 +193,16 @@ class OptionInfo:
             the value is the field's (``CompileOptions`` itself converts enum strings).
         api_type: the type ``qcc.compile`` documents for the keyword; None: the field's, with
             enum fields written as their string values.
+        targets: the targets the option acts on (its ``--help`` starts with them: ``tflite: ...``);
+            empty: all. The others ignore it; what a target cannot honour is refused by its
+            ``TargetSpec.check_options``.
     """
 
     doc: str
     cli: CliFlag | None = None
     parse: Callable[[Any], dict[str, object]] | None = None
     api_type: Any = None
+    targets: tuple[str, ...] = ()
 
 
 def _option(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **info: Any) -> Any:
@@ -317,17 +321,20 @@ class CompileOptions:
         IoType.FLOAT,
         doc='``"float"`` or ``"int8"`` model inputs and outputs (``tflite``; other targets ignore it).',
         cli=CliFlag(("--io",), "tflite: float32 or int8 model inputs and outputs."),
+        targets=("tflite",),
     )
     nhwc_io: bool = _option(
         False,
         doc="4-D inputs and outputs are NHWC in the artifact instead of the model's NCHW (``tflite``).",
         cli=CliFlag(("--nhwc-io",), "tflite: NHWC 4-D inputs and outputs instead of the model's NCHW."),
+        targets=("tflite",),
     )
     dynamic: bool = _option(
         False,
         doc="int8 MatMul/Gemm weights with activations quantized at run time (``ort``); no calibration "
         "needed (``calibration`` may be None; it is then only used to verify), the rest of the model stays float.",
         cli=CliFlag(("--dynamic",), "ort: int8 MatMul/Gemm weights, activations quantized at run time (transformers)."),
+        targets=("ort",),
     )
     tolerance: float | None = _option(
         DEFAULT_TOLERANCE,
@@ -429,6 +436,7 @@ class CompileOptions:
         ),
         parse=lambda shapes: {"input_shapes": {} if shapes is None else shapes},
         api_type=Mapping[str, Sequence[int]] | None,
+        targets=("tflite",),
     )
 
     def __post_init__(self) -> None:

@@ -144,3 +144,21 @@ def test_generated_flags_keep_the_one_line_errors(capsys, args, expected):
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
     assert expected in lines[0]
+
+
+def test_target_specific_options_name_their_targets_and_agree_with_the_specs():
+    from qcc.backends import get_backend
+
+    for name, info in option_infos().items():
+        assert set(info.targets) <= {t.value for t in Target}, name
+        if info.targets and info.cli is not None:
+            assert info.cli.help.startswith(f"{', '.join(info.targets)}: "), name
+        for target in info.targets:
+            assert f"``{target}``" in info.doc, name
+    # dynamic acts on the targets whose spec runs dynamic models, and check_options refuses the others.
+    assert set(option_infos()["dynamic"].targets) == {t.value for t in Target if get_backend(t.value).spec.dynamic}
+    for target in Target:
+        spec = get_backend(target.value).spec
+        if target.value not in option_infos()["dynamic"].targets:
+            with pytest.raises(OptionError, match="no dynamic"):
+                spec.check_options(CompileOptions(target=target.value, dynamic=True))
