@@ -340,6 +340,9 @@ def measure_model(
                     row["artifact"],
                     "--fp32-cache",
                     work / "fp32_outputs.npz",
+                    # TensorRT artifacts (qcc's, ModelOpt's) are scored as TensorRT computes them, not
+                    # through ONNX Runtime's integer fusion (no GPU here; _score.ort_runner).
+                    *(["--simulate"] if tool.target == "trt" else []),
                 ],
                 work / f"{tool.name}.score",
                 timeout,

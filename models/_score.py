@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import evaluate  # noqa: E402
@@ -99,9 +100,16 @@ def headline(metrics: Mapping) -> tuple[str, float] | None:
 # ---------------------------------------------------------------------------------------------------- runners
 
 
-def ort_runner(path: str | os.PathLike, threads: int = 1) -> Runner:
-    """Returns a function running the model in ONNX Runtime (CPU) on one feed -> {output name: array}."""
-    session = evaluate.session(path, threads)
+def ort_runner(path: str | os.PathLike, threads: int = 1, simulate: bool = False) -> Runner:
+    """Returns a function running the model in ONNX Runtime (CPU) on one feed -> {output name: array}.
+
+    ``simulate``: graph optimizations off, so every Q/DQ is computed as written (float math on the
+    dequantized values). That is how TensorRT's explicit quantization computes a QDQ graph (integer
+    products, float rescale); with optimizations on, ONNX Runtime fuses the Q/DQ into its own integer
+    kernels, whose requantization a TensorRT artifact never sees.
+    """
+    options = {"graph_optimization_level": ort.GraphOptimizationLevel.ORT_DISABLE_ALL} if simulate else {}
+    session = evaluate.session(path, threads, **options)
     names = [o.name for o in session.get_outputs()]
     return lambda feed: dict(zip(names, session.run(names, dict(feed)), strict=True))
 
@@ -178,19 +186,24 @@ class LiteRtRunner:
         return outputs
 
 
-def open_runner(artifact: str | os.PathLike, fp32_path: str | os.PathLike, threads: int = 1) -> Runner:
-    """Returns the runner of an artifact: LiteRT for ``.tflite``, ONNX Runtime otherwise."""
+def open_runner(
+    artifact: str | os.PathLike, fp32_path: str | os.PathLike, threads: int = 1, simulate: bool = False
+) -> Runner:
+    """Returns the runner of an artifact: LiteRT for ``.tflite``, ONNX Runtime otherwise (``simulate``:
+    see :func:`ort_runner`)."""
     if Path(artifact).suffix == ".tflite":
         session = evaluate.session(fp32_path, threads)
         return LiteRtRunner(
             artifact, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()], threads
         )
-    return ort_runner(artifact, threads)
+    return ort_runner(artifact, threads, simulate)
 
 
-def runtime_of(artifact: str | os.PathLike) -> str:
+def runtime_of(artifact: str | os.PathLike, simulate: bool = False) -> str:
     """Names the runtime that runs an artifact."""
-    return "litert" if Path(artifact).suffix == ".tflite" else "onnxruntime"
+    if Path(artifact).suffix == ".tflite":
+        return "litert"
+    return "onnxruntime, Q/DQ simulated (optimizations off)" if simulate else "onnxruntime"
 
 
 def _align(outputs: Outputs, reference: Outputs) -> Outputs:
@@ -220,8 +233,9 @@ def fp32_outputs(model_dir: Path, feeds: Sequence[Feed], cache: Path) -> list[Ou
     return outputs
 
 
-def score(model_dir: Path, metric: str, artifact: Path, cache: Path) -> dict:
-    """Scores an artifact against the fp32 model on ``eval.npz``.
+def score(model_dir: Path, metric: str, artifact: Path, cache: Path, simulate: bool = False) -> dict:
+    """Scores an artifact against the fp32 model on ``eval.npz`` (``simulate``: see :func:`ort_runner`;
+    for artifacts meant for TensorRT).
 
     Returns:
         {"runtime", "samples", "fidelity" (the metric's dict), "headline": [key, value] | None,
@@ -230,11 +244,11 @@ def score(model_dir: Path, metric: str, artifact: Path, cache: Path) -> dict:
     """
     feeds = evaluate.load_feeds(model_dir / "eval.npz")
     fp32 = fp32_outputs(model_dir, feeds, cache)
-    run = open_runner(artifact, model_dir / "model.onnx")
+    run = open_runner(artifact, model_dir / "model.onnx", simulate=simulate)
     int8 = [_align(run(feed), reference) for feed, reference in zip(feeds, fp32, strict=True)]
     fidelity = metric_for(metric)(fp32, int8)
     result = {
-        "runtime": runtime_of(artifact),
+        "runtime": runtime_of(artifact, simulate),
         "samples": len(feeds),
         "fidelity": fidelity,
         "headline": headline(fidelity),
@@ -297,6 +311,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     score_cmd.add_argument("--metric", required=True, help="a name in evaluate.METRICS, or output_cosine")
     score_cmd.add_argument("--artifact", type=Path, required=True)
     score_cmd.add_argument("--fp32-cache", type=Path, required=True)
+    score_cmd.add_argument(
+        "--simulate", action="store_true", help="ONNX artifacts: Q/DQ computed as written (TensorRT's arithmetic)"
+    )
     latency_cmd = commands.add_parser("latency", help="interleaved fp32/artifact latency")
     latency_cmd.add_argument("--artifact", type=Path, action="append", required=True)
     latency_cmd.add_argument("--repeats", type=int, default=30)
@@ -305,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         command.add_argument("--out", type=Path, required=True, help="where to write the JSON result")
     args = parser.parse_args(argv)
     if args.command == "score":
-        result = score(args.model_dir, args.metric, args.artifact, args.fp32_cache)
+        result = score(args.model_dir, args.metric, args.artifact, args.fp32_cache, args.simulate)
     else:
         result = latency(args.model_dir, args.artifact, args.repeats)
     args.out.write_text(json.dumps(result, indent=2))

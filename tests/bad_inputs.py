@@ -177,9 +177,28 @@ def write_corpus(folder: Path) -> dict[str, tuple[Path, Path, str | dict[str, st
             data = folder / f"{name}.npz"
             np.savez(data, **bad_calib[calib_kind])
         written[name] = (path, data, outcome)
+    written["good"] = (folder / "good.onnx", calib, "compile")  # for OPTION_CASES
+    written["good"][0].write_bytes(good.SerializeToString())
     return written
+
+
+# Mistakes in the options rather than the files, on the "good" model and calibration (issue 18):
+# name -> (extra `qcc compile` arguments, expected outcome). "{other}" is the output named for the
+# other kind of artifact (.onnx for tflite, .tflite for ort/trt); "strict:<codes>" means exit 3,
+# after writing the artifact, with one of those warnings (a bound no int8 artifact meets is missed,
+# or met by keeping every node float).
+OPTION_CASES: dict[str, tuple[tuple[str, ...], str]] = {
+    "exclude_matches_nothing": (("--exclude", "/no/such/node"), "error"),
+    "output_named_for_another_target": (("-o", "{other}"), "error"),
+    "strict_missed_tolerance": (
+        ("--tolerance", "1e-12", "--strict"),
+        "strict:tolerance_missed,kept_float,nothing_quantized",  # trt keeps a batch-1 MatMul float
+    ),
+}
 
 
 if __name__ == "__main__":
     for name, (model, data, outcome) in write_corpus(Path(sys.argv[1])).items():
         print(f"{name}: {model.name} with {data.name} -> {outcome}")
+    for name, (args, outcome) in OPTION_CASES.items():
+        print(f"{name}: the good model with {' '.join(args)} -> {outcome}")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.bad_inputs import write_corpus
+from tests.bad_inputs import OPTION_CASES, write_corpus
 
 TARGETS = ("ort", "trt", "tflite")
 
@@ -80,3 +80,33 @@ def test_bad_input_gets_a_clear_answer_and_loses_nothing(corpus, tmp_path, case,
             assert warning["message"] in " ".join(proc.stderr.split()), proc.stderr
     assert (_digest(model), _digest(data)) == before
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_option_mistakes_are_never_silent(corpus, tmp_path, case, target):
+    """A mistake in the options is an error or, with --strict, exit code 3 after writing."""
+    model, data, _ = corpus["good"]
+    args, outcome = OPTION_CASES[case]
+    suffix = ".tflite" if target == "tflite" else ".onnx"
+    other = tmp_path / ("out.onnx" if target == "tflite" else "out.tflite")
+    out = tmp_path / f"out{suffix}"
+    args = tuple(str(other) if a == "{other}" else a for a in args)
+    command = ["compile", str(model), "-t", target, "-c", str(data), "--report", str(tmp_path / "r.json")]
+    if "-o" not in args:
+        command += ["-o", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "qcc.cli", *command, *args], capture_output=True, text=True, timeout=120
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if outcome == "error":
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and "Fix:" in lines[0], proc.stderr
+        assert not out.exists() and not other.exists()
+    else:
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert out.stat().st_size > 0
+        codes = [w["code"] for w in json.loads((tmp_path / "r.json").read_text())["warnings"]]
+        assert set(codes) & set(outcome.removeprefix("strict:").split(",")), codes
+        assert "warning:" in proc.stderr

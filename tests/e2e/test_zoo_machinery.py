@@ -87,6 +87,9 @@ def test_zoo_scores_every_target_and_survives_a_failing_compile(models_dir, tmp_
         assert tflite["ok"], tflite["reason"]
         assert tflite["runtime"] == "litert" and tflite["headline"][1] > 0.99
 
+    trt = rows["tiny_cnn", "trt"]  # scored as TensorRT computes its Q/DQ, not through ORT's integer fusion
+    assert trt["ok"] and "simulated" in trt["runtime"] and rows["tiny_cnn", "ort"]["runtime"] == "onnxruntime"
+
     bad = rows["bad_calib", "ort"]
     assert not bad["ok"] and bad["stage"] == "compile"
     assert bad["reason"].startswith("exit 2: error:") and "not_an_input" in bad["reason"]
