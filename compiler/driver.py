@@ -1,7 +1,15 @@
-"""The driver: load -> pipeline -> emit -> verify -> report, as one straight function."""
+"""The driver: load -> pipeline -> emit -> verify -> report, as one straight function.
+
+What a compile cost is counted while it runs: :func:`compile_model` makes a
+``qcc.runtime.CostCounter`` current for the compile, each compile it makes (the one asked for and
+the candidates of its selections) is recorded with why it was made and how many times its pass
+pipeline ran, and load, emit and verify are stages of the count like the passes; the counter's
+report is ``report["cost"]`` (see ``qcc.report``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import itertools
@@ -40,6 +48,7 @@ from qcc.report import (
     inspect_command,
     mixed_precision_section,
 )
+from qcc.runtime import CostCounter, counting_cost, current_cost
 from qcc.target import TargetSpec
 
 logger = logging.getLogger(__name__)
@@ -132,12 +141,21 @@ def compile_model(
         progress: progress callback for long stages.
 
     Returns:
-        The artifact and its report.
+        The artifact and its report; ``report["cost"]`` counts what this call cost (every compile
+        it made, pipeline runs, ONNX Runtime sessions and runs, simulation runs, seconds by stage).
 
     Raises:
         QccError: any problem with the model, the data, the options or the output.
     """
-    result = _compile(model, calibration, options, progress)
+    with counting_cost() as cost:
+        result = _compile(model, calibration, options, progress)
+        _add_warnings(result, options)
+    result.report["cost"] = cost.report()
+    return result
+
+
+def _add_warnings(result: CompileResult, options: CompileOptions) -> None:
+    """Fills ``report["warnings"]`` of the compile kept, and logs each on the ``qcc`` logger."""
     # The plan's float nodes that the target could run int8 (a Log next to a non-finite tensor could not).
     spec = get_backend(options.target).spec
     int8_capable = spec.compute_ops | spec.int8_ops | spec.shared_scale_ops | spec.fused_activations | spec.rule_ops
@@ -150,7 +168,6 @@ def compile_model(
     result.report["warnings"] = compile_warnings(result.report, kept)
     for warning in result.report["warnings"]:
         _user_log.warning("%s: %s", warning["code"], warning["message"])
-    return result
 
 
 def _compile(
@@ -195,9 +212,12 @@ def _compile_planned(
     float nodes is compared with ``--dynamic``. With ``plan`` (another compile's float nodes and
     clip methods) nothing is searched again."""
     backend = get_backend(options.target)
+    cost = current_cost() or CostCounter()  # a compile outside compile_model counts for nobody
+    counted = cost.begin_compile(_distinguishing(options))
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
+    with cost.stage("load"):
+        loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
     timings["load"] = time.perf_counter() - start
     _check_excludes(loaded.model, options.exclude, loaded.source)
     if calibration is None and options.needs_calibration:
@@ -228,6 +248,7 @@ def _compile_planned(
             settled=plan is not None,
         )
         try:
+            counted.pipeline_runs += 1
             timings.update(run_pipeline(loaded.model, ctx))
             break
         except (NonFiniteActivationsError, ReplanRequest) as error:
@@ -243,7 +264,8 @@ def _compile_planned(
                 logger.info("keeping %d nodes float around non-finite tensors; planning again", len(keep_float))
             loaded.model = pristine.clone()
     stamp = time.perf_counter()
-    artifact = backend.emit(loaded.model, ctx)
+    with cost.stage("emit"):
+        artifact = backend.emit(loaded.model, ctx)
     timings["emit"] = time.perf_counter() - stamp
     verify = None
     if options.verify:
@@ -256,10 +278,11 @@ def _compile_planned(
             and getattr(get_decision(n), "decision", None) in (Decision.INT8, Decision.WEIGHT_ONLY)
         )
         samples = data.spread(VERIFY_SAMPLES) if data is not None else []
-        verify = backend.verify(artifact, pristine, samples, planned_int8=planned)
+        with cost.stage("verify"):
+            verify = backend.verify(artifact, pristine, samples, planned_int8=planned)
         progress("verify", 1, 1)
         timings["verify"] = time.perf_counter() - stamp
-    timings["total"] = time.perf_counter() - start
+    timings["total"] = counted.seconds = time.perf_counter() - start
     report = build_report(
         loaded.model,
         loaded.proto,
@@ -276,13 +299,15 @@ def _compile_planned(
         report["clip_search"] = dict(sorted((tensor_methods or {}).items()))  # tensor -> method, the rest minmax
     result = CompileResult(artifact=artifact, report=report, annotated=loaded.model, plan=(keep_float, tensor_methods))
     if options.weight_rounding == WeightRounding.AUTO and _nearest_may_be_closer(report):
-        result = _gptq_or_nearest(model, data, options, progress, statistics, result)
+        with cost.selection("rounding"):
+            result = _gptq_or_nearest(model, data, options, progress, statistics, result)
     if select_mode and _dynamic_may_be_closer(loaded.model, options, result.report):
         # --dynamic needs the samples to smooth (all of them) and verify; a one-shot iterator is spent by now.
         rounding = result.report.get("rounding_selection")
         samples, smooth = (data, options.smoothquant) if data.reiterable else (data.spread(VERIFY_SAMPLES), False)
         dynamic_options = dataclasses.replace(options, smoothquant=smooth)  # as the static compile could
-        result = _static_or_dynamic(model, samples, dynamic_options, progress, statistics, result)
+        with cost.selection("mode"):
+            result = _static_or_dynamic(model, samples, dynamic_options, progress, statistics, result)
         if rounding is not None and "rounding_selection" not in result.report:  # the static compiles' choice
             result.report["rounding_selection"] = {**rounding, "kept": "no: --dynamic won (mode_selection)"}
     return result
@@ -316,9 +341,10 @@ def _round_then_refit(
     methods and static vs ``--dynamic``; then compiles that plan once more with the refit, instead of
     refitting every candidate. The report's selections are those of the compiles without the refit."""
     statistics = {} if statistics is None else statistics
-    unfitted = _compile_planned(
-        model, calibration, dataclasses.replace(options, refit=False), progress, statistics, select_mode
-    )
+    with _selection("without_refit"):
+        unfitted = _compile_planned(
+            model, calibration, dataclasses.replace(options, refit=False), progress, statistics, select_mode
+        )
     if unfitted.report["options"].get("dynamic"):  # --dynamic won: no fixed ranges to refit to
         unfitted.report["mode_selection"]["compared"] = "without the refit"
         unfitted.report["options"]["refit"] = options.refit
@@ -339,7 +365,8 @@ def _refit_plan(
     selection = unfitted.report.get("rounding_selection")
     rounding = WeightRounding(selection["chosen"]) if selection else WeightRounding.GPTQ  # gptq: auto's own
     chosen = dataclasses.replace(options, weight_rounding=rounding)
-    result = _compile_planned(model, calibration, chosen, progress, statistics, False, unfitted.plan)
+    with _selection("refit"):
+        result = _compile_planned(model, calibration, chosen, progress, statistics, False, unfitted.plan)
     result.report["options"]["weight_rounding"] = rounding.value if selection else options.weight_rounding.value
     for section in ("rounding_selection", "mode_selection"):
         if section in unfitted.report:
@@ -488,7 +515,8 @@ def _compile_auto(
         # Mixed precision searches once, for the chosen method, and only if it misses the bound; the
         # refit too (the slowest pass) runs only on the chosen method's compile.
         candidate = dataclasses.replace(options, method=method, verify=True, tolerance=None, refit=False)
-        result = _compile(model, calibration, candidate, progress, statistics)
+        with _selection("method"):
+            result = _compile(model, calibration, candidate, progress, statistics)
         outputs = result.report["verify"]["fidelity"]["outputs"]
         scores[method.value] = float(np.mean([o["cosine_mean"] for o in outputs.values()])) if outputs else 0.0
         if best is None or scores[method.value] > max(scores[m] for m in scores if m != method.value) + AUTO_MARGIN:
@@ -500,7 +528,8 @@ def _compile_auto(
     if section is not None and section["met"] and _refit_after_rounding(final, calibration):
         best = _refit_plan(model, calibration, final, progress, statistics, best)  # the plan stands: refit it
     elif options.refit or (section is not None and not section["met"]):
-        best = _compile(model, calibration, final, progress, statistics)
+        with _selection("chosen_method"):
+            best = _compile(model, calibration, final, progress, statistics)
     elif section is not None:
         best.report["options"]["tolerance"] = options.tolerance
         best.report["mixed_precision"] = section
@@ -536,7 +565,8 @@ def _other_methods_if_missed(
     for method in sorted((m for m in scores if m != selection["chosen"]), key=lambda m: -scores[m]):
         final = dataclasses.replace(options, method=CalibrationMethod(method))
         # Without the refit (the slowest pass); a candidate that already beats the refit one is refit.
-        result = _compile(model, calibration, dataclasses.replace(final, refit=False), progress, statistics)
+        with _selection("method_after_mixed_precision"):
+            result = _compile(model, calibration, dataclasses.replace(final, refit=False), progress, statistics)
         found = result.report["mixed_precision"]
         errors[method] = found["artifact_error"]
         if found["met"] or found["artifact_error"] < best.report["mixed_precision"]["artifact_error"]:
@@ -548,6 +578,22 @@ def _other_methods_if_missed(
             break
     selection["error_after_mixed_precision"] = errors
     return best
+
+
+def _selection(why: str) -> contextlib.AbstractContextManager[None]:
+    """:meth:`CostCounter.selection` of the compile's counter: the compiles inside are its candidates."""
+    return (current_cost() or CostCounter()).selection(why)
+
+
+def _distinguishing(options: CompileOptions) -> dict[str, Any]:
+    """The options a selection varies between its compiles, as ``report["cost"]["compiles"]`` shows them."""
+    return {
+        "method": options.method.value if options.method is not None else None,
+        "weight_rounding": options.weight_rounding.value,
+        "dynamic": options.dynamic,
+        "refit": options.refit,
+        "tolerance": options.tolerance,
+    }
 
 
 def _nodes_touching(model, values: list[str]) -> dict[str, str]:

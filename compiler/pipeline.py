@@ -6,7 +6,8 @@ what is quantized, then parameters are computed in dependency order (weights nee
 activations need calibration, biases need both); last, mixed precision measures the result
 and may ask for a plan with more nodes float; once the float nodes are settled, the int8 layers'
 weights are refit to the quantized model's own inputs. With ``verify_each`` the invariant checker runs
-after every pass and names the pass that broke an invariant.
+after every pass and names the pass that broke an invariant. Each pass runs as a stage of the
+compile's cost count (``qcc.runtime.cost_stage``): the sessions and model runs it makes are its own.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from qcc.passes.refit_weights import RefitWeightsPass
 from qcc.passes.smooth_activations import SmoothActivationsPass
 from qcc.passes.target_constraints import TargetConstraintsPass
 from qcc.passes.weight_rounding import WeightRoundingPass
+from qcc.runtime import cost_stage
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +45,18 @@ FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, CrossLayerEqualizationPass,
 # equalization come first: float rewrites too, but they need the calibration data that the float
 # passes run without (inspect, plan).
 QUANT_PASSES = (
-    SmoothActivationsPass, ResidualEqualizationPass,
-    PlanPass, QuantizeWeightsPass, CalibratePass, WeightRoundingPass, BiasCorrectionPass, ActivationQParamsPass,
-    TargetConstraintsPass, QuantizeBiasPass, MixedPrecisionPass, RefitWeightsPass,
+    SmoothActivationsPass,
+    ResidualEqualizationPass,
+    PlanPass,
+    QuantizeWeightsPass,
+    CalibratePass,
+    WeightRoundingPass,
+    BiasCorrectionPass,
+    ActivationQParamsPass,
+    TargetConstraintsPass,
+    QuantizeBiasPass,
+    MixedPrecisionPass,
+    RefitWeightsPass,
 )
 
 
@@ -68,7 +79,8 @@ def run_pipeline(model: ir.Model, ctx: PassContext, *, float_only: bool = False)
     timings: dict[str, float] = {}
     for pass_ in build_passes(ctx, float_only=float_only):
         start = time.perf_counter()
-        pass_(model)
+        with cost_stage(pass_.name):
+            pass_(model)
         timings[pass_.name] = time.perf_counter() - start
         logger.debug("pass %s: %.3f s", pass_.name, timings[pass_.name])
         if ctx.options.verify_each:

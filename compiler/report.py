@@ -4,16 +4,48 @@ The report is plain JSON-serializable data, the same from the API, the CLI (``--
 zoo. Sections: ``schema_version``, ``model`` (inputs, outputs, opset, op histogram before and after
 the float rewrites), ``options``, ``nodes`` (per node: op, decision, reason), ``tensors`` (per
 quantized tensor: role, dtype, axis, scale, zero point), ``totals``, ``verify`` (the backend's run
-of the artifact), ``already_quantized`` (the model's own Q/DQ, for a QDQ input), ``warnings`` and
-``timings``.
+of the artifact), ``already_quantized`` (the model's own Q/DQ, for a QDQ input), ``warnings``,
+``timings`` (seconds of the compile kept, by stage; ``selection``: the compiles it was chosen from)
+and ``cost``.
 
 ``schema_version`` (an integer, now ``SCHEMA_VERSION``) versions the layout of this dict: the
 names, types and meaning of the top-level keys and of the fields inside ``model``, ``totals``,
 ``nodes``, ``tensors``, ``mixed_precision`` and ``warnings``. It goes up when a key a script may
 read is renamed, removed or changes meaning; new keys may appear without a change. It does not
 version ``options`` (the compile options, as the installed qcc names them), ``verify`` (each
-backend's own findings) or the selection sections, nor qcc's numbers: ``qcc_version`` says which
+backend's own findings), the selection sections or ``cost``'s fields, nor qcc's numbers: ``qcc_version`` says which
 qcc made the report.
+
+``cost`` says what the whole ``compile_model`` call cost, every compile it made included (the
+driver counts it with ``qcc.runtime.CostCounter``; a compile's selections make several):
+
+* ``pipeline_runs``: how many times the pass pipeline started, over every compile (a re-plan after
+  ``ReplanRequest`` or non-finite tensors starts it again);
+* ``compiles``: each compile in the order made, as ``{"why", "method", "weight_rounding", "dynamic",
+  "refit", "tolerance", "pipeline_runs", "seconds"}``. ``why`` names the selections that made it,
+  outermost first, joined by ``/``: ``requested`` (the options as given), ``method`` (one per
+  calibration method compared: ``trt``/``tflite``), ``chosen_method`` (the chosen method compiled
+  again with the tolerance), ``method_after_mixed_precision`` (another method tried after a missed
+  tolerance), ``rounding`` (nearest rounding against GPTQ), ``mode`` (``--dynamic`` against static),
+  ``without_refit`` (the compile that settles the plan) and ``refit`` (that plan compiled again with
+  the refit). ``seconds`` runs from loading the model to its report, without the compiles it was
+  then compared with;
+* ``sessions``: ONNX Runtime sessions created (a load check of each compile's model, calibration,
+  simulations, references, artifacts); ``float_model_runs`` and ``quantized_model_runs``: ONNX
+  Runtime ``run`` calls (one per sample fed) on graphs without and with quantize/dequantize
+  nodes (the float model and its helpers; simulations and ONNX artifacts). LiteRT's runs of a
+  ``.tflite`` are not counted;
+* ``simulation_runs``: evaluations of the switchable fake-quantized simulation
+  (``passes/_simulation.py``; each scores one candidate on its samples, one ONNX Runtime run per
+  sample, counted in ``quantized_model_runs`` too);
+* ``seconds``: seconds by stage (``load``, each pass by name, ``emit``, ``verify``) summed over every
+  compile, and ``total``: the whole call;
+* ``stages``: the four counts above by stage, for the stages that made a session or a run
+  (``other``: outside any stage).
+
+The ``cost`` key came without a change of ``schema_version`` (a new key). Its fields are
+measurements of how qcc compiles, like ``timings``, and not versioned: they change as the driver
+does (``compiles`` and its ``why`` names will, when selections search plans in one simulation).
 
 ``warnings`` lists what a user must not miss though the compile succeeded, each as ``{"code":
 str, "message": str}`` (:func:`compile_warnings`; the codes are ``WARNING_CODES``). They are also

@@ -10,13 +10,27 @@ it refuses symbolic links that leave the model's folder). Tensors qcc made, or a
 files cannot be linked (another file system), reach ONNX Runtime from memory
 (``add_external_initializers``, which copies them once). Weight prepacking, which would copy every
 MatMul weight again, is off for such sessions.
+
+Every session of a compile is made here, so this is where a compile's cost is counted: the driver
+makes a :class:`CostCounter` current for one top-level compile (:func:`counting_cost`), and
+:func:`session` counts each session it creates and each ``run`` of it, by the stage that was
+current (the driver's load, emit and verify, each pass of the pipeline) and by whether the model
+holds quantize/dequantize nodes (a simulation or an artifact) or not (the float model). The counter
+lives in a context variable that :func:`counting_cost` resets, so nothing carries over from one
+compile to the next; outside a compile nothing is counted and sessions are left as ONNX Runtime
+makes them. The report's ``cost`` section is :meth:`CostCounter.report`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,6 +48,10 @@ LARGE_MODEL_BYTES = 1_800_000_000
 # Tensors at least this large go to the external data file; smaller ones (scales, shapes) stay
 # inline, so a model loaded without its external data still has them.
 EXTERNAL_TENSOR_BYTES = 1 << 20
+
+# Parts of the op types that make a graph a quantized one (a simulation or an artifact) for the cost
+# counts: (Dequantize|DynamicQuantize|Quantize)Linear, ONNX Runtime's QLinear* and *Integer kernels.
+_QUANTIZED_OPS = ("QuantizeLinear", "QLinear", "Integer")
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -125,13 +143,16 @@ def session(
         created = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         created.qcc_arrays = arrays  # ONNX Runtime reads the external initializers from these
         created.qcc_folder = folder  # and the linked external data files from here
-        return created
     except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(
             f"ONNX Runtime cannot load {what}: {first}",
             "check that the float model runs in onnxruntime; qcc calibrates by running it there.",
         ) from None
+    cost = _current.get()
+    if cost is not None:
+        cost.count(created, quantized=_is_quantized(model))
+    return created
 
 
 def _with_outputs(proto: onnx.ModelProto, outputs: Sequence[str] | Mapping[str, int]) -> onnx.ModelProto:
@@ -177,8 +198,10 @@ def _without_large_tensors(
         The proto, and the names and numpy arrays of the tensors left out.
     """
     large = [
-        v for v in model.graph.initializers.values()
-        if v.const_value is not None and v.const_value.nbytes >= EXTERNAL_TENSOR_BYTES
+        v
+        for v in model.graph.initializers.values()
+        if v.const_value is not None
+        and v.const_value.nbytes >= EXTERNAL_TENSOR_BYTES
         and not (isinstance(v.const_value, ir.ExternalTensor) and v.const_value.location in keep)
     ]
     tensors = [v.const_value for v in large]
@@ -193,3 +216,151 @@ def _without_large_tensors(
             value.const_value = tensor
     arrays = [np.ascontiguousarray(t.numpy()) for t in tensors]
     return proto, [v.name for v in large], arrays
+
+
+@dataclasses.dataclass
+class CompileCost:
+    """One compile inside a top-level compile: the one asked for, or a candidate a selection made.
+
+    Attributes:
+        why: the selections that made it, outermost first, joined by ``/`` (``requested``: the
+            compile of the options as given; see ``qcc.report``'s ``cost`` section).
+        options: the options that tell it from the other compiles (method, rounding, ...).
+        pipeline_runs: the pass pipeline's runs (a re-plan starts it again).
+        seconds: from loading the model to the report, without the compiles it then compared.
+    """
+
+    why: str
+    options: dict[str, Any]
+    pipeline_runs: int = 0
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class StageCost:
+    """What one stage (load, a pass, emit, verify) cost over every compile of a top-level compile."""
+
+    seconds: float = 0.0
+    sessions: int = 0
+    float_model_runs: int = 0
+    quantized_model_runs: int = 0
+    simulation_runs: int = 0
+
+
+class CostCounter:
+    """Counts what one top-level compile cost: its compiles, pipeline runs, ONNX Runtime sessions and
+    runs, simulation runs and seconds, by stage. Made current by :func:`counting_cost`."""
+
+    def __init__(self) -> None:
+        self.compiles: list[CompileCost] = []
+        self.stages: dict[str, StageCost] = {}
+        self._stage = "other"  # where sessions made outside a named stage are counted
+        self._why: list[str] = []
+        self._start = time.perf_counter()
+
+    def begin_compile(self, options: dict[str, Any]) -> CompileCost:
+        """Records a compile, made for the selections now open (:meth:`selection`), and returns it."""
+        compile_ = CompileCost("/".join(self._why) or "requested", options)
+        self.compiles.append(compile_)
+        return compile_
+
+    @contextlib.contextmanager
+    def selection(self, why: str) -> Iterator[None]:
+        """Marks the compiles made inside as candidates of the selection ``why``."""
+        self._why.append(why)
+        try:
+            yield
+        finally:
+            self._why.pop()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Counts the sessions, runs and seconds inside as the stage ``name``'s."""
+        previous, self._stage = self._stage, name
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._current_stage().seconds += time.perf_counter() - start
+            self._stage = previous
+
+    def count(self, created: ort.InferenceSession, *, quantized: bool) -> None:
+        """Counts a new session, and each of its runs from now on (by wrapping its ``run``)."""
+        self._current_stage().sessions += 1
+        run = created.run
+        field = "quantized_model_runs" if quantized else "float_model_runs"
+
+        def counted_run(*args: Any, **kwargs: Any) -> Any:
+            stage = self._current_stage()
+            setattr(stage, field, getattr(stage, field) + 1)
+            return run(*args, **kwargs)
+
+        created.run = counted_run
+
+    def count_simulation(self) -> None:
+        """Counts one run of a simulation (one candidate scored on its samples)."""
+        self._current_stage().simulation_runs += 1
+
+    def report(self) -> dict[str, Any]:
+        """The report's ``cost`` section (documented in ``qcc.report``)."""
+        fields = ("sessions", "float_model_runs", "quantized_model_runs", "simulation_runs")
+        totals = {f: sum(getattr(s, f) for s in self.stages.values()) for f in fields}
+        return {
+            "pipeline_runs": sum(c.pipeline_runs for c in self.compiles),
+            "compiles": [
+                {"why": c.why, **c.options, "pipeline_runs": c.pipeline_runs, "seconds": round(c.seconds, 4)}
+                for c in self.compiles
+            ],
+            **totals,
+            "seconds": {
+                **{name: round(s.seconds, 4) for name, s in self.stages.items() if name != "other"},
+                "total": round(time.perf_counter() - self._start, 4),
+            },
+            "stages": {
+                name: {f: getattr(s, f) for f in fields}
+                for name, s in self.stages.items()
+                if any(getattr(s, f) for f in fields)
+            },
+        }
+
+    def _current_stage(self) -> StageCost:
+        return self.stages.setdefault(self._stage, StageCost())
+
+
+_current: contextvars.ContextVar[CostCounter | None] = contextvars.ContextVar("qcc_cost", default=None)
+
+
+@contextlib.contextmanager
+def counting_cost() -> Iterator[CostCounter]:
+    """Makes a new :class:`CostCounter` current inside; the one before (if any) after."""
+    counter = CostCounter()
+    token = _current.set(counter)
+    try:
+        yield counter
+    finally:
+        _current.reset(token)
+
+
+def current_cost() -> CostCounter | None:
+    """The counter of the compile running now, or None outside a compile."""
+    return _current.get()
+
+
+def cost_stage(name: str) -> contextlib.AbstractContextManager[None]:
+    """:meth:`CostCounter.stage` of the current counter; does nothing outside a compile."""
+    counter = _current.get()
+    return counter.stage(name) if counter is not None else contextlib.nullcontext()
+
+
+def _is_quantized(model: onnx.ModelProto | bytes | ir.Model | str) -> bool:
+    """True if the model's main graph has a quantize, dequantize or integer node (``_QUANTIZED_OPS``);
+    serialized bytes are searched for those op type names."""
+    if isinstance(model, ir.Model):
+        op_types = {node.op_type for node in model.graph}
+    elif isinstance(model, onnx.ModelProto):
+        op_types = {node.op_type for node in model.graph.node}
+    elif isinstance(model, str):
+        op_types = {node.op_type for node in onnx.load(model, load_external_data=False).graph.node}
+    else:
+        return any(marker.encode() in model for marker in _QUANTIZED_OPS)
+    return any(marker in op_type for op_type in op_types for marker in _QUANTIZED_OPS)

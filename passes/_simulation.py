@@ -27,7 +27,7 @@ from qcc.data import Feed
 from qcc.irutils import NameAllocator, add_initializer
 from qcc.qdq import materialize_qdq
 from qcc.quantmath import fake_quantize
-from qcc.runtime import session
+from qcc.runtime import current_cost, session
 
 
 class Simulation:
@@ -68,6 +68,7 @@ class Simulation:
             self._gate_corrected(sim, originals, names)
         self.samples = list(samples)
         self.evaluations = 0
+        self._cost = current_cost()  # the compile this simulation belongs to counts its runs
         self._session = session(sim, level="basic", what="the simulated quantized model")
         self._outputs = [o.name for o in self._session.get_outputs()]
 
@@ -86,6 +87,8 @@ class Simulation:
             scale, zero_point = (params or {}).get(name, self.params[name])
             feeds[scale_input], feeds[zero_input] = scale, zero_point
         self.evaluations += 1
+        if self._cost is not None:
+            self._cost.count_simulation()
         return [self._session.run(self._outputs, {**feed, **feeds}) for feed in self.samples[:samples]]
 
     def _gate_corrected(self, model: ir.Model, originals: dict[str, np.ndarray], names: NameAllocator) -> None:

@@ -1,0 +1,198 @@
+"""``report["cost"]``: what one compile cost, counted exactly and per compile.
+
+Each count is checked against a spy that counts the same thing from outside qcc's counter: ONNX
+Runtime sessions and runs through a subclass of ``onnxruntime.InferenceSession`` (whether a session's
+model is quantized is read from the model ONNX Runtime was given), pipeline runs through the
+driver's ``run_pipeline``, compiles through the frontend's ``load`` and simulation runs through
+``Simulation.run``. The spies only count and call through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+import qcc
+from qcc import driver, frontend
+from qcc.passes._simulation import Simulation
+from qcc.pipeline import FLOAT_PASSES, QUANT_PASSES
+from qcc.runtime import current_cost, session
+from tests.conftest import build_model, random_feeds
+
+CONV_NET = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,3,8,8] x, float[4,3,3,3] w1, float[4] b1, float[4,4,3,3] w2, float[4] b2) => (float[1,4,8,8] y) {
+  c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+  r1 = Relu(c1)
+  y = Conv <pads = [1, 1, 1, 1]> (r1, w2, b2)
+}
+"""
+COUNTS = ("sessions", "float_model_runs", "quantized_model_runs", "simulation_runs")
+
+
+@dataclasses.dataclass
+class Spies:
+    """What the spies counted since the last :meth:`reset`."""
+
+    sessions: int = 0
+    float_model_runs: int = 0
+    quantized_model_runs: int = 0
+    simulation_runs: int = 0
+    pipeline_runs: int = 0
+    loads: int = 0
+
+    def reset(self) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, 0)
+
+    def counts(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in (*COUNTS, "pipeline_runs")}
+
+
+def _quantized(model: bytes | str) -> bool:
+    """Whether the model ONNX Runtime was given has a quantize/dequantize or integer node."""
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+    return any(
+        n.op_type.endswith(("QuantizeLinear", "Integer")) or n.op_type.startswith("QLinear") for n in proto.graph.node
+    )
+
+
+@pytest.fixture
+def spies(monkeypatch) -> Spies:
+    found = Spies()
+
+    class CountingSession(onnxruntime.InferenceSession):
+        def __init__(self, model, *args, **kwargs):
+            super().__init__(model, *args, **kwargs)
+            self.spy_quantized = _quantized(model)
+            found.sessions += 1
+
+        def run(self, *args, **kwargs):
+            if self.spy_quantized:
+                found.quantized_model_runs += 1
+            else:
+                found.float_model_runs += 1
+            return super().run(*args, **kwargs)
+
+    def counted(count: str, function):
+        def wrapper(*args, **kwargs):
+            setattr(found, count, getattr(found, count) + 1)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", CountingSession)
+    monkeypatch.setattr(driver, "run_pipeline", counted("pipeline_runs", driver.run_pipeline))
+    monkeypatch.setattr(frontend, "load", counted("loads", frontend.load))
+    monkeypatch.setattr(Simulation, "run", counted("simulation_runs", Simulation.run))
+    return found
+
+
+def _cost_counts(cost: dict) -> dict[str, int]:
+    return {name: cost[name] for name in (*COUNTS, "pipeline_runs")}
+
+
+def _check_consistent(cost: dict) -> None:
+    """The totals are the sums of the stages' and the compiles' counts; seconds name every stage."""
+    for name in COUNTS:
+        assert cost[name] == sum(stage[name] for stage in cost["stages"].values()), name
+    assert cost["pipeline_runs"] == sum(c["pipeline_runs"] for c in cost["compiles"])
+    stages = set(cost["seconds"]) - {"total"}
+    passes = {cls.name for cls in (*FLOAT_PASSES, *QUANT_PASSES)}  # every pass is named in the report too
+    assert {"load", "emit"} | passes <= stages <= {"load", "emit", "verify"} | passes
+    assert set(cost["stages"]) <= stages
+    assert sum(cost["seconds"][s] for s in stages) <= cost["seconds"]["total"] + 1e-3
+    assert all(c["seconds"] > 0 for c in cost["compiles"])
+    json.dumps(cost)  # plain data, as the report must be
+
+
+@pytest.fixture(scope="module")
+def conv_net() -> onnx.ModelProto:
+    return build_model(CONV_NET)
+
+
+def test_a_default_ort_compile_counts_two_pipeline_runs_and_every_session_and_run(spies, conv_net):
+    result = qcc.compile(conv_net, calibration=random_feeds(conv_net, 8))
+    cost = result.report["cost"]
+    assert _cost_counts(cost) == spies.counts()
+    # The default compile settles the plan without the refit, then compiles that plan with it.
+    assert [c["why"] for c in cost["compiles"]] == ["without_refit", "refit"] and len(cost["compiles"]) == spies.loads
+    assert [(c["refit"], c["pipeline_runs"]) for c in cost["compiles"]] == [(False, 1), (True, 1)]
+    assert cost["pipeline_runs"] == 2
+    assert cost["float_model_runs"] > 0 and cost["quantized_model_runs"] > 0 and cost["simulation_runs"] > 0
+    # Each pass that ran a model is a stage of its own: calibration runs the float model only.
+    calibrate = cost["stages"]["calibrate"]
+    assert calibrate["float_model_runs"] > 0 and calibrate["quantized_model_runs"] == 0
+    assert cost["stages"]["mixed-precision"]["simulation_runs"] == spies.simulation_runs
+    _check_consistent(cost)
+
+
+def test_a_compile_without_verification_or_tolerance_runs_the_pipeline_once(spies, conv_net):
+    result = qcc.compile(conv_net, calibration=random_feeds(conv_net, 8), verify=False, tolerance=None)
+    cost = result.report["cost"]
+    assert _cost_counts(cost) == spies.counts()
+    assert cost["pipeline_runs"] == 1 and [c["why"] for c in cost["compiles"]] == ["requested"]
+    assert cost["simulation_runs"] == 0 and "verify" not in cost["seconds"]
+    _check_consistent(cost)
+
+
+@pytest.mark.parametrize("target", ["trt", "tflite"])
+def test_method_selection_counts_one_compile_per_method_then_the_refit(spies, conv_net, target):
+    result = qcc.compile(conv_net, target=target, calibration=random_feeds(conv_net, 8))
+    cost = result.report["cost"]
+    assert _cost_counts(cost) == spies.counts()
+    methods = list(result.report["method_selection"]["output_cosine"])
+    assert [(c["why"], c["method"]) for c in cost["compiles"]] == [
+        *(("method", m) for m in methods),
+        ("refit", result.report["method_selection"]["chosen"]),
+    ]
+    assert len(cost["compiles"]) == spies.loads and cost["pipeline_runs"] == len(methods) + 1
+    _check_consistent(cost)
+
+
+def test_the_rounding_selection_counts_its_candidate_inside_the_compile_it_settles(spies):
+    from tests.passes.test_weight_rounding import CHAIN, _smooth_images
+
+    model = build_model(CHAIN, seed=4)
+    result = qcc.compile(model, calibration=_smooth_images(16, seed=1), tolerance=1e-5)
+    cost = result.report["cost"]
+    assert _cost_counts(cost) == spies.counts()
+    chosen = result.report["rounding_selection"]["chosen"]
+    assert [(c["why"], c["weight_rounding"], c["refit"]) for c in cost["compiles"]] == [
+        ("without_refit", "auto", False),  # GPTQ, auto's own
+        ("without_refit/rounding", "nearest", False),
+        ("refit", chosen, True),
+    ]
+    assert len(cost["compiles"]) == spies.loads
+    _check_consistent(cost)
+
+
+def test_counts_are_per_compile_and_nothing_is_counted_outside_one(spies, conv_net):
+    feeds = random_feeds(conv_net, 8)
+    first = qcc.compile(conv_net, calibration=feeds).report["cost"]
+    spies.reset()
+    second = qcc.compile(conv_net, calibration=feeds).report["cost"]
+    assert _cost_counts(second) == spies.counts() == _cost_counts(first)
+    assert second["compiles"][0]["pipeline_runs"] == 1
+    assert current_cost() is None
+    outside = session(conv_net)
+    outside.run(None, feeds[0])
+    assert "run" not in vars(outside)  # a session made outside a compile is ONNX Runtime's own
+
+
+def test_the_cli_json_output_carries_the_cost(tmp_path, conv_net):
+    model, calib, out = tmp_path / "m.onnx", tmp_path / "calib.npz", tmp_path / "q.onnx"
+    onnx.save(conv_net, model)
+    np.savez(calib, x=np.stack([f["x"][0] for f in random_feeds(conv_net, 4)]))
+    args = [str(model), "--calib", str(calib), "-o", str(out), "--no-verify", "--tolerance", "off", "--json"]
+    done = subprocess.run([sys.executable, "-m", "qcc.cli", "compile", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    cost = json.loads(done.stdout)["report"]["cost"]
+    assert cost["pipeline_runs"] == 1 and [c["why"] for c in cost["compiles"]] == ["requested"]
