@@ -581,10 +581,11 @@ def _other_methods_if_missed(
 
 
 def _after_mixed_precision(result: CompileResult) -> tuple[bool, int, float]:
-    """What ranks compiles that chase the same bound: meeting it, then the nodes left int8 (speed),
-    then the smaller error."""
+    """What ranks compiles that chase the same bound: meeting it; among those that meet it, the
+    nodes left int8 (speed), then the smaller error; among those that miss it, the smaller error."""
     section, totals = result.report["mixed_precision"], result.report["totals"]
-    return section["met"], totals["int8"] + totals["fused"], -section["artifact_error"]
+    int8 = totals["int8"] + totals["fused"] if section["met"] else 0
+    return section["met"], int8, -section["artifact_error"]
 
 
 def _selection(why: str) -> contextlib.AbstractContextManager[None]:

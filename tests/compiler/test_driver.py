@@ -444,3 +444,28 @@ def test_an_operator_without_a_lowering_in_a_run_time_if_says_to_make_the_condit
     assert fix.startswith("make the If's condition a constant (an initializer)"), fix
     assert "onnx.utils.extract_model" in fix and "ort or trt" in fix, fix
     assert "backends/" not in fix and ".py" not in fix, fix
+
+
+def test_method_recheck_ranks_meeting_the_bound_then_int8_nodes_then_error():
+    """After mixed precision: an artifact that meets the bound beats one that misses it; among those
+    that meet it, more int8 nodes win (speed); among those that miss it, the smaller error wins."""
+    from types import SimpleNamespace
+
+    from qcc.driver import _after_mixed_precision
+
+    def result(met, int8, error):
+        return SimpleNamespace(
+            report={"mixed_precision": {"met": met, "artifact_error": error}, "totals": {"int8": int8, "fused": 0}}
+        )
+
+    ranked = sorted(
+        [result(False, 90, 0.02), result(True, 5, 1e-9), result(True, 13, 8e-4), result(False, 40, 0.015)],
+        key=_after_mixed_precision,
+        reverse=True,
+    )
+    assert [(r.report["totals"]["int8"], r.report["mixed_precision"]["met"]) for r in ranked] == [
+        (13, True),
+        (5, True),
+        (40, False),
+        (90, False),
+    ]
