@@ -5,8 +5,7 @@ weights int8 symmetric per output channel (``quantized_dimension`` 0 for CONV_2D
 FULLY_CONNECTED, 3 for DEPTHWISE_CONV_2D); int32 biases at exactly ``s_x * s_w``; pooling,
 reshapes, transposes, pads, slices, resizes and gathers share their input's parameters; Concat
 inputs share the output's; Softmax/Logistic outputs are fixed at (1/256, -128) and Tanh at
-(1/128, 0); the rhs of a MatMul between activations (BATCH_MATMUL) has zero point 0, the only
-form XNNPACK delegates (its builtin fallback made MiniLM's int8 artifact slower than fp32).
+(1/128, 0).
 The spec below states these as data; the shared passes (plan, activation-qparams,
 target-constraints) apply them to the annotations, so the ORT QDQ simulation of the annotated
 model uses exactly the parameters the flatbuffer carries.
@@ -203,9 +202,6 @@ TFLITE_SPEC = TfliteSpec(
     artifact_suffix=".tflite",
     fixed_output_params={"Softmax": (1.0 / 256, -128), "Sigmoid": (1.0 / 256, -128), "Tanh": (1.0 / 128, 0)},
     shared_group_ops=frozenset({"Concat"}),
-    # XNNPACK's VisitBatchMatMulNode refuses a statically quantized rhs with a non-zero zero point
-    # (LiteRT tflite/delegates/xnnpack/xnnpack_delegate.cc); the lhs may be asymmetric.
-    symmetric_inputs={"MatMul": frozenset({1})},
 )
 
 

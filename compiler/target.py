@@ -34,11 +34,6 @@ class TargetSpec:
         keep_fused_activation_nodes: keep absorbed activations as nodes (TensorRT fuses them
             itself) instead of removing them (their clamp is then done by the quantizer).
         symmetric_activations: zero point 0 for activations.
-        symmetric_inputs: op type -> input positions whose quantized activation must have zero
-            point 0 even when ``symmetric_activations`` is False (TFLite: the second operand of a
-            MatMul between activations, since XNNPACK delegates an int8 BATCH_MATMUL only with a
-            zero-point-0 rhs). A weight there is symmetric anyway; the rule acts on activations,
-            and on every tensor that shares parameters with one (``passes/activation_qparams.py``).
         bias_int32: biases of Conv/Gemm become int32 with scale = input scale x weight scale.
         artifact_suffix: file suffix of the artifact.
         fixed_output_params: ops whose int8 output parameters the runtime fixes, as
@@ -79,7 +74,6 @@ class TargetSpec:
     precisions: frozenset[str] = frozenset({"int8"})
     dynamic: bool = False
     int8_chains_only: bool = False
-    symmetric_inputs: Mapping[str, frozenset[int]] = dataclasses.field(default_factory=dict)
 
     def activation_dtype(self, options: CompileOptions) -> ir.DataType:
         """Returns the type of quantized activations for these options (resolves ``auto``)."""

@@ -13,13 +13,6 @@ inputs/output of the target's ``shared_group_ops``); a group's parameters come f
 its members' ranges. A shared-scale op's output has no range of its own, so its group's range is
 its input's, exactly.
 
-A group holding an activation that an int8 node reads at one of the spec's ``symmetric_inputs``
-positions (TFLite: the rhs of a MatMul between activations) is quantized symmetrically, zero
-point 0, whatever the target's default: XNNPACK delegates an int8 BATCH_MATMUL only when its rhs
-has zero point 0 and otherwise leaves it to the builtin kernel, which made MiniLM's int8
-``.tflite`` slower than fp32. Its members' annotations say so (``symmetric``). Attention's K and
-V are about centred on 0, so the one level a symmetric scale gives up costs little.
-
 An attention mask (``Where(keep, 0, -inf)``, ``(1 - m) * finfo.min``, and the Expand/Reshape/
 Cast/... that only move it) calibrates to all zeros on unpadded samples, and ``activation_params``
 turns ``[0, 0]`` into scale 1 at the zero point -128: its int8 tensor then has no negative value,
@@ -38,8 +31,6 @@ add takes input/output scale ratios below 256).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import onnx_ir as ir
 
@@ -57,13 +48,10 @@ class ActivationQParamsPass(QccPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         groups = activation_groups(model.graph, self.ctx.target.shared_group_ops)
         masks = mask_values(model.graph)
-        required = symmetric_input_values(model.graph, self.ctx.target.symmetric_inputs)
         for members in groups:
             value_range = _with_mask_extent(union_range(members), members, masks)
-            symmetric = any(get_quant(v).symmetric or v.name in required for v in members)
             for value in members:
                 quant = get_quant(value)
-                quant.symmetric = symmetric
                 quant.scale, quant.zero_point = activation_params(
                     value_range.min, value_range.max, quant.dtype, quant.symmetric
                 )
@@ -88,23 +76,6 @@ def activation_groups(graph: ir.Graph, shared_group_ops: frozenset[str]) -> list
             for name in members[1:]:
                 groups.union(members[0], name)
     return [[activations[name] for name in members] for members in groups.members().values()]
-
-
-def symmetric_input_values(graph: ir.Graph, symmetric_inputs: Mapping[str, frozenset[int]]) -> set[str]:
-    """Names of the quantized activations that an int8 node reads at a position the spec's
-    ``symmetric_inputs`` requires to have zero point 0."""
-    found = set()
-    for node in graph:
-        positions = symmetric_inputs.get(node.op_type)
-        decision = get_decision(node)
-        if not positions or decision is None or decision.decision != Decision.INT8:
-            continue
-        for index in positions:
-            value = node.inputs[index] if index < len(node.inputs) else None
-            quant = get_quant(value) if value is not None else None
-            if quant is not None and quant.role == Role.ACTIVATION:
-                found.add(value.name)
-    return found
 
 
 def union_range(values: list[ir.Value], ranges: dict[str, TensorRange] | None = None) -> TensorRange:

@@ -12,12 +12,8 @@ derives bias scales from the final input scales). Driven by the spec:
   an op whose parameters now differ from the output's is fed through an ``Identity`` that
   requantizes to the output's parameters; the TFLite backend writes it as an int8 -> int8
   QUANTIZE and the ORT simulation as Q/DQ, so both compute the same numbers.
-* ``symmetric_inputs`` (the rhs of TFLite's int8 BATCH_MATMUL): ``activation-qparams`` already
-  quantizes these symmetrically; a fixed output (a Softmax read as the rhs) overrides that, so
-  such an input, too, is fed through a requantizing ``Identity``, to zero point 0 over the range
-  its parameters represent. Otherwise XNNPACK would leave the op to the slower builtin kernel.
 
-For a spec without fixed outputs or symmetric inputs (``ort``, ``trt``) the pass changes nothing.
+For a spec without fixed outputs (``ort``, ``trt``) the pass changes nothing.
 """
 
 from __future__ import annotations
@@ -40,7 +36,7 @@ from qcc.annotations import (
 )
 from qcc.irutils import unique_name
 from qcc.passes._base import QccPass
-from qcc.quantmath import activation_params, qrange
+from qcc.quantmath import qrange
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +48,7 @@ class TargetConstraintsPass(QccPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         spec = self.ctx.target
-        if not spec.fixed_output_params and not spec.symmetric_inputs:
+        if not spec.fixed_output_params:
             return ir.passes.PassResult(model, False)
         graph = model.graph
         sharers: dict[str, list[ir.Value]] = {}
@@ -79,26 +75,7 @@ class TargetConstraintsPass(QccPass):
         for node in list(graph):
             if node.op_type in spec.shared_group_ops and _is_int8(node):
                 modified |= self._repair_group(graph, node)
-        for node in list(graph):
-            if node.op_type in spec.symmetric_inputs and _is_int8(node):
-                modified |= self._repair_symmetric(graph, node, spec.symmetric_inputs[node.op_type])
         return ir.passes.PassResult(model, modified)
-
-    def _repair_symmetric(self, graph: ir.Graph, node: ir.Node, positions: frozenset[int]) -> bool:
-        modified = False
-        for index in sorted(positions):
-            value = node.inputs[index] if index < len(node.inputs) else None
-            quant = get_quant(value) if value is not None else None
-            if quant is None or quant.role != Role.ACTIVATION or not np.any(quant.zero_point):
-                continue
-            qmin, qmax = qrange(quant.dtype)
-            scale, zero_point = float(quant.scale), float(quant.zero_point)
-            low, high = scale * (qmin - zero_point), scale * (qmax - zero_point)
-            scale_0, zero_0 = activation_params(low, high, quant.dtype, symmetric=True)
-            target = TensorQuant(Role.ACTIVATION, quant.dtype, True, scale=scale_0, zero_point=zero_0)
-            self._requantize(graph, node, index, target, "needs a zero-point-0 input")
-            modified = True
-        return modified
 
     def _repair_group(self, graph: ir.Graph, node: ir.Node) -> bool:
         target = get_quant(_carrier(node.outputs[0]))
@@ -109,11 +86,11 @@ class TargetConstraintsPass(QccPass):
             quant = get_quant(value) if value is not None else None
             if quant is None or _same(quant, target):
                 continue
-            self._requantize(graph, node, index, target, "shares its parameters with its inputs")
+            self._requantize(graph, node, index, target)
             modified = True
         return modified
 
-    def _requantize(self, graph: ir.Graph, consumer: ir.Node, index: int, target: TensorQuant, why: str) -> None:
+    def _requantize(self, graph: ir.Graph, consumer: ir.Node, index: int, target: TensorQuant) -> None:
         source = consumer.inputs[index]
         name = unique_name(graph, f"{source.name}_requantized")
         node = ir.node("Identity", [source], name=name)
@@ -130,7 +107,7 @@ class TargetConstraintsPass(QccPass):
                 zero_point=target.zero_point.copy(),
             ),
         )
-        set_decision(node, Decision.INT8, f"requantizes to the parameters of {consumer.name}, which {why}")
+        set_decision(node, Decision.INT8, f"requantizes to the parameters {consumer.name} shares with its inputs")
         graph.insert_before(consumer, node)
         consumer.replace_input_with(index, out)
         logger.debug("requantize %s before %s", source.name, consumer.name)
