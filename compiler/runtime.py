@@ -29,6 +29,7 @@ import dataclasses
 import os
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -287,13 +288,16 @@ class CostCounter:
     def count(self, created: ort.InferenceSession, *, quantized: bool) -> None:
         """Counts a new session, and each of its runs from now on (by wrapping its ``run``)."""
         self._current_stage().sessions += 1
-        run = created.run
+        # A weak reference: the wrapper is stored on the session, and a strong one would make a
+        # cycle that keeps the session (and its folder of hard links to the user's external data,
+        # which the ONNX checker then refuses to load) alive until a garbage collection.
+        run = weakref.WeakMethod(created.run)
         field = "quantized_model_runs" if quantized else "float_model_runs"
 
         def counted_run(*args: Any, **kwargs: Any) -> Any:
             stage = self._current_stage()
             setattr(stage, field, getattr(stage, field) + 1)
-            return run(*args, **kwargs)
+            return run()(*args, **kwargs)
 
         created.run = counted_run
 
