@@ -26,10 +26,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import os
 import tempfile
 import time
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -286,20 +286,19 @@ class CostCounter:
             self._stage = previous
 
     def count(self, created: ort.InferenceSession, *, quantized: bool) -> None:
-        """Counts a new session, and each of its runs from now on (by wrapping its ``run``)."""
+        """Counts a new session, and each of its runs from now on (its class becomes a subclass whose
+        ``run`` counts: a wrapper stored on the session would make a reference cycle, keeping the
+        session and its folder of hard links to the user's external data, which the ONNX checker
+        then refuses to load, alive until a garbage collection)."""
         self._current_stage().sessions += 1
-        # A weak reference: the wrapper is stored on the session, and a strong one would make a
-        # cycle that keeps the session (and its folder of hard links to the user's external data,
-        # which the ONNX checker then refuses to load) alive until a garbage collection.
-        run = weakref.WeakMethod(created.run)
-        field = "quantized_model_runs" if quantized else "float_model_runs"
+        created.qcc_cost = self
+        created.qcc_run_field = "quantized_model_runs" if quantized else "float_model_runs"
+        created.__class__ = _counted_class(type(created))
 
-        def counted_run(*args: Any, **kwargs: Any) -> Any:
-            stage = self._current_stage()
-            setattr(stage, field, getattr(stage, field) + 1)
-            return run()(*args, **kwargs)
-
-        created.run = counted_run
+    def count_run(self, field: str) -> None:
+        """Counts one run of a session, as ``field``, in the current stage."""
+        stage = self._current_stage()
+        setattr(stage, field, getattr(stage, field) + 1)
 
     def count_simulation(self) -> None:
         """Counts one run of a simulation (one candidate scored on its samples)."""
@@ -329,6 +328,17 @@ class CostCounter:
 
     def _current_stage(self) -> StageCost:
         return self.stages.setdefault(self._stage, StageCost())
+
+
+@functools.cache
+def _counted_class(base: type) -> type:
+    """The subclass of a session class whose ``run`` is counted by the session's ``qcc_cost``."""
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.qcc_cost.count_run(self.qcc_run_field)
+        return base.run(self, *args, **kwargs)
+
+    return type(f"Counted{base.__name__}", (base,), {"run": run})
 
 
 _current: contextvars.ContextVar[CostCounter | None] = contextvars.ContextVar("qcc_cost", default=None)

@@ -196,3 +196,27 @@ def test_the_cli_json_output_carries_the_cost(tmp_path, conv_net):
     assert done.returncode == 0, done.stderr
     cost = json.loads(done.stdout)["report"]["cost"]
     assert cost["pipeline_runs"] == 1 and [c["why"] for c in cost["compiles"]] == ["requested"]
+
+
+def test_a_counted_session_is_freed_as_soon_as_it_is_dropped():
+    """No reference cycle: a session of a model with external data holds hard links to the user's
+    data file until it is freed, and the ONNX checker refuses a file with several links."""
+    import gc
+    import weakref
+
+    from qcc.runtime import counting_cost, session
+
+    model = build_model('<ir_version: 8, opset_import: ["" : 17]>\ng (float[1,4] x) => (float[1,4] y) { y = Relu(x) }')
+    feed = {"x": np.ones((1, 4), np.float32)}
+    gc.disable()
+    try:
+        with counting_cost() as counter:
+            created = session(model)
+            assert created.run(None, feed)[0].tolist() == [[1.0] * 4]
+            assert session(model).run(None, feed)[0].tolist() == [[1.0] * 4]  # a temporary session runs too
+            alive = weakref.ref(created)
+            del created
+            assert alive() is None
+        assert counter.report()["float_model_runs"] == 2
+    finally:
+        gc.enable()
