@@ -23,7 +23,7 @@ from qcc.backends._tflite_shapes import STATIC_NOTE
 from qcc.data import Feed
 from qcc.errors import BackendError
 from qcc.metrics import OutputFidelity, cosine
-from qcc.runtime import session
+from qcc.runtime import current_cost, session
 
 RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
 AGREEMENT = 0.99
@@ -53,6 +53,9 @@ def run(interp: Interpreter, feed: Feed, like: list[tuple[int, ...]] | None = No
             array = np.clip(np.rint(array / scale) + zero_point, -128, 127)
         interp.set_tensor(detail["index"], array.astype(detail["dtype"]))
     interp.invoke()
+    cost = current_cost()
+    if cost is not None:
+        cost.count_run("litert_runs")
     outputs = []
     for i, detail in enumerate(interp.get_output_details()):
         array = interp.get_tensor(detail["index"])

@@ -33,14 +33,14 @@ driver counts it with ``qcc.runtime.CostCounter``; a compile's selections make s
 * ``sessions``: ONNX Runtime sessions created (a load check of each compile's model, calibration,
   simulations, references, artifacts); ``float_model_runs`` and ``quantized_model_runs``: ONNX
   Runtime ``run`` calls (one per sample fed) on graphs without and with quantize/dequantize
-  nodes (the float model and its helpers; simulations and ONNX artifacts). LiteRT's runs of a
-  ``.tflite`` are not counted;
+  nodes (the float model and its helpers; simulations and ONNX artifacts); ``litert_runs``: LiteRT
+  ``invoke`` calls on a ``.tflite`` artifact (verify, under each resolver);
 * ``simulation_runs``: evaluations of the switchable fake-quantized simulation
   (``passes/_simulation.py``; each scores one candidate on its samples, one ONNX Runtime run per
   sample, counted in ``quantized_model_runs`` too);
 * ``seconds``: seconds by stage (``load``, each pass by name, ``emit``, ``verify``) summed over every
   compile, and ``total``: the whole call;
-* ``stages``: the four counts above by stage, for the stages that made a session or a run
+* ``stages``: the five counts above by stage, for the stages that made a session or a run
   (``other``: outside any stage).
 
 The ``cost`` key came without a change of ``schema_version`` (a new key). Its fields are

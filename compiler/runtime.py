@@ -246,6 +246,7 @@ class StageCost:
     float_model_runs: int = 0
     quantized_model_runs: int = 0
     simulation_runs: int = 0
+    litert_runs: int = 0
 
 
 class CostCounter:
@@ -306,7 +307,7 @@ class CostCounter:
 
     def report(self) -> dict[str, Any]:
         """The report's ``cost`` section (documented in ``qcc.report``)."""
-        fields = ("sessions", "float_model_runs", "quantized_model_runs", "simulation_runs")
+        fields = ("sessions", "float_model_runs", "quantized_model_runs", "simulation_runs", "litert_runs")
         totals = {f: sum(getattr(s, f) for s in self.stages.values()) for f in fields}
         return {
             "pipeline_runs": sum(c.pipeline_runs for c in self.compiles),

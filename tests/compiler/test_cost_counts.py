@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 
 import qcc
 from qcc import driver, frontend
@@ -34,7 +35,7 @@ g (float[1,3,8,8] x, float[4,3,3,3] w1, float[4] b1, float[4,4,3,3] w2, float[4]
   y = Conv <pads = [1, 1, 1, 1]> (r1, w2, b2)
 }
 """
-COUNTS = ("sessions", "float_model_runs", "quantized_model_runs", "simulation_runs")
+COUNTS = ("sessions", "float_model_runs", "quantized_model_runs", "simulation_runs", "litert_runs")
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class Spies:
     float_model_runs: int = 0
     quantized_model_runs: int = 0
     simulation_runs: int = 0
+    litert_runs: int = 0
     pipeline_runs: int = 0
     loads: int = 0
 
@@ -92,6 +94,7 @@ def spies(monkeypatch) -> Spies:
     monkeypatch.setattr(driver, "run_pipeline", counted("pipeline_runs", driver.run_pipeline))
     monkeypatch.setattr(frontend, "load", counted("loads", frontend.load))
     monkeypatch.setattr(Simulation, "run", counted("simulation_runs", Simulation.run))
+    monkeypatch.setattr(Interpreter, "invoke", counted("litert_runs", Interpreter.invoke))
     return found
 
 
@@ -148,6 +151,7 @@ def test_method_selection_counts_one_compile_per_method_then_the_refit(spies, co
     result = qcc.compile(conv_net, target=target, calibration=random_feeds(conv_net, 8))
     cost = result.report["cost"]
     assert _cost_counts(cost) == spies.counts()
+    assert (cost["litert_runs"] > 0) == (target == "tflite")  # verify runs the .tflite in LiteRT
     methods = list(result.report["method_selection"]["output_cosine"])
     assert [(c["why"], c["method"]) for c in cost["compiles"]] == [
         *(("method", m) for m in methods),
