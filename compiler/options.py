@@ -194,7 +194,7 @@ class OptionInfo:
         api_type: the type ``qcc.compile`` documents for the keyword; None: the field's, with
             enum fields written as their string values.
         targets: the targets the option acts on (its ``--help`` starts with them: ``tflite: ...``);
-            empty: all. The others ignore it; what a target cannot honour is refused by its
+            empty: all. The others refuse it when it is set, as whatever a target cannot honour, in its
             ``TargetSpec.check_options``.
     """
 
@@ -319,7 +319,7 @@ class CompileOptions:
     )
     io: IoType = _option(
         IoType.FLOAT,
-        doc='``"float"`` or ``"int8"`` model inputs and outputs (``tflite``; other targets ignore it).',
+        doc='``"float"`` or ``"int8"`` model inputs and outputs (``tflite``; other targets refuse it).',
         cli=CliFlag(("--io",), "tflite: float32 or int8 model inputs and outputs."),
         targets=("tflite",),
     )
@@ -421,7 +421,7 @@ class CompileOptions:
         doc='pin inputs to one shape, e.g. ``{"x": (1, 3, 48, 320)}`` (every dimension). ``tflite`` then writes '
         "a static artifact of exactly these shapes; without it, the model's dynamic dimensions stay dynamic in "
         "the ``.tflite`` (``-1`` in its ``shape_signature``; resize the inputs in LiteRT before running another "
-        "size). ``ort`` and ``trt`` keep the model's shapes and ignore it.",
+        "size). ``ort`` and ``trt`` keep the model's shapes and refuse it.",
         cli=CliFlag(
             ("--input-shape",),
             "tflite: pin input NAME to one shape, e.g. --input-shape x=1,3,48,320 (repeat it per input), "

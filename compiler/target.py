@@ -136,6 +136,23 @@ class TargetSpec:
                 )
             if options.dynamic and options.weights == WeightStorage.QDQ:
                 raise OptionError("--dynamic stores int8 weights; --weights qdq has no effect.", "drop --weights.")
+        self._check_target_only_options(options)
+
+    def _check_target_only_options(self, options: CompileOptions) -> None:
+        """An option that acts on other targets only (its metadata's ``targets``) is refused when set:
+        this target would ignore it, and a user who sets ``--io int8`` on ``ort`` expects int8 I/O."""
+        for field in dataclasses.fields(options):
+            info = field.metadata.get("qcc")
+            if info is None or not info.targets or self.name in info.targets:
+                continue
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            if getattr(options, field.name) != default:
+                flag = info.cli.flags[0].split("/")[0] if info.cli is not None and info.cli.flags else field.name
+                raise OptionError(
+                    f"{flag} ({field.name}=) acts on {', '.join(info.targets)} only; "
+                    f"target {self.name} would ignore it.",
+                    f"drop it, or compile with --target {info.targets[0]}.",
+                )
 
     def default_activation_dtype(self) -> ir.DataType:
         """The activation type ``auto`` resolves to on this host."""

@@ -162,3 +162,20 @@ def test_target_specific_options_name_their_targets_and_agree_with_the_specs():
         if target.value not in option_infos()["dynamic"].targets:
             with pytest.raises(OptionError, match="no dynamic"):
                 spec.check_options(CompileOptions(target=target.value, dynamic=True))
+
+
+@pytest.mark.parametrize(("keyword", "value"), [("io", "int8"), ("nhwc_io", True), ("input_shapes", {"x": [1, 8]})])
+def test_an_option_of_another_target_is_refused_not_ignored(keyword, value):
+    """``io="int8"`` on ``ort`` used to be ignored silently: the user got float I/O."""
+    from qcc.backends import get_backend
+
+    options = CompileOptions.from_kwargs(**{keyword: value})
+    for target in Target:
+        spec = get_backend(target.value).spec
+        chosen = CompileOptions.from_kwargs(target=target.value, **{keyword: value})
+        if target.value in option_infos()[keyword].targets:
+            spec.check_options(chosen)
+        else:
+            with pytest.raises(OptionError, match=f"acts on {option_infos()[keyword].targets[0]} only"):
+                spec.check_options(chosen)
+    assert options != CompileOptions()  # the value is not the default (else nothing would be refused)
