@@ -102,12 +102,7 @@ def _fold(graph: ir.Graph, node: ir.Node) -> bool:
     if not (np.all(np.isfinite(new_weight)) and np.all(np.isfinite(new_bias))):
         return False
 
-    w_name = producer.inputs[1].name or "weight"
-    producer.replace_input_with(1, add_initializer(graph, f"{w_name}_folded", new_weight.astype(weight.dtype)))
-    b_value = add_initializer(graph, f"{producer.name or w_name}_bias_folded", new_bias.astype(weight.dtype))
-    if len(producer.inputs) < 3:
-        producer.resize_inputs(3)
-    producer.replace_input_with(2, b_value)
+    _set_weight_and_bias(graph, producer, new_weight, new_bias)
     if producer.op_type == "Gemm":
         producer.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
     if not remove_node_bypassing(graph, node, keep_input=data):
@@ -143,7 +138,7 @@ def _fold_into_conv(graph: ir.Graph, node: ir.Node) -> bool:
     new_weight = _per_input_channel(conv, weight, factor)
     if not (np.all(np.isfinite(new_weight)) and np.all(np.isfinite(new_bias))):
         return False
-    _set_conv_constants(graph, conv, new_weight, new_bias if bias is not None or np.any(shift != 0) else None)
+    _set_weight_and_bias(graph, conv, new_weight, new_bias if bias is not None or np.any(shift != 0) else None)
     if not remove_node_bypassing(graph, node, keep_input=data):
         return False
     logger.debug("folded %s (%s) into the input of %s", node.name, node.op_type, conv.name)
@@ -190,8 +185,8 @@ def _per_input_channel(conv: ir.Node, weight: np.ndarray, vector: np.ndarray) ->
     return weight * vector[channel].reshape(*channel.shape, *(1,) * (weight.ndim - 2))
 
 
-def _set_conv_constants(graph: ir.Graph, conv: ir.Node, weight: np.ndarray, bias: np.ndarray | None) -> None:
-    """Gives the Conv new weight (and bias) initializers: the old ones may be shared."""
+def _set_weight_and_bias(graph: ir.Graph, conv: ir.Node, weight: np.ndarray, bias: np.ndarray | None) -> None:
+    """Gives a weighted node new weight (and bias) initializers: the old ones may be shared."""
     dtype = const_array(conv.inputs[1]).dtype
     w_name = conv.inputs[1].name or "weight"
     conv.replace_input_with(1, add_initializer(graph, f"{w_name}_folded", weight.astype(dtype)))
@@ -221,7 +216,7 @@ def _move_shift_ahead_of_scale(graph: ir.Graph, add: ir.Node, data: int, shift: 
     dtype = weight.dtype
     add.replace_input_with(1 - data, add_initializer(graph, f"{add.name or 'shift'}_unscaled", unscaled.astype(dtype)))
     add.replace_input_with(data, x)
-    _set_conv_constants(graph, conv, new_weight, None)
+    _set_weight_and_bias(graph, conv, new_weight, None)
     graph.remove(mul, safe=True)
     logger.debug("folded %s (Mul) into %s, ahead of %s", mul.name, conv.name, add.name)
     return True
