@@ -54,6 +54,8 @@ class TargetSpec:
         int8_chains_only: an ``int8_ops`` node stays int8 only inside an int8 chain: every data
             input written by an int8 node and its output read by one. Elsewhere (a decomposed
             GELU or LayerNorm next to float Tanh/Sqrt) it would add roundings and save nothing.
+        meanmax_candidate: with ``--precision int8`` and no ``--method``, compile with ``meanmax`` too
+            and keep the artifact closer to fp32 (``default_methods``).
     """
 
     name: str
@@ -74,6 +76,7 @@ class TargetSpec:
     precisions: frozenset[str] = frozenset({"int8"})
     dynamic: bool = False
     int8_chains_only: bool = False
+    meanmax_candidate: bool = False
 
     def activation_dtype(self, options: CompileOptions) -> ir.DataType:
         """Returns the type of quantized activations for these options (resolves ``auto``)."""
@@ -103,7 +106,12 @@ class TargetSpec:
         to fp32 on the calibration samples, the first unless another is clearly better): minmax,
         whose ranges never clip. (``auto``, a method per tensor by its measured effect, is not the
         default: on 4 calibration samples its gains are within the rounding noise of the error it
-        measures; ``passes/_clip_search.py``.)"""
+        measures; ``passes/_clip_search.py``.) With ``meanmax_candidate`` and int8, meanmax
+        too: one outlier in one calibration sample then stretches the step less (``passes/_clip_range.py``
+        measures both on the zoo; graph outputs keep minmax, ``passes/calibrate.py``). fp8's wide
+        range, and int4 weight-only compiles, keep minmax."""
+        if self.meanmax_candidate and options.precision == Precision.INT8:
+            return (CalibrationMethod.MINMAX, CalibrationMethod.MEANMAX)
         return (CalibrationMethod.MINMAX,)
 
     def min_opset(self, options: CompileOptions) -> int:
