@@ -157,8 +157,7 @@ def compile_model(
 def _add_warnings(result: CompileResult, options: CompileOptions) -> None:
     """Fills ``report["warnings"]`` of the compile kept, and logs each on the ``qcc`` logger."""
     # The plan's float nodes that the target could run int8 (a Log next to a non-finite tensor could not).
-    spec = get_backend(options.target).spec
-    int8_capable = spec.compute_ops | spec.int8_ops | spec.shared_scale_ops | spec.fused_activations | spec.rule_ops
+    int8_capable = get_backend(options.target).spec.int8_capable_ops
     op_types = {node.name: node.op_type for node in result.annotated.graph}
     kept = {
         name: reason

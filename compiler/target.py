@@ -11,6 +11,7 @@ backend's emitter turns the annotations into an artifact.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import onnx_ir as ir
@@ -77,6 +78,12 @@ class TargetSpec:
     dynamic: bool = False
     int8_chains_only: bool = False
     meanmax_candidate: bool = False
+
+    @functools.cached_property
+    def int8_capable_ops(self) -> frozenset[str]:
+        """Every op this target can run int8 in some role (compute, int8, shared-scale, fused activation,
+        rule op); any other op has no int8 kernel here. Cached: the spec is frozen."""
+        return self.compute_ops | self.int8_ops | self.shared_scale_ops | self.fused_activations | self.rule_ops
 
     def activation_dtype(self, options: CompileOptions) -> ir.DataType:
         """Returns the type of quantized activations for these options (resolves ``auto``)."""
