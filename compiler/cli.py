@@ -343,15 +343,13 @@ def inspect(
     try:
         _require_file(model, ModelLoadError, "model file")
         inspection = _inspection_module()
-        if inspection is not None and inspection.is_quantized_artifact(str(model)):
-            info = inspection.inspect_artifact(str(model))
-        elif model.suffix.lower() == ARTIFACT_SUFFIXES["tflite"]:
-            raise ModelLoadError(
-                f"{model} is a .tflite file and this qcc cannot read them (qcc.inspection is missing).",
-                "update qcc, or inspect the ONNX model it was compiled from.",
-            )
-        else:
-            info = None
+        info = None if inspection is None else inspection.inspect_if_quantized(str(model))
+        if info is None:
+            if model.suffix.lower() == ARTIFACT_SUFFIXES["tflite"]:
+                raise ModelLoadError(
+                    f"{model} is a .tflite file and this qcc cannot read them (qcc.inspection is missing).",
+                    "update qcc, or inspect the ONNX model it was compiled from.",
+                )
             plans = _float_plans(model)
     except QccError as error:
         fail(error, as_json)

@@ -38,18 +38,43 @@ def is_quantized_artifact(path: str | os.PathLike) -> bool:
     The ONNX file is parsed without its external data. An unreadable file is not an artifact:
     returns False, so that the caller's own loading reports the problem.
     """
+    return _sniff(Path(path)) is not None
+
+
+def inspect_if_quantized(path: str | os.PathLike) -> dict[str, Any] | None:
+    """:func:`inspect_artifact`'s result when ``path`` is a quantized artifact, else None.
+
+    One parse of the file serves both the question and the inspection (``qcc inspect`` would
+    otherwise read an ONNX model twice). None, like :func:`is_quantized_artifact`'s False, for a
+    float ONNX model and for an unreadable file, so that the caller's own loading reports it.
+
+    Raises:
+        ModelLoadError: a quantized artifact whose contents cannot be read.
+    """
+    path = Path(path)
+    sniffed = _sniff(path)
+    if sniffed is None:
+        return None
+    kind, model = sniffed
+    nodes, tensors = inspect_tflite(path) if model is None else inspect_onnx(model, path.parent)
+    return _describe(path, kind, nodes, tensors)
+
+
+def _sniff(path: Path) -> tuple[str, Any] | None:
+    """``(kind, the parsed ONNX model or None for TFLite)`` of a quantized artifact; None otherwise."""
     try:
         with open(path, "rb") as file:
             head = file.read(8)
     except OSError:
-        return False
+        return None
     if head[4:8] == TFLITE_MAGIC:
-        return True
+        return "tflite", None
     try:
-        model = load_onnx(Path(path))
+        model = load_onnx(path)
     except ModelLoadError:
-        return False
-    return onnx_kind(model) != "float-onnx"
+        return None
+    kind = onnx_kind(model)
+    return None if kind == "float-onnx" else (kind, model)
 
 
 def inspect_artifact(path: str | os.PathLike) -> dict[str, Any]:
@@ -86,6 +111,10 @@ def inspect_artifact(path: str | os.PathLike) -> dict[str, Any]:
         model = load_onnx(path)
         kind = onnx_kind(model)
         nodes, tensors = inspect_onnx(model, path.parent)
+    return _describe(path, kind, nodes, tensors)
+
+
+def _describe(path: Path, kind: str, nodes: list[dict[str, Any]], tensors: dict[str, Any]) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
