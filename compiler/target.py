@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from qcc.annotations import Decision
 from qcc.errors import OptionError
-from qcc.options import ActivationType, CalibrationMethod, CompileOptions, Precision, WeightStorage
+from qcc.options import ActivationType, CalibrationMethod, CompileOptions, Precision, WeightStorage, field_default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +160,7 @@ class TargetSpec:
             info = field.metadata.get("qcc")
             if info is None or not info.targets or self.name in info.targets:
                 continue
-            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-            if getattr(options, field.name) != default:
+            if getattr(options, field.name) != field_default(field.name):
                 flag = info.cli.flags[0].split("/")[0] if info.cli is not None and info.cli.flags else field.name
                 raise OptionError(
                     f"{flag} ({field.name}=) acts on {', '.join(info.targets)} only; "
