@@ -513,10 +513,8 @@ def targets(
     """List the targets qcc compiles for."""
     from qcc.backends import get_backend, target_names
 
-    found = [
-        {"name": name, "description": get_backend(name).spec.description, "artifact_suffix": ARTIFACT_SUFFIXES[name]}
-        for name in target_names()
-    ]
+    specs = [get_backend(name).spec for name in target_names()]
+    found = [{"name": s.name, "description": s.description, "artifact_suffix": s.artifact_suffix} for s in specs]
     if as_json:
         emit_json({"schema_version": JSON_SCHEMA_VERSION, "targets": found})
         return
