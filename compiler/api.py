@@ -13,13 +13,12 @@ import dataclasses
 import enum
 import inspect
 import os
-import types
 import typing
 
 from qcc.context import Progress, no_progress
 from qcc.data import CalibrationSource
 from qcc.driver import CompileResult, compile_model
-from qcc.options import CompileOptions, options_doc
+from qcc.options import CompileOptions, choice_type, options_doc
 
 
 def compile(  # noqa: A001 - the public name users expect
@@ -72,10 +71,10 @@ def _keyword_type(field: dataclasses.Field, hints: dict[str, object]) -> object:
     if declared is not None:
         return declared
     hint = hints[field.name]
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) and any(isinstance(a, type) and issubclass(a, enum.Enum) for a in args):
-        return str | None
-    return str if isinstance(hint, type) and issubclass(hint, enum.Enum) else hint
+    choice = choice_type(hint)
+    if choice is None:
+        return hint
+    return str if choice is hint else str | None  # an enum, or an enum or None
 
 
 def _signature() -> inspect.Signature:
