@@ -111,10 +111,7 @@ class CalibrationData:
                 "pass a path to an .npz or .npy file or a folder of them, an array, a dict of arrays, "
                 "an iterable of feed dicts or a CalibrationDataReader.",
             )
-        if isinstance(self._raw, _ReaderSamples):
-            self._reiterable = self._raw.rewinds
-        else:
-            self._reiterable = not isinstance(self._raw, Iterator)
+        self._reiterable = reiterable(source)
         self._consumed = False
 
     def __len__(self) -> int:
