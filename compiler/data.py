@@ -470,13 +470,14 @@ def _open_file(path: str, inputs: dict[str, InputSpec]) -> _NpzSamples | _ArrayS
 
 
 def _check_names(names: Iterable[str], inputs: dict[str, InputSpec], origin: str) -> None:
-    unknown = sorted(set(names) - set(inputs))
+    names = set(names)
+    unknown = sorted(names - set(inputs))
     if unknown:
         raise CalibrationDataError(
             f"{origin} has key(s) {', '.join(map(repr, unknown))} that are not model inputs.",
             f"the model's inputs are {', '.join(map(repr, inputs))}.",
         )
-    missing = [name for name in inputs if name not in set(names)]
+    missing = [name for name in inputs if name not in names]
     if missing:
         raise CalibrationDataError(
             f"{origin} has no data for input(s) {', '.join(map(repr, missing))}.",
