@@ -307,7 +307,7 @@ class CostCounter:
 
     def report(self) -> dict[str, Any]:
         """The report's ``cost`` section (documented in ``qcc.report``)."""
-        fields = ("sessions", "float_model_runs", "quantized_model_runs", "simulation_runs", "litert_runs")
+        fields = [f.name for f in dataclasses.fields(StageCost) if f.name != "seconds"]  # the counts, in order
         totals = {f: sum(getattr(s, f) for s in self.stages.values()) for f in fields}
         return {
             "pipeline_runs": sum(c.pipeline_runs for c in self.compiles),
