@@ -226,11 +226,10 @@ def own_quantization(graph: onnx.GraphProto) -> OwnQuantization | None:
     for node in graph.node:
         for name in node.input:
             readers[name].append(node)
-    dqs = [n for n in graph.node if is_qdq(n, "DequantizeLinear") and quantized_input(n) is not None]
+    found = [(n, kind) for n in graph.node if is_qdq(n, "DequantizeLinear") and (kind := quantized_input(n))]
+    dqs = [dq for dq, _ in found]
     weights = [
-        dq
-        for dq in dqs
-        if quantized_input(dq) == "constant" and any(r.op_type not in _QDQ for r in readers[dq.output[0]])
+        dq for dq, kind in found if kind == "constant" and any(r.op_type not in _QDQ for r in readers[dq.output[0]])
     ]
     if not weights:
         return None
