@@ -78,7 +78,7 @@ class PlanPass(QccPass):
             return self.ctx.keep_float[node.name]
         if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
             return f"control flow ({node.op_type}): its subgraphs stay float; qcc quantizes the main graph only"
-        known = spec.compute_ops | spec.int8_ops | spec.shared_scale_ops | spec.fused_activations | spec.rule_ops
+        known = spec.int8_capable_ops
         if node.domain not in ("", "ai.onnx") or node.op_type not in known:
             return f"{node.op_type} has no int8 kernel on {spec.name}"
         data = [node.inputs[i] for i in quantizable_inputs(node)]
