@@ -24,6 +24,9 @@
   numbers, and no float op between the quantizer and the integer conv.
 * Gemm's ``alpha`` and ``beta`` are folded into a constant B and C: every backend then sees
   ``A @ B + C`` (TFLite's FULLY_CONNECTED has no factors).
+* A Split that undoes a Concat (through Reshapes and Concats on other axes, as YOLO heads write
+  it) is pushed up until the two cancel, so tensors of unrelated ranges no longer share one
+  int8 scale (``passes/_split_concat.py``).
 * Unused nodes and initializers are dropped.
 
 Clip's ``min``/``max`` attributes (opset < 11) are already inputs here: the frontend upgrades
@@ -49,6 +52,7 @@ from qcc.irutils import (
 from qcc.passes._base import QccPass
 from qcc.passes._control_flow import inline_constant_ifs, unroll_constant_loops
 from qcc.passes._folding import evaluate, replace_with_constant
+from qcc.passes._split_concat import push_splits
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,7 @@ class CanonicalizePass(QccPass):
                 modified |= _fold_pad_into_conv(graph, node)
             elif node.op_type == "Gemm" and node.domain == "":
                 modified |= _fold_gemm_factors(graph, node)
+        modified |= push_splits(graph)
         modified |= common.RemoveUnusedNodesPass()(model).modified
         return ir.passes.PassResult(model, modified)
 
