@@ -27,7 +27,7 @@ import onnx_ir as ir
 from qcc.annotations import Decision, Role, TensorQuant, get_decision, is_quantized, set_decision, set_quant
 from qcc.irutils import attr_float, attr_int, const_array, is_float
 from qcc.optable import BIAS_INPUT, WEIGHT_INPUT, quantizable_inputs, weight_axis
-from qcc.options import Precision
+from qcc.options import IoType, Precision
 from qcc.passes._base import QccPass
 from qcc.target import TargetSpec
 
@@ -67,6 +67,8 @@ class PlanPass(QccPass):
                 set_decision(node, Decision.FLOAT, "no quantized neighbour; an isolated int8 op would only add Q/DQ")
         if spec.int8_chains_only:
             _prune_outside_chains(pending, spec)
+        if spec.fixed_output_params and self.ctx.options.io != IoType.INT8:
+            _float_fixed_output_tails(graph, spec)
         self._annotate_tensors(graph)
         return ir.passes.PassResult(model, True)
 
@@ -386,6 +388,31 @@ def _prune_outside_chains(pending: list[ir.Node], spec: TargetSpec) -> None:
                 continue
             set_decision(node, Decision.FLOAT, reason)
             changed = True
+
+
+def _float_fixed_output_tails(graph: ir.Graph, spec: TargetSpec) -> None:
+    """Runs float an int8 op with runtime-fixed output steps (TFLite's LOGISTIC: 1/256) that only
+    float nodes or graph outputs read: its int8 output would be rounded to those steps and then
+    converted anyway, while in float it costs the same one conversion (before it instead of after)
+    and its output stays exact. YOLOv8's class scores and a text detector's probability map are such
+    tails: a score of 0.241 rounded to the step 0.25 passes a 0.25 threshold."""
+    for node in graph:
+        decision = get_decision(node)
+        if node.op_type not in spec.fixed_output_params or decision is None or decision.decision != Decision.INT8:
+            continue
+        read_int8 = False
+        for out in node.outputs:
+            for use in out.uses():
+                reader = get_decision(use.node)
+                read_int8 |= reader is not None and reader.decision in (Decision.INT8, Decision.FUSED)
+        if not read_int8:
+            scale = spec.fixed_output_params[node.op_type][0]
+            set_decision(
+                node,
+                Decision.FLOAT,
+                f"{node.op_type} read only in float: its int8 output would be rounded to {spec.name}'s fixed "
+                f"steps of {scale:g} for no saving (one conversion either way)",
+            )
 
 
 def _has_quantized_neighbour(node: ir.Node, spec: TargetSpec) -> bool:

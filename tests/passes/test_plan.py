@@ -146,3 +146,64 @@ def test_elementwise_ops_outside_chains_run_float_without_losing_integer_kernels
         found[chains_only] = (sum(census[op] for op in INTEGER_KERNELS), float_compute, error)
     assert found[True][0] == found[False][0] == 2 and not found[True][1]
     assert found[True][2] <= found[False][2]
+
+
+TAILS = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,4,6,6] x, float[8,4,3,3] w1, float[8] b1, float[8,8,1,1] w2, float[8] b2) => (float[1,8,6,6] prob, float[1,8,6,6] act) {
+  c = Conv<pads=[1,1,1,1]>(x, w1, b1)
+  s = Sigmoid(c)
+  silu = Mul(c, s)
+  act = Conv(silu, w2, b2)
+  logits = Conv(silu, w2, b2)
+  prob = Sigmoid(logits)
+}
+"""
+
+
+@pytest.mark.parametrize("io", ["float", "int8"])
+def test_tflite_runs_a_fixed_step_tail_float_unless_the_output_is_int8(io):
+    """A LOGISTIC read only in float would round its output to 1/256 for nothing; inside SiLU its int8
+    reader needs it int8, and with --io int8 the graph output itself is int8."""
+    from qcc.backends import get_backend
+    from qcc.context import PassContext
+    from qcc.frontend import load
+    from qcc.options import CompileOptions
+
+    model = build_model(TAILS, seed=3)
+    loaded = load(model).model
+    ctx = PassContext(CompileOptions(target="tflite", io=io), get_backend("tflite").spec)
+    for cls in (CanonicalizePass, PlanPass):
+        cls(ctx)(loaded)
+    decisions = {n.outputs[0].name: get_decision(n) for n in loaded.graph}
+    assert decisions["s"].decision == Decision.INT8
+    if io == "float":
+        assert decisions["prob"].decision == Decision.FLOAT
+        assert "fixed steps of 0.00390625" in decisions["prob"].reason
+    else:
+        assert decisions["prob"].decision == Decision.INT8
+
+
+def test_tflite_fixed_step_tail_output_is_not_rounded_to_its_steps():
+    """In LiteRT the probabilities come out between the 1/256 steps, closer to float than a step allows."""
+    import qcc
+    from ai_edge_litert.interpreter import Interpreter
+    from tests.conftest import random_feeds, run
+
+    model = build_model(TAILS, seed=3)
+    calibration, held_out = random_feeds(model, 8), random_feeds(model, 4, seed=9)
+    result = qcc.compile(model, target="tflite", calibration=calibration)
+    interpreter = Interpreter(model_content=result.artifact.data)
+    interpreter.allocate_tensors()
+    (x,) = interpreter.get_input_details()
+    prob = next(d for d in interpreter.get_output_details() if d["name"] == "prob")
+    assert prob["dtype"] == np.float32
+    off_grid = []
+    for feed in held_out:
+        interpreter.set_tensor(x["index"], feed["x"])
+        interpreter.invoke()
+        got = interpreter.get_tensor(prob["index"])
+        want = run(model, feed)[0]
+        off_grid.append(np.mean(np.abs(got * 256 - np.round(got * 256)) > 1e-3))
+        assert np.abs(got - want).max() < 0.05
+    assert np.mean(off_grid) > 0.5
