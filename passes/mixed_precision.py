@@ -232,9 +232,11 @@ class _Planner:
     def quantized(self, floating: set[str]) -> set[str]:
         """Names of the tensors the target quantizes when ``floating`` nodes are also float."""
         keep_float = {**self.ctx.keep_float, **{name: MIXED_REASON for name in floating}}
-        model = self.float_model.clone()
-        PlanPass(dataclasses.replace(self.ctx, keep_float=keep_float))(model)
-        return {v.name for v in quantized_values(model.graph)}
+        # The plan only annotates: one copy, its annotations cleared each time (a clone per
+        # candidate took a sixth of MobileNetV2's search).
+        clear_annotations(self.float_model.graph)
+        PlanPass(dataclasses.replace(self.ctx, keep_float=keep_float))(self.float_model)
+        return {v.name for v in quantized_values(self.float_model.graph)}
 
 
 def _units(graph: ir.Graph, neighbours: dict[str, set[str]]) -> dict[str, set[str]]:
