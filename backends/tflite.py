@@ -10,8 +10,8 @@ The spec below states these as data; the shared passes (plan, activation-qparams
 target-constraints) apply them to the annotations, so the ORT QDQ simulation of the annotated
 model uses exactly the parameters the flatbuffer carries.
 
-One plan rule is code (``TfliteSpec.float_reason``): a square ``Mul(x, x)`` feeding a sum or
-mean stays float.
+Two plan rules are code (``TfliteSpec.float_reason``): a MatMul of two activations (attention)
+and a square ``Mul(x, x)`` feeding a sum or mean stay float.
 
 ``emit()`` works on clones: the calibration sample's sizes for dynamic input dimensions (and
 other sizes, to find what stays dynamic: ``_tflite_shapes``), shape subgraphs
@@ -60,6 +60,13 @@ from qcc.target import TargetSpec
 
 logger = logging.getLogger(__name__)
 
+# XNNPACK delegates an int8 BATCH_MATMUL only if its rhs has zero point 0 (TFLITE.md §2); with an
+# asymmetric rhs the op runs on LiteRT's reference kernel, and MiniLM's twelve attention products
+# made the int8 artifact slower than fp32. Float, XNNPACK runs them.
+_ACTIVATION_MATMUL = (
+    "MatMul between two activations (attention): XNNPACK takes an int8 BATCH_MATMUL only with a zero-point-0 "
+    "rhs, else LiteRT's reference kernel runs it, slower than float"
+)
 # Ops that sum or average their input: a square feeding one is a variance or power term.
 _REDUCTIONS = frozenset({"ReduceSum", "ReduceMean", "GlobalAveragePool"})
 
@@ -68,7 +75,8 @@ class TfliteSpec(TargetSpec):
     """The ``tflite`` spec plus plan rules for what int8 TFLite kernels lose (see ``float_reason``)."""
 
     def float_reason(self, node: ir.Node) -> str | None:
-        """Keeps float a square ``Mul(x, x)`` whose output feeds a sum or mean (a variance).
+        """Keeps float a MatMul of two activations (``_ACTIVATION_MATMUL``), and a square ``Mul(x, x)``
+        whose output feeds a sum or mean (a variance).
 
         An int8 square carries ``[0, max(x)^2]`` in 256 steps, so most squares round to a few
         values, and a variance ``E[x^2] - E[x]^2`` cancels what is left. On Magika's two
@@ -76,8 +84,10 @@ class TfliteSpec(TargetSpec):
         on the eval feeds from 0.72 to 0.91.
 
         Returns:
-            The reason, or None when the node is not such a square.
+            The reason, or None when the node is neither.
         """
+        if node.op_type == "MatMul" and all(v is not None and v.const_value is None for v in node.inputs[:2]):
+            return _ACTIVATION_MATMUL
         if node.op_type != "Mul" or len(node.inputs) != 2 or node.inputs[0] is not node.inputs[1]:
             return None
         reductions = sorted({use.node.op_type for use in node.outputs[0].uses()} & _REDUCTIONS)

@@ -67,8 +67,8 @@ class PlanPass(QccPass):
                 set_decision(node, Decision.FLOAT, "no quantized neighbour; an isolated int8 op would only add Q/DQ")
         if spec.int8_chains_only:
             _prune_outside_chains(pending, spec)
-        if spec.fixed_output_params and self.ctx.options.io != IoType.INT8:
-            _float_fixed_output_tails(graph, spec)
+        if spec.fixed_output_params:
+            _float_fixed_output_tails(graph, spec, int8_outputs=self.ctx.options.io == IoType.INT8)
         self._annotate_tensors(graph)
         return ir.passes.PassResult(model, True)
 
@@ -390,17 +390,18 @@ def _prune_outside_chains(pending: list[ir.Node], spec: TargetSpec) -> None:
             changed = True
 
 
-def _float_fixed_output_tails(graph: ir.Graph, spec: TargetSpec) -> None:
+def _float_fixed_output_tails(graph: ir.Graph, spec: TargetSpec, *, int8_outputs: bool) -> None:
     """Runs float an int8 op with runtime-fixed output steps (TFLite's LOGISTIC: 1/256) that only
     float nodes or graph outputs read: its int8 output would be rounded to those steps and then
     converted anyway, while in float it costs the same one conversion (before it instead of after)
     and its output stays exact. YOLOv8's class scores and a text detector's probability map are such
-    tails: a score of 0.241 rounded to the step 0.25 passes a 0.25 threshold."""
+    tails: a score of 0.241 rounded to the step 0.25 passes a 0.25 threshold. With ``int8_outputs``
+    (``--io int8``) a graph output is int8 itself: its writer stays int8."""
     for node in graph:
         decision = get_decision(node)
         if node.op_type not in spec.fixed_output_params or decision is None or decision.decision != Decision.INT8:
             continue
-        read_int8 = False
+        read_int8 = int8_outputs and any(out.is_graph_output() for out in node.outputs)
         for out in node.outputs:
             for use in out.uses():
                 reader = get_decision(use.node)
