@@ -13,13 +13,6 @@ by rounding inside the kernels (one step at most per requantization), which is w
 needs; the artifact's own run checks the bound (see ``mixed_precision``). Which tensors stay
 quantized when some nodes run float is the plan's business (``mixed_precision`` asks it); the
 simulation only switches quantizers.
-
-Most runs switch few quantizers against the run before them (the sensitivity screening switches
-one unit off the all-int8 model; the search adds one unit to the float set so far). A run then
-re-runs only the graph from the first node the switched gates reach (``_Suffixes``): the last
-anchored run (a full run) kept the tensors that cross ``CUTS`` cut points, and a session per cut
-(built when first used) computes the rest from them. The outputs are the full run's, bit for bit
-(the same kernels on the same values).
 """
 
 from __future__ import annotations
@@ -27,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from qcc.annotations import get_float_value
@@ -36,8 +28,6 @@ from qcc.irutils import NameAllocator, add_initializer
 from qcc.qdq import materialize_qdq
 from qcc.quantmath import fake_quantize
 from qcc.runtime import current_cost, session
-
-CUTS = 4  # cut points a gated simulation may re-run from
 
 
 class Simulation:
@@ -79,10 +69,8 @@ class Simulation:
         self.samples = list(samples)
         self.evaluations = 0
         self._cost = current_cost()  # the compile this simulation belongs to counts its runs
-        self._suffixes = _Suffixes(sim, self.gates) if tunable == "gates" else None
-        boundary = self._suffixes.boundary if self._suffixes is not None else {}
-        self._session = session(sim, level="basic", what="the simulated quantized model", extra_outputs=boundary)
-        self._outputs = [o.name for o in sim.graph.outputs]
+        self._session = session(sim, level="basic", what="the simulated quantized model")
+        self._outputs = [o.name for o in self._session.get_outputs()]
 
     def run(
         self,
@@ -101,10 +89,7 @@ class Simulation:
         self.evaluations += 1
         if self._cost is not None:
             self._cost.count_simulation()
-        chosen = self.samples[:samples]
-        if self._suffixes is not None:
-            return self._suffixes.run(self._session, self._outputs, on, chosen, feeds)
-        return [self._session.run(self._outputs, {**feed, **feeds}) for feed in chosen]
+        return [self._session.run(self._outputs, {**feed, **feeds}) for feed in self.samples[:samples]]
 
     def _gate_corrected(self, model: ir.Model, originals: dict[str, np.ndarray], names: NameAllocator) -> None:
         """A constant a pass corrected for the quantized model (a bias) goes back to its float
@@ -129,118 +114,6 @@ class Simulation:
                 use.node.replace_input_with(use.idx, fed)
             inputs.append(fed.name)
         self._param_inputs[tensor] = (inputs[0], inputs[1])
-
-
-class _Suffixes:
-    """Re-runs a gated simulation from the first node its switched gates reach (module docstring).
-
-    Cut ``c`` splits the node list at position ``c``; its boundary is every computed tensor written
-    before ``c`` and read from ``c`` on (or a graph output). An anchored run fetches every cut's
-    boundary with the outputs; a later run whose gates differ from the anchor's only from node
-    ``p`` on runs the suffix of the last cut at or before ``p``, fed the anchor's boundary values.
-    """
-
-    def __init__(self, sim: ir.Model, gates: Mapping[str, str]) -> None:
-        self.model = sim
-        self.nodes = list(sim.graph)
-        self.cuts: list[int] = []
-        self.boundary: dict[str, int] = {}  # every cut's boundary tensor -> ONNX element type
-        self._crossing: dict[int, list[str]] = {}
-        self._sessions: dict[int, object] = {}
-        self._anchor: tuple[frozenset[str], list[dict[str, np.ndarray]]] | None = None
-        self._proto: onnx.ModelProto | None = None
-        subgraphs = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-        if any(a.type in subgraphs for n in self.nodes for a in n.attributes.values()):
-            return  # subgraphs read outer values the cut would have to find: full runs only
-        position = {id(node): i for i, node in enumerate(self.nodes)}
-        by_name = {v.name: v for v in sim.graph.inputs}
-        self.first = {  # quantized tensor -> first node its gate reaches
-            tensor: min((position[id(use.node)] for use in by_name[gate].uses()), default=len(self.nodes))
-            for tensor, gate in gates.items()
-        }
-        starts = sorted(set(self.first.values()))
-        if len(starts) < 2:
-            return
-        for k in range(1, CUTS + 1):  # cuts spread over where gates start, after the first
-            cut = starts[k * (len(starts) - 1) // CUTS]
-            crossing = self._crossing_at(cut, position)
-            if cut > 0 and crossing is not None and cut not in self._crossing:
-                self.cuts.append(cut)
-                self._crossing[cut] = list(crossing)
-                self.boundary.update(crossing)
-
-    def _crossing_at(self, cut: int, position: dict[int, int]) -> dict[str, int] | None:
-        crossing: dict[str, int] = {}
-        for node in self.nodes[:cut]:
-            for value in node.outputs:
-                read_later = any(position[id(use.node)] >= cut for use in value.uses())
-                if read_later or value.is_graph_output():
-                    if not value.name or value.dtype is None:
-                        return None
-                    crossing[value.name] = value.dtype.value
-        return crossing
-
-    def run(self, full, outputs: list[str], on: set[str], samples: list, gates: dict) -> list[list[np.ndarray]]:
-        if not self.cuts:
-            return [full.run(outputs, {**feed, **gates}) for feed in samples]
-        cut = self._cut_for(frozenset(on), len(samples))
-        if cut is None:  # a full run, which becomes the anchor
-            names = outputs + list(self.boundary)
-            kept = []
-            for feed in samples:
-                values = dict(zip(names, full.run(names, {**feed, **gates}), strict=True))
-                kept.append(values)
-            self._anchor = (frozenset(on), kept)
-            return [[values[name] for name in outputs] for values in kept]
-        suffix = self._session(cut)
-        suffix_inputs = [i.name for i in suffix.get_inputs()]
-        suffix_outputs = [o.name for o in suffix.get_outputs()]
-        results = []
-        for feed, anchored in zip(samples, self._anchor[1], strict=False):
-            known = {**feed, **gates, **anchored}
-            values = dict(
-                zip(suffix_outputs, suffix.run(suffix_outputs, {n: known[n] for n in suffix_inputs}), strict=True)
-            )
-            results.append([values[name] if name in values else anchored[name] for name in outputs])
-        return results
-
-    def _cut_for(self, on: frozenset[str], count: int) -> int | None:
-        """The last cut before every gate that differs from the anchor's; None: run in full."""
-        if self._anchor is None or len(self._anchor[1]) < count:
-            return None
-        changed = on ^ self._anchor[0]
-        start = min((self.first[t] for t in changed if t in self.first), default=len(self.nodes))
-        usable = [c for c in self.cuts if c <= start]
-        return max(usable) if usable else None
-
-    def _session(self, cut: int):
-        if cut not in self._sessions:
-            self._sessions[cut] = session(self._suffix_model(cut), level="basic", what="the simulated quantized model")
-        return self._sessions[cut]
-
-    def _suffix_model(self, cut: int) -> onnx.ModelProto:
-        if self._proto is None:
-            self._proto = ir.serde.serialize_model(self.model)
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self._proto)
-        graph = proto.graph
-        kept = list(graph.node)[cut:]
-        read = {name for node in kept for name in node.input}
-        produced = {name for node in kept for name in node.output}
-        inputs = [i for i in graph.input if i.name in read]
-        inputs += [
-            onnx.helper.make_tensor_value_info(name, self.boundary[name], None)
-            for name in self._crossing[cut]
-            if name in read
-        ]
-        outputs = [o for o in graph.output if o.name in produced]
-        initializers = [t for t in graph.initializer if t.name in read]
-        del graph.node[:], graph.input[:], graph.output[:], graph.initializer[:], graph.value_info[:]
-        graph.node.extend(kept)
-        graph.input.extend(inputs)
-        graph.output.extend(outputs)
-        graph.initializer.extend(initializers)
-        return proto
 
 
 def _quantizers(model: ir.Model) -> dict[str, tuple[ir.Node, ir.Node]]:
@@ -269,9 +142,8 @@ def _gate(graph: ir.Graph, tensor: str, dq: ir.Node, out: ir.Value, source: ir.V
     sub = ir.node("Sub", [out, source], name=names.new(f"{tensor}_gate_sub"))
     mul = ir.node("Mul", [sub.outputs[0], gate], name=names.new(f"{tensor}_gate_mul"))
     add = ir.node("Add", [source, mul.outputs[0]], name=names.new(f"{tensor}_gate"))
-    for value in (sub.outputs[0], mul.outputs[0], add.outputs[0]):  # typed: a cut may pass between them
-        value.type, value.shape = out.type, out.shape
     gated = add.outputs[0]
+    gated.type, gated.shape = out.type, out.shape
     for use in readers:
         use.node.replace_input_with(use.idx, gated)
     if was_output:
