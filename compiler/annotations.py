@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -32,6 +33,7 @@ _MOMENTS_KEY = "qcc.input_moments"
 _ROUNDING_KEY = "qcc.weight_rounding"
 _SMOOTHING_KEY = "qcc.smoothing"
 _REFIT_KEY = "qcc.refit"
+_REPLAN_KEY = "qcc.replan"
 # The reason every node kept float by the mixed-precision pass starts with.
 MIXED_REASON = "kept float by mixed precision (--tolerance)"
 # The reason of every node left as an already-quantized (QDQ) model quantized it.
@@ -343,3 +345,37 @@ def get_mixed_precision(graph: ir.Graph) -> MixedPrecision | None:
 def set_mixed_precision(graph: ir.Graph, measured: MixedPrecision) -> None:
     """Records the mixed-precision pass's measurement."""
     graph.meta[_MIXED_KEY] = measured
+
+
+@dataclasses.dataclass(frozen=True)
+class Replan:
+    """A pass's request to plan the model again: the pipeline stops after that pass, and the driver
+    starts over from the float model with these nodes float (re-planning is data, not an exception).
+
+    Attributes:
+        keep_float: node name -> why it must be float.
+        methods: tensor name -> clip method (the clip search's choice); None: not a clip search.
+        nonfinite: tensors that took NaN/Inf in calibration (``keep_float`` holds their readers and
+            writers); what the driver reports if planning does not settle.
+    """
+
+    keep_float: Mapping[str, str]
+    methods: Mapping[str, str] | None = None
+    nonfinite: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One line for the log: what the next plan changes."""
+        what = f"{len(self.keep_float)} node(s) float: {', '.join(list(self.keep_float)[:5])}"
+        if self.methods:
+            what += f"; {len(self.methods)} tensor(s) with another clip range"
+        return what
+
+
+def request_replan(graph: ir.Graph, replan: Replan) -> None:
+    """Asks for the model to be planned again (see :class:`Replan`)."""
+    graph.meta[_REPLAN_KEY] = replan
+
+
+def pending_replan(graph: ir.Graph) -> Replan | None:
+    """The re-plan a pass asked for, if any."""
+    return graph.meta.get(_REPLAN_KEY)

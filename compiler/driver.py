@@ -24,7 +24,7 @@ import onnx
 import onnx_ir as ir
 
 from qcc import frontend
-from qcc.annotations import ALREADY_QUANTIZED_REASON, Decision, get_decision
+from qcc.annotations import ALREADY_QUANTIZED_REASON, Decision, get_decision, pending_replan
 from qcc.backends import get_backend
 from qcc.backends.base import Artifact
 from qcc.context import PassContext, Progress, no_progress
@@ -33,7 +33,6 @@ from qcc.errors import (
     NonFiniteActivationsError,
     OptionError,
     QccError,
-    ReplanRequest,
     StrictError,
     UnsupportedModelError,
 )
@@ -246,22 +245,23 @@ def _compile_planned(
             tensor_methods=tensor_methods,
             settled=plan is not None,
         )
-        try:
-            counted.pipeline_runs += 1
-            timings.update(run_pipeline(loaded.model, ctx))
+        counted.pipeline_runs += 1
+        timings.update(run_pipeline(loaded.model, ctx))
+        replan = pending_replan(loaded.model.graph)
+        if replan is None:
             break
-        except (NonFiniteActivationsError, ReplanRequest) as error:
-            if _attempt == MAX_REPLANS:
-                raise
-            if isinstance(error, ReplanRequest):
-                keep_float.update(error.keep_float)
-                if error.methods is not None:
-                    tensor_methods = {**(tensor_methods or {}), **error.methods}
-                logger.info("keeping %d nodes float (%s); planning again", len(keep_float), str(error))
-            else:
-                keep_float.update(_nodes_touching(loaded.model, error.values))
-                logger.info("keeping %d nodes float around non-finite tensors; planning again", len(keep_float))
-            loaded.model = pristine.clone()
+        if _attempt == MAX_REPLANS:
+            if replan.nonfinite:
+                raise NonFiniteActivationsError(list(replan.nonfinite))
+            raise QccError(
+                f"planning did not settle after {MAX_REPLANS} re-plans (the last asked for {replan.describe()}).",
+                "compile with --tolerance off, or --exclude the nodes the report names; please report the model.",
+            )
+        keep_float.update(replan.keep_float)
+        if replan.methods is not None:
+            tensor_methods = {**(tensor_methods or {}), **replan.methods}
+        logger.info("keeping %d nodes float (%s); planning again", len(keep_float), replan.describe())
+        loaded.model = pristine.clone()
     stamp = time.perf_counter()
     with cost.stage("emit"):
         artifact = backend.emit(loaded.model, ctx)
@@ -601,17 +601,6 @@ def _distinguishing(options: CompileOptions) -> dict[str, Any]:
         "refit": options.refit,
         "tolerance": options.tolerance,
     }
-
-
-def _nodes_touching(model, values: list[str]) -> dict[str, str]:
-    """Returns the nodes that write or read the named tensors, with the reason to keep them float."""
-    names = set(values)
-    found = {}
-    for node in model.graph:
-        touched = [v.name for v in (*node.inputs, *node.outputs) if v is not None and v.name in names]
-        if touched:
-            found[node.name] = f"reads or writes {touched[0]!r}, which takes non-finite values (e.g. a -inf mask)"
-    return found
 
 
 def plan_model(model: object, options: CompileOptions) -> dict[str, Any]:

@@ -74,27 +74,9 @@ class StrictError(QccError):
         )
 
 
-class ReplanRequest(QccError):
-    """Calibration showed that some nodes should stay float (a target rule that needs data).
-
-    The driver catches it and plans again with ``keep_float`` (node name -> reason) and, from the
-    clip search, ``methods`` (tensor name -> calibration method; None: not a clip search).
-    """
-
-    def __init__(self, keep_float: dict[str, str], methods: dict[str, str] | None = None) -> None:
-        self.keep_float = keep_float
-        self.methods = methods
-        what = f"{len(keep_float)} node(s) float: {', '.join(list(keep_float)[:5])}"
-        if methods:
-            what += f"; {len(methods)} tensor(s) with another clip range"
-        super().__init__(f"planning again with {what}.")
-
-
 class NonFiniteActivationsError(QccError):
-    """Calibration saw NaN/Inf in tensors planned as int8 (e.g. a -inf attention mask).
-
-    The driver catches it and compiles again with the nodes reading or writing those tensors kept
-    in float; it reaches the user only if that does not converge.
+    """Calibration saw NaN/Inf in tensors planned as int8 (e.g. a -inf attention mask), and planning
+    again with the nodes reading or writing them float (``annotations.Replan``) did not settle.
 
     Attributes:
         values: names of the tensors that took non-finite values.

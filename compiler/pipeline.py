@@ -17,6 +17,7 @@ import time
 
 import onnx_ir as ir
 
+from qcc.annotations import pending_replan
 from qcc.context import PassContext
 from qcc.invariants import check_invariants
 from qcc.passes.activation_qparams import ActivationQParamsPass
@@ -67,7 +68,8 @@ def build_passes(ctx: PassContext, *, float_only: bool = False) -> list[ir.passe
 
 
 def run_pipeline(model: ir.Model, ctx: PassContext, *, float_only: bool = False) -> dict[str, float]:
-    """Runs the pipeline in place on ``model``.
+    """Runs the pipeline in place on ``model``, up to the end or to the first pass that asks to plan
+    again (``annotations.pending_replan``: the driver then starts over from the float model).
 
     Returns:
         Seconds spent in each pass, by pass name.
@@ -85,4 +87,7 @@ def run_pipeline(model: ir.Model, ctx: PassContext, *, float_only: bool = False)
         logger.debug("pass %s: %.3f s", pass_.name, timings[pass_.name])
         if ctx.options.verify_each:
             check_invariants(model, after=pass_.name)
+        if pending_replan(model.graph) is not None:
+            logger.debug("pass %s asks to plan again; the pipeline stops here", pass_.name)
+            break
     return timings

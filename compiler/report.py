@@ -19,8 +19,8 @@ qcc made the report.
 ``cost`` says what the whole ``compile_model`` call cost, every compile it made included (the
 driver counts it with ``qcc.runtime.CostCounter``; a compile's selections make several):
 
-* ``pipeline_runs``: how many times the pass pipeline started, over every compile (a re-plan after
-  ``ReplanRequest`` or non-finite tensors starts it again);
+* ``pipeline_runs``: how many times the pass pipeline started, over every compile (a pass that asks
+  to plan again, ``annotations.Replan``, starts it again);
 * ``compiles``: each compile in the order made, as ``{"why", "method", "weight_rounding", "dynamic",
   "refit", "tolerance", "pipeline_runs", "seconds"}``. ``why`` names the selections that made it,
   outermost first, joined by ``/``: ``requested`` (the options as given), ``method`` (one per

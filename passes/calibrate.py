@@ -20,17 +20,19 @@ import numpy as np
 import onnx_ir as ir
 
 from qcc.annotations import (
+    Replan,
     Role,
     Stage,
     TensorRange,
     get_quant,
     quantized_values,
+    request_replan,
     set_channel_mean,
     set_histogram,
     set_input_moments,
     set_range,
 )
-from qcc.errors import CalibrationDataError, NonFiniteActivationsError, QccError, ReplanRequest
+from qcc.errors import CalibrationDataError, QccError
 from qcc.options import CalibrationMethod, WeightRounding
 from qcc.passes._base import QccPass
 from qcc.passes._clip_range import clip_range
@@ -189,7 +191,8 @@ class CalibratePass(QccPass):
         stats = self._observe(model, names, wanted)
         bad = [name for name, flag in zip(names, stats.nonfinite, strict=True) if flag]
         if bad:
-            raise NonFiniteActivationsError(bad)
+            request_replan(model.graph, Replan(_nodes_touching(model.graph, bad), nonfinite=tuple(bad)))
+            return ir.passes.PassResult(model, False)
         rows = {name: int(r) for name, r in zip(names, stats.rows, strict=True)}
         method = self.ctx.calibration_method
         chosen = self.ctx.tensor_methods or {}
@@ -205,7 +208,8 @@ class CalibratePass(QccPass):
         keep_float = self.ctx.target.float_after_calibration(model.graph, rows, ranges)
         keep_float = {k: v for k, v in keep_float.items() if k not in self.ctx.keep_float}
         if keep_float:
-            raise ReplanRequest(keep_float)
+            request_replan(model.graph, Replan(keep_float))
+            return ir.passes.PassResult(model, False)
         for value, hist in zip(targets, stats.histograms, strict=True):
             quant = get_quant(value)
             set_range(value, TensorRange(*ranges[value.name]))
@@ -306,3 +310,14 @@ def run_float(sess, names: list[str], feed: dict[str, np.ndarray], index: int) -
             f"the float model failed on calibration sample {index}: {first}",
             "check that the sample's shapes are ones the model accepts.",
         ) from None
+
+
+def _nodes_touching(graph: ir.Graph, values: list[str]) -> dict[str, str]:
+    """The nodes that write or read the named tensors, with the reason to keep them float."""
+    names = set(values)
+    found = {}
+    for node in graph:
+        touched = [v.name for v in (*node.inputs, *node.outputs) if v is not None and v.name in names]
+        if touched:
+            found[node.name] = f"reads or writes {touched[0]!r}, which takes non-finite values (e.g. a -inf mask)"
+    return found

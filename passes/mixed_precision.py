@@ -26,7 +26,7 @@ outputs are from the float model's, in a simulation of the quantized model
    and is still about 1.3x faster than fp32; at 36 float it was 1.1x), and the report says the
    bound was not met (a small model may always float two
    nodes, one tensor's writer and reader).
-3. The pass asks the driver to plan again with the chosen nodes float (``ReplanRequest``), each
+3. The pass asks the driver to plan again with the chosen nodes float (``annotations.Replan``), each
    with its measured effect as the reason. On the second round it only measures and records
    (``annotations.MixedPrecision``); the driver checks the bound on the artifact itself.
 
@@ -49,15 +49,17 @@ from qcc.annotations import (
     MIXED_REASON,
     Decision,
     MixedPrecision,
+    Replan,
     Role,
     clear_annotations,
     float_twin,
     get_decision,
     get_quant,
     quantized_values,
+    request_replan,
     set_mixed_precision,
 )
-from qcc.errors import ReplanRequest, UnsupportedModelError
+from qcc.errors import UnsupportedModelError
 from qcc.metrics import cosine, relative_error
 from qcc.options import CalibrationMethod, ToleranceMetric
 from qcc.passes._base import QccPass
@@ -117,7 +119,8 @@ class MixedPrecisionPass(QccPass):
                 )
                 logger.info("clip search: %d tensors change method, error %.4g -> %.4g", len(methods), before, after)
                 if methods:
-                    raise ReplanRequest({}, methods=methods)
+                    request_replan(model.graph, Replan({}, methods=methods))
+                    return ir.passes.PassResult(model, False)
         sim = Simulation(model, samples)
         outputs = error.of(sim.run())
         worst = max(outputs.values())
@@ -132,7 +135,7 @@ class MixedPrecisionPass(QccPass):
         measured.evaluations = sim.evaluations
         set_mixed_precision(model.graph, measured)
         if chosen:
-            raise ReplanRequest(chosen, methods={})  # methods: the clip search, if any, is done
+            request_replan(model.graph, Replan(chosen, methods={}))  # methods: the clip search, if any, is done
         return ir.passes.PassResult(model, False)
 
     def _search(self, model: ir.Model, sim: Simulation, error: _Error, worst: float) -> dict[str, str]:

@@ -75,6 +75,36 @@ def test_tensors_that_calibrate_to_inf_are_replanned_float():
     assert result.report["verify"]["quantized_but_float"] == []
 
 
+def test_a_replan_is_data_the_pipeline_stops_at_the_pass_that_asks(monkeypatch):
+    """calibrate asks for a re-plan (annotations.Replan) instead of raising: the passes after it do
+    not run, and the driver counts a second pipeline run that carries the float nodes."""
+    from qcc import pipeline
+    from qcc.annotations import pending_replan
+
+    model = build_model(LOG_OF_RELU)
+    ran, stopped = [], []
+    real = pipeline.run_pipeline
+
+    def recording(ir_model, ctx, **kwargs):
+        timings = real(ir_model, ctx, **kwargs)
+        ran.append(list(timings))
+        stopped.append(pending_replan(ir_model.graph))
+        return timings
+
+    monkeypatch.setattr(driver, "run_pipeline", recording)
+    result = qcc.compile(model, calibration=random_feeds(model, 8), tolerance=None)
+    assert result.report["cost"]["pipeline_runs"] == 2
+    assert ran[0][-1] == "calibrate" and "quantize-bias" in ran[1]
+    assert "l" in stopped[0].nonfinite and "y" in stopped[0].keep_float and stopped[1] is None
+
+
+def test_planning_that_does_not_settle_names_the_non_finite_tensors(monkeypatch):
+    monkeypatch.setattr(driver, "MAX_REPLANS", 0)
+    model = build_model(LOG_OF_RELU)
+    with pytest.raises(qcc.QccError, match=r"tensors 'l'.* took non-finite values"):
+        qcc.compile(model, calibration=random_feeds(model, 8), tolerance=None)
+
+
 def test_auto_method_chooses_a_clip_range_per_tensor_by_its_effect_on_the_outputs():
     from tests.e2e.synthetic import synthetic_model
 

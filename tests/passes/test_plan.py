@@ -150,7 +150,8 @@ def test_elementwise_ops_outside_chains_run_float_without_losing_integer_kernels
 
 TAILS = """
 <ir_version: 8, opset_import: ["" : 17]>
-g (float[1,4,6,6] x, float[8,4,3,3] w1, float[8] b1, float[8,8,1,1] w2, float[8] b2) => (float[1,8,6,6] prob, float[1,8,6,6] act) {
+g (float[1,4,6,6] x, float[8,4,3,3] w1, float[8] b1, float[8,8,1,1] w2, float[8] b2)
+  => (float[1,8,6,6] prob, float[1,8,6,6] act) {
   c = Conv<pads=[1,1,1,1]>(x, w1, b1)
   s = Sigmoid(c)
   silu = Mul(c, s)
@@ -186,8 +187,9 @@ def test_tflite_runs_a_fixed_step_tail_float_unless_the_output_is_int8(io):
 
 def test_tflite_fixed_step_tail_output_is_not_rounded_to_its_steps():
     """In LiteRT the probabilities come out between the 1/256 steps, closer to float than a step allows."""
-    import qcc
     from ai_edge_litert.interpreter import Interpreter
+
+    import qcc
     from tests.conftest import random_feeds, run
 
     model = build_model(TAILS, seed=3)
