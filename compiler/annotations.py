@@ -348,6 +348,29 @@ def set_mixed_precision(graph: ir.Graph, measured: MixedPrecision) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a compile settled beyond its options, which another compile can start from instead of
+    searching again (``driver._refit_plan`` compiles the chosen candidate's plan with the refit).
+
+    Attributes:
+        keep_float: node name -> why it is float (non-finite tensors, a target rule that needed
+            data, mixed precision); the nodes the plan would otherwise quantize.
+        tensor_methods: tensor name -> clip method chosen by ``--method auto``'s search (the rest
+            minmax); None where the search has not run.
+    """
+
+    keep_float: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tensor_methods: Mapping[str, str] | None = None
+
+    def merged(self, replan: Replan) -> Plan:
+        """This plan with a pass's re-plan request applied."""
+        methods = self.tensor_methods
+        if replan.methods is not None:
+            methods = {**(methods or {}), **replan.methods}
+        return Plan({**self.keep_float, **replan.keep_float}, methods)
+
+
+@dataclasses.dataclass(frozen=True)
 class Replan:
     """A pass's request to plan the model again: the pipeline stops after that pass, and the driver
     starts over from the float model with these nodes float (re-planning is data, not an exception).

@@ -24,7 +24,7 @@ import onnx
 import onnx_ir as ir
 
 from qcc import frontend
-from qcc.annotations import ALREADY_QUANTIZED_REASON, Decision, get_decision, pending_replan
+from qcc.annotations import ALREADY_QUANTIZED_REASON, Decision, Plan, Replan, get_decision, pending_replan
 from qcc.backends import get_backend
 from qcc.backends.base import Artifact
 from qcc.context import PassContext, Progress, no_progress
@@ -74,9 +74,9 @@ class CompileResult:
     artifact: Artifact
     report: dict[str, Any]
     annotated: ir.Model | None = dataclasses.field(default=None, repr=False)
-    # The plan's float nodes and clip methods (the replans' keep_float, tensor_methods): a compile
-    # seeded with them skips the mixed-precision and clip searches.
-    plan: tuple[dict[str, str], dict[str, str] | None] = dataclasses.field(default=({}, None), repr=False)
+    # The plan's float nodes and clip methods: a compile seeded with them skips the mixed-precision
+    # and clip searches.
+    plan: Plan = dataclasses.field(default_factory=Plan, repr=False)
     # The files the compile read (model, calibration data): save() never writes over them.
     inputs: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
@@ -160,7 +160,7 @@ def _add_warnings(result: CompileResult, options: CompileOptions) -> None:
     op_types = {node.name: node.op_type for node in result.annotated.graph}
     kept = {
         name: reason
-        for name, reason in result.plan[0].items()
+        for name, reason in result.plan.keep_float.items()
         if op_types.get(name) in int8_capable and reason != ALREADY_QUANTIZED_REASON
     }
     result.report["warnings"] = compile_warnings(result.report, kept)
@@ -204,7 +204,7 @@ def _compile_planned(
     progress: Progress,
     statistics: dict | None,
     select_mode: bool,
-    plan: tuple[dict[str, str], dict[str, str] | None] | None = None,
+    plan: Plan | None = None,
 ) -> CompileResult:
     """One compile with one calibration method; with ``select_mode``, a static compile that needed
     float nodes is compared with ``--dynamic``. With ``plan`` (another compile's float nodes and
@@ -226,12 +226,12 @@ def _compile_planned(
     data = None
     if calibration is not None:
         data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
-    keep_float: dict[str, str] = dict(plan[0]) if plan is not None else {}
+    settled = plan is not None
+    current = Plan(plan.keep_float, plan.tensor_methods or {}) if plan is not None else Plan()
     own = loaded.own_quantization
     if own is not None:
         _check_takes_own_quantization(backend.spec, own, loaded.source)
-        keep_float.update(dict.fromkeys(own.nodes, ALREADY_QUANTIZED_REASON))
-    tensor_methods: dict[str, str] | None = (plan[1] or {}) if plan is not None else None
+        current = current.merged(Replan(dict.fromkeys(own.nodes, ALREADY_QUANTIZED_REASON)))
     statistics = {} if statistics is None else statistics
     pristine = loaded.model.clone()
     for _attempt in range(MAX_REPLANS + 1):
@@ -240,10 +240,10 @@ def _compile_planned(
             backend.spec,
             data,
             progress,
-            keep_float=dict(keep_float),
+            keep_float=dict(current.keep_float),
             statistics=statistics,
-            tensor_methods=tensor_methods,
-            settled=plan is not None,
+            tensor_methods=current.tensor_methods,
+            settled=settled,
         )
         counted.pipeline_runs += 1
         timings.update(run_pipeline(loaded.model, ctx))
@@ -257,10 +257,8 @@ def _compile_planned(
                 f"planning did not settle after {MAX_REPLANS} re-plans (the last asked for {replan.describe()}).",
                 "compile with --tolerance off, or --exclude the nodes the report names; please report the model.",
             )
-        keep_float.update(replan.keep_float)
-        if replan.methods is not None:
-            tensor_methods = {**(tensor_methods or {}), **replan.methods}
-        logger.info("keeping %d nodes float (%s); planning again", len(keep_float), replan.describe())
+        current = current.merged(replan)
+        logger.info("keeping %d nodes float (%s); planning again", len(current.keep_float), replan.describe())
         loaded.model = pristine.clone()
     stamp = time.perf_counter()
     with cost.stage("emit"):
@@ -295,8 +293,9 @@ def _compile_planned(
     )
     report["model"]["source"] = loaded.source
     if options.method == CalibrationMethod.AUTO and options.tolerance is not None:
-        report["clip_search"] = dict(sorted((tensor_methods or {}).items()))  # tensor -> method, the rest minmax
-    result = CompileResult(artifact=artifact, report=report, annotated=loaded.model, plan=(keep_float, tensor_methods))
+        # tensor -> method, the rest minmax
+        report["clip_search"] = dict(sorted((current.tensor_methods or {}).items()))
+    result = CompileResult(artifact=artifact, report=report, annotated=loaded.model, plan=current)
     if options.weight_rounding == WeightRounding.AUTO and _nearest_may_be_closer(report):
         with cost.selection("rounding"):
             result = _gptq_or_nearest(model, data, options, progress, statistics, result)
