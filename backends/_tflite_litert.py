@@ -22,7 +22,7 @@ from tflite.Model import Model
 from qcc.backends._tflite_shapes import STATIC_NOTE
 from qcc.data import Feed
 from qcc.errors import BackendError
-from qcc.metrics import OutputFidelity, cosine
+from qcc.metrics import OutputFidelity, concat_parts, cosine
 from qcc.runtime import current_cost, session
 
 RESOLVERS = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
@@ -142,7 +142,7 @@ def compare_with_simulation(
     }
     if not samples:
         result.update(ok=False, error="no verify sample has the artifact's input shapes (--input-shape?)")
-        result["fidelity"] = _fidelity([], [], [o.name for o in ref.get_outputs()])
+        result["fidelity"] = _fidelity([], [], [o.name for o in ref.get_outputs()], reference)
         return result
     ok = True
     for name in RESOLVERS:
@@ -160,7 +160,7 @@ def compare_with_simulation(
         entry = _agreement(got, expected, floats, steps, simulation_cosine if closeness else None)
         if name == "xnnpack":
             entry["delegation"] = delegated_ops(interp)
-            result["fidelity"] = _fidelity(got, floats, [o.name for o in ref.get_outputs()])
+            result["fidelity"] = _fidelity(got, floats, [o.name for o in ref.get_outputs()], reference)
         result["resolvers"][name] = entry
         ok &= entry["ok"]
     result["ok"] = ok
@@ -256,9 +256,9 @@ def float_ops(data: bytes) -> list[str]:
     return found
 
 
-def _fidelity(got, floats, names: list[str]) -> dict[str, Any]:
+def _fidelity(got, floats, names: list[str], reference: ir.Model | onnx.ModelProto) -> dict[str, Any]:
     """Cosine and error of every output vs the float model (the shape every verify reports)."""
-    fidelity = OutputFidelity()
+    fidelity = OutputFidelity(concat_parts(reference))
     for g_outs, f_outs in zip(got, floats, strict=True):
         for name, g, f in zip(names, g_outs, f_outs, strict=True):
             fidelity.add(name, f, g)

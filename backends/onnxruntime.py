@@ -28,7 +28,7 @@ from qcc.backends.base import Artifact, Backend
 from qcc.context import PassContext
 from qcc.data import Feed
 from qcc.irutils import attr_float, attr_int
-from qcc.metrics import OutputFidelity
+from qcc.metrics import OutputFidelity, concat_parts
 from qcc.options import CompileOptions, Precision, WeightStorage, host_is_arm
 from qcc.qdq import materialize_qdq
 from qcc.runtime import session
@@ -170,7 +170,7 @@ def compare_outputs(
     expected = [ref.run(None, feed) for feed in samples]
     del ref
     cand = session(candidate, level=level, what="the quantized model")
-    fidelity = OutputFidelity()
+    fidelity = OutputFidelity(concat_parts(reference))
     for feed, outputs in zip(samples, expected, strict=True):
         for name, e, g in zip(names, outputs, cand.run(None, feed), strict=True):
             fidelity.add(name, e, g)

@@ -133,6 +133,8 @@ def print_summary(report: dict, output: Path) -> None:
         else:
             facts.append("outputs not compared (no calibration samples)")
         out.print(f"verify {status} in {verify['runtime']}: " + ", ".join(facts))
+        for line in part_lines(verify["fidelity"]["outputs"]):
+            out.print(line, highlight=False)
     mixed = report.get("mixed_precision")
     if mixed and mixed["met"] is not None:
         what = "1 - cosine" if mixed["metric"] == "cosine" else "relative error"
@@ -151,6 +153,25 @@ def print_summary(report: dict, output: Path) -> None:
     size = totals["artifact_bytes"] / 1e6
     external = f" + {output}.data (external data)" if external_data(report, output) else ""
     out.print(f"wrote {output}{external} ({size:.2f} MB) in {report['timings']['total']:.1f} s")
+
+
+# A part of a concatenated output is named when its cosine is this much below the whole output's.
+PART_GAP = 0.01
+
+
+def part_lines(outputs: dict) -> list[str]:
+    """One line per part of a concatenated output that fares clearly worse than the whole output
+    (whose cosine its widest part dominates: a detector's boxes over its class scores)."""
+    lines = []
+    for name, stats in outputs.items():
+        for part in stats.get("parts", ()):
+            if part["cosine_min"] < stats["cosine_min"] - PART_GAP:
+                lines.append(
+                    f"  {name}[{part['start']}:{part['stop']}] on axis {part['axis']} (from {part['tensor']!r}): "
+                    f"cosine >= {part['cosine_min']:.4f}, max abs error {part['max_abs_error']:.3g} of "
+                    f"{part['reference_absmax']:.3g}; the whole output's cosine is {stats['cosine_min']:.4f}"
+                )
+    return lines
 
 
 def print_plans(model: Path, first: dict, plans: dict[str, dict]) -> None:
