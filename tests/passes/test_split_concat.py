@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import qcc
 from qcc.passes.canonicalize import CanonicalizePass
@@ -181,3 +183,58 @@ def test_class_logits_get_their_own_scale(target):
         cls = {tensors[name]["scale"] for name in ("c3", "c4")}
         assert not box & cls
     assert result.report["verify"]["fidelity"]["outputs"]["y"]["cosine_min"] > 0.99
+
+
+@st.composite
+def _split_of_concats(draw):
+    """A random head: k inputs (N, c_i, H, W) concatenated on channels, optionally flattened to
+    (N, C, H*W) and concatenated with a second such branch on the last axis, then split on channels
+    at the input widths or at random cuts; N, H, W are symbolic or static."""
+    widths = draw(st.lists(st.integers(1, 4), min_size=2, max_size=4))
+    flatten = draw(st.booleans())
+    second = flatten and draw(st.booleans())
+    total = sum(widths)
+    if draw(st.booleans()):
+        sizes = list(widths)
+    else:
+        cuts = sorted(draw(st.sets(st.integers(1, total - 1), min_size=1, max_size=3)))
+        sizes = [b - a for a, b in zip([0, *cuts], [*cuts, total], strict=True)]
+    symbolic = draw(st.booleans())
+    dims = "N,{c},H,W" if symbolic else "2,{c},3,4"
+    inputs = [f"float[{dims.format(c=c)}] x{i}" for i, c in enumerate(widths)]
+    body = [f"s = Concat<axis=1>({', '.join(f'x{i}' for i in range(len(widths)))})"]
+    last = "s"
+    if flatten:
+        body.append("t = Reshape(s, shape)")
+        last = "t"
+        if second:
+            inputs.append(f"float[{dims.format(c=total).rsplit(',', 2)[0]},5] z")
+            body.append("u = Concat<axis=2>(t, z)")
+            last = "u"
+    outs = [f"y{j}" for j in range(len(sizes))]
+    body.append(f"{', '.join(outs)} = Split<axis=1>({last}, sizes)")
+    text = (
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        f"g ({', '.join(inputs)}, int64[{len(sizes)}] sizes, int64[3] shape)"
+        f" => ({', '.join(f'float[?,?,?] {o}' for o in outs)})" + " {\n  " + "\n  ".join(body) + "\n}\n"
+    )
+    constants = {"sizes": np.array(sizes, np.int64), "shape": np.array([0, total, -1], np.int64)}
+    return build_model(text, constants=constants), widths, second
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(_split_of_concats())
+def test_random_heads_compute_the_same(case):
+    """Whatever the rules rewrite, every output is bit-identical in ONNX Runtime."""
+    model, widths, second = case
+    result = to_proto(float_passes(model, CanonicalizePass))
+    rng = np.random.default_rng(0)
+    feed = {}
+    for value in model.graph.input:
+        dims = [
+            d.dim_value if d.HasField("dim_value") else {"N": 2, "H": 3, "W": 4}[d.dim_param]
+            for d in value.type.tensor_type.shape.dim
+        ]
+        feed[value.name] = rng.normal(size=dims).astype(np.float32)
+    for got, want in zip(run(result, feed), run(model, feed), strict=True):
+        np.testing.assert_array_equal(got, want)
