@@ -92,9 +92,9 @@ def _rewire(shapes: list[ir.Node], value: ir.Value) -> None:
 
 def _shape_reads(split: ir.Node, x: ir.Value, kept: Callable[[int], bool]) -> list[ir.Node] | None:
     """The ``Shape`` nodes reading ``x`` besides ``split``, if each reads only dims ``kept`` says
-    another tensor shares (through constant ``Gather`` indices); None if ``x`` has another use."""
+    another tensor shares (through constant non-negative ``Gather`` indices: a negative one counts
+    from the end, which moves when the other tensor's rank differs); None if ``x`` has another use."""
     shapes = []
-    rank = len(x.shape)
     for user, _index in x.uses():
         if user is split:
             continue
@@ -105,7 +105,7 @@ def _shape_reads(split: ir.Node, x: ir.Value, kept: Callable[[int], bool]) -> li
             return None
         for reader, position in out.uses():
             indices = const_array(reader.inputs[1]) if reader.op_type == "Gather" and position == 0 else None
-            if indices is None or not all(kept(int(i) % rank) for i in np.ravel(indices)):
+            if indices is None or np.any(indices < 0) or not all(kept(int(i)) for i in np.ravel(indices)):
                 return None
         shapes.append(user)
     return shapes

@@ -76,6 +76,34 @@ def test_yolo_head_split_cancels_and_keeps_every_shape():
         np.testing.assert_allclose(run(to_proto(result), feed)[0], run(model, feed)[0], rtol=0, atol=0)
 
 
+def test_a_shape_read_from_the_end_is_not_rewired():
+    """Gather(Shape(t), -3) names dim 0 of the 3-D reshape output but would name dim 1 of its 4-D
+    input: the Reshape stays (the Concat under it still cancels with a Split of its own)."""
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N,2,3,4] p, float[N,3,3,4] q, int64[3] shape, int64[2] sizes, int64[1] back) => (float[?,?,?] y0,
+           float[?,?,?] y1, int64[1] n) {
+          s = Concat<axis=1>(p, q)
+          t = Reshape(s, shape)
+          y0, y1 = Split<axis=1>(t, sizes)
+          d = Shape(t)
+          n = Gather<axis=0>(d, back)
+        }
+        """,
+        constants={
+            "shape": np.array([0, 5, -1], np.int64),
+            "sizes": np.array([2, 3], np.int64),
+            "back": np.array([-3], np.int64),
+        },
+    )
+    result = float_passes(model, CanonicalizePass)
+    assert "Reshape" in op_types(result)
+    feed = {"p": np.ones((2, 2, 3, 4), np.float32), "q": np.zeros((2, 3, 3, 4), np.float32)}
+    for got, want in zip(run(to_proto(result), feed), run(model, feed), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def _values_upstream(node):
     seen, stack = [], list(node.inputs)
     while stack:
