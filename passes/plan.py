@@ -396,8 +396,9 @@ def _float_fixed_output_tails(graph: ir.Graph, spec: TargetSpec, *, int8_outputs
     converted anyway, while in float it costs the same one conversion (before it instead of after)
     and its output stays exact. YOLOv8's class scores and a text detector's probability map are such
     tails: a score of 0.241 rounded to the step 0.25 passes a 0.25 threshold. With ``int8_outputs``
-    (``--io int8``) a graph output is int8 itself: its writer stays int8."""
-    for node in graph:
+    (``--io int8``) a graph output is int8 itself: its writer stays int8. Readers first (reverse
+    graph order), so a chain of such ops (Sigmoid -> Softmax) runs float from its end."""
+    for node in reversed(list(graph)):
         decision = get_decision(node)
         if node.op_type not in spec.fixed_output_params or decision is None or decision.decision != Decision.INT8:
             continue

@@ -209,3 +209,28 @@ def test_tflite_fixed_step_tail_output_is_not_rounded_to_its_steps():
         off_grid.append(np.mean(np.abs(got * 256 - np.round(got * 256)) > 1e-3))
         assert np.abs(got - want).max() < 0.05
     assert np.mean(off_grid) > 0.5
+
+
+def test_a_chain_of_fixed_step_ops_read_in_float_runs_float_from_its_end():
+    from qcc.backends import get_backend
+    from qcc.context import PassContext
+    from qcc.frontend import load
+    from qcc.options import CompileOptions
+
+    model = build_model(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,4,6,6] x, float[8,4,3,3] w1, float[8] b1) => (float[1,8,6,6] y) {
+          c = Conv<pads=[1,1,1,1]>(x, w1, b1)
+          s = Sigmoid(c)
+          y = Tanh(s)
+        }
+        """,
+        seed=3,
+    )
+    loaded = load(model).model
+    ctx = PassContext(CompileOptions(target="tflite"), get_backend("tflite").spec)
+    for cls in (CanonicalizePass, PlanPass):
+        cls(ctx)(loaded)
+    decisions = {n.outputs[0].name: get_decision(n).decision for n in loaded.graph}
+    assert decisions == {"c": Decision.INT8, "s": Decision.FLOAT, "y": Decision.FLOAT}
