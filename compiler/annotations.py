@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -327,6 +328,12 @@ class MixedPrecision:
         outputs: each output's error.
         evaluations: simulated runs the search took.
         samples: calibration samples each run used.
+        search: how the float search ended, when one ran: ``stopped`` (``bound``: the simulated
+            error reached the target; ``no_gain``: no unit left closes ``MIN_GAIN`` of the gap;
+            ``budget``: the units left would pass ``MAX_FLOAT_SHARE``; ``exhausted``: nothing is
+            left to float) and ``left``: the most helpful units it left int8 (those whose last
+            measurement lowered the error at all), each with its ``tensor``, ``nodes`` and measured
+            ``effect`` (how much floating it lowered the error).
     """
 
     metric: str
@@ -335,6 +342,7 @@ class MixedPrecision:
     outputs: dict[str, float]
     evaluations: int
     samples: int
+    search: dict[str, Any] | None = None
 
 
 def get_mixed_precision(graph: ir.Graph) -> MixedPrecision | None:
@@ -361,13 +369,15 @@ class Plan:
 
     keep_float: Mapping[str, str] = dataclasses.field(default_factory=dict)
     tensor_methods: Mapping[str, str] | None = None
+    search: Mapping[str, Any] | None = None  # how the float search ended (``MixedPrecision.search``)
 
     def merged(self, replan: Replan) -> Plan:
         """This plan with a pass's re-plan request applied."""
         methods = self.tensor_methods
         if replan.methods is not None:
             methods = {**(methods or {}), **replan.methods}
-        return Plan({**self.keep_float, **replan.keep_float}, methods)
+        search = replan.search if replan.search is not None else self.search
+        return Plan({**self.keep_float, **replan.keep_float}, methods, search)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,11 +390,14 @@ class Replan:
         methods: tensor name -> clip method (the clip search's choice); None: not a clip search.
         nonfinite: tensors that took NaN/Inf in calibration (``keep_float`` holds their readers and
             writers); what the driver reports if planning does not settle.
+        search: how mixed precision's search ended (``MixedPrecision.search``): the re-planned
+            compile only measures, and reports it.
     """
 
     keep_float: Mapping[str, str]
     methods: Mapping[str, str] | None = None
     nonfinite: tuple[str, ...] = ()
+    search: Mapping[str, Any] | None = None  # the mixed-precision search's ending, for the report
 
     def describe(self) -> str:
         """One line for the log: what the next plan changes."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import onnx_ir as ir
 
@@ -38,6 +39,8 @@ class PassContext:
             (tensor name -> method; the rest minmax); None until the search has run.
         settled: the float nodes and clip methods are another compile's final plan (the refit
             compile of ``driver._round_then_refit``): mixed precision only measures.
+        search: how the mixed-precision search that chose the float nodes ended (reported by the
+            compile that only measures).
     """
 
     options: CompileOptions
@@ -48,6 +51,7 @@ class PassContext:
     statistics: dict | None = None
     tensor_methods: Mapping[str, str] | None = None
     settled: bool = False
+    search: Mapping[str, Any] | None = None
 
     @property
     def weight_dtype(self) -> ir.DataType:

@@ -227,7 +227,7 @@ def _compile_planned(
     if calibration is not None:
         data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
     settled = plan is not None
-    current = Plan(plan.keep_float, plan.tensor_methods or {}) if plan is not None else Plan()
+    current = Plan(plan.keep_float, plan.tensor_methods or {}, plan.search) if plan is not None else Plan()
     own = loaded.own_quantization
     if own is not None:
         _check_takes_own_quantization(backend.spec, own, loaded.source)
@@ -244,6 +244,7 @@ def _compile_planned(
             statistics=statistics,
             tensor_methods=current.tensor_methods,
             settled=settled,
+            search=current.search,
         )
         counted.pipeline_runs += 1
         timings.update(run_pipeline(loaded.model, ctx))

@@ -267,7 +267,30 @@ def mixed_precision_section(
         "simulated_runs": measured.evaluations if measured else 0,
         "samples": measured.samples if measured else None,
         "kept_float": kept,
+        "search": measured.search if measured else None,
     }
+
+
+_SEARCH_ENDINGS = {
+    "no_gain": "no unit left int8 closes enough of the gap to the bound to be worth its speed",
+    "budget": "floating more would pass the share of quantized nodes it may keep float",
+    "exhausted": "every quantized node is float already",
+    "bound": "its simulation reached the bound, the artifact did not",
+}
+
+
+def _search_ending(search: Mapping[str, Any] | None) -> str:
+    """One sentence on why mixed precision's search stopped, naming the best units it left int8."""
+    if not search:
+        return ""
+    text = f" The float search stopped: {_SEARCH_ENDINGS.get(search['stopped'], search['stopped'])}"
+    left = search.get("left") or []
+    if left:
+        named = ", ".join(f"{u['tensor']!r} ({u['effect']:.2g})" for u in left)
+        text += f"; the most helpful units left int8, with how much each lowered the error: {named}"
+    elif search["stopped"] == "no_gain":
+        text += "; floating any unit it measured last did not lower the error"
+    return text + "."
 
 
 def compile_warnings(report: dict[str, Any], kept_float: Mapping[str, str]) -> list[dict[str, str]]:
@@ -297,7 +320,7 @@ def compile_warnings(report: dict[str, Any], kept_float: Mapping[str, str]) -> l
             "tolerance_missed",
             f"the artifact misses --tolerance: output {what} {mixed['artifact_error']:.4g} > bound {mixed['bound']:g} "
             f"on {mixed.get('artifact_samples')} calibration samples, with {len(mixed['kept_float'])} nodes kept "
-            "float. "
+            f"float.{_search_ending(mixed.get('search'))} "
             "Try --method mse or entropy, more representative calibration data, --exclude the layers `qcc analyze` "
             "ranks worst, or a looser --tolerance.",
         )

@@ -76,6 +76,7 @@ WINDOWS = 2  # rounds in a row that find nothing to float before the search stop
 MARGIN = 0.8  # the simulation aims at this fraction of the bound
 MAX_FLOAT_SHARE = 0.4  # at most this share of the quantized nodes is made float
 MIN_GAIN = 0.02  # a unit is floated only if it closes at least this share of the gap to the target
+SHOWN = 3  # units the report names among those the search left int8
 _QUANTIZED = (Decision.INT8, Decision.WEIGHT_ONLY)
 
 
@@ -129,17 +130,22 @@ class MixedPrecisionPass(QccPass):
             options.tolerance_metric.value, options.tolerance, worst, outputs, sim.evaluations, len(samples)
         )
         if worst <= options.tolerance or searched:
+            measured.search = dict(self.ctx.search) if searched and self.ctx.search is not None else None
             set_mixed_precision(model.graph, measured)
             return ir.passes.PassResult(model, False)
-        chosen = self._search(model, sim, error, worst)
+        chosen, measured.search = self._search(model, sim, error, worst)
         measured.evaluations = sim.evaluations
         set_mixed_precision(model.graph, measured)
         if chosen:
-            request_replan(model.graph, Replan(chosen, methods={}))  # methods: the clip search, if any, is done
+            # methods: the clip search, if any, is done
+            request_replan(model.graph, Replan(chosen, methods={}, search=measured.search))
         return ir.passes.PassResult(model, False)
 
-    def _search(self, model: ir.Model, sim: Simulation, error: _Error, worst: float) -> dict[str, str]:
-        """Returns the nodes to keep float, with their reasons (empty: nothing helps)."""
+    def _search(
+        self, model: ir.Model, sim: Simulation, error: _Error, worst: float
+    ) -> tuple[dict[str, str], dict[str, object]]:
+        """Returns the nodes to keep float, with their reasons (empty: nothing helps), and how the
+        search ended (``MixedPrecision.search``)."""
         bound = self.ctx.options.tolerance
         planner = _Planner(model, self.ctx)
         neighbours = _neighbours(model.graph)
@@ -163,6 +169,8 @@ class MixedPrecisionPass(QccPass):
             return max(error.of(sim.run(planner.quantized(nodes))).values())
 
         window = 0  # rounds that found nothing to float look further down the ranking
+        measured: dict[str, float] = {}  # each unit's effect when last measured on every sample
+        stopped = "bound"
         while current > MARGIN * bound:
             # A round: the most harmful units by the screening that are not float yet, measured on
             # every sample on top of the float set so far (errors do not add up: with two broken
@@ -171,8 +179,13 @@ class MixedPrecisionPass(QccPass):
             candidates = [t for t in ranked if units[t] - floating and len(floating | units[t]) <= budget]
             batch = candidates[window * REFINED:(window + 1) * REFINED]
             if not batch or window >= WINDOWS:
+                if candidates or window:
+                    stopped = "no_gain"
+                else:
+                    stopped = "budget" if any(units[t] - floating for t in ranked) else "exhausted"
                 break
             effects = {t: current - error_with(floating | units[t]) for t in batch}
+            measured.update(effects)
             self.ctx.progress("float search", len(floating), budget)
             added = False
             for tensor in sorted(effects, key=effects.get, reverse=True):
@@ -192,9 +205,17 @@ class MixedPrecisionPass(QccPass):
                     )
                 current, added = after, True
             window = 0 if added else window + 1
-        logger.info("mixed precision: %d units measured, %d nodes float, error %.4g -> %.4g",
-                    len(units), len(chosen), worst, current)
-        return chosen
+        logger.info("mixed precision: %d units measured, %d nodes float, error %.4g -> %.4g (%s)",
+                    len(units), len(chosen), worst, current, stopped)
+        helpful = (t for t in measured if units[t] - floating and measured[t] > 0)
+        left = sorted(helpful, key=measured.get, reverse=True)[:SHOWN]
+        summary = {
+            "stopped": stopped,
+            "left": [
+                {"tensor": t, "nodes": sorted(units[t] - floating), "effect": float(measured[t])} for t in left
+            ],
+        }
+        return chosen, summary
 
 
 class _Error:

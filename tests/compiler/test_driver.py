@@ -262,6 +262,9 @@ def test_a_missed_tolerance_is_a_logged_warning_and_strict_raises(caplog):
     assert _codes(result) == ["tolerance_missed", "kept_float"]
     missed = result.warnings[0]["message"]
     assert "misses --tolerance" in missed and "> bound 0" in missed and "looser --tolerance" in missed
+    # ... and says why the float search stopped (a bound of 0: the float budget ran out).
+    search = result.report["mixed_precision"]["search"]
+    assert search["stopped"] in ("budget", "no_gain") and "The float search stopped: " in missed
     assert "2 node(s) qcc could quantize stay float" in result.warnings[1]["message"]
     logged = [r for r in caplog.records if r.name == "qcc" and r.levelno == logging.WARNING]
     assert [r.getMessage().split(":")[0] for r in logged] == ["tolerance_missed", "kept_float"]

@@ -279,3 +279,6 @@ def test_units_that_close_little_of_the_gap_stay_int8(monkeypatch):
     assert every["met"] and len(every["kept_float"]) == layers  # every small gain taken: all float
     default = kept(min_gain_default)
     assert 0 < len(default["kept_float"]) < layers and default["met"] is False
+    # The report says why the search stopped and names the best units it left int8.
+    assert default["search"]["stopped"] == "no_gain"
+    assert all(0 < u["effect"] < default["simulated_error"] and u["nodes"] for u in default["search"]["left"])
