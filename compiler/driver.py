@@ -227,7 +227,7 @@ def _compile_planned(
     if calibration is not None:
         data = open_calibration(calibration, loaded.input_specs(), options.max_calibration_samples)
     settled = plan is not None
-    current = Plan(plan.keep_float, plan.tensor_methods or {}, plan.search) if plan is not None else Plan()
+    current = dataclasses.replace(plan, tensor_methods=plan.tensor_methods or {}) if plan is not None else Plan()
     own = loaded.own_quantization
     if own is not None:
         _check_takes_own_quantization(backend.spec, own, loaded.source)

@@ -85,18 +85,16 @@ class OutputFidelity:
         for tensor, axis, start, stop in self._parts.get(name, ()):
             if np.ndim(expected) > axis and np.shape(expected) == np.shape(got):
                 index = (slice(None),) * axis + (slice(start, stop),)
-                self._add((name, tensor, axis, start, stop), np.asarray(expected)[index], np.asarray(got)[index])
-        e = np.asarray(expected, dtype=np.float64).ravel()
-        g = np.asarray(got, dtype=np.float64).ravel()
-        keep = np.isfinite(e)
-        self.finite &= bool(np.all(np.isfinite(g[keep]))) and bool(np.array_equal(e[~keep], g[~keep], equal_nan=True))
-        self._add(name, e[keep], g[keep])
+                e, g, _keep = _finite(np.asarray(expected)[index], np.asarray(got)[index])
+                self._add((name, tensor, axis, start, stop), e, g)
+        e, g, keep = _finite(expected, got)
+        self.finite &= bool(np.all(np.isfinite(g))) and bool(
+            np.array_equal(np.ravel(expected)[~keep], np.ravel(got)[~keep], equal_nan=True)
+        )
+        self._add(name, e, g)
 
-    def _add(self, key: object, expected: np.ndarray, got: np.ndarray) -> None:
-        e = np.asarray(expected, dtype=np.float64).ravel()
-        g = np.asarray(got, dtype=np.float64).ravel()
-        keep = np.isfinite(e)
-        e, g = e[keep], g[keep]
+    def _add(self, key: object, e: np.ndarray, g: np.ndarray) -> None:
+        """Adds the finite pairs of one output (or part) of one sample."""
         stats = self._stats[key]
         stats["cosine"].append(cosine(e, g))
         stats["max_abs_error"].append(float(np.max(np.abs(e - g))) if e.size else 0.0)
@@ -115,6 +113,14 @@ class OutputFidelity:
                 part = {"tensor": tensor, "axis": axis, "start": start, "stop": stop, **_summary(s)}
                 outputs[name].setdefault("parts", []).append(part)
         return {"samples": self.samples, "finite": self.finite, "outputs": outputs}
+
+
+def _finite(expected: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flattened float64 values at the positions where the float model is finite, and that mask."""
+    e = np.asarray(expected, dtype=np.float64).ravel()
+    g = np.asarray(got, dtype=np.float64).ravel()
+    keep = np.isfinite(e)
+    return e[keep], g[keep], keep
 
 
 def _summary(stats: Mapping[str, list[float]]) -> dict[str, float]:

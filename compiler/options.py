@@ -181,6 +181,12 @@ class CliFlag:
     show_default: bool = True
 
 
+def _inverted(flag: str, help: str, field: str) -> CliFlag:  # noqa: A002 - CliFlag's own name
+    """A flag that, given, sets a default-True field False (``--no-verify`` sets ``verify``)."""
+    name = flag.lstrip("-").replace("-", "_")
+    return CliFlag((flag,), help, name=name, default=False, parse=lambda given: {field: not given})
+
+
 @dataclasses.dataclass(frozen=True)
 class OptionInfo:
     """What one :class:`CompileOptions` field means and how users set it (the field's metadata).
@@ -241,13 +247,7 @@ class CompileOptions:
     per_channel: bool = _option(
         True,
         doc="per-output-channel weight scales (default) or one per tensor.",
-        cli=CliFlag(
-            ("--per-tensor",),
-            "One weight scale per tensor instead of per channel.",
-            name="per_tensor",
-            default=False,
-            parse=lambda per_tensor: {"per_channel": not per_tensor},
-        ),
+        cli=_inverted("--per-tensor", "One weight scale per tensor instead of per channel.", "per_channel"),
     )
     activation_type: ActivationType = _option(
         ActivationType.AUTO,
@@ -292,13 +292,7 @@ class CompileOptions:
     verify: bool = _option(
         True,
         doc="run the artifact in its runtime after emitting it and put the result in the report.",
-        cli=CliFlag(
-            ("--no-verify",),
-            "Skip running the artifact in its runtime.",
-            name="no_verify",
-            default=False,
-            parse=lambda no_verify: {"verify": not no_verify},
-        ),
+        cli=_inverted("--no-verify", "Skip running the artifact in its runtime.", "verify"),
     )
     max_calibration_samples: int | None = _option(
         None,

@@ -363,10 +363,7 @@ def _quantized_activation(value: ir.Value | None, spec: TargetSpec) -> bool:
 def _prune_outside_chains(pending: list[ir.Node], spec: TargetSpec) -> None:
     """Runs float every int8 elementwise node that is not inside an int8 chain, until none is left
     (``TargetSpec.int8_chains_only``), and then what only they kept quantized."""
-
-    def int8(node: ir.Node | None) -> bool:
-        decision = get_decision(node) if node is not None else None
-        return decision is not None and decision.decision in (Decision.INT8, Decision.FUSED)
+    int8 = _runs_int8
 
     changed = True
     while changed:
@@ -390,6 +387,12 @@ def _prune_outside_chains(pending: list[ir.Node], spec: TargetSpec) -> None:
             changed = True
 
 
+def _runs_int8(node: ir.Node | None) -> bool:
+    """The node is decided int8, or fused into an int8 producer."""
+    decision = get_decision(node) if node is not None else None
+    return decision is not None and decision.decision in (Decision.INT8, Decision.FUSED)
+
+
 def _float_fixed_output_tails(graph: ir.Graph, spec: TargetSpec, *, int8_outputs: bool) -> None:
     """Runs float an int8 op with runtime-fixed output steps (TFLite's LOGISTIC: 1/256) that only
     float nodes or graph outputs read: its int8 output would be rounded to those steps and then
@@ -403,10 +406,7 @@ def _float_fixed_output_tails(graph: ir.Graph, spec: TargetSpec, *, int8_outputs
         if node.op_type not in spec.fixed_output_params or decision is None or decision.decision != Decision.INT8:
             continue
         read_int8 = int8_outputs and any(out.is_graph_output() for out in node.outputs)
-        for out in node.outputs:
-            for use in out.uses():
-                reader = get_decision(use.node)
-                read_int8 |= reader is not None and reader.decision in (Decision.INT8, Decision.FUSED)
+        read_int8 |= any(_runs_int8(use.node) for out in node.outputs for use in out.uses())
         if not read_int8:
             scale = spec.fixed_output_params[node.op_type][0]
             set_decision(
