@@ -260,11 +260,32 @@ def infer_shapes(model: ir.Model) -> None:
         for out in node.outputs:
             if out.shape is not None and not all(isinstance(d, int) for d in out.shape):
                 out.shape = None
+    # onnx-ir logs a failed inference as a warning with its traceback; here a failure is expected
+    # (an instance at a size the model cannot take) and the lowering names any tensor it leaves
+    # without a static shape, so the warning is taken off the user's console and kept at debug.
+    failures = _Swallowed()
+    inference_logger = logging.getLogger(common.shape_inference.__name__)
+    inference_logger.addFilter(failures)
     try:
         common.ShapeInferencePass()(model)
     except Exception as exc:  # noqa: BLE001 - ONNX shape inference raises several unrelated types
-        # The lowering names any tensor that is left without a static shape.
-        logger.debug("shape inference failed (%s); keeping the frontend's shapes", exc)
+        failures.errors.append(exc)
+    finally:
+        inference_logger.removeFilter(failures)
+    for error in failures.errors:
+        logger.debug("shape inference failed (%s); keeping the frontend's shapes", error)
+
+
+class _Swallowed(logging.Filter):
+    """Drops the records of one logger, keeping the exceptions they carry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[object] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.errors.append(record.exc_info[1] if record.exc_info else record.getMessage())
+        return False
 
 
 # -- folding ---------------------------------------------------------------------------------------

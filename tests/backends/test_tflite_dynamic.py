@@ -293,3 +293,27 @@ def test_every_kind_of_dynamic_batch_is_dynamic(dim):
     result = qcc.compile(model, target="tflite", calibration=_images([(2, 16)]), tolerance=None)
     (detail,) = interpreter(result.artifact.data).get_input_details()
     assert list(detail["shape"]) == [2, 16] and list(detail["shape_signature"]) == [-1, 16]
+
+
+def test_sizes_the_model_cannot_take_are_probed_quietly(caplog):
+    """A stride-2 Conv upsampled back and concatenated with its input (a U-Net or YOLO neck) takes
+    only even sizes. Probing the odd ones fails ONNX shape inference, which onnx-ir logs as a
+    warning with its traceback; that is not the user's problem and must not reach their console."""
+    _reseed()
+    nodes = [
+        oh.make_node("Conv", ["x", "w1", "b1"], ["down"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        oh.make_node("Resize", ["down", "", "scales"], ["up"], mode="nearest"),
+        oh.make_node("Concat", ["x", "up"], ["y"], axis=1),
+    ]
+    inits = [
+        _const("w1", _weights(3, 3, 3, 3)),
+        _const("b1", _weights(3)),
+        _const("scales", np.array([1, 1, 2, 2], np.float32)),
+    ]
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = oh.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = _model(nodes, [x], [y], inits)
+    with caplog.at_level("WARNING"):
+        result = qcc.compile(model, target="tflite", calibration=_images([(1, 3, 8, 8)]), tolerance=None)
+    assert not [r for r in caplog.records if r.name.startswith("onnx_ir")], caplog.text
+    assert result.report["verify"]["ok"]
