@@ -100,6 +100,7 @@ ORT_SPEC = OrtSpec(
     dynamic=True,
     precisions=frozenset({"int8", "int4"}),
     int8_chains_only=True,
+    priced_in_onnxruntime=True,
 )
 
 

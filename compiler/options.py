@@ -352,6 +352,21 @@ class CompileOptions:
         doc='what ``tolerance`` bounds: ``"cosine"`` (1 - cosine similarity, per output) or ``"relative"`` '
         "(relative L2 error). On the command line, part of ``--tolerance`` (``relative:0.05``).",
     )
+    latency_budget: float | None = _option(
+        None,
+        doc="``ort``: the artifact's time as a fraction of the float model's (``0.6``: at least 1.67x faster), "
+        "as ``qcc.latency`` prices it. Mixed precision then keeps float the nodes that remove the most "
+        "error per millisecond, within the budget, and returns to int8 those the bound no longer needs "
+        '(``report["mixed_precision"]["search"]["latency"]``). None: nodes are chosen by error alone, at '
+        "most 40% of the quantized ones.",
+        cli=CliFlag(
+            ("--latency-budget",),
+            "ort: the artifact's time at most this fraction of fp32's (e.g. 0.6, as priced); mixed precision "
+            "then keeps float the nodes that remove the most error per millisecond.",
+            type=float,
+        ),
+        targets=("ort",),
+    )
     bias_correction: bool = _option(
         False,
         doc="subtract each int8 Conv/Gemm's mean weight-rounding shift, measured on the calibration data, from "
@@ -462,6 +477,14 @@ class CompileOptions:
             raise OptionError(
                 f"tolerance={self.tolerance!r} is not a non-negative number.",
                 "pass e.g. 0.01 (1 - cosine of every output), or None to quantize all the plan allows.",
+            )
+
+        budget = self.latency_budget
+        fraction = isinstance(budget, (int, float)) and not isinstance(budget, bool) and 0 < budget <= 1
+        if budget is not None and not fraction:
+            raise OptionError(
+                f"latency_budget={budget!r} is not a fraction of the float model's time in (0, 1].",
+                "pass e.g. 0.6 for an artifact at least 1.67x faster than fp32, or 1 for never slower.",
             )
 
     @property

@@ -274,6 +274,7 @@ def mixed_precision_section(
 _SEARCH_ENDINGS = {
     "no_gain": "no unit left int8 closes enough of the gap to the bound to be worth its speed",
     "budget": "floating more would pass the share of quantized nodes it may keep float",
+    "latency": "floating more would pass --latency-budget, as priced for ONNX Runtime",
     "exhausted": "every quantized node is float already",
     "bound": "its simulation reached the bound, the artifact did not",
 }
@@ -286,11 +287,30 @@ def _search_ending(search: Mapping[str, Any] | None) -> str:
     text = f" The float search stopped: {_SEARCH_ENDINGS.get(search['stopped'], search['stopped'])}"
     left = search.get("left") or []
     if left:
-        named = ", ".join(f"{u['tensor']!r} ({u['effect']:.2g})" for u in left)
-        text += f"; the most helpful units left int8, with how much each lowered the error: {named}"
+        named = ", ".join(
+            f"{u['tensor']!r} ({u['effect']:.2g}" + (f", {u['cost_ms']:.2g} ms" if "cost_ms" in u else "") + ")"
+            for u in left
+        )
+        costs = " and what floating it would cost" if any("cost_ms" in u for u in left) else ""
+        text += f"; the most helpful units left int8, with how much each lowered the error{costs}: {named}"
     elif search["stopped"] == "no_gain":
         text += "; floating any unit it measured last did not lower the error"
     return text + "."
+
+
+def _trade_off(search: Mapping[str, Any] | None) -> str:
+    """One sentence on what mixed precision's float nodes cost in speed, when it priced them."""
+    latency = (search or {}).get("latency")
+    if not latency or latency["predicted_ms"] <= 0 or latency["int8_ms"] <= 0:
+        return ""
+    fp32, spent = latency["fp32_ms"], latency["float_cost_ms"]
+    saving = fp32 - latency["int8_ms"]
+    share = f"{spent / saving:.0%} of the {saving:.3g} ms" if saving > 0 else f"{spent:.3g} ms, and"
+    return (
+        f" Mixed precision's float nodes spend {share} int8 saves over fp32: predicted "
+        f"{fp32 / latency['predicted_ms']:.2f}x fp32 against {fp32 / latency['int8_ms']:.2f}x all-int8, "
+        "as priced for ONNX Runtime at one thread."
+    )
 
 
 def compile_warnings(report: dict[str, Any], kept_float: Mapping[str, str]) -> list[dict[str, str]]:
@@ -341,7 +361,7 @@ def compile_warnings(report: dict[str, Any], kept_float: Mapping[str, str]) -> l
         warn(
             "kept_float",
             f"{sum(kept.values()) + len(unfused)} node(s) qcc could quantize stay float: {'; '.join(parts)}. "
-            f"report['nodes'] gives each one's reason.{advice}",
+            f"report['nodes'] gives each one's reason.{_trade_off(mixed.get('search'))}{advice}",
         )
     verify = report.get("verify")
     if verify is not None and verify.get("ok") is False and not unfused:

@@ -57,6 +57,8 @@ class TargetSpec:
             GELU or LayerNorm next to float Tanh/Sqrt) it would add roundings and save nothing.
         meanmax_candidate: with ``--precision int8`` and no ``--method``, compile with ``meanmax`` too
             and keep the artifact closer to fp32 (``default_methods``).
+        priced_in_onnxruntime: the target's runtime is ONNX Runtime's CPU provider, whose float and
+            int8 kernel speeds ``qcc.latency`` models: mixed precision chooses by cost there.
     """
 
     name: str
@@ -78,6 +80,7 @@ class TargetSpec:
     dynamic: bool = False
     int8_chains_only: bool = False
     meanmax_candidate: bool = False
+    priced_in_onnxruntime: bool = False
 
     @functools.cached_property
     def int8_capable_ops(self) -> frozenset[str]:

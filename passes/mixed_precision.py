@@ -1,4 +1,5 @@
-"""Mixed precision: keep the fewest, most harmful nodes float until the output error bound holds.
+"""Mixed precision: keep float the nodes that remove the most error for their cost, until the output
+error bound holds.
 
 Runs last, when every quantization parameter is final. With ``--tolerance`` (default: 1 - cosine
 <= 0.002 on every output), it measures on a few calibration samples how far the planned model's
@@ -10,37 +11,49 @@ outputs are from the float model's, in a simulation of the quantized model
    then still quantizes is the plan's rule, not guessed here) and the simulated error is measured
    with only those tensors quantized. The unit's effect is how much the error falls. Every unit
    is screened on one sample, against the all-int8 model.
-2. **Selection**, in rounds. A round measures the ``REFINED`` most harmful units by the screening
-   that are not float yet, on every sample, each on top of the float set so far (effects do not
-   add up: with two broken tensors, floating either alone changes little, so the second shows
-   only once the first is float), and takes them in that order while each lowers the error,
-   measured again, by at least ``MIN_GAIN`` of the gap left to the target (smaller gains cost
-   speed and cannot close the gap: PP-OCRv5 det on ``ort`` had floated many nodes that each
-   lowered it by 1e-5 to 1e-4, 31 float in all and 1.55x faster than fp32; with the rule, 16
-   float and 1.88x in the zoo, eval mask IoU 0.960 -> 0.956). A round that finds none looks at the next
-   ``REFINED`` units down the ranking, up to ``WINDOWS`` rounds in a row. It stops when the
-   simulated error is within ``MARGIN`` of the bound (the artifact's integer kernels round
-   slightly differently), when those rounds find nothing that helps, or when the float set would
-   exceed ``MAX_FLOAT_SHARE`` of the quantized nodes: beyond that, the model would lose most of
-   its speed-up (MobileNetV2 on ``ort`` meets the default bound with 19 of about 64 nodes float,
-   and is still about 1.3x faster than fp32; at 36 float it was 1.1x), and the report says the
-   bound was not met (a small model may always float two
-   nodes, one tensor's writer and reader).
-3. The pass asks the driver to plan again with the chosen nodes float (``annotations.Replan``), each
+2. **Cost**, with ``--latency-budget`` on a target run by ONNX Runtime
+   (``TargetSpec.priced_in_onnxruntime``): each unit has a price (``qcc.latency``), the time its
+   nodes add when float, from their multiply-accumulates at rates measured in ONNX Runtime, plus the
+   conversions at the edges it creates or removes. Units are then ranked by effect per millisecond
+   (Silero VAD: the STFT Conv removes a little more error than the output Conv and costs sixty
+   times more), those whose screened effect could close enough of the gap first. Otherwise units
+   are ranked by effect.
+3. **Selection**, in rounds. A round measures the ``REFINED`` best-ranked units that are not float
+   yet, on every sample, each on top of the float set so far (effects do not add up: with two
+   broken tensors, floating either alone changes little, so the second shows only once the first
+   is float), and takes them in that order while each lowers the error, measured again, by at
+   least ``MIN_GAIN`` of the gap left to the target (smaller gains cost speed and cannot close the
+   gap: PP-OCRv5 det on ``ort`` had floated many nodes that each lowered it by 1e-5 to 1e-4, 31
+   float in all and 1.55x faster than fp32; with the rule, 16 float and 1.88x in the zoo, eval
+   mask IoU 0.960 -> 0.956). A round that finds none looks at the next ``REFINED`` units down the
+   ranking, up to ``WINDOWS`` rounds in a row. It stops when the simulated error is within
+   ``MARGIN`` of the bound (the artifact's integer kernels round slightly differently), when those
+   rounds find nothing that helps, or at the budget, and the report then says the bound was not
+   met. Priced, the budget is ``--latency-budget``: the plan's predicted time as a fraction of
+   fp32's. Otherwise at most ``MAX_FLOAT_SHARE`` of the quantized nodes float (MobileNetV2 on
+   ``ort`` at 36 of about 64 float was 1.1x fp32); a small model may always float two nodes, one
+   tensor's writer and reader.
+4. **Pruning** (priced). A unit taken early can be redundant once later ones are float; each is
+   tried int8 again, most expensive first, and stays int8 if the error stays within
+   ``PRUNE_SLACK`` of what the search reached (MobileNetV2 on ``ort``, budget 1.0: 33 float at
+   1.19x fp32 without pruning).
+5. The pass asks the driver to plan again with the chosen nodes float (``annotations.Replan``), each
    with its measured effect as the reason. On the second round it only measures and records
-   (``annotations.MixedPrecision``); the driver checks the bound on the artifact itself.
+   (``annotations.MixedPrecision``, with the search's ending and, priced, its cost model and the
+   predicted latency); the driver checks the bound on the artifact itself.
 
 It is skipped with ``--no-verify`` (it runs the model, as method selection does), with
 ``--dynamic``, and for models over 2 GB (the simulation would hold a second copy).
 ``--exclude`` still wins: excluded nodes are float before any of this. The search costs one
 simulated run of one sample per unit, plus ``REFINED`` runs of all samples per round (and one
-per unit taken after the first of a round).
+per unit taken after the first of a round, and one per unit pruning tries).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -60,6 +73,7 @@ from qcc.annotations import (
     set_mixed_precision,
 )
 from qcc.errors import UnsupportedModelError
+from qcc.latency import LatencyModel, Tensor, estimate
 from qcc.metrics import cosine, relative_error
 from qcc.options import CalibrationMethod, ToleranceMetric
 from qcc.passes._base import QccPass
@@ -74,8 +88,15 @@ SAMPLES = 4  # calibration samples each simulated run uses
 REFINED = 12  # units measured on every sample after screening all on one
 WINDOWS = 2  # rounds in a row that find nothing to float before the search stops
 MARGIN = 0.8  # the simulation aims at this fraction of the bound
-MAX_FLOAT_SHARE = 0.4  # at most this share of the quantized nodes is made float
+MAX_FLOAT_SHARE = 0.4  # at most this share of the quantized nodes is made float (unpriced searches)
 MIN_GAIN = 0.02  # a unit is floated only if it closes at least this share of the gap to the target
+# Priced units are ranked by error removed per millisecond; a unit costing less than this share of
+# the float model's time counts as costing that much.
+COST_FLOOR = 0.001
+# Pruning returns a unit to int8 only while the error stays within this share above what the
+# forward search reached: the unit was redundant, not the margin under the bound spent (pruned to
+# the bound itself, MobileNetV2's 1 - cosine went 0.0009 -> 0.0016 and eval top-1 agreement 0.917).
+PRUNE_SLACK = 0.05
 SHOWN = 3  # units the report names among those the search left int8
 _QUANTIZED = (Decision.INT8, Decision.WEIGHT_ONLY)
 
@@ -115,7 +136,11 @@ class MixedPrecisionPass(QccPass):
             if before > options.tolerance:
                 spec = self.ctx.target
                 methods, _params, after = search_clip_ranges(
-                    model, sim, worst_of, frozenset(spec.fixed_output_params), spec.shared_group_ops,
+                    model,
+                    sim,
+                    worst_of,
+                    frozenset(spec.fixed_output_params),
+                    spec.shared_group_ops,
                     lambda done, total: self.ctx.progress("clip ranges", done, total),
                 )
                 logger.info("clip search: %d tensors change method, error %.4g -> %.4g", len(methods), before, after)
@@ -158,9 +183,24 @@ class MixedPrecisionPass(QccPass):
             still = {name for name, owners in neighbours.items() if owners - nodes}
             screened[tensor] = first - max(error.of(sim.run(still, samples=1), samples=1).values())
             self.ctx.progress("sensitivity", done, len(units))
-        ranked = sorted(screened, key=screened.get, reverse=True)
+        latency = self._latency(model, sim.samples[0], neighbours)
+        cost = {t: latency.cost(nodes) for t, nodes in units.items()} if latency is not None else {}
+        floor = COST_FLOOR * latency.fp32_total_ms if latency is not None else 1.0
+
+        def worth(tensor: str, effect: float) -> float:
+            """Error removed per millisecond when priced, else per unit."""
+            return effect / max(cost[tensor], floor) if latency is not None else effect
+
+        ranked = sorted(screened, key=lambda t: worth(t, screened[t]), reverse=True)
         quantized_nodes = sum(getattr(get_decision(n), "decision", None) in _QUANTIZED for n in model.graph)
         budget = max(int(MAX_FLOAT_SHARE * quantized_nodes), 2)  # a small model may float one writer + reader
+
+        def affordable(nodes: set[str]) -> bool:
+            """Priced, within --latency-budget; else within the node budget."""
+            if latency is not None:
+                return latency.affordable(nodes, self.ctx.options.latency_budget)
+            return len(nodes) <= budget
+
         floating: set[str] = set()
         chosen: dict[str, str] = {}
         current = worst
@@ -169,6 +209,7 @@ class MixedPrecisionPass(QccPass):
             return max(error.of(sim.run(planner.quantized(nodes))).values())
 
         window = 0  # rounds that found nothing to float look further down the ranking
+        taken: list[str] = []  # the units floated, in order
         measured: dict[str, float] = {}  # each unit's effect when last measured on every sample
         stopped = "bound"
         while current > MARGIN * bound:
@@ -176,28 +217,44 @@ class MixedPrecisionPass(QccPass):
             # every sample on top of the float set so far (errors do not add up: with two broken
             # tensors, floating either alone changes little, so the second shows only in a later
             # round); then taken in that order while each lowers the error, measured again.
-            candidates = [t for t in ranked if units[t] - floating and len(floating | units[t]) <= budget]
-            batch = candidates[window * REFINED:(window + 1) * REFINED]
+            candidates = [t for t in ranked if units[t] - floating and affordable(floating | units[t])]
+            if latency is not None:
+                # Units whose screened effect could close enough of the gap come first: a cheap unit
+                # that removes nothing ranks high per millisecond and would fill the rounds
+                # (PP-OCRv5 det on ``ort`` stopped with 3 float and 1 - cosine 0.018, against 0.009).
+                enough = MIN_GAIN * (current - MARGIN * bound)
+                candidates.sort(key=lambda t: screened[t] < enough)  # stable: by worth within each tier
+            batch = candidates[window * REFINED : (window + 1) * REFINED]
             if not batch or window >= WINDOWS:
-                if candidates or window:
-                    stopped = "no_gain"
+                # Why: a unit that would close enough of the gap is left out by the budget, or
+                # none left would, or none is left.
+                enough = MIN_GAIN * (current - MARGIN * bound)
+                blocked = any(
+                    units[t] - floating
+                    and measured.get(t, screened[t]) >= enough
+                    and not affordable(floating | units[t])
+                    for t in ranked
+                )
+                if blocked or not (candidates or window) and any(units[t] - floating for t in ranked):
+                    stopped = "latency" if latency is not None else "budget"
                 else:
-                    stopped = "budget" if any(units[t] - floating for t in ranked) else "exhausted"
+                    stopped = "no_gain" if candidates or window else "exhausted"
                 break
             effects = {t: current - error_with(floating | units[t]) for t in batch}
             measured.update(effects)
             self.ctx.progress("float search", len(floating), budget)
             added = False
-            for tensor in sorted(effects, key=effects.get, reverse=True):
+            for tensor in sorted(effects, key=lambda t: worth(t, effects[t]), reverse=True):
                 new = units[tensor] - floating
                 if effects[tensor] <= 0 or current <= MARGIN * bound:
                     break
-                if not new or len(floating | new) > budget:
+                if not new or not affordable(floating | new):
                     continue
                 after = current - effects[tensor] if not added else error_with(floating | new)
                 if current - after < MIN_GAIN * (current - MARGIN * bound):
                     continue
                 floating |= new
+                taken.append(tensor)
                 for node in sorted(new):
                     chosen[node] = (
                         f"{MIXED_REASON}: with the other nodes around {tensor!r} float, the simulated output "
@@ -205,17 +262,91 @@ class MixedPrecisionPass(QccPass):
                     )
                 current, added = after, True
             window = 0 if added else window + 1
-        logger.info("mixed precision: %d units measured, %d nodes float, error %.4g -> %.4g (%s)",
-                    len(units), len(chosen), worst, current, stopped)
-        helpful = (t for t in measured if units[t] - floating and measured[t] > 0)
-        left = sorted(helpful, key=measured.get, reverse=True)[:SHOWN]
-        summary = {
+        pruned: list[str] = []
+        if latency is not None and taken and current <= MARGIN * bound:
+            floating, current, pruned = _prune(taken, units, floating, current, error_with, latency, MARGIN * bound)
+            chosen = {node: reason for node, reason in chosen.items() if node in floating}
+        logger.info(
+            "mixed precision: %d units measured, %d nodes float, error %.4g -> %.4g (%s)",
+            len(units),
+            len(chosen),
+            worst,
+            current,
+            stopped,
+        )
+        # Measured on every sample; when the budget let none be measured, as screened on one.
+        known = measured or screened
+        helpful = (t for t in known if units[t] - floating and known[t] > 0)
+        left = sorted(helpful, key=known.get, reverse=True)[:SHOWN]
+        summary: dict[str, object] = {
             "stopped": stopped,
             "left": [
-                {"tensor": t, "nodes": sorted(units[t] - floating), "effect": float(measured[t])} for t in left
+                {"tensor": t, "nodes": sorted(units[t] - floating), "effect": float(known[t])}
+                | (
+                    {"cost_ms": round(latency.cost(floating | units[t]) - latency.cost(floating), 4)}
+                    if latency is not None
+                    else {}
+                )
+                for t in left
             ],
         }
+        if latency is not None:
+            spent = latency.cost(floating)
+            summary["latency"] = latency.summary(floating) | {
+                "float_cost_ms": round(spent, 4),
+                "predicted_ms": round(latency.int8_total_ms + spent, 4),
+                "pruned": pruned,
+            }
         return chosen, summary
+
+    def _latency(self, model: ir.Model, feed, neighbours: dict[str, set[str]]) -> LatencyModel | None:
+        """The plan priced node by node for the target's runtime, with ``--latency-budget`` on a
+        target run by ONNX Runtime (else None)."""
+        if self.ctx.options.latency_budget is None or not self.ctx.target.priced_in_onnxruntime:
+            return None
+        edges = {v.name for v in [*model.graph.inputs, *model.graph.outputs]}
+        tensors = {}
+        for value in quantized_values(model.graph):
+            if value.const_value is not None or value.name not in neighbours:
+                continue
+            touching = {_owner(n) for n in [value.producer(), *value.consumers()] if n is not None}
+            joins_float = value.name in edges or any(
+                n is None or getattr(get_decision(n), "decision", None) not in _QUANTIZED for n in touching
+            )
+            tensors[value.name] = Tensor(frozenset(neighbours[value.name]), joins_float)
+        return estimate(model, feed, tensors)
+
+
+def _prune(
+    taken: list[str],
+    units: dict[str, set[str]],
+    floating: set[str],
+    current: float,
+    error_with: Callable[[set[str]], float],
+    latency: LatencyModel,
+    limit: float,
+) -> tuple[set[str], float, list[str]]:
+    """Quantizes again, most expensive first, each unit the bound no longer needs float.
+
+    The forward search takes the units that remove the most error per millisecond first; one
+    taken early can be redundant once later ones are float (their errors overlap). Each is tried
+    int8 on the final set, measured on every sample, and goes back to int8 if the simulated error
+    stays within ``limit`` and within ``PRUNE_SLACK`` of the error the search reached. Returns the
+    float set, its error, and the units returned to int8.
+    """
+    pruned: list[str] = []
+    limit = min(limit, current * (1 + PRUNE_SLACK))
+    saved = {t: latency.cost(floating) - latency.cost(floating - units[t]) for t in taken}
+    for tensor in sorted(taken, key=saved.get, reverse=True):
+        others = set().union(*(units[t] for t in taken if t != tensor and t not in pruned))
+        candidate = floating - (units[tensor] - others)
+        if candidate == floating:
+            continue
+        after = error_with(candidate)
+        if after <= limit:
+            floating, current = candidate, after
+            pruned.append(tensor)
+    return floating, current, pruned
 
 
 class _Error:

@@ -155,6 +155,9 @@ def test_target_specific_options_name_their_targets_and_agree_with_the_specs():
             assert info.cli.help.startswith(f"{', '.join(info.targets)}: "), name
         for target in info.targets:
             assert f"``{target}``" in info.doc, name
+    # latency_budget acts on the targets whose runtime qcc.latency prices.
+    priced = {t.value for t in Target if get_backend(t.value).spec.priced_in_onnxruntime}
+    assert set(option_infos()["latency_budget"].targets) == priced
     # dynamic acts on the targets whose spec runs dynamic models, and check_options refuses the others.
     assert set(option_infos()["dynamic"].targets) == {t.value for t in Target if get_backend(t.value).spec.dynamic}
     for target in Target:

@@ -282,3 +282,80 @@ def test_units_that_close_little_of_the_gap_stay_int8(monkeypatch):
     # The report says why the search stopped and names the best units it left int8.
     assert default["search"]["stopped"] == "no_gain"
     assert all(0 < u["effect"] < default["simulated_error"] and u["nodes"] for u in default["search"]["left"])
+
+
+# One expensive branch and two cheap ones, each with an outlier channel in its middle tensor (the
+# SENSITIVE pattern, 30x): floating branch a (two 3x3 Convs, most of the model's time) removes
+# about as much output error as floating branches b and c (four 1x1 Convs) together.
+COSTLY = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[64,16,3,3] wa1, float[16,64,3,3] wa2, float[16,16,1,1] wb1, float[16,16,1,1] wb2,
+   float[16,16,1,1] wc1, float[16,16,1,1] wc2, float[1,16,96,96] x) => (float[1,16,96,96] y) {
+  a1 = Conv <pads = [1, 1, 1, 1]> (x, wa1)
+  a2 = Conv <pads = [1, 1, 1, 1]> (a1, wa2)
+  b1 = Conv (x, wb1)
+  b2 = Conv (b1, wb2)
+  c1 = Conv (x, wc1)
+  c2 = Conv (c1, wc2)
+  s = Add(a2, b2)
+  y = Add(s, c2)
+}
+"""
+
+
+def _costly_model():
+    rng = np.random.default_rng(0)
+    shapes = {"wa1": (64, 16, 3), "wa2": (16, 64, 3), "wb1": (16, 16, 1), "wb2": (16, 16, 1)}
+    shapes |= {"wc1": (16, 16, 1), "wc2": (16, 16, 1)}
+    weights = {
+        name: rng.normal(0, 1 / np.sqrt(ci * k * k), (co, ci, k, k)).astype(np.float32)
+        for name, (co, ci, k) in shapes.items()
+    }
+    for writer, reader in (("wa1", "wa2"), ("wb1", "wb2"), ("wc1", "wc2")):
+        weights[writer][0] *= 30.0
+        weights[reader][:, 0] /= 30.0
+    return build_model(COSTLY, seed=1, constants=weights)
+
+
+def test_with_a_latency_budget_the_search_buys_the_error_where_it_costs_least_time():
+    """With ``latency_budget`` on ``ort`` the nodes are priced: the two cheap branches are floated,
+    not the expensive one. Without it, the same search floats the expensive branch (its effect alone
+    is the largest)."""
+    model = _costly_model()
+    feeds = random_feeds(model, 8)
+    options = dict(target="ort", calibration=feeds, tolerance=0.02, method="minmax", refit=False)
+    options |= dict(weight_rounding="nearest")
+    result = _compile(model, latency_budget=1.0, **options)
+    section = result.report["mixed_precision"]
+    assert section["met"] and section["artifact_error"] <= 0.02  # measured on the artifact in ORT
+    floated = {k["node"] for k in section["kept_float"]}
+    assert {"b1", "b2", "c1", "c2"} <= floated and not floated & {"a1", "a2"}, floated
+    latency = section["search"]["latency"]
+    assert latency["predicted_ms"] < latency["fp32_ms"]
+    assert set(latency["nodes"]) == floated and all(v["float_ms"] > 0 for v in latency["nodes"].values())
+    assert "predicted" in next(w["message"] for w in result.report["warnings"] if w["code"] == "kept_float")
+
+    unpriced = _compile(model, **options).report["mixed_precision"]
+    assert unpriced["met"] and {"a1", "a2"} <= {k["node"] for k in unpriced["kept_float"]}
+    assert "latency" not in unpriced["search"]
+
+
+def test_a_latency_budget_the_bound_would_break_leaves_the_bound_missed():
+    """A budget below what the cheap branches cost: nothing the bound needs fits, the report says the
+    budget stopped the search, and what floating the best unit left would cost."""
+    model = _costly_model()
+    options = dict(target="ort", calibration=random_feeds(model, 8), tolerance=0.02, method="minmax")
+    result = _compile(model, latency_budget=0.3, refit=False, weight_rounding="nearest", **options)
+    section = result.report["mixed_precision"]
+    assert section["met"] is False and section["search"]["stopped"] == "latency"
+    latency = section["search"]["latency"]
+    assert latency["predicted_ms"] <= 0.3 * latency["fp32_ms"] or not section["kept_float"]
+    assert all("cost_ms" in unit for unit in section["search"]["left"])
+    missed = next(w["message"] for w in result.report["warnings"] if w["code"] == "tolerance_missed")
+    assert "--latency-budget" in missed and " ms)" in missed
+
+
+@pytest.mark.parametrize("budget", [0, 1.5, -0.2, "fast", True])
+def test_a_latency_budget_is_a_fraction_of_the_float_time(budget):
+    with pytest.raises(OptionError, match="latency_budget"):
+        CompileOptions(target="ort", latency_budget=budget)
