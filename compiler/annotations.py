@@ -330,10 +330,13 @@ class MixedPrecision:
         samples: calibration samples each run used.
         search: how the float search ended, when one ran: ``stopped`` (``bound``: the simulated
             error reached the target; ``no_gain``: no unit left closes ``MIN_GAIN`` of the gap;
-            ``budget``: the units left would pass ``MAX_FLOAT_SHARE``; ``exhausted``: nothing is
-            left to float) and ``left``: the most helpful units it left int8 (those whose last
-            measurement lowered the error at all), each with its ``tensor``, ``nodes`` and measured
-            ``effect`` (how much floating it lowered the error).
+            ``budget``: the units left would pass ``MAX_FLOAT_SHARE``; ``latency``: they would pass
+            ``--latency-budget``; ``exhausted``: nothing is left to float) and ``left``: the most
+            helpful units it left int8 (those whose last measurement lowered the error at all),
+            each with its ``tensor``, ``nodes`` and measured ``effect`` (how much floating it
+            lowered the error) and, priced, ``cost_ms``; priced, ``latency``: the prices of the
+            float nodes, the predicted time, the units pruned and the ``path`` (float nodes,
+            simulated error, predicted ms after each unit taken).
     """
 
     metric: str

@@ -286,6 +286,91 @@ def compile(  # noqa: A001 - the subcommand's name
     raise typer.Exit(finish_compile(result.report, output, files, notes, report_dir, folder_files, strict, as_json))
 
 
+@app.command()
+@_takes_options("compile", after="calib")
+def tune(
+    model: Annotated[Path, typer.Argument(help="Float ONNX model to quantize (never modified).", show_default=False)],
+    calib: Annotated[
+        Path,
+        typer.Option("--calib", "-c", help="Calibration data, as for compile.", show_default=False),
+    ],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every pass.")] = False,
+    **options: Any,
+) -> None:
+    """Print the trade-off mixed precision can make on MODEL: error against latency, one line per step.
+
+    Runs the cost-aware search of --latency-budget (ort; default budget 1.0: never slower than fp32)
+    without stopping at --tolerance: from all-int8, each line keeps one more unit float, the one
+    that removes the most error per millisecond. Error is 1 - cosine (or the relative error of
+    --tolerance relative:...) simulated on 4 calibration samples, latency as qcc.latency prices it
+    for ONNX Runtime at one thread. It writes nothing; the last line gives the compile command for
+    the cheapest step within --tolerance.
+
+    Example:
+
+      qcc tune mobilenet.onnx -t ort -c calib.npz --tolerance 0.002
+    """
+    setup_logging(verbose)
+    try:
+        asked = CompileOptions.from_cli(options)
+        if asked.target != Target.ORT.value:
+            raise OptionError(
+                f"qcc tune prices nodes for ONNX Runtime, not for {asked.target!r}.", "use --target ort."
+            )
+        _require_file(model, ModelLoadError, "model file")
+        _require_file(calib, CalibrationDataError, "calibration file")
+        from qcc.driver import compile_model
+        from qcc.options import CalibrationMethod, WeightRounding
+
+        # The whole path: no bound to stop at, no refit (it does not change which nodes float), one
+        # rounding and one method (a chosen method also keeps --dynamic from replacing the search).
+        rounding = asked.weight_rounding
+        search = dataclasses.replace(
+            asked,
+            tolerance=0.0,
+            latency_budget=asked.latency_budget or 1.0,
+            refit=False,
+            weight_rounding=WeightRounding.GPTQ if rounding == WeightRounding.AUTO else rounding,
+            method=asked.method or CalibrationMethod.MINMAX,
+        )
+        result = compile_model(str(model), str(calib), search)
+    except QccError as error:
+        fail(error)
+    section = result.report.get("mixed_precision") or {}
+    latency = (section.get("search") or {}).get("latency")
+    if not latency:
+        out.print(f"nothing to trade: the all-int8 model's simulated error is {section.get('simulated_error')}.")
+        return
+    fp32 = latency["fp32_ms"]
+    metric = f"{asked.tolerance_metric.value} error"
+    out.print(f"{'float nodes':>11}  {'predicted ms':>12}  {'vs fp32':>7}  {metric:>13}")
+    for step in latency["path"]:
+        out.print(
+            f"{step['float_nodes']:>11}  {step['predicted_ms']:>12.4g}  {fp32 / step['predicted_ms']:>6.2f}x  "
+            f"{max(step['error'], 0.0):>13.4g}"
+        )
+    from qcc.passes.mixed_precision import MARGIN
+
+    bound = asked.tolerance
+    # The compile's search aims at MARGIN of the bound in simulation (the artifact rounds a little
+    # differently), so that is the step a compile with this budget would stop at.
+    within = [s for s in latency["path"] if bound is not None and s["error"] <= MARGIN * bound]
+    if within:
+        best = within[0]
+        budget = -(-100 * best["predicted_ms"] // fp32) / 100  # rounded up to the hundredth
+        out.print(
+            f"cheapest within --tolerance {bound:g} (simulated error at most {MARGIN:g} of it): "
+            f"{best['float_nodes']} nodes float, {fp32 / best['predicted_ms']:.2f}x fp32:\n"
+            f"  qcc compile {model} -t ort -c {calib} -o OUT --tolerance {bound:g} "
+            f"--latency-budget {min(budget, 1.0):g}",
+            markup=False,
+            soft_wrap=True,
+        )
+    else:
+        stopped = section["search"]["stopped"]
+        out.print(f"no step reaches --tolerance {bound}: the search stopped ({stopped}).", markup=False)
+
+
 def _write_report_dir(
     folder: Path, model: str, calib: str | None, options: CompileOptions, result: Any
 ) -> tuple[list[str], list[str]]:

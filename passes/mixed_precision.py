@@ -124,6 +124,10 @@ class MixedPrecisionPass(QccPass):
             logger.info("mixed precision skipped: a model over 2 GB would be held twice by the simulation")
             return ir.passes.PassResult(model, False)
         if not any(get_quant(v).role == Role.ACTIVATION for v in quantized_values(model.graph)):
+            if self.ctx.search is not None:  # the search floated every activation: the float model's error
+                floated = MixedPrecision(options.tolerance_metric.value, options.tolerance, 0.0, {}, 0, 0)
+                floated.search = dict(self.ctx.search)
+                set_mixed_precision(model.graph, floated)
             return ir.passes.PassResult(model, False)
         samples = self.ctx.calibration.spread(SAMPLES)
         error = _Error(model, samples, options.tolerance_metric)
@@ -210,6 +214,8 @@ class MixedPrecisionPass(QccPass):
 
         window = 0  # rounds that found nothing to float look further down the ranking
         taken: list[str] = []  # the units floated, in order
+        path = [(0, worst)]  # (float nodes, simulated error) after each unit taken: ``qcc tune``'s front
+        path_costs = [0.0]
         measured: dict[str, float] = {}  # each unit's effect when last measured on every sample
         stopped = "bound"
         while current > MARGIN * bound:
@@ -261,11 +267,16 @@ class MixedPrecisionPass(QccPass):
                         f"error falls {current - after:.4g}; all chosen so far: {worst:.4g} -> {after:.4g}"
                     )
                 current, added = after, True
+                path.append((len(floating), current))
+                path_costs.append(latency.cost(floating) if latency is not None else 0.0)
             window = 0 if added else window + 1
         pruned: list[str] = []
         if latency is not None and taken and current <= MARGIN * bound:
             floating, current, pruned = _prune(taken, units, floating, current, error_with, latency, MARGIN * bound)
             chosen = {node: reason for node, reason in chosen.items() if node in floating}
+            if pruned:
+                path.append((len(floating), current))
+                path_costs.append(latency.cost(floating))
         logger.info(
             "mixed precision: %d units measured, %d nodes float, error %.4g -> %.4g (%s)",
             len(units),
@@ -296,6 +307,10 @@ class MixedPrecisionPass(QccPass):
                 "float_cost_ms": round(spent, 4),
                 "predicted_ms": round(latency.int8_total_ms + spent, 4),
                 "pruned": pruned,
+                "path": [
+                    {"float_nodes": n, "error": float(e), "predicted_ms": round(latency.int8_total_ms + c, 4)}
+                    for (n, e), c in zip(path, path_costs, strict=True)
+                ],
             }
         return chosen, summary
 

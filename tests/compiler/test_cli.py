@@ -468,3 +468,39 @@ def test_warnings_are_printed_and_strict_exits_3_after_writing(float_only_model,
     proc = qcc_run("compile", str(model), "-c", str(calib), "-o", str(out), "--strict")
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert out.exists() and "warning: " in proc.stderr and "nothing_quantized" in proc.stderr
+
+
+def test_tune_prints_the_trade_off_and_a_compile_that_lands_on_it(tmp_path):
+    """Error against predicted latency, one line per unit floated, and the compile command for the
+    cheapest step within --tolerance: run, it keeps exactly that many nodes float."""
+    from tests.passes.test_mixed_precision import _costly_model
+
+    model = _costly_model()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.stack([f["x"] for f in random_feeds(model, 8)]))
+    before = digest(tmp_path / "m.onnx")
+    calib = str(tmp_path / "calib.npz")
+    run = qcc_run("tune", str(tmp_path / "m.onnx"), "-t", "ort", "-c", calib, "--tolerance", "0.02")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    rows = [line.split() for line in lines[1 : lines.index(next(ln for ln in lines if ln.startswith("cheapest")))]]
+    floats = [int(r[0]) for r in rows]
+    speedups = [float(r[2].rstrip("x")) for r in rows]
+    errors = [float(r[3]) for r in rows]
+    assert floats[0] == 0 and floats == sorted(floats) and len(rows) >= 3
+    assert speedups == sorted(speedups, reverse=True) and errors[0] > 0.02 > errors[-1]
+    command = lines[-1].split()
+    assert command[:2] == ["qcc", "compile"] and "--latency-budget" in command
+    step = int(lines[-2].split(": ")[1].split()[0])
+    args = [str(tmp_path / "out.onnx") if a == "OUT" else a for a in command[2:]]
+    compiled = qcc_run("compile", *args, "--report", str(tmp_path / "r.json"))
+    assert compiled.returncode == 0, compiled.stderr
+    section = json.loads((tmp_path / "r.json").read_text())["mixed_precision"]
+    assert section["met"] and len(section["kept_float"]) == step
+    assert digest(tmp_path / "m.onnx") == before and not (tmp_path / "OUT").exists()
+
+
+def test_tune_names_the_target_it_prices(model_and_calib):
+    model, calib = model_and_calib
+    run = qcc_run("tune", str(model), "-t", "trt", "-c", str(calib))
+    assert run.returncode == 2 and "use --target ort" in run.stderr and "Traceback" not in run.stderr
