@@ -285,6 +285,13 @@ def _search_ending(search: Mapping[str, Any] | None) -> str:
     if not search:
         return ""
     text = f" The float search stopped: {_SEARCH_ENDINGS.get(search['stopped'], search['stopped'])}"
+    latency = search.get("latency") or {}
+    over = latency.get("int8_ms", 0) > latency.get("budget", 1) * latency.get("fp32_ms", 0)
+    if search["stopped"] == "latency" and over:
+        text += (
+            f" (the all-int8 plan alone is predicted at {latency['int8_ms'] / latency['fp32_ms']:.2f} of fp32's time, "
+            "over the budget: no node can be kept float)"
+        )
     left = search.get("left") or []
     if left:
         named = ", ".join(

@@ -306,6 +306,7 @@ class MixedPrecisionPass(QccPass):
             summary["latency"] = latency.summary(floating) | {
                 "float_cost_ms": round(spent, 4),
                 "predicted_ms": round(latency.int8_total_ms + spent, 4),
+                "budget": self.ctx.options.latency_budget,
                 "pruned": pruned,
                 "path": [
                     {"float_nodes": n, "error": float(e), "predicted_ms": round(latency.int8_total_ms + c, 4)}

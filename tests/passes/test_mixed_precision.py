@@ -359,3 +359,15 @@ def test_a_latency_budget_the_bound_would_break_leaves_the_bound_missed():
 def test_a_latency_budget_is_a_fraction_of_the_float_time(budget):
     with pytest.raises(OptionError, match="latency_budget"):
         CompileOptions(target="ort", latency_budget=budget)
+
+
+def test_a_budget_the_int8_plan_alone_breaks_is_named():
+    model = _costly_model()
+    options = dict(target="ort", calibration=random_feeds(model, 8), tolerance=0.02, method="minmax")
+    result = _compile(model, latency_budget=0.05, refit=False, weight_rounding="nearest", **options)
+    section = result.report["mixed_precision"]
+    assert section["met"] is False and not section["kept_float"]
+    latency = section["search"]["latency"]
+    assert latency["budget"] == 0.05 and latency["int8_ms"] > 0.05 * latency["fp32_ms"]
+    missed = next(w["message"] for w in result.report["warnings"] if w["code"] == "tolerance_missed")
+    assert "the all-int8 plan alone is predicted at" in missed
