@@ -366,9 +366,11 @@ def tune(
             markup=False,
             soft_wrap=True,
         )
+    elif bound is None:
+        out.print("with --tolerance off, a compile quantizes all the plan allows: the first line.", markup=False)
     else:
         stopped = section["search"]["stopped"]
-        out.print(f"no step reaches --tolerance {bound}: the search stopped ({stopped}).", markup=False)
+        out.print(f"no step reaches --tolerance {bound:g}: the search stopped ({stopped}).", markup=False)
 
 
 def _write_report_dir(
