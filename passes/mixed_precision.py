@@ -98,6 +98,9 @@ COST_FLOOR = 0.001
 # the bound itself, MobileNetV2's 1 - cosine went 0.0009 -> 0.0016 and eval top-1 agreement 0.917).
 PRUNE_SLACK = 0.05
 SHOWN = 3  # units the report names among those the search left int8
+# The error of an output that is not finite where the float model's is: the worst 1 - cosine
+# (opposite directions), and for the relative error a value no finite output of interest reaches.
+NONFINITE_ERROR = {ToleranceMetric.COSINE: 2.0, ToleranceMetric.RELATIVE: 1e6}
 _QUANTIZED = (Decision.INT8, Decision.WEIGHT_ONLY)
 
 
@@ -385,10 +388,15 @@ class _Error:
 
 
 def _error(expected: np.ndarray, got: np.ndarray, metric: ToleranceMetric) -> float:
+    """One output's error on one sample, over the positions where the float model is finite; an
+    output that is not finite there has the metric's ``NONFINITE_ERROR`` (NaN would compare as
+    neither worse nor better and stop the search: a Log front end whose input quantizes to 0)."""
     e = np.asarray(expected, dtype=np.float64).ravel()
     g = np.asarray(got, dtype=np.float64).ravel()
     keep = np.isfinite(e)
     e, g = e[keep], g[keep]
+    if not np.all(np.isfinite(g)):
+        return NONFINITE_ERROR[metric]
     return 1.0 - cosine(e, g) if metric == ToleranceMetric.COSINE else relative_error(e, g)
 
 

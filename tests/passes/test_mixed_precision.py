@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 import qcc
@@ -371,3 +372,83 @@ def test_a_budget_the_int8_plan_alone_breaks_is_named():
     assert latency["budget"] == 0.05 and latency["int8_ms"] > 0.05 * latency["fp32_ms"]
     missed = next(w["message"] for w in result.report["warnings"] if w["code"] == "tolerance_missed")
     assert "the all-int8 plan alone is predicted at" in missed
+
+
+def _log_mel_front_end(frames: int = 48, n_fft: int = 128, hop: int = 64, mels: int = 16) -> onnx.ModelProto:
+    """An audio front end as exporters write it: the STFT as two Conv1d (a windowed DFT basis),
+    power, a mel filterbank as a 1x1 Conv, Log of it plus a 1e-6 guard (folded into the mel
+    Conv's bias), per-clip mean subtraction, then three Conv1d."""
+    rng = np.random.default_rng(0)
+    t = np.arange(n_fft)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * t / n_fft)
+    bins = n_fft // 2 + 1
+    k = np.arange(bins)[:, None]
+    mel = np.zeros((mels, bins, 1), np.float32)
+    edges = np.linspace(1, bins - 1, mels + 2).astype(int)
+    for m in range(mels):
+        lo, mid, hi = edges[m : m + 3]
+        mel[m, lo:mid, 0] = np.linspace(0, 1, mid - lo, endpoint=False)
+        mel[m, mid:hi, 0] = np.linspace(1, 0, hi - mid, endpoint=False)
+    arrays = {
+        "real": (np.cos(2 * np.pi * k * t / n_fft) * window)[:, None, :],
+        "imag": (-np.sin(2 * np.pi * k * t / n_fft) * window)[:, None, :],
+        "mel": mel,
+        "w1": rng.normal(size=(32, mels, 3)) / np.sqrt(mels * 3),
+        "w2": rng.normal(size=(32, 32, 3)) / np.sqrt(32 * 3),
+        "w3": rng.normal(size=(8, 32, 1)) / np.sqrt(32),
+        "eps": np.array(1e-6),
+    }
+    inits = [onnx.numpy_helper.from_array(np.asarray(a, np.float32), name) for name, a in arrays.items()]
+    inits.append(onnx.numpy_helper.from_array(np.array([2], np.int64), "time"))
+    node = onnx.helper.make_node
+    nodes = [
+        node("Conv", ["audio", "real"], ["re"], strides=[hop], name="stft_re"),
+        node("Conv", ["audio", "imag"], ["im"], strides=[hop], name="stft_im"),
+        node("Mul", ["re", "re"], ["re2"], name="re2"),
+        node("Mul", ["im", "im"], ["im2"], name="im2"),
+        node("Add", ["re2", "im2"], ["power"], name="power"),
+        node("Conv", ["power", "mel"], ["melspec"], name="mel"),
+        node("Add", ["melspec", "eps"], ["floored"], name="floor"),
+        node("Log", ["floored"], ["logmel"], name="log"),
+        node("ReduceMean", ["logmel", "time"], ["mean"], keepdims=1, name="mean"),
+        node("Sub", ["logmel", "mean"], ["centred"], name="centre"),
+        node("Conv", ["centred", "w1"], ["c1"], pads=[1, 1], name="conv1"),
+        node("Relu", ["c1"], ["r1"], name="relu1"),
+        node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1], name="conv2"),
+        node("Relu", ["c2"], ["r2"], name="relu2"),
+        node("Conv", ["r2", "w3"], ["logits"], name="conv3"),
+    ]
+    audio = onnx.helper.make_tensor_value_info("audio", onnx.TensorProto.FLOAT, [1, 1, (frames - 1) * hop + n_fft])
+    logits = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 8, frames])
+    graph = onnx.helper.make_graph(nodes, "log_mel", [audio], [logits], inits)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=9)
+
+
+def _clips(model: onnx.ModelProto, count: int) -> list[dict[str, np.ndarray]]:
+    """Tones at random pitches and levels over a little noise, loud clips and quiet ones."""
+    rng = np.random.default_rng(1)
+    samples = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    t = np.arange(samples) / 16000
+    clips = []
+    for _ in range(count):
+        x = sum(rng.uniform(0.001, 1) * np.sin(2 * np.pi * rng.uniform(80, 4000) * t) for _ in range(3))
+        x = (x + rng.normal(0, 5e-4, samples)) * 10 ** rng.uniform(-2, 0)
+        clips.append({"audio": x[None, None].astype(np.float32)})
+    return clips
+
+
+def test_a_log_front_end_the_quantized_model_breaks_is_searched_not_skipped():
+    """The 1e-6 guard before Log is folded into the mel Conv's bias, which int8 rounds to 0: Log(0)
+    is -inf in the quantized model and its simulation was NaN, which compared as neither worse nor
+    better, so the search kept nothing float and the compile reported 0 nodes for a 1 - cosine of
+    0.4. Non-finite outputs now count as the worst error and a floated Conv keeps its float bias:
+    the search floats the Log's input writers (the mel Conv and the power Add)."""
+    model = _log_mel_front_end()
+    result = _compile(model, target="ort", calibration=_clips(model, 16))
+    section = result.report["mixed_precision"]
+    floated = {k["node"] for k in section["kept_float"]}
+    assert {"mel", "power"} <= floated, floated
+    assert np.isfinite(section["simulated_error"]) and section["simulated_error"] < 1.0
+    assert np.isfinite(section["artifact_error"])
+    if not section["met"]:  # what is left must be named, with why the search stopped
+        assert section["search"]["stopped"] in ("no_gain", "budget", "exhausted")
