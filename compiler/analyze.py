@@ -78,7 +78,7 @@ def analyze_model(
     if not reiterable(calibration):  # read once, by the compile, which keeps the first samples for the analysis
         calibration = open_calibration(calibration, specs, options.max_calibration_samples)
     if result is None:
-        result = compile_model(model, calibration, dataclasses.replace(options, verify=False))
+        result = compile_model(model, calibration, dataclasses.replace(options, verify=False, latency_budget=None))
     if result.artifact.data is None:
         raise QccError("analyze runs the artifact in memory, and this one is over 2 GB.", "analyze a smaller model.")
     quantized = result.artifact.simulation or result.artifact.proto

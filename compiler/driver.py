@@ -437,7 +437,8 @@ def _static_or_dynamic(
     """Compiles with ``--dynamic`` too and keeps whichever artifact is closer to fp32 on the same
     calibration samples (the static one on a tie); the report's ``mode_selection`` says why."""
     dynamic = _compile(
-        model, calibration, dataclasses.replace(options, dynamic=True, method=None), progress, statistics
+        model, calibration, dataclasses.replace(options, dynamic=True, method=None, latency_budget=None), progress,
+        statistics,
     )
     missed = static.report["mixed_precision"]["met"] is False
     why = (
@@ -513,7 +514,9 @@ def _compile_auto(
     for method in methods:  # the first stays unless another method is clearly better
         # Mixed precision searches once, for the chosen method, and only if it misses the bound; the
         # refit too (the slowest pass) runs only on the chosen method's compile.
-        candidate = dataclasses.replace(options, method=method, verify=True, tolerance=None, refit=False)
+        candidate = dataclasses.replace(
+            options, method=method, verify=True, tolerance=None, refit=False, latency_budget=None
+        )
         with _selection("method"):
             result = _compile(model, calibration, candidate, progress, statistics)
         outputs = result.report["verify"]["fidelity"]["outputs"]

@@ -362,6 +362,15 @@ def test_a_latency_budget_is_a_fraction_of_the_float_time(budget):
         CompileOptions(target="ort", latency_budget=budget)
 
 
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [({"tolerance": None}, "--tolerance off"), ({"dynamic": True}, "--dynamic"), ({"verify": False}, "--no-verify")],
+)
+def test_a_latency_budget_with_nothing_to_choose_is_refused_not_ignored(options, named):
+    with pytest.raises(OptionError, match=named):
+        CompileOptions(target="ort", latency_budget=0.6, **options)
+
+
 def test_a_budget_the_int8_plan_alone_breaks_is_named():
     model = _costly_model()
     options = dict(target="ort", calibration=random_feeds(model, 8), tolerance=0.02, method="minmax")
@@ -452,3 +461,12 @@ def test_a_log_front_end_the_quantized_model_breaks_is_searched_not_skipped():
     assert np.isfinite(section["artifact_error"])
     if not section["met"]:  # what is left must be named, with why the search stopped
         assert section["search"]["stopped"] in ("no_gain", "budget", "exhausted")
+
+
+def test_a_latency_budget_survives_the_static_or_dynamic_choice():
+    """A MatMul model that needs float nodes is compiled with ``--dynamic`` too, which runs no
+    mixed precision: the budget must not make that candidate an invalid option."""
+    model = _sensitive_model()
+    result = _compile(model, target="ort", calibration=_calibration(model), tolerance=BOUND, latency_budget=1.0)
+    assert "mode_selection" in result.report
+    assert result.report["options"]["latency_budget"] == 1.0 or result.report["options"].get("dynamic")
