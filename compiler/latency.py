@@ -34,6 +34,7 @@ the time the whole plan saves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -99,9 +100,14 @@ class LatencyModel:
         """Milliseconds that keeping ``nodes`` float adds to the all-int8 plan (module docstring)."""
         floating = set(nodes)
         compute = sum(self.float_ms.get(n, 0.0) - self.int8_ms.get(n, 0.0) for n in floating)
-        return compute + self.ms_per_element * (self._converted(floating) - self._converted(set()))
+        return compute + self.ms_per_element * (self.converted(floating) - self.converted_all_int8)
 
-    def _converted(self, floating: set[str]) -> int:
+    @functools.cached_property
+    def converted_all_int8(self) -> int:
+        """Elements converted between float and int8 in the all-int8 plan."""
+        return self.converted(set())
+
+    def converted(self, floating: set[str]) -> int:
         """Elements converted between float and int8 when ``floating`` nodes are float."""
         return sum(
             t.elements for t in self.tensors.values() if (t.joins_float or t.nodes & floating) and t.nodes - floating
@@ -148,7 +154,7 @@ def estimate(model: ir.Model, feed: Feed, tensors: Mapping[str, Tensor]) -> Late
     sized = {name: dataclasses.replace(t, elements=_size(shapes.get(name))) for name, t in tensors.items()}
     per_element = CONVERSION_NS * 1e-6
     base = LatencyModel(float_ms, int8_ms, sum(float_ms.values()), 0.0, per_element, sized)
-    base.int8_total_ms = sum(int8_ms.values()) + per_element * base._converted(set())  # noqa: SLF001
+    base.int8_total_ms = sum(int8_ms.values()) + per_element * base.converted_all_int8
     return base
 
 

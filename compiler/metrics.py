@@ -85,9 +85,9 @@ class OutputFidelity:
         for tensor, axis, start, stop in self._parts.get(name, ()):
             if np.ndim(expected) > axis and np.shape(expected) == np.shape(got):
                 index = (slice(None),) * axis + (slice(start, stop),)
-                e, g, _keep = _finite(np.asarray(expected)[index], np.asarray(got)[index])
+                e, g, _keep = finite_values(np.asarray(expected)[index], np.asarray(got)[index])
                 self._add((name, tensor, axis, start, stop), e, g)
-        e, g, keep = _finite(expected, got)
+        e, g, keep = finite_values(expected, got)
         self.finite &= bool(np.all(np.isfinite(g))) and bool(
             np.array_equal(np.ravel(expected)[~keep], np.ravel(got)[~keep], equal_nan=True)
         )
@@ -115,7 +115,7 @@ class OutputFidelity:
         return {"samples": self.samples, "finite": self.finite, "outputs": outputs}
 
 
-def _finite(expected: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def finite_values(expected: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flattened float64 values at the positions where the float model is finite, and that mask."""
     e = np.asarray(expected, dtype=np.float64).ravel()
     g = np.asarray(got, dtype=np.float64).ravel()

@@ -486,8 +486,10 @@ class CompileOptions:
                 f"latency_budget={budget!r} is not a fraction of the float model's time in (0, 1].",
                 "pass e.g. 0.6 for an artifact at least 1.67x faster than fp32, or 1 for never slower.",
             )
-        idle = "--tolerance off" if self.tolerance is None else "--dynamic" if self.dynamic else None
-        idle = idle or ("--no-verify" if not self.verify else None)
+        unused = (
+            ("--tolerance off", self.tolerance is None), ("--dynamic", self.dynamic), ("--no-verify", not self.verify)
+        )
+        idle = next((flag for flag, applies in unused if applies), None)
         if budget is not None and idle is not None:
             raise OptionError(
                 f"latency_budget chooses the nodes mixed precision keeps float for the tolerance; with {idle}, "

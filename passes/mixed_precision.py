@@ -74,7 +74,7 @@ from qcc.annotations import (
 )
 from qcc.errors import UnsupportedModelError
 from qcc.latency import LatencyModel, Tensor, estimate
-from qcc.metrics import cosine, relative_error
+from qcc.metrics import cosine, finite_values, relative_error
 from qcc.options import CalibrationMethod, ToleranceMetric
 from qcc.passes._base import QccPass
 from qcc.passes._clip_search import search_clip_ranges
@@ -217,8 +217,9 @@ class MixedPrecisionPass(QccPass):
 
         window = 0  # rounds that found nothing to float look further down the ranking
         taken: list[str] = []  # the units floated, in order
-        path = [(0, worst)]  # (float nodes, simulated error) after each unit taken: ``qcc tune``'s front
-        path_costs = [0.0]
+        # (float nodes, simulated error, priced cost) after each unit taken: ``qcc tune``'s front
+        path = [(0, worst, 0.0)]
+        spent = latency.cost if latency is not None else lambda nodes: 0.0
         measured: dict[str, float] = {}  # each unit's effect when last measured on every sample
         stopped = "bound"
         while current > MARGIN * bound:
@@ -226,18 +227,17 @@ class MixedPrecisionPass(QccPass):
             # every sample on top of the float set so far (errors do not add up: with two broken
             # tensors, floating either alone changes little, so the second shows only in a later
             # round); then taken in that order while each lowers the error, measured again.
+            enough = MIN_GAIN * (current - MARGIN * bound)  # the least a unit taken must remove
             candidates = [t for t in ranked if units[t] - floating and affordable(floating | units[t])]
             if latency is not None:
                 # Units whose screened effect could close enough of the gap come first: a cheap unit
                 # that removes nothing ranks high per millisecond and would fill the rounds
                 # (PP-OCRv5 det on ``ort`` stopped with 3 float and 1 - cosine 0.018, against 0.009).
-                enough = MIN_GAIN * (current - MARGIN * bound)
                 candidates.sort(key=lambda t: screened[t] < enough)  # stable: by worth within each tier
             batch = candidates[window * REFINED : (window + 1) * REFINED]
             if not batch or window >= WINDOWS:
                 # Why: a unit that would close enough of the gap is left out by the budget, or
                 # none left would, or none is left.
-                enough = MIN_GAIN * (current - MARGIN * bound)
                 blocked = any(
                     units[t] - floating
                     and measured.get(t, screened[t]) >= enough
@@ -270,16 +270,14 @@ class MixedPrecisionPass(QccPass):
                         f"error falls {current - after:.4g}; all chosen so far: {worst:.4g} -> {after:.4g}"
                     )
                 current, added = after, True
-                path.append((len(floating), current))
-                path_costs.append(latency.cost(floating) if latency is not None else 0.0)
+                path.append((len(floating), current, spent(floating)))
             window = 0 if added else window + 1
         pruned: list[str] = []
         if latency is not None and taken and current <= MARGIN * bound:
             floating, current, pruned = _prune(taken, units, floating, current, error_with, latency, MARGIN * bound)
             chosen = {node: reason for node, reason in chosen.items() if node in floating}
             if pruned:
-                path.append((len(floating), current))
-                path_costs.append(latency.cost(floating))
+                path.append((len(floating), current, spent(floating)))
         logger.info(
             "mixed precision: %d units measured, %d nodes float, error %.4g -> %.4g (%s)",
             len(units),
@@ -305,15 +303,14 @@ class MixedPrecisionPass(QccPass):
             ],
         }
         if latency is not None:
-            spent = latency.cost(floating)
             summary["latency"] = latency.summary(floating) | {
-                "float_cost_ms": round(spent, 4),
-                "predicted_ms": round(latency.int8_total_ms + spent, 4),
+                "float_cost_ms": round(spent(floating), 4),
+                "predicted_ms": round(latency.int8_total_ms + spent(floating), 4),
                 "budget": self.ctx.options.latency_budget,
                 "pruned": pruned,
                 "path": [
                     {"float_nodes": n, "error": float(e), "predicted_ms": round(latency.int8_total_ms + c, 4)}
-                    for (n, e), c in zip(path, path_costs, strict=True)
+                    for n, e, c in path
                 ],
             }
         return chosen, summary
@@ -391,10 +388,7 @@ def _error(expected: np.ndarray, got: np.ndarray, metric: ToleranceMetric) -> fl
     """One output's error on one sample, over the positions where the float model is finite; an
     output that is not finite there has the metric's ``NONFINITE_ERROR`` (NaN would compare as
     neither worse nor better and stop the search: a Log front end whose input quantizes to 0)."""
-    e = np.asarray(expected, dtype=np.float64).ravel()
-    g = np.asarray(got, dtype=np.float64).ravel()
-    keep = np.isfinite(e)
-    e, g = e[keep], g[keep]
+    e, g, _keep = finite_values(expected, got)
     if not np.all(np.isfinite(g)):
         return NONFINITE_ERROR[metric]
     return 1.0 - cosine(e, g) if metric == ToleranceMetric.COSINE else relative_error(e, g)
