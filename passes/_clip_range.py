@@ -28,27 +28,121 @@ on ``tflite``, whose every int8 op requantizes its output, meanmax raised Mobile
 output cosine from 0.963 to 0.977. A graph output always keeps its observed range
 (``passes/calibrate.py``): a clipped output is wrong outright (silero's speech probability never
 reaches 0.5).
+
+Whatever the method, a tensor whose every reader saturates is clipped where they saturate
+(:func:`consumer_bounds`): Relu below 0, Clip at its bounds, HardSigmoid and HardSwish where they are
+flat, Sigmoid and SiLU below -8, Tanh beyond 4. The values cut off read the same downstream, and the
+rest get the finer step. YOLOv8n's Conv outputs feed SiLU and reach -144 where SiLU is 0 below -8:
+bounding them took its ``tflite`` box F1 on 116 fp32 boxes from 0.88 to 0.96 and ``ort``'s from 0.89
+to 0.94 (``trt`` runs SiLU float and quantizes only the SiLU outputs, so its artifact is unchanged).
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
+import numpy as np
+import onnx_ir as ir
+
+from qcc.irutils import attr_float, const_array, consumers_of
 from qcc.passes._histogram import TensorHistogram
 
 PERCENTILE = 99.99
 _CANDIDATES = np.linspace(0.05, 1.0, 96)
 
+# Beyond +-8, Sigmoid is within 3.4e-4 of 0 or 1 and SiLU (x Sigmoid(x)) within 2.7e-3 of 0; Tanh
+# is within 6.7e-4 of +-1 beyond +-4. Each is under half an int8 step of the consumer's own output
+# (Sigmoid's [0, 1] in 255 steps: 2.0e-3; Tanh's [-1, 1]: 3.9e-3; a SiLU output whose maximum
+# is 1 or more: 2.5e-3 or more), so an input clipped there reads the same after requantization,
+# and a float consumer moves less than the input's own step (16 / 255 at the least) moves it.
+SIGMOID_SATURATES = 8.0
+TANH_SATURATES = 4.0
+_UNBOUNDED = (-math.inf, math.inf)
 
-def clip_range(hist: TensorHistogram, method: str, levels: int, symmetric: bool) -> tuple[float, float]:
-    """Returns (low, high) for the tensor, within its observed range.
+
+def consumer_bounds(value: ir.Value) -> tuple[float, float]:
+    """Returns the interval beyond which no consumer of the value can tell the values apart.
+
+    Every consumer saturates outside it: exactly (Relu, Clip, HardSigmoid, HardSwish and
+    x HardSigmoid(x) below -3) or within half an int8 step of its output (Sigmoid, Tanh, SiLU as
+    x Sigmoid(x)). A range clipped to it loses nothing the consumers keep and gains resolution: a
+    YOLOv8 Conv feeding a SiLU reaches -144 where SiLU is 0 below -8 (its step 4.4x too coarse). A
+    graph output, or a value one consumer reads unsaturated, is unbounded.
+    """
+    if value.is_graph_output():
+        return _UNBOUNDED
+    low, high = math.inf, -math.inf
+    for node in consumers_of(value):
+        node_low, node_high = _saturation(node, value)
+        low, high = min(low, node_low), max(high, node_high)
+    return (low, high) if low <= high else _UNBOUNDED
+
+
+def _saturation(node: ir.Node, value: ir.Value) -> tuple[float, float]:
+    """The interval outside which ``node`` gives the same output whatever ``value`` holds there."""
+    op = node.op_type if node.domain in ("", "ai.onnx") else None
+    if op == "Relu":
+        return 0.0, math.inf
+    if op == "Sigmoid":
+        return -SIGMOID_SATURATES, SIGMOID_SATURATES
+    if op == "Tanh":
+        return -TANH_SATURATES, TANH_SATURATES
+    if op == "HardSigmoid":
+        return _hard_sigmoid(node)
+    if op == "HardSwish":
+        return -3.0, math.inf
+    if op == "Clip" and node.inputs and node.inputs[0] is value:
+        return _clip(node)
+    if op == "Mul" and len(node.inputs) == 2:  # x Sigmoid(x) (SiLU), x HardSigmoid(x) (HardSwish)
+        other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
+        gate = other.producer() if other is not None else None
+        if gate is not None and gate.inputs and gate.inputs[0] is value:
+            if gate.op_type == "Sigmoid" and gate.domain in ("", "ai.onnx"):
+                return -SIGMOID_SATURATES, math.inf
+            if gate.op_type == "HardSigmoid" and gate.domain in ("", "ai.onnx"):
+                return _hard_sigmoid(gate)[0], math.inf
+    return _UNBOUNDED
+
+
+def _hard_sigmoid(node: ir.Node) -> tuple[float, float]:
+    alpha, beta = attr_float(node, "alpha", 0.2), attr_float(node, "beta", 0.5)
+    if alpha <= 0:
+        return _UNBOUNDED
+    return -beta / alpha, (1.0 - beta) / alpha
+
+
+def _clip(node: ir.Node) -> tuple[float, float]:
+    bounds = []
+    for index, default in ((1, -math.inf), (2, math.inf)):
+        given = node.inputs[index] if len(node.inputs) > index else None
+        array = const_array(given) if given is not None else None
+        if given is not None and (array is None or array.size != 1):
+            return _UNBOUNDED
+        bounds.append(default if array is None else float(array.reshape(())))
+    return bounds[0], bounds[1]
+
+
+def clip_range(
+    hist: TensorHistogram,
+    method: str,
+    levels: int,
+    symmetric: bool,
+    bounds: tuple[float, float] = _UNBOUNDED,
+) -> tuple[float, float]:
+    """Returns (low, high) for the tensor, within its observed range and ``bounds`` (widened to 0).
 
     Args:
         hist: the tensor's histogram.
         method: ``minmax``, ``meanmax``, ``percentile``, ``entropy`` or ``mse``.
         levels: number of integer levels of the target type (255 steps for 8 bits -> 256).
         symmetric: the scheme has zero point 0 (the range is [-a, a]).
+        bounds: where the tensor's consumers saturate (:func:`consumer_bounds`).
     """
+    low, high = _observed_range(hist, method, levels, symmetric)
+    return max(low, min(bounds[0], 0.0)), min(high, max(bounds[1], 0.0))
+
+
+def _observed_range(hist: TensorHistogram, method: str, levels: int, symmetric: bool) -> tuple[float, float]:
     low, high = min(hist.min, 0.0), max(hist.max, 0.0)
     if method == "meanmax" and hist.samples:
         return min(hist.sum_min / hist.samples, 0.0), max(hist.sum_max / hist.samples, 0.0)

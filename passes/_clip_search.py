@@ -24,7 +24,7 @@ import onnx_ir as ir
 
 from qcc.annotations import TensorRange, get_histogram, get_quant
 from qcc.options import CalibrationMethod
-from qcc.passes._clip_range import clip_range
+from qcc.passes._clip_range import clip_range, consumer_bounds
 from qcc.passes._simulation import Simulation
 from qcc.passes.activation_qparams import activation_groups, union_range
 from qcc.quantmath import activation_params
@@ -103,8 +103,12 @@ def _candidates(
         tried = [current]  # a range within 1% of one already there is not tried again
         candidates = []
         for method in CANDIDATES:
-            ranges = {v.name: TensorRange(*clip_range(get_histogram(v), method.value, levels, quant.symmetric))
-                      for v in observed}
+            ranges = {
+                v.name: TensorRange(
+                    *clip_range(get_histogram(v), method.value, levels, quant.symmetric, consumer_bounds(v))
+                )
+                for v in observed
+            }
             trial = union_range(members, ranges)
             if any(abs(trial.min - r.min) + abs(trial.max - r.max) <= _SAME * width for r in tried):
                 continue

@@ -35,7 +35,7 @@ from qcc.annotations import (
 from qcc.errors import CalibrationDataError, QccError
 from qcc.options import CalibrationMethod, WeightRounding
 from qcc.passes._base import QccPass
-from qcc.passes._clip_range import clip_range
+from qcc.passes._clip_range import clip_range, consumer_bounds
 from qcc.passes._histogram import TensorHistogram
 from qcc.passes._input_moments import InputMoments, Layer, layers
 from qcc.passes.bias_correction import channel_axes
@@ -204,7 +204,7 @@ class CalibratePass(QccPass):
             tensor_method = chosen.get(value.name, start.value)
             if value.is_graph_output():
                 tensor_method = CalibrationMethod.MINMAX.value  # a clipped result is wrong outright
-            ranges[value.name] = clip_range(hist, tensor_method, levels, quant.symmetric)
+            ranges[value.name] = clip_range(hist, tensor_method, levels, quant.symmetric, consumer_bounds(value))
         keep_float = self.ctx.target.float_after_calibration(model.graph, rows, ranges)
         keep_float = {k: v for k, v in keep_float.items() if k not in self.ctx.keep_float}
         if keep_float:

@@ -106,3 +106,78 @@ def test_trt_chooses_between_minmax_and_meanmax_by_default_and_the_user_can_choo
     assert qcc.compile(model, target="ort", calibration=feeds).report["options"]["method"] == "minmax"
     fp8 = qcc.compile(model, target="trt", calibration=feeds, precision="fp8")
     assert fp8.report["options"]["method"] == "minmax"
+
+
+# ------------------------------------------------------------------------- consumer saturation bounds
+
+
+def _consumers_of_c(body: str) -> tuple[float, float]:
+    """The bounds of tensor ``c`` (a Conv output) in a graph whose remaining nodes are ``body``
+    (``lo`` and ``hi`` are the constants -1.5 and 6)."""
+    import qcc.frontend
+    from qcc.passes._clip_range import consumer_bounds
+    from tests.conftest import build_model
+
+    proto = build_model(
+        '<ir_version: 10, opset_import: ["" : 18]>\n'
+        "g (float[1,2,4,4] x, float[2,2,1,1] w, float lo, float hi) => (float[1,2,4,4] y) {"
+        f" c = Conv(x, w)\n {body} }}",
+        constants={"lo": np.float32(-1.5), "hi": np.float32(6.0)},
+    )
+    graph = qcc.frontend.load(proto).model.graph
+    return consumer_bounds(next(v for n in graph for v in n.outputs if v.name == "c"))
+
+
+@pytest.mark.parametrize(
+    ("body", "bounds"),
+    [
+        ("y = Sigmoid(c)", (-8.0, 8.0)),
+        ("s = Sigmoid(c)\n y = Mul(c, s)", (-8.0, np.inf)),  # SiLU: x Sigmoid(x)
+        ("s = Sigmoid(c)\n y = Mul(s, c)", (-8.0, np.inf)),
+        ("y = Tanh(c)", (-4.0, 4.0)),
+        ("y = Relu(c)", (0.0, np.inf)),
+        ("y = HardSwish(c)", (-3.0, np.inf)),
+        ("y = HardSigmoid<alpha=0.25, beta=0.5>(c)", (-2.0, 2.0)),
+        ("h = HardSigmoid<alpha=0.25, beta=0.75>(c)\n y = Mul(c, h)", (-3.0, np.inf)),
+        ("y = Clip(c, lo, hi)", (-1.5, 6.0)),
+        # Both readers saturate, each on its own interval: the wider one holds.
+        ("s = Sigmoid(c)\n t = Tanh(c)\n y = Add(s, t)", (-8.0, 8.0)),
+    ],
+)
+def test_saturating_consumers_bound_their_input(body, bounds):
+    assert _consumers_of_c(body) == bounds
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "s = Sigmoid(c)\n y = Add(c, s)",  # c is also read as it is
+        "s = Sigmoid(x)\n y = Mul(c, s)",  # a gate on another tensor: not SiLU
+        "y = Exp(c)",
+        "y = Clip(lo, lo, c)",  # c is a bound, not the input
+    ],
+)
+def test_a_reader_that_sees_the_tail_leaves_the_range_alone(body):
+    assert _consumers_of_c(body) == (-np.inf, np.inf)
+
+
+def test_a_graph_output_is_never_bounded():
+    import qcc.frontend
+    from qcc.passes._clip_range import consumer_bounds
+    from tests.conftest import build_model
+
+    proto = build_model(
+        '<ir_version: 10, opset_import: ["" : 18]>\n'
+        "g (float[1,2,4,4] x, float[2,2,1,1] w) => (float[1,2,4,4] y, float[1,2,4,4] c) {"
+        " c = Conv(x, w)\n y = Sigmoid(c) }"
+    )
+    graph = qcc.frontend.load(proto).model.graph
+    assert consumer_bounds(graph.outputs[1]) == (-np.inf, np.inf)
+
+
+def test_bounds_clip_within_the_observed_range_and_keep_zero():
+    values = np.array([-144.0, -1.0, 0.5, 30.0], np.float32)
+    assert clip_range(_hist(values, 1), "minmax", 256, False, (-8.0, np.inf)) == (-8.0, 30.0)
+    assert clip_range(_hist(values, 1), "minmax", 256, False, (-200.0, 200.0)) == (-144.0, 30.0)
+    # A bound that excludes 0 (Clip(x, 1, 6)) still keeps 0 representable.
+    assert clip_range(_hist(values, 1), "minmax", 256, False, (1.0, 6.0)) == (0.0, 6.0)
