@@ -96,3 +96,35 @@ def test_meanmax_never_clips_a_graph_output():
         observed[value.name] = max(float(o.max()) for o in outputs)
         assert get_range(value).max == pytest.approx(observed[value.name], rel=1e-5)
     assert observed, "the model's outputs are quantized on ort"
+
+
+def test_a_silu_input_is_clipped_where_silu_is_flat(monkeypatch):
+    """A Conv output feeding SiLU with one channel far below -8 (SiLU there is 0): calibrated to
+    [-8, max], the other channels get a step five times finer. The .tflite, run in LiteRT, is
+    checked against ONNX Runtime's float output, with and without the bound."""
+    import qcc
+    import qcc.passes.calibrate as calibrate
+    from tests.conftest import build_model, cosine, run
+    from tests.e2e.conformance import run_tflite
+
+    bias = np.zeros(4, np.float32)
+    bias[3] = -40.0
+    model = build_model(
+        '<ir_version: 10, opset_import: ["" : 18]>\n'
+        "g (float[1,4,8,8] x, float[4,4,3,3] w1, float[4] b1, float[4,4,1,1] w2) => (float[1,4,8,8] y) {"
+        " c = Conv<pads=[1,1,1,1]>(x, w1, b1)\n s = Sigmoid(c)\n a = Mul(c, s)\n y = Conv(a, w2) }",
+        constants={"b1": bias},
+    )
+    feeds = random_feeds(model, 8, seed=5)
+
+    def error() -> tuple[float, float | None]:
+        result = qcc.compile(model, target="tflite", calibration=feeds, tolerance=None)
+        worst = min(
+            cosine(run(model, feed)[0], run_tflite(result.artifact.data, feed, "xnnpack")[0]) for feed in feeds
+        )
+        return 1.0 - worst, result.report["tensors"].get("c", {}).get("scale")
+
+    bounded, scale = error()
+    monkeypatch.setattr(calibrate, "consumer_bounds", lambda value: (-np.inf, np.inf))
+    observed, scale_observed = error()
+    assert bounded < 0.5 * observed, (bounded, observed, scale, scale_observed)
