@@ -34,7 +34,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
-from inspect import Parameter, signature
+from inspect import Parameter, cleandoc, signature
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -607,6 +607,21 @@ def targets(
         return
     for t in found:
         out.print(Text.assemble((t["name"], "bold"), f"  {t['description']}"))
+
+
+def _reflowed(doc: str) -> str:
+    """A command's docstring as help text: each prose paragraph on one line, so the terminal wraps
+    it (typer keeps a paragraph's source line breaks, which at 80 columns split every line in two);
+    an indented paragraph (an example command) is kept as written."""
+    paragraphs = cleandoc(doc).split("\n\n")
+    return "\n\n".join(
+        p if p.startswith(" ") else " ".join(line.strip() for line in p.splitlines()) for p in paragraphs
+    )
+
+
+for _info in app.registered_commands:
+    if _info.help is None and _info.callback is not None and _info.callback.__doc__:
+        _info.help = _reflowed(_info.callback.__doc__)
 
 
 # --- the parser's errors, in qcc's one style (qcc._cli_errors) ---------------------------------------

@@ -319,6 +319,18 @@ def test_help_still_teaches():
     assert "--json-out" in qcc_run("analyze", "--help").stdout
 
 
+def test_help_prose_is_wrapped_by_the_terminal_not_by_the_source():
+    """A paragraph of a command's docstring spans several source lines; the help must not keep
+    those breaks (at 80 columns each source line then wrapped on its own, in two)."""
+    proc = subprocess.run(
+        [*QCC, "compile", "--help"], capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"}
+    )
+    assert proc.returncode == 0
+    assert "--strict turns the ones that mean a weaker artifact than asked" in proc.stdout
+    lines = [line.strip() for line in proc.stdout.splitlines()]
+    assert "qcc compile resnet.onnx -t ort -c calib.npz -o resnet.int8.onnx" in lines  # examples: one per line
+
+
 @pytest.mark.parametrize(
     "args",
     [
