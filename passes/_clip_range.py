@@ -83,7 +83,7 @@ def consumer_bounds(value: ir.Value) -> tuple[float, float]:
 
 def _saturation(node: ir.Node, value: ir.Value) -> tuple[float, float]:
     """The interval outside which ``node`` gives the same output whatever ``value`` holds there."""
-    op = node.op_type if node.domain in ("", "ai.onnx") else None
+    op = _onnx_op(node)
     if op == "Relu":
         return 0.0, math.inf
     if op == "Sigmoid":
@@ -94,15 +94,17 @@ def _saturation(node: ir.Node, value: ir.Value) -> tuple[float, float]:
         return -3.0, math.inf
     if op == "Clip" and node.inputs and node.inputs[0] is value:
         return _clip(node)
-    if op == "Mul" and len(node.inputs) == 2:  # x Sigmoid(x) (SiLU), x HardSigmoid(x) (HardSwish)
+    if op == "Mul" and len(node.inputs) == 2:  # x Sigmoid(x) (SiLU), x HardSigmoid(x): 0 where the gate is
         other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
         gate = other.producer() if other is not None else None
-        if gate is not None and gate.inputs and gate.inputs[0] is value:
-            if gate.op_type == "Sigmoid" and gate.domain in ("", "ai.onnx"):
-                return -SIGMOID_SATURATES, math.inf
-            if gate.op_type == "HardSigmoid" and gate.domain in ("", "ai.onnx"):
-                return _hard_sigmoid(gate)[0], math.inf
+        if gate is not None and _onnx_op(gate) in ("Sigmoid", "HardSigmoid") and gate.inputs[0] is value:
+            return _saturation(gate, value)[0], math.inf
     return _UNBOUNDED
+
+
+def _onnx_op(node: ir.Node) -> str | None:
+    """The node's op type if it is a standard ONNX operator, else None."""
+    return node.op_type if node.domain in ("", "ai.onnx") else None
 
 
 def _hard_sigmoid(node: ir.Node) -> tuple[float, float]:
@@ -139,11 +141,11 @@ def clip_range(
         symmetric: the scheme has zero point 0 (the range is [-a, a]).
         bounds: where the tensor's consumers saturate (:func:`consumer_bounds`).
     """
-    low, high = _observed_range(hist, method, levels, symmetric)
+    low, high = _method_range(hist, method, levels, symmetric)
     return max(low, min(bounds[0], 0.0)), min(high, max(bounds[1], 0.0))
 
 
-def _observed_range(hist: TensorHistogram, method: str, levels: int, symmetric: bool) -> tuple[float, float]:
+def _method_range(hist: TensorHistogram, method: str, levels: int, symmetric: bool) -> tuple[float, float]:
     low, high = min(hist.min, 0.0), max(hist.max, 0.0)
     if method == "meanmax" and hist.samples:
         return min(hist.sum_min / hist.samples, 0.0), max(hist.sum_max / hist.samples, 0.0)

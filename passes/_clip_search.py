@@ -102,10 +102,11 @@ def _candidates(
             continue
         tried = [current]  # a range within 1% of one already there is not tried again
         candidates = []
+        bounds = {v.name: consumer_bounds(v) for v in observed}
         for method in CANDIDATES:
             ranges = {
                 v.name: TensorRange(
-                    *clip_range(get_histogram(v), method.value, levels, quant.symmetric, consumer_bounds(v))
+                    *clip_range(get_histogram(v), method.value, levels, quant.symmetric, bounds[v.name])
                 )
                 for v in observed
             }

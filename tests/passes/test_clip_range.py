@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qcc.passes._clip_range import clip_range
+import qcc.frontend
+from qcc.passes._clip_range import clip_range, consumer_bounds
 from qcc.passes._histogram import BINS, TensorHistogram
+from tests.conftest import build_model
 
 
 def _hist(values: np.ndarray, chunks: int = 7) -> TensorHistogram:
@@ -111,16 +113,12 @@ def test_trt_chooses_between_minmax_and_meanmax_by_default_and_the_user_can_choo
 # ------------------------------------------------------------------------- consumer saturation bounds
 
 
-def _consumers_of_c(body: str) -> tuple[float, float]:
+def _consumers_of_c(body: str, outputs: str = "float[1,2,4,4] y") -> tuple[float, float]:
     """The bounds of tensor ``c`` (a Conv output) in a graph whose remaining nodes are ``body``
     (``lo`` and ``hi`` are the constants -1.5 and 6)."""
-    import qcc.frontend
-    from qcc.passes._clip_range import consumer_bounds
-    from tests.conftest import build_model
-
     proto = build_model(
         '<ir_version: 10, opset_import: ["" : 18]>\n'
-        "g (float[1,2,4,4] x, float[2,2,1,1] w, float lo, float hi) => (float[1,2,4,4] y) {"
+        f"g (float[1,2,4,4] x, float[2,2,1,1] w, float lo, float hi) => ({outputs}) {{"
         f" c = Conv(x, w)\n {body} }}",
         constants={"lo": np.float32(-1.5), "hi": np.float32(6.0)},
     )
@@ -162,17 +160,7 @@ def test_a_reader_that_sees_the_tail_leaves_the_range_alone(body):
 
 
 def test_a_graph_output_is_never_bounded():
-    import qcc.frontend
-    from qcc.passes._clip_range import consumer_bounds
-    from tests.conftest import build_model
-
-    proto = build_model(
-        '<ir_version: 10, opset_import: ["" : 18]>\n'
-        "g (float[1,2,4,4] x, float[2,2,1,1] w) => (float[1,2,4,4] y, float[1,2,4,4] c) {"
-        " c = Conv(x, w)\n y = Sigmoid(c) }"
-    )
-    graph = qcc.frontend.load(proto).model.graph
-    assert consumer_bounds(graph.outputs[1]) == (-np.inf, np.inf)
+    assert _consumers_of_c("y = Sigmoid(c)", outputs="float[1,2,4,4] y, float[1,2,4,4] c") == (-np.inf, np.inf)
 
 
 def test_bounds_clip_within_the_observed_range_and_keep_zero():
