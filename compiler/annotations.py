@@ -147,7 +147,8 @@ def get_histogram(value: ir.Value) -> object | None:
 
 
 def set_histogram(value: ir.Value, histogram: object) -> None:
-    """Keeps the tensor's calibration histogram on it (``--method auto``)."""
+    """Keeps the tensor's calibration histogram on it (for ``passes/_clip_search.py``: ranges by
+    other methods, per tensor with ``--method auto`` or for the whole model)."""
     value.meta[_HISTOGRAM_KEY] = histogram
 
 

@@ -38,7 +38,8 @@ from qcc.errors import (
 )
 from qcc.frontend import OwnQuantization
 from qcc.io import check_output_path, check_output_suffix, write_atomic
-from qcc.options import CalibrationMethod, CompileOptions, Precision, WeightRounding
+from qcc.options import CalibrationMethod, CompileOptions, Precision
+from qcc.passes.mixed_precision import errors_by_method
 from qcc.pipeline import run_pipeline
 from qcc.report import (
     STRICT_WARNINGS,
@@ -147,7 +148,7 @@ def compile_model(
         QccError: any problem with the model, the data, the options or the output.
     """
     with counting_cost() as cost:
-        result = _compile(model, calibration, options, progress)
+        result = _compile(_Source(model), calibration, options, progress)
         _add_warnings(result, options)
     result.report["cost"] = cost.report()
     return result
@@ -168,8 +169,33 @@ def _add_warnings(result: CompileResult, options: CompileOptions) -> None:
         _user_log.warning("%s: %s", warning["code"], warning["message"])
 
 
+class _Source:
+    """The model a compile was given, loaded (checked, upgraded, shape-inferred) once for every
+    compile of the call; each compile gets its own copy of the loaded IR."""
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+        self._loaded: dict[int, frontend.LoadedModel] = {}  # by the opset the target needs
+
+    def load(self, min_opset: int) -> frontend.LoadedModel:
+        """A copy of the loaded model (the pipeline changes it in place)."""
+        with _stage("load"):
+            loaded = self._get(min_opset)
+            return dataclasses.replace(loaded, model=loaded.model.clone())
+
+    def shared(self, min_opset: int) -> frontend.LoadedModel:
+        """The loaded model every copy is made from: read it, never change it."""
+        with _stage("load"):
+            return self._get(min_opset)
+
+    def _get(self, min_opset: int) -> frontend.LoadedModel:
+        if min_opset not in self._loaded:
+            self._loaded[min_opset] = frontend.load(self.model, min_opset=min_opset)
+        return self._loaded[min_opset]
+
+
 def _compile(
-    model: object,
+    model: _Source,
     calibration: CalibrationSource | None,
     options: CompileOptions,
     progress: Progress = no_progress,
@@ -192,13 +218,13 @@ def _compile(
         return _compile_auto(model, calibration, options, progress, methods)
     options = dataclasses.replace(options, method=methods[0])
     select_mode = not chosen_by_user and backend.spec.dynamic
-    if _refit_after_rounding(options, calibration):
-        return _round_then_refit(model, calibration, options, progress, statistics, select_mode)
+    if select_mode and _refits(options, calibration) and _may_try_dynamic(model, options):
+        return _compare_then_refit(model, calibration, options, progress, statistics, select_mode)
     return _compile_planned(model, calibration, options, progress, statistics, select_mode)
 
 
 def _compile_planned(
-    model: object,
+    model: _Source,
     calibration: CalibrationSource | None,
     options: CompileOptions,
     progress: Progress,
@@ -214,8 +240,7 @@ def _compile_planned(
     counted = cost.begin_compile(_distinguishing(options))
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    with cost.stage("load"):
-        loaded = frontend.load(model, min_opset=backend.spec.min_opset(options))
+    loaded = model.load(backend.spec.min_opset(options))
     timings["load"] = time.perf_counter() - start
     _check_excludes(loaded.model, options.exclude, loaded.source)
     if calibration is None and options.needs_calibration:
@@ -297,28 +322,19 @@ def _compile_planned(
         # tensor -> method, the rest minmax
         report["clip_search"] = dict(sorted((current.tensor_methods or {}).items()))
     result = CompileResult(artifact=artifact, report=report, annotated=loaded.model, plan=current)
-    if options.weight_rounding == WeightRounding.AUTO and _nearest_may_be_closer(report):
-        with cost.selection("rounding"):
-            result = _gptq_or_nearest(model, data, options, progress, statistics, result)
     if select_mode and _dynamic_may_be_closer(loaded.model, options, result.report):
         # --dynamic needs the samples to smooth (all of them) and verify; a one-shot iterator is spent by now.
-        rounding = result.report.get("rounding_selection")
         samples, smooth = (data, options.smoothquant) if data.reiterable else (data.spread(VERIFY_SAMPLES), False)
         dynamic_options = dataclasses.replace(options, smoothquant=smooth)  # as the static compile could
         with cost.selection("mode"):
             result = _static_or_dynamic(model, samples, dynamic_options, progress, statistics, result)
-        if rounding is not None and "rounding_selection" not in result.report:  # the static compiles' choice
-            result.report["rounding_selection"] = {**rounding, "kept": "no: --dynamic won (mode_selection)"}
     return result
 
 
-def _refit_after_rounding(options: CompileOptions, calibration: CalibrationSource | CalibrationData | None) -> bool:
-    """The compile refits and may compare candidates (the rounding, static vs ``--dynamic``), which
-    are then compared without the refit. A one-shot iterator of feeds is not gathered into memory
-    for it: that compile refits whichever candidate it makes."""
+def _refits(options: CompileOptions, calibration: CalibrationSource | CalibrationData | None) -> bool:
+    """The compile runs the refit with ``--tolerance`` on data it can read again."""
     return (
         options.refit
-        and options.weight_rounding == WeightRounding.AUTO
         and options.precision == Precision.INT8
         and options.needs_calibration
         and not options.dynamic
@@ -328,17 +344,17 @@ def _refit_after_rounding(options: CompileOptions, calibration: CalibrationSourc
     )
 
 
-def _round_then_refit(
-    model: object,
+def _compare_then_refit(
+    model: _Source,
     calibration: CalibrationSource | None,
     options: CompileOptions,
     progress: Progress,
     statistics: dict | None,
     select_mode: bool,
 ) -> CompileResult:
-    """Compiles without the refit (the slowest pass) to settle the rounding, the float nodes, the clip
-    methods and static vs ``--dynamic``; then compiles that plan once more with the refit, instead of
-    refitting every candidate. The report's selections are those of the compiles without the refit."""
+    """Compiles without the refit (the slowest pass) to settle the float nodes, the clip methods and
+    static vs ``--dynamic``; then compiles that plan once more with the refit, instead of refitting
+    both candidates. The report's selection is that of the compiles without the refit."""
     statistics = {} if statistics is None else statistics
     with _selection("without_refit"):
         unfitted = _compile_planned(
@@ -352,24 +368,19 @@ def _round_then_refit(
 
 
 def _refit_plan(
-    model: object,
+    model: _Source,
     calibration: CalibrationSource | None,
     options: CompileOptions,
     progress: Progress,
     statistics: dict,
     unfitted: CompileResult,
 ) -> CompileResult:
-    """Compiles ``unfitted``'s plan (rounding, float nodes, clip methods) again, with the refit; the
-    report keeps ``unfitted``'s selections and counts its time under ``timings["selection"]``."""
-    selection = unfitted.report.get("rounding_selection")
-    rounding = WeightRounding(selection["chosen"]) if selection else WeightRounding.GPTQ  # gptq: auto's own
-    chosen = dataclasses.replace(options, weight_rounding=rounding)
+    """Compiles ``unfitted``'s plan (float nodes, clip methods) again, with the refit; the report keeps
+    ``unfitted``'s selection and counts its time under ``timings["selection"]``."""
     with _selection("refit"):
-        result = _compile_planned(model, calibration, chosen, progress, statistics, False, unfitted.plan)
-    result.report["options"]["weight_rounding"] = rounding.value if selection else options.weight_rounding.value
-    for section in ("rounding_selection", "mode_selection"):
-        if section in unfitted.report:
-            result.report[section] = {**unfitted.report[section], "compared": "without the refit"}
+        result = _compile_planned(model, calibration, options, progress, statistics, False, unfitted.plan)
+    if "mode_selection" in unfitted.report:
+        result.report["mode_selection"] = {**unfitted.report["mode_selection"], "compared": "without the refit"}
     timings = result.report["timings"]
     timings["selection"] = unfitted.report["timings"]["total"]
     timings["total"] = round(timings["total"] + timings["selection"], 4)
@@ -382,52 +393,34 @@ def _needed_float_nodes(report: dict[str, Any]) -> bool:
     return mixed.get("met") is False or (mixed.get("met") is True and bool(mixed.get("kept_float")))
 
 
-def _nearest_may_be_closer(report: dict[str, Any]) -> bool:
-    """GPTQ rounded some layers and the compile needed nodes kept float for the tolerance: there,
-    activation rounding dominates, and GPTQ's weights (fitted to float inputs) may do worse than
-    nearest rounding (MobileNetV2: eval cosine 0.9868 vs 0.9912). The refit that follows either
-    does not undo that: it refits few layers and mixed precision floats other nodes per rounding."""
-    return bool((report.get("weight_rounding") or {}).get("gptq_layers")) and _needed_float_nodes(report)
-
-
-def _gptq_or_nearest(
-    model: object,
-    data: CalibrationData | None,
-    options: CompileOptions,
-    progress: Progress,
-    statistics: dict,
-    gptq: CompileResult,
-) -> CompileResult:
-    """Compiles with nearest rounding too (the calibration statistics are reused) and keeps the one
-    with fewer nodes float if both meet the tolerance (the faster artifact: with the bound held,
-    EfficientNet-Lite0 kept 22 nodes float with nearest rounding, 1.26x faster than fp32, against
-    GPTQ's 5, 1.76x), else whichever artifact is closer to fp32 on the calibration samples
-    (GPTQ's on a tie)."""
-    nearest = _compile(
-        model, data, dataclasses.replace(options, weight_rounding=WeightRounding.NEAREST), progress, statistics
-    )
-    why = "the GPTQ compile needed nodes kept float for --tolerance, so nearest rounding was tried"
-    best = _keep_closer(options, "rounding_selection", {"gptq": gptq, "nearest": nearest}, why, fewer_float=True)
-    best.report["options"]["weight_rounding"] = best.report["rounding_selection"]["chosen"]  # what made it
-    return best
-
-
-def _dynamic_may_be_closer(model, options: CompileOptions, report: dict[str, Any]) -> bool:
+def _dynamic_may_be_closer(model: ir.Model, options: CompileOptions, report: dict[str, Any]) -> bool:
     """A static compile that missed the tolerance, or met it only by keeping nodes float, of a model
-    without convolutions (a transformer: static activation ranges lose most at LayerNorm
-    outliers), on a target with ``--dynamic``."""
+    :func:`_may_try_dynamic` compares with ``--dynamic``."""
     return (
         _needed_float_nodes(report)
         and ((report.get("mixed_precision") or {}).get("artifact_error") or 0.0) > 0.0  # all float: can't be closer
         and not options.dynamic
         and options.precision == Precision.INT8
-        and not any(node.op_type in ("Conv", "ConvTranspose") for node in model.graph)
-        and any(node.op_type in ("MatMul", "Gemm") for node in model.graph)
+        and _without_convolutions(model)
+    )
+
+
+def _may_try_dynamic(source: _Source, options: CompileOptions) -> bool:
+    """The static compile may be compared with ``--dynamic`` (:func:`_dynamic_may_be_closer`): a
+    model without convolutions (a transformer: static activation ranges lose most at LayerNorm
+    outliers). Only then is the refit kept out of the compiles compared."""
+    return _without_convolutions(source.shared(get_backend(options.target).spec.min_opset(options)).model)
+
+
+def _without_convolutions(model: ir.Model) -> bool:
+    """Matrix products and no convolution."""
+    return not any(node.op_type in ("Conv", "ConvTranspose") for node in model.graph) and any(
+        node.op_type in ("MatMul", "Gemm") for node in model.graph
     )
 
 
 def _static_or_dynamic(
-    model: object,
+    model: _Source,
     calibration: CalibrationSource | None,
     options: CompileOptions,
     progress: Progress,
@@ -453,13 +446,9 @@ def _keep_closer(
     section: str,
     candidates: dict[str, CompileResult],
     why: str,
-    *,
-    fewer_float: bool = False,
 ) -> CompileResult:
     """Of two compiles, the one whose artifact is closer to fp32 on the calibration samples (by the
-    tolerance's metric; the first on a tie), with ``report[section]`` saying which, how close and why.
-    With ``fewer_float``, when both meet the tolerance, the one with fewer nodes kept float (the
-    closer one on a tie)."""
+    tolerance's metric; the first on a tie), with ``report[section]`` saying which, how close and why."""
     errors = {
         name: mixed_precision_section(None, result.report["verify"], options)["artifact_error"]
         for name, result in candidates.items()
@@ -469,19 +458,14 @@ def _keep_closer(
         for name, result in candidates.items()
     }
     first, second = candidates
-    closer = second if errors[second] is not None and errors[second] < errors[first] else first
-    met = all(e is not None and e <= options.tolerance for e in errors.values())
-    if fewer_float and met and floats[first] != floats[second]:
-        chosen, rule = min(candidates, key=floats.__getitem__), "both met --tolerance: fewer nodes kept float"
-    else:
-        chosen, rule = closer, "closer to fp32"
+    chosen = second if errors[second] is not None and errors[second] < errors[first] else first
     best = candidates[chosen]
     best.report[section] = {
         "chosen": chosen,
         "metric": options.tolerance_metric.value,
         "artifact_error": errors,
         "kept_float": floats,
-        "rule": rule,
+        "rule": "closer to fp32",
         "why": why,
     }
     return best
@@ -493,7 +477,7 @@ AUTO_MARGIN = 0.002
 
 
 def _compile_auto(
-    model: object,
+    model: _Source,
     calibration: CalibrationSource | None,
     options: CompileOptions,
     progress: Progress,
@@ -527,7 +511,7 @@ def _compile_auto(
     chosen = best.report["options"]["method"]
     section = mixed_precision_section(None, best.report["verify"], options) if options.tolerance is not None else None
     final = dataclasses.replace(options, method=chosen)
-    if section is not None and section["met"] and _refit_after_rounding(final, calibration):
+    if section is not None and section["met"] and _refits(final, calibration):
         best = _refit_plan(model, calibration, final, progress, statistics, best)  # the plan stands: refit it
     elif options.refit or (section is not None and not section["met"]):
         with _selection("chosen_method"):
@@ -542,7 +526,7 @@ def _compile_auto(
 
 
 def _other_methods_if_missed(
-    model: object,
+    model: _Source,
     calibration: CalibrationSource | None,
     options: CompileOptions,
     progress: Progress,
@@ -551,33 +535,52 @@ def _other_methods_if_missed(
     scores: dict[str, float],
     selection: dict[str, Any],
 ) -> CompileResult:
-    """When the chosen method's compile needed nodes kept float for ``--tolerance`` (or still misses
-    it), compiles with the other methods too and keeps the best by :func:`_after_mixed_precision`.
+    """When the chosen method's compile kept nodes float and still misses ``--tolerance``, or was
+    left no int8 node, tries the other methods and keeps the best by :func:`_after_mixed_precision`.
 
     The choice above compares all-int8 artifacts, but what the user gets is the artifact after
-    mixed precision, and the two can disagree. A method that clips ranges can score better
-    all-int8, yet a clipped tensor next to a node kept float can hold the error above the bound
-    where minmax's unclipped ranges let the same float nodes reach it (a small MatMul chain on
-    ``tflite``: 0.0033 against 6e-5), or it can need more nodes float, which strands their
-    neighbours (Magika on ``tflite``: meanmax met the bound with no int8 node left; minmax meets it
-    with int8 nodes). Candidates compile without the refit, and the one kept is refit (``errors``
-    are before its refit).
+    mixed precision, and the two can disagree:
+
+    * A clipped tensor next to a node kept float can hold the error above the bound where minmax's
+      unclipped ranges let the same float nodes reach it (a small MatMul chain on ``tflite``:
+      0.0033 against 6e-5). So the other methods are first measured at the chosen plan, in one
+      simulation whose activation parameters are fed (``mixed_precision.errors_by_method``); a
+      method closer there is compiled with that plan (its float nodes, no second search).
+    * A method can need so many nodes float that their neighbours are stranded (Magika on
+      ``tflite``: meanmax met the bound with no int8 node left; minmax meets it with int8 nodes).
+      With nothing int8 left to simulate, each other method is compiled with its own search.
+
+    A compile that met the bound keeps its method (in the zoo a second search never beat it: each
+    cost a third of a ``tflite`` or ``trt`` compile). Candidates compiled with their own search
+    skip the refit until one wins.
     """
     section = best.report.get("mixed_precision")
-    if section is None or (section["met"] and not section.get("kept_float")):
+    if section is None or not section.get("kept_float") or (section["met"] and _int8_nodes(best)):
         return best
+    others = sorted((CalibrationMethod(m) for m in scores if m != selection["chosen"]), key=lambda m: -scores[m.value])
     errors = {selection["chosen"]: section["artifact_error"]}
-    for method in sorted((m for m in scores if m != selection["chosen"]), key=lambda m: -scores[m]):
-        final = dataclasses.replace(options, method=CalibrationMethod(method))
-        # Without the refit (the slowest pass); a candidate that already beats the refit one is refit.
-        with _selection("method_after_mixed_precision"):
-            result = _compile(model, calibration, dataclasses.replace(final, refit=False), progress, statistics)
-        errors[method] = result.report["mixed_precision"]["artifact_error"]
+    if _int8_nodes(best):
+        spec = get_backend(options.target).spec
+        data = open_calibration(calibration, model.shared(spec.min_opset(options)).input_specs(),
+                                options.max_calibration_samples)
+        simulated = errors_by_method(best.annotated, data.spread(VERIFY_SAMPLES), options.tolerance_metric,
+                                     others, spec)
+        selection["simulated_at_plan"] = simulated
+        others = [m for m in others if simulated[m.value] < simulated["planned"]]
+    for method in others:
+        final = dataclasses.replace(options, method=method)
+        if _int8_nodes(best):  # the chosen plan, with this method's ranges
+            with _selection("method_at_plan"):
+                result = _compile_planned(model, calibration, final, progress, statistics, False, best.plan)
+        else:  # its own search, without the refit (the slowest pass); the one kept is refit
+            with _selection("method_after_mixed_precision"):
+                result = _compile(model, calibration, dataclasses.replace(final, refit=False), progress, statistics)
+        errors[method.value] = result.report["mixed_precision"]["artifact_error"]
         if _after_mixed_precision(result) > _after_mixed_precision(best):
-            if _refit_after_rounding(final, calibration):
+            if not result.report["options"]["refit"] and _refits(final, calibration):
                 result = _refit_plan(model, calibration, final, progress, statistics, result)
             best = result
-            selection["chosen"] = method
+            selection["chosen"] = method.value
     selection["error_after_mixed_precision"] = errors
     return best
 
@@ -585,9 +588,19 @@ def _other_methods_if_missed(
 def _after_mixed_precision(result: CompileResult) -> tuple[bool, int, float]:
     """What ranks compiles that chase the same bound: meeting it; among those that meet it, the
     nodes left int8 (speed), then the smaller error; among those that miss it, the smaller error."""
-    section, totals = result.report["mixed_precision"], result.report["totals"]
-    int8 = totals["int8"] + totals["fused"] if section["met"] else 0
-    return section["met"], int8, -section["artifact_error"]
+    section = result.report["mixed_precision"]
+    return section["met"], _int8_nodes(result) if section["met"] else 0, -section["artifact_error"]
+
+
+def _int8_nodes(result: CompileResult) -> int:
+    """The nodes the artifact runs int8 (absorbed activations included)."""
+    totals = result.report["totals"]
+    return totals["int8"] + totals["fused"]
+
+
+def _stage(name: str) -> contextlib.AbstractContextManager[None]:
+    """:meth:`CostCounter.stage` of the compile's counter."""
+    return (current_cost() or CostCounter()).stage(name)
 
 
 def _selection(why: str) -> contextlib.AbstractContextManager[None]:

@@ -392,15 +392,15 @@ class CompileOptions:
         WeightRounding.AUTO,
         doc='``"gptq"``: round each Conv/MatMul/Gemm weight so that its layer\'s output on the calibration '
         'inputs moves least (``passes/weight_rounding.py``; ``report["weight_rounding"]`` says which layers and '
-        'by how much); ``"nearest"``: every weight to its nearest level; ``"auto"`` (default): gptq, and where '
-        "``tolerance`` needs nodes kept float, nearest too, keeping the one with fewer nodes float if both "
-        'meet it, else the one closer to fp32 (``report["rounding_selection"]``).',
+        'by how much); ``"nearest"``: every weight to its nearest level; ``"auto"`` (default): gptq, after '
+        "which the refit (``refit``) gives each layer GPTQ's levels, nearest rounding or weights fitted to the "
+        'quantized model\'s inputs, whichever is closer on held-out samples (``report["refit"]``).',
         cli=CliFlag(
             ("--weight-rounding",),
             "gptq: round each layer's weights so its output on the calibration data moves least "
             "(each rounding error compensated in the weights not yet rounded); nearest: plain rounding; "
-            "auto: gptq, and nearest too when --tolerance needs nodes kept float (if both meet it, the one with "
-            "fewer nodes float is kept, else the closer one).",
+            "auto: gptq, then the refit picks per layer among gptq's levels, nearest rounding and a fit to the "
+            "int8 model's own inputs.",
         ),
     )
     smoothquant: bool = _option(

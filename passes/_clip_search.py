@@ -85,37 +85,78 @@ def _candidates(
 ) -> list[tuple[list[ir.Value], list[tuple[CalibrationMethod, Params]]]]:
     """Each group that may change, with every candidate method's simulation parameters."""
     out = []
+    for members in _tunable_groups(graph, sim, fixed_ops, shared_group_ops):
+        current = union_range(members)
+        width = current.max - current.min
+        tried = [current]  # a range within 1% of one already there is not tried again
+        candidates = []
+        bounds = _bounds(members)
+        for method in CANDIDATES:
+            trial = _method_range(members, method, bounds)
+            if any(abs(trial.min - r.min) + abs(trial.max - r.max) <= _SAME * width for r in tried):
+                continue
+            tried.append(trial)
+            candidates.append((method, _group_params(members, sim, trial)))
+        if candidates:
+            out.append((members, candidates))
+    return out
+
+
+def method_params(
+    graph: ir.Graph,
+    sim: Simulation,
+    method: CalibrationMethod,
+    fixed_ops: frozenset[str],
+    shared_group_ops: frozenset[str],
+) -> Params:
+    """The simulation parameters of every activation group that may change with its range from
+    ``method``: the model as calibration with that method would have made it (graph outputs keep
+    minmax there too)."""
+    params: Params = {}
+    for members in _tunable_groups(graph, sim, fixed_ops, shared_group_ops):
+        params.update(_group_params(members, sim, _method_range(members, method, _bounds(members))))
+    return params
+
+
+def _tunable_groups(
+    graph: ir.Graph, sim: Simulation, fixed_ops: frozenset[str], shared_group_ops: frozenset[str]
+) -> list[list[ir.Value]]:
+    """The activation groups whose range may change: observed, fed to the simulation, not fixed by
+    the target, not empty, and without a graph output (a clipped result is wrong outright, however
+    the samples score it)."""
+    found = []
     for members in activation_groups(graph, shared_group_ops):
         if any(v.producer() is not None and v.producer().op_type in fixed_ops for v in members):
             continue
         if any(v.is_graph_output() for v in members):
-            continue  # a clipped result is wrong outright, however the samples score it
-        observed = [v for v in members if get_histogram(v) is not None]
-        fed = [v.name for v in members if v.name in sim.params]
-        if not observed or not fed:
             continue
-        quant = get_quant(members[0])
-        levels = 255 if quant.symmetric else 256
+        if not any(get_histogram(v) is not None for v in members) or not any(v.name in sim.params for v in members):
+            continue
         current = union_range(members)
-        width = current.max - current.min
-        if width <= 0:
-            continue
-        tried = [current]  # a range within 1% of one already there is not tried again
-        candidates = []
-        bounds = {v.name: consumer_bounds(v) for v in observed}
-        for method in CANDIDATES:
-            ranges = {
-                v.name: TensorRange(
-                    *clip_range(get_histogram(v), method.value, levels, quant.symmetric, bounds[v.name])
-                )
-                for v in observed
-            }
-            trial = union_range(members, ranges)
-            if any(abs(trial.min - r.min) + abs(trial.max - r.max) <= _SAME * width for r in tried):
-                continue
-            tried.append(trial)
-            scale, zero_point = activation_params(trial.min, trial.max, quant.dtype, quant.symmetric)
-            candidates.append((method, {name: (scale, zero_point) for name in fed}))
-        if candidates:
-            out.append((members, candidates))
-    return out
+        if current.max - current.min > 0:
+            found.append(members)
+    return found
+
+
+def _bounds(members: list[ir.Value]) -> dict[str, tuple[float, float]]:
+    """Each observed member's saturation bound (``consumer_bounds``)."""
+    return {v.name: consumer_bounds(v) for v in members if get_histogram(v) is not None}
+
+
+def _method_range(members: list[ir.Value], method: CalibrationMethod, bounds: dict) -> TensorRange:
+    """The group's range with each observed member's range from ``method`` (``bounds``: :func:`_bounds`)."""
+    quant = get_quant(members[0])
+    levels = 255 if quant.symmetric else 256
+    ranges = {
+        v.name: TensorRange(*clip_range(get_histogram(v), method.value, levels, quant.symmetric, bounds[v.name]))
+        for v in members
+        if v.name in bounds
+    }
+    return union_range(members, ranges)
+
+
+def _group_params(members: list[ir.Value], sim: Simulation, trial: TensorRange) -> Params:
+    """The scale and zero point of ``trial`` for each member the simulation feeds."""
+    quant = get_quant(members[0])
+    scale, zero_point = activation_params(trial.min, trial.max, quant.dtype, quant.symmetric)
+    return {v.name: (scale, zero_point) for v in members if v.name in sim.params}

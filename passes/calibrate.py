@@ -213,8 +213,7 @@ class CalibratePass(QccPass):
         for value, hist in zip(targets, stats.histograms, strict=True):
             quant = get_quant(value)
             set_range(value, TensorRange(*ranges[value.name]))
-            if method == CalibrationMethod.AUTO:
-                set_histogram(value, hist)  # for the clip search (passes/_clip_search.py)
+            set_histogram(value, hist)  # for the clip search and method checks (passes/_clip_search.py)
             mean = stats.channel_mean(value.name)
             if mean is not None:  # for bias correction, with the input's (last) shape
                 set_channel_mean(value, mean.astype(np.float32), stats.channel_shapes.get(value.name))

@@ -77,7 +77,7 @@ from qcc.latency import LatencyModel, Tensor, estimate
 from qcc.metrics import cosine, finite_values, relative_error
 from qcc.options import CalibrationMethod, ToleranceMetric
 from qcc.passes._base import QccPass
-from qcc.passes._clip_search import search_clip_ranges
+from qcc.passes._clip_search import method_params, search_clip_ranges
 from qcc.passes._simulation import Simulation
 from qcc.passes.plan import PlanPass
 from qcc.runtime import is_large, session
@@ -331,6 +331,22 @@ class MixedPrecisionPass(QccPass):
             )
             tensors[value.name] = Tensor(frozenset(neighbours[value.name]), joins_float)
         return estimate(model, feed, tensors)
+
+
+def errors_by_method(
+    model: ir.Model, samples: list, metric: ToleranceMetric, methods: list[CalibrationMethod], target
+) -> dict[str, float]:
+    """The simulated error (worst output, on ``samples``) of the annotated model as it is, under
+    ``"planned"``, and with every activation's range from each of ``methods`` instead: one
+    simulation whose scales and zero points are fed, the float nodes as planned."""
+    sim = Simulation(model, samples, tunable="params")
+    error = _Error(model, samples, metric)
+    errors = {"planned": max(error.of(sim.run()).values())}
+    fixed, shared = frozenset(target.fixed_output_params), target.shared_group_ops
+    for method in methods:
+        params = method_params(model.graph, sim, method, fixed, shared)
+        errors[method.value] = max(error.of(sim.run(params=params)).values())
+    return errors
 
 
 def _prune(

@@ -121,14 +121,13 @@ def conv_net() -> onnx.ModelProto:
     return build_model(CONV_NET)
 
 
-def test_a_default_ort_compile_counts_two_pipeline_runs_and_every_session_and_run(spies, conv_net):
+def test_a_default_ort_compile_runs_the_pipeline_once_and_counts_every_session_and_run(spies, conv_net):
     result = qcc.compile(conv_net, calibration=random_feeds(conv_net, 8))
     cost = result.report["cost"]
     assert _cost_counts(cost) == spies.counts()
-    # The default compile settles the plan without the refit, then compiles that plan with it.
-    assert [c["why"] for c in cost["compiles"]] == ["without_refit", "refit"] and len(cost["compiles"]) == spies.loads
-    assert [(c["refit"], c["pipeline_runs"]) for c in cost["compiles"]] == [(False, 1), (True, 1)]
-    assert cost["pipeline_runs"] == 2
+    # Within the bound: one compile, one pipeline run with the refit, the model loaded once.
+    assert [(c["why"], c["refit"], c["pipeline_runs"]) for c in cost["compiles"]] == [("requested", True, 1)]
+    assert cost["pipeline_runs"] == 1 and spies.loads == 1
     assert cost["float_model_runs"] > 0 and cost["quantized_model_runs"] > 0 and cost["simulation_runs"] > 0
     # Each pass that ran a model is a stage of its own: calibration runs the float model only.
     calibrate = cost["stages"]["calibrate"]
@@ -157,24 +156,26 @@ def test_method_selection_counts_one_compile_per_method_then_the_refit(spies, co
         *(("method", m) for m in methods),
         ("refit", result.report["method_selection"]["chosen"]),
     ]
-    assert len(cost["compiles"]) == spies.loads and cost["pipeline_runs"] == len(methods) + 1
+    assert spies.loads == 1 and cost["pipeline_runs"] == len(methods) + 1
     _check_consistent(cost)
 
 
-def test_the_rounding_selection_counts_its_candidate_inside_the_compile_it_settles(spies):
+def test_a_compile_that_needs_float_nodes_searches_once_and_refits_in_the_same_compile(spies):
+    from qcc.passes.mixed_precision import MixedPrecisionPass
     from tests.passes.test_weight_rounding import CHAIN, _smooth_images
 
     model = build_model(CHAIN, seed=4)
     result = qcc.compile(model, calibration=_smooth_images(16, seed=1), tolerance=1e-5)
     cost = result.report["cost"]
+    assert result.report["mixed_precision"]["kept_float"]
     assert _cost_counts(cost) == spies.counts()
-    chosen = result.report["rounding_selection"]["chosen"]
-    assert [(c["why"], c["weight_rounding"], c["refit"]) for c in cost["compiles"]] == [
-        ("without_refit", "auto", False),  # GPTQ, auto's own
-        ("without_refit/rounding", "nearest", False),
-        ("refit", chosen, True),
+    # The search, then the plan with its float nodes and the refit: one compile, two pipeline runs.
+    assert [(c["why"], c["weight_rounding"], c["refit"], c["pipeline_runs"]) for c in cost["compiles"]] == [
+        ("requested", "auto", True, 2)
     ]
-    assert len(cost["compiles"]) == spies.loads
+    assert spies.loads == 1
+    assert cost["stages"]["refit-weights"]["quantized_model_runs"] > 0
+    assert MixedPrecisionPass.name in cost["stages"]
     _check_consistent(cost)
 
 

@@ -157,7 +157,7 @@ def test_method_selection_reads_a_reader_without_rewind_once_for_every_compile(t
 
 
 def _candidate(error: float, kept_float: int) -> SimpleNamespace:
-    """A compile result as far as the rounding selection reads it: the artifact's output error
+    """A compile result as far as a selection reads it: the artifact's output error
     (1 - cosine) and how many nodes mixed precision kept float."""
     return SimpleNamespace(
         report={
@@ -168,21 +168,20 @@ def _candidate(error: float, kept_float: int) -> SimpleNamespace:
 
 
 @pytest.mark.parametrize(
-    ("gptq", "nearest", "chosen"),
+    ("static", "dynamic", "chosen"),
     [
-        ((0.0015, 3), (0.0010, 9), "gptq"),  # both within the bound: the faster artifact
-        ((0.0015, 3), (0.0010, 3), "nearest"),  # as many float: the closer one
-        ((0.0030, 3), (0.0010, 9), "nearest"),  # only nearest meets it
-        ((0.0040, 3), (0.0030, 9), "nearest"),  # neither meets it: the closer one
+        ((0.0015, 3), (0.0010, 0), "dynamic"),  # the closer one, whatever it keeps float
+        ((0.0010, 3), (0.0010, 0), "static"),  # a tie keeps the first
+        ((0.0010, 0), (0.0030, 9), "static"),
     ],
 )
-def test_the_rounding_selection_prefers_fewer_float_nodes_when_both_meet_the_bound(gptq, nearest, chosen):
+def test_a_selection_keeps_the_compile_closer_to_fp32(static, dynamic, chosen):
     options = CompileOptions(tolerance=0.002)
-    candidates = {"gptq": _candidate(*gptq), "nearest": _candidate(*nearest)}
-    best = driver._keep_closer(options, "rounding_selection", candidates, "test", fewer_float=True)
+    candidates = {"static": _candidate(*static), "dynamic": _candidate(*dynamic)}
+    best = driver._keep_closer(options, "mode_selection", candidates, "test")
     assert best is candidates[chosen]
-    assert best.report["rounding_selection"]["chosen"] == chosen
-    assert best.report["rounding_selection"]["kept_float"] == {"gptq": gptq[1], "nearest": nearest[1]}
+    assert best.report["mode_selection"]["chosen"] == chosen
+    assert best.report["mode_selection"]["kept_float"] == {"static": static[1], "dynamic": dynamic[1]}
 
 
 # -- API mistakes that used to pass silently (issue #18) -----------------------------------------

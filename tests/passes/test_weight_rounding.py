@@ -202,23 +202,21 @@ g (float[8,1,3,3] wd, float[16,8,1,1] wp, float[16,16,1,1] wq, float[16,16,1,1] 
 """
 
 
-def test_auto_rounding_tries_nearest_where_the_bound_needs_float_nodes_and_keeps_the_closer():
+def test_auto_rounding_is_gptq_and_the_refit_chooses_per_layer_on_the_quantized_inputs():
     model = build_model(CHAIN, seed=4)
     calibration = _smooth_images(16, seed=1)
     result = qcc.compile(model, calibration=calibration, tolerance=1e-5)  # some nodes go float for it
     assert result.report["mixed_precision"]["kept_float"]
-    selection = result.report["rounding_selection"]
-    errors = selection["artifact_error"]
-    assert max(errors.values()) > 1e-5  # neither meets the bound: the closer one is kept
-    assert selection["chosen"] == min(errors, key=errors.get) and selection["rule"] == "closer to fp32"
-    assert result.report["options"]["weight_rounding"] == selection["chosen"]
-    # Within the bound without float nodes, or with a rounding the user chose, nothing is tried.
-    assert "rounding_selection" not in qcc.compile(model, calibration=calibration, tolerance=0.5).report
-    assert "rounding_selection" not in qcc.compile(model, calibration=calibration, tolerance=1e-7,
-                                                   weight_rounding="gptq").report
+    assert result.report["weight_rounding"]["gptq_layers"] >= 1
+    assert result.report["options"]["weight_rounding"] == "auto"
+    gptq = qcc.compile(model, calibration=calibration, tolerance=1e-5, weight_rounding="gptq")
+    assert gptq.artifact.data == result.artifact.data  # auto is gptq: nothing else is compiled
+    # Per layer the refit weighs GPTQ's levels ("kept"), nearest rounding and its fits on held-out samples.
+    choices = {layer["choice"] for layer in result.report["refit"]["layers"].values()}
+    assert choices and choices <= {"kept", "nearest", "d=0.01", "d=0.1", "d=1"}
 
 
-def test_the_refit_runs_once_on_the_plan_chosen_without_it(monkeypatch):
+def test_the_refit_runs_once_after_the_one_search(monkeypatch):
     from qcc.passes.mixed_precision import MixedPrecisionPass
     from qcc.passes.refit_weights import RefitWeightsPass
 
@@ -229,7 +227,7 @@ def test_the_refit_runs_once_on_the_plan_chosen_without_it(monkeypatch):
 
     def counted(self, ir_model):
         if self.ctx.options.refit:
-            refits.append(self.ctx.options.weight_rounding.value)
+            refits.append(sorted(self.ctx.keep_float))
         return call(self, ir_model)
 
     monkeypatch.setattr(RefitWeightsPass, "call", counted)
@@ -237,20 +235,16 @@ def test_the_refit_runs_once_on_the_plan_chosen_without_it(monkeypatch):
     search = MixedPrecisionPass._search
     monkeypatch.setattr(MixedPrecisionPass, "_search", lambda self, *a: searches.append(1) or search(self, *a))
     result = qcc.compile(model, calibration=calibration, tolerance=1e-5)
-    selection = result.report["rounding_selection"]
-    assert refits == [selection["chosen"]]  # not once per rounding compared
-    assert len(searches) == 2  # one per rounding; the refit compile is given the chosen plan
-    assert result.report["timings"]["selection"] > 0
-    assert selection["compared"] == "without the refit"
+    kept = sorted(n["node"] for n in result.report["mixed_precision"]["kept_float"])
+    assert len(searches) == 1
+    assert refits == [kept] and kept  # once, on the plan with the search's float nodes
     assert result.report["refit"]["refit_layers"] + result.report["refit"]["kept_layers"] >= 1
     unfitted = qcc.compile(model, calibration=calibration, tolerance=1e-5, refit=False)
-    assert unfitted.report["rounding_selection"]["chosen"] == selection["chosen"]
-    kept = lambda report: sorted(n["node"] for n in report["mixed_precision"]["kept_float"])  # noqa: E731
-    # the refit compile keeps that plan's float nodes
-    assert kept(result.report) and kept(result.report) == kept(unfitted.report)
+    # the refit does not change which nodes are float
+    assert kept == sorted(n["node"] for n in unfitted.report["mixed_precision"]["kept_float"])
 
 
-def test_the_rounding_choice_stays_in_the_report_when_dynamic_wins():
+def test_static_and_dynamic_are_compared_without_the_refit():
     model = build_model("""
 <ir_version: 8, opset_import: ["" : 17]>
 g (float[32,64] w1, float[64,32] w2, float[32,32] w3, float[N,20,32] x) => (float[N,20,32] y) {
@@ -266,4 +260,4 @@ g (float[32,64] w1, float[64,32] w2, float[32,32] w3, float[N,20,32] x) => (floa
               .astype(np.float32)} for i in range(40)]  # ranges that differ by 100x: static ranges lose
     report = qcc.compile(model, target="ort", calibration=feeds, tolerance=3e-4).report
     assert report["mode_selection"]["chosen"] == "dynamic"
-    assert report["rounding_selection"]["kept"].startswith("no: --dynamic won")
+    assert report["mode_selection"]["compared"] == "without the refit"
