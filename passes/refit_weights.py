@@ -40,6 +40,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from qcc.annotations import Refit, float_twin, get_float_value, get_quant, set_float_value, set_refit
+from qcc.errors import CalibrationDataError, QccError
 from qcc.irutils import NameAllocator, const_array
 from qcc.optable import WEIGHT_INPUT
 from qcc.options import Precision
@@ -47,6 +48,7 @@ from qcc.passes._base import QccPass
 from qcc.passes._input_moments import Layer, layers
 from qcc.passes.calibrate import run_float
 from qcc.passes.weight_rounding import as_rows, gptq, level_range, levels_of, values_of
+from qcc.pieces import Pieces
 from qcc.qdq import materialize_qdq
 from qcc.runtime import session
 
@@ -72,11 +74,11 @@ class RefitWeightsPass(QccPass):
         if not nodes:
             return ir.passes.PassResult(model, False)
         samples = [feed for _, feed in data.spaced(MAX_SAMPLES)]
-        observer = _Observer(model, nodes, found)
-        changed = 0
         waves = _waves(model.graph, nodes)
+        observer = _Observer(model, nodes, found, waves)
+        changed = 0
         for done, wave in enumerate(waves):
-            sums = observer.observe(wave, samples)
+            sums = observer.observe(done, samples)
             for node in wave:
                 changed += self._refit(node, found[node.name], sums[node.name], observer)
             self.ctx.progress("refit", done + 1, len(waves))
@@ -164,48 +166,76 @@ def _error(values: np.ndarray, matrix: np.ndarray, sums: _Sums) -> float:
 
 class _Observer:
     """The float model and the fake-quantized model (refit weights fed as inputs), run side by side
-    on the same samples, returning each layer's sampled input rows of both."""
+    on the same samples, returning each layer's sampled input rows of both, wave after wave. Both
+    run in pieces (``qcc.pieces``), one per wave, so each node runs once per sample over the whole
+    refit; a model that cannot be cut runs whole for every wave."""
 
-    def __init__(self, model: ir.Model, nodes: list[ir.Node], found: dict[str, Layer]) -> None:
-        self.found = found
-        self.float = session(float_twin(model), level="all", what="the float model",
-                             extra_outputs=tuple(dict.fromkeys(found[n.name].data for n in nodes)))
+    def __init__(
+        self, model: ir.Model, nodes: list[ir.Node], found: dict[str, Layer], waves: list[list[ir.Node]]
+    ) -> None:
+        self.found, self.waves = found, waves
+        twin = float_twin(model)
         sim = materialize_qdq(model, keep_fused_activations=True, float_weights=True)
         by_name = {n.name: n for n in sim.graph}
         names = NameAllocator(sim.graph)
         self.weights: dict[str, np.ndarray] = {}  # weight name -> the fake-quantized values fed
         self.inputs: dict[str, str] = {}  # layer -> its data input in the fake-quantized model
         for node in nodes:
-            twin = by_name[node.name]
-            dq = twin.inputs[WEIGHT_INPUT].producer()
+            twin_node = by_name[node.name]
+            dq = twin_node.inputs[WEIGHT_INPUT].producer()
             weight = node.inputs[WEIGHT_INPUT]
             self.weights[weight.name] = get_quant(weight).grid_values(const_array(weight))
             fed = ir.Value(name=names.new(f"qcc_refit_{weight.name}"), type=dq.outputs[0].type,
                            shape=ir.Shape(self.weights[weight.name].shape))
             sim.graph.inputs.append(fed)
-            twin.replace_input_with(WEIGHT_INPUT, fed)
-            self.inputs[node.name] = twin.inputs[0].name
+            twin_node.replace_input_with(WEIGHT_INPUT, fed)
+            self.inputs[node.name] = twin_node.inputs[0].name
         common.RemoveUnusedNodesPass()(sim)  # the fed weights' Q -> DQ
         self.fed = {n.inputs[WEIGHT_INPUT].name: by_name[n.name].inputs[WEIGHT_INPUT].name for n in nodes}
-        self.quantized = session(sim, level="basic", what="the simulated quantized model",
-                                 extra_outputs=tuple(dict.fromkeys(self.inputs.values())))
+        self.float_names = [list(dict.fromkeys(found[n.name].data for n in wave)) for wave in waves]
+        self.quant_names = [list(dict.fromkeys(self.inputs[n.name] for n in wave)) for wave in waves]
+        self.float = _runner(twin, self.float_names, "all", "the float model")
+        self.quantized = _runner(sim, self.quant_names, "basic", "the simulated quantized model")
 
-    def observe(self, wave: list[ir.Node], samples) -> dict[str, list[_Sums]]:
-        """Per layer of the wave: its sums over the even and the odd samples."""
+    def observe(self, index: int, samples) -> dict[str, list[_Sums]]:
+        """Per layer of wave ``index``: its sums over the even and the odd samples."""
+        wave = self.waves[index]
         sums = {n.name: [_Sums(self.found[n.name].groups, self.found[n.name].columns) for _ in range(2)]
                 for n in wave}
-        float_names = list(dict.fromkeys(self.found[n.name].data for n in wave))
-        quant_names = list(dict.fromkeys(self.inputs[n.name] for n in wave))
+        float_names, quant_names = self.float_names[index], self.quant_names[index]
         feeds = {self.fed[name]: array for name, array in self.weights.items()}
-        for index, feed in enumerate(samples):
-            x = dict(zip(float_names, run_float(self.float, float_names, feed, index), strict=True))
-            x_q = dict(zip(quant_names, run_float(self.quantized, quant_names, {**feed, **feeds}, index), strict=True))
+        for sample, feed in enumerate(samples):
+            x = dict(zip(float_names, self.float(index, feed, sample), strict=True))
+            x_q = dict(zip(quant_names, self.quantized(index, {**feed, **feeds}, sample), strict=True))
             for node in wave:
                 layer = self.found[node.name]
-                rows = layer.rows(x[layer.data], seed=index)
-                rows_q = layer.rows(x_q[self.inputs[node.name]], seed=index)
-                sums[node.name][index % 2].add(rows, rows_q)
+                rows = layer.rows(x[layer.data], seed=sample)
+                rows_q = layer.rows(x_q[self.inputs[node.name]], seed=sample)
+                sums[node.name][sample % 2].add(rows, rows_q)
         return sums
+
+
+def _runner(model: ir.Model, requests: list[list[str]], level: str, what: str):
+    """``run(request, feed, sample) -> arrays``: the model in pieces, or whole when it cannot be cut."""
+    if Pieces.fits(model):
+        pieces = Pieces(model, requests, level=level, what=what)
+        return lambda request, feed, sample: _checked(pieces.run, request, feed, sample)
+    whole = session(model, level=level, what=what, extra_outputs=tuple(dict.fromkeys(n for r in requests for n in r)))
+    return lambda request, feed, sample: run_float(whole, requests[request], feed, sample)
+
+
+def _checked(run, request: int, feed, sample: int) -> list[np.ndarray]:
+    """A piece's run, with a failure on a sample said as calibration's own (``run_float``)."""
+    try:
+        return run(request, feed, sample)
+    except QccError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ORT raises several exception types
+        first = str(exc).strip().splitlines()[0]
+        raise CalibrationDataError(
+            f"the float model failed on calibration sample {sample}: {first}",
+            "check that the sample's shapes are ones the model accepts.",
+        ) from None
 
 
 def _waves(graph: ir.Graph, nodes: list[ir.Node]) -> list[list[ir.Node]]:
