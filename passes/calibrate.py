@@ -304,11 +304,16 @@ def run_float(sess, names: list[str], feed: dict[str, np.ndarray], index: int) -
     try:
         return [np.asarray(o) for o in sess.run(names, feed)]
     except Exception as exc:  # noqa: BLE001 - ORT raises several exception types
-        first = str(exc).strip().splitlines()[0]
-        raise CalibrationDataError(
-            f"the float model failed on calibration sample {index}: {first}",
-            "check that the sample's shapes are ones the model accepts.",
-        ) from None
+        raise failed_on_sample(index, exc) from None
+
+
+def failed_on_sample(index: int, exc: Exception) -> CalibrationDataError:
+    """The error for ONNX Runtime's failure ``exc`` on calibration sample ``index``."""
+    first = str(exc).strip().splitlines()[0]
+    return CalibrationDataError(
+        f"the float model failed on calibration sample {index}: {first}",
+        "check that the sample's shapes are ones the model accepts.",
+    )
 
 
 def _nodes_touching(graph: ir.Graph, values: list[str]) -> dict[str, str]:

@@ -40,13 +40,13 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from qcc.annotations import Refit, float_twin, get_float_value, get_quant, set_float_value, set_refit
-from qcc.errors import CalibrationDataError, QccError
+from qcc.errors import QccError
 from qcc.irutils import NameAllocator, const_array
 from qcc.optable import WEIGHT_INPUT
 from qcc.options import Precision
 from qcc.passes._base import QccPass
 from qcc.passes._input_moments import Layer, layers
-from qcc.passes.calibrate import run_float
+from qcc.passes.calibrate import failed_on_sample, run_float
 from qcc.passes.weight_rounding import as_rows, gptq, level_range, levels_of, values_of
 from qcc.pieces import Pieces
 from qcc.qdq import materialize_qdq
@@ -231,11 +231,7 @@ def _checked(run, request: int, feed, sample: int) -> list[np.ndarray]:
     except QccError:
         raise
     except Exception as exc:  # noqa: BLE001 - ORT raises several exception types
-        first = str(exc).strip().splitlines()[0]
-        raise CalibrationDataError(
-            f"the float model failed on calibration sample {sample}: {first}",
-            "check that the sample's shapes are ones the model accepts.",
-        ) from None
+        raise failed_on_sample(sample, exc) from None
 
 
 def _waves(graph: ir.Graph, nodes: list[ir.Node]) -> list[list[ir.Node]]:
