@@ -101,6 +101,7 @@ def session(
     optimized_path: str | None = None,
     what: str = "the model",
     extra_outputs: Sequence[str] | Mapping[str, int] = (),
+    disabled_optimizers: Sequence[str] = (),
 ) -> ort.InferenceSession:
     """Creates a CPU inference session.
 
@@ -112,6 +113,7 @@ def session(
         what: how to name the model in an error.
         extra_outputs: tensors to add as outputs: float32 names (calibration), or name -> ONNX
             element type (integer tensors); needs a model, not bytes.
+        disabled_optimizers: ONNX Runtime graph transformers not to run (by name).
 
     Raises:
         UnsupportedModelError: ONNX Runtime cannot load the model.
@@ -141,7 +143,9 @@ def session(
     else:
         data = model
     try:
-        created = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        created = ort.InferenceSession(
+            data, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers)
+        )
         created.qcc_arrays = arrays  # ONNX Runtime reads the external initializers from these
         created.qcc_folder = folder  # and the linked external data files from here
     except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated exception types
