@@ -12,7 +12,7 @@ the same inputs as the whole model's session, and a tensor a piece hands on is o
 another piece reads, so the whole model could not have fused across it either. At the ``basic``
 optimization level the outputs are the whole model's bit for bit; at ``all``, ONNX Runtime can pick
 other convolution kernels for a smaller graph, which moves values by a few ulps (``tests/compiler/
-test_pieces.py``), which is why the refit runs both of its models in pieces at ``basic``.
+test_pieces.py``), which is why the refit cuts only its fake-quantized model, run at ``basic``.
 
 Tensors that cross pieces are held for every sample at once: the price of running each node once.
 """
