@@ -38,7 +38,8 @@ class PassContext:
         tensor_methods: with ``--method auto``, the clip search's choice of method per tensor
             (tensor name -> method; the rest minmax); None until the search has run.
         settled: the float nodes and clip methods are another compile's final plan (the refit
-            compile of ``driver._round_then_refit``): mixed precision only measures.
+            compile of ``driver._refit_plan``, a method compiled at another's plan): mixed
+            precision only measures.
         search: how the mixed-precision search that chose the float nodes ended (reported by the
             compile that only measures).
     """
