@@ -559,7 +559,8 @@ def _other_methods_if_missed(
         return best
     others = sorted((CalibrationMethod(m) for m in scores if m != selection["chosen"]), key=lambda m: -scores[m.value])
     errors = {selection["chosen"]: section["artifact_error"]}
-    if _int8_nodes(best):
+    plan = best.plan if _int8_nodes(best) else None  # the plan the other methods are measured at
+    if plan is not None:
         spec = get_backend(options.target).spec
         data = open_calibration(calibration, model.shared(spec.min_opset(options)).input_specs(),
                                 options.max_calibration_samples)
@@ -569,9 +570,9 @@ def _other_methods_if_missed(
         others = [m for m in others if simulated[m.value] < simulated["planned"]]
     for method in others:
         final = dataclasses.replace(options, method=method)
-        if _int8_nodes(best):  # the chosen plan, with this method's ranges
+        if plan is not None:  # the chosen plan, with this method's ranges
             with _selection("method_at_plan"):
-                result = _compile_planned(model, calibration, final, progress, statistics, False, best.plan)
+                result = _compile_planned(model, calibration, final, progress, statistics, False, plan)
         else:  # its own search, without the refit (the slowest pass); the one kept is refit
             with _selection("method_after_mixed_precision"):
                 result = _compile(model, calibration, dataclasses.replace(final, refit=False), progress, statistics)

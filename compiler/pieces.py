@@ -59,7 +59,8 @@ class Pieces:
             ran |= wanted
             self.pieces.append(sorted(wanted))
         self.requests = [list(dict.fromkeys(names)) for names in requests]
-        # What each piece reads from outside itself and writes for later pieces or requests.
+        # What each piece reads from outside itself, computes for its request or later pieces, and
+        # the last request that needs each tensor.
         made_by = {out: k for k, piece in enumerate(self.pieces) for i in piece for out in graph.node[i].output if out}
         self._reads: list[list[str]] = []
         self._last_use: dict[str, int] = {}
@@ -74,10 +75,10 @@ class Pieces:
             self._reads.append(list(dict.fromkeys(reads)))
             for name in [*reads, *self.requests[k]]:
                 self._last_use[name] = k
-        self._writes = [
-            [name for name in made_by if made_by[name] == k and self._last_use.get(name, -1) >= k]
-            for k in range(len(self.pieces))
-        ]
+        self._outputs: list[list[str]] = [[] for _ in self.pieces]
+        for name, k in made_by.items():
+            if self._last_use.get(name, -1) >= k:
+                self._outputs[k].append(name)
         self._held: dict[int, dict[str, np.ndarray]] = {}  # sample -> tensors later pieces read
         self._types = _output_types(proto)
         self._current: tuple[int, object] | None = None
@@ -99,16 +100,13 @@ class Pieces:
         order, each for every sample before the next."""
         held = self._held.setdefault(sample, {})
         needed = [*self._reads[request], *self.requests[request]]
-        values = {**{n: feed[n] for n in needed if n in self._inputs}, **{n: held[n] for n in needed if n in held}}
-        wanted = [*self.requests[request], *self._writes[request]]
-        produced = [n for n in dict.fromkeys(wanted) if n not in values and n not in self._inputs]
-        if produced:
+        values = {n: feed[n] if n in self._inputs else held[n] for n in needed if n in self._inputs or n in held}
+        outputs = self._outputs[request]
+        if outputs:
             inputs = {n: values[n] for n in self._reads[request]}
-            outputs = self._session(request, inputs, produced).run(produced, inputs)
-            values.update(zip(produced, (np.asarray(o) for o in outputs), strict=True))
-        for name in self._writes[request]:
-            held[name] = values[name]
-        result = [values[n] if n in values else np.asarray(feed[n]) for n in self.requests[request]]
+            values.update(zip(outputs, self._session(request, inputs, outputs).run(outputs, inputs), strict=True))
+            held.update((n, values[n]) for n in outputs)
+        result = [np.asarray(values[n]) for n in self.requests[request]]
         for name in [n for n in held if self._last_use.get(n, -1) <= request]:
             del held[name]
         return result

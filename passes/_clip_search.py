@@ -85,14 +85,13 @@ def _candidates(
 ) -> list[tuple[list[ir.Value], list[tuple[CalibrationMethod, Params]]]]:
     """Each group that may change, with every candidate method's simulation parameters."""
     out = []
-    for members in _tunable_groups(graph, sim, fixed_ops, shared_group_ops):
-        current = union_range(members)
+    for members, current in _tunable_groups(graph, sim, fixed_ops, shared_group_ops):
         width = current.max - current.min
         tried = [current]  # a range within 1% of one already there is not tried again
         candidates = []
         bounds = _bounds(members)
         for method in CANDIDATES:
-            trial = _method_range(members, method, bounds)
+            trial = _group_range(members, method, bounds)
             if any(abs(trial.min - r.min) + abs(trial.max - r.max) <= _SAME * width for r in tried):
                 continue
             tried.append(trial)
@@ -113,17 +112,17 @@ def method_params(
     ``method``: the model as calibration with that method would have made it (graph outputs keep
     minmax there too)."""
     params: Params = {}
-    for members in _tunable_groups(graph, sim, fixed_ops, shared_group_ops):
-        params.update(_group_params(members, sim, _method_range(members, method, _bounds(members))))
+    for members, _current in _tunable_groups(graph, sim, fixed_ops, shared_group_ops):
+        params.update(_group_params(members, sim, _group_range(members, method, _bounds(members))))
     return params
 
 
 def _tunable_groups(
     graph: ir.Graph, sim: Simulation, fixed_ops: frozenset[str], shared_group_ops: frozenset[str]
-) -> list[list[ir.Value]]:
-    """The activation groups whose range may change: observed, fed to the simulation, not fixed by
-    the target, not empty, and without a graph output (a clipped result is wrong outright, however
-    the samples score it)."""
+) -> list[tuple[list[ir.Value], TensorRange]]:
+    """The activation groups whose range may change, with their current range: observed, fed to the
+    simulation, not fixed by the target, not empty, and without a graph output (a clipped result is
+    wrong outright, however the samples score it)."""
     found = []
     for members in activation_groups(graph, shared_group_ops):
         if any(v.producer() is not None and v.producer().op_type in fixed_ops for v in members):
@@ -134,7 +133,7 @@ def _tunable_groups(
             continue
         current = union_range(members)
         if current.max - current.min > 0:
-            found.append(members)
+            found.append((members, current))
     return found
 
 
@@ -143,7 +142,7 @@ def _bounds(members: list[ir.Value]) -> dict[str, tuple[float, float]]:
     return {v.name: consumer_bounds(v) for v in members if get_histogram(v) is not None}
 
 
-def _method_range(members: list[ir.Value], method: CalibrationMethod, bounds: dict) -> TensorRange:
+def _group_range(members: list[ir.Value], method: CalibrationMethod, bounds: dict) -> TensorRange:
     """The group's range with each observed member's range from ``method`` (``bounds``: :func:`_bounds`)."""
     quant = get_quant(members[0])
     levels = 255 if quant.symmetric else 256

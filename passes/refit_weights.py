@@ -199,8 +199,8 @@ class _Observer:
         # "all", a few ulps apart either way, which is enough to flip layers' cross-validated
         # choices (PP-OCRv5 rec trt: eval exact lines 0.875 -> 0.792 with the same plan). The
         # fake-quantized model, at "basic", computes the same values in pieces bit for bit.
-        self.float = _runner(twin, self.float_names, "all", "the float model", cut=False)
-        self.quantized = _runner(sim, self.quant_names, "basic", "the simulated quantized model")
+        self.float = _whole(twin, self.float_names, "all", "the float model")
+        self.quantized = _in_pieces(sim, self.quant_names, "basic", "the simulated quantized model")
 
     def observe(self, index: int, samples) -> dict[str, list[_Sums]]:
         """Per layer of wave ``index``: its sums over the even and the odd samples."""
@@ -220,12 +220,16 @@ class _Observer:
         return sums
 
 
-def _runner(model: ir.Model, requests: list[list[str]], level: str, what: str, cut: bool = True):
-    """``run(request, feed, sample) -> arrays``: the model in pieces (``cut``, where it can be cut),
-    or whole."""
-    if cut and Pieces.fits(model):
-        pieces = Pieces(model, requests, level=level, what=what)
-        return lambda request, feed, sample: _checked(pieces.run, request, feed, sample)
+def _in_pieces(model: ir.Model, requests: list[list[str]], level: str, what: str):
+    """``run(request, feed, sample) -> arrays``: the model in pieces, or whole where it cannot be cut."""
+    if not Pieces.fits(model):
+        return _whole(model, requests, level, what)
+    pieces = Pieces(model, requests, level=level, what=what)
+    return lambda request, feed, sample: _checked(pieces.run, request, feed, sample)
+
+
+def _whole(model: ir.Model, requests: list[list[str]], level: str, what: str):
+    """``run(request, feed, sample) -> arrays``: one session of the whole model, run per request."""
     whole = session(model, level=level, what=what, extra_outputs=tuple(dict.fromkeys(n for r in requests for n in r)))
     return lambda request, feed, sample: run_float(whole, requests[request], feed, sample)
 
