@@ -58,6 +58,9 @@ DAMPINGS = (0.01, 0.1, 1.0)
 ROWS_PER_COLUMN = 8  # fewer rows per input column: the fit has too little to go on
 MAX_SAMPLES = 8  # calibration samples observed per wave (spread over the set): each costs two runs per wave
 MAX_COLUMNS = 2048  # larger layers keep their levels: three (columns x columns) sums per fold
+# The float model's values for the waves ahead, held across samples: each of its runs fetches the
+# layer inputs of as many waves as fit, instead of running the whole model once per wave.
+AHEAD_BYTES = 64 << 20
 
 
 class RefitWeightsPass(QccPass):
@@ -75,7 +78,7 @@ class RefitWeightsPass(QccPass):
             return ir.passes.PassResult(model, False)
         samples = [feed for _, feed in data.spaced(MAX_SAMPLES)]
         waves = _waves(model.graph, nodes)
-        observer = _Observer(model, nodes, found, waves)
+        observer = _Observer(model, nodes, found, waves, len(samples))
         changed = 0
         for done, wave in enumerate(waves):
             sums = observer.observe(done, samples)
@@ -171,7 +174,12 @@ class _Observer:
     once per sample over the whole refit (a model that cannot be cut runs whole for every wave)."""
 
     def __init__(
-        self, model: ir.Model, nodes: list[ir.Node], found: dict[str, Layer], waves: list[list[ir.Node]]
+        self,
+        model: ir.Model,
+        nodes: list[ir.Node],
+        found: dict[str, Layer],
+        waves: list[list[ir.Node]],
+        samples: int,
     ) -> None:
         self.found, self.waves = found, waves
         twin = float_twin(model)
@@ -194,12 +202,13 @@ class _Observer:
         self.fed = {n.inputs[WEIGHT_INPUT].name: by_name[n.name].inputs[WEIGHT_INPUT].name for n in nodes}
         self.float_names = [list(dict.fromkeys(found[n.name].data for n in wave)) for wave in waves]
         self.quant_names = [list(dict.fromkeys(self.inputs[n.name] for n in wave)) for wave in waves]
-        # The float model runs whole, at the "all" level, once per wave: in pieces at "all" ONNX
+        # The float model runs whole, at the "all" level: in pieces at "all" ONNX
         # Runtime picks kernels per piece, and at "basic" other kernels than the whole model's at
         # "all", a few ulps apart either way, which is enough to flip layers' cross-validated
         # choices (PP-OCRv5 rec trt: eval exact lines 0.875 -> 0.792 with the same plan). The
-        # fake-quantized model, at "basic", computes the same values in pieces bit for bit.
-        self.float = _whole(twin, self.float_names, "all", "the float model")
+        # fake-quantized model, at "basic", computes the same values in pieces bit for bit. One
+        # session fetches any of the waves' inputs with the same values, so it fetches them ahead.
+        self.float = _Ahead(twin, self.float_names, "the float model", samples)
         self.quantized = _in_pieces(sim, self.quant_names, "basic", "the simulated quantized model")
 
     def observe(self, index: int, samples) -> dict[str, list[_Sums]]:
@@ -232,6 +241,33 @@ def _whole(model: ir.Model, requests: list[list[str]], level: str, what: str):
     """``run(request, feed, sample) -> arrays``: one session of the whole model, run per request."""
     whole = session(model, level=level, what=what, extra_outputs=tuple(dict.fromkeys(n for r in requests for n in r)))
     return lambda request, feed, sample: run_float(whole, requests[request], feed, sample)
+
+
+class _Ahead:
+    """``run(request, feed, sample) -> arrays``: one session of the whole model at the "all" level,
+    each of whose runs also fetches the following requests' tensors for that sample, as many as
+    ``AHEAD_BYTES`` holds for every sample (their size guessed from the requests fetched so far),
+    and keeps them until asked. Requests are asked in order, every sample per request."""
+
+    def __init__(self, model: ir.Model, requests: list[list[str]], what: str, samples: int) -> None:
+        self.requests, self.samples = requests, max(samples, 1)
+        names = tuple(dict.fromkeys(n for r in requests for n in r))
+        self.session = session(model, level="all", what=what, extra_outputs=names)
+        self.held: dict[tuple[int, int], list[np.ndarray]] = {}
+        self.fetched_bytes, self.fetched_requests = 0, 0
+
+    def __call__(self, request: int, feed, sample: int) -> list[np.ndarray]:
+        if (request, sample) not in self.held:
+            per_request = self.fetched_bytes / self.fetched_requests if self.fetched_requests else AHEAD_BYTES
+            count = max(1, int(AHEAD_BYTES // max(per_request * self.samples, 1)))
+            ahead = range(request, min(request + count, len(self.requests)))
+            names = list(dict.fromkeys(n for r in ahead for n in self.requests[r]))
+            got = dict(zip(names, run_float(self.session, names, feed, sample), strict=True))
+            for r in ahead:
+                self.held[r, sample] = [got[n] for n in self.requests[r]]
+            self.fetched_bytes += sum(a.nbytes for a in got.values())
+            self.fetched_requests += len(ahead)
+        return self.held.pop((request, sample))
 
 
 def _checked(run, request: int, feed, sample: int) -> list[np.ndarray]:

@@ -8,7 +8,9 @@ import pytest
 
 import qcc
 from qcc.frontend import load
-from qcc.passes.refit_weights import _error, _Sums, _waves
+from qcc.passes import refit_weights
+from qcc.passes.refit_weights import _Ahead, _error, _Sums, _waves
+from qcc.runtime import session
 from tests.conftest import build_model, fidelity
 
 # Four convolutions on smooth images: each rounds its input, and later layers can undo part of it.
@@ -88,6 +90,27 @@ def test_layers_are_fitted_in_waves_of_independent_layers():
     assert [[n.name or n.outputs[0].name for n in w] for w in _waves(branches.graph, matmuls)] == [
         ["q", "k", "v"], ["y"]
     ]
+
+
+@pytest.mark.parametrize("budget", [1, 3000, 1 << 30])  # bytes: one request per run, a few, all
+def test_the_float_model_fetches_the_waves_ahead_with_the_same_values(monkeypatch, budget):
+    model = load(build_model(CHAIN, seed=3)).model
+    requests = [["x"], ["r1"], ["d"], ["r2", "r1"]]
+    feeds = [{"x": np.random.default_rng(s).normal(size=(1, 8, 12, 12)).astype(np.float32)} for s in range(3)]
+    monkeypatch.setattr(refit_weights, "AHEAD_BYTES", budget)
+    ahead = _Ahead(model, requests, "the model", len(feeds))
+    runs, run = [], ahead.session.run
+    monkeypatch.setattr(ahead.session, "run", lambda names, feed: runs.append(names) or run(names, feed))
+    one = session(model, extra_outputs=("x", "r1", "d", "r2"))
+    for request, names in enumerate(requests):
+        for sample, feed in enumerate(feeds):
+            for got, expected in zip(ahead(request, feed, sample), one.run(names, feed), strict=True):
+                np.testing.assert_array_equal(got, expected)
+    assert not ahead.held  # nothing kept once asked
+    # Each tensor is 8x12x12 float32, 4608 bytes: 3000 hold no request ahead, one run per request
+    # and sample. With room for all, the first run fetches one request (nothing to size the others
+    # by yet), then one run per sample fetches every request.
+    assert len(runs) == {1: 12, 3000: 12, 1 << 30: 4}[budget]
 
 
 def test_the_error_is_the_output_error_of_the_quantized_inputs():
