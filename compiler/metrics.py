@@ -51,9 +51,11 @@ def concat_parts(model: ir.Model | object) -> dict[str, list[Part]]:
     return found
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two flattened arrays (1.0 when both are all zero)."""
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+def cosine(a: np.ndarray, b: np.ndarray, norm_a: float | None = None) -> float:
+    """Cosine similarity of two flattened arrays (1.0 when both are all zero); ``norm_a``: ``a``'s
+    norm, when known."""
+    na = float(np.linalg.norm(a)) if norm_a is None else norm_a
+    nb = float(np.linalg.norm(b))
     if na == 0.0 and nb == 0.0:
         return 1.0
     if na == 0.0 or nb == 0.0:

@@ -387,7 +387,7 @@ class _Error:
     def __init__(self, model: ir.Model, samples: list, metric: ToleranceMetric) -> None:
         reference = session(float_twin(model), level="basic", what="the float model")
         self.names = [o.name for o in reference.get_outputs()]
-        self.expected = [reference.run(None, feed) for feed in samples]
+        self.expected = [[_Expected(array) for array in reference.run(None, feed)] for feed in samples]
         self.metric = metric
 
     def of(self, runs: list[list[np.ndarray]], samples: int | None = None) -> dict[str, float]:
@@ -395,19 +395,32 @@ class _Error:
         errors = {}
         for i, name in enumerate(self.names):
             pairs = zip(self.expected[:samples], runs, strict=True)
-            per_sample = [_error(e[i], g[i], self.metric) for e, g in pairs]
+            per_sample = [e[i].error(g[i], self.metric) for e, g in pairs]
             errors[name] = float(np.mean(per_sample))
         return errors
 
 
-def _error(expected: np.ndarray, got: np.ndarray, metric: ToleranceMetric) -> float:
-    """One output's error on one sample, over the positions where the float model is finite; an
-    output that is not finite there has the metric's ``NONFINITE_ERROR`` (NaN would compare as
-    neither worse nor better and stop the search: a Log front end whose input quantizes to 0)."""
-    e, g, _keep = finite_values(expected, got)
-    if not np.all(np.isfinite(g)):
-        return NONFINITE_ERROR[metric]
-    return 1.0 - cosine(e, g) if metric == ToleranceMetric.COSINE else relative_error(e, g)
+class _Expected:
+    """One float output of one sample, prepared once for the many errors measured against it: its
+    finite values in float64, where they are (None: everywhere), and their norm."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.values, _, keep = finite_values(array, array)
+        self.keep = None if keep.all() else keep
+        self.norm = float(np.linalg.norm(self.values))
+
+    def error(self, got: np.ndarray, metric: ToleranceMetric) -> float:
+        """The error of ``got`` over the positions where the float output is finite; an output
+        that is not finite there has the metric's ``NONFINITE_ERROR`` (NaN would compare as
+        neither worse nor better and stop the search: a Log front end whose input quantizes to 0)."""
+        g = np.asarray(got, dtype=np.float64).ravel()
+        if self.keep is not None:
+            g = g[self.keep]
+        if not np.all(np.isfinite(g)):
+            return NONFINITE_ERROR[metric]
+        if metric == ToleranceMetric.COSINE:
+            return 1.0 - cosine(self.values, g, norm_a=self.norm)
+        return relative_error(self.values, g)
 
 
 class _Planner:
