@@ -184,11 +184,21 @@ class MixedPrecisionPass(QccPass):
         units = _units(model.graph, neighbours)
         # Screen every unit on one sample, with the quantizers its nodes alone touch switched off;
         # then measure the most harmful on all samples, with what the plan really keeps quantized.
-        first = max(error.of(sim.run(samples=1), samples=1).values())
+        simulated: dict[tuple[frozenset[str], int | None], float] = {}
+
+        def worst_with(quantized: set[str], samples: int | None = None) -> float:
+            """The simulated error with only these tensors quantized; each set is simulated once
+            (units with the same nodes, a unit's nodes float already: a tenth of MobileNetV2's)."""
+            key = (frozenset(quantized), samples)
+            if key not in simulated:
+                simulated[key] = max(error.of(sim.run(quantized, samples=samples), samples=samples).values())
+            return simulated[key]
+
+        first = worst_with(set(sim.gates), samples=1)
         screened: dict[str, float] = {}
         for done, (tensor, nodes) in enumerate(units.items(), 1):
             still = {name for name, owners in neighbours.items() if owners - nodes}
-            screened[tensor] = first - max(error.of(sim.run(still, samples=1), samples=1).values())
+            screened[tensor] = first - worst_with(still, samples=1)
             self.ctx.progress("sensitivity", done, len(units))
         latency = self._latency(model, sim.samples[0], neighbours)
         cost = {t: latency.cost(nodes) for t, nodes in units.items()} if latency is not None else {}
@@ -213,7 +223,7 @@ class MixedPrecisionPass(QccPass):
         current = worst
 
         def error_with(nodes: set[str]) -> float:  # the simulated error with these nodes float
-            return max(error.of(sim.run(planner.quantized(nodes))).values())
+            return worst_with(planner.quantized(nodes))
 
         window = 0  # rounds that found nothing to float look further down the ranking
         taken: list[str] = []  # the units floated, in order
