@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 
 import numpy as np
 import onnx_ir as ir
@@ -35,6 +36,21 @@ logger = logging.getLogger(__name__)
 
 # Constants at or beyond this magnitude (float min/max used as masks, inf) are not quantized.
 _HUGE = 1e30
+# Constant tensor -> whether it holds a value int8 cannot represent. The plan is made again for
+# every candidate of a search, and reading a large constant each time (MiniLM's 30522x384
+# embedding table) took a sixth of its tflite compile.
+_UNREPRESENTABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _unrepresentable(value: ir.Value | None) -> bool:
+    """The value is a float constant holding a value int8 cannot represent (a -inf mask)."""
+    tensor = value.const_value if value is not None else None
+    if tensor is None:
+        return False
+    if tensor not in _UNREPRESENTABLE:
+        array = const_array(value)
+        _UNREPRESENTABLE[tensor] = bool(array.dtype.kind == "f" and array.size and not np.all(np.abs(array) < _HUGE))
+    return _UNREPRESENTABLE[tensor]
 
 
 class PlanPass(QccPass):
@@ -93,8 +109,7 @@ class PlanPass(QccPass):
         if node.op_type in spec.compute_ops:
             return _compute_reason(node) or spec.float_reason(node)
         for value in data:
-            array = const_array(value)
-            if array is not None and array.dtype.kind == "f" and array.size and not np.all(np.abs(array) < _HUGE):
+            if _unrepresentable(value):
                 return f"constant {value.name!r} holds values int8 cannot represent (e.g. a -inf mask)"
         if node.op_type in spec.fused_activations and node.op_type == "Clip":
             if any(v is not None and v.const_value is None for v in node.inputs[1:]):
