@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -260,6 +261,7 @@ class CostCounter:
     def __init__(self) -> None:
         self.compiles: list[CompileCost] = []
         self.stages: dict[str, StageCost] = {}
+        self._lock = threading.Lock()  # sessions may run on several threads at once (a simulation)
         self._stage = "other"  # where sessions made outside a named stage are counted
         self._why: list[str] = []
         self._start = time.perf_counter()
@@ -302,8 +304,9 @@ class CostCounter:
 
     def count_run(self, field: str) -> None:
         """Counts one run of a session, as ``field``, in the current stage."""
-        stage = self._current_stage()
-        setattr(stage, field, getattr(stage, field) + 1)
+        with self._lock:
+            stage = self._current_stage()
+            setattr(stage, field, getattr(stage, field) + 1)
 
     def count_simulation(self) -> None:
         """Counts one run of a simulation (one candidate scored on its samples)."""

@@ -78,7 +78,7 @@ from qcc.metrics import cosine, finite_values, relative_error
 from qcc.options import CalibrationMethod, ToleranceMetric
 from qcc.passes._base import QccPass
 from qcc.passes._clip_search import method_params, search_clip_ranges
-from qcc.passes._simulation import Simulation
+from qcc.passes._simulation import WORKERS, Simulation
 from qcc.passes.plan import PlanPass
 from qcc.runtime import is_large, session
 
@@ -189,17 +189,25 @@ class MixedPrecisionPass(QccPass):
         def worst_with(quantized: set[str], samples: int | None = None) -> float:
             """The simulated error with only these tensors quantized; each set is simulated once
             (units with the same nodes, a unit's nodes float already: a tenth of MobileNetV2's)."""
-            key = (frozenset(quantized), samples)
-            if key not in simulated:
-                simulated[key] = max(error.of(sim.run(quantized, samples=samples), samples=samples).values())
-            return simulated[key]
+            return worst_of_each([quantized], samples)[0]
+
+        def worst_of_each(choices: list[set[str]], samples: int | None = None) -> list[float]:
+            """``worst_with`` of each, the new ones simulated side by side (``Simulation.run_each``)."""
+            keys = [(frozenset(quantized), samples) for quantized in choices]
+            new = list(dict.fromkeys(key for key in keys if key not in simulated))
+            for key, runs in zip(new, sim.run_each([set(q) for q, _ in new], samples=samples), strict=True):
+                simulated[key] = max(error.of(runs, samples=samples).values())
+            return [simulated[key] for key in keys]
 
         first = worst_with(set(sim.gates), samples=1)
+        stills = [{name for name, owners in neighbours.items() if owners - nodes} for nodes in units.values()]
         screened: dict[str, float] = {}
-        for done, (tensor, nodes) in enumerate(units.items(), 1):
-            still = {name for name, owners in neighbours.items() if owners - nodes}
-            screened[tensor] = first - worst_with(still, samples=1)
-            self.ctx.progress("sensitivity", done, len(units))
+        step = 4 * WORKERS  # units screened side by side between progress updates
+        for start in range(0, len(units), step):
+            errors = worst_of_each(stills[start : start + step], samples=1)
+            for tensor, after in zip(list(units)[start : start + step], errors, strict=True):
+                screened[tensor] = first - after
+            self.ctx.progress("sensitivity", min(start + step, len(units)), len(units))
         latency = self._latency(model, sim.samples[0], neighbours)
         cost = {t: latency.cost(nodes) for t, nodes in units.items()} if latency is not None else {}
         floor = COST_FLOOR * latency.fp32_total_ms if latency is not None else 1.0

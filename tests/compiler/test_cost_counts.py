@@ -13,6 +13,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import onnx
@@ -69,6 +70,7 @@ def _quantized(model: bytes | str) -> bool:
 @pytest.fixture
 def spies(monkeypatch) -> Spies:
     found = Spies()
+    lock = threading.Lock()  # a simulation runs its session on several threads at once
 
     class CountingSession(onnxruntime.InferenceSession):
         def __init__(self, model, *args, **kwargs):
@@ -77,11 +79,16 @@ def spies(monkeypatch) -> Spies:
             found.sessions += 1
 
         def run(self, *args, **kwargs):
-            if self.spy_quantized:
-                found.quantized_model_runs += 1
-            else:
-                found.float_model_runs += 1
+            with lock:
+                if self.spy_quantized:
+                    found.quantized_model_runs += 1
+                else:
+                    found.float_model_runs += 1
             return super().run(*args, **kwargs)
+
+    def run_each(self, choices, *args, **kwargs):
+        found.simulation_runs += len(choices)
+        return original_run_each(self, choices, *args, **kwargs)
 
     def counted(count: str, function):
         def wrapper(*args, **kwargs):
@@ -93,7 +100,8 @@ def spies(monkeypatch) -> Spies:
     monkeypatch.setattr(onnxruntime, "InferenceSession", CountingSession)
     monkeypatch.setattr(driver, "run_pipeline", counted("pipeline_runs", driver.run_pipeline))
     monkeypatch.setattr(frontend, "load", counted("loads", frontend.load))
-    monkeypatch.setattr(Simulation, "run", counted("simulation_runs", Simulation.run))
+    original_run_each = Simulation.run_each
+    monkeypatch.setattr(Simulation, "run_each", run_each)
     monkeypatch.setattr(Interpreter, "invoke", counted("litert_runs", Interpreter.invoke))
     return found
 

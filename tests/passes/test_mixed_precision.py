@@ -516,3 +516,20 @@ def test_every_gate_has_its_tensors_rank():
     assert {"w1", "w2", "r"} <= set(sim.gates)
     for tensor, gate in sim.gates.items():
         assert fed[gate] == [1] * ranks[tensor], tensor
+
+
+def test_runs_side_by_side_give_what_runs_one_by_one_give():
+    model = build_model(CONV1D, seed=3)
+    feeds = random_feeds(model, 3, seed=2, batch=2)
+    loaded = load(model)
+    data = open_calibration(feeds, loaded.input_specs())
+    ctx = PassContext(CompileOptions(method="minmax", tolerance=None), get_backend("ort").spec, data)
+    run_pipeline(loaded.model, ctx)
+    sim = Simulation(loaded.model, feeds)
+    choices = [None, set(), {"r"}, {"w1", "w2"}]
+    for together, alone in zip(sim.run_each(choices), [sim.run(c) for c in choices], strict=True):
+        assert len(together) == len(alone) == len(feeds)
+        for a, b in zip(together, alone, strict=True):
+            np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(sim.run_each([None])[0][0][0], sim.run_each([set()])[0][0][0])  # gates switch
+    assert sim.evaluations == 2 * len(choices) + 2
