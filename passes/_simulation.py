@@ -4,8 +4,9 @@ Sensitivity analysis needs the model's outputs with some nodes kept float, for m
 nodes: compiling an artifact per choice would take minutes. Instead the annotated model is
 materialized once as a float QDQ graph (every quantized tensor, weights included, goes float ->
 Q -> DQ; Relu and Clip stay as nodes) and every reader of a dequantized tensor reads
-``Where(gate, dequantized, float)`` instead. Each quantizer's gate is a boolean graph input, so
-one ONNX Runtime session answers "what if only these tensors were quantized?" by feed.
+``float + gate * (dequantized - float)`` instead. Each quantizer's gate is a graph input, ones or
+zeros of the tensor's rank, so one ONNX Runtime session answers "what if only these tensors were
+quantized?" by feed; runs of several choices or samples go side by side (``run_each``).
 
 ONNX Runtime runs this graph at the basic optimization level, without its QDQ fusions: float
 kernels on fake-quantized values. Against the integer kernels of the artifact this differs only
