@@ -188,14 +188,9 @@ g (float[16,8,3] w1, float[16] b1, float[16,16,3] w2, float[16] b2, float[N,8,16
 def test_the_simulation_with_fed_scales_computes_what_the_gated_one_does(target):
     # ONNX Runtime's basic level would quantize the fake-quantized float weights again where a Conv
     # reads its input straight from a DQ (WeightBiasQuantization), as the fed-scale simulation's do.
-    model = build_model(CONV1D, seed=3)
-    feeds = random_feeds(model, 4, seed=2, batch=2)
-    loaded = load(model)
-    data = open_calibration(feeds, loaded.input_specs())
-    ctx = PassContext(CompileOptions(target=target, method="minmax", tolerance=None), get_backend(target).spec, data)
-    run_pipeline(loaded.model, ctx)
-    gated = Simulation(loaded.model, feeds).run()
-    fed = Simulation(loaded.model, feeds, tunable="params").run()
+    model, feeds = _planned_conv1d(4, target)
+    gated = Simulation(model, feeds).run()
+    fed = Simulation(model, feeds, tunable="params").run()
     for one, other in zip(gated, fed, strict=True):
         np.testing.assert_allclose(other[0], one[0], rtol=1e-5, atol=1e-5)
 
@@ -502,14 +497,9 @@ def test_a_latency_budget_survives_the_static_or_dynamic_choice():
 def test_every_gate_has_its_tensors_rank():
     # ONNX Runtime multiplies a tensor ending in 1-sized dimensions by a lower-rank gate through
     # its general broadcast, tens of times slower: half of MobileNetV2's simulated run.
-    model = build_model(CONV1D, seed=3)
-    feeds = random_feeds(model, 2, seed=2, batch=2)
-    loaded = load(model)
-    data = open_calibration(feeds, loaded.input_specs())
-    ctx = PassContext(CompileOptions(method="minmax", tolerance=None), get_backend("ort").spec, data)
-    run_pipeline(loaded.model, ctx)
-    sim = Simulation(loaded.model, feeds)
-    graph = loaded.model.graph
+    model, feeds = _planned_conv1d(2)
+    sim = Simulation(model, feeds)
+    graph = model.graph
     values = [*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs)]
     ranks = {v.name: len(v.shape) for v in values if v.shape is not None}
     fed = {i.name: i.shape for i in sim._session.get_inputs()}
@@ -519,13 +509,8 @@ def test_every_gate_has_its_tensors_rank():
 
 
 def test_runs_side_by_side_give_what_runs_one_by_one_give():
-    model = build_model(CONV1D, seed=3)
-    feeds = random_feeds(model, 3, seed=2, batch=2)
-    loaded = load(model)
-    data = open_calibration(feeds, loaded.input_specs())
-    ctx = PassContext(CompileOptions(method="minmax", tolerance=None), get_backend("ort").spec, data)
-    run_pipeline(loaded.model, ctx)
-    sim = Simulation(loaded.model, feeds)
+    model, feeds = _planned_conv1d(3)
+    sim = Simulation(model, feeds)
     choices = [None, set(), {"r"}, {"w1", "w2"}]
     for together, alone in zip(sim.run_each(choices), [sim.run(c) for c in choices], strict=True):
         assert len(together) == len(alone) == len(feeds)
@@ -533,3 +518,15 @@ def test_runs_side_by_side_give_what_runs_one_by_one_give():
             np.testing.assert_array_equal(a[0], b[0])
     assert not np.array_equal(sim.run_each([None])[0][0][0], sim.run_each([set()])[0][0][0])  # gates switch
     assert sim.evaluations == 2 * len(choices) + 2
+
+
+def _planned_conv1d(samples: int, target: str = "ort"):
+    """CONV1D planned and calibrated for ``target`` on ``samples`` random feeds (no mixed
+    precision), with the feeds."""
+    model = build_model(CONV1D, seed=3)
+    feeds = random_feeds(model, samples, seed=2, batch=2)
+    loaded = load(model)
+    data = open_calibration(feeds, loaded.input_specs())
+    ctx = PassContext(CompileOptions(target=target, method="minmax", tolerance=None), get_backend(target).spec, data)
+    run_pipeline(loaded.model, ctx)
+    return loaded.model, feeds
