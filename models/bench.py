@@ -8,6 +8,8 @@ quantize_static QDQ, U8S8, per-channel MinMax, with fallbacks) for every target,
 NVIDIA ModelOpt (``baseline_modelopt.py`` INT8, run by models/.venv-modelopt's python): ``anchor-modelopt``
 (its default entropy calibration) and ``anchor-modelopt-max``, compared with ``qcc-trt`` (MinMax) and
 ``qcc-trt-entropy`` (``-m entropy``). Without that env the ModelOpt rows are skipped with the reason.
+With the ort target, ``qcc-ort-quick`` (``--tolerance off --no-refit``: no float search, no refit) shows
+in the same run what the default's search and refit cost in time and give in fidelity.
 
 Per model and tool: did it produce a model that loads and runs (and why not), compile wall time and peak RSS
 of the compile process (its own ``ru_maxrss``, via os.wait4), artifact size, task fidelity and output cosine
@@ -46,6 +48,8 @@ TRT_PAIRS = ((QCC_TRT, h.MODELOPT_ANCHOR), (QCC_TRT_ENTROPY, h.MODELOPT_ANCHOR),
 # Rows only the trt section shows; qcc-trt is in both (against anchor-ort in the main table).
 TRT_ONLY = (h.MODELOPT_ANCHOR, h.MODELOPT_ANCHOR_MAX, QCC_TRT_ENTROPY)
 ANCHORS = (h.ANCHOR, h.MODELOPT_ANCHOR, h.MODELOPT_ANCHOR_MAX)
+# qcc on ort without its float search and refit (README, "A compile in quantize_static's time").
+QCC_ORT_QUICK = h.Tool("qcc-ort-quick", "ort", ".onnx", options=("--tolerance", "off", "--no-refit"))
 
 # (column, how to read it from a row, digits). RATIO_COLUMNS also show qcc / anchor beside the qcc value.
 COLUMNS = (
@@ -221,7 +225,8 @@ def render(report: dict) -> str:
         "artifacts interleaved in one loop; speed-up = fp32 ms / int8 ms. Float left = Conv/MatMul/Gemm still "
         "float after ORT's optimizer. Compile s and peak MB: wall time and peak RSS of the compile process "
         "(qcc's includes its verify run). **(r×) = qcc / anchor**: above 1 is better for fidelity, below 1 is "
-        "better for ms, MB and s.",
+        "better for ms, MB and s. qcc-ort-quick = qcc-ort with `--tolerance off --no-refit` (no float search, "
+        "no refit).",
         "",
     ]
     if h.stand_in_note(main_rows):
@@ -292,8 +297,11 @@ def plot(out: Path, python: Path) -> str | None:
 
 
 def tools(targets: Sequence[str], modelopt_python: Path) -> list[h.Tool]:
-    """The tools of one bench run: anchor-ort, qcc per target; with trt also qcc-trt-entropy and ModelOpt."""
+    """The tools of one bench run: anchor-ort, qcc per target; with ort also qcc-ort-quick; with trt also
+    qcc-trt-entropy and ModelOpt."""
     found = [h.anchor_tool(), *h.qcc_tools(targets)]
+    if any(t.name == "qcc-ort" for t in found):
+        found.append(QCC_ORT_QUICK)
     if any(t.name == QCC_TRT for t in found):
         found += [*h.modelopt_tools(modelopt_python), h.qcc_tool("trt", method="entropy")]
     return found
