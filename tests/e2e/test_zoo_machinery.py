@@ -114,17 +114,21 @@ def test_bench_compares_qcc_with_the_anchor(models_dir, tmp_path):
     )
     report = json.loads((tmp_path / "report.json").read_text())
     rows = {r["tool"]: r for r in report["rows"]}
-    assert set(rows) == {"anchor-ort", "qcc-ort"}
+    assert set(rows) == {"anchor-ort", "qcc-ort", "qcc-ort-quick"}  # quick: --tolerance off --no-refit
     for row in rows.values():
         assert row["ok"], row["reason"]
         assert row["headline"][1] > 0.99
         assert row["compile"]["peak_rss_mb"] > 50  # a Python process with onnxruntime loaded
         assert row["latency"]["fp32_ms"] == rows["qcc-ort"]["latency"]["fp32_ms"]  # one interleaved loop
     assert rows["anchor-ort"]["anchor"]["recipe"] == "preprocess+per_channel"
-    (ratio,) = report["ratios"]
-    assert ratio["tool"] == "qcc-ort" and 0.95 < ratio["fidelity"] < 1.05
+    quick = json.loads((tmp_path / "tiny_cnn" / "qcc-ort-quick.report.json").read_text())["options"]
+    assert quick["tolerance"] is None and quick["refit"] is False
+    assert [r["tool"] for r in report["ratios"]] == ["qcc-ort", "qcc-ort-quick"]
+    for ratio in report["ratios"]:
+        assert ratio["anchor"] == "anchor-ort" and 0.95 < ratio["fidelity"] < 1.05
     markdown = (tmp_path / "report.md").read_text()
-    assert "| tiny_cnn | anchor-ort | yes |" in markdown and "| tiny_cnn | qcc-ort | yes |" in markdown
+    for tool in rows:
+        assert f"| tiny_cnn | {tool} | yes |" in markdown
     assert not (tmp_path / "fidelity_vs_speedup.png").exists()
 
 
