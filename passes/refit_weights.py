@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 DAMPINGS = (0.01, 0.1, 1.0)
 ROWS_PER_COLUMN = 8  # fewer rows per input column: the fit has too little to go on
-MAX_SAMPLES = 8  # calibration samples observed per wave (spread over the set): each costs two runs per wave
+MAX_SAMPLES = 8  # calibration samples observed per wave (spread over the set), in both models
 MAX_COLUMNS = 2048  # larger layers keep their levels: three (columns x columns) sums per fold
 # The float model's values for the waves ahead, held across samples: each of its runs fetches the
 # layer inputs of as many waves as fit, instead of running the whole model once per wave.
@@ -171,7 +171,8 @@ class _Observer:
     """The float model and the fake-quantized model (refit weights fed as inputs), run side by side
     on the same samples, returning each layer's sampled input rows of both, wave after wave. The
     fake-quantized model runs in pieces (``qcc.pieces``), one per wave, so each of its nodes runs
-    once per sample over the whole refit (a model that cannot be cut runs whole for every wave)."""
+    once per sample over the whole refit (a model that cannot be cut runs whole for every wave); the
+    float model runs whole and fetches the waves ahead (``_Ahead``)."""
 
     def __init__(
         self,
