@@ -177,18 +177,19 @@ class _Source:
         self.model = model
         self._loaded: dict[int, frontend.LoadedModel] = {}  # by the opset the target needs
 
-    def load(self, min_opset: int) -> frontend.LoadedModel:
-        """A copy of the loaded model (the pipeline changes it in place)."""
+    def load(self, options: CompileOptions) -> frontend.LoadedModel:
+        """A copy of the model loaded for the options' target (the pipeline changes it in place)."""
         with _stage("load"):
-            loaded = self._get(min_opset)
+            loaded = self._get(options)
             return dataclasses.replace(loaded, model=loaded.model.clone())
 
-    def shared(self, min_opset: int) -> frontend.LoadedModel:
+    def shared(self, options: CompileOptions) -> frontend.LoadedModel:
         """The loaded model every copy is made from: read it, never change it."""
         with _stage("load"):
-            return self._get(min_opset)
+            return self._get(options)
 
-    def _get(self, min_opset: int) -> frontend.LoadedModel:
+    def _get(self, options: CompileOptions) -> frontend.LoadedModel:
+        min_opset = get_backend(options.target).spec.min_opset(options)
         if min_opset not in self._loaded:
             self._loaded[min_opset] = frontend.load(self.model, min_opset=min_opset)
         return self._loaded[min_opset]
@@ -240,7 +241,7 @@ def _compile_planned(
     counted = cost.begin_compile(_distinguishing(options))
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    loaded = model.load(backend.spec.min_opset(options))
+    loaded = model.load(options)
     timings["load"] = time.perf_counter() - start
     _check_excludes(loaded.model, options.exclude, loaded.source)
     if calibration is None and options.needs_calibration:
@@ -409,7 +410,7 @@ def _may_try_dynamic(source: _Source, options: CompileOptions) -> bool:
     """The static compile may be compared with ``--dynamic`` (:func:`_dynamic_may_be_closer`): a
     model without convolutions (a transformer: static activation ranges lose most at LayerNorm
     outliers). Only then is the refit kept out of the compiles compared."""
-    return _without_convolutions(source.shared(get_backend(options.target).spec.min_opset(options)).model)
+    return _without_convolutions(source.shared(options).model)
 
 
 def _without_convolutions(model: ir.Model) -> bool:
@@ -561,11 +562,9 @@ def _other_methods_if_missed(
     errors = {selection["chosen"]: section["artifact_error"]}
     plan = best.plan if _int8_nodes(best) else None  # the plan the other methods are measured at
     if plan is not None:
-        spec = get_backend(options.target).spec
-        data = open_calibration(calibration, model.shared(spec.min_opset(options)).input_specs(),
-                                options.max_calibration_samples)
+        data = open_calibration(calibration, model.shared(options).input_specs(), options.max_calibration_samples)
         simulated = errors_by_method(best.annotated, data.spread(VERIFY_SAMPLES), options.tolerance_metric,
-                                     others, spec)
+                                     others, get_backend(options.target).spec)
         selection["simulated_at_plan"] = simulated
         others = [m for m in others if simulated[m.value] < simulated["planned"]]
     for method in others:

@@ -25,12 +25,13 @@ driver counts it with ``qcc.runtime.CostCounter``; a compile's selections make s
   "refit", "tolerance", "pipeline_runs", "seconds"}``. ``why`` names the selections that made it,
   outermost first, joined by ``/``: ``requested`` (the options as given), ``method`` (one per
   calibration method compared: ``trt``/``tflite``), ``chosen_method`` (the chosen method compiled
-  again with the tolerance), ``method_after_mixed_precision`` (another method tried when mixed
-  precision left the chosen one no int8 node), ``mode`` (``--dynamic`` against static, for models
-  without convolutions), ``without_refit`` (the compile that settles the plan before that
-  comparison) and ``refit`` (a settled plan compiled again with the refit). ``seconds`` runs from
-  loading the model to its report, without the compiles it was then compared with. The model is
-  loaded once per call; each compile works on its own copy;
+  again with the tolerance), ``method_at_plan`` (another method compiled at the chosen one's float
+  nodes, when it missed the tolerance and simulated closer there), ``method_after_mixed_precision``
+  (another method tried when mixed precision left the chosen one no int8 node), ``mode``
+  (``--dynamic`` against static, for models without convolutions), ``without_refit`` (the compile
+  that settles the plan before that comparison) and ``refit`` (a settled plan compiled again with
+  the refit). ``seconds`` runs from loading the model to its report, without the compiles it was
+  then compared with. The model is loaded once per call; each compile works on its own copy;
 * ``sessions``: ONNX Runtime sessions created (a load check of each compile's model, calibration,
   simulations, references, artifacts); ``float_model_runs`` and ``quantized_model_runs``: ONNX
   Runtime ``run`` calls (one per sample fed) on graphs without and with quantize/dequantize

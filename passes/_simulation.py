@@ -159,10 +159,10 @@ class Simulation:
             self.gates[base] = self._gate(model.graph, base, dq, dq.outputs[0], original, names)
 
     def _gate(self, graph: ir.Graph, tensor: str, dq: ir.Node, out: ir.Value, source: ir.Value, names) -> str:
-        """``_gate``, remembering the shape its gate is fed as."""
+        """``_gate``, remembering the shape its gate is fed as; returns the gate's name."""
         gate = _gate(graph, tensor, dq, out, source, names)
-        self._gate_shapes[gate] = tuple(graph.inputs[-1].shape.numpy())
-        return gate
+        self._gate_shapes[gate.name] = tuple(gate.shape.numpy())
+        return gate.name
 
     def _tunable_params(self, graph: ir.Graph, tensor: str, q: ir.Node, names: NameAllocator) -> None:
         """Makes the activation's scale and zero point (shared by its Q and DQ) graph inputs."""
@@ -199,9 +199,11 @@ def _quantizers(model: ir.Model) -> dict[str, tuple[ir.Node, ir.Node]]:
     return found
 
 
-def _gate(graph: ir.Graph, tensor: str, dq: ir.Node, out: ir.Value, source: ir.Value, names: NameAllocator) -> str:
+def _gate(
+    graph: ir.Graph, tensor: str, dq: ir.Node, out: ir.Value, source: ir.Value, names: NameAllocator
+) -> ir.Value:
     """Makes every reader of the quantized tensor read ``x + gate * (DQ(Q(x)) - x)`` (gate 1 or 0,
-    a float graph input; arithmetic runs faster than Where in ONNX Runtime); returns the gate.
+    a float graph input; arithmetic runs faster than Where in ONNX Runtime); returns the gate input.
 
     The gate has the tensor's rank, all ones: ONNX Runtime multiplies by a scalar of lower rank
     through its general broadcast when the tensor's last dimensions are 1, 70 times slower (a
@@ -231,7 +233,7 @@ def _gate(graph: ir.Graph, tensor: str, dq: ir.Node, out: ir.Value, source: ir.V
         graph.insert_after(anchor, [sub, mul, add])
     else:
         graph.insert_before(anchor, [sub, mul, add])
-    return gate.name
+    return gate
 
 
 def _fake_quantized_constant(graph: ir.Graph, q: ir.Node, dq: ir.Node, names: NameAllocator) -> ir.Value | None:

@@ -74,7 +74,7 @@ from qcc.annotations import (
 )
 from qcc.errors import UnsupportedModelError
 from qcc.latency import LatencyModel, Tensor, estimate
-from qcc.metrics import cosine, finite_values, relative_error
+from qcc.metrics import cosine, relative_error
 from qcc.options import CalibrationMethod, ToleranceMetric
 from qcc.passes._base import QccPass
 from qcc.passes._clip_search import method_params, search_clip_ranges
@@ -134,18 +134,17 @@ class MixedPrecisionPass(QccPass):
             return ir.passes.PassResult(model, False)
         samples = self.ctx.calibration.spread(SAMPLES)
         error = _Error(model, samples, options.tolerance_metric)
-        worst_of = lambda runs, n=None: max(error.of(runs, n).values())  # noqa: E731
         if self.ctx.calibration_method == CalibrationMethod.AUTO and self.ctx.tensor_methods is None:
             # Round 1 of auto: other clip ranges first (they cost no speed), by a simulation whose
             # activation parameters are fed.
             sim = Simulation(model, samples, tunable="params")
-            before = worst_of(sim.run())
+            before = error.worst(sim.run())
             if before > options.tolerance:
                 spec = self.ctx.target
                 methods, _params, after = search_clip_ranges(
                     model,
                     sim,
-                    worst_of,
+                    error.worst,
                     frozenset(spec.fixed_output_params),
                     spec.shared_group_ops,
                     lambda done, total: self.ctx.progress("clip ranges", done, total),
@@ -196,16 +195,17 @@ class MixedPrecisionPass(QccPass):
             keys = [(frozenset(quantized), samples) for quantized in choices]
             new = list(dict.fromkeys(key for key in keys if key not in simulated))
             for key, runs in zip(new, sim.run_each([set(q) for q, _ in new], samples=samples), strict=True):
-                simulated[key] = max(error.of(runs, samples=samples).values())
+                simulated[key] = error.worst(runs, samples)
             return [simulated[key] for key in keys]
 
         first = worst_with(set(sim.gates), samples=1)
-        stills = [{name for name, owners in neighbours.items() if owners - nodes} for nodes in units.values()]
+        tensors = list(units)
+        stills = [{name for name, owners in neighbours.items() if owners - units[t]} for t in tensors]
         screened: dict[str, float] = {}
         step = 4 * WORKERS  # units screened side by side between progress updates
         for start in range(0, len(units), step):
             errors = worst_of_each(stills[start : start + step], samples=1)
-            for tensor, after in zip(list(units)[start : start + step], errors, strict=True):
+            for tensor, after in zip(tensors[start : start + step], errors, strict=True):
                 screened[tensor] = first - after
             self.ctx.progress("sensitivity", min(start + step, len(units)), len(units))
         latency = self._latency(model, sim.samples[0], neighbours)
@@ -359,11 +359,11 @@ def errors_by_method(
     simulation whose scales and zero points are fed, the float nodes as planned."""
     sim = Simulation(model, samples, tunable="params")
     error = _Error(model, samples, metric)
-    errors = {"planned": max(error.of(sim.run()).values())}
+    errors = {"planned": error.worst(sim.run())}
     fixed, shared = frozenset(target.fixed_output_params), target.shared_group_ops
     for method in methods:
         params = method_params(model.graph, sim, method, fixed, shared)
-        errors[method.value] = max(error.of(sim.run(params=params)).values())
+        errors[method.value] = error.worst(sim.run(params=params))
     return errors
 
 
@@ -417,14 +417,20 @@ class _Error:
             errors[name] = float(np.mean(per_sample))
         return errors
 
+    def worst(self, runs: list[list[np.ndarray]], samples: int | None = None) -> float:
+        """The largest of :meth:`of`: what the bound is checked against."""
+        return max(self.of(runs, samples).values())
+
 
 class _Expected:
     """One float output of one sample, prepared once for the many errors measured against it: its
     finite values in float64, where they are (None: everywhere), and their norm."""
 
     def __init__(self, array: np.ndarray) -> None:
-        self.values, _, keep = finite_values(array, array)
+        values = np.asarray(array, dtype=np.float64).ravel()
+        keep = np.isfinite(values)
         self.keep = None if keep.all() else keep
+        self.values = values if self.keep is None else values[keep]
         self.norm = float(np.linalg.norm(self.values))
 
     def error(self, got: np.ndarray, metric: ToleranceMetric) -> float:

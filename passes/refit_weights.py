@@ -209,7 +209,7 @@ class _Observer:
         # choices (PP-OCRv5 rec trt: eval exact lines 0.875 -> 0.792 with the same plan). The
         # fake-quantized model, at "basic", computes the same values in pieces bit for bit. One
         # session fetches any of the waves' inputs with the same values, so it fetches them ahead.
-        self.float = _Ahead(twin, self.float_names, "the float model", samples)
+        self.float = _Ahead(twin, self.float_names, "all", "the float model", samples)
         self.quantized = _in_pieces(sim, self.quant_names, "basic", "the simulated quantized model")
 
     def observe(self, index: int, samples) -> dict[str, list[_Sums]]:
@@ -231,36 +231,41 @@ class _Observer:
 
 
 def _in_pieces(model: ir.Model, requests: list[list[str]], level: str, what: str):
-    """``run(request, feed, sample) -> arrays``: the model in pieces, or whole where it cannot be cut."""
+    """``run(request, feed, sample) -> arrays``: the model in pieces, or whole where it cannot be cut
+    (one request per run: the refit weights it is fed change between waves)."""
     if not Pieces.fits(model):
-        return _whole(model, requests, level, what)
+        return _Ahead(model, requests, level, what, samples=1, ahead_bytes=0)
     pieces = Pieces(model, requests, level=level, what=what)
     return lambda request, feed, sample: _checked(pieces.run, request, feed, sample)
 
 
-def _whole(model: ir.Model, requests: list[list[str]], level: str, what: str):
-    """``run(request, feed, sample) -> arrays``: one session of the whole model, run per request."""
-    whole = session(model, level=level, what=what, extra_outputs=tuple(dict.fromkeys(n for r in requests for n in r)))
-    return lambda request, feed, sample: run_float(whole, requests[request], feed, sample)
-
-
 class _Ahead:
-    """``run(request, feed, sample) -> arrays``: one session of the whole model at the "all" level,
-    each of whose runs also fetches the following requests' tensors for that sample, as many as
-    ``AHEAD_BYTES`` holds for every sample (their size guessed from the requests fetched so far),
-    and keeps them until asked. Requests are asked in order, every sample per request."""
+    """``run(request, feed, sample) -> arrays``: one session of the whole model, each of whose runs
+    also fetches the following requests' tensors for that sample, as many as ``ahead_bytes`` holds
+    for every sample (their size guessed from the requests fetched so far), and keeps them until
+    asked. Requests are asked in order, every sample per request; only a model whose feeds stay the
+    same from one request to the next may fetch ahead."""
 
-    def __init__(self, model: ir.Model, requests: list[list[str]], what: str, samples: int) -> None:
+    def __init__(
+        self,
+        model: ir.Model,
+        requests: list[list[str]],
+        level: str,
+        what: str,
+        samples: int,
+        ahead_bytes: int | None = None,  # None: AHEAD_BYTES
+    ) -> None:
         self.requests, self.samples = requests, max(samples, 1)
+        self.ahead_bytes = AHEAD_BYTES if ahead_bytes is None else ahead_bytes
         names = tuple(dict.fromkeys(n for r in requests for n in r))
-        self.session = session(model, level="all", what=what, extra_outputs=names)
+        self.session = session(model, level=level, what=what, extra_outputs=names)
         self.held: dict[tuple[int, int], list[np.ndarray]] = {}
         self.fetched_bytes, self.fetched_requests = 0, 0
 
     def __call__(self, request: int, feed, sample: int) -> list[np.ndarray]:
         if (request, sample) not in self.held:
-            per_request = self.fetched_bytes / self.fetched_requests if self.fetched_requests else AHEAD_BYTES
-            count = max(1, int(AHEAD_BYTES // max(per_request * self.samples, 1)))
+            per_request = self.fetched_bytes / self.fetched_requests if self.fetched_requests else self.ahead_bytes
+            count = max(1, int(self.ahead_bytes // max(per_request * self.samples, 1)))
             ahead = range(request, min(request + count, len(self.requests)))
             names = list(dict.fromkeys(n for r in ahead for n in self.requests[r]))
             got = dict(zip(names, run_float(self.session, names, feed, sample), strict=True))

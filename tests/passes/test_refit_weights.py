@@ -98,7 +98,7 @@ def test_the_float_model_fetches_the_waves_ahead_with_the_same_values(monkeypatc
     requests = [["x"], ["r1"], ["d"], ["r2", "r1"]]
     feeds = [{"x": np.random.default_rng(s).normal(size=(1, 8, 12, 12)).astype(np.float32)} for s in range(3)]
     monkeypatch.setattr(refit_weights, "AHEAD_BYTES", budget)
-    ahead = _Ahead(model, requests, "the model", len(feeds))
+    ahead = _Ahead(model, requests, "all", "the model", len(feeds))
     runs, run = [], ahead.session.run
     monkeypatch.setattr(ahead.session, "run", lambda names, feed: runs.append(names) or run(names, feed))
     one = session(model, extra_outputs=("x", "r1", "d", "r2"))
