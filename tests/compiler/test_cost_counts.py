@@ -50,6 +50,7 @@ class Spies:
     litert_runs: int = 0
     pipeline_runs: int = 0
     loads: int = 0
+    spinning: int = 0  # sessions whose idle workers spin
 
     def reset(self) -> None:
         for field in dataclasses.fields(self):
@@ -67,6 +68,14 @@ def _quantized(model: bytes | str) -> bool:
     )
 
 
+def _spins(options: onnxruntime.SessionOptions | None) -> bool:
+    """Whether the session's idle intra-op workers spin (ONNX Runtime's default)."""
+    try:
+        return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except Exception:  # noqa: BLE001 - no options, or the entry not set
+        return True
+
+
 @pytest.fixture
 def spies(monkeypatch) -> Spies:
     found = Spies()
@@ -77,6 +86,7 @@ def spies(monkeypatch) -> Spies:
             super().__init__(model, *args, **kwargs)
             self.spy_quantized = _quantized(model)
             found.sessions += 1
+            found.spinning += _spins(args[0] if args else kwargs.get("sess_options"))
 
         def run(self, *args, **kwargs):
             with lock:
@@ -141,6 +151,8 @@ def test_a_default_ort_compile_runs_the_pipeline_once_and_counts_every_session_a
     calibrate = cost["stages"]["calibrate"]
     assert calibrate["float_model_runs"] > 0 and calibrate["quantized_model_runs"] == 0
     assert cost["stages"]["mixed-precision"]["simulation_runs"] == spies.simulation_runs
+    # numpy works between the runs: no session's idle workers spin on the cores it needs.
+    assert spies.spinning == 0
     _check_consistent(cost)
 
 
