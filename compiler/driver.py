@@ -260,6 +260,7 @@ def _compile_planned(
         current = current.merged(Replan(dict.fromkeys(own.nodes, ALREADY_QUANTIZED_REASON)))
     statistics = {} if statistics is None else statistics
     pristine = loaded.model.clone()
+    rewritten: list[ir.Model] = []  # the model after the float rewrites: each plan starts from it
     for _attempt in range(MAX_REPLANS + 1):
         ctx = PassContext(
             options,
@@ -272,8 +273,12 @@ def _compile_planned(
             settled=settled,
             search=current.search,
         )
-        counted.pipeline_runs += 1
-        timings.update(run_pipeline(loaded.model, ctx))
+        if rewritten:  # the plan again: the annotation passes only
+            counted.replans += 1
+            timings.update(run_pipeline(loaded.model, ctx, plan_only=True))
+        else:
+            counted.pipeline_runs += 1
+            timings.update(run_pipeline(loaded.model, ctx, rewritten=lambda m: rewritten.append(m.clone())))
         replan = pending_replan(loaded.model.graph)
         if replan is None:
             break
@@ -286,7 +291,7 @@ def _compile_planned(
             )
         current = current.merged(replan)
         logger.info("keeping %d nodes float (%s); planning again", len(current.keep_float), replan.describe())
-        loaded.model = pristine.clone()
+        loaded.model = rewritten[0].clone() if rewritten else pristine.clone()
     stamp = time.perf_counter()
     with cost.stage("emit"):
         artifact = backend.emit(loaded.model, ctx)

@@ -4,7 +4,8 @@ Read it top to bottom: first the float graph is simplified (and, with data, MatM
 smoothed), then the target-specific plan marks
 what is quantized, then parameters are computed in dependency order (weights need nothing,
 activations need calibration, biases need both); last, mixed precision measures the result
-and may ask for a plan with more nodes float; once the float nodes are settled, the int8 layers'
+and may ask for a plan with more nodes float (the annotation passes then run again on the rewritten
+model: the rewrites run once per compile); once the float nodes are settled, the int8 layers'
 weights are refit to the quantized model's own inputs. With ``verify_each`` the invariant checker runs
 after every pass and names the pass that broke an invariant. Each pass runs as a stage of the
 compile's cost count (``qcc.runtime.cost_stage``): the sessions and model runs it makes are its own.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import onnx_ir as ir
 
@@ -42,12 +44,12 @@ logger = logging.getLogger(__name__)
 
 # Graph rewrites that keep the model's float function; the plan works on their result.
 FLOAT_PASSES = (CanonicalizePass, FoldBatchNormPass, CrossLayerEqualizationPass, FuseMatMulAddPass)
-# Passes that decide and compute the quantization, as annotations. SmoothQuant and residual-stream
-# equalization come first: float rewrites too, but they need the calibration data that the float
-# passes run without (inspect, plan).
-QUANT_PASSES = (
-    SmoothActivationsPass,
-    ResidualEqualizationPass,
+# SmoothQuant and residual-stream equalization: float rewrites too, but they need the calibration
+# data that the float passes run without (inspect, plan). No rewrite reads the plan.
+DATA_REWRITE_PASSES = (SmoothActivationsPass, ResidualEqualizationPass)
+# Passes that decide and compute the quantization of one plan, as annotations: the plan again with
+# more nodes float (``annotations.Replan``) runs these again, on the rewritten model.
+ANNOTATION_PASSES = (
     PlanPass,
     QuantizeWeightsPass,
     CalibratePass,
@@ -59,17 +61,36 @@ QUANT_PASSES = (
     MixedPrecisionPass,
     RefitWeightsPass,
 )
+QUANT_PASSES = DATA_REWRITE_PASSES + ANNOTATION_PASSES
 
 
-def build_passes(ctx: PassContext, *, float_only: bool = False) -> list[ir.passes.PassBase]:
-    """Returns the pipeline's passes, constructed with ``ctx``, in the order they run."""
-    classes = FLOAT_PASSES if float_only else FLOAT_PASSES + QUANT_PASSES
+def build_passes(ctx: PassContext, *, float_only: bool = False, plan_only: bool = False) -> list[ir.passes.PassBase]:
+    """Returns the pipeline's passes, constructed with ``ctx``, in the order they run: the float
+    rewrites only, the annotation passes only (``plan_only``), or all."""
+    if float_only:
+        classes = FLOAT_PASSES
+    elif plan_only:
+        classes = ANNOTATION_PASSES
+    else:
+        classes = FLOAT_PASSES + QUANT_PASSES
     return [cls(ctx) for cls in classes]
 
 
-def run_pipeline(model: ir.Model, ctx: PassContext, *, float_only: bool = False) -> dict[str, float]:
+def run_pipeline(
+    model: ir.Model,
+    ctx: PassContext,
+    *,
+    float_only: bool = False,
+    plan_only: bool = False,
+    rewritten: Callable[[ir.Model], None] | None = None,
+) -> dict[str, float]:
     """Runs the pipeline in place on ``model``, up to the end or to the first pass that asks to plan
-    again (``annotations.pending_replan``: the driver then starts over from the float model).
+    again (``annotations.pending_replan``: the driver then plans again from the rewritten model).
+
+    Args:
+        float_only: only the float rewrites (``FLOAT_PASSES``).
+        plan_only: only the annotation passes, on a model the rewrites already ran on.
+        rewritten: called with the model once every rewrite has run, before the plan.
 
     Returns:
         Seconds spent in each pass, by pass name.
@@ -79,7 +100,9 @@ def run_pipeline(model: ir.Model, ctx: PassContext, *, float_only: bool = False)
         onnx_ir.passes.InvariantError: with ``verify_each``, a pass broke an invariant (a qcc bug).
     """
     timings: dict[str, float] = {}
-    for pass_ in build_passes(ctx, float_only=float_only):
+    for pass_ in build_passes(ctx, float_only=float_only, plan_only=plan_only):
+        if rewritten is not None and isinstance(pass_, ANNOTATION_PASSES[0]):
+            rewritten(model)
         start = time.perf_counter()
         with cost_stage(pass_.name):
             pass_(model)

@@ -19,10 +19,13 @@ qcc made the report.
 ``cost`` says what the whole ``compile_model`` call cost, every compile it made included (the
 driver counts it with ``qcc.runtime.CostCounter``; a compile's selections make several):
 
-* ``pipeline_runs``: how many times the pass pipeline started, over every compile (a pass that asks
-  to plan again, ``annotations.Replan``, starts it again);
+* ``pipeline_runs``: how many times the whole pass pipeline ran, over every compile (once per
+  compile: the float rewrites run once);
+* ``replans``: how many times the annotation passes ran again for another plan of a compile's
+  rewritten model (a pass asked to plan again, ``annotations.Replan``: the float search's nodes, or
+  the nodes around a non-finite activation);
 * ``compiles``: each compile in the order made, as ``{"why", "method", "weight_rounding", "dynamic",
-  "refit", "tolerance", "pipeline_runs", "seconds"}``. ``why`` names the selections that made it,
+  "refit", "tolerance", "pipeline_runs", "replans", "seconds"}``. ``why`` names the selections that made it,
   outermost first, joined by ``/``: ``requested`` (the options as given), ``method`` (one per
   calibration method compared: ``trt``/``tflite``), ``chosen_method`` (the chosen method compiled
   again with the tolerance), ``method_at_plan`` (another method compiled at the chosen one's float

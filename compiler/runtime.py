@@ -235,13 +235,16 @@ class CompileCost:
         why: the selections that made it, outermost first, joined by ``/`` (``requested``: the
             compile of the options as given; see ``qcc.report``'s ``cost`` section).
         options: the options that tell it from the other compiles (method, rounding, ...).
-        pipeline_runs: the pass pipeline's runs (a re-plan starts it again).
+        pipeline_runs: the pass pipeline's runs, float rewrites included.
+        replans: runs of the annotation passes alone, for another plan of the rewritten model (a
+            pass asked to plan again).
         seconds: from loading the model to the report, without the compiles it then compared.
     """
 
     why: str
     options: dict[str, Any]
     pipeline_runs: int = 0
+    replans: int = 0
     seconds: float = 0.0
 
 
@@ -321,8 +324,15 @@ class CostCounter:
         totals = {f: sum(getattr(s, f) for s in self.stages.values()) for f in fields}
         return {
             "pipeline_runs": sum(c.pipeline_runs for c in self.compiles),
+            "replans": sum(c.replans for c in self.compiles),
             "compiles": [
-                {"why": c.why, **c.options, "pipeline_runs": c.pipeline_runs, "seconds": round(c.seconds, 4)}
+                {
+                    "why": c.why,
+                    **c.options,
+                    "pipeline_runs": c.pipeline_runs,
+                    "replans": c.replans,
+                    "seconds": round(c.seconds, 4),
+                }
                 for c in self.compiles
             ],
             **totals,

@@ -49,6 +49,7 @@ class Spies:
     simulation_runs: int = 0
     litert_runs: int = 0
     pipeline_runs: int = 0
+    replans: int = 0
     loads: int = 0
     spinning: int = 0  # sessions whose idle workers spin
 
@@ -57,7 +58,7 @@ class Spies:
             setattr(self, field.name, 0)
 
     def counts(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in (*COUNTS, "pipeline_runs")}
+        return {name: getattr(self, name) for name in (*COUNTS, "pipeline_runs", "replans")}
 
 
 def _quantized(model: bytes | str) -> bool:
@@ -108,7 +109,12 @@ def spies(monkeypatch) -> Spies:
         return wrapper
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", CountingSession)
-    monkeypatch.setattr(driver, "run_pipeline", counted("pipeline_runs", driver.run_pipeline))
+    def run_pipeline(model, ctx, **kwargs):
+        counted("replans" if kwargs.get("plan_only") else "pipeline_runs", lambda: None)()
+        return original_run_pipeline(model, ctx, **kwargs)
+
+    original_run_pipeline = driver.run_pipeline
+    monkeypatch.setattr(driver, "run_pipeline", run_pipeline)
     monkeypatch.setattr(frontend, "load", counted("loads", frontend.load))
     original_run_each = Simulation.run_each
     monkeypatch.setattr(Simulation, "run_each", run_each)
@@ -117,7 +123,7 @@ def spies(monkeypatch) -> Spies:
 
 
 def _cost_counts(cost: dict) -> dict[str, int]:
-    return {name: cost[name] for name in (*COUNTS, "pipeline_runs")}
+    return {name: cost[name] for name in (*COUNTS, "pipeline_runs", "replans")}
 
 
 def _check_consistent(cost: dict) -> None:
@@ -125,6 +131,7 @@ def _check_consistent(cost: dict) -> None:
     for name in COUNTS:
         assert cost[name] == sum(stage[name] for stage in cost["stages"].values()), name
     assert cost["pipeline_runs"] == sum(c["pipeline_runs"] for c in cost["compiles"])
+    assert cost["replans"] == sum(c["replans"] for c in cost["compiles"])
     stages = set(cost["seconds"]) - {"total"}
     passes = {cls.name for cls in (*FLOAT_PASSES, *QUANT_PASSES)}  # every pass is named in the report too
     assert {"load", "emit"} | passes <= stages <= {"load", "emit", "verify"} | passes
@@ -189,10 +196,10 @@ def test_a_compile_that_needs_float_nodes_searches_once_and_refits_in_the_same_c
     cost = result.report["cost"]
     assert result.report["mixed_precision"]["kept_float"]
     assert _cost_counts(cost) == spies.counts()
-    # The search, then the plan with its float nodes and the refit: one compile, two pipeline runs.
-    assert [(c["why"], c["weight_rounding"], c["refit"], c["pipeline_runs"]) for c in cost["compiles"]] == [
-        ("requested", "auto", True, 2)
-    ]
+    # The search, then the plan with its float nodes and the refit: one compile, one pipeline run
+    # (the float rewrites run once), then the annotation passes again for the plan.
+    fields = ("why", "weight_rounding", "refit", "pipeline_runs", "replans")
+    assert [tuple(c[f] for f in fields) for c in cost["compiles"]] == [("requested", "auto", True, 1, 1)]
     assert spies.loads == 1
     assert cost["stages"]["refit-weights"]["quantized_model_runs"] > 0
     assert MixedPrecisionPass.name in cost["stages"]

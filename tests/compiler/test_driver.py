@@ -77,7 +77,7 @@ def test_tensors_that_calibrate_to_inf_are_replanned_float():
 
 def test_a_replan_is_data_the_pipeline_stops_at_the_pass_that_asks(monkeypatch):
     """calibrate asks for a re-plan (annotations.Replan) instead of raising: the passes after it do
-    not run, and the driver counts a second pipeline run that carries the float nodes."""
+    not run, and the driver plans again from the rewritten model (the annotation passes only)."""
     from qcc import pipeline
     from qcc.annotations import pending_replan
 
@@ -93,8 +93,9 @@ def test_a_replan_is_data_the_pipeline_stops_at_the_pass_that_asks(monkeypatch):
 
     monkeypatch.setattr(driver, "run_pipeline", recording)
     result = qcc.compile(model, calibration=random_feeds(model, 8), tolerance=None)
-    assert result.report["cost"]["pipeline_runs"] == 2
+    assert result.report["cost"]["pipeline_runs"] == 1 and result.report["cost"]["replans"] == 1
     assert ran[0][-1] == "calibrate" and "quantize-bias" in ran[1]
+    assert "canonicalize" in ran[0] and "canonicalize" not in ran[1]  # the plan again, not the rewrites
     assert "l" in stopped[0].nonfinite and "y" in stopped[0].keep_float and stopped[1] is None
 
 
