@@ -169,13 +169,34 @@ def _add_warnings(result: CompileResult, options: CompileOptions) -> None:
         _user_log.warning("%s: %s", warning["code"], warning["message"])
 
 
+# Options no float rewrite reads (``pipeline.FLOAT_PASSES``, ``DATA_REWRITE_PASSES``): compiles that
+# differ only in these share the rewritten model. A rewrite that reads one must take it out of here.
+PLAN_ONLY_OPTIONS = frozenset(
+    {"method", "verify", "verify_each", "tolerance", "tolerance_metric", "latency_budget", "bias_correction",
+     "weight_rounding", "refit"}
+)
+
+
 class _Source:
     """The model a compile was given, loaded (checked, upgraded, shape-inferred) once for every
-    compile of the call; each compile gets its own copy of the loaded IR."""
+    compile of the call; each compile gets its own copy of the loaded IR. The float rewrites run
+    once too: a compile whose rewrites would do what an earlier one's did starts from a copy of
+    their result (``rewritten``)."""
 
     def __init__(self, model: object) -> None:
         self.model = model
         self._loaded: dict[int, frontend.LoadedModel] = {}  # by the opset the target needs
+        self._rewritten: dict[tuple, ir.Model] = {}  # by the options the rewrites read
+
+    def rewritten(self, options: CompileOptions) -> ir.Model | None:
+        """A copy of the model as the float rewrites left it for these options, if a compile of this
+        call ran them."""
+        found = self._rewritten.get(_rewrite_key(options))
+        return found.clone() if found is not None else None
+
+    def keep_rewritten(self, options: CompileOptions, model: ir.Model) -> None:
+        """Keeps a copy of ``model``, just rewritten for ``options``, for the compiles after."""
+        self._rewritten[_rewrite_key(options)] = model.clone()
 
     def load(self, options: CompileOptions) -> frontend.LoadedModel:
         """A copy of the model loaded for the options' target (the pipeline changes it in place)."""
@@ -193,6 +214,12 @@ class _Source:
         if min_opset not in self._loaded:
             self._loaded[min_opset] = frontend.load(self.model, min_opset=min_opset)
         return self._loaded[min_opset]
+
+
+def _rewrite_key(options: CompileOptions) -> tuple:
+    """The options the float rewrites read (all but ``PLAN_ONLY_OPTIONS``)."""
+    fields = dataclasses.fields(options)
+    return tuple((f.name, repr(getattr(options, f.name))) for f in fields if f.name not in PLAN_ONLY_OPTIONS)
 
 
 def _compile(
@@ -260,7 +287,10 @@ def _compile_planned(
         current = current.merged(Replan(dict.fromkeys(own.nodes, ALREADY_QUANTIZED_REASON)))
     statistics = {} if statistics is None else statistics
     pristine = loaded.model.clone()
-    rewritten: list[ir.Model] = []  # the model after the float rewrites: each plan starts from it
+    shared = model.rewritten(options)
+    if shared is not None:  # another compile of this call rewrote the model as this one would
+        loaded.model = shared
+    rewritten = shared is not None  # each plan from now on starts from the rewritten model
     for _attempt in range(MAX_REPLANS + 1):
         ctx = PassContext(
             options,
@@ -273,12 +303,12 @@ def _compile_planned(
             settled=settled,
             search=current.search,
         )
-        if rewritten:  # the plan again: the annotation passes only
+        if rewritten:  # a plan of the rewritten model: the annotation passes only
             counted.replans += 1
             timings.update(run_pipeline(loaded.model, ctx, plan_only=True))
         else:
             counted.pipeline_runs += 1
-            timings.update(run_pipeline(loaded.model, ctx, rewritten=lambda m: rewritten.append(m.clone())))
+            timings.update(run_pipeline(loaded.model, ctx, rewritten=lambda m: model.keep_rewritten(options, m)))
         replan = pending_replan(loaded.model.graph)
         if replan is None:
             break
@@ -291,7 +321,9 @@ def _compile_planned(
             )
         current = current.merged(replan)
         logger.info("keeping %d nodes float (%s); planning again", len(current.keep_float), replan.describe())
-        loaded.model = rewritten[0].clone() if rewritten else pristine.clone()
+        again = model.rewritten(options)
+        rewritten = again is not None
+        loaded.model = again if again is not None else pristine.clone()
     stamp = time.perf_counter()
     with cost.stage("emit"):
         artifact = backend.emit(loaded.model, ctx)

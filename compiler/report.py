@@ -19,8 +19,9 @@ qcc made the report.
 ``cost`` says what the whole ``compile_model`` call cost, every compile it made included (the
 driver counts it with ``qcc.runtime.CostCounter``; a compile's selections make several):
 
-* ``pipeline_runs``: how many times the whole pass pipeline ran, over every compile (once per
-  compile: the float rewrites run once);
+* ``pipeline_runs``: how many times the whole pass pipeline ran, over every compile (the float
+  rewrites run once for the compiles whose options they read alike: once for a default compile,
+  twice when a model without convolutions is also compiled ``--dynamic``);
 * ``replans``: how many times the annotation passes ran again for another plan of a compile's
   rewritten model (a pass asked to plan again, ``annotations.Replan``: the float search's nodes, or
   the nodes around a non-finite activation);
