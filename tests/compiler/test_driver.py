@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -14,7 +15,10 @@ import pytest
 
 import qcc
 from qcc import driver
+from qcc.backends import get_backend
+from qcc.context import PassContext
 from qcc.errors import StrictError
+from qcc.frontend import load
 from qcc.options import CompileOptions
 from qcc.report import compile_warnings
 from tests.bad_inputs import ort_quantized
@@ -502,3 +506,36 @@ def test_method_recheck_ranks_meeting_the_bound_then_int8_nodes_then_error():
         (40, False),
         (90, False),
     ]
+
+
+class _Reading(CompileOptions):
+    """Options that record which fields are read."""
+
+    def __getattribute__(self, name: str):
+        read = object.__getattribute__(self, "__dict__").get("_read")
+        if read is not None and name in {f.name for f in dataclasses.fields(CompileOptions)}:
+            read.add(name)
+        return object.__getattribute__(self, name)
+
+
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [("post_ln", "ort"), ("post_ln", "trt"), ("block", "ort"), ("block", "trt"), ("block", "tflite")],
+)
+def test_no_float_rewrite_reads_an_option_the_compiles_of_a_call_may_differ_in(text, target):
+    """The compiles of one call share the rewritten model when they differ only in
+    driver.PLAN_ONLY_OPTIONS, so no rewrite may read one (each rewrite here changes the model)."""
+    from qcc.data import CalibrationData
+    from qcc.pipeline import DATA_REWRITE_PASSES, FLOAT_PASSES
+    from tests.passes.test_equalize_residual import _block
+    from tests.passes.test_smooth_activations import POST_LN, _model
+
+    model = _model(POST_LN) if text == "post_ln" else _block()
+    loaded = load(model)
+    options = _Reading(target=target)
+    object.__setattr__(options, "_read", set())
+    data = CalibrationData(random_feeds(model, 8), loaded.input_specs())
+    ctx = PassContext(options, get_backend(target).spec, data, statistics={})
+    changed = [cls.name for cls in (*FLOAT_PASSES, *DATA_REWRITE_PASSES) if cls(ctx)(loaded.model).modified]
+    assert changed  # the rewrites did something, reading options as they went
+    assert options._read and not options._read & driver.PLAN_ONLY_OPTIONS
