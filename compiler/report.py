@@ -22,9 +22,10 @@ driver counts it with ``qcc.runtime.CostCounter``; a compile's selections make s
 * ``pipeline_runs``: how many times the whole pass pipeline ran, over every compile (the float
   rewrites run once for the compiles whose options they read alike: once for a default compile,
   twice when a model without convolutions is also compiled ``--dynamic``);
-* ``replans``: how many times the annotation passes ran again for another plan of a compile's
-  rewritten model (a pass asked to plan again, ``annotations.Replan``: the float search's nodes, or
-  the nodes around a non-finite activation);
+* ``replans``: how many times the annotation passes ran alone, on a model the rewrites had already
+  run on: the plan a pass asked for (``annotations.Replan``: the float search's nodes, or the nodes
+  around a non-finite activation), or another compile of the call that rewrites alike (another
+  method, the chosen method with its search, the refit);
 * ``compiles``: each compile in the order made, as ``{"why", "method", "weight_rounding", "dynamic",
   "refit", "tolerance", "pipeline_runs", "replans", "seconds"}``. ``why`` names the selections that made it,
   outermost first, joined by ``/``: ``requested`` (the options as given), ``method`` (one per

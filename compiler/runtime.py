@@ -236,8 +236,8 @@ class CompileCost:
             compile of the options as given; see ``qcc.report``'s ``cost`` section).
         options: the options that tell it from the other compiles (method, rounding, ...).
         pipeline_runs: the pass pipeline's runs, float rewrites included.
-        replans: runs of the annotation passes alone, for another plan of the rewritten model (a
-            pass asked to plan again).
+        replans: runs of the annotation passes alone, on a model the rewrites already ran on (a
+            pass asked to plan again, or an earlier compile of the call rewrote it alike).
         seconds: from loading the model to the report, without the compiles it then compared.
     """
 
