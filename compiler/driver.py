@@ -179,7 +179,7 @@ PLAN_ONLY_OPTIONS = frozenset(
 
 class _Source:
     """The model a compile was given, loaded (checked, upgraded, shape-inferred) once for every
-    compile of the call; each compile gets its own copy of the loaded IR. The float rewrites run
+    compile of the call; each compile works on its own copy of the loaded IR. The float rewrites run
     once too: a compile whose rewrites would do what an earlier one's did starts from a copy of
     their result (``rewritten``)."""
 
@@ -198,22 +198,14 @@ class _Source:
         """Keeps a copy of ``model``, just rewritten for ``options``, for the compiles after."""
         self._rewritten[_rewrite_key(options)] = model.clone()
 
-    def load(self, options: CompileOptions) -> frontend.LoadedModel:
-        """A copy of the model loaded for the options' target (the pipeline changes it in place)."""
-        with _stage("load"):
-            loaded = self._get(options)
-            return dataclasses.replace(loaded, model=loaded.model.clone())
-
     def shared(self, options: CompileOptions) -> frontend.LoadedModel:
-        """The loaded model every copy is made from: read it, never change it."""
+        """The model loaded for the options' target, which every copy is made from: read it, never
+        change it."""
         with _stage("load"):
-            return self._get(options)
-
-    def _get(self, options: CompileOptions) -> frontend.LoadedModel:
-        min_opset = get_backend(options.target).spec.min_opset(options)
-        if min_opset not in self._loaded:
-            self._loaded[min_opset] = frontend.load(self.model, min_opset=min_opset)
-        return self._loaded[min_opset]
+            min_opset = get_backend(options.target).spec.min_opset(options)
+            if min_opset not in self._loaded:
+                self._loaded[min_opset] = frontend.load(self.model, min_opset=min_opset)
+            return self._loaded[min_opset]
 
 
 def _rewrite_key(options: CompileOptions) -> tuple:
@@ -268,7 +260,7 @@ def _compile_planned(
     counted = cost.begin_compile(_distinguishing(options))
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    loaded = model.load(options)
+    loaded = model.shared(options)
     timings["load"] = time.perf_counter() - start
     _check_excludes(loaded.model, options.exclude, loaded.source)
     if calibration is None and options.needs_calibration:
@@ -286,11 +278,7 @@ def _compile_planned(
         _check_takes_own_quantization(backend.spec, own, loaded.source)
         current = current.merged(Replan(dict.fromkeys(own.nodes, ALREADY_QUANTIZED_REASON)))
     statistics = {} if statistics is None else statistics
-    pristine = loaded.model.clone()
-    shared = model.rewritten(options)
-    if shared is not None:  # another compile of this call rewrote the model as this one would
-        loaded.model = shared
-    rewritten = shared is not None  # each plan from now on starts from the rewritten model
+    pristine = loaded.model  # the float model as loaded, shared by the call: each plan works on a copy
     for _attempt in range(MAX_REPLANS + 1):
         ctx = PassContext(
             options,
@@ -303,13 +291,16 @@ def _compile_planned(
             settled=settled,
             search=current.search,
         )
-        if rewritten:  # a plan of the rewritten model: the annotation passes only
+        rewritten = model.rewritten(options)  # once this compile, or an earlier one of the call, rewrote it alike
+        if rewritten is not None:  # a plan of the rewritten model: the annotation passes only
+            annotated = rewritten
             counted.replans += 1
-            timings.update(run_pipeline(loaded.model, ctx, plan_only=True))
+            timings.update(run_pipeline(annotated, ctx, plan_only=True))
         else:
+            annotated = pristine.clone()
             counted.pipeline_runs += 1
-            timings.update(run_pipeline(loaded.model, ctx, rewritten=lambda m: model.keep_rewritten(options, m)))
-        replan = pending_replan(loaded.model.graph)
+            timings.update(run_pipeline(annotated, ctx, rewritten=lambda m: model.keep_rewritten(options, m)))
+        replan = pending_replan(annotated.graph)
         if replan is None:
             break
         if _attempt == MAX_REPLANS:
@@ -321,12 +312,9 @@ def _compile_planned(
             )
         current = current.merged(replan)
         logger.info("keeping %d nodes float (%s); planning again", len(current.keep_float), replan.describe())
-        again = model.rewritten(options)
-        rewritten = again is not None
-        loaded.model = again if again is not None else pristine.clone()
     stamp = time.perf_counter()
     with cost.stage("emit"):
-        artifact = backend.emit(loaded.model, ctx)
+        artifact = backend.emit(annotated, ctx)
     timings["emit"] = time.perf_counter() - stamp
     verify = None
     if options.verify:
@@ -334,7 +322,7 @@ def _compile_planned(
         progress("verify", 0, 1)
         planned = frozenset(
             n.name
-            for n in loaded.model.graph
+            for n in annotated.graph
             if n.op_type in backend.spec.compute_ops
             and getattr(get_decision(n), "decision", None) in (Decision.INT8, Decision.WEIGHT_ONLY)
         )
@@ -345,7 +333,7 @@ def _compile_planned(
         timings["verify"] = time.perf_counter() - stamp
     timings["total"] = counted.seconds = time.perf_counter() - start
     report = build_report(
-        loaded.model,
+        annotated,
         loaded.proto,
         target=options.target,
         options=options,
@@ -359,8 +347,8 @@ def _compile_planned(
     if options.method == CalibrationMethod.AUTO and options.tolerance is not None:
         # tensor -> method, the rest minmax
         report["clip_search"] = dict(sorted((current.tensor_methods or {}).items()))
-    result = CompileResult(artifact=artifact, report=report, annotated=loaded.model, plan=current)
-    if select_mode and _dynamic_may_be_closer(loaded.model, options, result.report):
+    result = CompileResult(artifact=artifact, report=report, annotated=annotated, plan=current)
+    if select_mode and _dynamic_may_be_closer(annotated, options, result.report):
         # --dynamic needs the samples to smooth (all of them) and verify; a one-shot iterator is spent by now.
         samples, smooth = (data, options.smoothquant) if data.reiterable else (data.spread(VERIFY_SAMPLES), False)
         dynamic_options = dataclasses.replace(options, smoothquant=smooth)  # as the static compile could
