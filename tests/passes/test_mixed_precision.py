@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 import qcc
 from qcc.annotations import MIXED_REASON
@@ -14,6 +16,7 @@ from qcc.data import open_calibration
 from qcc.errors import OptionError
 from qcc.frontend import load
 from qcc.options import CompileOptions, ToleranceMetric, parse_tolerance
+from qcc.passes import _simulation
 from qcc.passes._simulation import Simulation
 from qcc.pipeline import run_pipeline
 from tests.conftest import build_model, cosine, random_feeds, run
@@ -86,8 +89,9 @@ def test_the_search_measures_again_after_each_choice(monkeypatch):
     model = build_model(TWO_SENSITIVE, seed=1, constants=weights)
     calibration = _calibration(model)
     monkeypatch.setattr(mixed_precision, "MAX_FLOAT_SHARE", 1.0)  # 6 layers: the budget would allow 2 nodes
-    section = _compile(model, target="ort", calibration=calibration, tolerance=BOUND,
-                       method="minmax").report["mixed_precision"]  # minmax: no --dynamic selection
+    section = _compile(model, target="ort", calibration=calibration, tolerance=BOUND, method="minmax").report[
+        "mixed_precision"
+    ]  # minmax: no --dynamic selection
     assert section["met"] and section["artifact_error"] <= BOUND
     assert section["artifact_samples"] == 4  # the verify samples the artifact ran
     producers = {n.name: n.output[0] for n in load(model).proto.graph.node}
@@ -136,8 +140,9 @@ def test_exclude_still_wins_and_relative_metric():
     model = _sensitive_model()
     calibration = _calibration(model)
     first = next(n.name for n in load(model).model.graph if n.op_type == "MatMul")
-    result = _compile(model, target="ort", calibration=calibration, exclude=[first],
-                         tolerance=0.05, tolerance_metric="relative")
+    result = _compile(
+        model, target="ort", calibration=calibration, exclude=[first], tolerance=0.05, tolerance_metric="relative"
+    )
     section = result.report["mixed_precision"]
     assert section["metric"] == "relative" and section["met"]
     decisions = {n["name"]: n["reason"] for n in result.report["nodes"]}
@@ -295,8 +300,9 @@ def test_units_that_close_little_of_the_gap_stay_int8(monkeypatch):
 
     def kept(min_gain):
         monkeypatch.setattr(mixed_precision, "MIN_GAIN", min_gain)
-        return _compile(model, target="ort", calibration=calibration, tolerance=1e-6,
-                        method="minmax").report["mixed_precision"]
+        return _compile(model, target="ort", calibration=calibration, tolerance=1e-6, method="minmax").report[
+            "mixed_precision"
+        ]
 
     every = kept(0.0)
     assert every["met"] and len(every["kept_float"]) == layers  # every small gain taken: all float
@@ -494,18 +500,37 @@ def test_a_latency_budget_survives_the_static_or_dynamic_choice():
     assert result.report["options"]["latency_budget"] == 1.0 or result.report["options"].get("dynamic")
 
 
-def test_every_gate_has_its_tensors_rank():
+def test_every_gate_has_its_tensors_rank_and_weights_are_fed_whole():
     # ONNX Runtime multiplies a tensor ending in 1-sized dimensions by a lower-rank gate through
-    # its general broadcast, tens of times slower: half of MobileNetV2's simulated run.
+    # its general broadcast, tens of times slower: half of MobileNetV2's simulated run. A weight
+    # is fed its gated values instead, computed once.
     model, feeds = _planned_conv1d(2)
     sim = Simulation(model, feeds)
     graph = model.graph
     values = [*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs)]
-    ranks = {v.name: len(v.shape) for v in values if v.shape is not None}
+    shapes = {v.name: list(v.shape) for v in values if v.shape is not None}
     fed = {i.name: i.shape for i in sim._session.get_inputs()}
     assert {"w1", "w2", "r"} <= set(sim.gates)
     for tensor, gate in sim.gates.items():
-        assert fed[gate] == [1] * ranks[tensor], tensor
+        weight = tensor in graph.initializers
+        assert fed[gate] == (shapes[tensor] if weight else [1] * len(shapes[tensor])), tensor
+    assert {t for t in sim.gates if t in graph.initializers} >= {"w1", "w2"}
+
+
+def test_fed_weights_simulate_what_the_gate_nodes_computed():
+    """A weight fed its gated values gives the outputs the Sub/Mul/Add gate gave, bit for bit."""
+    model, feeds = _planned_conv1d(2)
+    fed = Simulation(model, feeds)
+    original = _simulation._fed_constant
+    try:
+        _simulation._fed_constant = lambda *args: None  # every quantizer gated by nodes
+        gated = Simulation(model, feeds)
+    finally:
+        _simulation._fed_constant = original
+    for choice in (None, set(), {"w1"}, {"r", "w2"}):
+        for a, b in zip(fed.run(choice), gated.run(choice), strict=True):
+            for x, y in zip(a, b, strict=True):
+                np.testing.assert_array_equal(x, y)
 
 
 def test_runs_side_by_side_give_what_runs_one_by_one_give():
@@ -518,6 +543,29 @@ def test_runs_side_by_side_give_what_runs_one_by_one_give():
             np.testing.assert_array_equal(a[0], b[0])
     assert not np.array_equal(sim.run_each([None])[0][0][0], sim.run_each([set()])[0][0][0])  # gates switch
     assert sim.evaluations == 2 * len(choices) + 2
+
+
+def test_fed_gate_values_are_onnxruntimes_sub_mul_add_bit_for_bit():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(4096).astype(np.float32)
+    q = (np.round(x / np.float32(0.037)) * np.float32(0.037)).astype(np.float32)
+    x[:3], q[:3] = (3.0, -2.5, 1e-3), (1e-8, 7e-9, 5.0)  # q far from x: q - x is rounded
+    assert np.any(x + (q - x) != q)  # where feeding q itself would change the simulation
+    graph = helper.make_graph(
+        [
+            helper.make_node("Sub", ["q", "x"], ["d"]),
+            helper.make_node("Mul", ["d", "g"], ["m"]),
+            helper.make_node("Add", ["x", "m"], ["y"]),
+        ],
+        "gate",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in (("x", [4096]), ("q", [4096]), ("g", [1]))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4096])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for gate in (0.0, 1.0):
+        (expected,) = sess.run(None, {"x": x, "q": q, "g": np.array([gate], np.float32)})
+        np.testing.assert_array_equal(_simulation.gated(x, q, gate), expected)
 
 
 def _planned_conv1d(samples: int, target: str = "ort"):
