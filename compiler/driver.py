@@ -19,7 +19,6 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -39,7 +38,7 @@ from qcc.errors import (
 from qcc.frontend import OwnQuantization
 from qcc.io import check_output_path, check_output_suffix, write_atomic
 from qcc.options import CalibrationMethod, CompileOptions, Precision
-from qcc.passes.mixed_precision import errors_by_method
+from qcc.passes.mixed_precision import Fidelity, errors_by_method, simulated_fidelity
 from qcc.pipeline import run_pipeline
 from qcc.report import (
     STRICT_WARNINGS,
@@ -172,8 +171,17 @@ def _add_warnings(result: CompileResult, options: CompileOptions) -> None:
 # Options no float rewrite reads (``pipeline.FLOAT_PASSES``, ``DATA_REWRITE_PASSES``): compiles that
 # differ only in these share the rewritten model. A rewrite that reads one must take it out of here.
 PLAN_ONLY_OPTIONS = frozenset(
-    {"method", "verify", "verify_each", "tolerance", "tolerance_metric", "latency_budget", "bias_correction",
-     "weight_rounding", "refit"}
+    {
+        "method",
+        "verify",
+        "verify_each",
+        "tolerance",
+        "tolerance_metric",
+        "latency_budget",
+        "bias_correction",
+        "weight_rounding",
+        "refit",
+    }
 )
 
 
@@ -243,18 +251,31 @@ def _compile(
     return _compile_planned(model, calibration, options, progress, statistics, select_mode)
 
 
-def _compile_planned(
+@dataclasses.dataclass
+class _Planned:
+    """A compile up to its annotated model, before emit: what a selection's candidates compare."""
+
+    annotated: ir.Model
+    plan: Plan  # the float nodes and clip methods it settled on
+    ctx: PassContext  # the last plan's
+    loaded: frontend.LoadedModel
+    data: CalibrationData | None
+    timings: dict[str, float]
+    counted: Any  # the compile's record in the cost counter
+    start: float  # time.perf_counter() when it began
+
+
+def _plan(
     model: _Source,
     calibration: CalibrationSource | None,
     options: CompileOptions,
     progress: Progress,
     statistics: dict | None,
-    select_mode: bool,
     plan: Plan | None = None,
-) -> CompileResult:
-    """One compile with one calibration method; with ``select_mode``, a static compile that needed
-    float nodes is compared with ``--dynamic``. With ``plan`` (another compile's float nodes and
-    clip methods) nothing is searched again."""
+) -> _Planned:
+    """Load (shared), then the pass pipeline, again for each plan the passes ask for (float nodes,
+    clip methods), until one settles. With ``plan`` (another compile's float nodes and clip methods)
+    nothing is searched again."""
     backend = get_backend(options.target)
     cost = current_cost() or CostCounter()  # a compile outside compile_model counts for nobody
     counted = cost.begin_compile(_distinguishing(options))
@@ -312,6 +333,27 @@ def _compile_planned(
             )
         current = current.merged(replan)
         logger.info("keeping %d nodes float (%s); planning again", len(current.keep_float), replan.describe())
+    return _Planned(annotated, current, ctx, loaded, data, timings, counted, start)
+
+
+def _compile_planned(
+    model: _Source,
+    calibration: CalibrationSource | None,
+    options: CompileOptions,
+    progress: Progress,
+    statistics: dict | None,
+    select_mode: bool,
+    plan: Plan | None = None,
+) -> CompileResult:
+    """One compile with one calibration method (:func:`_plan`, then emit, verify and the report);
+    with ``select_mode``, a static compile that needed float nodes is compared with ``--dynamic``.
+    With ``plan`` (another compile's float nodes and clip methods) nothing is searched again."""
+    backend = get_backend(options.target)
+    cost = current_cost() or CostCounter()
+    planned = _plan(model, calibration, options, progress, statistics, plan)
+    annotated, current, ctx, loaded, data = planned.annotated, planned.plan, planned.ctx, planned.loaded, planned.data
+    timings, counted, start = planned.timings, planned.counted, planned.start
+    pristine, own = loaded.model, loaded.own_quantization
     stamp = time.perf_counter()
     with cost.stage("emit"):
         artifact = backend.emit(annotated, ctx)
@@ -320,7 +362,7 @@ def _compile_planned(
     if options.verify:
         stamp = time.perf_counter()
         progress("verify", 0, 1)
-        planned = frozenset(
+        int8 = frozenset(
             n.name
             for n in annotated.graph
             if n.op_type in backend.spec.compute_ops
@@ -328,7 +370,7 @@ def _compile_planned(
         )
         samples = data.spread(VERIFY_SAMPLES) if data is not None else []
         with cost.stage("verify"):
-            verify = backend.verify(artifact, pristine, samples, planned_int8=planned)
+            verify = backend.verify(artifact, pristine, samples, planned_int8=int8)
         progress("verify", 1, 1)
         timings["verify"] = time.perf_counter() - stamp
     timings["total"] = counted.seconds = time.perf_counter() - start
@@ -390,7 +432,16 @@ def _compare_then_refit(
         unfitted.report["mode_selection"]["compared"] = "without the refit"
         unfitted.report["options"]["refit"] = options.refit
         return unfitted
-    return _refit_plan(model, calibration, options, progress, statistics, unfitted)
+    return _refit_plan(
+        model,
+        calibration,
+        options,
+        progress,
+        statistics,
+        unfitted.plan,
+        unfitted.report["timings"]["total"],
+        unfitted.report.get("mode_selection"),
+    )
 
 
 def _refit_plan(
@@ -399,16 +450,19 @@ def _refit_plan(
     options: CompileOptions,
     progress: Progress,
     statistics: dict,
-    unfitted: CompileResult,
+    plan: Plan,
+    selection_seconds: float,
+    mode_selection: dict[str, Any] | None = None,
 ) -> CompileResult:
-    """Compiles ``unfitted``'s plan (float nodes, clip methods) again, with the refit; the report keeps
-    ``unfitted``'s selection and counts its time under ``timings["selection"]``."""
+    """Compiles a settled ``plan`` (float nodes, clip methods) again, with the refit; the report counts
+    the time of the compiles that settled it under ``timings["selection"]`` and keeps their
+    ``mode_selection``, if any."""
     with _selection("refit"):
-        result = _compile_planned(model, calibration, options, progress, statistics, False, unfitted.plan)
-    if "mode_selection" in unfitted.report:
-        result.report["mode_selection"] = {**unfitted.report["mode_selection"], "compared": "without the refit"}
+        result = _compile_planned(model, calibration, options, progress, statistics, False, plan)
+    if mode_selection is not None:
+        result.report["mode_selection"] = {**mode_selection, "compared": "without the refit"}
     timings = result.report["timings"]
-    timings["selection"] = unfitted.report["timings"]["total"]
+    timings["selection"] = round(selection_seconds, 4)
     timings["total"] = round(timings["total"] + timings["selection"], 4)
     return result
 
@@ -456,7 +510,10 @@ def _static_or_dynamic(
     """Compiles with ``--dynamic`` too and keeps whichever artifact is closer to fp32 on the same
     calibration samples (the static one on a tie); the report's ``mode_selection`` says why."""
     dynamic = _compile(
-        model, calibration, dataclasses.replace(options, dynamic=True, method=None, latency_budget=None), progress,
+        model,
+        calibration,
+        dataclasses.replace(options, dynamic=True, method=None, latency_budget=None),
+        progress,
         statistics,
     )
     missed = static.report["mixed_precision"]["met"] is False
@@ -509,17 +566,24 @@ def _compile_auto(
     progress: Progress,
     methods: tuple[CalibrationMethod, ...],
 ) -> CompileResult:
-    """One compile per calibration method; keeps the artifact whose outputs are closest to the
-    float model (mean output cosine) on the calibration samples: the ``trt`` and ``tflite`` int8
-    default, minmax or meanmax for the whole model (``TargetSpec.default_methods``). (``--method
-    auto`` chooses per tensor instead, inside one compile: ``passes/_clip_search.py``.)
+    """One plan per calibration method, scored in the simulation (``mixed_precision.simulated_fidelity``:
+    mean output cosine against the float model on the verify samples); the closest is compiled: the
+    ``trt`` and ``tflite`` int8 default, minmax or meanmax for the whole model
+    (``TargetSpec.default_methods``). (``--method auto`` chooses per tensor instead, inside one
+    compile: ``passes/_clip_search.py``.)
+
+    Only the chosen method's plan is emitted and verified. Its simulated error against the bound
+    decides what follows, as mixed precision would decide it: within the bound, the plan is refit
+    (or, without the refit, compiled as it is); above it, the chosen method is compiled with the
+    search.
     """
     if calibration is not None and not reiterable(calibration):
         # A one-shot iterator of feeds or a reader without rewind(): each compile reads it again
         # (up to the samples it uses).
         calibration = list(itertools.islice(one_pass(calibration), options.max_calibration_samples))
     scores: dict[str, float] = {}
-    best: CompileResult | None = None
+    best: tuple[_Planned, Fidelity] | None = None
+    selection_seconds = 0.0
     statistics: dict = {}  # the float model runs over the calibration data once per kind of statistics
     for method in methods:  # the first stays unless another method is clearly better
         # Mixed precision searches once, for the chosen method, and only if it misses the bound; the
@@ -528,27 +592,31 @@ def _compile_auto(
             options, method=method, verify=True, tolerance=None, refit=False, latency_budget=None
         )
         with _selection("method"):
-            result = _compile(model, calibration, candidate, progress, statistics)
-        outputs = result.report["verify"]["fidelity"]["outputs"]
-        scores[method.value] = float(np.mean([o["cosine_mean"] for o in outputs.values()])) if outputs else 0.0
-        if best is None or scores[method.value] > max(scores[m] for m in scores if m != method.value) + AUTO_MARGIN:
-            best = result
+            planned = _plan(model, calibration, candidate, progress, statistics)
+            samples = planned.data.spread(VERIFY_SAMPLES) if planned.data is not None else []
+            with (current_cost() or CostCounter()).stage("score"):
+                fidelity = simulated_fidelity(planned.annotated, samples, options.tolerance_metric)
+            planned.counted.seconds = time.perf_counter() - planned.start
+        selection_seconds += planned.counted.seconds
+        scores[method.value] = fidelity.cosine
+        if best is None or fidelity.cosine > max(scores[m] for m in scores if m != method.value) + AUTO_MARGIN:
+            best = planned, fidelity
     assert best is not None
-    chosen = best.report["options"]["method"]
-    section = mixed_precision_section(None, best.report["verify"], options) if options.tolerance is not None else None
+    (chosen_plan, fidelity), chosen = best, best[0].ctx.options.method.value
     final = dataclasses.replace(options, method=chosen)
-    if section is not None and section["met"] and _refits(final, calibration):
-        best = _refit_plan(model, calibration, final, progress, statistics, best)  # the plan stands: refit it
-    elif options.refit or (section is not None and not section["met"]):
+    met = options.tolerance is not None and fidelity.error <= options.tolerance
+    if met and _refits(final, calibration):  # the plan stands: refit it
+        result = _refit_plan(model, calibration, final, progress, statistics, chosen_plan.plan, selection_seconds)
+    elif options.refit or (options.tolerance is not None and not met):
         with _selection("chosen_method"):
-            best = _compile(model, calibration, final, progress, statistics)
-    elif section is not None:
-        best.report["options"]["tolerance"] = options.tolerance
-        best.report["mixed_precision"] = section
-    selection: dict[str, Any] = {"chosen": chosen, "output_cosine": scores}
-    best = _other_methods_if_missed(model, calibration, options, progress, statistics, best, scores, selection)
-    best.report["method_selection"] = selection
-    return best
+            result = _compile(model, calibration, final, progress, statistics)
+    else:  # the chosen plan as it is
+        with _selection("chosen_method"):
+            result = _compile_planned(model, calibration, final, progress, statistics, False, chosen_plan.plan)
+    selection: dict[str, Any] = {"chosen": chosen, "output_cosine": scores, "scored_in": "simulation"}
+    result = _other_methods_if_missed(model, calibration, options, progress, statistics, result, scores, selection)
+    result.report["method_selection"] = selection
+    return result
 
 
 def _other_methods_if_missed(
@@ -588,8 +656,13 @@ def _other_methods_if_missed(
     plan = best.plan if _int8_nodes(best) else None  # the plan the other methods are measured at
     if plan is not None:
         data = open_calibration(calibration, model.shared(options).input_specs(), options.max_calibration_samples)
-        simulated = errors_by_method(best.annotated, data.spread(VERIFY_SAMPLES), options.tolerance_metric,
-                                     others, get_backend(options.target).spec)
+        simulated = errors_by_method(
+            best.annotated,
+            data.spread(VERIFY_SAMPLES),
+            options.tolerance_metric,
+            others,
+            get_backend(options.target).spec,
+        )
         selection["simulated_at_plan"] = simulated
         others = [m for m in others if simulated[m.value] < simulated["planned"]]
     for method in others:
@@ -603,7 +676,9 @@ def _other_methods_if_missed(
         errors[method.value] = result.report["mixed_precision"]["artifact_error"]
         if _after_mixed_precision(result) > _after_mixed_precision(best):
             if not result.report["options"]["refit"] and _refits(final, calibration):
-                result = _refit_plan(model, calibration, final, progress, statistics, result)
+                result = _refit_plan(
+                    model, calibration, final, progress, statistics, result.plan, result.report["timings"]["total"]
+                )
             best = result
             selection["chosen"] = method.value
     selection["error_after_mixed_precision"] = errors

@@ -28,8 +28,9 @@ driver counts it with ``qcc.runtime.CostCounter``; a compile's selections make s
   method, the chosen method with its search, the refit);
 * ``compiles``: each compile in the order made, as ``{"why", "method", "weight_rounding", "dynamic",
   "refit", "tolerance", "pipeline_runs", "replans", "seconds"}``. ``why`` names the selections that made it,
-  outermost first, joined by ``/``: ``requested`` (the options as given), ``method`` (one per
-  calibration method compared: ``trt``/``tflite``), ``chosen_method`` (the chosen method compiled
+  outermost first, joined by ``/``: ``requested`` (the options as given), ``method`` (one plan per
+  calibration method compared, ``trt``/``tflite``: planned and scored in the simulation, neither
+  emitted nor verified), ``chosen_method`` (the chosen method compiled
   again with the tolerance), ``method_at_plan`` (another method compiled at the chosen one's float
   nodes, when it missed the tolerance and simulated closer there), ``method_after_mixed_precision``
   (another method tried when mixed precision left the chosen one no int8 node), ``mode``
@@ -45,8 +46,8 @@ driver counts it with ``qcc.runtime.CostCounter``; a compile's selections make s
 * ``simulation_runs``: evaluations of the switchable fake-quantized simulation
   (``passes/_simulation.py``; each scores one candidate on its samples, one ONNX Runtime run per
   sample, counted in ``quantized_model_runs`` too);
-* ``seconds``: seconds by stage (``load``, each pass by name, ``emit``, ``verify``) summed over every
-  compile, and ``total``: the whole call;
+* ``seconds``: seconds by stage (``load``, each pass by name, ``score``: the method candidates'
+  simulation, ``emit``, ``verify``) summed over every compile, and ``total``: the whole call;
 * ``stages``: the five counts above by stage, for the stages that made a session or a run
   (``other``: outside any stage).
 

@@ -351,6 +351,34 @@ class MixedPrecisionPass(QccPass):
         return estimate(model, feed, tensors)
 
 
+@dataclasses.dataclass(frozen=True)
+class Fidelity:
+    """How close a planned model's simulated outputs come to the float model's on some samples.
+
+    Attributes:
+        cosine: the output cosine, averaged over samples, then over outputs.
+        error: the worst output's error under the tolerance's metric (what the bound is checked
+            against, as mixed precision checks it).
+    """
+
+    cosine: float
+    error: float
+
+
+def simulated_fidelity(model: ir.Model, samples: list, metric: ToleranceMetric) -> Fidelity:
+    """The annotated model, every planned quantizer on, in the simulation mixed precision measures
+    with, against the float model on ``samples``: what the driver chooses a calibration method by,
+    without writing and running an artifact per method."""
+    runs = Simulation(model, samples).run()
+    error = _Error(model, samples, metric)
+    pairs = list(zip(error.expected, runs, strict=True))
+    cosines = [
+        np.mean([1.0 - expected[i].error(got[i], ToleranceMetric.COSINE) for expected, got in pairs])
+        for i in range(len(error.names))
+    ]
+    return Fidelity(float(np.mean(cosines)) if cosines else 0.0, error.worst(runs) if error.names else 0.0)
+
+
 def errors_by_method(
     model: ir.Model, samples: list, metric: ToleranceMetric, methods: list[CalibrationMethod], target
 ) -> dict[str, float]:

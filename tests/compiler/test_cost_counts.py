@@ -137,7 +137,7 @@ def _check_consistent(cost: dict) -> None:
     assert cost["replans"] == sum(c["replans"] for c in cost["compiles"])
     stages = set(cost["seconds"]) - {"total"}
     passes = {cls.name for cls in (*FLOAT_PASSES, *QUANT_PASSES)}  # every pass is named in the report too
-    assert {"load", "emit"} | passes <= stages <= {"load", "emit", "verify"} | passes
+    assert {"load", "emit"} | passes <= stages <= {"load", "score", "emit", "verify"} | passes
     assert set(cost["stages"]) <= stages
     assert sum(cost["seconds"][s] for s in stages) <= cost["seconds"]["total"] + 1e-3
     assert all(c["seconds"] > 0 for c in cost["compiles"])
@@ -176,12 +176,17 @@ def test_a_compile_without_verification_or_tolerance_runs_the_pipeline_once(spie
 
 
 @pytest.mark.parametrize("target", ["trt", "tflite"])
-def test_method_selection_counts_one_compile_per_method_then_the_refit(spies, conv_net, target):
+def test_method_selection_counts_one_compile_per_method_then_the_refit(spies, conv_net, target, monkeypatch):
+    backend = type(qcc.backends.get_backend(target))
+    emitted = []
+    monkeypatch.setattr(backend, "emit", lambda self, *a, _emit=backend.emit: emitted.append(1) or _emit(self, *a))
     result = qcc.compile(conv_net, target=target, calibration=random_feeds(conv_net, 8))
     cost = result.report["cost"]
     assert _cost_counts(cost) == spies.counts()
     assert (cost["litert_runs"] > 0) == (target == "tflite")  # verify runs the .tflite in LiteRT
     methods = list(result.report["method_selection"]["output_cosine"])
+    # The methods' plans are scored in the simulation: only the chosen one is written.
+    assert len(emitted) == 1 and cost["simulation_runs"] >= len(methods) and "score" in cost["seconds"]
     assert [(c["why"], c["method"]) for c in cost["compiles"]] == [
         *(("method", m) for m in methods),
         ("refit", result.report["method_selection"]["chosen"]),
