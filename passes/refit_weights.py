@@ -47,7 +47,7 @@ from qcc.options import Precision
 from qcc.passes._base import QccPass
 from qcc.passes._input_moments import Layer, layers
 from qcc.passes.calibrate import failed_on_sample, run_float
-from qcc.passes.weight_rounding import as_rows, gptq, level_range, levels_of, values_of
+from qcc.passes.weight_rounding import as_rows, error_spread, gptq_levels, level_range, levels_of, values_of
 from qcc.pieces import Pieces
 from qcc.qdq import materialize_qdq
 from qcc.runtime import session
@@ -101,6 +101,8 @@ class RefitWeightsPass(QccPass):
             set_refit(node, Refit("kept", 0.0, 0.0, f"{rows} rows for {layer.columns} inputs: too few to fit"))
             return False
 
+        spreads: dict[int, np.ndarray | None] = {}  # per fold: GPTQ's error spread, the same at every damping
+
         def fit(sums: _Sums, damping: float) -> np.ndarray | None:
             target = matrix @ sums.cross
             ridge = damping * np.maximum(np.trace(sums.quantized, axis1=1, axis2=2) / layer.columns, 1e-12)
@@ -109,13 +111,20 @@ class RefitWeightsPass(QccPass):
                 fitted = np.linalg.solve(a, (target + ridge[:, None, None] * matrix).transpose(0, 2, 1))
             except np.linalg.LinAlgError:
                 return None
-            levels = gptq(fitted.transpose(0, 2, 1), sums.quantized / sums.rows, scale, zero_point, qmin, qmax)
+            if id(sums) not in spreads:
+                spreads[id(sums)] = error_spread(sums.quantized / sums.rows)
+            levels = gptq_levels(fitted.transpose(0, 2, 1), spreads[id(sums)], scale, zero_point, qmin, qmax)
             return None if levels is None else values_of(levels, scale[..., None], zero_point[..., None])
 
-        nearest = values_of(levels_of(matrix, scale[..., None], zero_point[..., None], qmin, qmax),
-                            scale[..., None], zero_point[..., None])
-        scores = {"kept": sum(_error(current, matrix, f) for f in folds),
-                  "nearest": sum(_error(nearest, matrix, f) for f in folds)}
+        nearest = values_of(
+            levels_of(matrix, scale[..., None], zero_point[..., None], qmin, qmax),
+            scale[..., None],
+            zero_point[..., None],
+        )
+        scores = {
+            "kept": sum(_error(current, matrix, f) for f in folds),
+            "nearest": sum(_error(nearest, matrix, f) for f in folds),
+        }
         for damping in DAMPINGS:
             total = 0.0
             for train, test in ((0, 1), (1, 0)):
@@ -126,7 +135,8 @@ class RefitWeightsPass(QccPass):
         if best == "kept":
             set_refit(node, Refit("kept", scores["kept"], scores["kept"], "the fit was not closer on held-out samples"))
             return False
-        values = nearest if best == "nearest" else fit(folds[0] + folds[1], float(best[2:]))
+        both = folds[0] + folds[1]  # alive while fit keys its spread by id
+        values = nearest if best == "nearest" else fit(both, float(best[2:]))
         if values is None:
             return False
         if original is None:
@@ -194,8 +204,11 @@ class _Observer:
             dq = twin_node.inputs[WEIGHT_INPUT].producer()
             weight = node.inputs[WEIGHT_INPUT]
             self.weights[weight.name] = get_quant(weight).grid_values(const_array(weight))
-            fed = ir.Value(name=names.new(f"qcc_refit_{weight.name}"), type=dq.outputs[0].type,
-                           shape=ir.Shape(self.weights[weight.name].shape))
+            fed = ir.Value(
+                name=names.new(f"qcc_refit_{weight.name}"),
+                type=dq.outputs[0].type,
+                shape=ir.Shape(self.weights[weight.name].shape),
+            )
             sim.graph.inputs.append(fed)
             twin_node.replace_input_with(WEIGHT_INPUT, fed)
             self.inputs[node.name] = twin_node.inputs[0].name
@@ -215,8 +228,7 @@ class _Observer:
     def observe(self, index: int, samples) -> dict[str, list[_Sums]]:
         """Per layer of wave ``index``: its sums over the even and the odd samples."""
         wave = self.waves[index]
-        sums = {n.name: [_Sums(self.found[n.name].groups, self.found[n.name].columns) for _ in range(2)]
-                for n in wave}
+        sums = {n.name: [_Sums(self.found[n.name].groups, self.found[n.name].columns) for _ in range(2)] for n in wave}
         float_names, quant_names = self.float_names[index], self.quant_names[index]
         feeds = {self.fed[name]: array for name, array in self.weights.items()}
         for sample, feed in enumerate(samples):
@@ -308,4 +320,3 @@ def _waves(graph: ir.Graph, nodes: list[ir.Node]) -> list[list[ir.Node]]:
         waves[-1].append(node)
         current.add(node.name)
     return waves
-

@@ -97,15 +97,35 @@ def gptq(
     """GPTQ's levels for ``weight`` (groups, rows, columns) with per-row ``scale`` and
     ``zero_point`` (groups, rows) and the inputs' second moment ``hessian`` (groups, columns,
     columns); None if ``hessian`` is not positive definite even damped."""
-    groups, _, columns = weight.shape
-    damped = hessian + DAMPING * np.maximum(np.trace(hessian, axis1=1, axis2=2) / columns, 1e-12)[:, None, None] * (
-        np.eye(columns)[None]
+    return gptq_levels(weight, error_spread(hessian), scale, zero_point, qmin, qmax)
+
+
+def error_spread(hessian: np.ndarray) -> np.ndarray | None:
+    """``U`` (groups, columns, columns), upper triangular with ``H^-1 = U^T U`` for ``H`` the damped
+    ``hessian``: row i of U is how column i's rounding error spreads onward. It depends on the
+    inputs only, so several weights fitted to the same inputs (the refit's candidates) share it.
+    None if ``hessian`` is not positive definite even damped."""
+    columns = hessian.shape[-1]
+    damped = (
+        hessian
+        + DAMPING
+        * np.maximum(np.trace(hessian, axis1=1, axis2=2) / columns, 1e-12)[:, None, None]
+        * (np.eye(columns)[None])
     )
     try:
-        # H^-1 = U^T U with U upper triangular: row i of U is how column i's error spreads onward.
-        upper = np.linalg.cholesky(np.linalg.inv(damped)).transpose(0, 2, 1)
+        return np.linalg.cholesky(np.linalg.inv(damped)).transpose(0, 2, 1)
     except np.linalg.LinAlgError:
         return None
+
+
+def gptq_levels(
+    weight: np.ndarray, upper: np.ndarray | None, scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int
+) -> np.ndarray | None:
+    """:func:`gptq` given the inputs' :func:`error_spread` ``upper`` (None: not positive definite,
+    and None is returned)."""
+    if upper is None:
+        return None
+    groups, _, columns = weight.shape
     w = weight.astype(np.float64).copy()
     levels = np.empty_like(w)
     s, z = scale[..., None].astype(np.float64), zero_point[..., None].astype(np.float64)
@@ -156,4 +176,3 @@ def as_rows(node: ir.Node, array: np.ndarray, scale: np.ndarray, zero_point: np.
         return np.moveaxis(rows.reshape(moved.shape), 0, axis)
 
     return matrix, per_row.reshape(groups, -1), zeros.reshape(groups, -1), restore
-
