@@ -267,7 +267,10 @@ class MixedPrecisionPass(QccPass):
                 else:
                     stopped = "no_gain" if candidates or window else "exhausted"
                 break
-            effects = {t: current - error_with(floating | units[t]) for t in batch}
+            # The batch's runs go side by side, all at once: samples of unequal size leave no
+            # worker idle at the end of each unit (PP-OCRv5 det's images differ 8x in area).
+            errors = worst_of_each([planner.quantized(floating | units[t]) for t in batch])
+            effects = {t: current - after for t, after in zip(batch, errors, strict=True)}
             measured.update(effects)
             self.ctx.progress("float search", len(floating), budget)
             added = False
