@@ -149,32 +149,40 @@ class RefitWeightsPass(QccPass):
 
 
 class _Sums:
-    """``H~``, ``C`` and ``H`` (per group) of one layer over some samples, and their row count."""
+    """``H~`` and ``C`` (per group) of one layer over some samples, ``tr(W H W^T)`` (the float
+    layer's squared outputs: ``H`` itself is needed for nothing else, and costs as much as ``H~``
+    to sum and to hold), and their row count.
 
-    def __init__(self, groups: int, columns: int) -> None:
+    Args:
+        weight: the layer's float weight as (groups, output rows, columns) float32.
+    """
+
+    def __init__(self, groups: int, columns: int, weight: np.ndarray) -> None:
         self.quantized = np.zeros((groups, columns, columns))
         self.cross = np.zeros((groups, columns, columns))
-        self.float = np.zeros((groups, columns, columns))
+        self.energy = 0.0
         self.rows = 0
+        self.weight = weight
 
     def add(self, x: np.ndarray, x_q: np.ndarray) -> None:
         """Folds one sample's rows (groups, columns, rows; float32 products, float64 sums) in."""
         self.quantized += x_q @ x_q.transpose(0, 2, 1)
         self.cross += x @ x_q.transpose(0, 2, 1)
-        self.float += x @ x.transpose(0, 2, 1)
+        outputs = (self.weight @ x).astype(np.float64)
+        self.energy += float(np.vdot(outputs, outputs))
         self.rows += x.shape[2]
 
     def __add__(self, other: _Sums) -> _Sums:
         out = copy.copy(self)
         out.quantized, out.cross = self.quantized + other.quantized, self.cross + other.cross
-        out.float, out.rows = self.float + other.float, self.rows + other.rows
+        out.energy, out.rows = self.energy + other.energy, self.rows + other.rows
         return out
 
 
 def _error(values: np.ndarray, matrix: np.ndarray, sums: _Sums) -> float:
     """``E`` per row: the squared output error of weights ``values`` on these samples."""
     e = np.sum((values @ sums.quantized) * values) - 2 * np.sum((matrix @ sums.cross) * values)
-    return float((e + np.sum((matrix @ sums.float) * matrix)) / max(sums.rows, 1))
+    return float((e + sums.energy) / max(sums.rows, 1))
 
 
 class _Observer:
@@ -228,7 +236,14 @@ class _Observer:
     def observe(self, index: int, samples) -> dict[str, list[_Sums]]:
         """Per layer of wave ``index``: its sums over the even and the odd samples."""
         wave = self.waves[index]
-        sums = {n.name: [_Sums(self.found[n.name].groups, self.found[n.name].columns) for _ in range(2)] for n in wave}
+        sums = {}
+        for node in wave:
+            layer, weight = self.found[node.name], node.inputs[WEIGHT_INPUT]
+            original = get_float_value(weight)
+            w_float = original if original is not None else const_array(weight)
+            quant = get_quant(weight)
+            rows = as_rows(node, w_float, quant.scale, quant.zero_point, layer.groups)[0].astype(np.float32)
+            sums[node.name] = [_Sums(layer.groups, layer.columns, rows) for _ in range(2)]
         float_names, quant_names = self.float_names[index], self.quant_names[index]
         feeds = {self.fed[name]: array for name, array in self.weights.items()}
         for sample, feed in enumerate(samples):

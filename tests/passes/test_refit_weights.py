@@ -54,8 +54,10 @@ g (float[32,32] w1, float[32,16] w2, float[N,64,32] x) => (float[N,64,16] y) {
 def _tokens(count, seed):
     rng = np.random.default_rng(seed)
     basis = np.random.default_rng(0).normal(size=(4, 32))
-    return [{"x": (rng.normal(size=(1, 64, 4)) @ basis + 0.01 * rng.normal(size=(1, 64, 32))).astype(np.float32)}
-            for _ in range(count)]
+    return [
+        {"x": (rng.normal(size=(1, 64, 4)) @ basis + 0.01 * rng.normal(size=(1, 64, 32))).astype(np.float32)}
+        for _ in range(count)
+    ]
 
 
 @pytest.mark.parametrize("target", ["ort", "trt", "tflite"])
@@ -72,8 +74,9 @@ def test_refit_layers_are_closer_to_fp32_on_held_out_inputs(target):
     assert plain.report["refit"] is None
     assert refit.report["verify"]["ok"]
     if target == "tflite":  # the artifact runs in LiteRT: compare its verify fidelity
-        cosines = [min(o["cosine_mean"] for o in r.report["verify"]["fidelity"]["outputs"].values())
-                   for r in (plain, refit)]
+        cosines = [
+            min(o["cosine_mean"] for o in r.report["verify"]["fidelity"]["outputs"].values()) for r in (plain, refit)
+        ]
         assert 1 - cosines[1] < 0.9 * (1 - cosines[0]), cosines
     else:
         before = 1 - fidelity(model, plain.artifact.data, held_out)
@@ -88,7 +91,8 @@ def test_layers_are_fitted_in_waves_of_independent_layers():
     branches = load(build_model(BRANCHES, seed=3)).model
     matmuls = [n for n in branches.graph if n.op_type == "MatMul"]
     assert [[n.name or n.outputs[0].name for n in w] for w in _waves(branches.graph, matmuls)] == [
-        ["q", "k", "v"], ["y"]
+        ["q", "k", "v"],
+        ["y"],
     ]
 
 
@@ -119,15 +123,16 @@ def test_the_error_is_the_output_error_of_the_quantized_inputs():
     w, wq = rng.normal(size=(1, 4, 6)), rng.normal(size=(1, 4, 6))
     x = rng.normal(size=(1, 6, 50)).astype(np.float32)
     x_q = (x + 0.1 * rng.normal(size=x.shape)).astype(np.float32)
-    sums = _Sums(1, 6)
+    sums = _Sums(1, 6, w.astype(np.float32))
     sums.add(x, x_q)
     direct = np.sum((wq[0] @ x_q[0] - w[0] @ x[0]) ** 2) / 50
     np.testing.assert_allclose(_error(wq, w, sums), direct, rtol=1e-4)
 
 
 def test_too_few_rows_keep_their_levels():
-    model = build_model(BRANCHES.replace("float[N,32,16] x", "float[N,2,16] x").replace("float[N,32,16] y",
-                                                                                         "float[N,2,16] y"), seed=3)
+    model = build_model(
+        BRANCHES.replace("float[N,32,16] x", "float[N,2,16] x").replace("float[N,32,16] y", "float[N,2,16] y"), seed=3
+    )
     feeds = [{"x": np.random.default_rng(i).normal(size=(1, 2, 16)).astype(np.float32)} for i in range(8)]
     result = qcc.compile(model, calibration=feeds, tolerance=None)
     section = result.report["refit"]
