@@ -307,15 +307,22 @@ def quantized_values(graph: ir.Graph) -> list[ir.Value]:
 
 def clear_annotations(graph: ir.Graph) -> None:
     """Removes every qcc annotation from the graph's nodes and values (before planning again)."""
+    tensor_keys = (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY, _CHANNEL_MEAN_KEY)
+    node_keys = (_NODE_KEY, _MOMENTS_KEY, _ROUNDING_KEY, _REFIT_KEY)
+    # ``del`` where present: the metadata store's ``pop`` of an absent key raises and catches a
+    # KeyError, and mixed precision clears a graph once per candidate plan.
     for value in [*graph.inputs, *graph.initializers.values()]:
-        for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY, _CHANNEL_MEAN_KEY):
-            value.meta.pop(key, None)
+        _drop(value.meta, tensor_keys)
     for node in graph:
-        for key in (_NODE_KEY, _MOMENTS_KEY, _ROUNDING_KEY, _REFIT_KEY):
-            node.meta.pop(key, None)
+        _drop(node.meta, node_keys)
         for value in node.outputs:
-            for key in (_TENSOR_KEY, _RANGE_KEY, _HISTOGRAM_KEY, _CHANNEL_MEAN_KEY):
-                value.meta.pop(key, None)
+            _drop(value.meta, tensor_keys)
+
+
+def _drop(meta, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key in meta:
+            del meta[key]
 
 
 @dataclasses.dataclass
