@@ -103,6 +103,7 @@ def session(
     what: str = "the model",
     extra_outputs: Sequence[str] | Mapping[str, int] = (),
     disabled_optimizers: Sequence[str] = (),
+    quantized: bool | None = None,
 ) -> ort.InferenceSession:
     """Creates a CPU inference session.
 
@@ -115,6 +116,8 @@ def session(
         extra_outputs: tensors to add as outputs: float32 names (calibration), or name -> ONNX
             element type (integer tensors); needs a model, not bytes.
         disabled_optimizers: ONNX Runtime graph transformers not to run (by name).
+        quantized: whether the model is a quantized one, for the cost count (None: read from the
+            model; serialized bytes are searched, which the caller holding the proto can spare).
 
     Raises:
         UnsupportedModelError: ONNX Runtime cannot load the model.
@@ -160,7 +163,7 @@ def session(
         ) from None
     cost = _current.get()
     if cost is not None:
-        cost.count(created, quantized=_is_quantized(model))
+        cost.count(created, quantized=is_quantized_model(model) if quantized is None else quantized)
     return created
 
 
@@ -387,7 +390,7 @@ def cost_stage(name: str) -> contextlib.AbstractContextManager[None]:
     return counter.stage(name) if counter is not None else contextlib.nullcontext()
 
 
-def _is_quantized(model: onnx.ModelProto | bytes | ir.Model | str) -> bool:
+def is_quantized_model(model: onnx.ModelProto | bytes | ir.Model | str) -> bool:
     """True if the model's main graph has a quantize, dequantize or integer node (``_QUANTIZED_OPS``);
     serialized bytes are searched for those op type names."""
     if isinstance(model, ir.Model):
