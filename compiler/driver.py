@@ -147,7 +147,7 @@ def compile_model(
         QccError: any problem with the model, the data, the options or the output.
     """
     with counting_cost() as cost:
-        result = _compile(_Source(model), calibration, options, progress)
+        result = _compile(_Call(_Source(model), calibration, progress), options)
         _add_warnings(result, options)
     result.report["cost"] = cost.report()
     return result
@@ -222,13 +222,18 @@ def _rewrite_key(options: CompileOptions) -> tuple:
     return tuple((f.name, repr(getattr(options, f.name))) for f in fields if f.name not in PLAN_ONLY_OPTIONS)
 
 
-def _compile(
-    model: _Source,
-    calibration: CalibrationSource | None,
-    options: CompileOptions,
-    progress: Progress = no_progress,
-    statistics: dict | None = None,
-) -> CompileResult:
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """What every compile of one ``compile_model`` call reads: the model, the calibration data (a
+    selection may narrow it: a one-shot iterator read into a list, the verify samples) and where
+    progress goes."""
+
+    model: _Source
+    calibration: CalibrationSource | None
+    progress: Progress = no_progress
+
+
+def _compile(call: _Call, options: CompileOptions, statistics: dict | None = None) -> CompileResult:
     """:func:`compile_model` without the warnings; the selections compile their candidates with it.
 
     Args:
@@ -243,12 +248,12 @@ def _compile(
         if not options.verify:
             methods = methods[:1]  # choosing between methods runs the artifacts; --no-verify runs none
     if len(methods) > 1:
-        return _compile_auto(model, calibration, options, progress, methods)
+        return _compile_auto(call, options, methods)
     options = dataclasses.replace(options, method=methods[0])
     select_mode = not chosen_by_user and backend.spec.dynamic
-    if select_mode and _refits(options, calibration) and _may_try_dynamic(model, options):
-        return _compare_then_refit(model, calibration, options, progress, statistics, select_mode)
-    return _compile_planned(model, calibration, options, progress, statistics, select_mode)
+    if select_mode and _refits(options, call.calibration) and _may_try_dynamic(call.model, options):
+        return _compare_then_refit(call, options, statistics, select_mode)
+    return _compile_planned(call, options, statistics, select_mode)
 
 
 @dataclasses.dataclass
@@ -265,14 +270,7 @@ class _Planned:
     start: float  # time.perf_counter() when it began
 
 
-def _plan(
-    model: _Source,
-    calibration: CalibrationSource | None,
-    options: CompileOptions,
-    progress: Progress,
-    statistics: dict | None,
-    plan: Plan | None = None,
-) -> _Planned:
+def _plan(call: _Call, options: CompileOptions, statistics: dict | None, plan: Plan | None = None) -> _Planned:
     """Load (shared), then the pass pipeline, again for each plan the passes ask for (float nodes,
     clip methods), until one settles. With ``plan`` (another compile's float nodes and clip methods)
     nothing is searched again."""
@@ -281,6 +279,7 @@ def _plan(
     counted = cost.begin_compile(_distinguishing(options))
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    model, calibration = call.model, call.calibration
     loaded = model.shared(options)
     timings["load"] = time.perf_counter() - start
     _check_excludes(loaded.model, options.exclude, loaded.source)
@@ -305,7 +304,7 @@ def _plan(
             options,
             backend.spec,
             data,
-            progress,
+            call.progress,
             keep_float=dict(current.keep_float),
             statistics=statistics,
             tensor_methods=current.tensor_methods,
@@ -337,20 +336,15 @@ def _plan(
 
 
 def _compile_planned(
-    model: _Source,
-    calibration: CalibrationSource | None,
-    options: CompileOptions,
-    progress: Progress,
-    statistics: dict | None,
-    select_mode: bool,
-    plan: Plan | None = None,
+    call: _Call, options: CompileOptions, statistics: dict | None, select_mode: bool, plan: Plan | None = None
 ) -> CompileResult:
     """One compile with one calibration method (:func:`_plan`, then emit, verify and the report);
     with ``select_mode``, a static compile that needed float nodes is compared with ``--dynamic``.
     With ``plan`` (another compile's float nodes and clip methods) nothing is searched again."""
     backend = get_backend(options.target)
     cost = current_cost() or CostCounter()
-    planned = _plan(model, calibration, options, progress, statistics, plan)
+    planned = _plan(call, options, statistics, plan)
+    progress = call.progress
     annotated, current, ctx, loaded, data = planned.annotated, planned.plan, planned.ctx, planned.loaded, planned.data
     timings, counted, start = planned.timings, planned.counted, planned.start
     pristine, own = loaded.model, loaded.own_quantization
@@ -395,7 +389,8 @@ def _compile_planned(
         samples, smooth = (data, options.smoothquant) if data.reiterable else (data.spread(VERIFY_SAMPLES), False)
         dynamic_options = dataclasses.replace(options, smoothquant=smooth)  # as the static compile could
         with cost.selection("mode"):
-            result = _static_or_dynamic(model, samples, dynamic_options, progress, statistics, result)
+            narrowed = dataclasses.replace(call, calibration=samples)
+            result = _static_or_dynamic(narrowed, dynamic_options, statistics, result)
     return result
 
 
@@ -413,30 +408,21 @@ def _refits(options: CompileOptions, calibration: CalibrationSource | Calibratio
 
 
 def _compare_then_refit(
-    model: _Source,
-    calibration: CalibrationSource | None,
-    options: CompileOptions,
-    progress: Progress,
-    statistics: dict | None,
-    select_mode: bool,
+    call: _Call, options: CompileOptions, statistics: dict | None, select_mode: bool
 ) -> CompileResult:
     """Compiles without the refit (the slowest pass) to settle the float nodes, the clip methods and
     static vs ``--dynamic``; then compiles that plan once more with the refit, instead of refitting
     both candidates. The report's selection is that of the compiles without the refit."""
     statistics = {} if statistics is None else statistics
     with _selection("without_refit"):
-        unfitted = _compile_planned(
-            model, calibration, dataclasses.replace(options, refit=False), progress, statistics, select_mode
-        )
+        unfitted = _compile_planned(call, dataclasses.replace(options, refit=False), statistics, select_mode)
     if unfitted.report["options"].get("dynamic"):  # --dynamic won: no fixed ranges to refit to
         unfitted.report["mode_selection"]["compared"] = "without the refit"
         unfitted.report["options"]["refit"] = options.refit
         return unfitted
     return _refit_plan(
-        model,
-        calibration,
+        call,
         options,
-        progress,
         statistics,
         unfitted.plan,
         unfitted.report["timings"]["total"],
@@ -445,10 +431,8 @@ def _compare_then_refit(
 
 
 def _refit_plan(
-    model: _Source,
-    calibration: CalibrationSource | None,
+    call: _Call,
     options: CompileOptions,
-    progress: Progress,
     statistics: dict,
     plan: Plan,
     selection_seconds: float,
@@ -458,7 +442,7 @@ def _refit_plan(
     the time of the compiles that settled it under ``timings["selection"]`` and keeps their
     ``mode_selection``, if any."""
     with _selection("refit"):
-        result = _compile_planned(model, calibration, options, progress, statistics, False, plan)
+        result = _compile_planned(call, options, statistics, False, plan)
     if mode_selection is not None:
         result.report["mode_selection"] = {**mode_selection, "compared": "without the refit"}
     timings = result.report["timings"]
@@ -499,23 +483,10 @@ def _without_convolutions(model: ir.Model) -> bool:
     )
 
 
-def _static_or_dynamic(
-    model: _Source,
-    calibration: CalibrationSource | None,
-    options: CompileOptions,
-    progress: Progress,
-    statistics: dict,
-    static: CompileResult,
-) -> CompileResult:
+def _static_or_dynamic(call: _Call, options: CompileOptions, statistics: dict, static: CompileResult) -> CompileResult:
     """Compiles with ``--dynamic`` too and keeps whichever artifact is closer to fp32 on the same
     calibration samples (the static one on a tie); the report's ``mode_selection`` says why."""
-    dynamic = _compile(
-        model,
-        calibration,
-        dataclasses.replace(options, dynamic=True, method=None, latency_budget=None),
-        progress,
-        statistics,
-    )
+    dynamic = _compile(call, dataclasses.replace(options, dynamic=True, method=None, latency_budget=None), statistics)
     missed = static.report["mixed_precision"]["met"] is False
     why = (
         f"the static compile {'missed --tolerance' if missed else 'met --tolerance only with nodes kept float'}"
@@ -559,13 +530,7 @@ def _keep_closer(
 AUTO_MARGIN = 0.002
 
 
-def _compile_auto(
-    model: _Source,
-    calibration: CalibrationSource | None,
-    options: CompileOptions,
-    progress: Progress,
-    methods: tuple[CalibrationMethod, ...],
-) -> CompileResult:
+def _compile_auto(call: _Call, options: CompileOptions, methods: tuple[CalibrationMethod, ...]) -> CompileResult:
     """One plan per calibration method, scored in the simulation (``mixed_precision.simulated_fidelity``:
     mean output cosine against the float model on the verify samples); the closest is compiled: the
     ``trt`` and ``tflite`` int8 default, minmax or meanmax for the whole model
@@ -577,10 +542,11 @@ def _compile_auto(
     (or, without the refit, compiled as it is); above it, the chosen method is compiled with the
     search.
     """
-    if calibration is not None and not reiterable(calibration):
+    if call.calibration is not None and not reiterable(call.calibration):
         # A one-shot iterator of feeds or a reader without rewind(): each compile reads it again
         # (up to the samples it uses).
-        calibration = list(itertools.islice(one_pass(calibration), options.max_calibration_samples))
+        feeds = list(itertools.islice(one_pass(call.calibration), options.max_calibration_samples))
+        call = dataclasses.replace(call, calibration=feeds)
     scores: dict[str, float] = {}
     best: tuple[_Planned, Fidelity] | None = None
     selection_seconds = 0.0
@@ -592,7 +558,7 @@ def _compile_auto(
             options, method=method, verify=True, tolerance=None, refit=False, latency_budget=None
         )
         with _selection("method"):
-            planned = _plan(model, calibration, candidate, progress, statistics)
+            planned = _plan(call, candidate, statistics)
             samples = planned.data.spread(VERIFY_SAMPLES) if planned.data is not None else []
             with (current_cost() or CostCounter()).stage("score"):
                 fidelity = simulated_fidelity(planned.annotated, samples, options.tolerance_metric)
@@ -605,25 +571,23 @@ def _compile_auto(
     (chosen_plan, fidelity), chosen = best, best[0].ctx.options.method.value
     final = dataclasses.replace(options, method=chosen)
     met = options.tolerance is not None and fidelity.error <= options.tolerance
-    if met and _refits(final, calibration):  # the plan stands: refit it
-        result = _refit_plan(model, calibration, final, progress, statistics, chosen_plan.plan, selection_seconds)
+    if met and _refits(final, call.calibration):  # the plan stands: refit it
+        result = _refit_plan(call, final, statistics, chosen_plan.plan, selection_seconds)
     elif options.refit or (options.tolerance is not None and not met):
         with _selection("chosen_method"):
-            result = _compile(model, calibration, final, progress, statistics)
+            result = _compile(call, final, statistics)
     else:  # the chosen plan as it is
         with _selection("chosen_method"):
-            result = _compile_planned(model, calibration, final, progress, statistics, False, chosen_plan.plan)
+            result = _compile_planned(call, final, statistics, False, chosen_plan.plan)
     selection: dict[str, Any] = {"chosen": chosen, "output_cosine": scores, "scored_in": "simulation"}
-    result = _other_methods_if_missed(model, calibration, options, progress, statistics, result, scores, selection)
+    result = _other_methods_if_missed(call, options, statistics, result, scores, selection)
     result.report["method_selection"] = selection
     return result
 
 
 def _other_methods_if_missed(
-    model: _Source,
-    calibration: CalibrationSource | None,
+    call: _Call,
     options: CompileOptions,
-    progress: Progress,
     statistics: dict,
     best: CompileResult,
     scores: dict[str, float],
@@ -655,7 +619,8 @@ def _other_methods_if_missed(
     errors = {selection["chosen"]: section["artifact_error"]}
     plan = best.plan if _int8_nodes(best) else None  # the plan the other methods are measured at
     if plan is not None:
-        data = open_calibration(calibration, model.shared(options).input_specs(), options.max_calibration_samples)
+        specs = call.model.shared(options).input_specs()
+        data = open_calibration(call.calibration, specs, options.max_calibration_samples)
         simulated = errors_by_method(
             best.annotated,
             data.spread(VERIFY_SAMPLES),
@@ -669,16 +634,14 @@ def _other_methods_if_missed(
         final = dataclasses.replace(options, method=method)
         if plan is not None:  # the chosen plan, with this method's ranges
             with _selection("method_at_plan"):
-                result = _compile_planned(model, calibration, final, progress, statistics, False, plan)
+                result = _compile_planned(call, final, statistics, False, plan)
         else:  # its own search, without the refit (the slowest pass); the one kept is refit
             with _selection("method_after_mixed_precision"):
-                result = _compile(model, calibration, dataclasses.replace(final, refit=False), progress, statistics)
+                result = _compile(call, dataclasses.replace(final, refit=False), statistics)
         errors[method.value] = result.report["mixed_precision"]["artifact_error"]
         if _after_mixed_precision(result) > _after_mixed_precision(best):
-            if not result.report["options"]["refit"] and _refits(final, calibration):
-                result = _refit_plan(
-                    model, calibration, final, progress, statistics, result.plan, result.report["timings"]["total"]
-                )
+            if not result.report["options"]["refit"] and _refits(final, call.calibration):
+                result = _refit_plan(call, final, statistics, result.plan, result.report["timings"]["total"])
             best = result
             selection["chosen"] = method.value
     selection["error_after_mixed_precision"] = errors
