@@ -47,7 +47,7 @@ from qcc.report import (
     inspect_command,
     mixed_precision_section,
 )
-from qcc.runtime import CostCounter, counting_cost, current_cost
+from qcc.runtime import CompileCost, CostCounter, counting_cost, current_cost
 from qcc.target import TargetSpec
 
 logger = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ class _Planned:
     loaded: frontend.LoadedModel
     data: CalibrationData | None
     timings: dict[str, float]
-    counted: Any  # the compile's record in the cost counter
+    counted: CompileCost  # the compile's record in the cost counter
     start: float  # time.perf_counter() when it began
 
 
