@@ -485,6 +485,7 @@ class _Planner:
         self.float_model = model.clone()
         clear_annotations(self.float_model.graph)
         self.ctx = ctx
+        self.node_reasons: dict[ir.Node, str | None] = {}  # what no float set changes (PlanPass)
 
     def quantized(self, floating: set[str]) -> set[str]:
         """Names of the tensors the target quantizes when ``floating`` nodes are also float."""
@@ -492,7 +493,7 @@ class _Planner:
         # The plan only annotates: one copy, its annotations cleared each time (a clone per
         # candidate took a sixth of MobileNetV2's search).
         clear_annotations(self.float_model.graph)
-        PlanPass(dataclasses.replace(self.ctx, keep_float=keep_float))(self.float_model)
+        PlanPass(dataclasses.replace(self.ctx, keep_float=keep_float), self.node_reasons)(self.float_model)
         return {v.name for v in quantized_values(self.float_model.graph)}
 
 

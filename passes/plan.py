@@ -54,9 +54,21 @@ def _unrepresentable(value: ir.Value | None) -> bool:
 
 
 class PlanPass(QccPass):
-    """Annotates every node with a decision and every quantized tensor with its scheme."""
+    """Annotates every node with a decision and every quantized tensor with its scheme.
+
+    Args:
+        ctx: the compile context.
+        node_reasons: node -> why the node alone keeps it float (its op, types, constants, the
+            target's rule), or None; filled as the plan goes. Mixed precision plans one graph for
+            every candidate float set and shares it: only ``--exclude`` and the float set differ
+            from one of those plans to the next.
+    """
 
     name = "plan"
+
+    def __init__(self, ctx, node_reasons: dict[ir.Node, str | None] | None = None) -> None:
+        super().__init__(ctx)
+        self._node_reasons = node_reasons
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -89,11 +101,19 @@ class PlanPass(QccPass):
         return ir.passes.PassResult(model, True)
 
     def _float_reason(self, node: ir.Node, excluded: set[str]) -> str | None:
-        spec = self.ctx.target
         if node.name in excluded or node.op_type in excluded:
             return "excluded by the user (--exclude)"
         if node.name in self.ctx.keep_float:
             return self.ctx.keep_float[node.name]
+        if self._node_reasons is None:
+            return self._node_reason(node)
+        if node not in self._node_reasons:
+            self._node_reasons[node] = self._node_reason(node)
+        return self._node_reasons[node]
+
+    def _node_reason(self, node: ir.Node) -> str | None:
+        """Why the node alone keeps it float on the target, whatever else is float, or None."""
+        spec = self.ctx.target
         if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
             return f"control flow ({node.op_type}): its subgraphs stay float; qcc quantizes the main graph only"
         known = spec.int8_capable_ops
@@ -141,8 +161,12 @@ class PlanPass(QccPass):
                 elif activation and not standalone_activations:
                     continue
                 elif activation and not _quantized_activation(node.inputs[0], spec):
-                    set_decision(node, Decision.FLOAT, "its input comes from a float node: it runs float, and a "
-                                 "quantized reader quantizes its (narrower) output instead of its input")
+                    set_decision(
+                        node,
+                        Decision.FLOAT,
+                        "its input comes from a float node: it runs float, and a "
+                        "quantized reader quantizes its (narrower) output instead of its input",
+                    )
                 elif node.op_type in spec.shared_scale_ops:
                     ends = [node.inputs[0], *node.outputs]
                     if not any(_quantized_activation(v, spec) for v in ends):
@@ -207,6 +231,7 @@ class PlanPass(QccPass):
 
     def _plan_weight_only(self, graph: ir.Graph) -> None:
         """INT4: only constant 2-D MatMul/Gemm weights are quantized, in blocks along K."""
+
         def reason_of(node: ir.Node) -> str | None:
             return _weight_only_reason(node) or self.ctx.target.weight_only_reason(node)
 
@@ -390,8 +415,9 @@ def _prune_outside_chains(pending: list[ir.Node], spec: TargetSpec) -> None:
             written = all(v.const_value is not None or int8(v.producer()) for v in data if v is not None)
             read = any(int8(use.node) for out in node.outputs for use in out.uses())
             if node.op_type in spec.int8_ops and not (written and read):
-                reason = (f"{node.op_type} between float neighbours: int8 here would add roundings and save no "
-                          "float work")
+                reason = (
+                    f"{node.op_type} between float neighbours: int8 here would add roundings and save no float work"
+                )
             elif get_decision(node).decision == Decision.FUSED and not int8(node.inputs[0].producer()):
                 reason = "its producer runs float"
             elif node.op_type in spec.shared_scale_ops and not (int8(node.inputs[0].producer()) or read):

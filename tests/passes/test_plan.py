@@ -88,15 +88,18 @@ g (float[16,16] w1, float[16,16] w2, float[] k, float[] c, float[] one, float[] 
 }
 """
 GELU_CONSTANTS = {
-    "k": np.array(0.044715, np.float32), "c": np.array(0.7978846, np.float32),
-    "one": np.array(1.0, np.float32), "half": np.array(0.5, np.float32),
+    "k": np.array(0.044715, np.float32),
+    "c": np.array(0.7978846, np.float32),
+    "one": np.array(1.0, np.float32),
+    "half": np.array(0.5, np.float32),
 }
 
 
 def _gelu_plan(target):
     model = build_model(GELU, seed=2, constants=GELU_CONSTANTS)
-    return {n.outputs[0].name: get_decision(n) for n in float_passes(model, CanonicalizePass, PlanPass, target=target)
-            .graph}
+    return {
+        n.outputs[0].name: get_decision(n) for n in float_passes(model, CanonicalizePass, PlanPass, target=target).graph
+    }
 
 
 def test_ort_runs_elementwise_ops_float_outside_int8_chains():
@@ -141,8 +144,12 @@ def test_elementwise_ops_outside_chains_run_float_without_losing_integer_kernels
         run_pipeline(loaded.model, ctx)
         artifact = backend.emit(loaded.model, ctx).runtime_model
         census, float_compute = fusion_census(artifact)
-        error = np.mean([np.linalg.norm(run(artifact, f)[0] - run(model, f)[0]) / np.linalg.norm(run(model, f)[0])
-                         for f in held_out])
+        error = np.mean(
+            [
+                np.linalg.norm(run(artifact, f)[0] - run(model, f)[0]) / np.linalg.norm(run(model, f)[0])
+                for f in held_out
+            ]
+        )
         found[chains_only] = (sum(census[op] for op in INTEGER_KERNELS), float_compute, error)
     assert found[True][0] == found[False][0] == 2 and not found[True][1]
     assert found[True][2] <= found[False][2]
@@ -234,3 +241,30 @@ def test_a_chain_of_fixed_step_ops_read_in_float_runs_float_from_its_end():
         cls(ctx)(loaded)
     decisions = {n.outputs[0].name: get_decision(n).decision for n in loaded.graph}
     assert decisions == {"c": Decision.INT8, "s": Decision.FLOAT, "y": Decision.FLOAT}
+
+
+@pytest.mark.parametrize("target", ["ort", "trt", "tflite"])
+def test_plans_sharing_node_reasons_decide_as_plans_made_afresh(target):
+    """Mixed precision plans one graph for many float sets, sharing what keeps a node float by
+    itself: each plan must decide exactly as a fresh one, whatever the plans before it floated."""
+    import dataclasses
+
+    from qcc.annotations import clear_annotations
+    from qcc.backends import get_backend
+    from qcc.context import PassContext
+    from qcc.options import CompileOptions
+
+    model = float_passes(synthetic_model("transformer_block"), CanonicalizePass, target=target)
+    ctx = PassContext(options=CompileOptions(target=target), target=get_backend(target).spec)
+    names = [n.name for n in model.graph]
+    float_sets = [set(), set(names[::3]), {names[1]}, set(names), set(names[1::2]), set()]
+    shared: dict = {}
+    for floating in float_sets:
+        planned_ctx = dataclasses.replace(ctx, keep_float=dict.fromkeys(floating, "kept float"))
+        clear_annotations(model.graph)
+        PlanPass(planned_ctx, shared)(model)
+        with_shared = {n.name: (get_decision(n).decision, get_decision(n).reason) for n in model.graph}
+        clear_annotations(model.graph)
+        PlanPass(planned_ctx)(model)
+        assert {n.name: (get_decision(n).decision, get_decision(n).reason) for n in model.graph} == with_shared
+    assert shared  # the reasons were shared, not recomputed
