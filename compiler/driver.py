@@ -568,7 +568,8 @@ def _compile_auto(call: _Call, options: CompileOptions, methods: tuple[Calibrati
         if best is None or fidelity.cosine > max(scores[m] for m in scores if m != method.value) + AUTO_MARGIN:
             best = planned, fidelity
     assert best is not None
-    (chosen_plan, fidelity), chosen = best, best[0].ctx.options.method.value
+    chosen_plan, fidelity = best
+    chosen = chosen_plan.ctx.options.method.value
     final = dataclasses.replace(options, method=chosen)
     met = options.tolerance is not None and fidelity.error <= options.tolerance
     if met and _refits(final, call.calibration):  # the plan stands: refit it

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common
 
 from qcc.annotations import Role, get_float_value, get_quant
 from qcc.data import Feed
@@ -103,7 +104,7 @@ class Simulation:
                 dq.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
         if tunable == "gates":
             self._gate_corrected(sim, originals, names)
-            _drop_unread_initializers(sim.graph)  # the fed weights' float and fake-quantized values
+            common.RemoveUnusedNodesPass()(sim)  # the fed weights' float and fake-quantized values
         self.samples = list(samples)
         self.evaluations = 0
         self._cost = current_cost()  # the compile this simulation belongs to counts its runs
@@ -267,14 +268,6 @@ def gated(float_values: np.ndarray, quantized: np.ndarray, gate: float) -> np.nd
     Runtime's Sub, Mul and Add (not always ``quantized`` with the gate on: ``x + (q - x)`` loses a
     ``q`` far below ``x``, and the search's rankings move with such differences)."""
     return np.ascontiguousarray(float_values + np.float32(gate) * (quantized - float_values), dtype=np.float32)
-
-
-def _drop_unread_initializers(graph: ir.Graph) -> None:
-    """Removes the initializers nothing reads any more (the session would hold them for nothing)."""
-    inputs = {v.name for v in graph.inputs}
-    for name, value in list(graph.initializers.items()):
-        if not value.uses() and not value.is_graph_output() and name not in inputs:
-            graph.initializers.pop(name)
 
 
 def _fake_quantized_constant(graph: ir.Graph, q: ir.Node, dq: ir.Node, names: NameAllocator) -> ir.Value | None:

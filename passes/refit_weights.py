@@ -91,8 +91,7 @@ class RefitWeightsPass(QccPass):
     def _refit(self, node: ir.Node, layer: Layer, folds: list[_Sums], observer: _Observer) -> bool:
         weight = node.inputs[WEIGHT_INPUT]
         quant = get_quant(weight)
-        original = get_float_value(weight)
-        w_float = original if original is not None else const_array(weight)
+        w_float = _float_weight(weight)
         matrix, scale, zero_point, restore = as_rows(node, w_float, quant.scale, quant.zero_point, layer.groups)
         current, _, _, _ = as_rows(node, observer.weights[weight.name], quant.scale, quant.zero_point, layer.groups)
         qmin, qmax = level_range(quant)
@@ -101,9 +100,8 @@ class RefitWeightsPass(QccPass):
             set_refit(node, Refit("kept", 0.0, 0.0, f"{rows} rows for {layer.columns} inputs: too few to fit"))
             return False
 
-        spreads: dict[int, np.ndarray | None] = {}  # per fold: GPTQ's error spread, the same at every damping
-
-        def fit(sums: _Sums, damping: float) -> np.ndarray | None:
+        def fit(sums: _Sums, damping: float, spread: np.ndarray | None) -> np.ndarray | None:
+            """``W*`` at ``damping``, rounded by GPTQ with the sums' error ``spread``."""
             target = matrix @ sums.cross
             ridge = damping * np.maximum(np.trace(sums.quantized, axis1=1, axis2=2) / layer.columns, 1e-12)
             a = sums.quantized + ridge[:, None, None] * np.eye(layer.columns)[None]
@@ -111,9 +109,7 @@ class RefitWeightsPass(QccPass):
                 fitted = np.linalg.solve(a, (target + ridge[:, None, None] * matrix).transpose(0, 2, 1))
             except np.linalg.LinAlgError:
                 return None
-            if id(sums) not in spreads:
-                spreads[id(sums)] = error_spread(sums.quantized / sums.rows)
-            levels = gptq_levels(fitted.transpose(0, 2, 1), spreads[id(sums)], scale, zero_point, qmin, qmax)
+            levels = gptq_levels(fitted.transpose(0, 2, 1), spread, scale, zero_point, qmin, qmax)
             return None if levels is None else values_of(levels, scale[..., None], zero_point[..., None])
 
         nearest = values_of(
@@ -125,27 +121,42 @@ class RefitWeightsPass(QccPass):
             "kept": sum(_error(current, matrix, f) for f in folds),
             "nearest": sum(_error(nearest, matrix, f) for f in folds),
         }
+        spreads = [_spread(f) for f in folds]  # GPTQ's error spread per fold, the same at every damping
         for damping in DAMPINGS:
             total = 0.0
             for train, test in ((0, 1), (1, 0)):
-                values = fit(folds[train], damping)
+                values = fit(folds[train], damping, spreads[train])
                 total += _error(values, matrix, folds[test]) if values is not None else np.inf
             scores[f"d={damping:g}"] = total
         best = min(scores, key=scores.get)
         if best == "kept":
             set_refit(node, Refit("kept", scores["kept"], scores["kept"], "the fit was not closer on held-out samples"))
             return False
-        both = folds[0] + folds[1]  # alive while fit keys its spread by id
-        values = nearest if best == "nearest" else fit(both, float(best[2:]))
+        if best == "nearest":
+            values = nearest
+        else:
+            both = folds[0] + folds[1]
+            values = fit(both, float(best[2:]), _spread(both))
         if values is None:
             return False
-        if original is None:
+        if get_float_value(weight) is None:
             set_float_value(weight, w_float)
         array = restore(values).astype(np.float32)
         weight.const_value = ir.Tensor(array, name=weight.name)
         observer.weights[weight.name] = array
         set_refit(node, Refit(best, scores[best], scores["kept"]))
         return True
+
+
+def _float_weight(weight: ir.Value) -> np.ndarray:
+    """The layer's float weight: as the model had it, before any rounding or refit."""
+    original = get_float_value(weight)
+    return original if original is not None else const_array(weight)
+
+
+def _spread(sums: _Sums) -> np.ndarray | None:
+    """GPTQ's error spread (``weight_rounding.error_spread``) of the quantized inputs' moment."""
+    return error_spread(sums.quantized / sums.rows)
 
 
 class _Sums:
@@ -239,10 +250,9 @@ class _Observer:
         sums = {}
         for node in wave:
             layer, weight = self.found[node.name], node.inputs[WEIGHT_INPUT]
-            original = get_float_value(weight)
-            w_float = original if original is not None else const_array(weight)
             quant = get_quant(weight)
-            rows = as_rows(node, w_float, quant.scale, quant.zero_point, layer.groups)[0].astype(np.float32)
+            rows = as_rows(node, _float_weight(weight), quant.scale, quant.zero_point, layer.groups)[0]
+            rows = rows.astype(np.float32)
             sums[node.name] = [_Sums(layer.groups, layer.columns, rows) for _ in range(2)]
         float_names, quant_names = self.float_names[index], self.quant_names[index]
         feeds = {self.fed[name]: array for name, array in self.weights.items()}
